@@ -1,0 +1,1 @@
+"""The appliance: image intake, runtimes, triage and the command line (stands on models/ and optimize/)."""

@@ -1,0 +1,1 @@
+"""One module per ``bedside`` subcommand: ``add_arguments(parser, name)`` and ``run(args) -> int``."""

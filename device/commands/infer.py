@@ -1,0 +1,67 @@
+"""``bedside infer``: triage files; a table for people, JSON lines for programs.
+
+Exit status: 0 when every file was triaged (UNGRADABLE counts as triaged), 2 when any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from device import heatmap, intake
+from device.commands.common import add_bundle_argument, add_runtime_arguments, open_triager
+from device.triage import TriageResult
+
+EXIT_SOME_FAILED = 2
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    add_bundle_argument(parser)
+    add_runtime_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--heatmap-dir", type=Path, help="write <name>.heatmap.png overlays here")
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+
+
+def _table_row(result: TriageResult, urgent_label: str) -> str:
+    reasons = "; ".join(i.message for i in result.quality.issues) or "ok"
+    p = result.probabilities[urgent_label]
+    return f"{result.triage:<10} {result.label:<10} {p:>6.3f} {result.latency_ms:>8.1f}  {result.source}  [{reasons}]"
+
+
+def _write_heatmap(directory: Path, path: Path, result: TriageResult, img: intake.DecodedImage) -> None:
+    if result.cam is None:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    heatmap.write_png(directory / f"{path.name}.heatmap.png", heatmap.overlay(img.pixels, result.cam))
+
+
+def run(args: argparse.Namespace) -> int:
+    triager = open_triager(args)
+    m = triager.manifest
+    if not args.json:
+        print(f"model {m.id} {m.version} ({triager.model.precision}, {triager.model.backend}), "
+              f"threshold P({m.policy.urgent_label}) >= {m.policy.operating_point.threshold:.3f}")
+        print(f"{'TRIAGE':<10} {'LABEL':<10} {'P(' + m.policy.urgent_label[:3] + ')':>6} {'ms':>8}  FILE")
+    failed = 0
+    for path in args.files:
+        try:
+            result, img = triager.triage_file(path)
+            if args.heatmap_dir:
+                _write_heatmap(args.heatmap_dir, path, result, img)
+        except intake.IntakeError as exc:
+            failed += 1
+            if args.json:
+                print(json.dumps({"file": str(path), "error": exc.reason, "kind": exc.kind}), flush=True)
+            else:
+                print(f"{'ERROR':<10} {'-':<10} {'-':>6} {'-':>8}  {path}  [{exc.reason}]", flush=True)
+            continue
+        if args.json:
+            print(json.dumps(result.as_json()), flush=True)
+        else:
+            print(_table_row(result, m.policy.urgent_label), flush=True)
+    if failed:
+        print(f"{failed} of {len(args.files)} files could not be triaged", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else 0

@@ -1,0 +1,31 @@
+"""Class-activation maps turned into something a clinician can look at."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def normalise_cam(cam: np.ndarray) -> np.ndarray:
+    """Positive evidence only, scaled to [0, 1]; an all-negative map is all zero, not noise."""
+    cam = np.maximum(cam.astype(np.float32), 0.0)
+    peak = float(cam.max())
+    return cam / peak if peak > 0 else cam
+
+
+def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """RGB uint8 image with the map (resized to the image) blended over it in a jet palette."""
+    if pixels.dtype != np.uint8:
+        pixels = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB) if pixels.ndim == 2 else pixels[..., :3]
+    h, w = rgb.shape[:2]
+    heat = cv2.resize(normalise_cam(cam), (w, h), interpolation=cv2.INTER_CUBIC)
+    heat_u8 = np.clip(heat * 255.0, 0, 255).astype(np.uint8)
+    colour = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+    weight = (alpha * heat)[..., None]
+    return (rgb * (1.0 - weight) + colour * weight).astype(np.uint8)
+
+
+def write_png(path, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {path}")

@@ -1,0 +1,284 @@
+"""DICOM through pydicom 3 and the pylibjpeg plugins: the middle frame, as a viewer would display it.
+
+Grayscale: modality LUT (rescale), then the VOI LUT or the first window if the file has one,
+else min-max of the actual data; MONOCHROME1 is inverted so bone is always bright. Colour:
+palette and YBR are turned into RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, as_pixel_options, get_decoder
+
+from device.intake.decoded import DecodedImage, check_dimensions
+from device.intake.errors import NO_PIXEL_DATA, TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError
+
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_MAX_WARNING_NOTES = 3
+
+
+def decode_dicom(data: bytes, source: str) -> DecodedImage:
+    # pydicom reports malformed-but-readable files through warnings; they become notes (an audit
+    # trail) instead of reaching the console. catch_warnings is process-wide state: decode one
+    # file at a time per process.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = _read(data, source)
+        rows, cols, frames, bits_stored = _header(ds, source)
+        index = frames // 2
+        arr, photometric = _decode_frame(ds, source, index)
+        pixels, notes = _display_values(arr, ds, photometric, bits_stored, source)
+    stored = str(ds.get("PhotometricInterpretation", "")) or None
+    if stored and stored != photometric:
+        notes.insert(0, f"{stored} converted to {photometric}")
+    if frames > 1:
+        notes.insert(0, f"frame {index + 1} of {frames}")
+    notes += _warning_notes(caught)
+    return DecodedImage(
+        pixels=pixels,
+        source_format="dicom",
+        original_size=(rows, cols),
+        bits_stored=bits_stored,
+        modality=str(ds.get("Modality", "")).strip() or None,
+        body_part=str(ds.get("BodyPartExamined", "")).strip().upper() or None,
+        photometric=stored,
+        frame=index,
+        frames=frames,
+        notes=tuple(notes),
+    )
+
+
+def _read(data: bytes, source: str) -> pydicom.Dataset:
+    """force=True reads datasets without preamble or meta; headers.sniff only sends plausible ones."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+    except Exception as exc:  # pydicom raises many types on malformed input
+        raise IntakeError(source, f"unreadable DICOM: {_describe(exc)}", _kind_of(exc)) from None
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise IntakeError(source, "DICOM float pixel data is not supported", UNSUPPORTED)
+        sop = ds.get("SOPClassUID")
+        what = f"{sop.name} object" if sop else "dataset"
+        raise IntakeError(source, f"DICOM {what} has no pixel data (not an image)", NO_PIXEL_DATA)
+    return ds
+
+
+def _header(ds: pydicom.Dataset, source: str) -> tuple[int, int, int, int]:
+    """Rows, Columns, NumberOfFrames, BitsStored, checked before any pixel is decoded."""
+    if "Rows" not in ds or "Columns" not in ds:
+        raise IntakeError(source, "invalid DICOM image header: no Rows/Columns", UNDECODABLE)
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        bits_stored = int(ds.get("BitsStored") or 8)
+    except (TypeError, ValueError) as exc:
+        raise IntakeError(source, f"invalid DICOM image header: {_describe(exc)}", UNDECODABLE) from None
+    check_dimensions(source, rows, cols)
+    if frames < 1:
+        raise IntakeError(source, f"invalid DICOM image header: NumberOfFrames is {frames}", UNDECODABLE)
+    return rows, cols, frames, bits_stored
+
+
+def _decode_frame(ds: pydicom.Dataset, source: str, index: int) -> tuple[np.ndarray, str]:
+    """Decode only frame `index`; returns it and its photometric interpretation after decoding.
+
+    pylibjpeg is chosen explicitly where it can decode: it is what the device ships, so a
+    development machine with Pillow installed does not decode files the device cannot.
+    """
+    tsyntax = ds.file_meta.get("TransferSyntaxUID")
+    if not tsyntax:
+        raise IntakeError(
+            source, "DICOM has no Transfer Syntax UID, so its pixel encoding is unknown", UNDECODABLE
+        )
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise IntakeError(source, f"DICOM transfer syntax {tsyntax.name} is not supported", UNSUPPORTED) from None
+    if not decoder.is_available:
+        raise IntakeError(source, f"no decoder installed for DICOM {tsyntax.name}", UNSUPPORTED)
+    plugin = "pylibjpeg" if "pylibjpeg" in decoder.available_plugins else ""
+    options = as_pixel_options(ds, correct_unused_bits=True)
+    try:
+        arr, properties = decoder.as_array(ds, index=index, raw=False, decoding_plugin=plugin, **options)
+    except Exception as exc:  # codec plugins raise RuntimeError, ValueError, ...
+        raise IntakeError(
+            source, f"cannot decode the {tsyntax.name} pixel data: {_describe(exc)}", _kind_of(exc)
+        ) from None
+    return arr, str(properties.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
+
+
+def _display_values(
+    arr: np.ndarray, ds: pydicom.Dataset, photometric: str, bits_stored: int, source: str
+) -> tuple[np.ndarray, list[str]]:
+    try:
+        if arr.ndim == 2 and photometric == "PALETTE COLOR":
+            return _palette(arr, ds)
+        if arr.ndim == 3 and photometric == "RGB":
+            return _rgb(arr, bits_stored)
+        if arr.ndim == 2 and photometric in _MONOCHROME:
+            return _grayscale(arr, ds, photometric, bits_stored)
+    except Exception as exc:  # malformed LUTs, rescale or window values
+        raise IntakeError(source, f"cannot apply the DICOM LUTs: {_describe(exc)}", UNDECODABLE) from None
+    raise IntakeError(source, f"DICOM photometric interpretation {photometric!r} is not supported", UNSUPPORTED)
+
+
+def _palette(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, list[str]]:
+    rgb = apply_color_lut(arr, ds)
+    if _big_endian_plain_lut(ds) and rgb.dtype == np.uint16:
+        # pydicom 3.0.2 reads non-segmented 16-bit LUT data in native (little) byte order even for
+        # Explicit VR Big Endian files; the segmented branch gets it right.
+        rgb = rgb.byteswap()
+    if rgb.dtype != np.uint8:
+        rgb = (rgb.astype(np.float32) * np.float32(1.0 / 65535.0)).clip(0.0, 1.0)
+    return rgb, ["palette colour applied"]
+
+
+def _big_endian_plain_lut(ds: pydicom.Dataset) -> bool:
+    little = ds.original_encoding[1]
+    return little is False and "RedPaletteColorLookupTableData" in ds
+
+
+def _rgb(arr: np.ndarray, bits_stored: int) -> tuple[np.ndarray, list[str]]:
+    if arr.dtype == np.uint8:
+        return arr, []
+    scale = np.float32(1.0 / (2**bits_stored - 1))
+    return (arr.astype(np.float32) * scale).clip(0.0, 1.0), [f"{bits_stored}-bit RGB scaled to [0,1]"]
+
+
+def _grayscale(
+    arr: np.ndarray, ds: pydicom.Dataset, photometric: str, bits_stored: int
+) -> tuple[np.ndarray, list[str]]:
+    values, notes = _modality(arr, ds)
+    unit = _voi(values, ds, notes)
+    if unit is None and values.dtype == np.uint8 and bits_stored == 8:
+        unit = values  # plain 8-bit data: same treatment as an 8-bit JPEG
+    elif unit is None:
+        unit = _min_max(values, notes)
+    if photometric == "MONOCHROME1":
+        unit = 255 - unit if unit.dtype == np.uint8 else np.float32(1.0) - unit
+        notes.append("MONOCHROME1 inverted")
+    return unit, notes
+
+
+def _voi(values: np.ndarray, ds: pydicom.Dataset, notes: list[str]) -> np.ndarray | None:
+    """VOI LUT, else the first window, mapped to [0, 1]; None when the file has neither.
+
+    A VOI that maps the whole image to one level (a window that misses the data entirely, as
+    some writers store for offset data) is dropped in favour of min-max, with a note.
+    """
+    window = _window_of(ds, notes)
+    if _lut_item(ds, "VOILUTSequence") is not None:
+        unit, what = _voi_lut(values, ds), "VOI LUT"
+    elif window is not None:
+        unit, what = _window(values, *window), f"window C/W {window[0]:g}/{window[1]:g}"
+        what += "" if window[2] == "LINEAR" else f" {window[2]}"
+    else:
+        return None
+    if unit.size and unit.min() == unit.max():
+        notes.append(f"{what} maps the whole image to one level; ignored")
+        return None
+    notes.append(f"{what} applied" if what == "VOI LUT" else what)
+    return unit
+
+
+def _lut_item(ds: pydicom.Dataset, keyword: str) -> pydicom.Dataset | None:
+    """The first item of a LUT sequence, or None if absent or empty (some writers leave it empty)."""
+    items = ds.get(keyword) or []
+    first = items[0] if len(items) else None
+    if first is None or first.get("LUTDescriptor") is None or first.get("LUTData") is None:
+        return None
+    return first
+
+
+def _modality(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, list[str]]:
+    if _lut_item(ds, "ModalityLUTSequence") is not None:
+        return apply_modality_lut(arr, ds), ["modality LUT applied"]
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is None or intercept is None or (float(slope), float(intercept)) == (1.0, 0.0):
+        return arr, []
+    return apply_modality_lut(arr, ds), [f"rescale slope/intercept {float(slope):g}/{float(intercept):g} applied"]
+
+
+def _window_of(ds: pydicom.Dataset, notes: list[str]) -> tuple[float, float, str] | None:
+    """The first (center, width, function) in the file, or None; an invalid window is noted and skipped."""
+    if ds.get("WindowCenter") in (None, "") or ds.get("WindowWidth") in (None, ""):
+        return None
+    try:
+        center = float(np.atleast_1d(np.asarray(ds.WindowCenter, dtype=np.float64))[0])
+        width = float(np.atleast_1d(np.asarray(ds.WindowWidth, dtype=np.float64))[0])
+    except (TypeError, ValueError, IndexError):
+        notes.append("unreadable window center/width ignored")
+        return None
+    function = str(ds.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        function = "LINEAR"
+    if not np.isfinite(center) or not width > (1.0 if function == "LINEAR" else 0.0):
+        notes.append(f"invalid window C/W {center:g}/{width:g} ignored")
+        return None
+    return center, width, function
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2, straight to [0, 1] (the nominal display range, not the data's min-max)."""
+    x = values.astype(np.float32, copy=False)
+    if function == "SIGMOID":
+        with np.errstate(over="ignore"):
+            return (1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))).astype(np.float32)
+    if function == "LINEAR_EXACT":
+        y = (x - center) / width + 0.5
+    else:
+        y = (x - (center - 0.5)) / (width - 1.0) + 0.5
+    return np.clip(y, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _voi_lut(values: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Apply the first VOI LUT and scale by the range of its own entries.
+
+    Some writers declare 16-bit LUT entries but fill only 12 bits; the entries' range is what
+    the LUT author meant as black..white.
+    """
+    if values.dtype.kind == "f":
+        values = np.rint(values).astype(np.int64)
+    entries, first, _ = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor)
+    table = apply_voi(np.arange(first, first + (entries or 2**16)), ds, index=0)
+    low, high = float(table.min()), float(table.max())
+    out = apply_voi(values, ds, index=0).astype(np.float32)
+    if high <= low:
+        return np.zeros_like(out)
+    return (out - np.float32(low)) * np.float32(1.0 / (high - low))
+
+
+def _min_max(values: np.ndarray, notes: list[str]) -> np.ndarray:
+    x = values.astype(np.float32)
+    low, high = float(x.min()), float(x.max())
+    if high <= low:
+        notes.append("constant image (no contrast)")
+        return np.zeros_like(x)
+    notes.append("min-max scaled to [0,1]")
+    return (x - np.float32(low)) * np.float32(1.0 / (high - low))
+
+
+def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    messages = dict.fromkeys(f"pydicom: {_first_line(str(w.message))}" for w in caught)
+    return list(messages)[:_MAX_WARNING_NOTES]
+
+
+def _kind_of(exc: BaseException) -> str:
+    text = str(exc).lower()
+    truncated = isinstance(exc, EOFError) or "less than expected" in text or "end of file" in text
+    return TRUNCATED if truncated else UNDECODABLE
+
+
+def _describe(exc: BaseException) -> str:
+    """pydicom's multi-plugin errors span lines; keep them on one line and short."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = "; ".join(lines) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""

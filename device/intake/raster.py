@@ -1,0 +1,66 @@
+"""JPEG, PNG and TIFF through OpenCV, after the header checks in headers.py."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import cv2
+import numpy as np
+
+from device.intake import headers
+from device.intake.decoded import DecodedImage
+from device.intake.errors import TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError
+
+_CHECKS = {"jpeg": headers.check_jpeg, "png": headers.check_png, "tiff": headers.check_tiff}
+# ANYDEPTH keeps 16-bit data; ANYCOLOR keeps gray as gray, drops alpha, expands palettes, and
+# (unlike IMREAD_UNCHANGED) still applies the EXIF orientation a phone camera writes.
+_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
+@contextmanager
+def _opencv_quiet():
+    """OpenCV logs decoder complaints about bad data to stderr; intake reports them as IntakeError instead."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
+def decode_raster(data: bytes, source: str, fmt: str) -> DecodedImage:
+    height, width = _CHECKS[fmt](data, source)
+    with _opencv_quiet():
+        try:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
+        except cv2.error as exc:
+            raise IntakeError(source, f"cannot decode the {fmt.upper()} data: {_first_line(exc)}", UNDECODABLE) from None
+    if bgr is None:
+        kind = TRUNCATED if fmt == "png" else UNDECODABLE
+        raise IntakeError(source, f"cannot decode the {fmt.upper()} data (corrupt or incomplete)", kind)
+    pixels, notes = _to_contract(bgr, source, fmt)
+    if pixels.shape[:2] != (height, width):
+        notes += (f"EXIF orientation applied (stored {width}x{height})",)
+    return DecodedImage(
+        pixels=pixels,
+        source_format=fmt,
+        original_size=(height, width),
+        bits_stored=16 if bgr.dtype == np.uint16 else 8,
+        notes=notes,
+    )
+
+
+def _to_contract(bgr: np.ndarray, source: str, fmt: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """OpenCV's BGR -> RGB order; 16-bit -> float32 in [0, 1] (full-scale: value / 65535)."""
+    pixels = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr.ndim == 3 else bgr
+    if pixels.dtype == np.uint8:
+        return pixels, ()
+    if pixels.dtype == np.uint16:
+        scaled = pixels.astype(np.float32) * np.float32(1.0 / 65535.0)
+        return scaled, (f"16-bit {fmt.upper()} scaled to [0,1]",)
+    raise IntakeError(source, f"{fmt.upper()} with {pixels.dtype} samples is not supported", UNSUPPORTED)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,155 @@
+"""Cheap image-quality gates: a bad image becomes UNGRADABLE with a reason, instead of a confident guess.
+
+Every threshold comes from the bundle's QualityPolicy. The statistics are computed on a strided
+subsample (about 256 px on the long side), so a 3000x2500 radiograph costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from device.intake import DecodedImage
+from models.bundle import DicomHandling, QualityPolicy
+
+_SAMPLE_SIDE = 256
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as models/preprocess.py
+# A pixel within half an 8-bit step of the end of the range counts as clipped.
+_CLIP_EPS = 0.5 / 255.0
+
+
+@dataclass(frozen=True)
+class QualityIssue:
+    code: str
+    message: str
+    action: str
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    ok: bool
+    issues: tuple[QualityIssue, ...]
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "issues": [{"code": i.code, "message": i.message, "action": i.action} for i in self.issues],
+        }
+
+
+def assess(img: DecodedImage, policy: QualityPolicy, dicom: DicomHandling) -> QualityReport:
+    sample = _unit_sample(img.pixels)
+    issues = [
+        *_modality_issues(img, dicom.modalities),
+        *_body_part_issues(img, dicom.body_parts),
+        *_geometry_issues(img.pixels.shape[0], img.pixels.shape[1], policy),
+        *_colour_issues(sample, policy),
+        *_exposure_issues(_gray(sample), policy),
+    ]
+    return QualityReport(ok=not issues, issues=tuple(issues))
+
+
+def _unit_sample(pixels: np.ndarray) -> np.ndarray:
+    """Strided subsample scaled to float32 [0, 1]; striding (not resizing) keeps clipped pixels clipped."""
+    step = max(1, max(pixels.shape[:2]) // _SAMPLE_SIDE)
+    sample = pixels[::step, ::step]
+    if sample.dtype == np.uint8:
+        return sample.astype(np.float32) * np.float32(1.0 / 255.0)
+    return np.clip(sample, 0.0, 1.0).astype(np.float32, copy=False)
+
+
+def _gray(sample: np.ndarray) -> np.ndarray:
+    return sample[..., :3] @ _LUMA if sample.ndim == 3 else sample
+
+
+def _modality_issues(img: DecodedImage, expected: list[str]) -> list[QualityIssue]:
+    if img.modality is None or not expected or img.modality in expected:
+        return []
+    wanted = ", ".join(expected)
+    return [
+        QualityIssue(
+            "wrong_modality",
+            f"the file is a {img.modality} image; this model grades {wanted} images only",
+            f"Send the {wanted} study instead",
+        )
+    ]
+
+
+def _body_part_issues(img: DecodedImage, expected: list[str]) -> list[QualityIssue]:
+    if img.body_part is None or not expected or img.body_part in expected:
+        return []
+    wanted = ", ".join(expected)
+    return [
+        QualityIssue(
+            "wrong_body_part",
+            f"the file shows {img.body_part}; this model grades {wanted} images only",
+            f"Send the {wanted} study instead",
+        )
+    ]
+
+
+def _geometry_issues(height: int, width: int, policy: QualityPolicy) -> list[QualityIssue]:
+    issues = []
+    if min(height, width) < policy.min_side_px:
+        issues.append(
+            QualityIssue(
+                "too_small",
+                f"image is {width}x{height} px; at least {policy.min_side_px} px per side is needed",
+                "Retake or import the original full-resolution image",
+            )
+        )
+    aspect = min(height, width) / max(height, width)
+    if aspect < policy.min_aspect:
+        issues.append(
+            QualityIssue(
+                "aspect",
+                f"image is {width}x{height} px (aspect {aspect:.2f}); below {policy.min_aspect:.2f} "
+                "it is not the expected view",
+                "Capture the whole radiograph, not a strip or a crop",
+            )
+        )
+    return issues
+
+
+def _colour_issues(sample: np.ndarray, policy: QualityPolicy) -> list[QualityIssue]:
+    """Mean chroma (max - min channel): 0 for any gray image, however it is stored."""
+    if policy.max_colorfulness is None or sample.ndim != 3:
+        return []
+    chroma = float((sample[..., :3].max(axis=2) - sample[..., :3].min(axis=2)).mean())
+    if chroma <= policy.max_colorfulness:
+        return []
+    return [
+        QualityIssue(
+            "colour_photo",
+            f"image is in colour (mean chroma {chroma:.2f}, limit {policy.max_colorfulness:.2f}); "
+            "it is not a grayscale radiograph",
+            "Use the radiograph itself, not a colour photo, screenshot or other modality",
+        )
+    ]
+
+
+def _exposure_issues(gray: np.ndarray, policy: QualityPolicy) -> list[QualityIssue]:
+    low, high = np.percentile(gray, [1, 99])
+    if high - low < policy.min_dynamic_range:
+        return [
+            QualityIssue(
+                "blank",
+                f"image has almost no contrast (range {high - low:.2f}, at least "
+                f"{policy.min_dynamic_range:.2f} is needed)",
+                "Check the capture: the image is blank or nearly uniform",
+            )
+        ]
+    black = float(np.count_nonzero(gray <= _CLIP_EPS)) / gray.size
+    white = float(np.count_nonzero(gray >= 1.0 - _CLIP_EPS)) / gray.size
+    if black + white <= policy.max_clipped_fraction:
+        return []
+    code, side = ("overexposed", "white") if white >= black else ("underexposed", "black")
+    return [
+        QualityIssue(
+            code,
+            f"{(black + white):.0%} of the image is clipped ({white:.0%} pure white, {black:.0%} pure "
+            f"black; at most {policy.max_clipped_fraction:.0%} is allowed), mostly {side}",
+            "Recapture with correct exposure, or re-export without burning out the image",
+        )
+    ]

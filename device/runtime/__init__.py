@@ -1,0 +1,1 @@
+"""Inference backends behind one small seam (see base.py) and an explicit registry."""

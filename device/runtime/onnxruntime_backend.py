@@ -1,0 +1,68 @@
+"""ONNX Runtime on the CPU: the backend every Bedside device has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable
+
+PROVIDER = "CPUExecutionProvider"
+
+
+def _import_ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"onnxruntime is not installed ({exc})") from None
+    return onnxruntime
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            ort = _import_ort()
+        except RuntimeUnavailable as exc:
+            return Availability(False, str(exc))
+        if PROVIDER not in ort.get_available_providers():
+            return Availability(False, f"{PROVIDER} missing from this onnxruntime build", ort.__version__)
+        return Availability(True, "CPU execution provider", ort.__version__)
+
+    def __init__(self, model_path: Path, io: ModelIO, threads: int):
+        ort = _import_ort()
+        self.io = io
+        opts = ort.SessionOptions()
+        # Threads are set explicitly: ORT's default spins one thread per core, which
+        # starves the web server and capture threads sharing this small CPU.
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(model_path), sess_options=opts, providers=[PROVIDER])
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
+            raise RuntimeFailure(f"onnxruntime cannot load {model_path.name}: {exc}") from None
+        self._check_io()
+
+    def _check_io(self) -> None:
+        inputs = {i.name for i in self._session.get_inputs()}
+        outputs = {o.name for o in self._session.get_outputs()}
+        if self.io.input_name not in inputs:
+            raise RuntimeFailure(f"model has no input {self.io.input_name!r} (it has {sorted(inputs)})")
+        missing = [n for n in self.io.output_names if n not in outputs]
+        if missing:
+            raise RuntimeFailure(f"model lacks outputs {missing} (it has {sorted(outputs)})")
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._session is None:
+            raise RuntimeFailure("backend was closed")
+        values = self._session.run(list(self.io.output_names), {self.io.input_name: batch})
+        return dict(zip(self.io.output_names, values))
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,170 @@
+"""From an image to a triage result: decode, check quality, run the bundle's model, apply its policy.
+
+Everything model-specific (labels, input contract, threshold, quality limits) comes from the
+bundle manifest; this module only knows the shape of the contract.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from device import intake, quality
+from device.runtime import registry
+from device.runtime.base import Backend, ModelIO
+from models.bundle import Bundle, Manifest
+from models.preprocess import to_model_input
+
+URGENT, ROUTINE, UNGRADABLE = "URGENT", "ROUTINE", "UNGRADABLE"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Exactly which model decided: enough to trace any result back to a file."""
+
+    id: str
+    version: str
+    sha256: str
+    precision: str
+    backend: str
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "version": self.version,
+            "sha256": self.sha256,
+            "precision": self.precision,
+            "backend": self.backend,
+        }
+
+
+@dataclass(frozen=True)
+class TriageResult:
+    source: str
+    label: str
+    probabilities: dict[str, float]
+    triage: str
+    threshold: float
+    quality: quality.QualityReport
+    model: ModelRef
+    timings_ms: dict[str, float]
+    image_notes: tuple[str, ...] = ()
+    cam: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def latency_ms(self) -> float:
+        return sum(self.timings_ms.values())
+
+    def as_json(self) -> dict:
+        return {
+            "file": self.source,
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "triage": self.triage,
+            "threshold": self.threshold,
+            "quality": self.quality.as_dict(),
+            "model": self.model.as_dict(),
+            "latency_ms": round(self.latency_ms, 3),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "image_notes": list(self.image_notes),
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def decide(probs: np.ndarray, manifest: Manifest, gradable: bool) -> tuple[str, str]:
+    """(label, triage category) for one probability vector under the bundle's policy."""
+    urgent = manifest.urgent_index
+    if probs[urgent] >= manifest.policy.operating_point.threshold:
+        label, category = manifest.labels[urgent], URGENT
+    else:
+        others = [i for i in range(len(manifest.labels)) if i != urgent]
+        label, category = manifest.labels[max(others, key=lambda i: probs[i])], ROUTINE
+    return label, (category if gradable else UNGRADABLE)
+
+
+def default_threads() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+class Triager:
+    """One loaded model of one bundle on one backend; create it once per process and reuse it."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
+        threads: int | None = None,
+    ):
+        self.bundle = bundle
+        m = bundle.manifest
+        variant = m.variant(precision)
+        outputs = (m.outputs.logits,) + ((m.outputs.cam,) if m.outputs.cam else ())
+        io = ModelIO(m.input.tensor_name, outputs, (m.input.channels, m.input.height, m.input.width))
+        backend_cls = registry.require(backend)
+        self._backend: Backend = backend_cls(bundle.path_of(variant.file), io, threads or default_threads())
+        self._backend.warm_up()
+        self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    def preprocess(self, img: intake.DecodedImage) -> np.ndarray:
+        return to_model_input(img.pixels, self.manifest.input)
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N, labels) and, if the model has one, the urgent-class activation map (N, h, w)."""
+        out = self._backend.run(batch)
+        probs = softmax(out[self.manifest.outputs.logits].astype(np.float64))
+        cam_name = self.manifest.outputs.cam
+        cam = out[cam_name][:, self.manifest.urgent_index] if cam_name else None
+        return probs, cam
+
+    def triage_image(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+        m = self.manifest
+        t0 = time.perf_counter()
+        report = quality.assess(img, m.quality, m.input.dicom)
+        tensor = self.preprocess(img)
+        t1 = time.perf_counter()
+        probs, cam = self.predict(tensor[None])
+        t2 = time.perf_counter()
+        label, category = decide(probs[0], m, report.ok)
+        return TriageResult(
+            source=source,
+            label=label,
+            probabilities={name: float(p) for name, p in zip(m.labels, probs[0])},
+            triage=category,
+            threshold=m.policy.operating_point.threshold,
+            quality=report,
+            model=self.model,
+            timings_ms={
+                "decode": decode_ms,
+                "preprocess": (t1 - t0) * 1e3,
+                "inference": (t2 - t1) * 1e3,
+            },
+            image_notes=img.notes,
+            cam=None if cam is None else cam[0],
+        )
+
+    def triage_file(self, path: str | os.PathLike[str]) -> tuple[TriageResult, intake.DecodedImage]:
+        """The result and the decoded image it was made from.
+
+        Raises intake.IntakeError (naming the file and the reason) for input it cannot read.
+        """
+        t0 = time.perf_counter()
+        img = intake.decode_file(path)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        return self.triage_image(img, str(Path(path)), decode_ms), img
+
+    def close(self) -> None:
+        self._backend.close()

@@ -1,0 +1,1 @@
+"""Ground floor: what a model is (architectures, training, export, the bundle format)."""

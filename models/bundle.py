@@ -1,0 +1,322 @@
+"""The model bundle: a directory of ONNX files plus a validated ``manifest.json``.
+
+The bundle is the one contract between the floors: training writes it, the optimizer adds
+variants to it, the device loads it. Everything the device needs to run a model correctly
+(input contract, triage policy, quality policy, labels) ships inside it, so nothing in
+device/ knows about a particular model.
+
+Loading never imports torch: this module depends on pydantic and the standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used: missing, malformed, or tampered with."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DicomHandling(_Strict):
+    """How DICOM pixel data is turned into the image the model expects."""
+
+    modalities: list[str] = Field(
+        description="DICOM Modality values this model was trained for; others are UNGRADABLE"
+    )
+    body_parts: list[str] = Field(
+        default=[],
+        description="DICOM BodyPartExamined values this model grades; a file naming another part is "
+        "UNGRADABLE (empty: any; files without the attribute are graded)",
+    )
+    monochrome1: Literal["invert"] = "invert"
+    value_transform: Literal["modality_lut_then_voi_or_window"] = "modality_lut_then_voi_or_window"
+    multiframe: Literal["middle_frame"] = "middle_frame"
+
+
+class InputContract(_Strict):
+    """The preprocessing that ships with the weights (cf. timm's PretrainedCfg)."""
+
+    tensor_name: str
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["float32"] = "float32"
+    height: int = Field(gt=0, le=4096)
+    width: int = Field(gt=0, le=4096)
+    channels: Literal[1, 3]
+    color: Literal["grayscale", "rgb"] = Field(
+        description="grayscale: RGB/palette/YBR sources are converted to luma (ITU-R BT.601)"
+    )
+    resize: Literal["stretch"] = Field(
+        description="stretch: the whole image is resized to height x width, aspect ratio not kept "
+        "(the training images were distributed that way)"
+    )
+    interpolation: Literal["area"] = "area"
+    scale: Literal["unit"] = Field(
+        default="unit",
+        description="unit: 8-bit values / 255; deeper data is mapped to [0, 1] by its DICOM VOI LUT or "
+        "window (as a viewer shows it), or min-max scaled where it has none; 16-bit rasters / 65535",
+    )
+    mean: list[float]
+    std: list[float]
+    dicom: DicomHandling
+
+    @model_validator(mode="after")
+    def _per_channel(self) -> "InputContract":
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("mean and std need one value per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+
+class Outputs(_Strict):
+    logits: str
+    cam: str | None = Field(
+        default=None, description="class-activation map output, shape (N, classes, h, w)"
+    )
+
+
+class OperatingPoint(_Strict):
+    threshold: float = Field(ge=0.0, le=1.0)
+    sensitivity: float = Field(ge=0.0, le=1.0)
+    specificity: float = Field(ge=0.0, le=1.0)
+    chosen_on: str = Field(description="which data the threshold was chosen on")
+    method: str = Field(description="how the threshold was chosen, in one sentence")
+
+
+class TriagePolicy(_Strict):
+    """probability(urgent_label) >= threshold -> URGENT, else ROUTINE; failed quality -> UNGRADABLE."""
+
+    urgent_label: str
+    operating_point: OperatingPoint
+
+
+class QualityPolicy(_Strict):
+    """Cheap checks that make a bad image UNGRADABLE instead of confidently wrong."""
+
+    min_side_px: int = Field(ge=1, description="smaller images are too small to grade")
+    min_dynamic_range: float = Field(
+        ge=0.0, le=1.0, description="p99-p1 of the unit-scaled gray image; below it the image is blank"
+    )
+    max_clipped_fraction: float = Field(
+        ge=0.0, le=1.0, description="fraction of pixels at pure black or pure white"
+    )
+    max_colorfulness: float | None = Field(
+        default=None,
+        description="mean chroma (0..1) above which a colour photo is not the expected grayscale image",
+    )
+    min_aspect: float = Field(gt=0.0, description="height/width (or its inverse) below this is not the expected view")
+
+
+class SplitMetrics(_Strict):
+    split: str
+    n: int
+    n_positive: int
+    auc: float
+    accuracy: float
+    sensitivity: float
+    specificity: float
+    threshold: float
+    brier: float | None = None
+    ece: float | None = None
+
+
+class Provenance(_Strict):
+    dataset: str
+    dataset_licence: str
+    citation: str
+    training_command: str
+    seed: int
+    code_revision: str
+    trained_at: str
+    training_seconds: float
+    framework: str
+
+
+class FileEntry(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Variant(_Strict):
+    """One runnable form of the model. The foundation ships fp32; optimize/ adds more."""
+
+    precision: Literal["fp32", "fp16", "int8"]
+    file: str
+    targets: list[Literal["cpu", "gpu"]] = ["cpu", "gpu"]
+    notes: str = ""
+    gate: dict[str, float | int | str | bool] | None = None
+
+
+class Manifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    version: str = Field(pattern=r"^\d+\.\d+\.\d+$")
+    title: str
+    intended_use: str
+    research_only: bool
+    disclaimer: str | None = None
+    task: Literal["binary-classification"]
+    labels: list[str] = Field(min_length=2)
+    input: InputContract
+    outputs: Outputs
+    policy: TriagePolicy
+    quality: QualityPolicy
+    calibration: dict[str, float | str] = Field(
+        description="how logits were calibrated; the exported graph already includes it"
+    )
+    metrics: list[SplitMetrics]
+    provenance: Provenance
+    variants: list[Variant] = Field(min_length=1)
+    files: dict[str, FileEntry]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        if self.policy.urgent_label not in self.labels:
+            raise ValueError(f"policy.urgent_label {self.policy.urgent_label!r} is not one of {self.labels}")
+        if self.research_only and not self.disclaimer:
+            raise ValueError("a research-only model needs a disclaimer (e.g. 'not for clinical use')")
+        precisions = [v.precision for v in self.variants]
+        if len(set(precisions)) != len(precisions):
+            raise ValueError("at most one variant per precision")
+        for name in self.files:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise ValueError(f"file {name!r} must be a plain path inside the bundle")
+        for v in self.variants:
+            if v.file not in self.files:
+                raise ValueError(f"variant {v.precision} file {v.file!r} is not listed in files")
+        return self
+
+    def variant(self, precision: str) -> Variant:
+        for v in self.variants:
+            if v.precision == precision:
+                return v
+        have = ", ".join(v.precision for v in self.variants)
+        raise BundleError(f"bundle {self.id} has no {precision} variant (it has: {have})")
+
+    @property
+    def urgent_index(self) -> int:
+        return self.labels.index(self.policy.urgent_label)
+
+
+class Bundle:
+    """A loaded, verified bundle: its directory and its manifest."""
+
+    def __init__(self, root: Path, manifest: Manifest):
+        self.root = root
+        self.manifest = manifest
+
+    def path_of(self, name: str) -> Path:
+        return self.root / name
+
+    def sha256_of(self, name: str) -> str:
+        return self.manifest.files[name].sha256
+
+    def __repr__(self) -> str:
+        return f"Bundle({self.manifest.id}@{self.manifest.version}, {self.root})"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = Path(root) / MANIFEST_NAME
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BundleError(f"{root}: not a model bundle (no {MANIFEST_NAME})") from None
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: not valid JSON: {exc}") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {version!r} is not supported (this build reads {SCHEMA_VERSION})"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise BundleError(f"{path}: invalid manifest: {problems}") from None
+
+
+def verify_files(root: Path, manifest: Manifest) -> None:
+    """Refuse a bundle whose files do not match the hashes its manifest records."""
+    for name, entry in manifest.files.items():
+        path = Path(root) / name
+        if not path.is_file():
+            raise BundleError(f"{root}: file {name} listed in the manifest is missing")
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise BundleError(
+                f"{root}: file {name} does not match the manifest (sha256 {actual[:12]}..., "
+                f"expected {entry.sha256[:12]}...): refusing to load a modified model"
+            )
+
+
+def load_bundle(root: str | os.PathLike[str], verify: bool = True) -> Bundle:
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(f"{root}: bundle directory not found")
+    manifest = read_manifest(root)
+    if verify:
+        verify_files(root, manifest)
+    return Bundle(root, manifest)
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> Path:
+    """Write atomically so a crash never leaves a half-written manifest beside good files."""
+    root = Path(root)
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, root / MANIFEST_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return root / MANIFEST_NAME
+
+
+def default_bundles_dir() -> Path:
+    """Bundles shipped with the package (models/bundles/)."""
+    return Path(__file__).resolve().parent / "bundles"
+
+
+def find_bundles(directory: Path | None = None) -> list[Path]:
+    directory = directory or default_bundles_dir()
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if (p / MANIFEST_NAME).is_file())

@@ -1,0 +1,86 @@
+"""Binary classification metrics in plain numpy (used by training, the optimizer gate and `bedside eval`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """False-positive rates, true-positive rates and the thresholds (score >= t is positive), ties grouped."""
+    y = np.asarray(y_true).astype(bool)
+    s = np.asarray(score, dtype=np.float64)
+    if y.shape != s.shape or y.ndim != 1:
+        raise ValueError("y_true and score must be 1-D and of equal length")
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError("ROC needs both positive and negative examples")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tps = np.cumsum(y)[last_of_tie]
+    fps = (last_of_tie + 1) - tps
+    tpr = np.r_[0.0, tps / pos]
+    fpr = np.r_[0.0, fps / neg]
+    thresholds = np.r_[np.inf, s[last_of_tie]]
+    return fpr, tpr, thresholds
+
+
+def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    fpr, tpr, _ = roc_curve(y_true, score)
+    return float(np.trapezoid(tpr, fpr))
+
+
+@dataclass(frozen=True)
+class BinaryReport:
+    n: int
+    n_positive: int
+    auc: float
+    accuracy: float
+    sensitivity: float
+    specificity: float
+    threshold: float
+    confusion: dict[str, int]
+    brier: float
+    ece: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(prob, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            ece += mask.mean() * abs(p[mask].mean() - y[mask].mean())
+    return float(ece)
+
+
+def binary_report(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> BinaryReport:
+    """Metrics at an operating point; positive = the urgent class, predicted when prob >= threshold."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(prob, dtype=np.float64)
+    pred = p >= threshold
+    tp = int((pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    n_pos, n_neg = tp + fn, tn + fp
+    return BinaryReport(
+        n=int(y.size),
+        n_positive=n_pos,
+        auc=roc_auc(y, p),
+        accuracy=(tp + tn) / y.size,
+        sensitivity=tp / n_pos,
+        specificity=tn / n_neg,
+        threshold=float(threshold),
+        confusion={"tp": tp, "fn": fn, "tn": tn, "fp": fp},
+        brier=float(np.mean((p - y) ** 2)),
+        ece=expected_calibration_error(y, p),
+    )

@@ -1,0 +1,1 @@
+"""Optimization stage: turns a trained bundle into faster variants (stands on models/)."""

@@ -1,0 +1,93 @@
+"""The bundle contract: strict manifest, hashes checked on load, no torch needed to load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from pydantic import ValidationError
+
+from models.bundle import BundleError, Manifest, load_bundle
+from tiny_bundle import edit_manifest, make_tiny_bundle, manifest_dict
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_tiny_bundle(tmp_path / "tiny")
+
+
+def test_tiny_bundle_loads(tiny):
+    bundle = load_bundle(tiny)
+    assert bundle.manifest.labels == ["NORMAL", "PNEUMONIA"]
+    assert bundle.manifest.urgent_index == 1
+    assert bundle.manifest.variant("fp32").file == "model.onnx"
+
+
+def test_modified_model_file_is_refused_naming_the_file(tiny):
+    with open(tiny / "model.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match=r"file model\.onnx does not match the manifest"):
+        load_bundle(tiny)
+
+
+def test_missing_file_is_refused(tiny):
+    (tiny / "model.onnx").unlink()
+    with pytest.raises(BundleError, match="model.onnx listed in the manifest is missing"):
+        load_bundle(tiny)
+
+
+def test_unknown_manifest_key_is_refused(tiny):
+    edit_manifest(tiny, surprise=1)
+    with pytest.raises(BundleError, match="surprise"):
+        load_bundle(tiny)
+
+
+def test_future_schema_version_is_refused(tiny):
+    edit_manifest(tiny, schema_version=2)
+    with pytest.raises(BundleError, match="schema_version 2 is not supported"):
+        load_bundle(tiny)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"policy": {"urgent_label": "COVID", "operating_point": {
+            "threshold": 0.5, "sensitivity": 1, "specificity": 1, "chosen_on": "x", "method": "x"}}},
+         "urgent_label"),
+        ({"disclaimer": None}, "disclaimer"),
+        ({"labels": ["A", "A"]}, "unique"),
+        ({"variants": [{"precision": "fp32", "file": "other.onnx"}]}, "not listed in files"),
+        ({"files": {"../escape.onnx": {"sha256": "0" * 64, "bytes": 1}}}, "inside the bundle"),
+    ],
+)
+def test_inconsistent_manifests_are_rejected(change, message):
+    data = manifest_dict({"model.onnx": {"sha256": "0" * 64, "bytes": 1}})
+    data.update(change)
+    with pytest.raises(ValidationError, match=message):
+        Manifest.model_validate(data)
+
+
+def test_input_contract_needs_one_mean_per_channel():
+    data = manifest_dict({"model.onnx": {"sha256": "0" * 64, "bytes": 1}})
+    data["input"]["mean"] = [0.5, 0.5, 0.5]
+    with pytest.raises(ValidationError, match="one value per channel"):
+        Manifest.model_validate(data)
+
+
+def test_loading_a_bundle_never_imports_torch(tiny):
+    code = (
+        "import sys, json; from models.bundle import load_bundle; "
+        f"load_bundle({str(tiny)!r}); print(json.dumps('torch' in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) is False

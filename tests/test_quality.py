@@ -1,0 +1,117 @@
+"""Quality gates on real images, with a realistic policy."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device.intake import DecodedImage, decode_file
+from device.quality import assess
+from models.bundle import DicomHandling, QualityPolicy
+
+POLICY = QualityPolicy(
+    min_side_px=128, min_dynamic_range=0.15, max_clipped_fraction=0.5, max_colorfulness=0.08, min_aspect=0.5
+)
+CHEST = DicomHandling(modalities=["CR", "DX"], body_parts=["CHEST"])
+
+
+@pytest.fixture(scope="module")
+def xray(datasets: Path) -> DecodedImage:
+    path = next((datasets / "chest-xray" / "fullres-samples" / "PNEUMONIA").glob("*.jpeg"), None)
+    if path is None:
+        pytest.skip("no full-resolution chest X-ray samples")
+    return decode_file(path)
+
+
+def _codes(img: DecodedImage) -> set[str]:
+    return {issue.code for issue in assess(img, POLICY, CHEST).issues}
+
+
+def test_real_xray_passes(xray: DecodedImage) -> None:
+    report = assess(xray, POLICY, CHEST)
+    assert report.ok and report.issues == ()
+    assert report.as_dict() == {"ok": True, "issues": []}
+
+
+def test_real_dicom_radiograph_passes(datasets: Path) -> None:
+    img = decode_file(datasets / "dicom" / "cr_dx" / "RG3_J2KR.dcm")  # an extremity: relabel it
+    assert assess(replace(img, body_part="CHEST"), POLICY, CHEST).ok
+
+
+def test_constant_image_is_blank(xray: DecodedImage) -> None:
+    assert _codes(replace(xray, pixels=np.full_like(xray.pixels, 90))) == {"blank"}
+
+
+def test_tiny_crop_is_too_small(xray: DecodedImage) -> None:
+    crop = xray.pixels[400:450, 400:450]
+    report = assess(replace(xray, pixels=crop, original_size=(50, 50)), POLICY, CHEST)
+    issue = next(i for i in report.issues if i.code == "too_small")
+    assert not report.ok
+    assert issue.message == "image is 50x50 px; at least 128 px per side is needed"
+    assert issue.action
+
+
+def test_strip_fails_aspect(xray: DecodedImage) -> None:
+    assert "aspect" in _codes(replace(xray, pixels=xray.pixels[:200, :]))
+
+
+def test_overexposed_is_flagged(xray: DecodedImage) -> None:
+    burnt = np.clip(xray.pixels.astype(np.int32) * 3 + 120, 0, 255).astype(np.uint8)
+    assert "overexposed" in _codes(replace(xray, pixels=burnt))
+
+
+def test_underexposed_is_flagged(xray: DecodedImage) -> None:
+    cut = int(np.percentile(xray.pixels, 70))  # push the darkest 70% to pure black
+    dark = np.clip(xray.pixels.astype(np.int32) - cut, 0, 255).astype(np.uint8)
+    assert "underexposed" in _codes(replace(xray, pixels=dark))
+
+
+def test_ultrasound_is_wrong_modality(datasets: Path) -> None:
+    img = decode_file(datasets / "dicom" / "us" / "OBXXXX1A.dcm")
+    report = assess(img, POLICY, CHEST)
+    assert "wrong_modality" in {i.code for i in report.issues}
+    assert "US" in report.as_dict()["issues"][0]["message"]
+
+
+def test_radiograph_of_another_body_part_is_flagged(datasets: Path) -> None:
+    img = decode_file(datasets / "dicom" / "cr_dx" / "RG2_JPLL.dcm")  # a CR of the hip
+    assert img.body_part == "HIP"
+    report = assess(img, POLICY, CHEST)
+    assert [i.code for i in report.issues] == ["wrong_body_part"]
+    assert "HIP" in report.issues[0].message
+    assert assess(replace(img, body_part=None), POLICY, CHEST).ok  # no attribute: graded
+
+
+def test_colour_image_is_a_colour_photo(xray: DecodedImage) -> None:
+    gray = xray.pixels.astype(np.float32) / 255.0
+    tinted = np.dstack([gray, gray * 0.6, gray * 0.2]).astype(np.float32)
+    assert "colour_photo" in _codes(replace(xray, pixels=tinted))
+
+
+def test_gray_stored_as_rgb_is_not_colour(xray: DecodedImage) -> None:
+    rgb = np.repeat(xray.pixels[..., None], 3, axis=2)
+    assert assess(replace(xray, pixels=rgb), POLICY, CHEST).ok
+
+
+def test_colour_check_off_when_policy_has_no_limit(xray: DecodedImage) -> None:
+    gray = xray.pixels.astype(np.float32) / 255.0
+    tinted = np.dstack([gray, gray * 0.6, gray * 0.2]).astype(np.float32)
+    policy = POLICY.model_copy(update={"max_colorfulness": None})
+    assert assess(replace(xray, pixels=tinted), policy, CHEST).ok
+
+
+def test_fast_on_a_large_image() -> None:
+    rng = np.random.default_rng(0)
+    img = DecodedImage(
+        pixels=rng.random((3000, 2500), dtype=np.float32), source_format="png",
+        original_size=(3000, 2500), bits_stored=16,
+    )
+    assess(img, POLICY, CHEST)
+    start = time.perf_counter()
+    for _ in range(5):
+        assess(img, POLICY, CHEST)
+    assert (time.perf_counter() - start) / 5 < 0.02

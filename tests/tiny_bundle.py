@@ -1,0 +1,119 @@
+"""A tiny but complete bundle built from scratch, for tests that must not depend on the shipped model.
+
+The graph is a real GAP+linear CAM network: conv -> relu -> 1x1 conv to per-class maps (the
+``cam`` output) -> global average pool -> logits.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from models.bundle import Manifest, file_entry, write_manifest
+
+SIZE = 32
+
+
+def tiny_onnx(path: Path, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("Conv", ["image", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["cam"]),
+        helper.make_node("GlobalAveragePool", ["cam"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, SIZE, SIZE]),
+        ],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def manifest_dict(files: dict) -> dict:
+    return {
+        "schema_version": 1,
+        "id": "tiny-test",
+        "version": "0.0.1",
+        "title": "Tiny test model",
+        "intended_use": "Unit tests only.",
+        "research_only": True,
+        "disclaimer": "Not for clinical use.",
+        "task": "binary-classification",
+        "labels": ["NORMAL", "PNEUMONIA"],
+        "input": {
+            "tensor_name": "image",
+            "height": SIZE,
+            "width": SIZE,
+            "channels": 1,
+            "color": "grayscale",
+            "resize": "stretch",
+            "mean": [0.5],
+            "std": [0.25],
+            "dicom": {"modalities": ["CR", "DX"]},
+        },
+        "outputs": {"logits": "logits", "cam": "cam"},
+        "policy": {
+            "urgent_label": "PNEUMONIA",
+            "operating_point": {
+                "threshold": 0.5,
+                "sensitivity": 0.9,
+                "specificity": 0.9,
+                "chosen_on": "nothing",
+                "method": "fixed for tests",
+            },
+        },
+        "quality": {
+            "min_side_px": 16,
+            "min_dynamic_range": 0.05,
+            "max_clipped_fraction": 0.6,
+            "max_colorfulness": 0.1,
+            "min_aspect": 0.4,
+        },
+        "calibration": {"method": "none"},
+        "metrics": [],
+        "provenance": {
+            "dataset": "none",
+            "dataset_licence": "n/a",
+            "citation": "n/a",
+            "training_command": "tests/tiny_bundle.py",
+            "seed": 0,
+            "code_revision": "test",
+            "trained_at": "2026-01-01T00:00:00Z",
+            "training_seconds": 0.0,
+            "framework": "onnx.helper",
+        },
+        "variants": [{"precision": "fp32", "file": "model.onnx"}],
+        "files": files,
+    }
+
+
+def make_tiny_bundle(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    tiny_onnx(root / "model.onnx")
+    files = {"model.onnx": file_entry(root / "model.onnx").model_dump()}
+    write_manifest(root, Manifest.model_validate(manifest_dict(files)))
+    return root
+
+
+def edit_manifest(root: Path, **changes) -> None:
+    """Rewrite manifest.json with top-level keys changed, bypassing validation (to test rejection)."""
+    path = root / "manifest.json"
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
