@@ -1,0 +1,98 @@
+"""Triage: the policy, and the same chest X-ray reaching the model identically as JPEG and as DICOM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from device.intake import decode_file
+from device.triage import ROUTINE, UNGRADABLE, URGENT, Triager, decide
+from models.bundle import Manifest, load_bundle
+from tiny_bundle import make_tiny_bundle, manifest_dict
+
+
+@pytest.fixture(scope="module")
+def manifest() -> Manifest:
+    return Manifest.model_validate(manifest_dict({"model.onnx": {"sha256": "0" * 64, "bytes": 1}}))
+
+
+def test_policy_threshold_is_inclusive(manifest):
+    t = manifest.policy.operating_point.threshold
+    assert decide(np.array([1 - t, t]), manifest, gradable=True) == ("PNEUMONIA", URGENT)
+    below = np.nextafter(t, 0.0)
+    assert decide(np.array([1 - below, below]), manifest, gradable=True) == ("NORMAL", ROUTINE)
+
+
+def test_failed_quality_is_ungradable_whatever_the_probability(manifest):
+    assert decide(np.array([0.01, 0.99]), manifest, gradable=False)[1] == UNGRADABLE
+    assert decide(np.array([0.99, 0.01]), manifest, gradable=False)[1] == UNGRADABLE
+
+
+def _dicom(gray: np.ndarray, path: Path, *, bits: int, monochrome1: bool) -> Path:
+    """Wrap a radiograph as a CR DICOM, the way a modality would send it."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
+    ds.Rows, ds.Columns = gray.shape
+    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    top = (1 << bits) - 1
+    values = gray.astype(np.float64) * top / 255.0
+    if monochrome1:
+        values = top - values
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated = 8 if bits == 8 else 16
+    ds.BitsStored, ds.HighBit = bits, bits - 1
+    dtype = np.uint8 if bits == 8 else np.uint16
+    ds.PixelData = np.round(values).astype(dtype).tobytes()
+    if bits > 8:
+        ds.WindowCenter, ds.WindowWidth = (top + 1) / 2, top + 1
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def chest_jpeg(datasets) -> Path:
+    path = next((datasets / "chest-xray" / "fullres-samples" / "PNEUMONIA").glob("*.jpeg"), None)
+    if path is None:
+        pytest.skip("no full-resolution chest X-ray samples")
+    return path
+
+
+@pytest.mark.parametrize("bits, monochrome1", [(8, False), (12, False), (12, True), (16, True)])
+def test_dicom_and_jpeg_of_one_radiograph_give_the_same_answer(chest_jpeg, tmp_path, bits, monochrome1):
+    triager = Triager(load_bundle(make_tiny_bundle(tmp_path / "b")), threads=1)
+    from_jpeg, _ = triager.triage_file(chest_jpeg)
+    gray = cv2.imread(str(chest_jpeg), cv2.IMREAD_GRAYSCALE)
+    dcm = _dicom(gray, tmp_path / "chest.dcm", bits=bits, monochrome1=monochrome1)
+    from_dicom, img = triager.triage_file(dcm)
+    assert img.modality == "CR" and from_dicom.quality.ok
+    # The model input itself must match (MONOCHROME1 inverted, bit depth and window undone).
+    jpeg_img = decode_file(chest_jpeg)
+    assert jpeg_img.pixels.shape == img.pixels.shape
+    assert np.abs(triager.preprocess(img) - triager.preprocess(jpeg_img)).max() < 0.05
+    p_jpeg, p_dicom = from_jpeg.probabilities["PNEUMONIA"], from_dicom.probabilities["PNEUMONIA"]
+    assert p_dicom == pytest.approx(p_jpeg, abs=0.01), img.notes
+    if monochrome1:
+        assert any("MONOCHROME1" in n for n in img.notes)
+
+
+def test_result_names_the_exact_model_file(tmp_path, chest_jpeg):
+    bundle = load_bundle(make_tiny_bundle(tmp_path / "b"))
+    result, _ = Triager(bundle, threads=1).triage_file(chest_jpeg)
+    assert result.model.sha256 == bundle.sha256_of("model.onnx")
+    assert result.model.as_dict() == {
+        "id": "tiny-test", "version": "0.0.1", "sha256": bundle.sha256_of("model.onnx"),
+        "precision": "fp32", "backend": "onnxruntime",
+    }
+    assert result.cam is not None and result.cam.ndim == 2
