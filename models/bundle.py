@@ -134,6 +134,16 @@ class SplitMetrics(_Strict):
     ece: float | None = None
 
 
+class DataSplit(_Strict):
+    """How validation was held out, so later stages (calibration, accuracy gate) can redraw it exactly."""
+
+    method: Literal["by-patient"] = "by-patient"
+    val_fraction: float = Field(gt=0.0, lt=1.0)
+    seed: int
+    train_images: int
+    val_images: int
+
+
 class Provenance(_Strict):
     dataset: str
     dataset_licence: str
@@ -144,6 +154,7 @@ class Provenance(_Strict):
     trained_at: str
     training_seconds: float
     framework: str
+    split: DataSplit | None = None
 
 
 class FileEntry(_Strict):
@@ -151,12 +162,19 @@ class FileEntry(_Strict):
     bytes: int = Field(ge=0)
 
 
+Target = Literal["cpu", "gpu"]
+
+
 class Variant(_Strict):
-    """One runnable form of the model. The foundation ships fp32; optimize/ adds more."""
+    """One runnable form of the model. Training ships fp32; optimize/ adds more.
+
+    A precision may have one variant per target: the INT8 graph TensorRT needs (symmetric Q/DQ)
+    is not necessarily the fastest one on ONNX Runtime's CPU kernels.
+    """
 
     precision: Literal["fp32", "fp16", "int8"]
     file: str
-    targets: list[Literal["cpu", "gpu"]] = ["cpu", "gpu"]
+    targets: list[Target] = ["cpu", "gpu"]
     notes: str = ""
     gate: dict[str, float | int | str | bool] | None = None
 
@@ -191,9 +209,9 @@ class Manifest(_Strict):
             raise ValueError(f"policy.urgent_label {self.policy.urgent_label!r} is not one of {self.labels}")
         if self.research_only and not self.disclaimer:
             raise ValueError("a research-only model needs a disclaimer (e.g. 'not for clinical use')")
-        precisions = [v.precision for v in self.variants]
-        if len(set(precisions)) != len(precisions):
-            raise ValueError("at most one variant per precision")
+        slots = [(v.precision, t) for v in self.variants for t in v.targets]
+        if len(set(slots)) != len(slots):
+            raise ValueError("at most one variant per precision and target")
         for name in self.files:
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise ValueError(f"file {name!r} must be a plain path inside the bundle")
@@ -202,12 +220,12 @@ class Manifest(_Strict):
                 raise ValueError(f"variant {v.precision} file {v.file!r} is not listed in files")
         return self
 
-    def variant(self, precision: str) -> Variant:
+    def variant(self, precision: str, target: str = "cpu") -> Variant:
         for v in self.variants:
-            if v.precision == precision:
+            if v.precision == precision and target in v.targets:
                 return v
-        have = ", ".join(v.precision for v in self.variants)
-        raise BundleError(f"bundle {self.id} has no {precision} variant (it has: {have})")
+        have = ", ".join(f"{v.precision} ({'/'.join(v.targets)})" for v in self.variants)
+        raise BundleError(f"bundle {self.id} has no {precision} variant for {target} (it has: {have})")
 
     @property
     def urgent_index(self) -> int:
@@ -303,6 +321,7 @@ def write_manifest(root: Path, manifest: Manifest) -> Path:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the service may run as another user
         os.replace(tmp, root / MANIFEST_NAME)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

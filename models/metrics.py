@@ -7,6 +7,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax over the last axis, stable for large logits."""
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def roc_curve(y_true: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False-positive rates, true-positive rates and the thresholds (score >= t is positive), ties grouped."""
     y = np.asarray(y_true).astype(bool)

@@ -1,0 +1,122 @@
+"""Run a bundle's ONNX graph op by op in PyTorch eager mode, on the very same weights.
+
+`bedside bench` compares the exported model under ONNX Runtime with PyTorch eager FP32. Rebuilding
+the training-time nn.Module from a bundle is not possible in general (BatchNorm is folded, the
+temperature is baked in), so this executes the graph's nodes with torch functional ops instead: the
+arithmetic, layouts and kernels are those of eager PyTorch. Only the operators our exported CNNs use
+are supported; anything else is a clear error, never a silent approximation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+
+class UnsupportedGraph(Exception):
+    pass
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv(x, w, b=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, **_):
+    if pads[0] != pads[2] or pads[1] != pads[3]:
+        x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
+        pads = (0, 0, 0, 0)
+    return F.conv2d(x, w, b, stride=tuple(strides), padding=(pads[0], pads[1]), dilation=tuple(dilations), groups=group)
+
+
+def _gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    a = a.t() if transA else a
+    b = b.t() if transB else b
+    out = alpha * (a @ b)
+    return out if c is None else out + beta * c
+
+
+def _reshape(x, shape, *, allowzero=0):
+    dims = [int(d) for d in shape.tolist()]
+    if not allowzero:
+        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
+    return x.reshape(dims)
+
+
+def _reduce_mean(x, axes=None, *, keepdims=1, **_):
+    """``axes`` is an attribute up to opset 17 and an input from opset 18 on: accept both."""
+    dims = axes.tolist() if isinstance(axes, torch.Tensor) else axes
+    return x.mean(dim=tuple(dims), keepdim=bool(keepdims))
+
+
+def _unsqueeze(x, axes):
+    for axis in sorted(int(a) for a in axes.tolist()):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def _batchnorm(x, scale, bias, mean, var, *, epsilon=1e-5, **_):
+    return F.batch_norm(x, mean, var, scale, bias, training=False, eps=epsilon)
+
+
+OPS: dict[str, Callable] = {
+    "Conv": _conv,
+    "Relu": lambda x: F.relu(x),
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Div": lambda a, b: a / b,
+    "MatMul": lambda a, b: a @ b,
+    "Gemm": _gemm,
+    "GlobalAveragePool": lambda x: x.mean(dim=(2, 3), keepdim=True),
+    "ReduceMean": _reduce_mean,
+    "Flatten": lambda x, axis=1: x.flatten(start_dim=axis),
+    "Reshape": _reshape,
+    "Transpose": lambda x, perm: x.permute(*perm),
+    "Identity": lambda x: x,
+    "Shape": lambda x: torch.tensor(x.shape, dtype=torch.int64),
+    "Gather": lambda x, i, axis=0: torch.index_select(x, axis, i.reshape(-1)).reshape(
+        x.shape[:axis] + i.shape + x.shape[axis + 1 :]
+    ),
+    "Unsqueeze": _unsqueeze,
+    "Concat": lambda *xs, axis: torch.cat(xs, dim=axis),
+    "BatchNormalization": _batchnorm,
+    "MaxPool": lambda x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), **_: F.max_pool2d(
+        x, tuple(kernel_shape), tuple(strides), (pads[0], pads[1])
+    ),
+    "Einsum": lambda *xs, equation: torch.einsum(equation, *xs),
+}
+
+
+class EagerGraph:
+    """A callable: numpy (N, C, H, W) float32 -> dict of output name -> numpy array."""
+
+    def __init__(self, path: Path):
+        model = onnx.load(str(path))
+        graph = model.graph
+        self.weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+        self.nodes = []
+        for node in graph.node:
+            attrs = _attrs(node)
+            if node.op_type == "Constant":
+                self.weights[node.output[0]] = torch.from_numpy(numpy_helper.to_array(attrs["value"]).copy())
+                continue
+            if node.op_type not in OPS:
+                raise UnsupportedGraph(f"{path.name}: operator {node.op_type} is not supported by the eager runner")
+            self.nodes.append((OPS[node.op_type], list(node.input), list(node.output), attrs))
+        self.input_name = next(i.name for i in graph.input if i.name not in self.weights)
+        self.output_names = [o.name for o in graph.output]
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        values = dict(self.weights)
+        values[self.input_name] = torch.from_numpy(batch)
+        for fn, inputs, outputs, attrs in self.nodes:
+            args = [values[name] if name else None for name in inputs]
+            values[outputs[0]] = fn(*args, **attrs)
+        return {name: values[name].numpy() for name in self.output_names}
