@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("device.commands.infer", "triage image and DICOM files"),
     "eval": ("device.commands.evaluate", "evaluate a bundle on a folder of labelled images"),
     "bench": ("device.commands.bench", "measure latency and throughput of every backend side by side"),
+    "optimize": ("device.commands.optimize", "add a gated INT8 or FP16 variant to a bundle"),
+    "serve": ("device.commands.serve", "run the kiosk: pages for clinicians and the JSON API, on a WSGI server"),
     "doctor": ("device.commands.doctor", "report versions, backends, CPU features; verify shipped bundles"),
     "train": ("device.commands.train", "train a model and write its bundle (needs the 'train' extra)"),
     "export": ("device.commands.train", "export a training checkpoint to a bundle (needs the 'train' extra)"),

@@ -17,6 +17,7 @@ from device import intake, quality
 from device.runtime import registry
 from device.runtime.base import Backend, ModelIO
 from models.bundle import Bundle, Manifest
+from models.metrics import softmax
 from models.preprocess import to_model_input
 
 URGENT, ROUTINE, UNGRADABLE = "URGENT", "ROUTINE", "UNGRADABLE"
@@ -74,12 +75,6 @@ class TriageResult:
         }
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def decide(probs: np.ndarray, manifest: Manifest, gradable: bool) -> tuple[str, str]:
     """(label, triage category) for one probability vector under the bundle's policy."""
     urgent = manifest.urgent_index
@@ -107,10 +102,10 @@ class Triager:
     ):
         self.bundle = bundle
         m = bundle.manifest
-        variant = m.variant(precision)
+        backend_cls = registry.require(backend)
+        variant = m.variant(precision, backend_cls.target)
         outputs = (m.outputs.logits,) + ((m.outputs.cam,) if m.outputs.cam else ())
         io = ModelIO(m.input.tensor_name, outputs, (m.input.channels, m.input.height, m.input.width))
-        backend_cls = registry.require(backend)
         self._backend: Backend = backend_cls(bundle.path_of(variant.file), io, threads or default_threads())
         self._backend.warm_up()
         self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)

@@ -91,3 +91,19 @@ def test_loading_a_bundle_never_imports_torch(tiny):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) is False
+
+
+def test_one_variant_per_precision_and_target():
+    files = {name: {"sha256": "0" * 64, "bytes": 1} for name in ("model.onnx", "a.onnx", "b.onnx")}
+    data = manifest_dict(files)
+    data["variants"] += [
+        {"precision": "int8", "file": "a.onnx", "targets": ["gpu"]},
+        {"precision": "int8", "file": "b.onnx", "targets": ["cpu"]},
+    ]
+    m = Manifest.model_validate(data)
+    assert m.variant("int8", "gpu").file == "a.onnx" and m.variant("int8", "cpu").file == "b.onnx"
+    with pytest.raises(BundleError, match="no fp16 variant for cpu"):
+        m.variant("fp16")
+    data["variants"][-1]["targets"] = ["cpu", "gpu"]
+    with pytest.raises(ValidationError, match="one variant per precision and target"):
+        Manifest.model_validate(data)

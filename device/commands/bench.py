@@ -1,16 +1,11 @@
-"""``bedside bench``: every variant on every available backend, measured side by side in one run.
-
-Runners are timed in interleaved rounds (A, B, C, A, B, C, ...) rather than one after the
-other, so drift on a shared, noisy machine (other processes, thermal throttling) hits all of
-them alike and the ratios between them stay meaningful.
-"""
+"""``bedside bench``: every variant on every available backend, measured side by side in one run
+(interleaved rounds, see optimize.timing)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
-import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +16,7 @@ from device.runtime import registry
 from device.runtime.base import ModelIO
 from device.triage import default_threads
 from models.bundle import Bundle
+from optimize.timing import interleaved_latencies, summarise
 
 
 @dataclass
@@ -29,6 +25,7 @@ class Runner:
     precision: str
     run: Callable[[np.ndarray], object]
     close: Callable[[], None]
+    variant: str  # the ONNX file: two INT8 graphs (GPU and CPU recipes) can share a precision
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -52,8 +49,16 @@ def build_runners(bundle: Bundle, threads: int, with_torch: bool) -> tuple[list[
             continue
         cls = registry.backend_class(name)
         for variant in m.variants:
-            backend = cls(bundle.path_of(variant.file), io, threads)
-            runners.append(Runner(name, variant.precision, backend.run, backend.close))
+            # ONNX Runtime on the CPU runs any graph, so GPU-only variants are measured there too
+            # (for reference); a GPU backend runs only the graphs made for it.
+            if cls.target in variant.targets or cls.target == "cpu":
+                backend = cls(bundle.path_of(variant.file), io, threads)
+                runners.append(Runner(name, variant.precision, backend.run, backend.close, variant.file))
+    openvino = _openvino_runners(bundle, threads)
+    if openvino is None:
+        skipped.append("openvino: not installed")
+    else:
+        runners += openvino
     if with_torch:
         runner = _torch_eager_runner(bundle, threads)
         if runner is None:
@@ -61,6 +66,26 @@ def build_runners(bundle: Bundle, threads: int, with_torch: bool) -> tuple[list[
         else:
             runners.append(runner)
     return runners, skipped
+
+
+def _openvino_runners(bundle: Bundle, threads: int) -> list[Runner] | None:
+    """OpenVINO on the same ONNX files, precision pinned: f32 everywhere, int8 only where the graph's
+    Q/DQ nodes say so (its default on CPUs with bf16 support would silently run bf16)."""
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    import openvino
+
+    core = openvino.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    runners = []
+    for variant in bundle.manifest.variants:
+        if variant.precision == "fp16":
+            continue  # a CPU pinned to f32 would only upcast it: nothing to compare
+        request = core.compile_model(str(bundle.path_of(variant.file)), "CPU", config).create_infer_request()
+        runners.append(Runner("openvino", variant.precision, lambda x, r=request: r.infer([x]), lambda: None,
+                              variant.file))
+    return runners
 
 
 def _torch_eager_runner(bundle: Bundle, threads: int) -> Runner | None:
@@ -72,36 +97,17 @@ def _torch_eager_runner(bundle: Bundle, threads: int) -> Runner | None:
 
     torch.set_num_threads(threads)
     graph = EagerGraph(bundle.path_of(bundle.manifest.variant("fp32").file))
-    return Runner("pytorch-eager", "fp32", graph, lambda: None)
-
-
-def _percentiles(samples_ms: list[float]) -> dict[str, float]:
-    p50, p90, p99 = np.percentile(np.asarray(samples_ms), [50, 90, 99])
-    return {"p50_ms": round(float(p50), 4), "p90_ms": round(float(p90), 4), "p99_ms": round(float(p99), 4)}
+    return Runner("pytorch-eager", "fp32", graph, lambda: None, bundle.manifest.variant("fp32").file)
 
 
 def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, calls: int, rounds: int) -> list[dict]:
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, *shape)).astype(np.float32)
-    for r in runners:  # warm-up: arenas, kernel choice, caches
-        for _ in range(3):
-            r.run(x)
-    samples: dict[int, list[float]] = {i: [] for i in range(len(runners))}
-    per_round = max(1, calls // rounds)
-    for _ in range(rounds):
-        for i, r in enumerate(runners):
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                r.run(x)
-                samples[i].append((time.perf_counter() - t0) * 1e3)
-    results = []
-    for i, r in enumerate(runners):
-        stats = _percentiles(samples[i])
-        results.append({
-            "backend": r.backend, "precision": r.precision, "batch": batch, **stats,
-            "throughput_ips": round(batch * 1e3 / float(np.mean(samples[i])), 2),
-        })
-    return results
+    x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
+    samples = interleaved_latencies([r.run for r in runners], x, calls, rounds)
+    return [
+        {"backend": r.backend, "precision": r.precision, "variant": r.variant, "batch": batch,
+         **summarise(s, batch)}
+        for r, s in zip(runners, samples)
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -121,10 +127,11 @@ def run(args: argparse.Namespace) -> int:
                           "input": list(shape), "results": results, "skipped": skipped}))
         return 0
     print(f"{m.id} {m.version}, input {shape}, {threads} threads, interleaved over {args.rounds} rounds")
-    print(f"{'backend':<15} {'prec':<5} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'img/s':>9}")
+    print(f"{'backend':<15} {'prec':<5} {'variant':<28} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+          f"{'img/s':>9}")
     for r in results:
-        print(f"{r['backend']:<15} {r['precision']:<5} {r['batch']:>5} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} "
-              f"{r['p99_ms']:>9.3f} {r['throughput_ips']:>9.1f}")
+        print(f"{r['backend']:<15} {r['precision']:<5} {r['variant']:<28} {r['batch']:>5} {r['p50_ms']:>9.3f} "
+              f"{r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['throughput_ips']:>9.1f}")
     _print_ratios(results)
     for note in skipped:
         print(f"skipped {note}")
@@ -132,11 +139,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_ratios(results: list[dict]) -> None:
-    """b1 p50 of every runner relative to ONNX Runtime FP32: the numbers the targets are stated in."""
-    b1 = {(r["backend"], r["precision"]): r["p50_ms"] for r in results if r["batch"] == 1}
-    base = b1.get(("onnxruntime", "fp32"))
-    if base is None:
-        return
-    for (backend, precision), p50 in b1.items():
-        if (backend, precision) != ("onnxruntime", "fp32"):
-            print(f"b1 p50 {backend} {precision} / onnxruntime fp32 = {p50 / base:.2f}x")
+    """Batch-1 p50 speed-ups between runners: the numbers the targets are stated in."""
+    b1 = {f"{r['backend']} {r['variant']}": r["p50_ms"] for r in results if r["batch"] == 1}
+    fp32 = next((r["variant"] for r in results if r["precision"] == "fp32"), None)
+    for baseline in (f"onnxruntime {fp32}", f"pytorch-eager {fp32}"):
+        if baseline not in b1:
+            continue
+        for name, p50 in b1.items():
+            if name != baseline:
+                print(f"b1 p50: {name} is {b1[baseline] / p50:.2f}x as fast as {baseline}")

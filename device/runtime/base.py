@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class ModelIO:
 
 class Backend(ABC):
     name: ClassVar[str]
+    target: ClassVar[Literal["cpu", "gpu"]]  # which bundle variants it runs
     io: ModelIO
 
     @classmethod

@@ -21,6 +21,7 @@ def _import_ort():
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    target = "cpu"
 
     @classmethod
     def availability(cls) -> Availability:

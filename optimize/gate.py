@@ -1,0 +1,56 @@
+"""The accuracy gate: a variant is accepted only if it keeps FP32's accuracy on validation images."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from models.metrics import roc_auc, softmax
+
+MAX_AUC_DROP = 0.002
+MIN_AGREEMENT = 0.995
+
+
+@dataclass(frozen=True)
+class GateResult:
+    variant: str
+    n: int
+    auc_fp32: float
+    auc_variant: float
+    auc_drop: float
+    agreement: float
+    max_logit_deviation: float
+    passed: bool
+    reasons: tuple[str, ...]
+
+    def manifest_entry(self) -> dict[str, float | int | str | bool]:
+        entry = {k: v for k, v in asdict(self).items() if k not in ("reasons", "variant")}
+        entry.update(max_auc_drop=MAX_AUC_DROP, min_agreement=MIN_AGREEMENT, data="validation split")
+        return {k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}
+
+
+def gate(
+    variant: str, fp32_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, urgent: int, threshold: float
+) -> GateResult:
+    """AUC drop <= 0.002 and triage-category agreement >= 99.5% against FP32 on the same images."""
+    p32, p = softmax(fp32_logits)[:, urgent], softmax(logits)[:, urgent]
+    positive = np.asarray(y) == urgent
+    auc32, auc = roc_auc(positive, p32), roc_auc(positive, p)
+    agreement = float(np.mean((p32 >= threshold) == (p >= threshold)))
+    reasons = []
+    if auc32 - auc > MAX_AUC_DROP:
+        reasons.append(f"AUC drops by {auc32 - auc:.4f} (allowed {MAX_AUC_DROP})")
+    if agreement < MIN_AGREEMENT:
+        reasons.append(f"triage agrees with FP32 on {agreement:.2%} of images (needed {MIN_AGREEMENT:.1%})")
+    return GateResult(
+        variant=variant,
+        n=int(len(y)),
+        auc_fp32=auc32,
+        auc_variant=auc,
+        auc_drop=auc32 - auc,
+        agreement=agreement,
+        max_logit_deviation=float(np.abs(logits - fp32_logits).max()),
+        passed=not reasons,
+        reasons=tuple(reasons),
+    )

@@ -1,0 +1,43 @@
+"""Latency measurement shared by `bedside bench` and the optimizer's report.
+
+Runners are timed in interleaved rounds (A, B, C, A, B, C, ...) rather than one after the other,
+so drift on a shared, noisy machine (other processes, frequency scaling) hits all of them alike and
+the ratios between them stay meaningful.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+WARMUP_CALLS = 3
+
+
+def interleaved_latencies(
+    runs: Sequence[Callable[[np.ndarray], object]], x: np.ndarray, calls: int, rounds: int
+) -> list[np.ndarray]:
+    """Per-call wall times in ms for each runner on the same input, measured in interleaved rounds."""
+    for run in runs:
+        for _ in range(WARMUP_CALLS):
+            run(x)
+    per_round = max(1, calls // max(1, rounds))
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                run(x)
+                samples[i].append((time.perf_counter() - t0) * 1e3)
+    return [np.asarray(s) for s in samples]
+
+
+def summarise(samples_ms: np.ndarray, batch: int) -> dict[str, float]:
+    p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
+    return {
+        "p50_ms": round(float(p50), 4),
+        "p90_ms": round(float(p90), 4),
+        "p99_ms": round(float(p99), 4),
+        "throughput_ips": round(batch * 1e3 / float(samples_ms.mean()), 2),
+    }

@@ -1,0 +1,209 @@
+"""Add a gated INT8 or FP16 variant to a bundle: quantize, gate against FP32, measure, write.
+
+Nothing is written to the bundle unless a candidate passes the gate; files land before the
+manifest that names them, and the manifest is replaced atomically, so an interrupted run leaves
+the previous, valid bundle.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from models.bundle import Bundle, Manifest, Variant, file_entry, load_bundle, write_manifest
+from optimize import quantize
+from optimize.gate import GateResult, gate
+from optimize.heldout import calibration_batch, redraw_split, validation_batch
+from optimize.ort_eval import logits, session
+from optimize.report import VariantRun, render
+from optimize.timing import interleaved_latencies, summarise
+
+REPORT_NAME = "report.html"
+CARD_NAME = "MODEL_CARD.md"
+CARD_BEGIN, CARD_END = "<!-- optimize:begin -->", "<!-- optimize:end -->"
+# The symmetric (TensorRT) INT8 graph also serves the CPU unless the CPU recipe is clearly faster.
+CPU_SPEEDUP_TO_KEEP_SEPARATE = 1.05
+
+
+@dataclass
+class Candidate:
+    precision: str
+    name: str
+    file: str
+    targets: tuple[str, ...]
+    notes: str
+    result: GateResult | None = None
+    latency: dict[str, float] | None = None
+
+
+@dataclass
+class Outcome:
+    accepted: list[Candidate] = field(default_factory=list)
+    rejected: list[Candidate] = field(default_factory=list)
+    report: Path | None = None
+
+
+def candidates_for(precision: str) -> list[Candidate]:
+    if precision == "int8":
+        return [
+            Candidate("int8", r.name, f"model.{r.name}.onnx", r.targets, r.notes)
+            for r in (quantize.TENSORRT_INT8, quantize.CPU_INT8)
+        ]
+    if precision == "fp16":
+        return [Candidate("fp16", "fp16", "model.fp16.onnx", ("gpu",),
+                          "FP16 weights and activations, FP32 inputs/outputs (for TensorRT)")]
+    raise ValueError(f"no optimizer for precision {precision!r}")
+
+
+def _build(c: Candidate, bundle: Bundle, tmp: Path, calib: Callable[[], np.ndarray], method: str) -> None:
+    fp32 = bundle.path_of(bundle.manifest.variant("fp32").file)
+    if c.precision == "fp16":
+        quantize.convert_fp16(fp32, tmp)
+        return
+    recipe = quantize.TENSORRT_INT8 if c.name == quantize.TENSORRT_INT8.name else quantize.CPU_INT8
+    quantize.quantize_int8(fp32, tmp, bundle.manifest.input.tensor_name, calib(), recipe, method)
+
+
+def _cpu_latencies(paths: list[Path], m: Manifest, threads: int) -> list[dict[str, float]]:
+    x = np.zeros((1, m.input.channels, m.input.height, m.input.width), np.float32)
+    runs = []
+    for path in paths:
+        sess = session(path, threads)
+        runs.append(lambda batch, s=sess: s.run([m.outputs.logits], {m.input.tensor_name: batch}))
+    return [summarise(s, 1) for s in interleaved_latencies(runs, x, calls=300, rounds=10)]
+
+
+def _assign_targets(passed: list[Candidate]) -> list[Candidate]:
+    """INT8: one graph for both targets when the TensorRT-compatible one is (nearly) as fast on the CPU."""
+    by_name = {c.name: c for c in passed}
+    sym, cpu = by_name.get(quantize.TENSORRT_INT8.name), by_name.get(quantize.CPU_INT8.name)
+    if sym and cpu and sym.latency["p50_ms"] > cpu.latency["p50_ms"] * CPU_SPEEDUP_TO_KEEP_SEPARATE:
+        return [sym, cpu]
+    if sym:
+        sym.targets = ("cpu", "gpu")
+        return [sym]
+    return passed
+
+
+def add_variant(
+    bundle_dir: Path,
+    precision: str,
+    data_dir: Path,
+    calibration_images: int = 300,
+    method: str = "percentile",
+    seed: int = 0,
+    threads: int = 2,
+    log: Callable[[str], None] = lambda _: None,
+) -> Outcome:
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    held = redraw_split(bundle, data_dir)
+    log(f"validation split redrawn: {len(held.val)} images; training side: {len(held.train)}")
+    x_val, y_val = validation_batch(bundle, held)
+    fp32_path = bundle.path_of(m.variant("fp32").file)
+    fp32_logits = logits(fp32_path, m.input.tensor_name, m.outputs.logits, x_val, threads)
+    calib_cache: list[np.ndarray] = []
+
+    def calib() -> np.ndarray:
+        if not calib_cache:
+            calib_cache.append(calibration_batch(bundle, held, calibration_images, seed))
+            log(f"calibration: {calibration_images} training images (seed {seed}), method {method}")
+        return calib_cache[0]
+
+    outcome, built = Outcome(), []
+    for c in candidates_for(precision):
+        tmp = bundle.root / f".{c.file}.tmp"
+        _build(c, bundle, tmp, calib, method)
+        c.result = gate(c.name, fp32_logits, logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads),
+                        y_val, m.urgent_index, m.policy.operating_point.threshold)
+        log(f"{c.name}: AUC {c.result.auc_variant:.4f} (FP32 {c.result.auc_fp32:.4f}), agreement "
+            f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}: "
+            f"{'PASS' if c.result.passed else 'FAIL: ' + '; '.join(c.result.reasons)}")
+        if c.result.passed:
+            built.append((c, tmp))
+        else:
+            tmp.unlink(missing_ok=True)
+            outcome.rejected.append(c)
+    if built:
+        for (c, _), lat in zip(built, _cpu_latencies([t for _, t in built], m, threads)):
+            c.latency = lat
+        outcome.accepted = _assign_targets([c for c, _ in built])
+        for c, tmp in built:
+            if c in outcome.accepted:
+                os.replace(tmp, bundle.root / c.file)
+            else:
+                tmp.unlink()
+        manifest = _with_variants(bundle, precision, outcome.accepted)
+        outcome.report = _write_report_and_card(bundle, manifest, x_val, y_val, threads)
+    return outcome
+
+
+def _with_variants(bundle: Bundle, precision: str, accepted: list[Candidate]) -> Manifest:
+    """The manifest with this precision's variants replaced; superseded files are deleted."""
+    m = bundle.manifest
+    kept = [v for v in m.variants if v.precision != precision]
+    new = [Variant(precision=c.precision, file=c.file, targets=list(c.targets), notes=c.notes,
+                   gate=c.result.manifest_entry()) for c in accepted]
+    used = {v.file for v in kept + new}
+    dropped = {v.file for v in m.variants if v.precision == precision} - used
+    for name in dropped:
+        (bundle.root / name).unlink(missing_ok=True)
+    files = {k: v for k, v in m.files.items() if k not in dropped}
+    files.update({c.file: file_entry(bundle.root / c.file) for c in accepted})
+    return m.model_copy(update={"variants": kept + new, "files": files})
+
+
+def _write_report_and_card(bundle: Bundle, manifest: Manifest, x_val, y_val, threads: int) -> Path:
+    root = bundle.root
+    variants = sorted(manifest.variants, key=lambda v: ("fp32", "fp16", "int8").index(v.precision))
+    paths = [root / v.file for v in variants]
+    latencies = _cpu_latencies(paths, manifest, threads)
+    runs = [
+        VariantRun(f"{v.precision} ({'/'.join(v.targets)})",
+                   logits(p, manifest.input.tensor_name, manifest.outputs.logits, x_val, threads), lat)
+        for v, p, lat in zip(variants, paths, latencies)
+    ]
+    cpu = f"{platform.processor() or platform.machine()}, {threads} threads"
+    (root / REPORT_NAME).write_text(render(manifest, y_val, runs, cpu), encoding="utf-8")
+    files = dict(manifest.files)
+    files[REPORT_NAME] = file_entry(root / REPORT_NAME)
+    if (root / CARD_NAME).exists():
+        _update_card(root / CARD_NAME, variants, latencies)
+        files[CARD_NAME] = file_entry(root / CARD_NAME)
+    write_manifest(root, manifest.model_copy(update={"files": files}))
+    load_bundle(root)  # the bundle we leave behind must verify
+    return root / REPORT_NAME
+
+
+def _update_card(card: Path, variants: list[Variant], latencies: list[dict[str, float]]) -> None:
+    rows = ["| variant | targets | file | AUC drop | agreement | max logit dev. | ORT CPU b1 p50 ms |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    for v, lat in zip(variants, latencies):
+        g = v.gate or {}
+        rows.append(
+            f"| {v.precision} | {', '.join(v.targets)} | `{v.file}` | "
+            f"{g.get('auc_drop', 0.0):.4f} | {g.get('agreement', 1.0):.2%} | "
+            f"{g.get('max_logit_deviation', 0.0):.4f} | {lat['p50_ms']:.3f} |"
+        )
+    section = "\n".join([
+        CARD_BEGIN,
+        "## Optimized variants",
+        "",
+        "Each variant passed the accuracy gate against FP32 on the validation split (AUC drop <= 0.002, "
+        "triage agreement >= 99.5%); `report.html` has the ROC, calibration and confusion details.",
+        "",
+        *rows,
+        CARD_END,
+    ])
+    text = card.read_text(encoding="utf-8")
+    if CARD_BEGIN in text:
+        head, _, rest = text.partition(CARD_BEGIN)
+        text = head + section + rest.partition(CARD_END)[2]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    card.write_text(text, encoding="utf-8")

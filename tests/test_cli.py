@@ -1,0 +1,150 @@
+"""The `bedside` command line, run as a real process on real images; other tools parse these shapes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import pytest
+
+from tiny_bundle import make_tiny_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "bundles" / "chest-xray-pneumonia"
+
+
+def bedside(*args: str, check_rc: int | None = 0) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "device.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stderr + proc.stdout
+    return proc
+
+
+@pytest.fixture(scope="module")
+def samples(datasets):
+    files = sorted((datasets / "chest-xray" / "fullres-samples").glob("*/*.jpeg"))
+    if not files:
+        pytest.skip("no fullres-samples in the dataset folder")
+    return files
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "bedside"
+    assert script.exists(), "install the project (make install) so the `bedside` script exists"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    for command in ("infer", "eval", "bench", "doctor", "train", "export"):
+        assert command in out.stdout
+
+
+def test_infer_json_lines_and_exit_2_when_a_file_fails(samples, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    chosen = [samples[0], samples[-1]]
+    proc = bedside("infer", "--json", *chosen, empty, check_rc=2)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(lines) == 3
+    for line, path in zip(lines, chosen):
+        assert line["file"] == str(path)
+        assert set(line) >= {"file", "label", "probabilities", "triage", "quality", "model", "latency_ms"}
+        assert line["label"] in ("NORMAL", "PNEUMONIA")
+        assert set(line["probabilities"]) == {"NORMAL", "PNEUMONIA"}
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert line["triage"] in ("URGENT", "ROUTINE", "UNGRADABLE")
+        assert set(line["model"]) >= {"id", "version", "sha256"}
+        assert line["model"]["id"] == "chest-xray-pneumonia" and len(line["model"]["sha256"]) == 64
+        assert line["latency_ms"] > 0
+    assert lines[2]["file"] == str(empty) and "empty" in lines[2]["error"]
+
+
+def test_infer_table_for_people(samples):
+    proc = bedside("infer", *samples[:2])
+    assert "threshold" in proc.stdout
+    assert sum(("URGENT" in line or "ROUTINE" in line) for line in proc.stdout.splitlines()) == 2
+
+
+def test_infer_writes_heatmap_overlays_at_image_size(samples, tmp_path):
+    bedside("infer", "--heatmap-dir", tmp_path, samples[-1])
+    overlay = cv2.imread(str(tmp_path / f"{samples[-1].name}.heatmap.png"))
+    original = cv2.imread(str(samples[-1]))
+    assert overlay is not None and overlay.shape[:2] == original.shape[:2]
+
+
+@pytest.fixture(scope="module")
+def small_eval_set(datasets, tmp_path_factory):
+    """40 real training images in folders whose case differs from the labels, to prove matching."""
+    root = tmp_path_factory.mktemp("evalset")
+    for label, folder in (("NORMAL", "normal"), ("PNEUMONIA", "Pneumonia")):
+        (root / folder).mkdir()
+        for src in sorted((datasets / "chest-xray" / "train" / label).glob("*.jpeg"))[:20]:
+            (root / folder / src.name).symlink_to(src)
+    return root
+
+
+def test_eval_json(small_eval_set):
+    report = json.loads(bedside("eval", "--json", "--data", small_eval_set).stdout)
+    assert report["n"] == 40 and report["n_positive"] == 20
+    assert set(report) >= {"n", "auc", "accuracy", "sensitivity", "specificity", "confusion"}
+    assert sum(report["confusion"].values()) == 40
+    assert 0.5 < report["auc"] <= 1.0  # training images: a sanity check, not a validation
+
+
+def test_eval_rejects_a_folder_that_matches_no_label(small_eval_set, tmp_path):
+    (tmp_path / "normal").symlink_to(small_eval_set / "normal")
+    (tmp_path / "covid").mkdir()
+    proc = bedside("eval", "--data", tmp_path, check_rc=1)
+    assert "covid" in proc.stderr and "matches no label" in proc.stderr
+
+
+def test_bench_json_side_by_side():
+    proc = bedside("bench", "--json", "--iterations", "20", "--rounds", "2", "--batch", "4")
+    results = json.loads(proc.stdout)["results"]
+    keys = {(r["backend"], r["precision"], r["batch"]) for r in results}
+    assert {("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 4)} <= keys
+    assert ("pytorch-eager", "fp32", 1) in keys  # torch is installed in the test environment
+    for r in results:
+        assert set(r) >= {"backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips"}
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["throughput_ips"] > 0
+
+
+def test_torch_eager_runs_the_same_weights_as_onnxruntime():
+    import numpy as np
+
+    from device.runtime.base import ModelIO
+    from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
+    from models.bundle import load_bundle
+    from models.onnx_eager import EagerGraph
+
+    bundle = load_bundle(SHIPPED)
+    m = bundle.manifest
+    path = bundle.path_of(m.variant("fp32").file)
+    x = np.random.default_rng(1).standard_normal((2, m.input.channels, m.input.height, m.input.width))
+    x = x.astype(np.float32)
+    ort = OnnxRuntimeBackend(path, ModelIO(m.input.tensor_name, (m.outputs.logits,), x.shape[1:]), 1).run(x)
+    eager = EagerGraph(path)(x)
+    np.testing.assert_allclose(eager[m.outputs.logits], ort[m.outputs.logits], rtol=1e-3, atol=1e-3)
+
+
+def test_doctor_verifies_shipped_bundles():
+    report = json.loads(bedside("doctor", "--json").stdout)
+    assert report["backends"]["onnxruntime"]["ok"]
+    assert [b["id"] for b in report["bundles"] if b["ok"]] == ["chest-xray-pneumonia"]
+    assert "python" in report and "features" in report["cpu"]
+
+
+def test_doctor_fails_on_a_tampered_bundle(tmp_path):
+    bundle = make_tiny_bundle(tmp_path / "bundles" / "tiny")
+    (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes() + b"x")
+    proc = bedside("doctor", "--bundles", tmp_path / "bundles", check_rc=1)
+    assert "BROKEN" in proc.stdout and "model.onnx does not match" in proc.stdout
+
+
+def test_train_without_torch_says_what_to_install(tmp_path):
+    code = "import sys; sys.modules['torch'] = None; from device.cli import main; sys.exit(main(['train', '--help']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    assert "bedside[train]" in proc.stderr and "Traceback" not in proc.stderr

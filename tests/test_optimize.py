@@ -1,0 +1,105 @@
+"""The optimization stage on the real shipped model: gated INT8/FP16 variants, written safely."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from device.triage import Triager
+from models.bundle import load_bundle
+from optimize import gate as gate_module
+from optimize.errors import OptimizeError
+from optimize.gate import gate
+from optimize.quantize import check_symmetric
+from optimize.variants import add_variant
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "models" / "bundles" / "chest-xray-pneumonia"
+
+
+def test_gate_passes_identical_and_names_each_failure():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    fp32 = np.column_stack([np.zeros(500), (y * 2 - 1) * 2 + rng.normal(0, 1.5, 500)])
+    same = gate("v", fp32, fp32.copy(), y, urgent=1, threshold=0.5)
+    assert same.passed and same.agreement == 1.0 and same.max_logit_deviation == 0.0
+    noisy = gate("v", fp32, fp32 + rng.normal(0, 1.0, fp32.shape), y, urgent=1, threshold=0.5)
+    assert not noisy.passed
+    assert any("AUC drops" in r for r in noisy.reasons) and any("agrees with FP32" in r for r in noisy.reasons)
+
+
+@pytest.fixture
+def bundle_copy(tmp_path, datasets):
+    if not SHIPPED.is_dir():
+        pytest.skip("the shipped bundle is missing")
+    dst = tmp_path / "bundle"
+    shutil.copytree(SHIPPED, dst)
+    return dst
+
+
+@pytest.fixture
+def train_dir(datasets):
+    path = datasets / "chest-xray" / "train"
+    if not path.is_dir():
+        pytest.skip(f"no training images at {path}")
+    return path
+
+
+def test_int8_and_fp16_variants_pass_the_gate_and_run(bundle_copy, train_dir):
+    outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=100)
+    assert outcome.accepted and not outcome.rejected
+    outcome = add_variant(bundle_copy, "fp16", train_dir, calibration_images=100)
+    assert [c.precision for c in outcome.accepted] == ["fp16"]
+    bundle = load_bundle(bundle_copy)  # every file hash verifies
+    m = bundle.manifest
+    gpu_int8 = m.variant("int8", "gpu")
+    check_symmetric(bundle.path_of(gpu_int8.file))  # TensorRT-compatible
+    for v in m.variants:
+        if v.precision != "fp32":
+            assert v.gate["passed"] is True and v.gate["auc_drop"] <= 0.002 and v.gate["agreement"] >= 0.995
+    fp16 = onnx.load(str(bundle.path_of(m.variant("fp16", "gpu").file)))
+    assert {i.type.tensor_type.elem_type for i in fp16.graph.input} == {onnx.TensorProto.FLOAT}
+    assert "report.html" in m.files and "<svg" in (bundle_copy / "report.html").read_text()
+    assert "Optimized variants" in (bundle_copy / "MODEL_CARD.md").read_text()
+    result, _ = Triager(bundle, precision="int8", threads=1).triage_file(
+        next((train_dir / "PNEUMONIA").glob("*.jpeg"))
+    )
+    assert result.model.precision == "int8" and result.model.sha256 == bundle.sha256_of(m.variant("int8").file)
+
+
+def test_a_variant_that_fails_the_gate_is_not_added(bundle_copy, train_dir, monkeypatch):
+    before = (bundle_copy / "manifest.json").read_text()
+    files_before = sorted(p.name for p in bundle_copy.iterdir())
+    monkeypatch.setattr(gate_module, "MIN_AGREEMENT", 1.01)
+    outcome = add_variant(bundle_copy, "fp16", train_dir, calibration_images=50)
+    assert not outcome.accepted and "agrees with FP32" in outcome.rejected[0].result.reasons[0]
+    assert (bundle_copy / "manifest.json").read_text() == before
+    assert sorted(p.name for p in bundle_copy.iterdir()) == files_before
+
+
+def test_quantizing_needs_the_models_own_training_data(bundle_copy, tmp_path):
+    (tmp_path / "NORMAL").mkdir()
+    with pytest.raises(OptimizeError, match="not the model's training data"):
+        add_variant(bundle_copy, "int8", tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "device.cli", "optimize", "--bundle", str(bundle_copy), "--precision", "int8",
+         "--calibration", str(tmp_path / "missing")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 1 and "refusing to quantize without" in proc.stderr
+
+
+def test_bundle_without_a_recorded_split_is_refused(bundle_copy, train_dir):
+    path = bundle_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["provenance"]["split"] = None
+    path.write_text(json.dumps(data))
+    with pytest.raises(OptimizeError, match="records no data split"):
+        add_variant(bundle_copy, "int8", train_dir)
