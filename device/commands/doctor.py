@@ -30,6 +30,9 @@ CPU_FEATURES = (
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--bundles", type=Path, help="directory of bundles to verify (default: the shipped ones)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--selftest", action="store_true",
+                        help="build (or load) a TensorRT engine for every variant and check it against "
+                        "ONNX Runtime FP32 (skipped where TensorRT is unavailable)")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -86,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         "bundles": [check_bundle(p) for p in paths],
     }
     healthy = bool(report["bundles"]) and all(b["ok"] for b in report["bundles"])
+    if args.selftest:
+        from device.tensorrt_selftest import run_selftest
+
+        loaded = [load_bundle(Path(b["path"])) for b in report["bundles"] if b["ok"]]
+        report["tensorrt_selftest"] = run_selftest(loaded)
+        healthy = healthy and report["tensorrt_selftest"].get("ok", True)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -111,3 +120,20 @@ def _print_text(report: dict) -> None:
             print(f"  OK     {b['id']} {b['version']} variants {','.join(b['variants'])}  {b['path']}")
         else:
             print(f"  BROKEN {b['path']}: {b['error']}")
+    selftest = report.get("tensorrt_selftest")
+    if selftest is not None:
+        _print_selftest(selftest)
+
+
+def _print_selftest(selftest: dict) -> None:
+    if selftest["skipped"]:
+        print(f"tensorrt self-test: SKIPPED ({selftest['reason']})")
+        return
+    print("tensorrt self-test (vs onnxruntime fp32):")
+    for v in selftest["variants"]:
+        if "error" in v:
+            print(f"  FAIL   {v['bundle']} {v['precision']}: {v['error']}")
+            continue
+        print(f"  {'OK    ' if v['ok'] else 'FAIL  '} {v['bundle']} {v['precision']}: "
+              f"max |dp| {v['max_prob_diff']:.2e} (<= {v['tolerance']:.0e}), agreement {v['agreement']:.0%} "
+              f"(>= {v['min_agreement']:.0%}), b1 p50 {v['b1_p50_ms']:.2f} ms, load {v['load_s']:.1f} s")

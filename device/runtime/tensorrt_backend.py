@@ -1,0 +1,212 @@
+"""TensorRT on a CUDA GPU (Jetson), through pycuda.
+
+The engine comes from the engine cache (optimize/engine_cache.py), keyed by the model's content,
+the TensorRT build and the GPU; a miss builds it here, synchronously, because whoever asked for
+this backend by name (``bedside infer --backend tensorrt``) wants it. A device that must keep
+serving while an engine builds uses optimize.engine_cache.BuildJob and switches backends when
+the job is ready. Settings come from the environment: BEDSIDE_ENGINE_CACHE (default
+~/.cache/bedside/engines), BEDSIDE_TRT_MAX_BATCH, BEDSIDE_TRT_OPT_BATCH, BEDSIDE_TRT_WORKSPACE_MB,
+BEDSIDE_DLA_CORE.
+
+All CUDA work (deserialising, buffers, execution, release) runs on one CudaWorker thread; ``run``
+may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable
+from device.runtime.cuda_io import StreamBuffers
+from device.runtime.cuda_worker import CudaWorker
+from models.bundle import BundleError, read_manifest
+from optimize.engine_cache import CacheNotWritable, EngineCache, EngineKey, EngineSettings, tensorrt_build
+from optimize.tensorrt.api import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
+from optimize.tensorrt.build import EngineBuildError
+from optimize.tensorrt.progress import BuildProgress
+
+log = logging.getLogger("bedside.tensorrt")
+
+
+class StaleEngine(RuntimeFailure):
+    """TensorRT refused to deserialise a cached engine (another TensorRT build or GPU made it)."""
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    target = "gpu"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            trt = import_tensorrt()
+        except TensorRTUnavailable as exc:
+            return Availability(False, str(exc))
+        try:
+            p = detect_platform(trt.__version__)
+        except TensorRTUnavailable as exc:
+            return Availability(False, str(exc), trt.__version__)
+        except Exception as exc:  # availability never raises: whatever broke is the reason
+            return Availability(False, f"CUDA device query failed: {exc}", trt.__version__)
+        return Availability(True, f"{p.gpu_name} (compute {p.compute_capability}, {p.sm_count} SMs)",
+                            trt.__version__)
+
+    def __init__(self, model_path: Path, io: ModelIO, threads: int, settings: EngineSettings | None = None):
+        try:
+            self._trt = import_tensorrt()
+        except TensorRTUnavailable as exc:
+            raise RuntimeUnavailable(str(exc)) from None
+        self.io = io
+        self._session: _EngineSession | None = None
+        settings = settings or EngineSettings.from_env()
+        model_path = Path(model_path)
+        precision = _precision_of(model_path)
+        options = settings.build_options(precision)
+        try:
+            self._cache = EngineCache(settings.cache_dir)
+        except CacheNotWritable as exc:
+            raise RuntimeFailure(str(exc)) from None
+        self._worker = CudaWorker()
+        try:
+            platform = detect_platform(self._trt.__version__)
+            self._key = EngineKey.for_model(model_path, precision, platform, io.input_name, io.input_shape, options)
+            build = tensorrt_build(model_path, self._key, options, self._cache.timing_cache_path(platform))
+            self._session = self._load(build)
+            self.max_batch = self._session.max_batch
+            self.engine_path = self._cache.engine_path(self._key)
+            self.warm_up((1,))
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, build) -> "_EngineSession":
+        """Load the cached engine; one that TensorRT refuses to deserialise is dropped and rebuilt once."""
+        try:
+            return self._open(self._engine(build))
+        except StaleEngine as exc:
+            log.warning("%s; rebuilding", exc)
+            self._cache.invalidate(self._key)
+            return self._open(self._engine(build))
+
+    def _engine(self, build) -> Path:
+        try:
+            return self._cache.get_or_build(self._key, build, _log_progress())
+        except (EngineBuildError, TensorRTUnavailable) as exc:
+            raise RuntimeFailure(str(exc)) from None
+
+    def _open(self, path: Path) -> "_EngineSession":
+        return self._worker.call(_EngineSession, self._trt, self._worker.cuda, path.read_bytes(), self.io)
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        session = self._session
+        if session is None:
+            raise RuntimeFailure("backend was closed")
+        c, h, w = self.io.input_shape
+        if batch.dtype != np.float32:
+            raise RuntimeFailure(f"input must be float32, not {batch.dtype}")
+        if batch.ndim != 4 or batch.shape[1:] != (c, h, w):
+            raise RuntimeFailure(f"input shape {batch.shape} is not (N, {c}, {h}, {w})")
+        if not 1 <= batch.shape[0] <= session.max_batch:
+            raise RuntimeFailure(
+                f"batch of {batch.shape[0]} is outside the engine's profile 1..{session.max_batch} "
+                "(BEDSIDE_TRT_MAX_BATCH sets the maximum; the engine is rebuilt for a new one)"
+            )
+        return self._worker.call(session.infer, np.ascontiguousarray(batch))
+
+    def close(self) -> None:
+        """Free buffers and TensorRT objects on the worker thread, then stop it. Idempotent."""
+        session, self._session = self._session, None
+        worker = getattr(self, "_worker", None)
+        if worker is None:
+            return
+        if session is not None:
+            worker.call(session.release)
+        worker.close()
+
+
+class _EngineSession:
+    """A deserialised engine, its execution context and I/O buffers. Lives on the worker thread."""
+
+    def __init__(self, trt, cuda, plan: bytes, io: ModelIO):
+        logger, self._errors = trt_logger(trt)
+        self._errors.take()
+        self.io = io
+        self.buffers: StreamBuffers | None = None
+        self.runtime = trt.Runtime(logger)
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise StaleEngine("TensorRT cannot deserialise the cached engine: "
+                              + ("; ".join(self._errors.take()) or "no reason logged"))
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            self._fail("create_execution_context")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        modes = {n: self.engine.get_tensor_mode(n) for n in names}
+        if modes.get(io.input_name) != trt.TensorIOMode.INPUT:
+            raise RuntimeFailure(f"engine has no input {io.input_name!r} (its tensors: {names})")
+        missing = [n for n in io.output_names if modes.get(n) != trt.TensorIOMode.OUTPUT]
+        if missing:
+            raise RuntimeFailure(f"engine lacks outputs {missing} (its tensors: {names})")
+        if trt.nptype(self.engine.get_tensor_dtype(io.input_name)) != np.float32:
+            raise RuntimeFailure(f"engine input {io.input_name!r} is not float32")
+        _, _, max_shape = self.engine.get_tensor_profile_shape(io.input_name, 0)
+        max_shape = tuple(max_shape)
+        self.max_batch = max_shape[0]
+        self._ok(self.context.set_input_shape(io.input_name, max_shape), "set_input_shape")
+        # Every output of the engine needs an address, including ones the bundle does not read.
+        outputs = {n: (tuple(self.context.get_tensor_shape(n)), trt.nptype(self.engine.get_tensor_dtype(n)))
+                   for n in names if modes[n] == trt.TensorIOMode.OUTPUT}
+        self.buffers = StreamBuffers(cuda, {io.input_name: (max_shape, np.float32)}, outputs)
+        for name, address in self.buffers.addresses().items():
+            self._ok(self.context.set_tensor_address(name, address), f"set_tensor_address({name})")
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self._ok(self.context.set_input_shape(self.io.input_name, batch.shape), "set_input_shape")
+        shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in self.io.output_names}
+        return self.buffers.run({self.io.input_name: batch}, shapes, self._execute)
+
+    def _execute(self, stream_handle: int) -> None:
+        self._ok(self.context.execute_async_v3(stream_handle), "execute_async_v3")
+
+    def _ok(self, result: bool, what: str) -> None:
+        """TensorRT reports most failures as a False return plus a logged error: raise both."""
+        if not result:
+            self._fail(what)
+
+    def _fail(self, what: str) -> None:
+        raise RuntimeFailure(f"TensorRT {what} failed: " + ("; ".join(self._errors.take()) or "no reason logged"))
+
+    def release(self) -> None:
+        if self.buffers is not None:
+            self.buffers.free()
+            self.buffers = None
+        # TensorRT objects are freed when their last reference goes: drop them here, on this thread.
+        self.context = self.engine = self.runtime = None
+
+
+def _precision_of(model_path: Path) -> str:
+    """The variant's precision from the bundle manifest beside it; a bare ONNX file counts as fp32."""
+    try:
+        manifest = read_manifest(model_path.parent)
+    except BundleError:
+        return "fp32"
+    for variant in manifest.variants:
+        if variant.file == model_path.name:
+            return variant.precision
+    return "fp32"
+
+
+def _log_progress():
+    """Log a synchronous build every 10%: minutes of silence look like a hang."""
+    last = [-1]
+
+    def report(progress: BuildProgress) -> None:
+        tenth = int(progress.fraction * 10)
+        if tenth != last[0]:
+            last[0] = tenth
+            log.info("building TensorRT engine: %d%% (%s)", tenth * 10, progress.phase)
+
+    return report

@@ -1,0 +1,1 @@
+"""Fake pycuda: see driver.py."""
