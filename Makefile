@@ -3,9 +3,6 @@ VENV     ?= .venv
 PY       := $(VENV)/bin/python
 BEDSIDE  := $(VENV)/bin/bedside
 STAMP    := $(VENV)/.installed
-DATASETS ?= $(or $(BEDSIDE_DATASETS),../shared/datasets)
-SAMPLES  := $(wildcard $(DATASETS)/chest-xray/fullres-samples/*/*.jpeg)
-IMAGES   ?=
 
 .PHONY: install run test clean
 
@@ -17,16 +14,17 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,test]'
+	$(PY) -m pip install -q -e '.[train,test,bench]'
 	touch $(STAMP)
 
+# The appliance: the kiosk with the shipped bundles on http://$(HOST):$(PORT)/ (Ctrl-C stops it).
+# Studies are kept in $(DATA_DIR) (default: ~/.local/share/bedside).
+HOST     ?= 127.0.0.1
+PORT     ?= 8080
+DATA_DIR ?=
 run: install
-	$(BEDSIDE) doctor
-	@if [ -z "$(strip $(IMAGES) $(SAMPLES))" ]; then \
-	  echo "No images to triage: pass some with 'make run IMAGES=\"a.jpg b.dcm\"'"; \
-	else \
-	  $(BEDSIDE) infer $(IMAGES) $(SAMPLES); \
-	fi
+	@echo "Starting the Bedside kiosk; it prints its URL once the models are ready (Ctrl-C stops it)"
+	$(BEDSIDE) serve --host $(HOST) --port $(PORT) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 test: install
 	$(PY) -m pytest

@@ -8,6 +8,7 @@ palette and YBR are turned into RGB.
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import numpy as np
@@ -19,13 +20,16 @@ from device.intake.errors import NO_PIXEL_DATA, TRUNCATED, UNDECODABLE, UNSUPPOR
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _MAX_WARNING_NOTES = 3
+# warnings.catch_warnings swaps process-wide state (the filter list and showwarning); two threads
+# inside it at once restore each other's state and leave the process recording warnings forever.
+# DICOM decodes therefore run one at a time per process; raster decodes do not need this.
+_warnings_lock = threading.Lock()
 
 
 def decode_dicom(data: bytes, source: str) -> DecodedImage:
     # pydicom reports malformed-but-readable files through warnings; they become notes (an audit
-    # trail) instead of reaching the console. catch_warnings is process-wide state: decode one
-    # file at a time per process.
-    with warnings.catch_warnings(record=True) as caught:
+    # trail) instead of reaching the console.
+    with _warnings_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ds = _read(data, source)
         rows, cols, frames, bits_stored = _header(ds, source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import cv2
@@ -17,15 +18,30 @@ _CHECKS = {"jpeg": headers.check_jpeg, "png": headers.check_png, "tiff": headers
 _FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
+# OpenCV's log level is process-wide. Decodes run on several threads at once (the kiosk's request
+# pool), so the level is switched off by the first decode to enter and restored by the last to leave;
+# a per-call save/restore would let overlapping calls restore each other's "silent" for good.
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_quiet_previous: int | None = None
+
+
 @contextmanager
 def _opencv_quiet():
     """OpenCV logs decoder complaints about bad data to stderr; intake reports them as IntakeError instead."""
-    previous = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    global _quiet_users, _quiet_previous
+    with _quiet_lock:
+        if _quiet_users == 0:
+            _quiet_previous = cv2.utils.logging.getLogLevel()
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        _quiet_users += 1
     try:
         yield
     finally:
-        cv2.utils.logging.setLogLevel(previous)
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                cv2.utils.logging.setLogLevel(_quiet_previous)
 
 
 def decode_raster(data: bytes, source: str, fmt: str) -> DecodedImage:

@@ -1,0 +1,200 @@
+"""The JSON API, version 1: the same operations the pages offer, for programs and tests.
+
+Errors are ``{"error": {"status", "code", "message", ...}}`` with a 4xx status (see app.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from flask import Blueprint, Response, jsonify, request
+
+from device.kiosk.context import kiosk
+from device.kiosk.errors import BadRequest, KioskError, NotFound
+from device.kiosk.service import study_filter, study_json
+from device.kiosk.store import TRIAGE_ORDER
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+ops = Blueprint("ops", __name__)  # /metrics, where Prometheus looks by default
+MAX_PAGE = 500
+IMMUTABLE = "private, max-age=86400, immutable"
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be an integer, not {raw!r}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be between {low} and {high}")
+    return value
+
+
+def _body() -> dict:
+    """A JSON object body, or the form fields of a form post."""
+    if request.is_json:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise BadRequest("the body must be a JSON object")
+        return data
+    return request.form.to_dict()
+
+
+def _operator() -> str | None:
+    return request.headers.get("X-Bedside-Operator") or request.args.get("operator")
+
+
+def triage_args() -> list[str]:
+    """?triage=URGENT&triage=ROUTINE or ?triage=URGENT,ROUTINE."""
+    return [part for value in request.args.getlist("triage") for part in value.split(",")]
+
+
+@api.post("/studies")
+def create_study():
+    upload = request.files.get("file")
+    if upload is None:
+        raise BadRequest("no file: send the image as multipart/form-data in a field named 'file'")
+    study = kiosk().create_study(
+        upload.read(),
+        upload.filename or "upload",
+        request.form.get("exam"),
+        request.form.get("reference"),
+        request.form.get("operator") or _operator(),
+    )
+    return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
+
+
+@api.get("/studies")
+def list_studies():
+    where = study_filter(triage_args(), request.args.get("from"), request.args.get("to"), request.args.get("q"))
+    limit = _int_arg("limit", 50, 1, MAX_PAGE)
+    offset = _int_arg("offset", 0, 0, 2**62)
+    studies, total = kiosk().store.list(where, limit, offset)
+    return jsonify({"studies": [study_json(s) for s in studies], "total": total, "limit": limit, "offset": offset})
+
+
+@api.get("/studies/<int:study_id>")
+def get_study(study_id: int):
+    return jsonify(study_json(kiosk().view(study_id, _operator())))
+
+
+@api.get("/studies/<int:study_id>/image")
+def study_image(study_id: int):
+    k = kiosk()
+    study = k.get(study_id)
+    response = Response(k.image_bytes(study), mimetype=study.media_type)
+    response.headers["Content-Disposition"] = f'inline; filename="study-{study.id}-{study.image_sha256[:12]}"'
+    response.headers["Cache-Control"] = IMMUTABLE
+    return response
+
+
+@api.get("/studies/<int:study_id>/preview")
+def study_preview(study_id: int):
+    k = kiosk()
+    return Response(k.renders.preview_png(k.get(study_id)), mimetype="image/png", headers={"Cache-Control": IMMUTABLE})
+
+
+@api.get("/studies/<int:study_id>/heatmap")
+def study_heatmap(study_id: int):
+    k = kiosk()
+    study = k.get(study_id)
+    png = k.renders.heatmap_png(study)
+    if png is None:
+        raise NotFound(f"study {study_id}: its model ({study.result['model']['id']}) gives no heatmap")
+    return Response(png, mimetype="image/png", headers={"Cache-Control": IMMUTABLE})
+
+
+@api.post("/studies/<int:study_id>/review")
+def review_study(study_id: int):
+    body = _body()
+    study = kiosk().review(study_id, body.get("note"), body.get("operator") or _operator())
+    return jsonify(study_json(study))
+
+
+@api.post("/studies/<int:study_id>/export")
+def export_study(study_id: int):
+    body = _body()
+    folder = kiosk().export_study(study_id, body.get("destination"), body.get("operator") or _operator())
+    return jsonify({"path": str(folder)}), 201
+
+
+@api.post("/exports/history")
+def export_history():
+    body = _body()
+    triage = body.get("triage") or []
+    where = study_filter(triage if isinstance(triage, list) else str(triage).split(","),
+                         body.get("from"), body.get("to"), body.get("q"))
+    path, count = kiosk().export_history(where, body.get("destination"), body.get("operator") or _operator())
+    return jsonify({"path": str(path), "studies": count}), 201
+
+
+@api.get("/exports/targets")
+def export_targets():
+    return jsonify({"targets": [str(t) for t in kiosk().export_targets()]})
+
+
+@api.get("/imports")
+def importable():
+    return jsonify({"files": [f.as_json() for f in kiosk().importable()]})
+
+
+@api.post("/imports")
+def import_files():
+    body = _body()
+    paths = body.get("paths")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise BadRequest("'paths' must be a list of file paths (see GET /api/v1/imports)")
+    outcome = kiosk().import_files(paths, body.get("exam"), body.get("reference"), body.get("operator") or _operator())
+    studies = [study_json(r) for _, r in outcome if not isinstance(r, KioskError)]
+    errors = [
+        {"path": p, "status": r.status, "code": r.code, "message": r.message}
+        for p, r in outcome
+        if isinstance(r, KioskError)
+    ]
+    status = 201 if studies else errors[0]["status"]
+    return jsonify({"studies": studies, "errors": errors}), status
+
+
+@api.get("/exams")
+def exams():
+    return jsonify({"exams": [e.as_json() for e in kiosk().exams]})
+
+
+@api.get("/settings")
+def get_settings():
+    return jsonify({"operator": kiosk().default_operator()})
+
+
+@api.put("/settings")
+def put_settings():
+    body = _body()
+    unknown = set(body) - {"operator"}
+    if unknown:
+        raise BadRequest(f"unknown setting {sorted(unknown)[0]!r}; settable: operator")
+    if "operator" in body:
+        kiosk().set_default_operator(body["operator"], _operator())
+    return get_settings()
+
+
+@api.get("/audit")
+def audit_log():
+    study = request.args.get("study")
+    study_id = _int_arg("study", 0, 1, 2**62) if study else None
+    entries = kiosk().store.audit_log(_int_arg("limit", 100, 1, 1000), study_id)
+    return jsonify({"entries": [asdict(e) for e in entries]})
+
+
+@api.get("/health")
+def health():
+    report = kiosk().health()
+    return jsonify(report), 200 if report["ready"] else 503
+
+
+@ops.get("/metrics")
+def metrics():
+    k = kiosk()
+    text = k.metrics.render(k.exams.ids(), TRIAGE_ORDER)
+    return Response(text, mimetype="text/plain", headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

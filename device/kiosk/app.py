@@ -1,0 +1,106 @@
+"""The Flask application factory: one Kiosk (models, store, metrics) per app, two blueprints
+(pages for people, /api/v1 for programs), strict security headers, and errors that never leak a
+traceback: bad input is a 4xx with a clear message, in JSON for the API and on the page for people."""
+
+from __future__ import annotations
+
+import logging
+
+import tempfile
+
+from flask import Flask, Request, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from device.kiosk.api import api, ops
+from device.kiosk.config import KioskConfig
+from device.kiosk.context import EXTENSION, kiosk
+from device.kiosk.errors import KioskError
+from device.kiosk.pages import pages
+from device.kiosk.service import Kiosk, local_time
+
+log = logging.getLogger(__name__)
+
+# Nothing may load from anywhere but this appliance: no CDN, fonts, analytics, inline script or style.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+# Uploads up to this size are parsed in memory (a chest X-ray JPEG is 0.3-3 MB); larger ones
+# (big DICOM series) spool to a temporary file as usual.
+UPLOAD_MEMORY_BYTES = 16 * 2**20
+
+
+class KioskRequest(Request):
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return tempfile.SpooledTemporaryFile(max_size=UPLOAD_MEMORY_BYTES, mode="rb+")
+
+
+def create_app(config: KioskConfig | None = None) -> Flask:
+    """Build the appliance: the store opened and checked, every exam loaded and warmed up.
+
+    Call ``device.kiosk.context.kiosk_of(app).close()`` when done with it.
+    """
+    config = config or KioskConfig()
+    appliance = Kiosk.open(config)
+    app = Flask(__name__)
+    app.request_class = KioskRequest
+    app.config.update(
+        MAX_CONTENT_LENGTH=appliance.max_upload_bytes,
+        # Forms hold a reference, a note, a few paths: keep their memory bounded too.
+        MAX_FORM_MEMORY_SIZE=1 * 2**20,
+    )
+    app.json.sort_keys = False
+    app.extensions[EXTENSION] = appliance
+    app.jinja_env.filters["local_time"] = local_time
+
+    app.register_blueprint(api)
+    app.register_blueprint(ops)
+    app.register_blueprint(pages)
+    app.after_request(_security_headers)
+    app.register_error_handler(KioskError, _kiosk_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def _security_headers(response):
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path == "/metrics"
+
+
+def error_response(status: int, code: str, message: str, **extra):
+    if _wants_json():
+        return jsonify({"error": {"status": status, "code": code, "message": message, **extra}}), status
+    return render_template("error.html", status=status, message=message), status
+
+
+def _kiosk_error(exc: KioskError):
+    return error_response(exc.status, exc.code, exc.message, **exc.extra)
+
+
+def _http_error(exc: HTTPException):
+    if isinstance(exc, RequestEntityTooLarge):
+        kiosk().metrics.error("too_large")
+        limit = kiosk().config.server.max_upload_mb
+        return error_response(413, "too_large", f"the upload is larger than the limit of {limit} MiB")
+    if 400 <= (exc.code or 500) < 500:
+        kiosk().metrics.error(f"http_{exc.code}")
+    return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
+
+
+def _unexpected_error(exc: Exception):
+    log.exception("unexpected error on %s %s", request.method, request.path)
+    kiosk().metrics.error("internal")
+    return error_response(500, "internal", "internal error; the study was not saved, please try again")

@@ -1,0 +1,114 @@
+"""The kiosk's settings: one TOML file, validated strictly, with a default for every setting.
+
+With no file at all the appliance runs with the defaults below; a file only lists what differs.
+An unknown or invalid key is refused with the key's dotted name and the file's path.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.bundle import default_bundles_dir
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_data_dir() -> Path:
+    """Where studies live when nothing says otherwise: the XDG data dir (systemd passes /var/lib/bedside)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "bedside"
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535, description="0 binds a free port")
+    threads: int = Field(default=8, ge=1, le=64, description="request threads")
+    max_upload_mb: int = Field(default=100, ge=1, le=512, description="largest accepted request body")
+
+
+class ModelSettings(_Section):
+    bundles_dir: Path = Field(default_factory=default_bundles_dir, description="every bundle in it is an exam")
+    bundles: list[Path] = Field(default=[], description="explicit bundle directories; replace bundles_dir")
+    backend: str = "onnxruntime"
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32", description="preferred variant; a bundle without it runs its fp32 variant"
+    )
+    inference_threads: int | None = Field(default=None, ge=1, le=64, description="default: all usable cores")
+
+
+class StoreSettings(_Section):
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+
+class MediaSettings(_Section):
+    """Removable drives and shared folders: where images are imported from and exports go."""
+
+    import_folders: list[Path] = [Path("/media"), Path("/run/media")]
+    export_folders: list[Path] = Field(
+        default=[Path("/media"), Path("/run/media")],
+        description="mounted drives under these are offered as export targets (besides <data_dir>/exports)",
+    )
+    max_listed_files: int = Field(default=500, ge=1, le=10_000)
+    max_depth: int = Field(default=4, ge=0, le=16)
+
+
+class UiSettings(_Section):
+    operator: str = Field(default="", max_length=80, description="default operator recorded with each action")
+    recent_studies: int = Field(default=12, ge=1, le=100)
+    page_size: int = Field(default=25, ge=5, le=200)
+
+
+class KioskConfig(_Section):
+    server: ServerSettings = ServerSettings()
+    models: ModelSettings = ModelSettings()
+    store: StoreSettings = StoreSettings()
+    media: MediaSettings = MediaSettings()
+    ui: UiSettings = UiSettings()
+
+    def with_overrides(self, **dotted: object) -> "KioskConfig":
+        """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""
+        data = self.model_dump()
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            section, name = key.split(".")
+            data[section][name] = value
+        return validate(data, "the command line")
+
+
+def validate(data: dict, source: str) -> KioskConfig:
+    try:
+        return KioskConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid setting: {problems}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None) -> KioskConfig:
+    """The settings in `path`, or all defaults for None."""
+    if path is None:
+        return KioskConfig()
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return validate(data, str(path))

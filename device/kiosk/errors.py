@@ -1,0 +1,50 @@
+"""Errors the kiosk answers with a 4xx: each carries its HTTP status and a message for the user."""
+
+from __future__ import annotations
+
+from device.intake import IntakeError
+
+# How an unusable image maps to HTTP (the intake kinds are documented in device/intake/errors.py).
+INTAKE_STATUS = {
+    "too_large": 413,
+    "not_an_image": 415,
+    "unsupported": 415,
+    "empty": 422,
+    "truncated": 422,
+    "no_pixel_data": 422,
+    "undecodable": 422,
+    "unreadable": 422,
+}
+
+
+class KioskError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **extra: object):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class BadRequest(KioskError):
+    pass
+
+
+class NotFound(KioskError):
+    status = 404
+    code = "not_found"
+
+
+class UnknownExam(KioskError):
+    code = "unknown_exam"
+
+
+class ImageRejected(KioskError):
+    """An upload or imported file that intake refused; status by the kind of problem."""
+
+    def __init__(self, exc: IntakeError, filename: str):
+        super().__init__(f"{filename}: {exc.reason}", kind=exc.kind)
+        self.status = INTAKE_STATUS[exc.kind]
+        self.code = exc.kind
+        self.kind = exc.kind

@@ -1,0 +1,128 @@
+"""The exams the kiosk offers: one per installed model bundle, each with its single loaded model.
+
+Inference is single-owner: one Triager per bundle per process, used by one thread at a time (a
+lock per exam). Decoding and storing happen outside the lock, so requests overlap everywhere
+except in the model itself. Live capture sources will call the same ``Exam.triage``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from device import intake
+from device.kiosk.config import ModelSettings
+from device.kiosk.errors import UnknownExam
+from device.triage import TriageResult, Triager
+from models.bundle import Bundle, BundleError, find_bundles, load_bundle
+
+
+@dataclass
+class Exam:
+    triager: Triager
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.bundle.manifest.id
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.triager.bundle
+
+    def triage(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+        with self._lock:
+            return self.triager.triage_image(img, source, decode_ms)
+
+    def warm_up(self) -> None:
+        """One full pass (quality, preprocessing, model) on a synthetic image, so the first study is not slow."""
+        m = self.bundle.manifest
+        side = max(m.input.height, m.input.width, m.quality.min_side_px) * 2
+        ramp = np.linspace(0, 255, side * side, dtype=np.float32).reshape(side, side).astype(np.uint8)
+        img = intake.DecodedImage(pixels=ramp, source_format="png", original_size=(side, side), bits_stored=8)
+        self.triage(img, "warm-up")
+
+    def as_json(self) -> dict:
+        m = self.bundle.manifest
+        return {
+            "id": m.id,
+            "title": m.title,
+            "version": m.version,
+            "intended_use": m.intended_use,
+            "research_only": m.research_only,
+            "disclaimer": m.disclaimer,
+            "labels": list(m.labels),
+            "urgent_label": m.policy.urgent_label,
+            "threshold": m.policy.operating_point.threshold,
+            "model": self.triager.model.as_dict(),
+        }
+
+
+class ExamRegistry:
+    def __init__(self, exams: list[Exam]):
+        self._exams = {e.id: e for e in exams}
+
+    @classmethod
+    def load(cls, settings: ModelSettings) -> "ExamRegistry":
+        """Load and warm up every configured bundle. Raises BundleError when there is none to serve."""
+        paths = list(settings.bundles) or find_bundles(settings.bundles_dir)
+        if not paths:
+            raise BundleError(f"no model bundles in {settings.bundles_dir}: nothing to triage with")
+        exams: list[Exam] = []
+        try:
+            for path in paths:
+                exams.append(_open_exam(Path(path), settings))
+            ids = [e.id for e in exams]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise BundleError(f"bundle id {dupes[0]} is installed twice; keep one")
+            for exam in exams:
+                exam.warm_up()
+        except BaseException:
+            for exam in exams:
+                exam.triager.close()
+            raise
+        return cls(exams)
+
+    def __iter__(self):
+        return iter(self._exams.values())
+
+    def __len__(self) -> int:
+        return len(self._exams)
+
+    def ids(self) -> list[str]:
+        return list(self._exams)
+
+    def resolve(self, exam_id: str | None) -> Exam:
+        """The named exam; with no name, the only one installed."""
+        if not exam_id:
+            if len(self._exams) == 1:
+                return next(iter(self._exams.values()))
+            raise UnknownExam(f"choose an exam: {', '.join(self._exams)}", available=self.ids())
+        try:
+            return self._exams[exam_id]
+        except KeyError:
+            raise UnknownExam(
+                f"unknown exam {exam_id!r}; available: {', '.join(self._exams)}", available=self.ids()
+            ) from None
+
+    def close(self) -> None:
+        for exam in self._exams.values():
+            exam.triager.close()
+
+
+def _open_exam(path: Path, settings: ModelSettings) -> Exam:
+    bundle = load_bundle(path)
+    have = {v.precision for v in bundle.manifest.variants}
+    precision = settings.precision if settings.precision in have else "fp32"
+    return Exam(Triager(bundle, settings.backend, precision, settings.inference_threads))
+
+
+def timed_decode(data: bytes, name: str) -> tuple[intake.DecodedImage, float]:
+    t0 = time.perf_counter()
+    img = intake.decode_bytes(data, name)
+    return img, (time.perf_counter() - t0) * 1e3

@@ -1,0 +1,91 @@
+"""Writing exports to a folder or USB drive: one study (image, heatmap, result JSON), or the history as CSV.
+
+Every file is fsynced, and its folder, before the kiosk says "exported", so a drive pulled out
+right after holds complete files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
+from device.kiosk.store import StudyRecord, fsync_dir
+
+EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "dicom": ".dcm"}
+HISTORY_COLUMNS = (
+    "id", "created_at", "exam", "source", "reference", "operator", "filename", "triage", "label",
+    "probability", "threshold", "model_id", "model_version", "model_sha256", "backend", "precision",
+    "quality_ok", "quality_issues", "reviewed_at", "reviewed_by", "review_note", "image_sha256",
+)
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "xb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _unique_dir(parent: Path, stem: str) -> Path:
+    for n in range(1000):
+        candidate = parent / (stem if n == 0 else f"{stem}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent / stem}: too many exports with this name")
+
+
+def export_study(destination: Path, study: StudyRecord, study_json: dict, image: bytes, heatmap_png: bytes | None) -> Path:
+    """A new folder `bedside-study-<id>-<time>` under destination; returns it."""
+    destination.mkdir(parents=True, exist_ok=True)
+    folder = _unique_dir(destination, f"bedside-study-{study.id}-{_stamp()}")
+    _write(folder / f"image{EXTENSIONS.get(study.source_format, '.bin')}", image)
+    if heatmap_png is not None:
+        _write(folder / "heatmap.png", heatmap_png)
+    _write(folder / "result.json", (json.dumps(study_json, indent=2) + "\n").encode())
+    fsync_dir(folder)
+    fsync_dir(destination)
+    return folder
+
+
+def history_row(study: StudyRecord) -> dict:
+    r = study.result
+    model = r["model"]
+    return {
+        "id": study.id, "created_at": study.created_at, "exam": study.exam, "source": study.source,
+        "reference": study.reference, "operator": study.operator, "filename": study.filename,
+        "triage": study.triage, "label": study.label, "probability": f"{study.probability:.4f}",
+        "threshold": f"{study.threshold:.4f}", "model_id": model["id"], "model_version": model["version"],
+        "model_sha256": model["sha256"], "backend": model["backend"], "precision": model["precision"],
+        "quality_ok": r["quality"]["ok"], "quality_issues": "; ".join(i["message"] for i in r["quality"]["issues"]),
+        "reviewed_at": study.reviewed_at or "", "reviewed_by": study.reviewed_by or "",
+        "review_note": study.review_note or "", "image_sha256": study.image_sha256,
+    }
+
+
+def export_history(destination: Path, studies: list[StudyRecord]) -> Path:
+    """`bedside-history-<time>.csv` under destination, one row per study; returns its path."""
+    destination.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS)
+    writer.writeheader()
+    for study in studies:
+        writer.writerow(history_row(study))
+    path = destination / f"bedside-history-{_stamp()}.csv"
+    n = 1
+    while path.exists():
+        path = destination / f"bedside-history-{_stamp()}-{n}.csv"
+        n += 1
+    _write(path, text.getvalue().encode("utf-8"))
+    fsync_dir(destination)
+    return path

@@ -1,0 +1,109 @@
+"""Removable drives and configured folders: images to import, and places to export to.
+
+Paths that come from a request are only accepted inside the configured folders (after resolving
+links), so the kiosk never reads or writes anywhere else on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from device.intake import headers
+from device.kiosk.errors import BadRequest
+
+_SNIFF_BYTES = 132
+_FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF", "dicom": "DICOM", "dicom-raw": "DICOM"}
+
+
+@dataclass(frozen=True)
+class Importable:
+    path: Path
+    folder: Path
+    format: str
+    bytes: int
+
+    @property
+    def relative(self) -> str:
+        return str(self.path.relative_to(self.folder))
+
+    def as_json(self) -> dict:
+        return {"path": str(self.path), "folder": str(self.folder), "name": self.relative,
+                "format": self.format, "bytes": self.bytes}
+
+
+def sniff_file(path: Path) -> str | None:
+    """'JPEG', 'DICOM'... from the first bytes (DICOM files often have no extension), or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_SNIFF_BYTES)
+    except OSError:
+        return None
+    return _FORMAT_NAMES.get(headers.sniff(head) or "")
+
+
+def find_importable(folders: list[Path], max_files: int, max_depth: int) -> list[Importable]:
+    """Images and DICOM files under the folders (hidden entries skipped), sorted by folder and name."""
+    found: list[Importable] = []
+    for folder in _existing(folders):
+        root_depth = len(folder.parts)
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+            here = Path(dirpath)
+            deeper = len(here.parts) - root_depth < max_depth
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if deeper else []
+            for name in sorted(filenames):
+                path = here / name
+                fmt = None if name.startswith(".") else sniff_file(path)
+                if fmt is None:
+                    continue
+                try:
+                    size = path.stat().st_size
+                except OSError:  # removed or unreadable since listed (a drive pulled out)
+                    continue
+                found.append(Importable(path, folder, fmt, size))
+                if len(found) >= max_files:
+                    return found
+    return found
+
+
+def resolve_import(path: str, folders: list[Path]) -> Path:
+    """The file, if it lies inside one of the import folders; BadRequest otherwise."""
+    resolved = Path(path).resolve()
+    if not any(resolved.is_relative_to(f) for f in _existing(folders)):
+        raise BadRequest(f"{path} is not inside an import folder ({', '.join(map(str, folders))})")
+    if not resolved.is_file():
+        raise BadRequest(f"{path}: no such file")
+    return resolved
+
+
+def export_targets(folders: list[Path], default: Path) -> list[Path]:
+    """Where exports may go: <data_dir>/exports, each writable configured folder, and the writable
+    mount points (USB drives) up to two levels below them (/media/<user>/<drive>)."""
+    targets = [default]
+    for folder in _existing(folders):
+        candidates = [folder]
+        for child in _subdirs(folder):
+            candidates += [child, *_subdirs(child)]
+        for c in candidates:
+            if (c == folder or os.path.ismount(c)) and os.access(c, os.W_OK) and c not in targets:
+                targets.append(c)
+    return targets
+
+
+def resolve_export(path: str, targets: list[Path]) -> Path:
+    resolved = Path(path).resolve()
+    if not any(resolved == t.resolve() or resolved.is_relative_to(t.resolve()) for t in targets):
+        raise BadRequest(f"{path} is not an export destination; choose one of: {', '.join(map(str, targets))}")
+    return resolved
+
+
+def _existing(folders: list[Path]) -> list[Path]:
+    return [f.resolve() for f in folders if f.is_dir()]
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return []

@@ -1,0 +1,170 @@
+"""The pages a clinician touches: home, new study, result, history, settings.
+
+Plain HTML forms with POST-redirect-GET, so every action works with the keyboard and without
+JavaScript; kiosk.js only adds drag and drop, the heatmap toggle and a busy state.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, redirect, render_template, request, url_for
+
+from device.kiosk.context import kiosk
+from device.kiosk.errors import BadRequest, KioskError
+from device.kiosk.service import study_filter
+from device.kiosk.store import TRIAGE_ORDER
+
+pages = Blueprint("pages", __name__)
+
+
+def _new_study_page(status: int = 200, error: str | None = None):
+    k = kiosk()
+    exam_id = request.values.get("exam") or (k.exams.ids()[0] if len(k.exams) else None)
+    return render_template(
+        "new.html",
+        exams=list(k.exams),
+        exam_id=exam_id,
+        importable=k.importable(),
+        import_folders=k.config.media.import_folders,
+        operator=k.default_operator(),
+        reference=request.values.get("reference", ""),
+        error=error,
+    ), status
+
+
+@pages.get("/")
+def home():
+    k = kiosk()
+    return render_template(
+        "home.html",
+        exams=list(k.exams),
+        recent=k.store.recent(k.config.ui.recent_studies),
+        counts=k.store.counts_by_triage(),
+    )
+
+
+@pages.get("/studies/new")
+def new_study():
+    return _new_study_page()
+
+
+@pages.post("/studies")
+def upload_study():
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return _new_study_page(400, "Choose an image file first.")
+    try:
+        study = kiosk().create_study(
+            upload.read(), upload.filename, request.form.get("exam"),
+            request.form.get("reference"), request.form.get("operator"),
+        )
+    except KioskError as exc:
+        return _new_study_page(exc.status, exc.message)
+    return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
+
+
+@pages.post("/studies/import")
+def import_studies():
+    paths = request.form.getlist("path")
+    if not paths:
+        return _new_study_page(400, "Tick at least one file to import.")
+    try:
+        outcome = kiosk().import_files(
+            paths, request.form.get("exam"), request.form.get("reference"), request.form.get("operator")
+        )
+    except KioskError as exc:
+        return _new_study_page(exc.status, exc.message)
+    if len(outcome) == 1 and not isinstance(outcome[0][1], KioskError):
+        return redirect(url_for("pages.result", study_id=outcome[0][1].id, saved=1), 303)
+    return render_template("imported.html", outcome=outcome, is_error=lambda r: isinstance(r, KioskError))
+
+
+@pages.get("/studies/<int:study_id>")
+def result(study_id: int):
+    k = kiosk()
+    study = k.view(study_id, None)
+    exam = next((e for e in k.exams if e.id == study.exam), None)
+    return render_template(
+        "result.html",
+        study=study,
+        exam=exam,
+        saved=request.args.get("saved") == "1",
+        reviewed=request.args.get("reviewed") == "1",
+        exported=request.args.get("exported"),
+        targets=k.export_targets(),
+        operator=k.default_operator(),
+    )
+
+
+@pages.post("/studies/<int:study_id>/review")
+def review(study_id: int):
+    kiosk().review(study_id, request.form.get("note"), request.form.get("operator"))
+    return redirect(url_for("pages.result", study_id=study_id, reviewed=1), 303)
+
+
+@pages.post("/studies/<int:study_id>/export")
+def export_study(study_id: int):
+    folder = kiosk().export_study(study_id, request.form.get("destination"), request.form.get("operator"))
+    return redirect(url_for("pages.result", study_id=study_id, exported=str(folder)), 303)
+
+
+def _history_args() -> dict:
+    return {
+        "triage": [t for t in request.values.getlist("triage") if t],
+        "from": request.values.get("from", ""),
+        "to": request.values.get("to", ""),
+        "q": request.values.get("q", ""),
+    }
+
+
+@pages.get("/history")
+def history():
+    return _history_page()
+
+
+@pages.post("/history/export")
+def export_history():
+    args = _history_args()
+    where = study_filter(args["triage"], args["from"], args["to"], args["q"])
+    path, count = kiosk().export_history(where, request.form.get("destination"), request.form.get("operator"))
+    return _history_page(message=f"Exported {count} studies to {path}")
+
+
+def _history_page(message: str | None = None):
+    k = kiosk()
+    args = _history_args()
+    size = k.config.ui.page_size
+    try:
+        page = max(1, int(request.values.get("page", "1") or 1))
+    except ValueError:
+        raise BadRequest("page must be a number") from None
+    where = study_filter(args["triage"], args["from"], args["to"], args["q"])
+    studies, total = k.store.list(where, size, (page - 1) * size)
+    return render_template(
+        "history.html",
+        studies=studies,
+        total=total,
+        page=page,
+        pages=max(1, -(-total // size)),
+        args=args,
+        categories=TRIAGE_ORDER,
+        targets=k.export_targets(),
+        message=message,
+    )
+
+
+@pages.route("/settings", methods=["GET", "POST"])
+def settings():
+    k = kiosk()
+    message = None
+    if request.method == "POST":
+        # The change is recorded under the operator who was the default until now.
+        k.set_default_operator(request.form.get("operator"), None)
+        message = "Saved."
+    return render_template(
+        "settings.html",
+        operator=k.default_operator(),
+        message=message,
+        audit=k.store.audit_log(50),
+        health=k.health(),
+        data_dir=k.config.store.data_dir,
+    )

@@ -1,0 +1,109 @@
+"""Serving the kiosk with waitress (a production WSGI server: a thread pool, no dev server), and
+telling systemd about it: READY=1 once the models are warm and the socket is bound, and WATCHDOG=1
+pings only while the kiosk really answers its own health endpoint."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import socket
+import threading
+
+import waitress
+from flask import Flask
+
+from device.kiosk.config import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+class KioskServer:
+    """Binds at construction (port 0 picks a free port: read ``url``); ``serve_forever`` returns
+    after SIGINT/SIGTERM (KeyboardInterrupt or SystemExit raised in the main thread)."""
+
+    def __init__(self, app: Flask, settings: ServerSettings):
+        limit = settings.max_upload_mb * 2**20
+        self._server = waitress.create_server(
+            app,
+            host=settings.host,
+            port=settings.port,
+            threads=settings.threads,
+            ident="bedside",
+            # A little over the app's own limit so that Flask answers 413 with a clear JSON message.
+            max_request_body_size=limit + 2**20,
+            # Keep uploads in memory up to this size instead of spooling each one to a temp file.
+            inbuf_overflow=16 * 2**20,
+            # Read uploads in big chunks: at the default 8 KiB a 2 MB X-ray takes 250 trips through
+            # the event loop, about a millisecond of pure overhead per study.
+            recv_bytes=256 * 2**10,
+            channel_timeout=60,
+            clear_untrusted_proxy_headers=True,
+        )
+        host = self._server.effective_host
+        self.host = f"[{host}]" if ":" in str(host) else str(host)
+        self.port = int(self._server.effective_port)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def serve_forever(self) -> None:
+        notify("READY=1")
+        watchdog = _start_watchdog(self.host, self.port)
+        try:
+            self._server.run()
+        finally:
+            if watchdog is not None:
+                watchdog.set()
+            notify("STOPPING=1")
+            self._server.close()
+
+
+def notify(state: str) -> bool:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET; False when not under systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", state, exc)
+        return False
+    return True
+
+
+def _start_watchdog(host: str, port: int) -> threading.Event | None:
+    """Ping systemd's watchdog at half its interval, but only after the health endpoint answered 200."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    if not usec or not os.environ.get("NOTIFY_SOCKET"):
+        return None
+    interval = int(usec) / 2e6
+    stop = threading.Event()
+    target = "127.0.0.1" if host in ("0.0.0.0", "[::]", "") else host.strip("[]")
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            if _healthy(target, port, timeout=interval):
+                notify("WATCHDOG=1")
+            else:
+                log.warning("health check failed; not pinging the watchdog")
+
+    threading.Thread(target=loop, name="watchdog", daemon=True).start()
+    return stop
+
+
+def _healthy(host: str, port: int, timeout: float) -> bool:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/api/v1/health")
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()

@@ -1,0 +1,341 @@
+"""What the kiosk does, once, for both the pages and the JSON API: create studies from uploads and
+imports, look them up, review and export them, change settings, report health.
+
+A study is created in three steps with the slow, shared part in the middle: decode (any thread),
+triage (the exam's single model, one thread at a time), save (image made durable, then the row
+committed). Only after the commit does the caller get the record to acknowledge.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+from device import intake
+from device.kiosk import exports, media
+from device.kiosk.config import KioskConfig
+from device.kiosk.errors import BadRequest, ImageRejected, KioskError, NotFound
+from device.kiosk.exams import Exam, ExamRegistry, timed_decode
+from device.kiosk.metrics import Metrics
+from device.kiosk.renders import Renderer
+from device.kiosk.store import TRIAGE_ORDER, NewStudy, Store, StudyFilter, StudyRecord
+from device.runtime import registry
+from device.triage import TriageResult
+
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
+MAX_REFERENCE = 120
+MAX_NOTE = 2000
+OPERATOR_KEY = "operator"
+
+
+def clean_text(value: str | None, limit: int, what: str) -> str:
+    """Strip and refuse over-long text and control characters (they end up in CSV exports and logs)."""
+    text = (value or "").strip()
+    if len(text) > limit:
+        raise BadRequest(f"{what} is {len(text)} characters long; the limit is {limit}")
+    if any(ord(c) < 32 and c not in "\n\t" for c in text):
+        raise BadRequest(f"{what} contains control characters")
+    return text
+
+
+def study_filter(
+    triage: list[str] | None = None, date_from: str | None = None, date_to: str | None = None, q: str | None = None
+) -> StudyFilter:
+    """Filters from request parameters; dates are YYYY-MM-DD in the kiosk's local time, both inclusive."""
+    wanted = tuple(t.strip().upper() for t in triage or [] if t.strip())
+    unknown = [t for t in wanted if t not in TRIAGE_ORDER]
+    if unknown:
+        raise BadRequest(f"unknown triage category {unknown[0]!r}; use {', '.join(TRIAGE_ORDER)}")
+    start = _local_day_start(date_from, "from") if date_from else None
+    end = _local_day_start(date_to, "to", days=1) if date_to else None
+    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=(q or "").strip() or None)
+
+
+def _local_day_start(text: str, name: str, days: int = 0) -> str:
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a date like 2025-01-31, not {text!r}") from None
+    local = datetime.combine(day + timedelta(days=days), datetime.min.time()).astimezone()
+    return local.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def local_time(utc_iso: str | None) -> str:
+    """'2025-01-31 14:05' in the kiosk's local time, for people."""
+    if not utc_iso:
+        return ""
+    return datetime.fromisoformat(utc_iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def study_json(study: StudyRecord) -> dict:
+    base = f"/api/v1/studies/{study.id}"
+    return {
+        "id": study.id,
+        "created_at": study.created_at,
+        "exam": study.exam,
+        "source": study.source,
+        "reference": study.reference,
+        "operator": study.operator,
+        "filename": study.filename,
+        "triage": study.triage,
+        "label": study.label,
+        "probability": study.probability,
+        "image": {
+            "sha256": study.image_sha256,
+            "bytes": study.image_bytes,
+            "media_type": study.media_type,
+            "format": study.source_format,
+            "height": study.height,
+            "width": study.width,
+        },
+        "result": study.result,
+        "review": {
+            "reviewed": study.reviewed_at is not None,
+            "at": study.reviewed_at,
+            "by": study.reviewed_by,
+            "note": study.review_note,
+        },
+        "links": {
+            "self": base,
+            "image": f"{base}/image",
+            "preview": f"{base}/preview",
+            "heatmap": f"{base}/heatmap" if study.cam is not None else None,
+            "page": f"/studies/{study.id}",
+        },
+    }
+
+
+class Kiosk:
+    """The appliance's state for one process: config, store, loaded exams, metrics, renderings."""
+
+    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry):
+        self.config = config
+        self.store = store
+        self.exams = exams
+        self.metrics = Metrics()
+        self.renders = Renderer(store)
+        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
+        self.backends = {
+            name: {"available": s.ok, "version": s.version, "reason": s.reason}
+            for name, s in registry.all_availability().items()
+        }
+        self.metrics.ready = True
+
+    @classmethod
+    def open(cls, config: KioskConfig) -> "Kiosk":
+        """Open the store, then load and warm up every exam; ready when this returns."""
+        store = Store.open(config.store.data_dir)
+        try:
+            exams = ExamRegistry.load(config.models)
+        except BaseException:
+            store.close()
+            raise
+        return cls(config, store, exams)
+
+    def close(self) -> None:
+        self.metrics.ready = False
+        self._writer.shutdown(wait=True)
+        self.exams.close()
+        self.store.close()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.config.server.max_upload_mb * 2**20
+
+    # ---- who is acting -----------------------------------------------------------------------
+
+    def default_operator(self) -> str:
+        return self.store.settings().get(OPERATOR_KEY, self.config.ui.operator)
+
+    def operator(self, given: str | None) -> str:
+        return clean_text(given, 80, "operator") or self.default_operator()
+
+    def set_default_operator(self, name: str | None, operator: str | None) -> None:
+        value = clean_text(name, 80, "operator")
+        self.store.change_setting(OPERATOR_KEY, value, self.operator(operator) or value)
+
+    # ---- creating studies --------------------------------------------------------------------
+
+    def create_study(
+        self,
+        data: bytes,
+        filename: str,
+        exam_id: str | None = None,
+        reference: str | None = None,
+        operator: str | None = None,
+        source: str = "upload",
+    ) -> StudyRecord:
+        """Decode, triage and durably store one image. Raises KioskError (4xx) for bad input."""
+        t0 = time.perf_counter()
+        try:
+            exam = self.exams.resolve(exam_id)
+            reference = clean_text(reference, MAX_REFERENCE, "reference")
+            operator = self.operator(operator)
+            filename = clean_text(filename, 255, "file name") or "upload"
+            try:
+                img, decode_ms = timed_decode(data, filename)
+            except intake.IntakeError as exc:
+                raise ImageRejected(exc, filename) from None
+        except KioskError as exc:
+            self.metrics.error(exc.code)
+            raise
+        # The image is known to be good: make it durable while the model runs (an fsync costs
+        # milliseconds; overlapping it with inference keeps it off the study's latency).
+        written = self._writer.submit(self.store.put_image, data)
+        try:
+            result = exam.triage(img, filename, decode_ms)
+        finally:
+            t_wait = time.perf_counter()
+            sha = written.result()
+        waited = {"store_image_wait": (time.perf_counter() - t_wait) * 1e3}
+        return self.save_triaged(exam, sha, len(data), img, result, filename, reference, operator, source, t0, waited)
+
+    def save_triaged(
+        self,
+        exam: Exam,
+        image_sha256: str,
+        image_bytes: int,
+        img: intake.DecodedImage,
+        result: TriageResult,
+        filename: str,
+        reference: str,
+        operator: str,
+        source: str,
+        started: float,
+        extra_timings_ms: dict[str, float] | None = None,
+    ) -> StudyRecord:
+        """Commit a study whose image `exam` has triaged and ``store.put_image`` has made durable.
+
+        Uploads and imports come through create_study; other sources (a captured camera frame)
+        store their encoded frame with put_image and call this directly.
+        """
+        r = result.as_json()
+        del r["file"]
+        r["probability"] = result.probabilities[exam.bundle.manifest.policy.urgent_label]
+        r["timings_ms"].update({k: round(v, 3) for k, v in (extra_timings_ms or {}).items()})
+        study = self.store.add_study(
+            image_sha256,
+            image_bytes,
+            NewStudy(
+                exam=exam.id,
+                source=source,
+                reference=reference,
+                operator=operator,
+                filename=filename,
+                media_type=MEDIA_TYPES.get(img.source_format, "application/octet-stream"),
+                source_format=img.source_format,
+                height=img.original_size[0],
+                width=img.original_size[1],
+                result=r,
+                cam=result.cam,
+            ),
+        )
+        model_s = (result.timings_ms["preprocess"] + result.timings_ms["inference"]) / 1e3
+        self.metrics.study_created(exam.id, study.triage, model_s, time.perf_counter() - started)
+        return study
+
+    def import_files(
+        self, paths: list[str], exam_id: str | None, reference: str | None, operator: str | None
+    ) -> list[tuple[str, StudyRecord | KioskError]]:
+        """Import files from the import folders, one study each; a bad file does not stop the others."""
+        if not paths:
+            raise BadRequest("choose at least one file to import")
+        self.exams.resolve(exam_id)  # an unknown exam fails the whole request, before any work
+        outcome: list[tuple[str, StudyRecord | KioskError]] = []
+        for path in paths:
+            try:
+                resolved = media.resolve_import(path, self.config.media.import_folders)
+                data = self._read_import(resolved)
+                outcome.append((path, self.create_study(data, resolved.name, exam_id, reference, operator, "import")))
+            except KioskError as exc:
+                outcome.append((path, exc))
+        return outcome
+
+    def _read_import(self, path: Path) -> bytes:
+        try:
+            size = path.stat().st_size
+            if size > self.max_upload_bytes:
+                raise ImageRejected(
+                    intake.IntakeError(
+                        path.name, f"the file is {size / 2**20:.0f} MiB; the limit is "
+                        f"{self.config.server.max_upload_mb} MiB", "too_large"
+                    ),
+                    path.name,
+                )
+            return path.read_bytes()
+        except OSError as exc:
+            raise ImageRejected(intake.IntakeError(path.name, f"cannot read: {exc.strerror}", "unreadable"), path.name) from None
+
+    def importable(self) -> list[media.Importable]:
+        m = self.config.media
+        return media.find_importable(m.import_folders, m.max_listed_files, m.max_depth)
+
+    # ---- reading, reviewing ------------------------------------------------------------------
+
+    def get(self, study_id: int) -> StudyRecord:
+        study = self.store.get(study_id)
+        if study is None:
+            raise NotFound(f"no study {study_id}")
+        return study
+
+    def view(self, study_id: int, operator: str | None) -> StudyRecord:
+        """The study, with the viewing recorded in the audit log."""
+        study = self.get(study_id)
+        self.store.audit("study_viewed", self.operator(operator), study_id)
+        return study
+
+    def review(self, study_id: int, note: str | None, operator: str | None) -> StudyRecord:
+        study = self.store.review(study_id, self.operator(operator), clean_text(note, MAX_NOTE, "note"))
+        if study is None:
+            raise NotFound(f"no study {study_id}")
+        return study
+
+    def image_bytes(self, study: StudyRecord) -> bytes:
+        return self.store.image_path(study.image_sha256).read_bytes()
+
+    # ---- exports -----------------------------------------------------------------------------
+
+    def export_targets(self) -> list[Path]:
+        return media.export_targets(self.config.media.export_folders, self.config.store.data_dir / "exports")
+
+    def export_study(self, study_id: int, destination: str | None, operator: str | None) -> Path:
+        study = self.get(study_id)
+        target = self._destination(destination)
+        who = self.operator(operator)
+        folder = exports.export_study(
+            target, study, study_json(study), self.image_bytes(study), self.renders.heatmap_full_png(study)
+        )
+        self.store.audit("study_exported", who, study_id, {"destination": str(folder)})
+        return folder
+
+    def export_history(self, where: StudyFilter, destination: str | None, operator: str | None) -> tuple[Path, int]:
+        target = self._destination(destination)
+        who = self.operator(operator)
+        studies, total = self.store.list(where, limit=1_000_000)
+        path = exports.export_history(target, studies)
+        self.store.audit("history_exported", who, None, {"destination": str(path), "studies": total})
+        return path, total
+
+    def _destination(self, destination: str | None) -> Path:
+        targets = self.export_targets()
+        if not destination:
+            return targets[0]
+        return media.resolve_export(destination, targets)
+
+    # ---- health ------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        check = self.store.check
+        return {
+            "ready": self.metrics.ready,
+            "backends": self.backends,
+            "models": [e.as_json() for e in self.exams],
+            "store": {
+                "ok": check.ok,
+                "studies_at_start": check.studies,
+                "orphan_files_at_start": check.orphan_files,
+                "problems": list(check.problems),
+            },
+        }

@@ -1,0 +1,64 @@
+// Bedside kiosk: small progressive enhancements. Every page works without this file.
+"use strict";
+
+document.addEventListener("DOMContentLoaded", () => {
+  // Drag and drop onto the upload zone, and show which file was chosen.
+  for (const zone of document.querySelectorAll("[data-drop]")) {
+    const input = zone.querySelector("input[type=file]");
+    const text = zone.querySelector("[data-drop-text]");
+    const show = () => {
+      if (input.files.length) {
+        text.textContent = input.files[0].name;
+        zone.classList.add("chosen");
+      }
+    };
+    input.addEventListener("change", show);
+    zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
+    zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      zone.classList.remove("over");
+      if (e.dataTransfer && e.dataTransfer.files.length) {
+        input.files = e.dataTransfer.files;
+        show();
+      }
+    });
+  }
+
+  // Busy state: one tap submits once, and the button says what is happening.
+  for (const form of document.querySelectorAll("form[data-busy]")) {
+    form.addEventListener("submit", () => {
+      const button = form.querySelector("button[type=submit]");
+      if (button) {
+        button.disabled = true;
+        button.textContent = form.dataset.busy;
+      }
+    });
+  }
+
+  // Heatmap overlay toggle without a page load (the link still works without script).
+  for (const toggle of document.querySelectorAll("[data-heatmap-toggle]")) {
+    const viewer = toggle.closest("[data-viewer]");
+    const plain = viewer.querySelector("[data-plain]");
+    const heat = viewer.querySelector("[data-heat]");
+    const flip = (e) => {
+      e.preventDefault();
+      const on = heat.hidden;
+      heat.hidden = !on;
+      plain.hidden = on;
+      toggle.setAttribute("aria-pressed", String(on));
+      toggle.textContent = on ? "Hide heatmap" : "Show heatmap";
+    };
+    toggle.addEventListener("click", flip);
+    toggle.addEventListener("keydown", (e) => { if (e.key === " ") flip(e); });
+  }
+
+  // Import list: select every file at once.
+  for (const button of document.querySelectorAll("[data-select-all]")) {
+    button.addEventListener("click", () => {
+      const boxes = button.closest("form").querySelectorAll("input[name=path]");
+      const all = Array.from(boxes).every((b) => b.checked);
+      boxes.forEach((b) => { b.checked = !all; });
+    });
+  }
+});

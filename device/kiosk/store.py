@@ -1,0 +1,510 @@
+"""The study store: SQLite plus content-addressed image files, built so that nothing acknowledged is lost.
+
+Layout of the data dir::
+
+    bedside.sqlite3 (+ -wal, -shm)   studies, results, audit log, settings
+    images/ab/abcdef...              each image once, named by the sha256 of its bytes
+    tmp/                             images being written; anything left here after a crash is junk
+
+Order of writes for a study: the image file is written to tmp/, fsynced, renamed into images/ and
+the directory fsynced; only then is the row committed (WAL, synchronous=FULL: the commit returns
+after the log is on disk). A crash between the two leaves an orphan file (harmless, reported at
+start); a row can never point to a file that was not durable first.
+
+One connection is shared by the request threads behind a lock: commits are serialized anyway, and
+every statement here is short.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+DB_NAME = "bedside.sqlite3"
+TRIAGE_ORDER = ("URGENT", "UNGRADABLE", "ROUTINE")
+AUDIT_ACTIONS = (
+    "study_created",
+    "study_viewed",
+    "study_reviewed",
+    "study_exported",
+    "history_exported",
+    "settings_changed",
+)
+
+# Versioned migrations: (version, SQL). Applied in order, each in its own transaction, recorded in
+# schema_migrations. Never edit a shipped migration; add the next one.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        f"""
+        CREATE TABLE images (
+            sha256 TEXT PRIMARY KEY CHECK (length(sha256) = 64),
+            bytes INTEGER NOT NULL CHECK (bytes > 0),
+            media_type TEXT NOT NULL,
+            source_format TEXT NOT NULL,
+            height INTEGER NOT NULL,
+            width INTEGER NOT NULL,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE studies (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            created_at TEXT NOT NULL,
+            exam TEXT NOT NULL,
+            source TEXT NOT NULL,
+            reference TEXT NOT NULL DEFAULT '',
+            operator TEXT NOT NULL DEFAULT '',
+            filename TEXT NOT NULL,
+            image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+            triage TEXT NOT NULL CHECK (triage IN {TRIAGE_ORDER}),
+            label TEXT NOT NULL,
+            probability REAL NOT NULL,
+            threshold REAL NOT NULL,
+            model_id TEXT NOT NULL,
+            model_version TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL,
+            backend TEXT NOT NULL,
+            precision TEXT NOT NULL,
+            timings_json TEXT NOT NULL,
+            result_json TEXT NOT NULL,
+            cam BLOB,
+            cam_height INTEGER,
+            cam_width INTEGER,
+            reviewed_at TEXT,
+            reviewed_by TEXT,
+            review_note TEXT
+        );
+        CREATE INDEX studies_by_time ON studies(created_at);
+        CREATE INDEX studies_by_triage ON studies(triage, created_at);
+        CREATE INDEX studies_by_reference ON studies(reference);
+        CREATE TRIGGER studies_are_kept BEFORE DELETE ON studies
+        BEGIN SELECT RAISE(ABORT, 'studies are never deleted'); END;
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            operator TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL CHECK (action IN {AUDIT_ACTIONS}),
+            study_id INTEGER REFERENCES studies(id),
+            detail TEXT NOT NULL DEFAULT '{{}}'
+        );
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    ),
+)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used safely (corrupt database, unwritable data dir)."""
+
+
+def utc_now() -> str:
+    """Fixed-width UTC ISO 8601 with milliseconds, so that text order is time order."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class NewStudy:
+    """Everything that is committed for one study, image bytes apart."""
+
+    exam: str
+    source: str
+    reference: str
+    operator: str
+    filename: str
+    media_type: str
+    source_format: str
+    height: int
+    width: int
+    result: dict
+    cam: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    id: int
+    created_at: str
+    exam: str
+    source: str
+    reference: str
+    operator: str
+    filename: str
+    image_sha256: str
+    image_bytes: int
+    media_type: str
+    source_format: str
+    height: int
+    width: int
+    triage: str
+    label: str
+    probability: float
+    threshold: float
+    result: dict
+    cam: np.ndarray | None
+    reviewed_at: str | None
+    reviewed_by: str | None
+    review_note: str | None
+
+
+@dataclass(frozen=True)
+class StudyFilter:
+    triage: tuple[str, ...] = ()
+    created_from: str | None = None  # inclusive, UTC ISO
+    created_before: str | None = None  # exclusive, UTC ISO
+    reference: str | None = None  # substring, case-insensitive
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: str
+    operator: str
+    action: str
+    study_id: int | None
+    detail: dict
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """What the start-up check found. Problems are rows whose file is missing or the wrong size."""
+
+    studies: int
+    images: int
+    orphan_files: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+_STUDY_COLUMNS = """
+    s.id, s.created_at, s.exam, s.source, s.reference, s.operator, s.filename, s.image_sha256,
+    i.bytes, i.media_type, i.source_format, i.height, i.width, s.triage, s.label, s.probability,
+    s.threshold, s.result_json, s.cam, s.cam_height, s.cam_width, s.reviewed_at, s.reviewed_by, s.review_note
+"""
+
+
+def _record(row: tuple) -> StudyRecord:
+    cam = None
+    if row[18] is not None:
+        cam = np.frombuffer(row[18], dtype="<f4").reshape(row[19], row[20])
+    return StudyRecord(
+        *row[:17], result=json.loads(row[17]), cam=cam, reviewed_at=row[21], reviewed_by=row[22], review_note=row[23]
+    )
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    def __init__(self, data_dir: Path, db: sqlite3.Connection, check: StoreCheck):
+        self.data_dir = data_dir
+        self.images_dir = data_dir / "images"
+        self.tmp_dir = data_dir / "tmp"
+        self.check = check
+        self._db = db
+        self._lock = threading.RLock()
+
+    # ---- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str]) -> "Store":
+        """Open (creating if needed), migrate, and check the store. Refuses a corrupt database."""
+        data_dir = Path(data_dir)
+        try:
+            for d in (data_dir, data_dir / "images", data_dir / "tmp"):
+                d.mkdir(parents=True, exist_ok=True)
+            _clear_tmp(data_dir / "tmp")
+            db = sqlite3.connect(data_dir / DB_NAME, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{data_dir}: cannot open the store: {exc}") from None
+        try:
+            _configure(db)
+            _migrate(db)
+            check = _check(db, data_dir / "images")
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(f"{data_dir / DB_NAME}: database is not usable: {exc}") from None
+        except StoreError:
+            db.close()
+            raise
+        return cls(data_dir, db, check)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # ---- images ------------------------------------------------------------------------------
+
+    def image_path(self, sha256: str) -> Path:
+        return self.images_dir / sha256[:2] / sha256
+
+    def put_image(self, data: bytes) -> str:
+        """Write the bytes durably under their sha256 (once) and return the digest."""
+        sha = hashlib.sha256(data).hexdigest()
+        final = self.image_path(sha)
+        shard = final.parent
+        if not shard.is_dir():
+            shard.mkdir(exist_ok=True)
+            fsync_dir(self.images_dir)
+        if not (final.is_file() and final.stat().st_size == len(data)):
+            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=sha[:12] + ".")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, final)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        # Also when the file was already there: another thread may have renamed it a moment ago
+        # and not yet made the directory entry durable.
+        fsync_dir(shard)
+        return sha
+
+    # ---- studies -----------------------------------------------------------------------------
+
+    def add_study(self, image_sha256: str, image_bytes: int, study: NewStudy) -> StudyRecord:
+        """Commit the study (its image must already be durable, see put_image) and audit it."""
+        now = utc_now()
+        r = study.result
+        model = r["model"]
+        cam = None if study.cam is None else np.ascontiguousarray(study.cam, dtype="<f4")
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO images (sha256, bytes, media_type, source_format, height, width, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (image_sha256, image_bytes, study.media_type, study.source_format, study.height, study.width, now),
+            )
+            cur = db.execute(
+                "INSERT INTO studies (created_at, exam, source, reference, operator, filename, image_sha256,"
+                " triage, label, probability, threshold, model_id, model_version, model_sha256, backend,"
+                " precision, timings_json, result_json, cam, cam_height, cam_width)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    now, study.exam, study.source, study.reference, study.operator, study.filename, image_sha256,
+                    r["triage"], r["label"], r["probability"], r["threshold"], model["id"], model["version"],
+                    model["sha256"], model["backend"], model["precision"], json.dumps(r["timings_ms"]),
+                    json.dumps(r), None if cam is None else cam.tobytes(),
+                    None if cam is None else cam.shape[0], None if cam is None else cam.shape[1],
+                ),
+            )
+            study_id = cur.lastrowid
+            self._audit(db, "study_created", study.operator, study_id,
+                        {"triage": r["triage"], "exam": study.exam, "source": study.source})
+            return self._get(db, study_id)
+
+    def get(self, study_id: int) -> StudyRecord | None:
+        with self._lock:
+            return self._get(self._db, study_id)
+
+    def _get(self, db: sqlite3.Connection, study_id: int) -> StudyRecord | None:
+        row = db.execute(
+            f"SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256 WHERE s.id = ?",
+            (study_id,),
+        ).fetchone()
+        return None if row is None else _record(row)
+
+    def list(self, where: StudyFilter, limit: int, offset: int = 0) -> tuple[list[StudyRecord], int]:
+        """Matching studies, newest first, and how many match in all."""
+        clauses, params = _where(where)
+        with self._lock:
+            total = self._db.execute(f"SELECT count(*) FROM studies s {clauses}", params).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256 {clauses}"
+                " ORDER BY s.id DESC LIMIT ? OFFSET ?",
+                (*params, limit, offset),
+            ).fetchall()
+        return [_record(r) for r in rows], total
+
+    def recent(self, count: int) -> list[StudyRecord]:
+        """The last `count` studies, urgent first, then ungradable, then routine; newest first within each."""
+        rank = " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(TRIAGE_ORDER))
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM (SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
+                f" ORDER BY s.id DESC LIMIT ?) ORDER BY CASE triage {rank} END, id DESC",
+                (count,),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def counts_by_triage(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT triage, count(*) FROM studies GROUP BY triage").fetchall()
+        return {t: 0 for t in TRIAGE_ORDER} | dict(rows)
+
+    def review(self, study_id: int, operator: str, note: str) -> StudyRecord | None:
+        with self._transaction() as db:
+            cur = db.execute(
+                "UPDATE studies SET reviewed_at = ?, reviewed_by = ?, review_note = ? WHERE id = ?",
+                (utc_now(), operator, note, study_id),
+            )
+            if cur.rowcount == 0:
+                return None
+            self._audit(db, "study_reviewed", operator, study_id, {"note": note})
+            return self._get(db, study_id)
+
+    # ---- audit log and settings --------------------------------------------------------------
+
+    def audit(self, action: str, operator: str, study_id: int | None = None, detail: dict | None = None) -> None:
+        with self._transaction() as db:
+            self._audit(db, action, operator, study_id, detail or {})
+
+    @staticmethod
+    def _audit(db: sqlite3.Connection, action: str, operator: str, study_id: int | None, detail: dict) -> None:
+        db.execute(
+            "INSERT INTO audit_log (at, operator, action, study_id, detail) VALUES (?, ?, ?, ?, ?)",
+            (utc_now(), operator, action, study_id, json.dumps(detail)),
+        )
+
+    def audit_log(self, limit: int = 100, study_id: int | None = None) -> list[AuditEntry]:
+        """Newest first."""
+        sql = "SELECT id, at, operator, action, study_id, detail FROM audit_log"
+        params: tuple = ()
+        if study_id is not None:
+            sql, params = sql + " WHERE study_id = ?", (study_id,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [AuditEntry(*r[:5], detail=json.loads(r[5])) for r in rows]
+
+    def settings(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM settings").fetchall())
+
+    def change_setting(self, key: str, value: str, operator: str) -> None:
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+            old = None if row is None else row[0]
+            if old == value:
+                return
+            db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
+            self._audit(db, "settings_changed", operator, None, {"key": key, "old": old, "new": value})
+
+
+def _where(f: StudyFilter) -> tuple[str, tuple]:
+    clauses: list[str] = []
+    params: list = []
+    if f.triage:
+        clauses.append(f"s.triage IN ({', '.join('?' * len(f.triage))})")
+        params += f.triage
+    if f.created_from:
+        clauses.append("s.created_at >= ?")
+        params.append(f.created_from)
+    if f.created_before:
+        clauses.append("s.created_at < ?")
+        params.append(f.created_before)
+    if f.reference:
+        escaped = f.reference.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        clauses.append("s.reference LIKE ? ESCAPE '\\'")
+        params.append(f"%{escaped}%")
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _configure(db: sqlite3.Connection) -> None:
+    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise StoreError(f"the database cannot use write-ahead logging (journal_mode is {mode})")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.execute("PRAGMA busy_timeout=10000")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    applied = {v for (v,) in db.execute("SELECT version FROM schema_migrations")}
+    known = {v for v, _ in MIGRATIONS}
+    if applied - known:
+        raise StoreError(
+            f"the database has schema version {max(applied)}, newer than this build knows ({max(known)})"
+        )
+    for version, sql in MIGRATIONS:
+        if version in applied:
+            continue
+        # executescript would commit on its own; run the statements inside one explicit transaction.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(sql):
+                db.execute(statement)
+            db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, utc_now()))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; trigger bodies (BEGIN ... END;) stay whole."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current.strip())
+            current = ""
+    if current.strip():
+        out.append(current.strip())
+    return out
+
+
+def _check(db: sqlite3.Connection, images_dir: Path) -> StoreCheck:
+    result = db.execute("PRAGMA integrity_check").fetchall()
+    if result != [("ok",)]:
+        raise StoreError("database integrity check failed: " + "; ".join(r[0] for r in result[:5]))
+    violations = db.execute("PRAGMA foreign_key_check").fetchall()
+    if violations:
+        raise StoreError(f"database has {len(violations)} foreign key violations")
+    problems = []
+    known = set()
+    for sha, size in db.execute("SELECT sha256, bytes FROM images"):
+        known.add(sha)
+        path = images_dir / sha[:2] / sha
+        try:
+            actual = path.stat().st_size
+        except FileNotFoundError:
+            problems.append(f"image {sha[:12]} is missing")
+            continue
+        if actual != size:
+            problems.append(f"image {sha[:12]} has {actual} bytes, expected {size}")
+    orphans = sum(1 for p in images_dir.glob("*/*") if p.name not in known)
+    studies = db.execute("SELECT count(*) FROM studies").fetchone()[0]
+    return StoreCheck(studies=studies, images=len(known), orphan_files=orphans, problems=tuple(problems))
+
+
+def _clear_tmp(tmp_dir: Path) -> None:
+    """Half-written images from before a crash: never referenced by a row, so safe to remove."""
+    for leftover in tmp_dir.iterdir():
+        if leftover.is_file():
+            leftover.unlink()

@@ -1,0 +1,243 @@
+"""Helpers for the kiosk tests: images, hostile inputs, and a real `bedside serve` on port 0."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import uuid
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from device.kiosk.config import KioskConfig
+from models.bundle import default_bundles_dir, find_bundles
+from models.datasets import datasets_dir
+from tiny_bundle import make_tiny_bundle
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"Bedside kiosk ready at (http://\S+)")
+SHIPPED = default_bundles_dir() / "chest-xray-pneumonia"
+
+
+def shipped_bundle() -> Path | None:
+    return SHIPPED if SHIPPED in find_bundles() else None
+
+
+def sample_xrays() -> list[Path]:
+    root = datasets_dir() / "chest-xray" / "fullres-samples"
+    return sorted(root.glob("*/*.jpeg")) if root.is_dir() else []
+
+
+def png_bytes(seed: int = 0, size: int = 96) -> bytes:
+    """A gradable-looking gray image (a smooth ramp plus noise), unique per seed."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(30, 220, size, dtype=np.float32)[None, :].repeat(size, 0)
+    pixels = np.clip(ramp + rng.normal(0, 12, (size, size)), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", pixels)
+    return buf.tobytes()
+
+
+def jpeg_bytes(seed: int = 0, size: int = 96) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.imdecode(np.frombuffer(png_bytes(seed, size), np.uint8), cv2.IMREAD_GRAYSCALE))
+    return buf.tobytes()
+
+
+def huge_png_header(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A PNG whose IHDR (with a valid CRC) claims absurd dimensions; no pixel data follows."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    body = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def dicom_without_pixels() -> bytes:
+    """A real dataset DICOM with PixelData deleted, or a synthetic one where the datasets are absent."""
+    source = datasets_dir() / "dicom" / "cr_dx" / "RG2_JPLL.dcm"
+    if source.is_file():
+        ds = pydicom.dcmread(source)
+    else:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = pydicom.Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+        ds.Modality, ds.Rows, ds.Columns = "CR", 64, 64
+        ds.PixelData = b"\0" * 64 * 64
+    del ds.PixelData
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+def multipart(fields: dict[str, str], file: tuple[str, bytes] | None) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    if file is not None:
+        filename, data = file
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    """A tiny HTTP client over one keep-alive connection (the stdlib, so nothing leaks a socket)."""
+
+    def __init__(self, url: str, timeout: float = 60):
+        m = re.match(r"http://([^:/]+):(\d+)/", url)
+        self.host, self.port = m.group(1), int(m.group(2))
+        self.timeout = timeout
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        try:
+            self.conn.request(method, path, body=body, headers=headers or {})
+            response = self.conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            raise
+        return response.status, response.getheader("Content-Type", ""), data
+
+    def upload(self, filename: str, data: bytes, **fields: str):
+        body, ctype = multipart(fields, (filename, data))
+        status, _, payload = self.request("POST", "/api/v1/studies", body, {"Content-Type": ctype})
+        return status, json.loads(payload)
+
+    def get_json(self, path: str):
+        status, _, payload = self.request("GET", path)
+        return status, json.loads(payload)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str):
+        self.proc = proc
+        self.url = url
+
+    def client(self) -> Client:
+        return Client(self.url)
+
+    def rss_peak_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM")
+
+
+def start_server(data_dir: Path, bundles: list[Path], *extra: str) -> Server:
+    """`bedside serve --port 0`; returns once it printed its URL and answered health with ready."""
+    cmd = [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", str(data_dir)]
+    for b in bundles:
+        cmd += ["--bundle", str(b)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [*cmd, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    url = None
+    for line in proc.stdout:
+        found = READY.search(line)
+        if found:
+            url = found.group(1)
+            break
+    if url is None:
+        proc.wait(30)
+        proc.stdout.close()
+        raise RuntimeError(f"bedside serve exited ({proc.returncode}) without becoming ready")
+    client = Client(url, timeout=30)
+    try:
+        status, health = client.get_json("/api/v1/health")
+    finally:
+        client.close()
+    if status != 200 or not health["ready"]:
+        stop_server(Server(proc, url), signal.SIGKILL)
+        raise RuntimeError(f"server not ready: {status} {health}")
+    return Server(proc, url)
+
+
+def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
+    if server.proc.poll() is None:
+        server.proc.send_signal(sig)
+    rc = server.proc.wait(30)
+    server.proc.stdout.close()
+    return rc
+
+
+@contextmanager
+def running_server(data_dir: Path, bundles: list[Path], *extra: str):
+    server = start_server(data_dir, bundles, *extra)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+# ---- fixtures shared by the kiosk test modules (import them by name) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+@pytest.fixture
+def drives(tmp_path) -> dict[str, Path]:
+    """An import folder (a 'USB drive' with images on it) and an export folder."""
+    usb = tmp_path / "media" / "usb"
+    (usb / "DCIM").mkdir(parents=True)
+    out = tmp_path / "export"
+    out.mkdir()
+    return {"import": tmp_path / "media", "usb": usb, "export": out}
+
+
+@pytest.fixture
+def config(tmp_path, tiny_bundle, drives) -> KioskConfig:
+    return KioskConfig.model_validate(
+        {
+            "store": {"data_dir": str(tmp_path / "data")},
+            "models": {"bundles": [str(tiny_bundle)], "inference_threads": 1},
+            "media": {"import_folders": [str(drives["import"])], "export_folders": [str(drives["export"])]},
+            "server": {"max_upload_mb": 4},
+        }
+    )
+
+
+@pytest.fixture
+def app(config):
+    from device.kiosk import create_app
+    from device.kiosk.context import kiosk_of
+
+    application = create_app(config)
+    application.config["TESTING"] = True
+    yield application
+    kiosk_of(application).close()
+
+
+@pytest.fixture
+def client(app):
+    with app.test_client() as c:
+        yield c

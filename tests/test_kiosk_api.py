@@ -1,0 +1,228 @@
+"""The JSON API v1 through Flask's test client: studies, filters, review, export, import, health,
+metrics, and every kind of bad input answered with its 4xx (never a 500)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from datetime import date
+
+import pytest
+
+from kiosk_support import (  # noqa: F401  (fixtures)
+    app,
+    client,
+    config,
+    dicom_without_pixels,
+    drives,
+    huge_png_header,
+    jpeg_bytes,
+    multipart,
+    png_bytes,
+    tiny_bundle,
+)
+
+
+def upload(client, data: bytes, name: str = "x.png", **fields):
+    form = {"file": (io.BytesIO(data), name), **fields}
+    return client.post("/api/v1/studies", data=form, content_type="multipart/form-data")
+
+
+def test_upload_returns_201_with_the_study_and_its_full_result(client):
+    data = png_bytes(1)
+    r = upload(client, data, "chest.png", reference="MRN-001", operator="nurse a")
+    assert r.status_code == 201, r.json
+    s = r.json
+    assert r.headers["Location"] == f"/api/v1/studies/{s['id']}"
+    assert s["reference"] == "MRN-001" and s["operator"] == "nurse a" and s["filename"] == "chest.png"
+    assert s["exam"] == "tiny-test" and s["source"] == "upload"
+    assert s["triage"] in ("URGENT", "ROUTINE", "UNGRADABLE")
+    assert s["image"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert s["image"]["media_type"] == "image/png" and (s["image"]["height"], s["image"]["width"]) == (96, 96)
+    result = s["result"]
+    assert set(result["probabilities"]) == {"NORMAL", "PNEUMONIA"}
+    assert result["probability"] == pytest.approx(result["probabilities"]["PNEUMONIA"])
+    assert result["threshold"] == 0.5
+    model = result["model"]
+    assert model["id"] == "tiny-test" and model["version"] == "0.0.1" and len(model["sha256"]) == 64
+    assert model["backend"] == "onnxruntime" and model["precision"] == "fp32"
+    assert {"decode", "preprocess", "inference", "store_image_wait"} <= set(result["timings_ms"])
+    assert s["review"] == {"reviewed": False, "at": None, "by": None, "note": None}
+
+
+def test_get_image_preview_heatmap(client):
+    data = jpeg_bytes(2)
+    sid = upload(client, data, "a.jpg").json["id"]
+    got = client.get(f"/api/v1/studies/{sid}")
+    assert got.status_code == 200 and got.json["id"] == sid
+    image = client.get(f"/api/v1/studies/{sid}/image")
+    assert image.status_code == 200 and image.data == data and image.mimetype == "image/jpeg"
+    for kind in ("preview", "heatmap"):
+        png = client.get(f"/api/v1/studies/{sid}/{kind}")
+        assert png.status_code == 200 and png.mimetype == "image/png" and png.data.startswith(b"\x89PNG")
+    assert client.get("/api/v1/studies/999").status_code == 404
+    assert client.get("/api/v1/studies/999/heatmap").json["error"]["code"] == "not_found"
+
+
+def test_list_filters_and_paging(client):
+    ids = [upload(client, png_bytes(i), reference=f"ward-{i % 2}-{i}").json["id"] for i in range(5)]
+    listed = client.get("/api/v1/studies?limit=2").json
+    assert listed["total"] == 5 and [s["id"] for s in listed["studies"]] == ids[::-1][:2]
+    page2 = client.get("/api/v1/studies?limit=2&offset=2").json
+    assert [s["id"] for s in page2["studies"]] == ids[::-1][2:4]
+    assert client.get("/api/v1/studies?q=ward-1").json["total"] == 2
+    assert client.get("/api/v1/studies?q=%25").json["total"] == 0  # LIKE wildcards are literal
+    by_triage = {}
+    for s in client.get("/api/v1/studies").json["studies"]:
+        by_triage.setdefault(s["triage"], []).append(s["id"])
+    for triage, members in by_triage.items():
+        got = client.get(f"/api/v1/studies?triage={triage.lower()}").json
+        assert sorted(s["id"] for s in got["studies"]) == sorted(members)
+    assert client.get("/api/v1/studies?from=2000-01-01&to=2999-12-31").json["total"] == 5
+    assert client.get("/api/v1/studies?to=2000-01-01").json["total"] == 0
+    today = date.today().isoformat()  # the date filters are days in the kiosk's local time
+    assert client.get(f"/api/v1/studies?from={today}&to={today}").json["total"] == 5
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("limit=0", "'limit' must be between"),
+        ("limit=abc", "'limit' must be an integer"),
+        ("offset=-1", "'offset' must be between"),
+        ("triage=SEVERE", "unknown triage category"),
+        ("from=yesterday", "'from' must be a date"),
+    ],
+)
+def test_bad_list_parameters_are_400(client, query, message):
+    r = client.get(f"/api/v1/studies?{query}")
+    assert r.status_code == 400 and message in r.json["error"]["message"]
+
+
+def test_review_and_audit_log(client):
+    sid = upload(client, png_bytes(3), operator="tech").json["id"]
+    client.get(f"/api/v1/studies/{sid}", headers={"X-Bedside-Operator": "dr b"})
+    r = client.post(f"/api/v1/studies/{sid}/review", json={"note": "agree", "operator": "dr b"})
+    assert r.status_code == 200
+    assert r.json["review"]["reviewed"] and r.json["review"]["by"] == "dr b" and r.json["review"]["note"] == "agree"
+    entries = client.get(f"/api/v1/audit?study={sid}").json["entries"]
+    assert [(e["action"], e["operator"]) for e in entries] == [
+        ("study_reviewed", "dr b"), ("study_viewed", "dr b"), ("study_created", "tech")
+    ]
+    assert client.post("/api/v1/studies/999/review", json={}).status_code == 404
+    assert client.post(f"/api/v1/studies/{sid}/review", json={"note": "x" * 3000}).status_code == 400
+
+
+def test_settings_change_default_operator_and_are_audited(client):
+    assert client.put("/api/v1/settings", json={"operator": "night shift"}).json == {"operator": "night shift"}
+    s = upload(client, png_bytes(4)).json
+    assert s["operator"] == "night shift"
+    entry = client.get("/api/v1/audit").json["entries"][-1]
+    assert entry["action"] == "settings_changed" and entry["detail"]["new"] == "night shift"
+    assert client.put("/api/v1/settings", json={"colour": "red"}).status_code == 400
+
+
+def test_export_study_and_history(client, drives):
+    data = png_bytes(5)
+    sid = upload(client, data, reference="R5").json["id"]
+    targets = client.get("/api/v1/exports/targets").json["targets"]
+    assert str(drives["export"]) in targets
+    r = client.post(f"/api/v1/studies/{sid}/export", json={"destination": str(drives["export"])})
+    assert r.status_code == 201
+    folder = drives["export"] / r.json["path"].rsplit("/", 1)[1]
+    assert (folder / "image.png").read_bytes() == data
+    assert (folder / "heatmap.png").read_bytes().startswith(b"\x89PNG")
+    assert json.loads((folder / "result.json").read_text())["id"] == sid
+    r = client.post("/api/v1/exports/history", json={"destination": str(drives["export"])})
+    assert r.status_code == 201 and r.json["studies"] == 1
+    with open(r.json["path"], newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["reference"] == "R5" and rows[0]["model_id"] == "tiny-test"
+    outside = client.post(f"/api/v1/studies/{sid}/export", json={"destination": "/etc"})
+    assert outside.status_code == 400 and "not an export destination" in outside.json["error"]["message"]
+    actions = [e["action"] for e in client.get("/api/v1/audit").json["entries"]]
+    assert actions[:2] == ["history_exported", "study_exported"]
+
+
+def test_import_from_a_drive(client, drives):
+    (drives["usb"] / "DCIM" / "a.png").write_bytes(png_bytes(6))
+    (drives["usb"] / "IM0001").write_bytes(dicom_without_pixels())  # DICOM without an extension is found
+    (drives["usb"] / "notes.txt").write_text("not an image")
+    (drives["usb"] / ".hidden.png").write_bytes(png_bytes(7))
+    files = client.get("/api/v1/imports").json["files"]
+    assert sorted((f["name"], f["format"]) for f in files) == [("usb/DCIM/a.png", "PNG"), ("usb/IM0001", "DICOM")]
+    paths = [f["path"] for f in files]
+    r = client.post("/api/v1/imports", json={"paths": paths, "reference": "from usb"})
+    assert r.status_code == 201
+    assert [s["filename"] for s in r.json["studies"]] == ["a.png"]
+    assert r.json["studies"][0]["source"] == "import"
+    assert [(e["status"], e["code"]) for e in r.json["errors"]] == [(422, "no_pixel_data")]
+    r = client.post("/api/v1/imports", json={"paths": ["/etc/passwd"]})
+    assert r.status_code == 400 and "not inside an import folder" in r.json["errors"][0]["message"]
+    assert client.post("/api/v1/imports", json={"paths": "a.png"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "name, data, status, code",
+    [
+        ("empty.png", b"", 422, "empty"),
+        ("cut.jpg", jpeg_bytes(8, 256)[:700], 422, None),
+        ("report.dcm", b"Discharge summary: patient stable.\n" * 20, 415, "not_an_image"),
+        ("huge.png", huge_png_header(), 413, "too_large"),
+        ("nopixels.dcm", dicom_without_pixels(), 422, "no_pixel_data"),
+        ("photo.gif", b"GIF89a" + b"\0" * 100, 415, "unsupported"),
+    ],
+)
+def test_bad_input_gets_its_4xx_and_the_service_keeps_serving(client, name, data, status, code):
+    r = upload(client, data, name)
+    assert r.status_code == status, r.json
+    error = r.json["error"]
+    assert error["status"] == status and error["message"].startswith(name)
+    if code:
+        assert error["code"] == code
+    assert upload(client, png_bytes(9)).status_code == 201
+    assert client.get("/api/v1/studies").json["total"] == 1
+
+
+def test_no_file_unknown_exam_and_too_large_body(client):
+    r = client.post("/api/v1/studies", data={"reference": "x"}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "field named 'file'" in r.json["error"]["message"]
+    r = upload(client, png_bytes(10), exam="knee-mri")
+    assert r.status_code == 400
+    assert r.json["error"]["code"] == "unknown_exam" and r.json["error"]["available"] == ["tiny-test"]
+    assert "tiny-test" in r.json["error"]["message"]
+    # The fixture's limit is 4 MiB. (Encoded here: the test client spools big form files to a
+    # temporary file that it never closes.)
+    body, ctype = multipart({}, ("big.jpg", b"\xff\xd8\xff" + b"\0" * (5 * 2**20)))
+    big = client.post("/api/v1/studies", data=body, content_type=ctype)
+    assert big.status_code == 413 and big.json["error"]["code"] == "too_large"
+    assert client.get("/api/v1/nowhere").status_code == 404
+    assert client.get("/api/v1/nowhere").json["error"]["code"] == "not_found"
+    assert client.delete("/api/v1/studies").status_code == 405
+
+
+def test_health_and_metrics(client):
+    health = client.get("/api/v1/health").json
+    assert health["ready"] is True
+    assert health["backends"]["onnxruntime"]["available"] is True
+    assert [(m["id"], m["version"]) for m in health["models"]] == [("tiny-test", "0.0.1")]
+    assert health["store"]["ok"]
+    upload(client, png_bytes(11))
+    upload(client, b"", "empty.png")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert "bedside_ready 1" in text
+    total = sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("bedside_studies_total{")
+    )
+    assert total == 1
+    assert 'bedside_errors_total{kind="empty"} 1' in text
+    assert "bedside_inference_seconds_count 1" in text and 'bedside_inference_seconds_bucket{le="+Inf"} 1' in text
+
+
+def test_every_response_carries_a_strict_content_security_policy(client):
+    for path in ("/", "/api/v1/health", "/static/kiosk.css", "/api/v1/nowhere"):
+        with client.get(path) as r:
+            csp = r.headers["Content-Security-Policy"]
+        assert "default-src 'self'" in csp and "'unsafe-inline'" not in csp

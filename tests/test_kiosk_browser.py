@@ -1,0 +1,149 @@
+"""The clinician's flow in headless Chromium (Debian's /usr/bin/chromium through Playwright):
+home -> new study (a real chest X-ray, also dropped onto the drop zone) -> result with the heatmap
+-> history, at 1024x600 and 1280x800. Screenshots go to artifacts/kiosk/ for people to look at.
+
+Also checked: nothing is requested from anywhere but the kiosk, no console or CSP errors, touch
+targets are at least 48 px, nothing scrolls sideways, and the heatmap toggle works from the keyboard.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kiosk_support import ROOT, running_server, sample_xrays, shipped_bundle
+from models.bundle import load_bundle
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = ROOT / "artifacts" / "kiosk"
+VIEWPORTS = [(1024, 600), (1280, 800)]
+TOUCH_TARGETS = "a.btn, button, .nav, .tile, .row, .chip, .count, input:not([type=checkbox]):not([type=file]), select, .drop"
+
+SMALL_TARGETS_JS = """(selector) => Array.from(document.querySelectorAll(selector))
+  .filter((el) => el.offsetParent !== null)
+  .map((el) => [el.className || el.tagName, el.getBoundingClientRect().height, el.getBoundingClientRect().width])
+  .filter(([, h, w]) => h < 48 || w < 48)"""
+
+DROP_JS = """([b64, name]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name, {type: "image/jpeg"}));
+  const zone = document.querySelector("[data-drop]");
+  zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: dt, bubbles: true, cancelable: true}));
+  zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+  return [zone.querySelector("input[type=file]").files.length, zone.querySelector("[data-drop-text]").textContent];
+}"""
+
+
+@pytest.fixture(scope="module")
+def sync_playwright():
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium; .ci/run does)")
+    return pytest.importorskip("playwright.sync_api", reason="playwright (test extra) not installed").sync_playwright
+
+
+@pytest.fixture(scope="module")
+def bundle() -> Path:
+    path = shipped_bundle()
+    if path is None:
+        pytest.skip("the shipped bundle models/bundles/chest-xray-pneumonia is absent")
+    return path
+
+
+@pytest.fixture(scope="module")
+def xray() -> Path:
+    pneumonia = [p for p in sample_xrays() if p.parent.name == "PNEUMONIA"]
+    if not pneumonia:
+        pytest.skip("no full-resolution chest X-ray samples (datasets/chest-xray/fullres-samples)")
+    return pneumonia[0]
+
+
+def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray):
+    manifest = load_bundle(bundle).manifest
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    usb = tmp_path / "media" / "USB-DRIVE"
+    usb.mkdir(parents=True)
+    for sample in sample_xrays()[:3]:
+        shutil.copy(sample, usb / sample.name)
+    settings = tmp_path / "bedside.toml"
+    settings.write_text(f'[media]\nimport_folders = ["{tmp_path / "media"}"]\n')
+    with running_server(tmp_path / "data", [bundle], "--config", str(settings)) as server, sync_playwright() as pw:
+        for width, height in VIEWPORTS:
+            size = f"{width}x{height}"
+            ctx = pw.chromium.launch_persistent_context(
+                str(tmp_path / f"profile-{size}"), executable_path=str(CHROMIUM), headless=True,
+                args=CHROMIUM_ARGS, viewport={"width": width, "height": height},
+            )
+            try:
+                page = ctx.new_page()
+                requested: list[str] = []
+                problems: list[str] = []
+                page.on("request", lambda r: requested.append(r.url))
+                page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
+
+                def check_layout(name: str) -> None:
+                    page.screenshot(path=str(ARTIFACTS / f"{name}-{size}.png"))
+                    assert page.evaluate(SMALL_TARGETS_JS, TOUCH_TARGETS) == [], name
+                    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), name
+
+                # Home: a tile for the installed exam.
+                page.goto(server.url)
+                tile = page.locator(".tile", has_text=manifest.title)
+                assert tile.count() == 1
+                check_layout("1-home")
+
+                # New study: the drop zone takes a dropped file; the picker takes the X-ray.
+                tile.click()
+                page.wait_for_url(re.compile(r"/studies/new"))
+                dropped = page.evaluate(DROP_JS, [base64.b64encode(xray.read_bytes()).decode(), xray.name])
+                assert dropped == [1, xray.name]
+                assert page.locator(".file").count() == 3  # the USB drive's images are listed for import
+                page.set_input_files("input[type=file]", str(xray))
+                page.fill("#reference-upload", f"Bed 7 ({size})")
+                check_layout("2-new-study")
+
+                page.click("button:has-text('Triage')")
+                page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
+                banner = page.locator(".banner-word").inner_text()
+                assert banner in ("URGENT", "ROUTINE", "UNGRADABLE")
+                assert page.locator(".banner .icon").is_visible()
+                assert f"{manifest.id} v{manifest.version}" in page.inner_text(".facts")
+                if manifest.research_only:
+                    assert "Research use only, not for diagnosis." in page.inner_text(".disclaimer")
+                page.wait_for_function("document.querySelector('[data-plain]').naturalWidth > 0")
+                check_layout("3-result")
+
+                # Heatmap toggle, from the keyboard.
+                toggle = page.locator("[data-heatmap-toggle]")
+                toggle.focus()
+                page.keyboard.press("Enter")
+                assert page.locator("[data-heat]").is_visible() and not page.locator("[data-plain]").is_visible()
+                assert toggle.get_attribute("aria-pressed") == "true"
+                page.wait_for_function("document.querySelector('[data-heat]').naturalWidth > 0")
+                check_layout("4-result-heatmap")
+                page.keyboard.press("Enter")
+                assert page.locator("[data-plain]").is_visible()
+
+                # History: the study is there, found by its reference.
+                page.click("nav >> text=History")
+                page.wait_for_url(re.compile(r"/history"))
+                page.fill("input[name=q]", size)
+                page.click("button:has-text('Filter')")
+                rows = page.locator(".row")
+                assert rows.count() == 1 and banner in rows.first.inner_text()
+                check_layout("5-history")
+
+                assert problems == [], problems
+                outside = [u for u in requested if not u.startswith(server.url)]
+                assert outside == [], outside
+            finally:
+                ctx.close()

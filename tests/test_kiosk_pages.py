@@ -1,0 +1,135 @@
+"""The clinician's pages through Flask's test client: tiles from the bundles, upload and import
+forms, the result page, review, export, history filters, settings; no asset from elsewhere."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from device.kiosk import create_app
+from device.kiosk.config import KioskConfig
+from device.kiosk.context import kiosk_of
+from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from tiny_bundle import edit_manifest, make_tiny_bundle
+
+
+def post_upload(client, data: bytes, name: str = "x.png", **fields):
+    form = {"file": (io.BytesIO(data), name), **fields}
+    return client.post("/studies", data=form, content_type="multipart/form-data")
+
+
+def text(response) -> str:
+    return response.get_data(as_text=True)
+
+
+def test_home_has_one_tile_per_installed_bundle(tmp_path, tiny_bundle, drives):
+    other = make_tiny_bundle(tmp_path / "other")
+    edit_manifest(other, id="knee-xray", title="Knee X-ray fracture triage", research_only=False, disclaimer=None)
+    config = KioskConfig.model_validate(
+        {"store": {"data_dir": str(tmp_path / "data")}, "models": {"bundles_dir": str(tmp_path / "nowhere"),
+         "bundles": [str(tiny_bundle), str(other)]}}
+    )
+    application = create_app(config)
+    try:
+        with application.test_client() as c:
+            home = text(c.get("/"))
+            assert re.findall(r'class="tile-title">([^<]+)<', home) == ["Tiny test model", "Knee X-ray fracture triage"]
+            assert home.count("Research use only") == 1
+            new = text(c.get("/studies/new?exam=knee-xray"))
+            assert '<option value="knee-xray" selected>' in new
+            r = post_upload(c, png_bytes(1), exam="tiny-test")
+            assert r.status_code == 303
+            r = post_upload(c, png_bytes(1))
+            assert r.status_code == 400 and "choose an exam: tiny-test, knee-xray" in text(r)
+    finally:
+        kiosk_of(application).close()
+
+
+def test_upload_form_redirects_to_the_result(client):
+    r = post_upload(client, png_bytes(2), "bed4.png", reference="Bed 4", operator="nurse c")
+    assert r.status_code == 303 and re.match(r"/studies/\d+\?saved=1", r.headers["Location"])
+    page = text(client.get(r.headers["Location"]))
+    triage = re.search(r'class="banner-word">(\w+)<', page).group(1)
+    assert triage in ("URGENT", "ROUTINE", "UNGRADABLE")
+    assert f"banner-{triage.lower()}" in page and '<svg class="icon"' in page  # word + icon + colour
+    assert "Saved as study #1" in page
+    assert "Research use only, not for diagnosis." in page and "Not for clinical use." in page
+    assert "tiny-test v0.0.1" in page and "Unit tests only." in page
+    assert "/api/v1/studies/1/preview" in page and "/api/v1/studies/1/heatmap" in page
+    assert "Show heatmap" in page and "Bed 4" in page
+    with_heat = text(client.get("/studies/1?heatmap=1"))  # the toggle works without script
+    assert "Hide heatmap" in with_heat
+
+
+def test_bad_upload_stays_on_the_form_with_the_reason(client):
+    r = post_upload(client, b"hello", "note.dcm")
+    assert r.status_code == 415 and "note.dcm: not an image" in text(r) and 'name="file"' in text(r)
+    r = client.post("/studies", data={}, content_type="multipart/form-data")
+    assert r.status_code == 400 and "Choose an image file first." in text(r)
+
+
+def test_quality_warning_says_what_to_do(client):
+    blank = cv2.imencode(".png", np.zeros((64, 64), np.uint8))[1].tobytes()
+    r = post_upload(client, blank, "blank.png")
+    page = text(client.get(r.headers["Location"]))
+    assert "UNGRADABLE" in page and "Image quality" in page
+
+
+def test_review_and_export_from_the_result_page(client, drives):
+    post_upload(client, png_bytes(4))
+    r = client.post("/studies/1/review", data={"note": "seen", "operator": "dr d"})
+    assert r.status_code == 303
+    page = text(client.get(r.headers["Location"]))
+    assert "Marked as reviewed." in page and "by dr d" in page and "seen" in page
+    r = client.post("/studies/1/export", data={"destination": str(drives["export"])})
+    assert r.status_code == 303
+    page = text(client.get(r.headers["Location"]))
+    assert "Exported to " + str(drives["export"]) in page
+    assert len(list(drives["export"].glob("bedside-study-1-*/result.json"))) == 1
+
+
+def test_history_filters_and_csv_export(client, drives):
+    for i, ref in enumerate(["ward A", "ward B", "clinic"]):
+        post_upload(client, png_bytes(10 + i), reference=ref)
+    page = text(client.get("/history?q=ward"))
+    assert "2 studies" in page and "ward A" in page and "clinic" not in page
+    studies = client.get("/api/v1/studies").json["studies"]
+    triage = studies[0]["triage"]
+    n = sum(s["triage"] == triage for s in studies)
+    page = text(client.get(f"/history?triage={triage}"))
+    assert f"{n} stud" in page
+    assert "0 studies" in text(client.get("/history?to=2000-01-01"))
+    assert client.get("/history?from=soon").status_code == 400
+    r = client.post("/history/export", data={"q": "ward", "destination": str(drives["export"])})
+    assert "Exported 2 studies" in text(r)
+
+
+def test_import_form(client, drives):
+    (drives["usb"] / "DCIM" / "one.png").write_bytes(png_bytes(20))
+    (drives["usb"] / "DCIM" / "two.png").write_bytes(png_bytes(21))
+    page = text(client.get("/studies/new"))
+    assert "usb/DCIM/one.png" in page and "usb/DCIM/two.png" in page
+    paths = [str(drives["usb"] / "DCIM" / n) for n in ("one.png", "two.png")]
+    r = client.post("/studies/import", data={"path": paths, "reference": "usb"})
+    assert r.status_code == 200 and text(r).count('class="row"') == 2
+    r = client.post("/studies/import", data={"path": paths[:1]})
+    assert r.status_code == 303  # one file: straight to its result
+
+
+def test_settings_page_changes_the_default_operator(client):
+    r = client.post("/settings", data={"operator": "day shift"})
+    assert "Saved." in text(r) and 'value="day shift"' in text(r)
+    assert "settings changed" in text(r)
+
+
+@pytest.mark.parametrize("path", ["/", "/studies/new", "/history", "/settings", "/studies/1"])
+def test_pages_reference_only_local_assets(client, path):
+    post_upload(client, png_bytes(30))
+    page = text(client.get(path))
+    urls = re.findall(r'(?:src|href|action)="([^"]+)"', page)
+    assert urls and all(u.startswith("/") or u.startswith("#") for u in urls), urls
+    assert "style=" not in page and "<script>" not in page  # nothing inline: the CSP forbids it

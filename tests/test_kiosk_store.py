@@ -1,0 +1,126 @@
+"""The study store on its own: pragmas, migrations, content-addressed images, the append-only audit
+log, and the start-up check that refuses a corrupt database and reports missing files."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+
+import numpy as np
+import pytest
+
+from device.kiosk.store import DB_NAME, MIGRATIONS, NewStudy, Store, StoreError, StudyFilter
+
+
+def new_study(triage: str = "ROUTINE", reference: str = "") -> NewStudy:
+    result = {
+        "triage": triage, "label": "NORMAL", "probability": 0.2, "threshold": 0.5, "timings_ms": {"inference": 1.0},
+        "model": {"id": "m", "version": "1.0.0", "sha256": "ab" * 32, "backend": "onnxruntime", "precision": "fp32"},
+        "quality": {"ok": True, "issues": []},
+    }
+    return NewStudy("exam", "upload", reference, "op", "f.png", "image/png", "png", 8, 8, result,
+                    np.arange(12, dtype=np.float32).reshape(3, 4))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path / "data")
+    yield s
+    s.close()
+
+
+def add(store: Store, data: bytes, **kw):
+    sha = store.put_image(data)
+    return store.add_study(sha, len(data), new_study(**kw))
+
+
+def test_pragmas_and_migrations(store, tmp_path):
+    db = store._db
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    versions = [v for (v,) in db.execute("SELECT version FROM schema_migrations")]
+    assert versions == [v for v, _ in MIGRATIONS]
+
+
+def test_images_are_content_addressed_and_stored_once(store):
+    a = add(store, b"image-bytes-1")
+    b = add(store, b"image-bytes-1")
+    assert a.id != b.id and a.image_sha256 == b.image_sha256 == hashlib.sha256(b"image-bytes-1").hexdigest()
+    path = store.image_path(a.image_sha256)
+    assert path.read_bytes() == b"image-bytes-1" and path.parent.name == a.image_sha256[:2]
+    assert list(store.tmp_dir.iterdir()) == []
+    got = store.get(a.id)
+    np.testing.assert_array_equal(got.cam, np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert got.result["model"]["sha256"] == "ab" * 32
+
+
+def test_every_result_records_model_backend_precision_threshold_timings(store):
+    s = add(store, b"x")
+    row = store._db.execute(
+        "SELECT model_id, model_version, model_sha256, backend, precision, threshold, timings_json FROM studies"
+    ).fetchone()
+    assert row == ("m", "1.0.0", "ab" * 32, "onnxruntime", "fp32", 0.5, '{"inference": 1.0}')
+    assert s.threshold == 0.5
+
+
+def test_audit_log_is_append_only(store):
+    s = add(store, b"y")
+    store.audit("study_viewed", "dr", s.id)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store._db.execute("UPDATE audit_log SET operator = 'someone else'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        store._db.execute("DELETE FROM audit_log")
+    with pytest.raises(sqlite3.DatabaseError, match="never deleted"):
+        store._db.execute("DELETE FROM studies")
+    assert [e.action for e in store.audit_log()] == ["study_viewed", "study_created"]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.audit("made_up_action", "dr")
+
+
+def test_recent_puts_urgent_first(store):
+    for i, t in enumerate(["ROUTINE", "URGENT", "UNGRADABLE", "ROUTINE", "URGENT"]):
+        add(store, f"img{i}".encode(), triage=t)
+    assert [(s.id, s.triage) for s in store.recent(4)] == [
+        (5, "URGENT"), (2, "URGENT"), (3, "UNGRADABLE"), (4, "ROUTINE")
+    ]
+    studies, total = store.list(StudyFilter(triage=("URGENT",)), limit=1)
+    assert total == 2 and studies[0].id == 5
+
+
+def test_reopen_keeps_everything_and_reports_orphans_and_missing_files(tmp_path):
+    s = Store.open(tmp_path)
+    kept = add(s, b"kept")
+    gone = add(s, b"gone")
+    s.close()
+    (tmp_path / "images" / "00").mkdir()
+    (tmp_path / "images" / "00" / ("00" * 32)).write_bytes(b"orphan: image written, row never committed")
+    (tmp_path / "tmp" / "half-written").write_bytes(b"partial")
+    s.image_path(gone.image_sha256).unlink()
+    s = Store.open(tmp_path)
+    try:
+        assert s.check.studies == 2 and s.check.orphan_files == 1
+        assert not s.check.ok and s.check.problems == (f"image {gone.image_sha256[:12]} is missing",)
+        assert s.get(kept.id).image_sha256 == kept.image_sha256
+        assert list((tmp_path / "tmp").iterdir()) == []
+    finally:
+        s.close()
+
+
+def test_corrupt_database_is_refused(tmp_path):
+    Store.open(tmp_path).close()
+    db = tmp_path / DB_NAME
+    data = bytearray(db.read_bytes())
+    data[:16] = b"this is not sql!"
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="not usable"):
+        Store.open(tmp_path)
+
+
+def test_database_from_a_newer_build_is_refused(tmp_path):
+    Store.open(tmp_path).close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        db.execute("INSERT INTO schema_migrations VALUES (99, 'later')")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        Store.open(tmp_path)
