@@ -86,6 +86,12 @@ def decide(probs: np.ndarray, manifest: Manifest, gradable: bool) -> tuple[str, 
     return label, (category if gradable else UNGRADABLE)
 
 
+def model_io(manifest: Manifest) -> ModelIO:
+    m = manifest
+    outputs = (m.outputs.logits,) + ((m.outputs.cam,) if m.outputs.cam else ())
+    return ModelIO(m.input.tensor_name, outputs, (m.input.channels, m.input.height, m.input.width))
+
+
 def default_threads() -> int:
     return len(os.sched_getaffinity(0))
 
@@ -104,9 +110,7 @@ class Triager:
         m = bundle.manifest
         backend_cls = registry.require(backend)
         variant = m.variant(precision, backend_cls.target)
-        outputs = (m.outputs.logits,) + ((m.outputs.cam,) if m.outputs.cam else ())
-        io = ModelIO(m.input.tensor_name, outputs, (m.input.channels, m.input.height, m.input.width))
-        self._backend: Backend = backend_cls(bundle.path_of(variant.file), io, threads or default_threads())
+        self._backend: Backend = backend_cls(bundle.path_of(variant.file), model_io(m), threads or default_threads())
         self._backend.warm_up()
         self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
 

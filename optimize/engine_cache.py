@@ -222,8 +222,8 @@ def tensorrt_build(onnx_path: Path, key: EngineKey, options: BuildOptions, timin
 class BuildJob:
     """An engine build on a background thread, for a device that keeps serving on the CPU meanwhile.
 
-    Poll ``status()`` for the phase and fraction done; ``ready`` is set when the build has ended
-    (look at ``state``), and ``on_done(job)`` is called from the build thread at the end.
+    Poll ``status()`` for the phase and fraction done; ``on_done(job)`` is called from the build
+    thread at the end, and then ``ready`` is set (look at ``state``).
     """
 
     def __init__(self, cache: EngineCache, key: EngineKey, build: BuildFunction,
@@ -278,9 +278,11 @@ class BuildJob:
             state, error = "ready", None
         with self._lock:
             self.state, self.error, self.engine_path = state, error, path
-        self.ready.set()
-        if self._on_done is not None:
-            self._on_done(self)
+        try:
+            if self._on_done is not None:
+                self._on_done(self)
+        finally:
+            self.ready.set()  # after on_done, so whoever waits sees its effect (e.g. the switch to the GPU)
 
 
 def _canonical(data: dict) -> bytes:

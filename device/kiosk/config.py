@@ -45,6 +45,11 @@ class ModelSettings(_Section):
         default="fp32", description="preferred variant; a bundle without it runs its fp32 variant"
     )
     inference_threads: int | None = Field(default=None, ge=1, le=64, description="default: all usable cores")
+    gpu: Literal["auto", "off"] = Field(
+        default="auto",
+        description="auto: where TensorRT runs, build each exam's GPU engine in the background while "
+        "serving on `backend`, then switch to it",
+    )
 
 
 class StoreSettings(_Section):

@@ -7,6 +7,7 @@ except in the model itself. Live capture sources will call the same ``Exam.triag
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,13 +18,22 @@ import numpy as np
 from device import intake
 from device.kiosk.config import ModelSettings
 from device.kiosk.errors import UnknownExam
-from device.triage import TriageResult, Triager
+from device.runtime import registry
+from device.runtime.base import RuntimeFailure, RuntimeUnavailable
+from device.runtime.tensorrt_backend import start_engine_build
+from device.triage import TriageResult, Triager, model_io
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
+from optimize.engine_cache import BuildJob
+
+log = logging.getLogger("bedside.kiosk")
+GPU_BACKEND = "tensorrt"
 
 
 @dataclass
 class Exam:
     triager: Triager
+    gpu_build: BuildJob | None = None
+    gpu_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -37,6 +47,50 @@ class Exam:
     def triage(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
         with self._lock:
             return self.triager.triage_image(img, source, decode_ms)
+
+    def start_gpu_build(self, preferred: str, threads: int | None) -> None:
+        """Build the GPU engine in the background (minutes on a Jetson) while this exam keeps serving
+        on its CPU backend; switch to the GPU when the engine is ready. Progress shows in health."""
+        m = self.bundle.manifest
+        gpu = [v.precision for v in m.variants if "gpu" in v.targets]
+        precision = next((p for p in (preferred, "fp16", "int8", "fp32") if p in gpu), None)
+        if precision is None:
+            self.gpu_error = "the bundle has no GPU variant"
+            return
+        path = self.bundle.path_of(m.variant(precision, "gpu").file)
+        try:
+            self.gpu_build = start_engine_build(path, model_io(m), lambda job: self._switch_to_gpu(job, precision, threads))
+        except (RuntimeFailure, RuntimeUnavailable) as exc:
+            self.gpu_error = str(exc)
+            log.warning("%s: no GPU engine build: %s", self.id, exc)
+
+    def _switch_to_gpu(self, job: BuildJob, precision: str, threads: int | None) -> None:
+        if job.state != "ready":
+            self.gpu_error = job.error or job.state
+            log.warning("%s: GPU engine build %s; staying on %s", self.id, job.state, self.triager.model.backend)
+            return
+        try:
+            gpu = Triager(self.bundle, GPU_BACKEND, precision, threads)
+        except (RuntimeFailure, RuntimeUnavailable) as exc:
+            self.gpu_error = str(exc)
+            log.warning("%s: GPU engine built but cannot be loaded: %s", self.id, exc)
+            return
+        with self._lock:
+            cpu, self.triager = self.triager, gpu
+        cpu.close()
+        log.info("%s: now triaging on %s %s", self.id, GPU_BACKEND, precision)
+
+    def gpu_status(self) -> dict | None:
+        if self.gpu_build is None and self.gpu_error is None:
+            return None
+        status = self.gpu_build.status() if self.gpu_build else {"state": "unavailable"}
+        return {**status, "error": self.gpu_error or status.get("error")}
+
+    def close(self) -> None:
+        if self.gpu_build is not None:
+            self.gpu_build.cancel()
+            self.gpu_build.wait()
+        self.triager.close()
 
     def warm_up(self) -> None:
         """One full pass (quality, preprocessing, model) on a synthetic image, so the first study is not slow."""
@@ -59,6 +113,7 @@ class Exam:
             "urgent_label": m.policy.urgent_label,
             "threshold": m.policy.operating_point.threshold,
             "model": self.triager.model.as_dict(),
+            "gpu_engine": self.gpu_status(),
         }
 
 
@@ -84,8 +139,11 @@ class ExamRegistry:
                 exam.warm_up()
         except BaseException:
             for exam in exams:
-                exam.triager.close()
+                exam.close()
             raise
+        if settings.gpu == "auto" and settings.backend != GPU_BACKEND and registry.availability(GPU_BACKEND).ok:
+            for exam in exams:
+                exam.start_gpu_build(settings.precision, settings.inference_threads)
         return cls(exams)
 
     def __iter__(self):
@@ -112,13 +170,16 @@ class ExamRegistry:
 
     def close(self) -> None:
         for exam in self._exams.values():
-            exam.triager.close()
+            exam.close()
 
 
 def _open_exam(path: Path, settings: ModelSettings) -> Exam:
     bundle = load_bundle(path)
-    have = {v.precision for v in bundle.manifest.variants}
+    target = registry.require(settings.backend).target
+    have = {v.precision for v in bundle.manifest.variants if target in v.targets}
     precision = settings.precision if settings.precision in have else "fp32"
+    if precision != settings.precision:
+        log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision, target, precision)
     return Exam(Triager(bundle, settings.backend, precision, settings.inference_threads))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,7 +24,14 @@ from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, 
 from device.runtime.cuda_io import StreamBuffers
 from device.runtime.cuda_worker import CudaWorker
 from models.bundle import BundleError, read_manifest
-from optimize.engine_cache import CacheNotWritable, EngineCache, EngineKey, EngineSettings, tensorrt_build
+from optimize.engine_cache import (
+    BuildJob,
+    CacheNotWritable,
+    EngineCache,
+    EngineKey,
+    EngineSettings,
+    tensorrt_build,
+)
 from optimize.tensorrt.api import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
 from optimize.tensorrt.build import EngineBuildError
 from optimize.tensorrt.progress import BuildProgress
@@ -61,19 +69,9 @@ class TensorRTBackend(Backend):
             raise RuntimeUnavailable(str(exc)) from None
         self.io = io
         self._session: _EngineSession | None = None
-        settings = settings or EngineSettings.from_env()
-        model_path = Path(model_path)
-        precision = _precision_of(model_path)
-        options = settings.build_options(precision)
-        try:
-            self._cache = EngineCache(settings.cache_dir)
-        except CacheNotWritable as exc:
-            raise RuntimeFailure(str(exc)) from None
         self._worker = CudaWorker()
         try:
-            platform = detect_platform(self._trt.__version__)
-            self._key = EngineKey.for_model(model_path, precision, platform, io.input_name, io.input_shape, options)
-            build = tensorrt_build(model_path, self._key, options, self._cache.timing_cache_path(platform))
+            self._cache, self._key, build = _engine_plan(self._trt, Path(model_path), io, settings)
             self._session = self._load(build)
             self.max_batch = self._session.max_batch
             self.engine_path = self._cache.engine_path(self._key)
@@ -185,6 +183,38 @@ class _EngineSession:
             self.buffers = None
         # TensorRT objects are freed when their last reference goes: drop them here, on this thread.
         self.context = self.engine = self.runtime = None
+
+
+def _engine_plan(trt, model_path: Path, io: ModelIO, settings: EngineSettings | None):
+    """The cache, the key of this model's engine on this GPU and TensorRT build, and how to build it."""
+    settings = settings or EngineSettings.from_env()
+    precision = _precision_of(model_path)
+    options = settings.build_options(precision)
+    try:
+        cache = EngineCache(settings.cache_dir)
+        platform = detect_platform(trt.__version__)
+    except CacheNotWritable as exc:
+        raise RuntimeFailure(str(exc)) from None
+    except TensorRTUnavailable as exc:
+        raise RuntimeUnavailable(str(exc)) from None
+    key = EngineKey.for_model(model_path, precision, platform, io.input_name, io.input_shape, options)
+    return cache, key, tensorrt_build(model_path, key, options, cache.timing_cache_path(platform))
+
+
+def start_engine_build(
+    model_path: Path, io: ModelIO, on_done: Callable[[BuildJob], None], settings: EngineSettings | None = None
+) -> BuildJob:
+    """Build (or find in the cache) a variant's engine on a background thread.
+
+    A device that must keep serving meanwhile (an engine build takes minutes on a Jetson) keeps
+    its CPU backend until ``on_done``; opening TensorRTBackend afterwards finds the engine cached.
+    """
+    try:
+        trt = import_tensorrt()
+    except TensorRTUnavailable as exc:
+        raise RuntimeUnavailable(str(exc)) from None
+    cache, key, build = _engine_plan(trt, Path(model_path), io, settings)
+    return BuildJob(cache, key, build, on_done).start()
 
 
 def _precision_of(model_path: Path) -> str:

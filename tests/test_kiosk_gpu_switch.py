@@ -1,0 +1,63 @@
+"""While a GPU engine builds the kiosk keeps serving on the CPU, then switches (fake TensorRT/pycuda)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fakes
+from device import intake
+from device.kiosk.config import ModelSettings
+from device.kiosk.exams import ExamRegistry
+from tiny_bundle import make_tiny_bundle
+
+
+@pytest.fixture
+def gpu(monkeypatch, tmp_path):
+    fakes.install(monkeypatch)
+    monkeypatch.setenv("BEDSIDE_ENGINE_CACHE", str(tmp_path / "engines"))
+    yield
+    fakes.uninstall()
+
+
+def _image() -> intake.DecodedImage:
+    ramp = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))
+    return intake.DecodedImage(pixels=ramp, source_format="png", original_size=(64, 64), bits_stored=8)
+
+
+def test_serves_on_cpu_while_the_engine_builds_then_switches(gpu, tmp_path):
+    settings = ModelSettings(bundles=[make_tiny_bundle(tmp_path / "b")], inference_threads=1)
+    exams = ExamRegistry.load(settings)
+    try:
+        exam = next(iter(exams))
+        assert exam.gpu_build is not None
+        first = exam.triage(_image(), "during build")  # answered whatever the build's progress
+        assert first.model.backend in ("onnxruntime", "tensorrt")
+        assert exam.gpu_build.wait(timeout=60)
+        assert exam.gpu_status()["state"] == "ready" and exam.gpu_status()["fraction"] == 1.0
+        after = exam.triage(_image(), "after build")
+        assert after.model.backend == "tensorrt"
+        assert after.model.sha256 == first.model.sha256  # the same fp32 graph, now as an engine
+        np.testing.assert_allclose(after.probabilities["PNEUMONIA"], first.probabilities["PNEUMONIA"], atol=1e-5)
+        assert exam.as_json()["gpu_engine"]["state"] == "ready"
+    finally:
+        exams.close()
+
+
+def test_no_gpu_build_when_turned_off(gpu, tmp_path):
+    settings = ModelSettings(bundles=[make_tiny_bundle(tmp_path / "b")], gpu="off", inference_threads=1)
+    exams = ExamRegistry.load(settings)
+    try:
+        exam = next(iter(exams))
+        assert exam.gpu_build is None and exam.as_json()["gpu_engine"] is None
+        assert exam.triage(_image(), "x").model.backend == "onnxruntime"
+    finally:
+        exams.close()
+
+
+def test_no_gpu_build_where_tensorrt_is_missing(tmp_path):
+    exams = ExamRegistry.load(ModelSettings(bundles=[make_tiny_bundle(tmp_path / "b")], inference_threads=1))
+    try:
+        assert next(iter(exams)).gpu_build is None
+    finally:
+        exams.close()
