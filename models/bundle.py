@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models import atomic
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -312,21 +313,9 @@ def file_entry(path: Path) -> FileEntry:
 
 
 def write_manifest(root: Path, manifest: Manifest) -> Path:
-    """Write atomically so a crash never leaves a half-written manifest beside good files."""
-    root = Path(root)
+    """Written atomically, so a crash never leaves a half-written manifest beside good files."""
     text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".manifest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the service may run as another user
-        os.replace(tmp, root / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return root / MANIFEST_NAME
+    return atomic.write_bytes(Path(root) / MANIFEST_NAME, text.encode("utf-8"))
 
 
 def default_bundles_dir() -> Path:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from models.bundle import sha256_file
-from optimize import atomic
+from models import atomic
 from optimize.tensorrt.api import Platform
 from optimize.tensorrt.build import BuildCancelled, BuildOptions, build_engine
 from optimize.tensorrt.progress import BuildProgress, ProgressCallback

@@ -13,7 +13,8 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from device.kiosk.store import StudyRecord, fsync_dir
+from device.kiosk.store import StudyRecord
+from models.atomic import fsync_directory
 
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "dicom": ".dcm"}
 HISTORY_COLUMNS = (
@@ -53,8 +54,8 @@ def export_study(destination: Path, study: StudyRecord, study_json: dict, image:
     if heatmap_png is not None:
         _write(folder / "heatmap.png", heatmap_png)
     _write(folder / "result.json", (json.dumps(study_json, indent=2) + "\n").encode())
-    fsync_dir(folder)
-    fsync_dir(destination)
+    fsync_directory(folder)
+    fsync_directory(destination)
     return folder
 
 
@@ -87,5 +88,5 @@ def export_history(destination: Path, studies: list[StudyRecord]) -> Path:
         path = destination / f"bedside-history-{_stamp()}-{n}.csv"
         n += 1
     _write(path, text.getvalue().encode("utf-8"))
-    fsync_dir(destination)
+    fsync_directory(destination)
     return path

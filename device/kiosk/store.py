@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from models import atomic
+from models.atomic import fsync_directory
 
 DB_NAME = "bedside.sqlite3"
 TRIAGE_ORDER = ("URGENT", "UNGRADABLE", "ROUTINE")
@@ -210,14 +212,6 @@ def _record(row: tuple) -> StudyRecord:
     )
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Store:
     def __init__(self, data_dir: Path, db: sqlite3.Connection, check: StoreCheck):
         self.data_dir = data_dir
@@ -279,21 +273,12 @@ class Store:
         shard = final.parent
         if not shard.is_dir():
             shard.mkdir(exist_ok=True)
-            fsync_dir(self.images_dir)
+            fsync_directory(self.images_dir)
         if not (final.is_file() and final.stat().st_size == len(data)):
-            fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=sha[:12] + ".")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, final)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        # Also when the file was already there: another thread may have renamed it a moment ago
-        # and not yet made the directory entry durable.
-        fsync_dir(shard)
+            atomic.write_bytes(final, data, tmp_dir=self.tmp_dir)
+        else:
+            # Another thread may have renamed it a moment ago and not yet made the entry durable.
+            fsync_directory(shard)
         return sha
 
     # ---- studies -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from optimize import atomic
+from models import atomic
 from optimize.tensorrt.api import import_tensorrt, log, trt_logger
 from optimize.tensorrt.progress import ProgressCallback, make_monitor
 
