@@ -4,17 +4,13 @@ exactly as they found it."""
 
 from __future__ import annotations
 
-import io
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-import pydicom
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
 from device.intake import IntakeError, decode_bytes
+from dicom_factory import grayscale_dicom
 from models.datasets import datasets_dir
 
 
@@ -32,22 +28,8 @@ def _jpeg(seed: int) -> bytes:
 
 
 def _dicom(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = 48, 40
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = rng.integers(0, 4096, (48, 40), dtype=np.uint16).tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+    stored = np.random.default_rng(seed).integers(0, 4096, (48, 40), dtype=np.uint16)
+    return grayscale_dicom(stored, bits=12)
 
 
 def _inputs() -> list[tuple[str, bytes]]:

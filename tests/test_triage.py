@@ -6,14 +6,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from device.intake import decode_file
 from device.triage import ROUTINE, UNGRADABLE, URGENT, Triager, decide
 from models.bundle import Manifest, load_bundle
+from dicom_factory import grayscale_dicom
 from tiny_bundle import make_tiny_bundle, manifest_dict
 
 
@@ -35,29 +33,13 @@ def test_failed_quality_is_ungradable_whatever_the_probability(manifest):
 
 
 def _dicom(gray: np.ndarray, path: Path, *, bits: int, monochrome1: bool) -> Path:
-    """Wrap a radiograph as a CR DICOM, the way a modality would send it."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel, ds.PixelRepresentation = 1, 0
+    """A chest radiograph as a CR DICOM of the given depth and photometric interpretation."""
     top = (1 << bits) - 1
     values = gray.astype(np.float64) * top / 255.0
-    if monochrome1:
-        values = top - values
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.BitsAllocated = 8 if bits == 8 else 16
-    ds.BitsStored, ds.HighBit = bits, bits - 1
-    dtype = np.uint8 if bits == 8 else np.uint16
-    ds.PixelData = np.round(values).astype(dtype).tobytes()
-    if bits > 8:
-        ds.WindowCenter, ds.WindowWidth = (top + 1) / 2, top + 1
-    ds.save_as(path, enforce_file_format=True)
+    stored = np.round(top - values if monochrome1 else values)
+    window = ((top + 1) / 2, top + 1) if bits > 8 else None
+    path.write_bytes(grayscale_dicom(stored, bits=bits, monochrome1=monochrome1, modality="CR",
+                                     body_part="CHEST", window=window))
     return path
 
 
