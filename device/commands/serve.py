@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         "--bundle", type=Path, action="append", help="serve this model bundle (repeatable; default: all shipped)"
     )
     parser.add_argument("--threads", type=int, help="request threads (default 8)")
+    parser.add_argument(
+        "--source",
+        action="append",
+        metavar="URI",
+        help="live capture source, added to the config's (repeatable): v4l2:///dev/video0, csi://0, "
+        "rtsp://..., http://.../mjpeg, file:///video.mp4?loop=1",
+    )
 
 
 def _stop(signum, frame) -> None:
@@ -50,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
                 "models.bundles": args.bundle,
             }
         )
+        if args.source:
+            config = config.with_overrides(
+                **{"capture.sources": [s.model_dump() for s in config.capture.sources] + args.source}
+            )
         app = create_app(config)
     except (ConfigError, StoreError) as exc:
         print(f"bedside: {exc}", file=sys.stderr)

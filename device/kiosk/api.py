@@ -11,6 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, KioskError, NotFound
+from device.kiosk.metrics import source_lines
 from device.kiosk.service import study_filter, study_json
 from device.kiosk.store import TRIAGE_ORDER
 
@@ -196,5 +197,5 @@ def health():
 @ops.get("/metrics")
 def metrics():
     k = kiosk()
-    text = k.metrics.render(k.exams.ids(), TRIAGE_ORDER)
+    text = k.metrics.render(k.exams.ids(), TRIAGE_ORDER) + source_lines(k.capture.status())
     return Response(text, mimetype="text/plain", headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

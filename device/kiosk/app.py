@@ -15,6 +15,7 @@ from device.kiosk.api import api, ops
 from device.kiosk.config import KioskConfig
 from device.kiosk.context import EXTENSION, kiosk
 from device.kiosk.errors import KioskError
+from device.kiosk.live import live_api, live_pages
 from device.kiosk.pages import pages
 from device.kiosk.service import Kiosk, local_time
 
@@ -64,6 +65,8 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(ops)
     app.register_blueprint(pages)
+    app.register_blueprint(live_api)
+    app.register_blueprint(live_pages)
     app.after_request(_security_headers)
     app.register_error_handler(KioskError, _kiosk_error)
     app.register_error_handler(HTTPException, _http_error)

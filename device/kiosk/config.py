@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from device.capture.config import CaptureSettings
 from models.bundle import default_bundles_dir
 
 
@@ -80,6 +81,7 @@ class KioskConfig(_Section):
     store: StoreSettings = StoreSettings()
     media: MediaSettings = MediaSettings()
     ui: UiSettings = UiSettings()
+    capture: CaptureSettings = CaptureSettings()
 
     def with_overrides(self, **dotted: object) -> "KioskConfig":
         """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""

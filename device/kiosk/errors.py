@@ -36,6 +36,13 @@ class NotFound(KioskError):
     code = "not_found"
 
 
+class Conflict(KioskError):
+    """The request is valid but the state does not allow it now (a capture from a stalled source)."""
+
+    status = 409
+    code = "conflict"
+
+
 class UnknownExam(KioskError):
     code = "unknown_exam"
 

@@ -89,3 +89,37 @@ class Metrics:
             ]
         return "\n".join(lines) + "\n"
 
+
+
+SOURCE_STATES = ("streaming", "connecting", "stalled", "stopped")
+
+
+def source_lines(sources: list[dict]) -> str:
+    """Live capture sources (from CaptureManager.status()) in the Prometheus text format."""
+    gauges = [
+        ("bedside_source_state", "1 for the state the capture source is in", "gauge", None),
+        ("bedside_source_fps", "Frames per second arriving from the source", "gauge", lambda s: s["fps"]),
+        ("bedside_source_frames_total", "Frames received from the source", "counter", lambda s: s["frames"]),
+        ("bedside_source_reconnects_total", "Reconnect attempts after a failure or stall", "counter",
+         lambda s: s["reconnects"]),
+        ("bedside_source_last_frame_age_seconds", "Seconds since the newest frame arrived", "gauge",
+         lambda s: s["last_frame_age_s"]),
+        ("bedside_source_triaged_fps", "Frames per second triaged live", "gauge", lambda s: s["triage"]["processed_fps"]),
+        ("bedside_source_dropped_frames_total", "Frames replaced by a newer one before triage", "counter",
+         lambda s: s["triage"]["dropped"]),
+        ("bedside_source_latency_p95_seconds", "95th percentile frame-to-result latency (recent frames)", "gauge",
+         lambda s: None if s["triage"]["latency_ms"]["p95"] is None else s["triage"]["latency_ms"]["p95"] / 1e3),
+    ]
+    lines = []
+    for name, help_text, kind, value in gauges:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for s in sources:
+            if value is None:
+                for state in SOURCE_STATES:
+                    labels = _labels({"source": s["id"], "state": state})
+                    lines.append(f"{name}{labels} {int(s['state'] == state)}")
+                continue
+            v = value(s)
+            if v is not None:
+                lines.append(f"{name}{_labels({'source': s['id']})} {v:g}")
+    return "\n".join(lines) + "\n" if lines else ""

@@ -8,15 +8,20 @@ committed). Only after the commit does the caller get the record to acknowledge.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from device import intake
+from device.capture.live import iso_time
+from device.capture.manager import CaptureManager, Inference, frame_file
+from device.capture.sources import redact
+from device.capture.stream import STREAMING
 from device.kiosk import exports, media
-from device.kiosk.config import KioskConfig
-from device.kiosk.errors import BadRequest, ImageRejected, KioskError, NotFound
+from device.kiosk.config import ConfigError, KioskConfig
+from device.kiosk.errors import BadRequest, Conflict, ImageRejected, KioskError, NotFound, UnknownExam
 from device.kiosk.exams import Exam, ExamRegistry, timed_decode
 from device.kiosk.metrics import Metrics
 from device.kiosk.renders import Renderer
@@ -121,6 +126,8 @@ class Kiosk:
             name: {"available": s.ok, "version": s.version, "reason": s.reason}
             for name, s in registry.all_availability().items()
         }
+        self.capture = CaptureManager(config.capture, self._inference)
+        self.capture.start()
         self.metrics.ready = True
 
     @classmethod
@@ -132,10 +139,16 @@ class Kiosk:
         except BaseException:
             store.close()
             raise
-        return cls(config, store, exams)
+        try:
+            return cls(config, store, exams)
+        except BaseException:
+            exams.close()
+            store.close()
+            raise
 
     def close(self) -> None:
         self.metrics.ready = False
+        self.capture.close()
         self._writer.shutdown(wait=True)
         self.exams.close()
         self.store.close()
@@ -205,6 +218,7 @@ class Kiosk:
         source: str,
         started: float,
         extra_timings_ms: dict[str, float] | None = None,
+        extra_result: dict | None = None,
     ) -> StudyRecord:
         """Commit a study whose image `exam` has triaged and ``store.put_image`` has made durable.
 
@@ -215,6 +229,7 @@ class Kiosk:
         del r["file"]
         r["probability"] = result.probabilities[exam.bundle.manifest.policy.urgent_label]
         r["timings_ms"].update({k: round(v, 3) for k, v in (extra_timings_ms or {}).items()})
+        r.update(extra_result or {})
         study = self.store.add_study(
             image_sha256,
             image_bytes,
@@ -324,6 +339,51 @@ class Kiosk:
             return targets[0]
         return media.resolve_export(destination, targets)
 
+    # ---- live capture ------------------------------------------------------------------------
+
+    def _inference(self, exam_id: str | None) -> Inference:
+        """What a capture source triages with: its exam's single-owner model (shared with uploads)."""
+        try:
+            exam = self.exams.resolve(exam_id)
+        except UnknownExam as exc:
+            raise ConfigError(f"capture source: {exc.message}") from None
+        m = exam.triager.model
+        return Inference(exam.id, exam.triage, exam.bundle.manifest, f"{m.id} {m.version} {m.precision}")
+
+    def capture_study(self, source_id: str, reference: str | None, operator: str | None) -> StudyRecord:
+        """Freeze the source's newest triaged frame and store it as a study: the exact frame the model
+        saw (full resolution, as the camera sent it), its result, and where it came from."""
+        t0 = time.perf_counter()
+        source = self.capture.get(source_id)
+        if source is None:
+            raise NotFound(f"no capture source {source_id!r}; configured: {', '.join(s.id for s in self.capture)}")
+        status = source.stream.status()
+        live = source.live.latest()
+        if status["state"] != STREAMING or live is None:
+            why = f": {status['reason']}" if status["reason"] else ""
+            raise Conflict(f"source {source_id} is {status['state']}{why}; there is no current frame to capture")
+        reference = clean_text(reference, MAX_REFERENCE, "reference")
+        operator = self.operator(operator)
+        data, fmt = frame_file(live.frame)
+        sha = self.store.put_image(data)
+        img = dataclasses.replace(live.image, source_format=fmt)
+        capture = {
+            "capture": {
+                "source": source_id,
+                "uri": redact(source.stream.spec.uri),
+                "frame_seq": live.frame.seq,
+                "frame_captured_at": iso_time(live.frame.wall),
+                "frame_to_result_ms": round(live.latency_ms, 3),
+                "smoothed": live.smoothed.as_json() if live.smoothed else None,
+            }
+        }
+        filename = f"{source_id}-frame{live.frame.seq}.{'jpg' if fmt == 'jpeg' else fmt}"
+        exam = self.exams.resolve(source.exam_id)
+        return self.save_triaged(
+            exam, sha, len(data), img, live.result, filename, reference, operator,
+            f"capture:{source_id}", t0, extra_result=capture,
+        )
+
     # ---- health ------------------------------------------------------------------------------
 
     def health(self) -> dict:
@@ -338,4 +398,5 @@ class Kiosk:
                 "orphan_files_at_start": check.orphan_files,
                 "problems": list(check.problems),
             },
+            "sources": self.capture.status(),
         }

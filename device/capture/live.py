@@ -1,0 +1,227 @@
+"""Real-time triage of one source: a single worker thread that always takes the newest frame.
+
+The worker waits on the source's newest-frame slot, so while it is busy the capture thread simply
+replaces the frame in the slot: frames it never saw count as dropped, and it can never fall behind
+(latency is bounded by one inference, not by a queue). Each result keeps the exact frame it was
+computed from, which is what a capture stores.
+
+Optional smoothing averages the class probabilities of the last N gradable frames to hold a
+result steady; it is reported separately from the per-frame result and always labelled as
+smoothed. An ungradable frame, or a gap in the stream (a reconnect), empties the window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from device.capture.analysis import AnalysisPlan, FrameDecodeError, analysis_image
+from device.capture.frame_quality import FrameQualityPolicy, frame_issues, frame_stats, gate
+from device.capture.frames import Frame, FrameSlot
+from device.capture.stats import LatencyWindow, RateMeter
+from device.intake import DecodedImage
+from device.triage import UNGRADABLE, TriageResult, decide
+from models.bundle import Manifest
+
+log = logging.getLogger(__name__)
+
+TriageFn = Callable[[DecodedImage, str, float], TriageResult]
+SMOOTHING_GAP_S = 1.0  # frames further apart than this do not belong to the same look at the patient
+
+
+def iso_time(wall: float) -> str:
+    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Smoothed:
+    window: int  # N asked for
+    frames: int  # gradable frames averaged (<= window)
+    label: str
+    triage: str
+    probability: float  # mean probability of the urgent label
+
+    def as_json(self) -> dict:
+        return {
+            "window": self.window,
+            "frames": self.frames,
+            "label": self.label,
+            "triage": self.triage,
+            "probability": round(self.probability, 6),
+        }
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    source_id: str
+    frame: Frame
+    image: DecodedImage  # what the model saw (reduced); frame holds the full-resolution original
+    result: TriageResult
+    smoothed: Smoothed | None
+    latency_ms: float  # frame complete -> result ready
+    urgent_label: str
+
+    @property
+    def display_triage(self) -> str:
+        return self.smoothed.triage if self.smoothed else self.result.triage
+
+    @property
+    def display_probability(self) -> float:
+        return self.smoothed.probability if self.smoothed else self.result.probabilities[self.urgent_label]
+
+    def as_json(self) -> dict:
+        return {
+            "source": self.source_id,
+            "frame": {
+                "seq": self.frame.seq,
+                "captured_at": iso_time(self.frame.wall),
+                "age_s": round(time.monotonic() - self.frame.captured, 3),
+                "size": list(self.image.original_size),
+            },
+            "latency_ms": round(self.latency_ms, 3),
+            "triage": self.display_triage,
+            "probability": round(self.display_probability, 6),
+            "smoothed": self.smoothed.as_json() if self.smoothed else None,
+            "result": self.result.as_json(),
+        }
+
+
+class Smoother:
+    def __init__(self, window: int, manifest: Manifest):
+        self.window = window
+        self._manifest = manifest
+        self._probs: deque[np.ndarray] = deque(maxlen=window)
+        self._last: float | None = None
+
+    def add(self, result: TriageResult, captured: float) -> Smoothed | None:
+        if self.window <= 1:
+            return None
+        if result.triage == UNGRADABLE or (self._last is not None and captured - self._last > SMOOTHING_GAP_S):
+            self._probs.clear()
+        self._last = captured
+        if result.triage == UNGRADABLE:
+            return Smoothed(self.window, 0, result.label, UNGRADABLE, result.probabilities[self._urgent])
+        labels = self._manifest.labels
+        self._probs.append(np.array([result.probabilities[name] for name in labels]))
+        mean = np.mean(self._probs, axis=0)
+        label, category = decide(mean, self._manifest, gradable=True)
+        return Smoothed(self.window, len(self._probs), label, category, float(mean[self._manifest.urgent_index]))
+
+    @property
+    def _urgent(self) -> str:
+        return self._manifest.policy.urgent_label
+
+
+class LiveTriage:
+    def __init__(
+        self,
+        source_id: str,
+        slot: FrameSlot,
+        triage: TriageFn,
+        manifest: Manifest,
+        frame_policy: FrameQualityPolicy = FrameQualityPolicy(),
+        smoothing_frames: int = 1,
+    ):
+        self.source_id = source_id
+        self._slot = slot
+        self._triage = triage
+        self._manifest = manifest
+        self._plan = AnalysisPlan.for_manifest(manifest)
+        self._policy = frame_policy
+        self._smoother = Smoother(smoothing_frames, manifest)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"triage-{source_id}", daemon=True)
+        self._cond = threading.Condition()
+        self._latest: LiveResult | None = None
+        self._processed = 0
+        self._dropped = 0
+        self._errors = 0
+        self._fps = RateMeter()
+        self._latency = LatencyWindow()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        with self._cond:
+            self._cond.notify_all()
+
+    def latest(self) -> LiveResult | None:
+        with self._cond:
+            return self._latest
+
+    def wait_result(self, after_seq: int, timeout: float) -> LiveResult | None:
+        """The newest result if its frame seq is above `after_seq`, waiting up to `timeout`."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._stop.is_set() or (self._latest is not None and self._latest.frame.seq > after_seq),
+                timeout,
+            )
+            latest = self._latest
+        return latest if latest is not None and latest.frame.seq > after_seq else None
+
+    def stats(self) -> dict:
+        with self._cond:
+            processed, dropped, errors = self._processed, self._dropped, self._errors
+        return {
+            "processed_fps": round(self._fps.rate(), 2),
+            "processed": processed,
+            "dropped": dropped,
+            "errors": errors,
+            "latency_ms": self._latency.percentiles(),
+        }
+
+    def _run(self) -> None:
+        last_seq = 0
+        while not self._stop.is_set():
+            frame = self._slot.wait_newer(last_seq, timeout=0.5)
+            if frame is None:
+                if self._slot.closed:
+                    return
+                continue
+            skipped = frame.seq - last_seq - 1 if last_seq else 0
+            last_seq = frame.seq
+            try:
+                live = self._process(frame)
+            except FrameDecodeError as exc:
+                log.warning("source %s: frame %d skipped: %s", self.source_id, frame.seq, exc)
+                live = None
+            except Exception:  # one bad frame must not end live triage for this source
+                log.exception("source %s: triage of frame %d failed", self.source_id, frame.seq)
+                live = None
+            with self._cond:
+                self._dropped += skipped
+                if live is None:
+                    self._errors += 1
+                else:
+                    self._processed += 1
+                    self._latest = live
+                    self._cond.notify_all()
+            if live is not None:
+                self._fps.tick(time.monotonic())
+                self._latency.add(live.latency_ms)
+
+    def _process(self, frame: Frame) -> LiveResult:
+        img, decode_ms = analysis_image(frame, self._plan)
+        t0 = time.perf_counter()
+        issues = frame_issues(frame_stats(img), self._policy)
+        quality_ms = (time.perf_counter() - t0) * 1e3
+        result = self._triage(img, f"{self.source_id} frame {frame.seq}", decode_ms)
+        result = gate(result, issues)
+        result = dataclasses.replace(result, timings_ms={**result.timings_ms, "frame_quality": quality_ms})
+        smoothed = self._smoother.add(result, frame.captured)
+        latency_ms = (time.monotonic() - frame.captured) * 1e3
+        return LiveResult(
+            self.source_id, frame, img, result, smoothed, latency_ms, self._manifest.policy.urgent_label
+        )

@@ -1,0 +1,63 @@
+"""The live view of one source as an MJPEG stream (multipart/x-mixed-replace), which every browser
+shows in a plain <img> with no script. One rendering per new frame is shared by all viewers, and
+the view runs at its own modest rate (view_fps), independent of the triage loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from device.capture.live import LiveTriage
+from device.capture.overlay import OverlayInfo, render
+from device.capture.stream import CaptureStream
+
+BOUNDARY = "bedside-live-frame"
+CONTENT_TYPE = f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+KEEPALIVE_S = 1.0  # resend the picture this often when nothing changes (a stalled source)
+
+
+class LiveView:
+    def __init__(self, stream: CaptureStream, live: LiveTriage, model: str, max_width: int, fps: float):
+        self._stream = stream
+        self._live = live
+        self._model = model
+        self._max_width = max_width
+        self._period = 1.0 / fps
+        self._lock = threading.Lock()
+        self._key: tuple | None = None
+        self._jpeg = b""
+
+    def snapshot(self) -> tuple[bytes, tuple]:
+        """The current picture (rendered again only when the frame, result or state changed)."""
+        frame = self._stream.slot.newest()
+        result = self._live.latest()
+        status = self._stream.status()
+        key = (
+            frame.seq if frame else 0,
+            result.frame.seq if result else 0,
+            status["state"],
+            status["reason"],
+        )
+        with self._lock:
+            if key != self._key:
+                info = OverlayInfo(status["state"], status["reason"], self._model, status["fps"], result)
+                self._jpeg, self._key = render(frame, info, self._max_width), key
+            return self._jpeg, key
+
+    def parts(self, closing: Callable[[], bool]) -> Iterator[bytes]:
+        """The body of the MJPEG response; ends when `closing()` turns true (the kiosk shuts down)."""
+        last_key: tuple | None = None
+        last_sent = 0.0
+        while not closing():
+            started = time.monotonic()
+            jpeg, key = self.snapshot()
+            if key != last_key or started - last_sent >= KEEPALIVE_S:
+                last_key, last_sent = key, started
+                yield part(jpeg)
+            time.sleep(max(0.0, self._period - (time.monotonic() - started)))
+
+
+def part(jpeg: bytes) -> bytes:
+    head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
+    return head + jpeg + b"\r\n"

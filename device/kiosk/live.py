@@ -1,0 +1,98 @@
+"""Live capture in the kiosk: the sources' JSON API and the live pages (video with the triage drawn on
+it, the source's state, and one big Capture button that saves the frame on screen as a study)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+
+from device.capture.devices import list_video_devices
+from device.capture.manager import LiveSource
+from device.capture.view import CONTENT_TYPE
+from device.kiosk.context import kiosk
+from device.kiosk.errors import KioskError, NotFound
+from device.kiosk.service import study_json
+
+live_api = Blueprint("live_api", __name__, url_prefix="/api/v1/sources")
+live_pages = Blueprint("live_pages", __name__)
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _source(source_id: str) -> LiveSource:
+    source = kiosk().capture.get(source_id)
+    if source is None:
+        raise NotFound(f"no capture source {source_id!r}")
+    return source
+
+
+def _operator() -> str | None:
+    return request.headers.get("X-Bedside-Operator") or request.args.get("operator")
+
+
+@live_api.get("")
+def sources():
+    return jsonify(
+        {
+            "sources": kiosk().capture.status(),
+            "devices": [d.as_json() for d in list_video_devices()],
+        }
+    ), 200, NO_STORE
+
+
+@live_api.get("/<source_id>")
+def source(source_id: str):
+    return jsonify(_source(source_id).status()), 200, NO_STORE
+
+
+@live_api.get("/<source_id>/latest")
+def latest(source_id: str):
+    src = _source(source_id)
+    result = src.live.latest()
+    if result is None:
+        raise NotFound(f"source {source_id} has no triage result yet (it is {src.stream.state})")
+    return jsonify({**result.as_json(), "state": src.stream.state}), 200, NO_STORE
+
+
+@live_api.get("/<source_id>/live")
+def live_stream(source_id: str):
+    """The live view as MJPEG; the response ends when the kiosk shuts down or the viewer leaves."""
+    view = _source(source_id).view
+    capture = kiosk().capture
+    parts = view.parts(lambda: capture.closing)
+    return Response(parts, mimetype=CONTENT_TYPE, headers=NO_STORE, direct_passthrough=True)
+
+
+@live_api.post("/<source_id>/capture")
+def capture(source_id: str):
+    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    body = body if isinstance(body, dict) else {}
+    study = kiosk().capture_study(source_id, body.get("reference"), body.get("operator") or _operator())
+    return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
+
+
+@live_pages.app_context_processor
+def _live_sources() -> dict:
+    """The nav shows 'Live' only when sources are configured."""
+    return {"has_live_sources": len(kiosk().capture) > 0}
+
+
+@live_pages.get("/live")
+def live_index():
+    k = kiosk()
+    return render_template("sources.html", sources=list(k.capture), devices=list_video_devices())
+
+
+@live_pages.get("/live/<source_id>")
+def live_page(source_id: str):
+    k = kiosk()
+    return render_template("live.html", source=_source(source_id), operator=k.default_operator(), error=None)
+
+
+@live_pages.post("/live/<source_id>/capture")
+def live_capture(source_id: str):
+    k = kiosk()
+    src = _source(source_id)
+    try:
+        study = k.capture_study(source_id, request.form.get("reference"), request.form.get("operator"))
+    except KioskError as exc:
+        return render_template("live.html", source=src, operator=k.default_operator(), error=exc.message), exc.status
+    return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)

@@ -1,0 +1,209 @@
+"""Live capture in the kiosk: the sources API, the live MJPEG view, capture into the store (the exact
+frame that was triaged), health and metrics, the pages, the config; and end to end, a real
+`bedside serve --source` on an ffmpeg MJPEG camera that is killed and comes back."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from capture_support import MjpegServer, ffmpeg, free_port, make_frames, sample_xrays, wait_for, xray_video  # noqa: F401
+from device.kiosk.config import ConfigError, KioskConfig, load_config
+from kiosk_support import SHIPPED, config, drives, running_server, shipped_bundle, tiny_bundle  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory) -> Path:
+    samples = sample_xrays()[:3]
+    if not samples:
+        pytest.skip("sample X-rays not found (datasets/chest-xray/fullres-samples)")
+    return make_frames(tmp_path_factory.mktemp("live"), samples, (640, 480))[0].parent
+
+
+@pytest.fixture
+def live_client(config: KioskConfig, frames_dir: Path):
+    """The kiosk with two sources: a looping folder of JPEG frames, and a camera that is not there."""
+    from device.kiosk import create_app
+    from device.kiosk.context import kiosk_of
+
+    data = config.model_dump(mode="json")
+    data["capture"] = {
+        "sources": [
+            {"uri": f"file://{frames_dir}?fps=10&loop=1", "name": "Bench camera"},
+            {"id": "absent", "uri": f"http://127.0.0.1:{free_port()}/stream"},
+        ],
+        "backoff_initial_s": 0.1,
+        "backoff_max_s": 0.5,
+    }
+    app = create_app(KioskConfig.model_validate(data))
+    app.config["TESTING"] = True
+    try:
+        with app.test_client() as c:
+            assert wait_for(lambda: c.get("/api/v1/sources/cam0/latest").status_code == 200, 10)
+            yield c
+    finally:
+        kiosk_of(app).close()
+
+
+def test_sources_are_listed_with_their_state(live_client):
+    r = live_client.get("/api/v1/sources")
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
+    by_id = {s["id"]: s for s in r.json["sources"]}
+    cam = by_id["cam0"]
+    assert cam["state"] == "streaming" and cam["name"] == "Bench camera"
+    assert cam["uri"].startswith("file://") and cam["frames"] > 0 and cam["reconnects"] == 0
+    assert cam["last_frame_age_s"] < 1.0 and cam["fps"] >= 0
+    assert by_id["absent"]["state"] in ("stalled", "connecting")
+    assert "refused" in by_id["absent"]["reason"] or by_id["absent"]["state"] == "connecting"
+    assert isinstance(r.json["devices"], list)
+
+
+def test_latest_result(live_client):
+    r = live_client.get("/api/v1/sources/cam0/latest")
+    body = r.json
+    assert body["state"] == "streaming" and body["source"] == "cam0"
+    assert body["triage"] in ("URGENT", "ROUTINE", "UNGRADABLE")
+    assert body["result"]["model"]["id"] == "tiny-test"
+    assert body["frame"]["size"] == [480, 640] and body["latency_ms"] > 0
+    assert live_client.get("/api/v1/sources/absent/latest").status_code == 404
+    assert live_client.get("/api/v1/sources/nope/latest").status_code == 404
+
+
+def test_capture_stores_the_exact_frame_that_was_triaged(live_client, frames_dir: Path):
+    r = live_client.post("/api/v1/sources/cam0/capture", json={"reference": "MRN-7", "operator": "nurse b"})
+    assert r.status_code == 201, r.json
+    study = r.json
+    assert r.headers["Location"] == f"/api/v1/studies/{study['id']}"
+    assert study["source"] == "capture:cam0" and study["reference"] == "MRN-7" and study["operator"] == "nurse b"
+    capture = study["result"]["capture"]
+    seq = capture["frame_seq"]
+    files = sorted(frames_dir.glob("*.jpg"))
+    expected = files[(seq - 1) % len(files)].read_bytes()  # the folder source plays them in order, looping
+    image = live_client.get(f"/api/v1/studies/{study['id']}/image")
+    assert image.status_code == 200 and image.data == expected
+    assert study["image"]["sha256"] == hashlib.sha256(expected).hexdigest()
+    assert study["image"]["media_type"] == "image/jpeg"
+    assert (study["image"]["height"], study["image"]["width"]) == (480, 640)
+    assert study["filename"] == f"cam0-frame{seq}.jpg"
+    listed = live_client.get("/api/v1/studies?q=MRN-7").json
+    assert [s["id"] for s in listed["studies"]] == [study["id"]]
+    assert live_client.get(f"/api/v1/studies/{study['id']}/heatmap").status_code == 200
+
+
+def test_capture_refused_when_there_is_no_current_frame(live_client):
+    r = live_client.post("/api/v1/sources/absent/capture", json={})
+    assert r.status_code == 409 and r.json["error"]["code"] == "conflict"
+    assert "absent" in r.json["error"]["message"]
+    assert live_client.post("/api/v1/sources/nope/capture", json={}).status_code == 404
+
+
+def test_live_view_is_an_mjpeg_stream(live_client):
+    r = live_client.get("/api/v1/sources/cam0/live", buffered=False)
+    try:
+        assert r.status_code == 200
+        assert r.mimetype == "multipart/x-mixed-replace"
+        chunk = next(iter(r.response))
+    finally:
+        r.close()
+    head, _, body = chunk.partition(b"\r\n\r\n")
+    assert head.startswith(b"--bedside-live-frame\r\nContent-Type: image/jpeg")
+    assert body.startswith(b"\xff\xd8") and body.endswith(b"\xff\xd9\r\n")
+
+
+def test_health_and_metrics_show_the_sources(live_client):
+    health = live_client.get("/api/v1/health").json
+    assert {s["id"]: s["state"] for s in health["sources"]}["cam0"] == "streaming"
+    text = live_client.get("/metrics").get_data(as_text=True)
+    assert 'bedside_source_state{source="cam0",state="streaming"} 1' in text
+    assert 'bedside_source_frames_total{source="cam0"}' in text
+    assert 'bedside_source_reconnects_total{source="absent"}' in text
+
+
+def test_live_pages(live_client):
+    home = live_client.get("/").get_data(as_text=True)
+    assert 'href="/live"' in home
+    index = live_client.get("/live").get_data(as_text=True)
+    assert "Bench camera" in index and "/live/cam0" in index
+    page = live_client.get("/live/cam0").get_data(as_text=True)
+    assert 'src="/api/v1/sources/cam0/live"' in page and ">Capture</button>" in page
+    r = live_client.post("/live/cam0/capture", data={"reference": "bed 4"})
+    assert r.status_code == 303 and "/studies/" in r.headers["Location"]
+    r = live_client.post("/live/absent/capture", data={})
+    assert r.status_code == 409 and "no current frame" in r.get_data(as_text=True)
+
+
+def test_config_refuses_bad_sources(tmp_path: Path, config: KioskConfig):
+    path = tmp_path / "bedside.toml"
+    path.write_text('[capture]\nsources = ["ftp://camera"]\n')
+    with pytest.raises(ConfigError, match=r"capture\.sources\.0\.uri.*unsupported source"):
+        load_config(path)
+    path.write_text('[[capture.sources]]\nuri = "v4l2:///dev/video0?widht=640"\n')
+    with pytest.raises(ConfigError, match="unknown option 'widht'"):
+        load_config(path)
+    path.write_text('[capture]\nsources = [{uri = "file:///a", id = "x"}, {uri = "file:///b", id = "x"}]\n')
+    with pytest.raises(ConfigError, match="source id 'x' is used twice"):
+        load_config(path)
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[capture]\nsources = ["v4l2:///dev/video0?width=1280&height=720&fps=30&fourcc=MJPG"]\n')
+    assert load_config(ok).capture.sources[0].uri.startswith("v4l2://")
+
+    from device.kiosk import create_app
+
+    data = config.model_dump(mode="json")
+    data["capture"] = {"sources": [{"uri": "file:///nothing", "exam": "no-such-exam"}]}
+    with pytest.raises(ConfigError, match="no-such-exam"):
+        create_app(KioskConfig.model_validate(data))
+
+
+def test_serve_with_a_camera_that_dies_and_comes_back(tmp_path: Path, xray_video: Path):
+    """`bedside serve --source http://...` on a real ffmpeg MJPEG camera, killed and restarted; then a
+    capture through the API that is found in the store with its image, and the live view over HTTP."""
+    if shipped_bundle() is None:
+        pytest.skip("the shipped chest X-ray bundle is not installed")
+    camera = MjpegServer(xray_video).start()
+    try:
+        with running_server(tmp_path / "data", [SHIPPED], "--source", camera.url) as server:
+            client = server.client()
+            try:
+                def source() -> dict:
+                    return client.get_json("/api/v1/sources")[1]["sources"][0]
+
+                assert wait_for(lambda: source()["state"] == "streaming", 10, 0.1)
+                camera.kill()
+                assert wait_for(lambda: source()["state"] != "streaming", 10, 0.1)
+                camera.start()
+                assert wait_for(lambda: source()["state"] == "streaming", 15, 0.1)
+                assert source()["reconnects"] >= 1
+                assert wait_for(lambda: client.get_json("/api/v1/sources/cam0/latest")[0] == 200, 10, 0.1)
+
+                status, _, body = client.request("POST", "/api/v1/sources/cam0/capture", b"{}",
+                                                 {"Content-Type": "application/json"})
+                assert status == 201, body
+                study = json.loads(body)
+                status, got = client.get_json(f"/api/v1/studies/{study['id']}")
+                status_img, ctype, image = client.request("GET", f"/api/v1/studies/{study['id']}/image")
+            finally:
+                client.close()
+            assert status == 200 and got["source"] == "capture:cam0"
+            assert (got["image"]["width"], got["image"]["height"]) == (1280, 720)
+            assert got["result"]["model"]["id"] == "chest-xray-pneumonia"
+            assert status_img == 200 and ctype == "image/jpeg"
+            assert hashlib.sha256(image).hexdigest() == got["image"]["sha256"]
+            assert list((tmp_path / "data").rglob(got["image"]["sha256"]))  # the file in the store
+
+            parts = urlsplit(server.url)
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+            try:
+                conn.request("GET", "/api/v1/sources/cam0/live")
+                r = conn.getresponse()
+                assert r.status == 200 and r.getheader("Content-Type").startswith("multipart/x-mixed-replace")
+                assert r.readline().startswith(b"--bedside-live-frame")
+            finally:
+                conn.close()
+    finally:
+        camera.kill()
