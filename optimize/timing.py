@@ -13,6 +13,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 WARMUP_CALLS = 3
+# Pause between one runner's block and the next: ONNX Runtime's pool threads spin-wait after a
+# run, and on a 2-core machine that spinning would be charged to whichever runner comes next.
+SETTLE_S = 0.02
 
 
 def interleaved_latencies(
@@ -26,6 +29,7 @@ def interleaved_latencies(
     samples: list[list[float]] = [[] for _ in runs]
     for _ in range(rounds):
         for i, run in enumerate(runs):
+            time.sleep(SETTLE_S)
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 run(x)
