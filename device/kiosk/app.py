@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 
-import tempfile
-
 from flask import Flask, Request, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -16,6 +14,7 @@ from device.kiosk.config import KioskConfig
 from device.kiosk.context import EXTENSION, kiosk
 from device.kiosk.errors import KioskError
 from device.kiosk.live import live_api, live_pages
+from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
 from device.kiosk.service import Kiosk, local_time
 
@@ -34,14 +33,9 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 
-# Uploads up to this size are parsed in memory (a chest X-ray JPEG is 0.3-3 MB); larger ones
-# (big DICOM series) spool to a temporary file as usual.
-UPLOAD_MEMORY_BYTES = 16 * 2**20
-
-
 class KioskRequest(Request):
-    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        return tempfile.SpooledTemporaryFile(max_size=UPLOAD_MEMORY_BYTES, mode="rb+")
+    # Uploads are parsed in memory (bounded by MAX_CONTENT_LENGTH); see multipart.py for why.
+    form_data_parser_class = FastFormDataParser
 
 
 def create_app(config: KioskConfig | None = None) -> Flask:
