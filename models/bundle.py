@@ -258,6 +258,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each offending key (dotted path) and what is wrong with it."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors())
+
+
 def read_manifest(root: Path) -> Manifest:
     path = Path(root) / MANIFEST_NAME
     try:
@@ -278,10 +283,7 @@ def read_manifest(root: Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise BundleError(f"{path}: invalid manifest: {problems}") from None
+        raise BundleError(f"{path}: invalid manifest: {describe_validation_error(exc)}") from None
 
 
 def verify_files(root: Path, manifest: Manifest) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device.capture.config import CaptureSettings
-from models.bundle import default_bundles_dir
+from models.bundle import default_bundles_dir, describe_validation_error
 
 
 class ConfigError(Exception):
@@ -98,10 +98,7 @@ def validate(data: dict, source: str) -> KioskConfig:
     try:
         return KioskConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{source}: invalid setting: {problems}") from None
+        raise ConfigError(f"{source}: invalid setting: {describe_validation_error(exc)}") from None
 
 
 def load_config(path: str | os.PathLike[str] | None) -> KioskConfig:
