@@ -15,7 +15,7 @@ import numpy as np
 
 from device import intake, quality
 from device.runtime import registry
-from device.runtime.base import Backend, ModelIO
+from device.runtime.base import Backend, ModelIO, RuntimeFailure
 from models.bundle import Bundle, Manifest
 from models.metrics import softmax
 from models.preprocess import to_model_input
@@ -125,6 +125,9 @@ class Triager:
         """Probabilities (N, labels) and, if the model has one, the urgent-class activation map (N, h, w)."""
         out = self._backend.run(batch)
         probs = softmax(out[self.manifest.outputs.logits].astype(np.float64))
+        if not np.isfinite(probs).all():
+            # NaN >= threshold is False: without this a broken input or runtime would read ROUTINE.
+            raise RuntimeFailure(f"{self.model.backend} returned non-finite scores for {self.model.id}")
         cam_name = self.manifest.outputs.cam
         cam = out[cam_name][:, self.manifest.urgent_index] if cam_name else None
         return probs, cam

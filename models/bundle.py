@@ -64,7 +64,11 @@ class InputContract(_Strict):
         description="stretch: the whole image is resized to height x width, aspect ratio not kept "
         "(the training images were distributed that way)"
     )
-    interpolation: Literal["area"] = "area"
+    interpolation: Literal["area"] = Field(
+        default="area",
+        description="area when shrinking (no aliasing); an image smaller than the input on a side is "
+        "enlarged bilinearly (such images fail the quality policy's min_side_px anyway)",
+    )
     scale: Literal["unit"] = Field(
         default="unit",
         description="unit: 8-bit values / 255; deeper data is mapped to [0, 1] by its DICOM VOI LUT or "

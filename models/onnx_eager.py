@@ -27,7 +27,10 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _conv(x, w, b=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, **_):
+def _conv(x, w, b=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, kernel_shape=None,
+          auto_pad="NOTSET"):
+    if auto_pad not in ("NOTSET", b"NOTSET"):
+        raise UnsupportedGraph(f"Conv auto_pad={auto_pad!r} is not supported by the eager runner")
     if pads[0] != pads[2] or pads[1] != pads[3]:
         x = F.pad(x, (pads[1], pads[3], pads[0], pads[2]))
         pads = (0, 0, 0, 0)
@@ -48,8 +51,10 @@ def _reshape(x, shape, *, allowzero=0):
     return x.reshape(dims)
 
 
-def _reduce_mean(x, axes=None, *, keepdims=1, **_):
+def _reduce_mean(x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
     """``axes`` is an attribute up to opset 17 and an input from opset 18 on: accept both."""
+    if axes is None:
+        raise UnsupportedGraph("ReduceMean without axes is not supported by the eager runner")
     dims = axes.tolist() if isinstance(axes, torch.Tensor) else axes
     return x.mean(dim=tuple(dims), keepdim=bool(keepdims))
 
@@ -60,7 +65,9 @@ def _unsqueeze(x, axes):
     return x
 
 
-def _batchnorm(x, scale, bias, mean, var, *, epsilon=1e-5, **_):
+def _batchnorm(x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9, training_mode=0):
+    if training_mode:
+        raise UnsupportedGraph("BatchNormalization in training mode is not supported by the eager runner")
     return F.batch_norm(x, mean, var, scale, bias, training=False, eps=epsilon)
 
 
@@ -86,9 +93,6 @@ OPS: dict[str, Callable] = {
     "Unsqueeze": _unsqueeze,
     "Concat": lambda *xs, axis: torch.cat(xs, dim=axis),
     "BatchNormalization": _batchnorm,
-    "MaxPool": lambda x, kernel_shape, strides=(1, 1), pads=(0, 0, 0, 0), **_: F.max_pool2d(
-        x, tuple(kernel_shape), tuple(strides), (pads[0], pads[1])
-    ),
     "Einsum": lambda *xs, equation: torch.einsum(equation, *xs),
 }
 

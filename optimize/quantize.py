@@ -112,9 +112,11 @@ def check_symmetric(path: Path) -> None:
     model = onnx.load(str(path))
     inits = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        zp = onnx.numpy_helper.to_array(inits[node.input[2]]) if node.input[2] in inits else None
+        # No zero-point input means uint8 by the ONNX spec, which TensorRT refuses too.
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        zp = onnx.numpy_helper.to_array(inits[zp_name]) if zp_name in inits else None
         if zp is None or zp.dtype != np.int8 or np.any(zp != 0):
             raise OptimizeError(f"{path.name}: node {node.name} is not symmetric signed int8 (TensorRT needs it)")
 

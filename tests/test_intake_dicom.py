@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import warnings
 import shutil
 from pathlib import Path
 
@@ -197,3 +199,20 @@ def test_copy_keeps_the_same_result(dicom_dir: Path, tmp_path: Path) -> None:
     a, b = decode_file(tmp_path / "x.bin"), decode_bytes(src.read_bytes(), "x")
     np.testing.assert_array_equal(a.pixels, b.pixels)
     assert a.notes == b.notes
+
+
+@pytest.mark.parametrize("slope", ["NaN", "inf", "1e39"])
+def test_non_finite_rescale_is_refused_not_read_as_routine(slope: str) -> None:
+    from dicom_factory import grayscale_dicom
+
+    data = bytearray(grayscale_dicom(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096, bits=12,
+                                     modality="DX", body_part="CHEST"))
+    ds = pydicom.dcmread(io.BytesIO(bytes(data)))
+    out = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the value we plant on purpose
+        ds.RescaleSlope, ds.RescaleIntercept = slope, "0"
+        ds.save_as(out)
+    with pytest.raises(IntakeError, match="non-finite") as info:
+        decode_bytes(out.getvalue(), "bad-rescale.dcm")
+    assert info.value.kind == "undecodable"

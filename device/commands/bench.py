@@ -13,8 +13,7 @@ import numpy as np
 
 from device.commands.common import add_bundle_argument, resolve_bundle
 from device.runtime import registry
-from device.runtime.base import ModelIO
-from device.triage import default_threads
+from device.triage import default_threads, model_io
 from models.bundle import Bundle
 from optimize.timing import interleaved_latencies, summarise
 
@@ -40,9 +39,20 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def build_runners(bundle: Bundle, threads: int, with_torch: bool) -> tuple[list[Runner], list[str]]:
     """Every (backend, variant) that can run here, and a note for each that cannot."""
+    runners: list[Runner] = []
+    try:
+        skipped = _add_runners(runners, bundle, threads, with_torch)
+    except BaseException:
+        for r in runners:
+            r.close()
+        raise
+    return runners, skipped
+
+
+def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch: bool) -> list[str]:
     m = bundle.manifest
-    io = ModelIO(m.input.tensor_name, (m.outputs.logits,), (m.input.channels, m.input.height, m.input.width))
-    runners, skipped = [], []
+    io = model_io(m)  # logits and CAM: the work the device really does per image
+    skipped = []
     for name, status in registry.all_availability().items():
         if not status.ok:
             skipped.append(f"{name}: {status.reason}")
@@ -65,7 +75,7 @@ def build_runners(bundle: Bundle, threads: int, with_torch: bool) -> tuple[list[
             skipped.append("pytorch-eager: torch is not installed")
         else:
             runners.append(runner)
-    return runners, skipped
+    return skipped
 
 
 def _openvino_runners(bundle: Bundle, threads: int) -> list[Runner] | None:

@@ -65,10 +65,12 @@ def check_bundle(path: Path) -> dict[str, object]:
     """Hashes verified, model loaded and warmed up, one self-test inference with finite output."""
     try:
         bundle = load_bundle(path)
-        triager = Triager(bundle)
         m = bundle.manifest
-        probs, cam = triager.predict(np.zeros((1, m.input.channels, m.input.height, m.input.width), np.float32))
-        triager.close()
+        triager = Triager(bundle)
+        try:
+            probs, _ = triager.predict(np.zeros((1, m.input.channels, m.input.height, m.input.width), np.float32))
+        finally:
+            triager.close()
     except Exception as exc:  # doctor reports every failure instead of stopping at the first
         return {"path": str(path), "ok": False, "error": str(exc)}
     ok = bool(np.isfinite(probs).all() and abs(probs.sum() - 1.0) < 1e-3)

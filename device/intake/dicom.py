@@ -204,7 +204,14 @@ def _modality(arr: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, list[st
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is None or intercept is None or (float(slope), float(intercept)) == (1.0, 0.0):
         return arr, []
-    return apply_modality_lut(arr, ds), [f"rescale slope/intercept {float(slope):g}/{float(intercept):g} applied"]
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = apply_modality_lut(arr, ds)
+        finite = np.isfinite(values.astype(np.float32)).all()  # later steps work in float32
+    # A NaN/inf slope or an overflowing one makes every later comparison false: the image would
+    # pass the quality checks and the model would answer NaN, read as ROUTINE. Refuse it here.
+    if not finite:
+        raise ValueError(f"rescale slope/intercept {slope}/{intercept} give non-finite pixel values")
+    return values, [f"rescale slope/intercept {float(slope):g}/{float(intercept):g} applied"]
 
 
 def _window_of(ds: pydicom.Dataset, notes: list[str]) -> tuple[float, float, str] | None:

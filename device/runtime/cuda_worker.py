@@ -74,7 +74,7 @@ class CudaWorker:
             cuda.init()
             context = cuda.Device(device_index).retain_primary_context()
             context.push()
-        except cuda.Error as exc:
+        except BaseException as exc:  # whatever stops the context, the waiting caller must hear of it
             self._started.set_exception(RuntimeUnavailable(f"cannot open CUDA device {device_index}: {exc}"))
             return
         self._started.set_result(None)

@@ -133,6 +133,17 @@ class _EngineSession:
         self._errors.take()
         self.io = io
         self.buffers: StreamBuffers | None = None
+        self.context = self.engine = self.runtime = None
+        try:
+            self._set_up(trt, cuda, plan, logger)
+        except BaseException:
+            # Free what was allocated here, on this (the worker) thread: garbage collection would
+            # free pycuda memory on another thread, where pycuda refuses it.
+            self.release()
+            raise
+
+    def _set_up(self, trt, cuda, plan: bytes, logger) -> None:
+        io = self.io
         self.runtime = trt.Runtime(logger)
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
@@ -218,15 +229,19 @@ def start_engine_build(
 
 
 def _precision_of(model_path: Path) -> str:
-    """The variant's precision from the bundle manifest beside it; a bare ONNX file counts as fp32."""
+    """The variant's precision from the bundle manifest beside it.
+
+    It goes into the engine-cache key and, before TensorRT 9, the builder's precision flags, so a
+    guess is not good enough: a file that is not a variant of its bundle is refused.
+    """
     try:
         manifest = read_manifest(model_path.parent)
-    except BundleError:
-        return "fp32"
+    except BundleError as exc:
+        raise RuntimeFailure(f"{model_path.name}: cannot tell its precision: {exc}") from None
     for variant in manifest.variants:
         if variant.file == model_path.name:
             return variant.precision
-    return "fp32"
+    raise RuntimeFailure(f"{model_path.name} is not a variant listed in {model_path.parent / 'manifest.json'}")
 
 
 def _log_progress():
