@@ -1,21 +1,22 @@
 """Add a gated INT8 or FP16 variant to a bundle: quantize, gate against FP32, measure, write.
 
-Nothing is written to the bundle unless a candidate passes the gate; files land before the
-manifest that names them, and the manifest is replaced atomically, so an interrupted run leaves
-the previous, valid bundle.
+Nothing is written to the bundle unless a candidate passes the gate, and nothing at all before
+every slow step (quantization, gate, latency, report) is done; see ``_commit`` for the order.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from models.bundle import Bundle, Manifest, Variant, file_entry, load_bundle, write_manifest
+from models import atomic
+from models.bundle import Bundle, Manifest, Variant, file_entry, load_bundle, sha256_file, write_manifest
 from optimize import quantize
 from optimize.gate import GateResult, gate
 from optimize.heldout import calibration_batch, redraw_split, validation_batch
@@ -115,53 +116,53 @@ def add_variant(
             log(f"calibration: {calibration_images} training images (seed {seed}), method {method}")
         return calib_cache[0]
 
-    outcome, built = Outcome(), []
-    for c in candidates_for(precision):
-        tmp = bundle.root / f".{c.file}.tmp"
-        _build(c, bundle, tmp, calib, method)
-        c.result = gate(c.name, fp32_logits, logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads),
-                        y_val, m.urgent_index, m.policy.operating_point.threshold)
-        log(f"{c.name}: AUC {c.result.auc_variant:.4f} (FP32 {c.result.auc_fp32:.4f}), agreement "
-            f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}: "
-            f"{'PASS' if c.result.passed else 'FAIL: ' + '; '.join(c.result.reasons)}")
-        if c.result.passed:
-            built.append((c, tmp))
-        else:
-            tmp.unlink(missing_ok=True)
-            outcome.rejected.append(c)
-    if built:
-        for (c, _), lat in zip(built, _cpu_latencies([t for _, t in built], m, threads)):
+    outcome = Outcome()
+    with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".optimize-") as work:
+        built = []
+        for c in candidates_for(precision):
+            tmp = Path(work) / c.file
+            _build(c, bundle, tmp, calib, method)
+            c.result = gate(c.name, fp32_logits, logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads),
+                            y_val, m.urgent_index, m.policy.operating_point.threshold)
+            log(f"{c.name}: AUC {c.result.auc_variant:.4f} (FP32 {c.result.auc_fp32:.4f}), agreement "
+                f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}: "
+                f"{'PASS' if c.result.passed else 'FAIL: ' + '; '.join(c.result.reasons)}")
+            (built if c.result.passed else outcome.rejected).append(c)
+        if not built:
+            return outcome
+        for c, lat in zip(built, _cpu_latencies([Path(work) / c.file for c in built], m, threads)):
             c.latency = lat
-        outcome.accepted = _assign_targets([c for c, _ in built])
-        for c, tmp in built:
-            if c in outcome.accepted:
-                os.replace(tmp, bundle.root / c.file)
-            else:
-                tmp.unlink()
-        manifest = _with_variants(bundle, precision, outcome.accepted)
-        outcome.report = _write_report_and_card(bundle, manifest, x_val, y_val, threads)
+        outcome.accepted = _assign_targets(built)
+        staged = {}
+        for c in outcome.accepted:
+            tmp = Path(work) / c.file
+            c.file = f"model.{c.name}.{sha256_file(tmp)[:8]}.onnx"  # never overwrites a file in use
+            staged[c.file] = tmp
+        manifest, dropped = _with_variants(bundle, precision, outcome.accepted, staged)
+        report, card = _documents(bundle, manifest, staged, x_val, y_val, threads)
+        outcome.report = _commit(bundle.root, manifest, staged, report, card, dropped)
     return outcome
 
 
-def _with_variants(bundle: Bundle, precision: str, accepted: list[Candidate]) -> Manifest:
-    """The manifest with this precision's variants replaced; superseded files are deleted."""
+def _with_variants(
+    bundle: Bundle, precision: str, accepted: list[Candidate], staged: dict[str, Path]
+) -> tuple[Manifest, set[str]]:
+    """The manifest with this precision's variants replaced, and the files it no longer needs."""
     m = bundle.manifest
     kept = [v for v in m.variants if v.precision != precision]
     new = [Variant(precision=c.precision, file=c.file, targets=list(c.targets), notes=c.notes,
                    gate=c.result.manifest_entry()) for c in accepted]
     used = {v.file for v in kept + new}
     dropped = {v.file for v in m.variants if v.precision == precision} - used
-    for name in dropped:
-        (bundle.root / name).unlink(missing_ok=True)
     files = {k: v for k, v in m.files.items() if k not in dropped}
-    files.update({c.file: file_entry(bundle.root / c.file) for c in accepted})
-    return m.model_copy(update={"variants": kept + new, "files": files})
+    files.update({name: file_entry(path) for name, path in staged.items()})
+    return m.model_copy(update={"variants": kept + new, "files": files}), dropped
 
 
-def _write_report_and_card(bundle: Bundle, manifest: Manifest, x_val, y_val, threads: int) -> Path:
-    root = bundle.root
+def _documents(bundle: Bundle, manifest: Manifest, staged: dict[str, Path], x_val, y_val, threads: int):
+    """The report (HTML) and the model card (Markdown, or None if the bundle has none), as bytes."""
     variants = sorted(manifest.variants, key=lambda v: ("fp32", "fp16", "int8").index(v.precision))
-    paths = [root / v.file for v in variants]
+    paths = [staged.get(v.file, bundle.root / v.file) for v in variants]
     latencies = _cpu_latencies(paths, manifest, threads)
     runs = [
         VariantRun(f"{v.precision} ({'/'.join(v.targets)})",
@@ -169,18 +170,35 @@ def _write_report_and_card(bundle: Bundle, manifest: Manifest, x_val, y_val, thr
         for v, p, lat in zip(variants, paths, latencies)
     ]
     cpu = f"{platform.processor() or platform.machine()}, {threads} threads"
-    (root / REPORT_NAME).write_text(render(manifest, y_val, runs, cpu), encoding="utf-8")
+    report = render(manifest, y_val, runs, cpu).encode("utf-8")
+    card_path = bundle.root / CARD_NAME
+    card = _card_text(card_path.read_text(encoding="utf-8"), variants, latencies) if card_path.exists() else None
+    return report, None if card is None else card.encode("utf-8")
+
+
+def _commit(root: Path, manifest: Manifest, staged: dict[str, Path], report: bytes, card: bytes | None,
+            dropped: set[str]) -> Path:
+    """The write phase, after every slow step: new model files under new names, then the report and
+    card (each replaced atomically), then the manifest that names them; only then are superseded
+    files deleted. An interruption leaves the old bundle valid, except in the few milliseconds
+    between replacing the report/card and the manifest."""
+    for name, tmp in staged.items():
+        os.replace(tmp, root / name)
+    atomic.fsync_directory(root)
     files = dict(manifest.files)
+    atomic.write_bytes(root / REPORT_NAME, report)
     files[REPORT_NAME] = file_entry(root / REPORT_NAME)
-    if (root / CARD_NAME).exists():
-        _update_card(root / CARD_NAME, variants, latencies)
+    if card is not None:
+        atomic.write_bytes(root / CARD_NAME, card)
         files[CARD_NAME] = file_entry(root / CARD_NAME)
     write_manifest(root, manifest.model_copy(update={"files": files}))
+    for name in dropped:
+        (root / name).unlink(missing_ok=True)
     load_bundle(root)  # the bundle we leave behind must verify
     return root / REPORT_NAME
 
 
-def _update_card(card: Path, variants: list[Variant], latencies: list[dict[str, float]]) -> None:
+def _card_text(text: str, variants: list[Variant], latencies: list[dict[str, float]]) -> str:
     rows = ["| variant | targets | file | AUC drop | agreement | max logit dev. | ORT CPU b1 p50 ms |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     for v, lat in zip(variants, latencies):
@@ -200,10 +218,9 @@ def _update_card(card: Path, variants: list[Variant], latencies: list[dict[str, 
         *rows,
         CARD_END,
     ])
-    text = card.read_text(encoding="utf-8")
     if CARD_BEGIN in text:
         head, _, rest = text.partition(CARD_BEGIN)
         text = head + section + rest.partition(CARD_END)[2]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    card.write_text(text, encoding="utf-8")
+    return text

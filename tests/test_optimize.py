@@ -103,3 +103,18 @@ def test_bundle_without_a_recorded_split_is_refused(bundle_copy, train_dir):
     path.write_text(json.dumps(data))
     with pytest.raises(OptimizeError, match="records no data split"):
         add_variant(bundle_copy, "int8", train_dir)
+
+
+def test_an_interrupted_run_leaves_the_previous_bundle_valid(bundle_copy, train_dir, monkeypatch):
+    before = (bundle_copy / "manifest.json").read_text()
+    files_before = sorted(p.name for p in bundle_copy.iterdir())
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the technician pressed Ctrl-C while the report was made
+
+    monkeypatch.setattr("optimize.variants.render", crash)
+    with pytest.raises(KeyboardInterrupt):
+        add_variant(bundle_copy, "fp16", train_dir, calibration_images=50)
+    load_bundle(bundle_copy)  # every hash still verifies
+    assert (bundle_copy / "manifest.json").read_text() == before
+    assert sorted(p.name for p in bundle_copy.iterdir()) == files_before
