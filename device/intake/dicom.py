@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import pydicom
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, as_pixel_options, get_decoder
 
 from device.intake.decoded import DecodedImage, check_dimensions
@@ -34,8 +35,11 @@ def decode_dicom(data: bytes, source: str) -> DecodedImage:
         ds = _read(data, source)
         rows, cols, frames, bits_stored = _header(ds, source)
         index = frames // 2
+        had_syntax = bool(ds.file_meta.get("TransferSyntaxUID"))
         arr, photometric = _decode_frame(ds, source, index)
         pixels, notes = _display_values(arr, ds, photometric, bits_stored, source)
+    if not had_syntax:
+        notes.insert(0, f"no file meta: read as {ds.file_meta.TransferSyntaxUID.name}")
     stored = str(ds.get("PhotometricInterpretation", "")) or None
     if stored and stored != photometric:
         notes.insert(0, f"{stored} converted to {photometric}")
@@ -95,9 +99,13 @@ def _decode_frame(ds: pydicom.Dataset, source: str, index: int) -> tuple[np.ndar
     """
     tsyntax = ds.file_meta.get("TransferSyntaxUID")
     if not tsyntax:
-        raise IntakeError(
-            source, "DICOM has no Transfer Syntax UID, so its pixel encoding is unknown", UNDECODABLE
-        )
+        tsyntax = _native_syntax(ds)
+        if tsyntax is None:
+            raise IntakeError(
+                source, "DICOM has no Transfer Syntax UID and its pixel data is compressed, so the codec "
+                "is unknown", UNSUPPORTED,
+            )
+        ds.file_meta.TransferSyntaxUID = tsyntax  # the pixel decoders read it from there
     try:
         decoder = get_decoder(tsyntax)
     except NotImplementedError:
@@ -187,6 +195,17 @@ def _voi(values: np.ndarray, ds: pydicom.Dataset, notes: list[str]) -> np.ndarra
         return None
     notes.append(f"{what} applied" if what == "VOI LUT" else what)
     return unit
+
+
+def _native_syntax(ds: pydicom.Dataset) -> UID | None:
+    """The transfer syntax of a dataset without file meta (raw, as some old modalities write it):
+    knowable from how it was read when its pixel data is uncompressed, unknowable otherwise."""
+    if ds["PixelData"].is_undefined_length or ds.original_encoding[0] is None:
+        return None
+    implicit, little = ds.original_encoding
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
 def _lut_item(ds: pydicom.Dataset, keyword: str) -> pydicom.Dataset | None:
