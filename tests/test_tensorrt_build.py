@@ -146,3 +146,22 @@ def test_nested_phases_give_a_monotonic_fraction():
     t.step("build", 0)
     assert t.snapshot().fraction == pytest.approx(0.5)
     assert "50.0%" in format_bar(t.snapshot())
+
+
+def test_each_thread_takes_only_the_tensorrt_errors_logged_on_it():
+    import threading
+
+    from optimize.tensorrt.api import _LogBuffer
+
+    buffer = _LogBuffer()
+    worker = threading.Thread(target=buffer.add, args=("engine build failed",))
+    worker.start()
+    worker.join()
+    buffer.add("session failed")
+    assert buffer.take() == ["session failed"]  # not the other thread's build error
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(buffer.take()))
+    reader.start()
+    reader.join()
+    assert got == []  # that thread has ended; its message was neither returned here nor lost early
+    assert len(buffer._errors) == 1

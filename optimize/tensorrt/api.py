@@ -54,21 +54,29 @@ def detect_platform(tensorrt_version: str, device_index: int = 0) -> Platform:
 
 
 class _LogBuffer:
-    """Keeps TensorRT's recent errors so a failed call can say why, not just 'returned None'."""
+    """Keeps TensorRT's recent errors so a failed call can say why, not just 'returned None'.
+
+    The logger is shared by the whole process (TensorRT wants one), while an engine build can run
+    in the background beside inference on other threads: each thread takes only the errors that
+    TensorRT logged on it, so one call's failure never quotes, or wipes, another's.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._errors: collections.deque[str] = collections.deque(maxlen=20)
+        self._errors: collections.deque[tuple[int, str]] = collections.deque(maxlen=64)
 
     def add(self, message: str) -> None:
         with self._lock:
-            self._errors.append(message)
+            self._errors.append((threading.get_ident(), message))
 
     def take(self) -> list[str]:
+        me = threading.get_ident()
         with self._lock:
-            errors = list(self._errors)
+            mine = [m for t, m in self._errors if t == me]
+            others = [(t, m) for t, m in self._errors if t != me]
             self._errors.clear()
-            return errors
+            self._errors.extend(others)
+            return mine
 
 
 _LOGGER: tuple[object, object, _LogBuffer] | None = None
