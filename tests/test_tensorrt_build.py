@@ -149,19 +149,14 @@ def test_nested_phases_give_a_monotonic_fraction():
 
 
 def test_each_thread_takes_only_the_tensorrt_errors_logged_on_it():
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from optimize.tensorrt.api import _LogBuffer
 
     buffer = _LogBuffer()
-    worker = threading.Thread(target=buffer.add, args=("engine build failed",))
-    worker.start()
-    worker.join()
-    buffer.add("session failed")
-    assert buffer.take() == ["session failed"]  # not the other thread's build error
-    got = []
-    reader = threading.Thread(target=lambda: got.extend(buffer.take()))
-    reader.start()
-    reader.join()
-    assert got == []  # that thread has ended; its message was neither returned here nor lost early
-    assert len(buffer._errors) == 1
+    with ThreadPoolExecutor(1) as build_thread:  # one long-lived thread, like a background build
+        build_thread.submit(buffer.add, "engine build failed").result()
+        buffer.add("session failed")
+        assert buffer.take() == ["session failed"]  # not the build's error
+        assert buffer.take() == []
+        assert build_thread.submit(buffer.take).result() == ["engine build failed"]
