@@ -6,15 +6,19 @@ import http.client
 import io
 import json
 import os
+import queue
 import re
 import signal
 import struct
 import subprocess
 import sys
+import tempfile
+import threading
 import uuid
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import cv2
 import numpy as np
@@ -35,11 +39,6 @@ SHIPPED = default_bundles_dir() / "chest-xray-pneumonia"
 
 def shipped_bundle() -> Path | None:
     return SHIPPED if SHIPPED in find_bundles() else None
-
-
-def sample_xrays() -> list[Path]:
-    root = datasets_dir() / "chest-xray" / "fullres-samples"
-    return sorted(root.glob("*/*.jpeg")) if root.is_dir() else []
 
 
 def png_bytes(seed: int = 0, size: int = 96) -> bytes:
@@ -135,48 +134,64 @@ class Client:
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen, url: str):
+    def __init__(self, proc: subprocess.Popen, url: str, stderr: IO[str]):
         self.proc = proc
         self.url = url
+        self.stderr = stderr  # a temporary file: the server's log, for failure messages
 
     def client(self) -> Client:
         return Client(self.url)
 
-    def rss_peak_kb(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
+    def log_tail(self, chars: int = 4000) -> str:
+        self.stderr.seek(0)
+        return self.stderr.read()[-chars:]
 
 
-def start_server(data_dir: Path, bundles: list[Path], *extra: str) -> Server:
-    """`bedside serve --port 0`; returns once it printed its URL and answered health with ready."""
+def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: float = 120) -> Server:
+    """`bedside serve --port 0`; returns once it printed its URL and answered health with ready.
+    Raises RuntimeError, with the end of the server's log, when it does not within `timeout` seconds."""
     cmd = [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", str(data_dir)]
     for b in bundles:
         cmd += ["--bundle", str(b)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [*cmd, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    url = None
-    for line in proc.stdout:
-        found = READY.search(line)
-        if found:
-            url = found.group(1)
-            break
+    stderr = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([*cmd, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    url = _ready_url(proc, timeout)
+    server = Server(proc, url or "", stderr)
     if url is None:
-        proc.wait(30)
-        proc.stdout.close()
-        raise RuntimeError(f"bedside serve exited ({proc.returncode}) without becoming ready")
+        stop_server(server, signal.SIGKILL)
+        raise RuntimeError(
+            f"bedside serve did not become ready in {timeout:g} s (exit status {proc.returncode}):\n"
+            + server.log_tail()
+        )
     client = Client(url, timeout=30)
     try:
         status, health = client.get_json("/api/v1/health")
     finally:
         client.close()
     if status != 200 or not health["ready"]:
-        stop_server(Server(proc, url), signal.SIGKILL)
-        raise RuntimeError(f"server not ready: {status} {health}")
-    return Server(proc, url)
+        stop_server(server, signal.SIGKILL)
+        raise RuntimeError(f"server not ready: {status} {health}\n{server.log_tail()}")
+    return server
+
+
+def _ready_url(proc: subprocess.Popen, timeout: float) -> str | None:
+    """The URL from the ready line, or None when the server exits or `timeout` passes first."""
+    found: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            match = READY.search(line)
+            if match:
+                found.put(match.group(1))
+                return
+        found.put(None)  # the server exited
+
+    threading.Thread(target=read, name="serve-stdout", daemon=True).start()
+    try:
+        return found.get(timeout=timeout)
+    except queue.Empty:
+        return None
 
 
 def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
@@ -184,6 +199,7 @@ def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
         server.proc.send_signal(sig)
     rc = server.proc.wait(30)
     server.proc.stdout.close()
+    server.stderr.close()
     return rc
 
 

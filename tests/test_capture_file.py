@@ -3,6 +3,8 @@ watchdog restarting a capture thread that died; smoothing; the stored frame bein
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import cv2
@@ -15,7 +17,7 @@ from device.capture.live import LiveTriage
 from device.capture.manager import frame_file
 from device.capture.readers import open_reader
 from device.capture.sources import parse_source
-from device.capture.stream import STOPPED, STREAMING, CaptureStream, Timing
+from device.capture.stream import CONNECTING, STALLED, STOPPED, STREAMING, CaptureStream, Timing
 from device.capture.watchdog import Watchdog
 
 FAST = Timing(stall_timeout_s=1.0, open_timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
@@ -117,17 +119,18 @@ def test_missing_file_is_a_stall_with_the_reason(tmp_path: Path):
 
 
 def test_watchdog_restarts_a_capture_thread_that_died(xray_video: Path):
-    """A bug in the capture thread (here: the opener raising something unexpected once) kills the
-    thread; the watchdog notices and starts a new one, which then streams."""
-    calls = []
+    """A bug in the capture thread itself (here: delivering a frame raising once) kills the thread;
+    the watchdog notices and starts a new one, which then streams."""
+    stream = CaptureStream("flaky", parse_source(f"file://{xray_video}?loop=1"), FAST)
+    deliver, calls = stream._deliver, []
 
-    def flaky_open(spec, open_timeout_s, read_timeout_s):
+    def flaky_deliver(payload) -> None:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("injected fault")
-        return open_reader(spec, open_timeout_s, read_timeout_s)
+        deliver(payload)
 
-    stream = CaptureStream("flaky", parse_source(f"file://{xray_video}?loop=1"), FAST, opener=flaky_open)
+    stream._deliver = flaky_deliver
     watchdog = Watchdog([stream], 0.05)
     stream.start()
     watchdog.start()
@@ -139,6 +142,57 @@ def test_watchdog_restarts_a_capture_thread_that_died(xray_video: Path):
         stream.stop()
     assert status["thread_restarts"] == 1
     assert any("injected fault" in t.reason for t in stream.transitions())
+
+
+class BrokenReader:
+    """Opens, then fails every read with something that is not a CaptureError."""
+
+    def __init__(self, closed: list[int]):
+        self._closed = closed
+
+    def read(self):
+        raise PermissionError(13, "Permission denied")
+
+    def interrupt(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._closed.append(1)
+
+
+@pytest.mark.parametrize("fault", ["open", "read"])
+def test_any_error_opening_or_reading_is_retried_with_back_off(tmp_path: Path, fault: str, caplog):
+    """Not only CaptureError: a ValueError from a bad port, a PermissionError from a folder, a cv2.error
+    are failed attempts, retried with the capped back-off, with no thread restarts and one log line."""
+    attempts: list[float] = []
+    closed: list[int] = []
+
+    def opener(spec, open_timeout_s, read_timeout_s):
+        attempts.append(time.monotonic())
+        if fault == "open":
+            raise ValueError("Port out of range 0-65535")
+        return BrokenReader(closed)
+
+    timing = Timing(stall_timeout_s=1.0, open_timeout_s=1.0, backoff_initial_s=0.05, backoff_max_s=0.2)
+    stream = CaptureStream("broken", parse_source(f"file://{tmp_path}/x.mp4"), timing, opener=opener)
+    watchdog = Watchdog([stream], 0.02)
+    stream.start()
+    watchdog.start()
+    try:
+        assert wait_for(lambda: len(attempts) >= 7, 5)
+        status = stream.status()
+    finally:
+        watchdog.stop()
+        stream.stop()
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    expected = [min(0.05 * 2**i, 0.2) for i in range(len(gaps))]
+    assert all(gap >= want * 0.9 for gap, want in zip(gaps, expected)), gaps
+    assert status["thread_restarts"] == 0 and status["state"] in (STALLED, CONNECTING)
+    why = "ValueError: Port out of range" if fault == "open" else "PermissionError: [Errno 13] Permission denied"
+    assert any(t.state == STALLED and t.reason.startswith(why) for t in stream.transitions())
+    assert len(closed) == (len(attempts) if fault == "read" else 0)  # each opened reader was closed
+    stalls = [r for r in caplog.records if r.name == "device.capture.stream" and r.levelno >= logging.WARNING]
+    assert len(stalls) == 1 and stalls[0].exc_info is None
 
 
 def test_folder_without_images_is_refused(tmp_path: Path):

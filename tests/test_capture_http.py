@@ -8,10 +8,17 @@ import gc
 import os
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import cv2
+import numpy as np
+import pytest
+
 from capture_support import MjpegServer, ffmpeg, shipped_triager, wait_for, xray_video  # noqa: F401
+from device.capture.errors import CaptureError
 from device.capture.live import LiveTriage
+from device.capture.mjpeg import MjpegReader
 from device.capture.sources import parse_source
 from device.capture.stream import CONNECTING, STALLED, STREAMING, CaptureStream, Timing
 from device.capture.watchdog import Watchdog
@@ -70,7 +77,9 @@ def test_killed_camera_recovers_by_itself(xray_video: Path):
         assert run.streaming_since(10, 10)
         server.kill()
         assert wait_for(lambda: run.stream.state in (STALLED, CONNECTING), 3)
-        time.sleep(1.5)  # stay away through a few failed attempts: the back-off must not give up
+        # Stay away through a few failed attempts: the back-off must not give up.
+        reconnects = run.stream.status()["reconnects"]
+        assert wait_for(lambda: run.stream.status()["reconnects"] >= reconnects + 3, 5), run.stream.status()
         frames = run.stream.status()["frames"]
         restarted = time.monotonic()
         server.start()
@@ -155,3 +164,63 @@ def test_camera_that_is_not_there_yet_is_retried_until_it_appears(xray_video: Pa
             assert run.streaming_since(0, 5)
         finally:
             server.kill()
+
+
+class Http10Camera(BaseHTTPRequestHandler):
+    """An mjpg-streamer-like camera: HTTP/1.0 (the connection closes at the end), a proper
+    multipart/x-mixed-replace response; sends its frames, then holds the connection open silently."""
+
+    protocol_version = "HTTP/1.0"
+    frames: list[bytes] = []
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        for jpeg in self.frames:
+            head = f"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
+            self.wfile.write(head.encode() + jpeg + b"\r\n")
+        self.wfile.flush()
+        self.release.wait(10)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def http10_camera():
+    Http10Camera.frames = [cv2.imencode(".jpg", np.full((48, 64), 40 * i, np.uint8))[1].tobytes() for i in range(3)]
+    Http10Camera.release = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Http10Camera)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/?action=stream"
+    Http10Camera.release.set()
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_http10_camera_is_read_and_a_blocked_read_is_interrupted(http10_camera: str):
+    reader = MjpegReader(http10_camera, open_timeout_s=5, read_timeout_s=30)
+    try:
+        assert [reader.read() for _ in Http10Camera.frames] == Http10Camera.frames
+        failure: list[BaseException] = []
+
+        def blocked_read() -> None:
+            try:
+                reader.read()  # the camera sends nothing more: blocks until interrupted
+            except CaptureError as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=blocked_read)
+        thread.start()
+        assert not wait_for(lambda: not thread.is_alive(), 0.2)
+        started = time.monotonic()
+        reader.interrupt()
+        thread.join(5)
+        assert not thread.is_alive() and time.monotonic() - started < 2
+        assert len(failure) == 1  # the read gave up with a CaptureError
+    finally:
+        reader.close()

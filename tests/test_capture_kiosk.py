@@ -4,9 +4,11 @@ frame that was triaged), health and metrics, the pages, the config; and end to e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import json
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -51,13 +53,14 @@ def live_client(config: KioskConfig, frames_dir: Path):
 
 
 def test_sources_are_listed_with_their_state(live_client):
+    assert wait_for(lambda: live_client.get("/api/v1/sources/cam0").json["frames"] >= 4, 5)
     r = live_client.get("/api/v1/sources")
     assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store"
     by_id = {s["id"]: s for s in r.json["sources"]}
     cam = by_id["cam0"]
     assert cam["state"] == "streaming" and cam["name"] == "Bench camera"
     assert cam["uri"].startswith("file://") and cam["frames"] > 0 and cam["reconnects"] == 0
-    assert cam["last_frame_age_s"] < 1.0 and cam["fps"] >= 0
+    assert cam["last_frame_age_s"] < 1.0 and 2 <= cam["fps"] <= 15  # the folder plays at fps=10
     assert by_id["absent"]["state"] in ("stalled", "connecting")
     assert "refused" in by_id["absent"]["reason"] or by_id["absent"]["state"] == "connecting"
     assert isinstance(r.json["devices"], list)
@@ -95,6 +98,25 @@ def test_capture_stores_the_exact_frame_that_was_triaged(live_client, frames_dir
     assert live_client.get(f"/api/v1/studies/{study['id']}/heatmap").status_code == 200
 
 
+def test_capture_refuses_a_malformed_body_or_a_wrong_type(live_client):
+    r = live_client.post("/api/v1/sources/cam0/capture", data="{not json", content_type="application/json")
+    assert r.status_code == 400 and "JSON object" in r.json["error"]["message"]
+    r = live_client.post("/api/v1/sources/cam0/capture", json={"reference": 7})
+    assert r.status_code == 400 and "'reference' must be a string" in r.json["error"]["message"]
+
+
+def test_capture_refuses_a_stale_frame(live_client, monkeypatch):
+    """Streaming, but the newest triaged frame is older than stall_timeout_s (triage fell behind)."""
+    from device.kiosk.context import kiosk_of
+
+    live = kiosk_of(live_client.application).capture.get("cam0").live
+    fresh = live.latest()
+    stale = dataclasses.replace(fresh, frame=dataclasses.replace(fresh.frame, captured=time.monotonic() - 60))
+    monkeypatch.setattr(live, "latest", lambda: stale)
+    r = live_client.post("/api/v1/sources/cam0/capture", json={})
+    assert r.status_code == 409 and "s old" in r.json["error"]["message"]
+
+
 def test_capture_refused_when_there_is_no_current_frame(live_client):
     r = live_client.post("/api/v1/sources/absent/capture", json={})
     assert r.status_code == 409 and r.json["error"]["code"] == "conflict"
@@ -113,6 +135,39 @@ def test_live_view_is_an_mjpeg_stream(live_client):
     head, _, body = chunk.partition(b"\r\n\r\n")
     assert head.startswith(b"--bedside-live-frame\r\nContent-Type: image/jpeg")
     assert body.startswith(b"\xff\xd8") and body.endswith(b"\xff\xd9\r\n")
+
+
+def test_live_views_are_capped_so_the_server_keeps_threads_free(live_client):
+    """capture.max_viewers (2) views at once; the next is refused at once with 503, not queued."""
+    opened = [live_client.get("/api/v1/sources/cam0/live", buffered=False) for _ in range(2)]
+    try:
+        assert [r.status_code for r in opened] == [200, 200]
+        refused = live_client.get("/api/v1/sources/cam0/live")
+        assert refused.status_code == 503 and refused.json["error"]["code"] == "busy"
+        assert "at most 2 live views at once" in refused.json["error"]["message"]
+        assert live_client.get("/api/v1/health").status_code == 200
+    finally:
+        opened.pop().close()  # never read: closing still frees its slot
+    again = live_client.get("/api/v1/sources/cam0/live", buffered=False)
+    try:
+        assert again.status_code == 200
+    finally:
+        again.close()
+        opened[0].close()
+
+
+@pytest.mark.parametrize("threads, max_viewers, limit", [(3, 4, 1), (8, 4, 4), (2, 2, 0)])
+def test_live_views_always_leave_two_server_threads_free(config: KioskConfig, threads, max_viewers, limit):
+    from device.kiosk import create_app
+    from device.kiosk.context import kiosk_of
+
+    data = config.model_dump(mode="json")
+    data["server"]["threads"], data["capture"] = threads, {"max_viewers": max_viewers}
+    app = create_app(KioskConfig.model_validate(data))
+    try:
+        assert kiosk_of(app).live_viewers.limit == limit
+    finally:
+        kiosk_of(app).close()
 
 
 def test_health_and_metrics_show_the_sources(live_client):

@@ -35,6 +35,8 @@ def test_parse_each_kind():
         ("v4l2:///dev/video0?fourcc=MJPEG", "fourcc must be 4 characters"),
         ("csi://left", "sensor id must be a number"),
         ("http:///stream", "no host"),
+        ("http://u:secret@127.0.0.1:99999/x", r"u:\*\*\*@127.0.0.1:99999/x: Port out of range"),
+        ("rtsp://cam:abc/live", "Port could not be cast"),
     ],
 )
 def test_bad_uris_are_refused_with_the_reason(uri: str, message: str):
@@ -45,6 +47,7 @@ def test_bad_uris_are_refused_with_the_reason(uri: str, message: str):
 def test_passwords_are_redacted():
     assert redact("rtsp://admin:secret@10.0.0.2:554/live") == "rtsp://admin:***@10.0.0.2:554/live"
     assert redact("http://10.0.0.2/stream") == "http://10.0.0.2/stream"
+    assert redact("http://u:pw@[fe80::1]:8080/x") == "http://u:***@[fe80::1]:8080/x"
 
 
 def test_csi_pipeline_keeps_only_the_newest_buffer():

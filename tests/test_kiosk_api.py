@@ -4,9 +4,11 @@ metrics, and every kind of bad input answered with its 4xx (never a 500)."""
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
+import os
 from datetime import date
 
 import pytest
@@ -226,3 +228,92 @@ def test_every_response_carries_a_strict_content_security_policy(client):
         with client.get(path) as r:
             csp = r.headers["Content-Security-Policy"]
         assert "default-src 'self'" in csp and "'unsafe-inline'" not in csp
+
+
+@pytest.mark.parametrize(
+    "method, path, body, key",
+    [
+        ("POST", "/api/v1/studies/{sid}/review", {"note": 5}, "note"),
+        ("POST", "/api/v1/studies/{sid}/review", {"operator": ["x"]}, "operator"),
+        ("PUT", "/api/v1/settings", {"operator": 5}, "operator"),
+        ("POST", "/api/v1/exports/history", {"q": 5}, "q"),
+        ("POST", "/api/v1/exports/history", {"from": 5}, "from"),
+        ("POST", "/api/v1/exports/history", {"triage": [1]}, "triage"),
+        ("POST", "/api/v1/imports", {"paths": ["a.png"], "exam": ["a"]}, "exam"),
+        ("POST", "/api/v1/studies/{sid}/export", {"destination": ["x"]}, "destination"),
+    ],
+)
+def test_wrong_json_types_are_400_naming_the_key(client, method, path, body, key):
+    sid = upload(client, png_bytes(30)).json["id"]
+    r = client.open(path.format(sid=sid), method=method, json=body)
+    assert r.status_code == 400, r.json
+    assert f"'{key}' must be" in r.json["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/api/v1/imports", {"paths": ["/media/usb/a\0.png"]}),
+        ("/api/v1/studies/{sid}/export", {"destination": "/tmp/x\0y"}),
+    ],
+)
+def test_a_nul_character_in_a_path_is_400(client, path, body):
+    sid = upload(client, png_bytes(31)).json["id"]
+    r = client.post(path.format(sid=sid), json=body)
+    assert r.status_code == 400, r.json
+    message = r.json["errors"][0]["message"] if "errors" in r.json else r.json["error"]["message"]
+    assert "not a usable path" in message
+
+
+def test_export_to_a_file_is_a_clear_error_and_the_study_is_kept(client, drives):
+    sid = upload(client, png_bytes(32)).json["id"]
+    not_a_folder = drives["export"] / "a-file"
+    not_a_folder.write_bytes(b"x")
+    for path, body in [
+        (f"/api/v1/studies/{sid}/export", {"destination": str(not_a_folder)}),
+        ("/api/v1/exports/history", {"destination": str(not_a_folder)}),
+    ]:
+        r = client.post(path, json=body)
+        assert r.status_code == 409, r.json
+        message = r.json["error"]["message"]
+        assert r.json["error"]["code"] == "export_failed" and str(not_a_folder) in message
+        assert "File exists" in message or "Not a directory" in message
+    assert client.get(f"/api/v1/studies/{sid}").status_code == 200
+
+
+def test_a_full_drive_is_507_and_leaves_no_partial_export(client, drives, monkeypatch):
+    from device.kiosk import exports
+
+    sid = upload(client, png_bytes(33)).json["id"]
+    write = exports._write
+
+    def fill_up(path, data):
+        if path.name == "result.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(exports, "_write", fill_up)
+    r = client.post(f"/api/v1/studies/{sid}/export", json={"destination": str(drives["export"])})
+    assert r.status_code == 507 and "No space left on device" in r.json["error"]["message"]
+    assert list(drives["export"].iterdir()) == []
+
+
+def test_an_unexpected_error_outside_study_creation_claims_nothing_about_studies(client, app, monkeypatch):
+    from device.kiosk.context import kiosk_of
+
+    sid = upload(client, png_bytes(34)).json["id"]
+    monkeypatch.setattr(kiosk_of(app), "review", lambda *a: (_ for _ in ()).throw(RuntimeError("bug")))
+    r = client.post(f"/api/v1/studies/{sid}/review", json={"note": "ok"})
+    assert r.status_code == 500 and r.json["error"]["message"] == "internal error, please try again"
+
+
+def test_import_listing_skips_fifos_and_links(client, drives, tmp_path):
+    """A FIFO would block the listing for ever; a link could point anywhere on the machine."""
+    (drives["usb"] / "real.png").write_bytes(png_bytes(35))
+    os.mkfifo(drives["usb"] / "pipe.png")
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(png_bytes(36))
+    (drives["usb"] / "link.png").symlink_to(outside)
+    r = client.get("/api/v1/imports")
+    assert r.status_code == 200
+    assert [f["name"] for f in r.json["files"]] == ["usb/real.png"]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kiosk_support import ROOT, running_server, sample_xrays, shipped_bundle
+from capture_support import sample_xrays
+from kiosk_support import ROOT, running_server, shipped_bundle
 from models.bundle import load_bundle
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,28 @@ import fakes
 from device import intake
 from device.kiosk.config import ModelSettings
 from device.kiosk.exams import ExamRegistry
+from device.runtime import tensorrt_backend
 from tiny_bundle import make_tiny_bundle
+
+
+@pytest.fixture
+def gated_build(monkeypatch) -> threading.Event:
+    """Engine builds wait until the test sets the returned event, so 'while it builds' is observable."""
+    gate = threading.Event()
+    plan = tensorrt_backend._engine_plan
+
+    def gated_plan(*args):
+        cache, key, build = plan(*args)
+
+        def gated(engine, progress, cancel):
+            if not gate.wait(60):
+                raise TimeoutError("the test never released the engine build")
+            build(engine, progress, cancel)
+
+        return cache, key, gated
+
+    monkeypatch.setattr(tensorrt_backend, "_engine_plan", gated_plan)
+    return gate
 
 
 @pytest.fixture
@@ -25,14 +48,16 @@ def _image() -> intake.DecodedImage:
     return intake.DecodedImage(pixels=ramp, source_format="png", original_size=(64, 64), bits_stored=8)
 
 
-def test_serves_on_cpu_while_the_engine_builds_then_switches(gpu, tmp_path):
+def test_serves_on_cpu_while_the_engine_builds_then_switches(gpu, gated_build, tmp_path):
     settings = ModelSettings(bundles=[make_tiny_bundle(tmp_path / "b")], inference_threads=1)
     exams = ExamRegistry.load(settings)
     try:
         exam = next(iter(exams))
         assert exam.gpu_build is not None
-        first = exam.triage(_image(), "during build")  # answered whatever the build's progress
-        assert first.model.backend in ("onnxruntime", "tensorrt")
+        first = exam.triage(_image(), "during build")
+        assert first.model.backend == "onnxruntime"
+        assert exam.gpu_status()["state"] in ("pending", "building")
+        gated_build.set()
         assert exam.gpu_build.wait(timeout=60)
         assert exam.gpu_status()["state"] == "ready" and exam.gpu_status()["fraction"] == 1.0
         after = exam.triage(_image(), "after build")

@@ -74,6 +74,15 @@ def test_malformed_bodies_are_refused(data):
         parse_multipart(data, BOUNDARY)
 
 
+@pytest.mark.parametrize("charset", ["x-nope", "utf-16", "ISO-8859-1", "us-ascii"])
+def test_field_charsets_as_werkzeug_reads_them(charset):
+    """Only ascii, us-ascii, utf-8 and iso-8859-1 are honoured; anything else (unknown or not) is UTF-8."""
+    data = (b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="reference"\r\n'
+            b"Content-Type: text/plain; charset=" + charset.encode() + b"\r\n\r\nBett \xc3\xbc 7\r\n--"
+            + BOUNDARY + b"--\r\n")
+    same(data)
+
+
 def test_empty_part_written_without_its_own_crlf_as_werkzeug_encodes_it():
     data = (b"\r\n--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="e.png"\r\n'
             b"Content-Type: image/png\r\n\r\n--" + BOUNDARY + b"--\r\n")

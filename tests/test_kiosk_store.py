@@ -93,7 +93,6 @@ def test_reopen_keeps_everything_and_reports_orphans_and_missing_files(tmp_path)
     kept = add(s, b"kept")
     gone = add(s, b"gone")
     s.close()
-    (tmp_path / "images" / "00").mkdir()
     (tmp_path / "images" / "00" / ("00" * 32)).write_bytes(b"orphan: image written, row never committed")
     (tmp_path / "tmp" / "half-written").write_bytes(b"partial")
     s.image_path(gone.image_sha256).unlink()
@@ -124,3 +123,16 @@ def test_database_from_a_newer_build_is_refused(tmp_path):
     db.close()
     with pytest.raises(StoreError, match="schema version 99"):
         Store.open(tmp_path)
+
+
+def test_all_shard_directories_exist_after_open(store):
+    assert sorted(p.name for p in store.images_dir.iterdir()) == [f"{i:02x}" for i in range(256)]
+
+
+def test_iter_studies_reads_everything_in_batches_without_heatmaps(store):
+    for i in range(7):
+        add(store, f"img{i}".encode(), triage="URGENT" if i % 2 else "ROUTINE")
+    everything = list(store.iter_studies(StudyFilter(), batch=2))
+    assert [s.id for s in everything] == [7, 6, 5, 4, 3, 2, 1]
+    assert all(s.cam is None for s in everything) and everything[0].result["model"]["id"] == "m"
+    assert [s.id for s in store.iter_studies(StudyFilter(triage=("URGENT",)), batch=2)] == [6, 4, 2]

@@ -64,6 +64,10 @@ class CaptureSettings(_Section):
     smoothing_frames: int = Field(default=1, ge=1, le=120, description="1 = off")
     view_fps: float = Field(default=15.0, gt=0, le=60, description="frame rate of the live view stream")
     view_max_width: int = Field(default=960, ge=160, le=3840, description="live view is scaled down to this")
+    max_viewers: int = Field(
+        default=2, ge=0, le=32,
+        description="live views open at once, all sources together (each holds a server thread)",
+    )
     quality: FrameQualitySettings = FrameQualitySettings()
 
     @field_validator("sources", mode="before")

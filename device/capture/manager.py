@@ -27,7 +27,9 @@ class Inference:
     exam_id: str
     triage: TriageFn
     manifest: Manifest
-    model: str  # shown on the live view, e.g. "chest-xray-pneumonia 1.0.0 int8"
+    # What the live view shows, e.g. "chest-xray-pneumonia 1.0.0 int8 onnxruntime"; asked each time,
+    # because the kiosk may switch an exam to its GPU engine while a source is live.
+    model: Callable[[], str]
 
 
 Resolver = Callable[[str | None], Inference]
@@ -92,9 +94,13 @@ class CaptureManager:
         self._watchdog.start()
         self._started = True
 
+    def end_views(self) -> None:
+        """End open live views (each loop checks `closing`) so the web server's threads come free."""
+        self._closing.set()
+
     def close(self) -> None:
         """Stop every source and release its device; ends open live views."""
-        self._closing.set()
+        self.end_views()
         if self._started:
             self._watchdog.stop()
         for source in self._sources.values():

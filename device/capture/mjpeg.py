@@ -44,12 +44,16 @@ class MjpegReader:
             token = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self._sock: socket.socket | None = None
         try:
             conn.request("GET", path, headers=headers)
+            # Kept now: for an HTTP/1.0 or `Connection: close` response http.client drops conn.sock
+            # in getresponse() (the response owns the socket from then on).
+            self._sock = conn.sock
             response = conn.getresponse()
             if response.status != 200:
                 raise CaptureError(f"the camera answered HTTP {response.status} {response.reason}")
-            conn.sock.settimeout(read_timeout_s)
+            self._sock.settimeout(read_timeout_s)
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise CaptureError(f"cannot connect: {_reason(exc)}") from None
@@ -81,10 +85,9 @@ class MjpegReader:
     def interrupt(self) -> None:
         """Unblock a read in progress from another thread; the owner still calls close()."""
         self._closed.set()
-        sock = self._conn.sock
-        if sock is not None:
+        if self._sock is not None:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                self._sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already disconnected
 

@@ -75,6 +75,10 @@ def parse_source(uri: str) -> SourceSpec:
     if kind in (RTSP, HTTP):
         if not parts.hostname:
             raise SourceError(f"{redact(text)}: no host in the URL")
+        try:
+            parts.port  # urlsplit checks the port only when it is read
+        except ValueError as exc:
+            raise SourceError(f"{redact(text)}: {exc}") from None
         return SourceSpec(text, kind, text)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(options) - _OPTIONS[kind])
@@ -107,9 +111,8 @@ def redact(uri: str) -> str:
     parts = urlsplit(uri)
     if parts.password is None:
         return uri
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    # The host and port as written: parsing the port would raise on a bad one (and lose IPv6 brackets).
+    host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 

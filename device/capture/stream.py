@@ -190,27 +190,31 @@ class CaptureStream:
             # that never completes a frame); the reader's own read timeout is only a backstop.
             read_timeout = 2 * self.timing.stall_timeout_s
             reader = self._opener(self.spec, self.timing.open_timeout_s, read_timeout)
-        except CaptureError as exc:
-            self._set_stalled(str(exc))
+        except Exception as exc:  # any failure is a failed attempt: see _failure
+            self._set_stalled(_failure(exc))
             return 0, False
         with self._lock:
             self._reader = reader
-        received = 0
         try:
-            while not self._stop.is_set():
-                payload = reader.read()
-                if payload is None:
-                    return received, True
-                received += 1
-                self._deliver(payload)
-            return received, False
-        except CaptureError as exc:
-            self._set_stalled(str(exc))
-            return received, False
+            return self._read_frames(reader)
         finally:
             with self._lock:
                 self._reader = None
             reader.close()
+
+    def _read_frames(self, reader: Reader) -> tuple[int, bool]:
+        received = 0
+        while not self._stop.is_set():
+            try:
+                payload = reader.read()
+            except Exception as exc:  # any failure is a failed attempt: see _failure
+                self._set_stalled(_failure(exc))
+                return received, False
+            if payload is None:
+                return received, True
+            received += 1
+            self._deliver(payload)
+        return received, False
 
     def _deliver(self, payload: bytes | np.ndarray) -> None:
         now, wall = time.monotonic(), time.time()
@@ -253,3 +257,12 @@ class CaptureStream:
         else:
             self._last_stall_reason = ""
             log.info("source %s %s%s", self.id, state, f": {reason}" if reason else "")
+
+
+def _failure(exc: Exception) -> str:
+    """Why an attempt failed. Opening or reading a source can raise anything (OpenCV's cv2.error, a
+    PermissionError from a folder, a ValueError from a bad port): each is a failed attempt, retried
+    with the back-off, not a crash; only CaptureError messages are written for people already."""
+    if isinstance(exc, CaptureError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

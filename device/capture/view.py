@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 from device.capture.live import LiveTriage
 from device.capture.overlay import OverlayInfo, render
@@ -18,7 +18,7 @@ KEEPALIVE_S = 1.0  # resend the picture this often when nothing changes (a stall
 
 
 class LiveView:
-    def __init__(self, stream: CaptureStream, live: LiveTriage, model: str, max_width: int, fps: float):
+    def __init__(self, stream: CaptureStream, live: LiveTriage, model: Callable[[], str], max_width: int, fps: float):
         self._stream = stream
         self._live = live
         self._model = model
@@ -33,19 +33,21 @@ class LiveView:
         frame = self._stream.slot.newest()
         result = self._live.latest()
         status = self._stream.status()
+        model = self._model()
         key = (
             frame.seq if frame else 0,
             result.frame.seq if result else 0,
             status["state"],
             status["reason"],
+            model,
         )
         with self._lock:
             if key != self._key:
-                info = OverlayInfo(status["state"], status["reason"], self._model, status["fps"], result)
+                info = OverlayInfo(status["state"], status["reason"], model, status["fps"], result)
                 self._jpeg, self._key = render(frame, info, self._max_width), key
             return self._jpeg, key
 
-    def parts(self, closing: Callable[[], bool]) -> Iterator[bytes]:
+    def parts(self, closing: Callable[[], bool]) -> Generator[bytes, None, None]:
         """The body of the MJPEG response; ends when `closing()` turns true (the kiosk shuts down)."""
         last_key: tuple | None = None
         last_sent = 0.0
@@ -56,6 +58,41 @@ class LiveView:
                 last_key, last_sent = key, started
                 yield part(jpeg)
             time.sleep(max(0.0, self._period - (time.monotonic() - started)))
+
+
+class ViewerSlots:
+    """How many live views may be open at once. Each open view holds one of the web server's threads
+    for as long as it is watched, so without a cap a few viewers starve the pages and the API."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    def hold(self, parts: Generator[bytes, None, None]) -> "HeldView | None":
+        """`parts` holding a slot until the server closes it; None when every slot is taken."""
+        if not self._free.acquire(blocking=False):
+            return None
+        return HeldView(parts, self._free.release)
+
+
+class HeldView:
+    """A live view's response body. The WSGI server calls ``close`` when the viewer leaves or the
+    server stops, also for a body it never iterated (a generator's own ``finally`` would not run)."""
+
+    def __init__(self, parts: Generator[bytes, None, None], release: Callable[[], None]):
+        self._parts = parts
+        self._release: Callable[[], None] | None = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._parts
+
+    def close(self) -> None:
+        release, self._release = self._release, None
+        try:
+            self._parts.close()
+        finally:
+            if release is not None:
+                release()
 
 
 def part(jpeg: bytes) -> bytes:

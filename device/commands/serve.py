@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"bedside: {exc}", file=sys.stderr)
         return 2
     try:
-        server = KioskServer(app, config.server)
+        server = KioskServer(app, config.server, before_close=kiosk_of(app).capture.end_views)
     except OSError as exc:
         kiosk_of(app).close()
         print(f"bedside: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}",

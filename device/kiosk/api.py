@@ -34,7 +34,10 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return value
 
 
-def _body() -> dict:
+JSON_TYPES = {dict: "an object", list: "an array", bool: "true or false", int: "a number", float: "a number"}
+
+
+def request_body() -> dict:
     """A JSON object body, or the form fields of a form post."""
     if request.is_json:
         data = request.get_json(silent=True)
@@ -44,8 +47,31 @@ def _body() -> dict:
     return request.form.to_dict()
 
 
+def body_text(body: dict, key: str) -> str | None:
+    """An optional text field of the body: a string or absent (or null); BadRequest naming the key otherwise."""
+    value = body.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise BadRequest(f"'{key}' must be a string, not {JSON_TYPES.get(type(value), type(value).__name__)}")
+
+
+def body_operator(body: dict) -> str | None:
+    """Who acts: the body's operator, else the X-Bedside-Operator header or ?operator=."""
+    return body_text(body, "operator") or _operator()
+
+
 def _operator() -> str | None:
     return request.headers.get("X-Bedside-Operator") or request.args.get("operator")
+
+
+def _history_triage(body: dict) -> list[str]:
+    """The history export's triage filter: a list of categories or one comma-separated string."""
+    triage = body.get("triage") or []
+    if isinstance(triage, str):
+        return triage.split(",")
+    if isinstance(triage, list) and all(isinstance(t, str) for t in triage):
+        return triage
+    raise BadRequest("'triage' must be a list of categories, like [\"URGENT\"], or a string \"URGENT,ROUTINE\"")
 
 
 def triage_args() -> list[str]:
@@ -110,25 +136,23 @@ def study_heatmap(study_id: int):
 
 @api.post("/studies/<int:study_id>/review")
 def review_study(study_id: int):
-    body = _body()
-    study = kiosk().review(study_id, body.get("note"), body.get("operator") or _operator())
+    body = request_body()
+    study = kiosk().review(study_id, body_text(body, "note"), body_operator(body))
     return jsonify(study_json(study))
 
 
 @api.post("/studies/<int:study_id>/export")
 def export_study(study_id: int):
-    body = _body()
-    folder = kiosk().export_study(study_id, body.get("destination"), body.get("operator") or _operator())
+    body = request_body()
+    folder = kiosk().export_study(study_id, body_text(body, "destination"), body_operator(body))
     return jsonify({"path": str(folder)}), 201
 
 
 @api.post("/exports/history")
 def export_history():
-    body = _body()
-    triage = body.get("triage") or []
-    where = study_filter(triage if isinstance(triage, list) else str(triage).split(","),
-                         body.get("from"), body.get("to"), body.get("q"))
-    path, count = kiosk().export_history(where, body.get("destination"), body.get("operator") or _operator())
+    body = request_body()
+    where = study_filter(_history_triage(body), body_text(body, "from"), body_text(body, "to"), body_text(body, "q"))
+    path, count = kiosk().export_history(where, body_text(body, "destination"), body_operator(body))
     return jsonify({"path": str(path), "studies": count}), 201
 
 
@@ -144,11 +168,13 @@ def importable():
 
 @api.post("/imports")
 def import_files():
-    body = _body()
+    body = request_body()
     paths = body.get("paths")
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise BadRequest("'paths' must be a list of file paths (see GET /api/v1/imports)")
-    outcome = kiosk().import_files(paths, body.get("exam"), body.get("reference"), body.get("operator") or _operator())
+    outcome = kiosk().import_files(
+        paths, body_text(body, "exam"), body_text(body, "reference"), body_operator(body)
+    )
     studies = [study_json(r) for _, r in outcome if not isinstance(r, KioskError)]
     errors = [
         {"path": p, "status": r.status, "code": r.code, "message": r.message}
@@ -171,12 +197,12 @@ def get_settings():
 
 @api.put("/settings")
 def put_settings():
-    body = _body()
+    body = request_body()
     unknown = set(body) - {"operator"}
     if unknown:
         raise BadRequest(f"unknown setting {sorted(unknown)[0]!r}; settable: operator")
     if "operator" in body:
-        kiosk().set_default_operator(body["operator"], _operator())
+        kiosk().set_default_operator(body_text(body, "operator"), _operator())
     return get_settings()
 
 

@@ -97,7 +97,14 @@ def _http_error(exc: HTTPException):
     return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
 
 
+# Requests that create one study: there a failure means it was not saved (nothing is acknowledged
+# before the commit). Elsewhere the error says nothing about studies it cannot vouch for.
+CREATES_A_STUDY = {"api.create_study", "pages.upload_study", "live_api.capture", "live_pages.live_capture"}
+
+
 def _unexpected_error(exc: Exception):
     log.exception("unexpected error on %s %s", request.method, request.path)
     kiosk().metrics.error("internal")
-    return error_response(500, "internal", "internal error; the study was not saved, please try again")
+    if request.endpoint in CREATES_A_STUDY:
+        return error_response(500, "internal", "internal error; the study was not saved, please try again")
+    return error_response(500, "internal", "internal error, please try again")

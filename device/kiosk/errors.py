@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 from device.intake import IntakeError
 
 # How an unusable image maps to HTTP (the intake kinds are documented in device/intake/errors.py).
@@ -43,6 +46,13 @@ class Conflict(KioskError):
     code = "conflict"
 
 
+class Busy(KioskError):
+    """Every slot for this kind of request is taken; try again later."""
+
+    status = 503
+    code = "busy"
+
+
 class UnknownExam(KioskError):
     code = "unknown_exam"
 
@@ -55,3 +65,17 @@ class ImageRejected(KioskError):
         self.status = INTAKE_STATUS[exc.kind]
         self.code = exc.kind
         self.kind = exc.kind
+
+
+class ExportFailed(KioskError):
+    """Writing an export failed (the drive is full, read-only, pulled out, or the path is a file).
+    The study itself is untouched in the kiosk's store."""
+
+    code = "export_failed"
+
+    def __init__(self, destination: Path, exc: OSError):
+        super().__init__(
+            f"cannot export to {destination}: {exc.strerror or exc}; nothing was changed in the kiosk's "
+            "own records, choose another destination or check the drive and try again"
+        )
+        self.status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 409

@@ -2,7 +2,7 @@
 
 Inference is single-owner: one Triager per bundle per process, used by one thread at a time (a
 lock per exam). Decoding and storing happen outside the lock, so requests overlap everywhere
-except in the model itself. Live capture sources will call the same ``Exam.triage``.
+except in the model itself. Live capture sources call the same ``Exam.triage``.
 """
 
 from __future__ import annotations

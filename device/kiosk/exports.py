@@ -10,6 +10,8 @@ import csv
 import io
 import json
 import os
+import shutil
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -29,10 +31,15 @@ def _stamp() -> str:
 
 
 def _write(path: Path, data: bytes) -> None:
+    """Write a new file durably; a file left half-written (drive full or pulled out) is removed."""
     with open(path, "xb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        try:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        except OSError:
+            path.unlink(missing_ok=True)
+            raise
 
 
 def _unique_dir(parent: Path, stem: str) -> Path:
@@ -50,11 +57,17 @@ def export_study(destination: Path, study: StudyRecord, study_json: dict, image:
     """A new folder `bedside-study-<id>-<time>` under destination; returns it."""
     destination.mkdir(parents=True, exist_ok=True)
     folder = _unique_dir(destination, f"bedside-study-{study.id}-{_stamp()}")
-    _write(folder / f"image{EXTENSIONS.get(study.source_format, '.bin')}", image)
-    if heatmap_png is not None:
-        _write(folder / "heatmap.png", heatmap_png)
-    _write(folder / "result.json", (json.dumps(study_json, indent=2) + "\n").encode())
-    fsync_directory(folder)
+    try:
+        _write(folder / f"image{EXTENSIONS.get(study.source_format, '.bin')}", image)
+        if heatmap_png is not None:
+            _write(folder / "heatmap.png", heatmap_png)
+        _write(folder / "result.json", (json.dumps(study_json, indent=2) + "\n").encode())
+        fsync_directory(folder)
+    except OSError:
+        # No partial export left behind to be taken for a complete one. On a drive that is gone
+        # the removal fails too; the caller reports the export as failed either way.
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     fsync_directory(destination)
     return folder
 
@@ -74,14 +87,16 @@ def history_row(study: StudyRecord) -> dict:
     }
 
 
-def export_history(destination: Path, studies: list[StudyRecord]) -> Path:
-    """`bedside-history-<time>.csv` under destination, one row per study; returns its path."""
+def export_history(destination: Path, studies: Iterable[StudyRecord]) -> tuple[Path, int]:
+    """`bedside-history-<time>.csv` under destination, one row per study; returns (its path, rows)."""
     destination.mkdir(parents=True, exist_ok=True)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS)
     writer.writeheader()
+    count = 0
     for study in studies:
         writer.writerow(history_row(study))
+        count += 1
     path = destination / f"bedside-history-{_stamp()}.csv"
     n = 1
     while path.exists():
@@ -89,4 +104,4 @@ def export_history(destination: Path, studies: list[StudyRecord]) -> Path:
         n += 1
     _write(path, text.getvalue().encode("utf-8"))
     fsync_directory(destination)
-    return path
+    return path, count

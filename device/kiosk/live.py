@@ -1,5 +1,5 @@
 """Live capture in the kiosk: the sources' JSON API and the live pages (video with the triage drawn on
-it, the source's state, and one big Capture button that saves the frame on screen as a study)."""
+it, the source's state, and one big Capture button that saves the last triaged frame as a study)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from flask import Blueprint, Response, jsonify, redirect, render_template, reque
 from device.capture.devices import list_video_devices
 from device.capture.manager import LiveSource
 from device.capture.view import CONTENT_TYPE
+from device.kiosk.api import body_operator, body_text, request_body
 from device.kiosk.context import kiosk
-from device.kiosk.errors import KioskError, NotFound
-from device.kiosk.service import study_json
+from device.kiosk.errors import Busy, KioskError, NotFound
+from device.kiosk.service import THREADS_KEPT_FREE, study_json
 
 live_api = Blueprint("live_api", __name__, url_prefix="/api/v1/sources")
 live_pages = Blueprint("live_pages", __name__)
@@ -22,10 +23,6 @@ def _source(source_id: str) -> LiveSource:
     if source is None:
         raise NotFound(f"no capture source {source_id!r}")
     return source
-
-
-def _operator() -> str | None:
-    return request.headers.get("X-Bedside-Operator") or request.args.get("operator")
 
 
 @live_api.get("")
@@ -56,16 +53,21 @@ def latest(source_id: str):
 def live_stream(source_id: str):
     """The live view as MJPEG; the response ends when the kiosk shuts down or the viewer leaves."""
     view = _source(source_id).view
-    capture = kiosk().capture
-    parts = view.parts(lambda: capture.closing)
-    return Response(parts, mimetype=CONTENT_TYPE, headers=NO_STORE, direct_passthrough=True)
+    k = kiosk()
+    capture = k.capture
+    body = k.live_viewers.hold(view.parts(lambda: capture.closing))
+    if body is None:
+        raise Busy(
+            f"this kiosk shows at most {k.live_viewers.limit} live views at once (capture.max_viewers, and "
+            f"at most server.threads - {THREADS_KEPT_FREE}); close one and try again"
+        )
+    return Response(body, mimetype=CONTENT_TYPE, headers=NO_STORE, direct_passthrough=True)
 
 
 @live_api.post("/<source_id>/capture")
 def capture(source_id: str):
-    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
-    body = body if isinstance(body, dict) else {}
-    study = kiosk().capture_study(source_id, body.get("reference"), body.get("operator") or _operator())
+    body = request_body()
+    study = kiosk().capture_study(source_id, body_text(body, "reference"), body_operator(body))
     return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
 
 

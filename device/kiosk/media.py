@@ -7,6 +7,7 @@ links), so the kiosk never reads or writes anywhere else on the machine.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,16 @@ class Importable:
 
 
 def sniff_file(path: Path) -> str | None:
-    """'JPEG', 'DICOM'... from the first bytes (DICOM files often have no extension), or None."""
+    """'JPEG', 'DICOM'... from the first bytes (DICOM files often have no extension), or None.
+
+    Only regular files, not followed through links: opening a FIFO would block for ever, and a link
+    could point anywhere on the machine."""
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
         with open(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
-    except OSError:
+    except OSError:  # removed or unreadable since listed (a drive pulled out)
         return None
     return _FORMAT_NAMES.get(headers.sniff(head) or "")
 
@@ -69,7 +75,7 @@ def find_importable(folders: list[Path], max_files: int, max_depth: int) -> list
 
 def resolve_import(path: str, folders: list[Path]) -> Path:
     """The file, if it lies inside one of the import folders; BadRequest otherwise."""
-    resolved = Path(path).resolve()
+    resolved = _resolve(path)
     if not any(resolved.is_relative_to(f) for f in _existing(folders)):
         raise BadRequest(f"{path} is not inside an import folder ({', '.join(map(str, folders))})")
     if not resolved.is_file():
@@ -92,10 +98,17 @@ def export_targets(folders: list[Path], default: Path) -> list[Path]:
 
 
 def resolve_export(path: str, targets: list[Path]) -> Path:
-    resolved = Path(path).resolve()
+    resolved = _resolve(path)
     if not any(resolved == t.resolve() or resolved.is_relative_to(t.resolve()) for t in targets):
         raise BadRequest(f"{path} is not an export destination; choose one of: {', '.join(map(str, targets))}")
     return resolved
+
+
+def _resolve(path: str) -> Path:
+    try:
+        return Path(path).resolve()
+    except ValueError as exc:  # a NUL character
+        raise BadRequest(f"{path!r} is not a usable path: {exc}") from None
 
 
 def _existing(folders: list[Path]) -> list[Path]:

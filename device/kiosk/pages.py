@@ -14,6 +14,7 @@ from device.kiosk.service import study_filter
 from device.kiosk.store import TRIAGE_ORDER
 
 pages = Blueprint("pages", __name__)
+MAX_OFFSET = 2**62
 
 
 def _new_study_page(status: int = 200, error: str | None = None):
@@ -137,6 +138,7 @@ def _history_page(message: str | None = None):
         page = max(1, int(request.values.get("page", "1") or 1))
     except ValueError:
         raise BadRequest("page must be a number") from None
+    page = min(page, MAX_OFFSET // size)  # beyond any history; keeps the offset within SQLite's integers
     where = study_filter(args["triage"], args["from"], args["to"], args["q"])
     studies, total = k.store.list(where, size, (page - 1) * size)
     return render_template(
@@ -157,7 +159,7 @@ def settings():
     k = kiosk()
     message = None
     if request.method == "POST":
-        # The change is recorded under the operator who was the default until now.
+        # Recorded under the operator who was the default until now (the new name when there was none).
         k.set_default_operator(request.form.get("operator"), None)
         message = "Saved."
     return render_template(

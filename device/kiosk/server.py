@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 import waitress
 from flask import Flask
@@ -20,9 +21,13 @@ log = logging.getLogger(__name__)
 
 class KioskServer:
     """Binds at construction (port 0 picks a free port: read ``url``); ``serve_forever`` returns
-    after SIGINT/SIGTERM (KeyboardInterrupt or SystemExit raised in the main thread)."""
+    after SIGINT/SIGTERM (KeyboardInterrupt or SystemExit raised in the main thread).
 
-    def __init__(self, app: Flask, settings: ServerSettings):
+    ``before_close`` runs when serving stops, before the server waits for its threads: it must end
+    the long responses (live views), or closing waits out waitress's own timeout for each."""
+
+    def __init__(self, app: Flask, settings: ServerSettings, before_close: Callable[[], None]):
+        self._before_close = before_close
         limit = settings.max_upload_mb * 2**20
         self._server = waitress.create_server(
             app,
@@ -57,6 +62,7 @@ class KioskServer:
             if watchdog is not None:
                 watchdog.set()
             notify("STOPPING=1")
+            self._before_close()
             self._server.close()
 
 

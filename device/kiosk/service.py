@@ -19,9 +19,12 @@ from device.capture.live import iso_time
 from device.capture.manager import CaptureManager, Inference, frame_file
 from device.capture.sources import redact
 from device.capture.stream import STREAMING
+from device.capture.view import ViewerSlots
 from device.kiosk import exports, media
 from device.kiosk.config import ConfigError, KioskConfig
-from device.kiosk.errors import BadRequest, Conflict, ImageRejected, KioskError, NotFound, UnknownExam
+from device.kiosk.errors import (
+    BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam,
+)
 from device.kiosk.exams import Exam, ExamRegistry, timed_decode
 from device.kiosk.metrics import Metrics
 from device.kiosk.renders import Renderer
@@ -33,6 +36,8 @@ MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "
 MAX_REFERENCE = 120
 MAX_NOTE = 2000
 OPERATOR_KEY = "operator"
+# Server threads never given to live views, so that the pages and the API (health) always answer.
+THREADS_KEPT_FREE = 2
 
 
 def clean_text(value: str | None, limit: int, what: str) -> str:
@@ -112,6 +117,12 @@ def study_json(study: StudyRecord) -> dict:
     }
 
 
+def _model_text(exam: Exam) -> str:
+    """The model an exam triages with now, as the live view shows it."""
+    m = exam.triager.model
+    return f"{m.id} {m.version} {m.precision} {m.backend}"
+
+
 class Kiosk:
     """The appliance's state for one process: config, store, loaded exams, metrics, renderings."""
 
@@ -127,6 +138,9 @@ class Kiosk:
             for name, s in registry.all_availability().items()
         }
         self.capture = CaptureManager(config.capture, self._inference)
+        self.live_viewers = ViewerSlots(
+            max(0, min(config.capture.max_viewers, config.server.threads - THREADS_KEPT_FREE))
+        )
         self.capture.start()
         self.metrics.ready = True
 
@@ -319,19 +333,23 @@ class Kiosk:
         study = self.get(study_id)
         target = self._destination(destination)
         who = self.operator(operator)
-        folder = exports.export_study(
-            target, study, study_json(study), self.image_bytes(study), self.renders.heatmap_full_png(study)
-        )
+        image, heatmap = self.image_bytes(study), self.renders.heatmap_full_png(study)
+        try:
+            folder = exports.export_study(target, study, study_json(study), image, heatmap)
+        except OSError as exc:
+            raise ExportFailed(target, exc) from None
         self.store.audit("study_exported", who, study_id, {"destination": str(folder)})
         return folder
 
     def export_history(self, where: StudyFilter, destination: str | None, operator: str | None) -> tuple[Path, int]:
         target = self._destination(destination)
         who = self.operator(operator)
-        studies, total = self.store.list(where, limit=1_000_000)
-        path = exports.export_history(target, studies)
-        self.store.audit("history_exported", who, None, {"destination": str(path), "studies": total})
-        return path, total
+        try:
+            path, count = exports.export_history(target, self.store.iter_studies(where))
+        except OSError as exc:
+            raise ExportFailed(target, exc) from None
+        self.store.audit("history_exported", who, None, {"destination": str(path), "studies": count})
+        return path, count
 
     def _destination(self, destination: str | None) -> Path:
         targets = self.export_targets()
@@ -347,8 +365,7 @@ class Kiosk:
             exam = self.exams.resolve(exam_id)
         except UnknownExam as exc:
             raise ConfigError(f"capture source: {exc.message}") from None
-        m = exam.triager.model
-        return Inference(exam.id, exam.triage, exam.bundle.manifest, f"{m.id} {m.version} {m.precision}")
+        return Inference(exam.id, exam.triage, exam.bundle.manifest, lambda: _model_text(exam))
 
     def capture_study(self, source_id: str, reference: str | None, operator: str | None) -> StudyRecord:
         """Freeze the source's newest triaged frame and store it as a study: the exact frame the model
@@ -362,6 +379,12 @@ class Kiosk:
         if status["state"] != STREAMING or live is None:
             why = f": {status['reason']}" if status["reason"] else ""
             raise Conflict(f"source {source_id} is {status['state']}{why}; there is no current frame to capture")
+        age = time.monotonic() - live.frame.captured
+        if age > self.config.capture.stall_timeout_s:
+            raise Conflict(
+                f"source {source_id}: the newest triaged frame is {age:.1f} s old (the limit is "
+                f"{self.config.capture.stall_timeout_s:g} s); it is not what the camera shows now"
+            )
         reference = clean_text(reference, MAX_REFERENCE, "reference")
         operator = self.operator(operator)
         data, fmt = frame_file(live.frame)

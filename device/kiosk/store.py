@@ -202,6 +202,9 @@ _STUDY_COLUMNS = """
     s.threshold, s.result_json, s.cam, s.cam_height, s.cam_width, s.reviewed_at, s.reviewed_by, s.review_note
 """
 
+# The same columns with the heatmap left out (cam is None), for reading many studies at once.
+_STUDY_COLUMNS_NO_CAM = _STUDY_COLUMNS.replace("s.cam, s.cam_height, s.cam_width", "NULL, NULL, NULL")
+
 
 def _record(row: tuple) -> StudyRecord:
     cam = None
@@ -230,6 +233,7 @@ class Store:
         try:
             for d in (data_dir, data_dir / "images", data_dir / "tmp"):
                 d.mkdir(parents=True, exist_ok=True)
+            _make_shards(data_dir / "images")
             _clear_tmp(data_dir / "tmp")
             db = sqlite3.connect(data_dir / DB_NAME, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
@@ -270,15 +274,11 @@ class Store:
         """Write the bytes durably under their sha256 (once) and return the digest."""
         sha = hashlib.sha256(data).hexdigest()
         final = self.image_path(sha)
-        shard = final.parent
-        if not shard.is_dir():
-            shard.mkdir(exist_ok=True)
-            fsync_directory(self.images_dir)
         if not (final.is_file() and final.stat().st_size == len(data)):
             atomic.write_bytes(final, data, tmp_dir=self.tmp_dir)
         else:
             # Another thread may have renamed it a moment ago and not yet made the entry durable.
-            fsync_directory(shard)
+            fsync_directory(final.parent)
         return sha
 
     # ---- studies -----------------------------------------------------------------------------
@@ -335,6 +335,23 @@ class Store:
                 (*params, limit, offset),
             ).fetchall()
         return [_record(r) for r in rows], total
+
+    def iter_studies(self, where: StudyFilter, batch: int = 500) -> Iterator[StudyRecord]:
+        """Every matching study, newest first, without its heatmap, read in batches: a history of any
+        length is exported without holding it all in memory, or the store's lock all the while."""
+        clauses, params = _where(where)
+        before = 2**63 - 1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT {_STUDY_COLUMNS_NO_CAM} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
+                    f" {clauses} {'AND' if clauses else 'WHERE'} s.id < ? ORDER BY s.id DESC LIMIT ?",
+                    (*params, before, batch),
+                ).fetchall()
+            yield from map(_record, rows)
+            if len(rows) < batch:
+                return
+            before = rows[-1][0]
 
     def recent(self, count: int) -> list[StudyRecord]:
         """The last `count` studies, urgent first, then ungradable, then routine; newest first within each."""
@@ -486,6 +503,14 @@ def _check(db: sqlite3.Connection, images_dir: Path) -> StoreCheck:
     orphans = sum(1 for p in images_dir.glob("*/*") if p.name not in known)
     studies = db.execute("SELECT count(*) FROM studies").fetchone()[0]
     return StoreCheck(studies=studies, images=len(known), orphan_files=orphans, problems=tuple(problems))
+
+
+def _make_shards(images_dir: Path) -> None:
+    """All 256 shard directories (images/00 ... images/ff), made durable (the fsync of their parent)
+    before any image is written: no writer depends on a shard directory another thread just made."""
+    for i in range(256):
+        (images_dir / f"{i:02x}").mkdir(exist_ok=True)
+    fsync_directory(images_dir)
 
 
 def _clear_tmp(tmp_dir: Path) -> None:
