@@ -186,6 +186,7 @@ def test_live_pages(live_client):
     assert "Bench camera" in index and "/live/cam0" in index
     page = live_client.get("/live/cam0").get_data(as_text=True)
     assert 'src="/api/v1/sources/cam0/live"' in page and ">Capture</button>" in page
+    assert "Research use only, not for diagnosis." in page  # the tiny test bundle is research-only
     r = live_client.post("/live/cam0/capture", data={"reference": "bed 4"})
     assert r.status_code == 303 and "/studies/" in r.headers["Location"]
     r = live_client.post("/live/absent/capture", data={})

@@ -86,7 +86,9 @@ def live_index():
 @live_pages.get("/live/<source_id>")
 def live_page(source_id: str):
     k = kiosk()
-    return render_template("live.html", source=_source(source_id), operator=k.default_operator(), error=None)
+    src = _source(source_id)
+    return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id), operator=k.default_operator(),
+                           error=None)
 
 
 @live_pages.post("/live/<source_id>/capture")
@@ -96,5 +98,6 @@ def live_capture(source_id: str):
     try:
         study = k.capture_study(source_id, request.form.get("reference"), request.form.get("operator"))
     except KioskError as exc:
-        return render_template("live.html", source=src, operator=k.default_operator(), error=exc.message), exc.status
+        return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id),
+                               operator=k.default_operator(), error=exc.message), exc.status
     return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
