@@ -71,3 +71,20 @@ def test_serve_refuses_a_bad_config_with_a_clear_message(tmp_path):
 def test_defaults_validate_strictly():
     with pytest.raises(Exception):
         KioskConfig.model_validate({"server": {"host": "x", "unknown": 1}})
+
+
+def test_the_shipped_appliance_config_and_unit_agree_with_the_code():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from device.cli import build_parser
+    from device.kiosk.config import load_config
+
+    root = Path(__file__).resolve().parent.parent
+    load_config(root / "systemd" / "bedside.toml")  # the file the unit names must validate
+    unit = (root / "systemd" / "bedside.service").read_text()
+    exec_start = re.search(r"^ExecStart=(.+)$", unit, re.MULTILINE).group(1)
+    args = shlex.split(exec_start)[1:]
+    assert args[0] == "serve"
+    build_parser("serve").parse_args(args)  # every flag the unit passes exists
