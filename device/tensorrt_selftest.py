@@ -49,24 +49,31 @@ def run_selftest(bundles: list[Bundle], repeats: int = 20) -> dict:
     return {"skipped": False, "ok": all(r["ok"] for r in results), "variants": results}
 
 
+def _predict_once(triager: Triager, x: np.ndarray) -> np.ndarray:
+    try:
+        return triager.predict(x)[0]
+    finally:
+        triager.close()
+
+
 def check_variant(bundle: Bundle, precision: str, repeats: int) -> dict:
     m = bundle.manifest
     result = {"bundle": m.id, "version": m.version, "precision": precision}
     x = selftest_inputs(bundle)
     try:
-        reference = Triager(bundle, "onnxruntime", "fp32")
-        want, _ = reference.predict(x)
-        reference.close()
+        want = _predict_once(Triager(bundle, "onnxruntime", "fp32"), x)
         started = time.perf_counter()
         engine = Triager(bundle, "tensorrt", precision)
-        load_s = time.perf_counter() - started
-        got, _ = engine.predict(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            engine.predict(x[:1])
-            times.append((time.perf_counter() - t0) * 1e3)
-        engine.close()
+        try:
+            load_s = time.perf_counter() - started
+            got, _ = engine.predict(x)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                engine.predict(x[:1])
+                times.append((time.perf_counter() - t0) * 1e3)
+        finally:
+            engine.close()  # frees its CUDA worker and buffers even when a check fails
     except Exception as exc:  # the self-test reports each variant's failure and goes on
         return {**result, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     max_diff, min_agreement = TOLERANCES[precision]
