@@ -148,3 +148,46 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray):
                 assert outside == [], outside
             finally:
                 ctx.close()
+
+
+def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle):
+    """A camera (a folder of real X-rays played at 5 fps) -> live view with the triage drawn on it ->
+    Capture -> the saved study's result page; a second viewer over the cap is told why, not shown a
+    broken image."""
+    frames = tmp_path / "camera"
+    frames.mkdir()
+    for sample in sample_xrays()[:4]:
+        shutil.copy(sample, frames / sample.name)
+    if not any(frames.iterdir()):
+        pytest.skip("no full-resolution chest X-ray samples")
+    settings = tmp_path / "bedside.toml"
+    settings.write_text("[capture]\nmax_viewers = 1\n")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with running_server(tmp_path / "data", [bundle], "--config", str(settings),
+                        "--source", f"file://{frames}?fps=5&loop=1") as server, sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1024, "height": 600},
+        )
+        try:
+            page = ctx.new_page()
+            page.goto(server.url + "live/cam0")
+            page.wait_for_function("document.querySelector('img.shot').naturalWidth > 0", timeout=20_000)
+            page.wait_for_function("document.querySelector('[data-live-state]').textContent.startsWith('streaming')")
+            assert "Research use only, not for diagnosis." in page.inner_text(".panel")
+            assert page.locator("[data-live-unavailable]").is_hidden()
+            page.screenshot(path=str(ARTIFACTS / "6-live-1024x600.png"))
+
+            second = ctx.new_page()  # over max_viewers = 1 while the first view still streams
+            second.goto(server.url + "live/cam0")
+            second.wait_for_selector("[data-live-unavailable]", state="visible", timeout=10_000)
+            second.close()
+
+            page.fill("#reference", "Bed 9 (live)")
+            page.click("button:has-text('Capture')")
+            page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
+            assert page.locator(".banner-word").inner_text() in ("URGENT", "ROUTINE", "UNGRADABLE")
+            assert "Bed 9 (live)" in page.inner_text(".facts")
+            page.screenshot(path=str(ARTIFACTS / "7-live-capture-result-1024x600.png"))
+        finally:
+            ctx.close()

@@ -22,4 +22,12 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   };
   setInterval(refresh, 1000);
+  // The server caps how many live views run at once (503 "busy"): say so instead of a broken image.
+  const video = root.querySelector("img.shot");
+  const notice = root.querySelector("[data-live-unavailable]");
+  const showNotice = () => {
+    notice.hidden = false;
+  };
+  video.addEventListener("error", showNotice);
+  if (video.complete && video.naturalWidth === 0) showNotice(); // it failed before this script ran
 });
