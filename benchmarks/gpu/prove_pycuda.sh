@@ -3,6 +3,10 @@
 # machine with CUDA + nvcc but no TensorRT and no internet: builds pycuda from the sdist carried
 # in .pycuda-src/, then runs benchmarks/gpu/prove_pycuda.py. Log and JSON summary go to $OUT.
 # Run from the repository root:  bash benchmarks/gpu/prove_pycuda.sh
+# .pycuda-src/ is not committed; on a machine with PyPI access fill it first (GPU box: Python 3.12):
+#   pip download --no-deps --no-binary :all: pycuda -d .pycuda-src
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       pytools platformdirs mako siphash24 -d .pycuda-src
 set -uo pipefail
 OUT=${OUT:-/tmp/prove-pycuda}
 mkdir -p "$OUT"
