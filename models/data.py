@@ -7,7 +7,6 @@ so no cache file is needed).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.bundle import DicomHandling, InputContract
+from models.bundle import DicomHandling, InputContract, sha256_file
 from models.datasets import datasets_dir
 from models.preprocess import to_model_input
 
@@ -74,15 +73,11 @@ def list_samples(root: Path) -> list[Sample]:
     return samples
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def remove_duplicates(samples: list[Sample]) -> tuple[list[Sample], int]:
     """Keep the first of each group of byte-identical files; drop groups whose labels disagree."""
     groups: dict[str, list[Sample]] = {}
     for s in samples:
-        groups.setdefault(file_digest(s.path), []).append(s)
+        groups.setdefault(sha256_file(s.path), []).append(s)
     kept = []
     for group in groups.values():
         if len({s.label for s in group}) == 1:

@@ -108,6 +108,7 @@ def add_variant(
     x_val, y_val = validation_batch(bundle, held)
     fp32_path = bundle.path_of(m.variant("fp32").file)
     fp32_logits = logits(fp32_path, m.input.tensor_name, m.outputs.logits, x_val, threads)
+    val_logits = {fp32_path: fp32_logits}  # ONNX file -> its validation logits, for the report
     calib_cache: list[np.ndarray] = []
 
     def calib() -> np.ndarray:
@@ -122,8 +123,9 @@ def add_variant(
         for c in candidates_for(precision):
             tmp = Path(work) / c.file
             _build(c, bundle, tmp, calib, method)
-            c.result = gate(c.name, fp32_logits, logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads),
-                            y_val, m.urgent_index, m.policy.operating_point.threshold)
+            val_logits[tmp] = logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads)
+            c.result = gate(c.name, fp32_logits, val_logits[tmp], y_val, m.urgent_index,
+                            m.policy.operating_point.threshold)
             log(f"{c.name}: AUC {c.result.auc_variant:.4f} (FP32 {c.result.auc_fp32:.4f}), agreement "
                 f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}: "
                 f"{'PASS' if c.result.passed else 'FAIL: ' + '; '.join(c.result.reasons)}")
@@ -139,7 +141,7 @@ def add_variant(
             c.file = f"model.{c.name}.{sha256_file(tmp)[:8]}.onnx"  # never overwrites a file in use
             staged[c.file] = tmp
         manifest, dropped = _with_variants(bundle, precision, outcome.accepted, staged)
-        report, card = _documents(bundle, manifest, staged, x_val, y_val, threads)
+        report, card = _documents(bundle, manifest, staged, x_val, y_val, val_logits, threads)
         outcome.report = _commit(bundle.root, manifest, staged, report, card, dropped)
     return outcome
 
@@ -159,14 +161,20 @@ def _with_variants(
     return m.model_copy(update={"variants": kept + new, "files": files}), dropped
 
 
-def _documents(bundle: Bundle, manifest: Manifest, staged: dict[str, Path], x_val, y_val, threads: int):
-    """The report (HTML) and the model card (Markdown, or None if the bundle has none), as bytes."""
+def _documents(bundle: Bundle, manifest: Manifest, staged: dict[str, Path], x_val, y_val,
+               val_logits: dict[Path, np.ndarray], threads: int):
+    """The report (HTML) and the model card (Markdown, or None if the bundle has none), as bytes.
+
+    ``val_logits`` holds the validation logits already computed (FP32 and the gated candidates);
+    only variants kept from earlier runs are evaluated again here.
+    """
     variants = sorted(manifest.variants, key=lambda v: ("fp32", "fp16", "int8").index(v.precision))
-    paths = [staged.get(v.file, bundle.root / v.file) for v in variants]
+    paths = [staged.get(v.file, bundle.path_of(v.file)) for v in variants]
     latencies = _cpu_latencies(paths, manifest, threads)
     runs = [
         VariantRun(f"{v.precision} ({'/'.join(v.targets)})",
-                   logits(p, manifest.input.tensor_name, manifest.outputs.logits, x_val, threads), lat)
+                   val_logits[p] if p in val_logits
+                   else logits(p, manifest.input.tensor_name, manifest.outputs.logits, x_val, threads), lat)
         for v, p, lat in zip(variants, paths, latencies)
     ]
     cpu = f"{platform.processor() or platform.machine()}, {threads} threads"

@@ -37,7 +37,7 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "bedside"
     assert script.exists(), "install the project (make install) so the `bedside` script exists"
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
-    for command in ("infer", "eval", "bench", "doctor", "train", "export"):
+    for command in ("infer", "eval", "bench", "optimize", "serve", "doctor", "train", "export"):
         assert command in out.stdout
 
 
@@ -58,7 +58,7 @@ def test_infer_json_lines_and_exit_2_when_a_file_fails(samples, tmp_path):
         assert set(line["model"]) >= {"id", "version", "sha256"}
         assert line["model"]["id"] == "chest-xray-pneumonia" and len(line["model"]["sha256"]) == 64
         assert line["latency_ms"] > 0
-    assert lines[2]["file"] == str(empty) and "empty" in lines[2]["error"]
+    assert lines[2] == {"file": str(empty), "error": "the file is empty", "kind": "empty"}
 
 
 def test_infer_table_for_people(samples):
@@ -107,7 +107,7 @@ def test_bench_json_side_by_side():
     assert {("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 4)} <= keys
     assert ("pytorch-eager", "fp32", 1) in keys  # torch is installed in the test environment
     for r in results:
-        assert set(r) >= {"backend", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips"}
+        assert set(r) >= {"backend", "precision", "variant", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips"}
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["throughput_ips"] > 0
 
 

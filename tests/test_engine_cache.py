@@ -89,6 +89,7 @@ def test_damaged_engine_or_sidecar_means_rebuild(tmp_path):
     engine.write_bytes(b"truncated")
     assert cache.lookup(KEY) is None
     cache.get_or_build(KEY, build)
+    assert build.calls == 2 and engine.read_bytes() == b"engine-2"  # rebuilt, not the damaged file
     cache.sidecar_path(KEY).write_text("{not json")
     assert cache.lookup(KEY) is None
     cache.invalidate(KEY)

@@ -10,10 +10,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.bundle import load_bundle  # noqa: E402
+from models.bundle import load_bundle, sha256_file  # noqa: E402
 from models.data import (  # noqa: E402
     default_data_dir,
-    file_digest,
     list_samples,
     patient_id,
     remove_duplicates,
@@ -47,7 +46,7 @@ def samples():
 def test_duplicates_removed(samples):
     kept, removed = remove_duplicates(samples)
     assert removed > 0 and len(kept) + removed == len(samples)
-    assert len({file_digest(s.path) for s in kept}) == len(kept)
+    assert len({sha256_file(s.path) for s in kept}) == len(kept)
 
 
 @needs_data

@@ -25,7 +25,8 @@ from device.capture.frames import Frame
 from device.intake import DecodedImage
 from models.bundle import Manifest
 
-_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# Decode flags by scale-down factor (the live view's picture uses the colour ones too).
+REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 _GRAY = {
     1: cv2.IMREAD_GRAYSCALE,
     2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
@@ -96,7 +97,7 @@ def analysis_image(frame: Frame, plan: AnalysisPlan) -> tuple[DecodedImage, floa
         if size is None:
             raise FrameDecodeError("frame is not a readable JPEG")
         factor = reduction(*size, plan.min_side)
-        flags = (_GRAY if plan.gray else _COLOR)[factor]
+        flags = (_GRAY if plan.gray else REDUCED_COLOR)[factor]
         pixels = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), flags)
         if pixels is None:
             raise FrameDecodeError("frame JPEG is corrupt")

@@ -1,14 +1,16 @@
 """A captured frame, and the single slot that hands the newest one from a capture thread to its readers.
 
-The slot holds exactly one frame: a new frame replaces the old one, so a slow consumer skips frames
+The slot holds exactly one item: a new one replaces the old one, so a slow consumer skips frames
 instead of queueing them (a queue would grow latency and memory without bound). Consumers wait on
-the slot's condition for a frame newer than the last one they saw.
+the slot's condition for an item newer (by ``seq``) than the last one they saw. The live triage
+loop hands its results on through the same kind of slot.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -25,29 +27,37 @@ class Frame:
     bgr: np.ndarray | None = None
 
 
-class FrameSlot:
+class _Sequenced(Protocol):
+    @property
+    def seq(self) -> int: ...
+
+
+T = TypeVar("T", bound=_Sequenced)
+
+
+class NewestSlot(Generic[T]):
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._item: T | None = None
         self._closed = False
 
-    def put(self, frame: Frame) -> None:
+    def put(self, item: T) -> None:
         with self._cond:
-            self._frame = frame
+            self._item = item
             self._cond.notify_all()
 
-    def newest(self) -> Frame | None:
+    def newest(self) -> T | None:
         with self._cond:
-            return self._frame
+            return self._item
 
-    def wait_newer(self, after_seq: int, timeout: float) -> Frame | None:
-        """The newest frame if its seq is above `after_seq`, waiting up to `timeout`; None otherwise."""
+    def wait_newer(self, after_seq: int, timeout: float) -> T | None:
+        """The newest item if its seq is above `after_seq`, waiting up to `timeout`; None otherwise."""
         with self._cond:
             self._cond.wait_for(
-                lambda: self._closed or (self._frame is not None and self._frame.seq > after_seq), timeout
+                lambda: self._closed or (self._item is not None and self._item.seq > after_seq), timeout
             )
-            frame = self._frame
-        return frame if frame is not None and frame.seq > after_seq else None
+            item = self._item
+        return item if item is not None and item.seq > after_seq else None
 
     def close(self) -> None:
         """Wake every waiter for good (the source is being shut down)."""
@@ -58,3 +68,6 @@ class FrameSlot:
     @property
     def closed(self) -> bool:
         return self._closed
+
+
+FrameSlot = NewestSlot[Frame]

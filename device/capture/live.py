@@ -25,7 +25,7 @@ import numpy as np
 
 from device.capture.analysis import AnalysisPlan, FrameDecodeError, analysis_image
 from device.capture.frame_quality import FrameQualityPolicy, frame_issues, frame_stats, gate
-from device.capture.frames import Frame, FrameSlot
+from device.capture.frames import Frame, FrameSlot, NewestSlot
 from device.capture.stats import LatencyWindow, RateMeter
 from device.intake import DecodedImage
 from device.triage import UNGRADABLE, TriageResult, decide
@@ -68,6 +68,10 @@ class LiveResult:
     smoothed: Smoothed | None
     latency_ms: float  # frame complete -> result ready
     urgent_label: str
+
+    @property
+    def seq(self) -> int:
+        return self.frame.seq
 
     @property
     def display_triage(self) -> str:
@@ -139,8 +143,8 @@ class LiveTriage:
         self._smoother = Smoother(smoothing_frames, manifest)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"triage-{source_id}", daemon=True)
-        self._cond = threading.Condition()
-        self._latest: LiveResult | None = None
+        self._results: NewestSlot[LiveResult] = NewestSlot()
+        self._lock = threading.Lock()  # the counters
         self._processed = 0
         self._dropped = 0
         self._errors = 0
@@ -154,25 +158,17 @@ class LiveTriage:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
-        with self._cond:
-            self._cond.notify_all()
+        self._results.close()
 
     def latest(self) -> LiveResult | None:
-        with self._cond:
-            return self._latest
+        return self._results.newest()
 
     def wait_result(self, after_seq: int, timeout: float) -> LiveResult | None:
         """The newest result if its frame seq is above `after_seq`, waiting up to `timeout`."""
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._stop.is_set() or (self._latest is not None and self._latest.frame.seq > after_seq),
-                timeout,
-            )
-            latest = self._latest
-        return latest if latest is not None and latest.frame.seq > after_seq else None
+        return self._results.wait_newer(after_seq, timeout)
 
     def stats(self) -> dict:
-        with self._cond:
+        with self._lock:
             processed, dropped, errors = self._processed, self._dropped, self._errors
         return {
             "processed_fps": round(self._fps.rate(), 2),
@@ -200,15 +196,14 @@ class LiveTriage:
             except Exception:  # one bad frame must not end live triage for this source
                 log.exception("source %s: triage of frame %d failed", self.source_id, frame.seq)
                 live = None
-            with self._cond:
+            with self._lock:
                 self._dropped += skipped
                 if live is None:
                     self._errors += 1
                 else:
                     self._processed += 1
-                    self._latest = live
-                    self._cond.notify_all()
             if live is not None:
+                self._results.put(live)  # after the count: whoever sees the result also sees it counted
                 self._fps.tick(time.monotonic())
                 self._latency.add(live.latency_ms)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from device.capture.analysis import jpeg_size
+from device.capture.analysis import REDUCED_COLOR, jpeg_size
 from device.capture.frames import Frame
 from device.capture.live import LiveResult
 from device.triage import ROUTINE, UNGRADABLE, URGENT
@@ -18,7 +18,6 @@ from device.triage import ROUTINE, UNGRADABLE, URGENT
 _BANNER = {URGENT: (40, 40, 200), ROUTINE: (60, 140, 40), UNGRADABLE: (0, 150, 220)}
 _PENDING = (90, 90, 90)
 _FONT = cv2.FONT_HERSHEY_DUPLEX
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 PLACEHOLDER_SIZE = (640, 360)
 
 
@@ -39,7 +38,7 @@ def view_pixels(frame: Frame | None, max_width: int) -> np.ndarray:
         size = jpeg_size(frame.jpeg)
         width = size[1] if size else max_width
         factor = next((f for f in (1, 2, 4, 8) if -(-width // f) <= max_width), 8)
-        pixels = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), _REDUCED[factor])
+        pixels = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), REDUCED_COLOR[factor])
         if pixels is None:
             return np.zeros((PLACEHOLDER_SIZE[1], PLACEHOLDER_SIZE[0], 3), np.uint8)
     else:

@@ -11,6 +11,7 @@ For rtsp and http the whole URI, query included, belongs to the camera and is pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -37,27 +38,21 @@ class SourceSpec:
     options: dict[str, str] = field(default_factory=dict)
 
     def option_int(self, name: str) -> int | None:
-        value = self.options.get(name)
-        if value is None:
-            return None
-        try:
-            number = int(value)
-        except ValueError:
-            raise SourceError(f"{redact(self.uri)}: {name} must be a whole number, not {value!r}") from None
-        if number < 0:
-            raise SourceError(f"{redact(self.uri)}: {name} must not be negative")
-        return number
+        return self._option(name, int, "a whole number", lambda n: n >= 0, "must not be negative")
 
     def option_float(self, name: str) -> float | None:
+        return self._option(name, float, "a number", lambda n: n > 0, "must be positive")
+
+    def _option(self, name: str, convert: Callable, noun: str, valid: Callable, rule: str):
         value = self.options.get(name)
         if value is None:
             return None
         try:
-            number = float(value)
+            number = convert(value)
         except ValueError:
-            raise SourceError(f"{redact(self.uri)}: {name} must be a number, not {value!r}") from None
-        if not number > 0:
-            raise SourceError(f"{redact(self.uri)}: {name} must be positive")
+            raise SourceError(f"{redact(self.uri)}: {name} must be {noun}, not {value!r}") from None
+        if not valid(number):
+            raise SourceError(f"{redact(self.uri)}: {name} {rule}")
         return number
 
     @property

@@ -106,8 +106,8 @@ def _torch_eager_runner(bundle: Bundle, threads: int) -> Runner | None:
     from models.onnx_eager import EagerGraph
 
     torch.set_num_threads(threads)
-    graph = EagerGraph(bundle.path_of(bundle.manifest.variant("fp32").file))
-    return Runner("pytorch-eager", "fp32", graph, lambda: None, bundle.manifest.variant("fp32").file)
+    fp32 = bundle.manifest.variant("fp32").file
+    return Runner("pytorch-eager", "fp32", EagerGraph(bundle.path_of(fp32)), lambda: None, fp32)
 
 
 def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, calls: int, rounds: int) -> list[dict]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from device.runtime import registry
 from device.triage import Triager
-from models.bundle import BundleError, find_bundles, load_bundle
+from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
 PACKAGES = (
     "bedside", "numpy", "onnxruntime", "opencv-python-headless", "pydicom", "pylibjpeg",
@@ -61,8 +61,11 @@ def cpu_features() -> dict[str, object]:
     return {"model": model, "machine": platform.machine(), "features": [f for f in CPU_FEATURES if f in flags]}
 
 
-def check_bundle(path: Path) -> dict[str, object]:
-    """Hashes verified, model loaded and warmed up, one self-test inference with finite output."""
+def check_bundle(path: Path) -> tuple[dict[str, object], Bundle | None]:
+    """Hashes verified, model loaded and warmed up, one self-test inference with finite output.
+
+    Returns the report and, when it is ok, the loaded (verified) bundle.
+    """
     try:
         bundle = load_bundle(path)
         m = bundle.manifest
@@ -72,30 +75,30 @@ def check_bundle(path: Path) -> dict[str, object]:
         finally:
             triager.close()
     except Exception as exc:  # doctor reports every failure instead of stopping at the first
-        return {"path": str(path), "ok": False, "error": str(exc)}
+        return {"path": str(path), "ok": False, "error": str(exc)}, None
     ok = bool(np.isfinite(probs).all() and abs(probs.sum() - 1.0) < 1e-3)
     return {
         "path": str(path), "ok": ok, "id": m.id, "version": m.version,
         "variants": [v.precision for v in m.variants], "research_only": m.research_only,
         **({} if ok else {"error": "self-test produced invalid probabilities"}),
-    }
+    }, (bundle if ok else None)
 
 
 def run(args: argparse.Namespace) -> int:
     paths = find_bundles(args.bundles) if args.bundles else find_bundles()
+    checked = [check_bundle(p) for p in paths]
     report = {
         "python": platform.python_version(),
         "packages": package_versions(),
         "cpu": cpu_features(),
         "backends": {n: vars(a) for n, a in registry.all_availability().items()},
-        "bundles": [check_bundle(p) for p in paths],
+        "bundles": [entry for entry, _ in checked],
     }
     healthy = bool(report["bundles"]) and all(b["ok"] for b in report["bundles"])
     if args.selftest:
         from device.tensorrt_selftest import run_selftest
 
-        loaded = [load_bundle(Path(b["path"])) for b in report["bundles"] if b["ok"]]
-        report["tensorrt_selftest"] = run_selftest(loaded)
+        report["tensorrt_selftest"] = run_selftest([bundle for _, bundle in checked if bundle is not None])
         healthy = healthy and report["tensorrt_selftest"].get("ok", True)
     if args.json:
         print(json.dumps(report, indent=2))

@@ -17,7 +17,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, as_pixel_options, get_decoder
 
 from device.intake.decoded import DecodedImage, check_dimensions
-from device.intake.errors import NO_PIXEL_DATA, TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError
+from device.intake.errors import NO_PIXEL_DATA, TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError, first_line
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _MAX_WARNING_NOTES = 3
@@ -293,7 +293,7 @@ def _min_max(values: np.ndarray, notes: list[str]) -> np.ndarray:
 
 
 def _warning_notes(caught: list[warnings.WarningMessage]) -> list[str]:
-    messages = dict.fromkeys(f"pydicom: {_first_line(str(w.message))}" for w in caught)
+    messages = dict.fromkeys(f"pydicom: {first_line(str(w.message))}" for w in caught)
     return list(messages)[:_MAX_WARNING_NOTES]
 
 
@@ -308,7 +308,3 @@ def _describe(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = "; ".join(lines) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""

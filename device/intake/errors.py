@@ -30,3 +30,9 @@ class IntakeError(Exception):
         self.source = source
         self.reason = reason
         self.kind = kind
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of a library's (possibly multi-line) message; "" if there is none."""
+    text = text.strip()
+    return text.splitlines()[0] if text else ""

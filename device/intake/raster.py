@@ -10,7 +10,7 @@ import numpy as np
 
 from device.intake import headers
 from device.intake.decoded import DecodedImage
-from device.intake.errors import TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError
+from device.intake.errors import TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError, first_line
 
 _CHECKS = {"jpeg": headers.check_jpeg, "png": headers.check_png, "tiff": headers.check_tiff}
 # ANYDEPTH keeps 16-bit data; ANYCOLOR keeps gray as gray, drops alpha, expands palettes, and
@@ -50,7 +50,8 @@ def decode_raster(data: bytes, source: str, fmt: str) -> DecodedImage:
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
         except cv2.error as exc:
-            raise IntakeError(source, f"cannot decode the {fmt.upper()} data: {_first_line(exc)}", UNDECODABLE) from None
+            why = first_line(str(exc)) or type(exc).__name__
+            raise IntakeError(source, f"cannot decode the {fmt.upper()} data: {why}", UNDECODABLE) from None
     if bgr is None:
         kind = TRUNCATED if fmt == "png" else UNDECODABLE
         raise IntakeError(source, f"cannot decode the {fmt.upper()} data (corrupt or incomplete)", kind)
@@ -75,8 +76,3 @@ def _to_contract(bgr: np.ndarray, source: str, fmt: str) -> tuple[np.ndarray, tu
         scaled = pixels.astype(np.float32) * np.float32(1.0 / 65535.0)
         return scaled, (f"16-bit {fmt.upper()} scaled to [0,1]",)
     raise IntakeError(source, f"{fmt.upper()} with {pixels.dtype} samples is not supported", UNSUPPORTED)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

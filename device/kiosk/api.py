@@ -89,7 +89,7 @@ def create_study():
         upload.filename or "upload",
         request.form.get("exam"),
         request.form.get("reference"),
-        request.form.get("operator") or _operator(),
+        body_operator(request.form),
     )
     return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
 

@@ -79,25 +79,25 @@ def _live_sources() -> dict:
 
 @live_pages.get("/live")
 def live_index():
+    return render_template("sources.html", sources=list(kiosk().capture), devices=list_video_devices())
+
+
+def _live_page(src: LiveSource, error: str | None = None) -> str:
     k = kiosk()
-    return render_template("sources.html", sources=list(k.capture), devices=list_video_devices())
+    return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id), operator=k.default_operator(),
+                           error=error)
 
 
 @live_pages.get("/live/<source_id>")
 def live_page(source_id: str):
-    k = kiosk()
-    src = _source(source_id)
-    return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id), operator=k.default_operator(),
-                           error=None)
+    return _live_page(_source(source_id))
 
 
 @live_pages.post("/live/<source_id>/capture")
 def live_capture(source_id: str):
-    k = kiosk()
     src = _source(source_id)
     try:
-        study = k.capture_study(source_id, request.form.get("reference"), request.form.get("operator"))
+        study = kiosk().capture_study(source_id, request.form.get("reference"), request.form.get("operator"))
     except KioskError as exc:
-        return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id),
-                               operator=k.default_operator(), error=exc.message), exc.status
+        return _live_page(src, exc.message), exc.status
     return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from device import intake
@@ -68,8 +68,7 @@ def _local_day_start(text: str, name: str, days: int = 0) -> str:
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise BadRequest(f"'{name}' must be a date like 2025-01-31, not {text!r}") from None
-    local = datetime.combine(day + timedelta(days=days), datetime.min.time()).astimezone()
-    return local.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_time(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
 
 
 def local_time(utc_iso: str | None) -> str:

@@ -63,17 +63,13 @@ class TensorRTBackend(Backend):
                             trt.__version__)
 
     def __init__(self, model_path: Path, io: ModelIO, threads: int, settings: EngineSettings | None = None):
-        try:
-            self._trt = import_tensorrt()
-        except TensorRTUnavailable as exc:
-            raise RuntimeUnavailable(str(exc)) from None
+        self._trt = _require_tensorrt()
         self.io = io
         self._session: _EngineSession | None = None
         self._worker = CudaWorker()
         try:
             self._cache, self._key, build = _engine_plan(self._trt, Path(model_path), io, settings)
             self._session = self._load(build)
-            self.max_batch = self._session.max_batch
             self.engine_path = self._cache.engine_path(self._key)
             self.warm_up((1,))
         except BaseException:
@@ -220,12 +216,16 @@ def start_engine_build(
     A device that must keep serving meanwhile (an engine build takes minutes on a Jetson) keeps
     its CPU backend until ``on_done``; opening TensorRTBackend afterwards finds the engine cached.
     """
+    cache, key, build = _engine_plan(_require_tensorrt(), Path(model_path), io, settings)
+    return BuildJob(cache, key, build, on_done).start()
+
+
+def _require_tensorrt():
+    """The tensorrt module, or RuntimeUnavailable saying why (the runtime seam's exception)."""
     try:
-        trt = import_tensorrt()
+        return import_tensorrt()
     except TensorRTUnavailable as exc:
         raise RuntimeUnavailable(str(exc)) from None
-    cache, key, build = _engine_plan(trt, Path(model_path), io, settings)
-    return BuildJob(cache, key, build, on_done).start()
 
 
 def _precision_of(model_path: Path) -> str:
