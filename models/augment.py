@@ -5,6 +5,13 @@ sharpness, noise) and takes away shortcuts (image borders, burned-in letters and
 net has to look at the lungs. The same operations, with wider ranges and without the shortcut
 removal, make the "simulated acquisition shift" stress validation.
 
+Aspect: the training films were stretched to a square upstream, so each one's original aspect is
+hidden in its anatomy, and that aspect differs by class (a shortcut). With the original aspect of
+each film known, the geometry step first shows the film as if it had been taken on a film of
+another aspect, drawn independently of its class, and stretched to the square as the device does
+(a centred crop of the restored film: the sides when the drawn aspect is narrower, top and bottom
+when wider). The squeeze then tells nothing about the class.
+
 No horizontal flip: every chest film here is a standard PA/AP view with the heart on the
 patient's left, the test images are too, and dextrocardia is rare. A flip would spend capacity
 on a variation that never occurs and blur a real anatomical cue (the cardiac silhouette side).
@@ -21,7 +28,7 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    scale: tuple[float, float] = (0.85, 1.15)
+    scale: tuple[float, float] = (0.8, 1.25)  # covers a film cut or padded by 8-10% per edge
     rotate_deg: float = 10.0
     translate: float = 0.06  # fraction of the image side
     brightness: float = 0.08  # additive, unit scale
@@ -32,11 +39,16 @@ class AugmentConfig:
     p_sharpen: float = 0.2
     sharpen: tuple[float, float] = (0.2, 1.0)
     noise_std: float = 0.03
-    p_border: float = 0.3
+    p_border: float = 0.5
     border_max: float = 0.12  # fraction of the side blacked out per edge
     p_erase: float = 0.5
     erase_max_patches: int = 3
     erase_side: tuple[float, float] = (0.04, 0.12)
+    # Share of drawn film aspects that are log-uniform over the whole declared range (the rest come
+    # from the class-balanced distribution of real films): the range is covered evenly, real
+    # films densely.
+    aspect_uniform: float = 0.5
+    aspect_jitter: float = 0.04  # log-normal sigma on drawn real-film aspects
 
 
 TRAIN = AugmentConfig()
@@ -56,7 +68,35 @@ STRESS = AugmentConfig(
     noise_std=0.045,
     p_border=0.0,
     p_erase=0.0,
+    aspect_uniform=1.0,
 )
+
+
+@dataclass(frozen=True)
+class AspectSampler:
+    """Draws the film aspect (width / height) each image is shown at, independently of its class."""
+
+    normal: torch.Tensor  # known original aspects of the NORMAL training films
+    pneumonia: torch.Tensor  # ... and of the PNEUMONIA ones
+    low: float
+    high: float
+
+    def sample(self, n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+        log_lo, log_hi = math.log(self.low), math.log(self.high)
+        uniform = torch.exp(_uniform(n, log_lo, log_hi, gen))
+        pick_normal = _chance(n, 0.5, gen)
+        normal = self.normal[torch.randint(len(self.normal), (n,), generator=gen)]
+        pneumonia = self.pneumonia[torch.randint(len(self.pneumonia), (n,), generator=gen)]
+        real = torch.where(pick_normal, normal, pneumonia) * torch.exp(cfg.aspect_jitter * torch.randn(n, generator=gen))
+        drawn = torch.where(_chance(n, cfg.aspect_uniform, gen), uniform, real)
+        return drawn.clamp(self.low, self.high)
+
+
+def aspect_crop(true_aspect: torch.Tensor, shown_aspect: torch.Tensor) -> torch.Tensor:
+    """(N, 2) half-extents (x, y), in normalised coordinates of a stretched film of aspect
+    `true_aspect`, of the centred crop that makes it look like a film of aspect `shown_aspect`."""
+    ratio = shown_aspect / true_aspect
+    return torch.stack([ratio.clamp(max=1.0), (1.0 / ratio).clamp(max=1.0)], 1)
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
@@ -67,14 +107,18 @@ def _chance(n: int, p: float, gen: torch.Generator) -> torch.Tensor:
     return torch.rand(n, generator=gen) < p
 
 
-def random_affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Zoom, rotation and shift; outside the image is black (what a collimated film looks like)."""
+def random_affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
+                  crop: torch.Tensor | None = None) -> torch.Tensor:
+    """Zoom, rotation and shift, after an optional per-image centred crop (N, 2 half-extents);
+    outside the image is black (what a collimated film looks like)."""
     n = x.shape[0]
     scale = _uniform(n, *cfg.scale, gen)
     angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, gen) * (math.pi / 180)
     shift = _uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, gen).view(n, 2)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    if crop is not None:
+        theta = theta * crop[:, :, None]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -154,11 +198,22 @@ def erase_patches(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
 
 
 def augment(
-    x: torch.Tensor, mean: float, std: float, cfg: AugmentConfig, gen: torch.Generator
+    x: torch.Tensor, mean: float, std: float, cfg: AugmentConfig, gen: torch.Generator,
+    true_aspect: torch.Tensor | None = None, sampler: AspectSampler | None = None, size: int | None = None,
 ) -> torch.Tensor:
-    """Normalised model inputs -> augmented normalised model inputs (same shape, float32)."""
+    """Normalised images -> augmented normalised model inputs of side `size` (default: x's), float32.
+
+    With `true_aspect` (N,) and a `sampler`, each film is first shown at a drawn aspect (see the
+    module docstring). Geometry runs at x's resolution and is then area-downscaled to `size`, as
+    the device's INTER_AREA resize does.
+    """
     unit = x.float() * std + mean
-    unit = random_affine(unit, cfg, gen)
+    crop = None
+    if sampler is not None and true_aspect is not None:
+        crop = aspect_crop(true_aspect, sampler.sample(x.shape[0], cfg, gen))
+    unit = random_affine(unit, cfg, gen, crop)
+    if size is not None and size != unit.shape[-1]:
+        unit = F.interpolate(unit, size=(size, size), mode="area")
     unit = exposure(unit, cfg, gen)
     unit = sharpness(unit, cfg, gen)
     unit = noise(unit, cfg, gen)

@@ -61,8 +61,14 @@ class InputContract(_Strict):
         description="grayscale: RGB/palette/YBR sources are converted to luma (ITU-R BT.601)"
     )
     resize: Literal["stretch"] = Field(
-        description="stretch: the whole image is resized to height x width, aspect ratio not kept "
-        "(the training images were distributed that way)"
+        description="stretch: the image is resized to height x width, aspect ratio not kept "
+        "(the training images were distributed that way); see aspect_range"
+    )
+    aspect_range: tuple[float, float] | None = Field(
+        default=None,
+        description="width/height range the model was trained to be invariant to: an image inside it is "
+        "stretched as it is; one outside is first centre-cropped along its longer side to the nearest "
+        "bound, so no input is distorted more than training covered (None: every image is stretched)",
     )
     interpolation: Literal["area"] = Field(
         default="area",
@@ -84,6 +90,8 @@ class InputContract(_Strict):
             raise ValueError("mean and std need one value per channel")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
+        if self.aspect_range is not None and not 0 < self.aspect_range[0] < self.aspect_range[1]:
+            raise ValueError("aspect_range must be (low, high) with 0 < low < high")
         return self
 
 
@@ -162,6 +170,45 @@ class Provenance(_Strict):
     split: DataSplit | None = None
 
 
+class AuditCheck(_Strict):
+    """One metamorphic check's result: how often the triage changed, and which way P(urgent) moved."""
+
+    name: str
+    description: str
+    n: int = Field(ge=0)
+    flip_rate: float = Field(ge=0.0, le=1.0)
+    flip_rate_positive: float | None = Field(default=None, description="among images of the urgent class")
+    flip_rate_negative: float | None = Field(default=None, description="among the other images")
+    mean_delta: float = Field(description="mean change of P(urgent) (after - before)")
+
+
+class AuditPolicy(_Strict):
+    """The shortcut audits every variant of this bundle passed (see models/audit.py), and their limit."""
+
+    max_flip_rate: float = Field(ge=0.0, le=1.0)
+    checks: list[str] = Field(min_length=1)
+    data: str = Field(description="the images the audits ran on")
+
+
+class Subgroup(_Strict):
+    name: str
+    file_pattern: str = Field(description="regular expression searched in each file's name")
+
+
+class EvaluationPolicy(_Strict):
+    """How `bedside eval` groups a labelled folder of this exam's images (data, not code)."""
+
+    patient_pattern: str | None = Field(
+        default=None,
+        description="regular expression whose first group, matched at the start of a file name, is the "
+        "patient id (confidence intervals resample patients); files it does not match are their own patient",
+    )
+    subgroups: list[Subgroup] = []
+    aspect_buckets: list[float] = Field(
+        default=[], description="edges on each image's width/height as received, for per-aspect metrics"
+    )
+
+
 class FileEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
@@ -182,6 +229,7 @@ class Variant(_Strict):
     targets: list[Target] = ["cpu", "gpu"]
     notes: str = ""
     gate: dict[str, float | int | str | bool] | None = None
+    audit: list[AuditCheck] | None = None
 
 
 class Manifest(_Strict):
@@ -203,6 +251,8 @@ class Manifest(_Strict):
     )
     metrics: list[SplitMetrics]
     provenance: Provenance
+    audit: AuditPolicy | None = None
+    evaluation: EvaluationPolicy | None = None
     variants: list[Variant] = Field(min_length=1)
     files: dict[str, FileEntry]
 

@@ -90,3 +90,50 @@ def binary_report(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> Bin
         brier=float(np.mean((p - y) ** 2)),
         ece=expected_calibration_error(y, p),
     )
+
+
+def _point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    """The metrics that exist for this sample: AUC only with both classes present, and so on."""
+    pred = p >= threshold
+    out = {"flagged": float(pred.mean())}
+    if y.any():
+        out["sensitivity"] = float(pred[y].mean())
+    if (~y).any():
+        out["specificity"] = float((~pred[~y]).mean())
+    if y.any() and (~y).any():
+        out["auc"] = roc_auc(y, p)
+        out["accuracy"] = float((pred == y).mean())
+    return out
+
+
+def bootstrap_intervals(y_true: np.ndarray, prob: np.ndarray, threshold: float, clusters: list[str],
+                        resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile confidence intervals of each metric, resampling whole clusters (patients) with
+    replacement: images of one patient are correlated, so resampling images would be too narrow."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(prob, dtype=np.float64)
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    members = [np.flatnonzero(index == k) for k in range(len(names))]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        rows = np.concatenate([members[k] for k in rng.integers(0, len(members), len(members))])
+        for name, value in _point_metrics(y[rows], p[rows], threshold).items():
+            draws.setdefault(name, []).append(value)
+    tail = (1.0 - level) / 2 * 100
+    return {name: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+            for name, v in sorted(draws.items()) if len(v) == resamples}
+
+
+def subgroup_report(y_true: np.ndarray, prob: np.ndarray, threshold: float,
+                    groups: dict[str, np.ndarray]) -> list[dict]:
+    """Per subgroup (name -> boolean mask): n, positives and the metrics its classes allow."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(prob, dtype=np.float64)
+    rows = []
+    for name, mask in groups.items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.any():
+            rows.append({"group": name, "n": int(mask.sum()), "n_positive": int(y[mask].sum()),
+                         **_point_metrics(y[mask], p[mask], threshold)})
+    return rows

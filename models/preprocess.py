@@ -39,8 +39,27 @@ def convert_color(pixels: np.ndarray, color: str) -> np.ndarray:
     return pixels[..., :3]
 
 
+def model_region(height: int, width: int, contract: InputContract) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the part of an image the model sees.
+
+    The whole image when its aspect (width / height) lies in the contract's aspect_range, else the
+    centred crop whose aspect is the nearest bound of that range (the heatmap is placed on it too).
+    """
+    if contract.aspect_range is None:
+        return 0, 0, height, width
+    low, high = contract.aspect_range
+    if width > high * height:
+        crop = max(1, int(round(high * height)))
+        return 0, (width - crop) // 2, height, crop
+    if width < low * height:
+        crop = max(1, int(round(width / low)))
+        return (height - crop) // 2, 0, crop, width
+    return 0, 0, height, width
+
+
 def resize(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
-    h, w = pixels.shape[:2]
+    top, left, h, w = model_region(pixels.shape[0], pixels.shape[1], contract)
+    pixels = pixels[top : top + h, left : left + w]
     if (h, w) == (contract.height, contract.width):
         return pixels
     # INTER_AREA when shrinking (no aliasing); linear when enlarging tiny images.

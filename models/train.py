@@ -23,30 +23,41 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from models import audit
 from models import augment as aug
 from models.architectures import ResNetCAM, build_model
 from models.data import (
+    ASPECT_RANGE,
+    GROUPS,
     LABELS,
     MEAN,
     STD,
+    Sample,
     default_data_dir,
+    group_median_aspects,
     input_contract,
     list_samples,
     load_images,
+    WIDE,
+    WIDE_ASPECT,
+    held_out_groups,
+    limit_samples,
     remove_duplicates,
-    split_by_patient,
+    split_samples,
 )
 from models.datasets import REPO_ROOT
-from models.metrics import binary_report
+from models.metrics import binary_report, bootstrap_intervals, subgroup_report
 
 DEFAULT_ID = "chest-xray-pneumonia"
-DEFAULT_VERSION = "1.0.0"
+DEFAULT_VERSION = "2.0.0"
+NATIVE_SIDE = 224  # the training images as distributed; geometry is augmented at this resolution
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="folder with NORMAL/ and PNEUMONIA/ (default: $BEDSIDE_DATASETS/chest-xray/train)")
-    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="bundle directory to write (default: only the checkpoint in --runs-dir)")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=128, help="square input side in pixels")
@@ -65,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-clean-sensitivity", type=float, default=0.95,
                         help="sensitivity the threshold must keep on the clean validation")
     parser.add_argument("--limit", type=int, default=0, help="use only N images (half per class; smoke tests)")
+    parser.add_argument("--hold-out", default="",
+                        help=f"group-shift validation: comma list of groups kept out of training and validation "
+                             f"and reported on their own ({', '.join(GROUPS)}, {WIDE}: films wider than "
+                             f"{WIDE_ASPECT})")
+    parser.add_argument("--max-flip-rate", type=float, default=audit.MAX_FLIP_RATE,
+                        help="the audit limit the bundle declares; export refuses a model over it")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples for the intervals")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--id", default=DEFAULT_ID)
     parser.add_argument("--version", default=DEFAULT_VERSION)
@@ -74,12 +92,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Dataset:
-    train_x: torch.Tensor
+    train_x: torch.Tensor  # native resolution (geometry is augmented before the resize)
     train_y: torch.Tensor
-    val_x: torch.Tensor
+    train_aspect: torch.Tensor  # original film aspect (group median where unknown)
+    val: list[Sample]
+    val_x: torch.Tensor  # model inputs made exactly as on the device
+    val_native: torch.Tensor
+    val_aspect: torch.Tensor
     val_y: np.ndarray
+    sampler: aug.AspectSampler
     n_duplicates: int
     n_patients_val: int
+    held_out: list[Sample]
+    held_out_x: torch.Tensor | None
+    n_unknown_aspect: int
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -92,20 +118,33 @@ def seed_everything(seed: int, threads: int) -> None:
 
 def load_dataset(args: argparse.Namespace) -> Dataset:
     samples, n_dup = remove_duplicates(list_samples(args.data or default_data_dir()))
-    if args.limit:
-        rng = np.random.default_rng(args.seed)
-        per_class = [[s for s in samples if s.label == c] for c in range(len(LABELS))]
-        samples = [s for group in per_class for s in rng.permutation(group)[: args.limit // 2]]
-    train_idx, val_idx = split_by_patient(samples, args.val_fraction, args.seed)
-    images = load_images(samples, input_contract(args.size), progress=not args.no_progress)
-    labels = np.array([s.label for s in samples], dtype=np.int64)
+    samples = limit_samples(samples, args.limit, args.seed)
+    split = split_samples(samples, args.val_fraction, args.seed, args.hold_out, n_dup)
+    medians = group_median_aspects(split.train + split.val)
+
+    def aspects(part: list[Sample]) -> torch.Tensor:
+        return torch.tensor([s.aspect or medians[s.group] for s in part], dtype=torch.float32)
+
+    def known(label: int) -> torch.Tensor:
+        return torch.tensor([s.aspect for s in split.train if s.label == label and s.aspect is not None] or [1.0])
+
+    contract, native = input_contract(args.size), input_contract(NATIVE_SIDE)
+    progress = not args.no_progress
     return Dataset(
-        train_x=torch.from_numpy(images[train_idx]),
-        train_y=torch.from_numpy(labels[train_idx]),
-        val_x=torch.from_numpy(images[val_idx]),
-        val_y=labels[val_idx],
+        train_x=torch.from_numpy(load_images(split.train, native, progress=progress)),
+        train_y=torch.tensor([s.label for s in split.train], dtype=torch.int64),
+        train_aspect=aspects(split.train),
+        val=split.val,
+        val_x=torch.from_numpy(load_images(split.val, contract, progress=False)),
+        val_native=torch.from_numpy(load_images(split.val, native, progress=False)),
+        val_aspect=aspects(split.val),
+        val_y=np.array([s.label for s in split.val], dtype=np.int64),
+        sampler=aug.AspectSampler(normal=known(0), pneumonia=known(1), low=ASPECT_RANGE[0], high=ASPECT_RANGE[1]),
         n_duplicates=n_dup,
-        n_patients_val=len({samples[i].patient for i in val_idx}),
+        n_patients_val=len({s.patient for s in split.val}),
+        held_out=split.held_out,
+        held_out_x=torch.from_numpy(load_images(split.held_out, contract, progress=False)) if split.held_out else None,
+        n_unknown_aspect=sum(s.aspect is None for s in split.train + split.val),
     )
 
 
@@ -150,7 +189,8 @@ def train(model: ResNetCAM, data: Dataset, args: argparse.Namespace) -> ResNetCA
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, args.batch_size):
             idx = order[start : start + args.batch_size]
-            x = aug.augment(data.train_x[idx], MEAN, STD, aug.TRAIN, gen)
+            x = aug.augment(data.train_x[idx], MEAN, STD, aug.TRAIN, gen, data.train_aspect[idx], data.sampler,
+                            args.size)
             logits, _ = model(x)
             loss = F.cross_entropy(logits, data.train_y[idx], weight=weights, label_smoothing=args.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -171,10 +211,12 @@ def predict_logits(model: ResNetCAM, x: torch.Tensor, batch: int = 256) -> np.nd
     return np.concatenate([model(x[i : i + batch].float())[0].numpy() for i in range(0, len(x), batch)])
 
 
-def stress_inputs(x: torch.Tensor, copies: int, seed: int) -> torch.Tensor:
-    """`copies` versions of each validation image under simulated acquisition shift (fixed seed)."""
+def stress_inputs(data: Dataset, copies: int, seed: int, size: int) -> torch.Tensor:
+    """`copies` versions of each validation image under simulated acquisition shift (fixed seed),
+    each film shown at an aspect drawn log-uniformly over the declared range, whatever its class."""
     gen = torch.Generator().manual_seed(seed + 1)
-    return torch.cat([aug.augment(x, MEAN, STD, aug.STRESS, gen) for _ in range(copies)])
+    return torch.cat([aug.augment(data.val_native, MEAN, STD, aug.STRESS, gen, data.val_aspect, data.sampler, size)
+                      for _ in range(copies)])
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -233,10 +275,44 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(program + options)
 
 
+def aspect_bucket(aspect: float | None) -> str:
+    if aspect is None:
+        return "aspect unknown"
+    if aspect < 1.2:
+        return "aspect < 1.2"
+    return "aspect 1.2-1.5" if aspect < WIDE_ASPECT else f"aspect >= {WIDE_ASPECT}"
+
+
+def subgroups(samples: list[Sample], y: np.ndarray, p: np.ndarray, threshold: float) -> list[dict]:
+    """Validation metrics by acquisition group and by the film's original aspect."""
+    masks = {f"group {g}": np.array([s.group == g for s in samples]) for g in GROUPS}
+    for bucket in ("aspect < 1.2", "aspect 1.2-1.5", f"aspect >= {WIDE_ASPECT}", "aspect unknown"):
+        masks[bucket] = np.array([aspect_bucket(s.aspect) == bucket for s in samples])
+    return subgroup_report(y == 1, p, threshold, masks)
+
+
+def held_out_metrics(model: ResNetCAM, data: Dataset, args: argparse.Namespace, temperature: float,
+                     threshold: float) -> list[dict]:
+    """The group-shift result: the held-out groups, never seen in training or validation."""
+    if data.held_out_x is None:
+        return []
+    y = np.array([s.label for s in data.held_out])
+    p = probability(predict_logits(model, data.held_out_x), temperature)
+    name = f"group shift: held out {args.hold_out} (n={len(y)}, never trained on)"
+    if y.all() or not y.any():
+        return [dict(split=name, **subgroup_report(y == 1, p, threshold, {"all": np.ones(len(y), bool)})[0])]
+    return [split_metrics(name, y, p, threshold)]
+
+
 def run(args: argparse.Namespace) -> int:
-    from models.card import write_bundle  # torch/matplotlib side; imported late to keep --help fast
+    from models.card import AuditFailed, write_bundle  # matplotlib side; imported late to keep --help fast
 
     started = time.time()
+    try:
+        held_out_groups(args.hold_out)
+    except ValueError as exc:
+        print(f"bedside train: --hold-out: {exc}", file=sys.stderr)
+        return 2
     seed_everything(args.seed, args.threads)
     data = load_dataset(args)
     widths = tuple(int(w) for w in args.widths.split(","))
@@ -246,13 +322,15 @@ def run(args: argparse.Namespace) -> int:
     val_logits = predict_logits(model, data.val_x)
     temperature = fit_temperature(val_logits, data.val_y)
     stress_y = np.tile(data.val_y, args.stress_copies)
-    stress_p = probability(predict_logits(model, stress_inputs(data.val_x, args.stress_copies, args.seed)), temperature)
+    stress_x = stress_inputs(data, args.stress_copies, args.seed, args.size)
+    stress_p = probability(predict_logits(model, stress_x), temperature)
     val_p = probability(val_logits, temperature)
     threshold = choose_threshold((data.val_y, val_p), (stress_y, stress_p),
                                  args.target_sensitivity, args.min_clean_sensitivity)
     training_seconds = time.time() - started
 
     n_val, n_pat = len(data.val_y), data.n_patients_val
+    patients = [s.patient for s in data.val]
     checkpoint = {
         "widths": widths,
         "blocks": args.blocks,
@@ -265,29 +343,41 @@ def run(args: argparse.Namespace) -> int:
         "metrics": [
             split_metrics(f"validation (patient-level, n={n_val}, {n_pat} patients)", data.val_y, val_p, threshold),
             split_metrics(
-                f"validation under simulated acquisition shift ({args.stress_copies} perturbed copies, "
+                f"validation under simulated acquisition and aspect shift ({args.stress_copies} perturbed copies, "
                 f"n={len(stress_y)})", stress_y, stress_p, threshold),
+            *held_out_metrics(model, data, args, temperature, threshold),
         ],
+        "intervals": bootstrap_intervals(data.val_y == 1, val_p, threshold, patients, args.bootstrap, args.seed),
+        "subgroups": subgroups(data.val, data.val_y, val_p, threshold),
         "curves": {name: (torch.from_numpy(y), torch.from_numpy(p))
                    for name, y, p in (("clean", data.val_y, val_p), ("stress", stress_y, stress_p))},
         "data": {"n_train": len(data.train_y), "n_val": n_val, "n_val_patients": n_pat,
-                 "n_duplicates_removed": data.n_duplicates,
+                 "n_duplicates_removed": data.n_duplicates, "n_unknown_aspect": data.n_unknown_aspect,
+                 "n_held_out": len(data.held_out), "held_out": args.hold_out, "limit": args.limit,
                  "n_train_positive": int(data.train_y.sum()), "val_fraction": args.val_fraction},
         "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"},
         "training_command": command_line(args),
         "seed": args.seed,
+        "max_flip_rate": args.max_flip_rate,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "training_seconds": round(training_seconds, 1),
     }
     run_dir = Path(args.runs_dir) / f"{args.id}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, run_dir / "checkpoint.pt")
-    bundle = write_bundle(checkpoint, Path(args.out), args.id, args.version, check_inputs=data.val_x[:8].float())
     for m in checkpoint["metrics"]:
-        print(f"{m['split']}: AUC {m['auc']:.4f} acc {m['accuracy']:.4f} sens {m['sensitivity']:.4f} "
-              f"spec {m['specificity']:.4f}")
+        print(f"{m['split']}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("auc", "accuracy", "sensitivity",
+                                                                       "specificity", "flagged") if k in m))
     print(f"temperature {temperature:.3f}, threshold {threshold:.4f}, trained in {training_seconds:.0f} s")
-    print(f"checkpoint {run_dir / 'checkpoint.pt'}; bundle {bundle}")
+    print(f"checkpoint {run_dir / 'checkpoint.pt'}")
+    if args.out is not None:
+        try:
+            bundle = write_bundle(checkpoint, Path(args.out), args.id, args.version,
+                                  check_inputs=data.val_x[:8].float(), data_dir=args.data)
+        except AuditFailed as exc:
+            print(f"bedside train: {exc} (the checkpoint is kept)", file=sys.stderr)
+            return 1
+        print(f"bundle {bundle}")
     return 0
 
 

@@ -1,0 +1,175 @@
+"""Metamorphic shortcut audits: change what must not matter, count how often the triage changes.
+
+Each check applies one transformation that leaves the lungs as they are but changes something a
+model could have learned instead of them (the film's aspect, its borders, a burned-in marker, the
+exposure, the compression), then compares the triage (P(urgent) >= threshold) before and after.
+A model that reads the lungs flips few images; one that learned the shortcut flips many.
+
+Runs on decoded images (uint8 or float in [0, 1], gray or RGB) through the bundle's own input
+contract, so training, `bedside optimize` and `bedside eval` audit exactly what the device sees.
+numpy + OpenCV only: no torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+
+from models.bundle import AuditCheck, AuditPolicy, InputContract
+from models.preprocess import to_model_input
+
+MAX_FLIP_RATE = 0.02
+BATCH = 64
+BORDER = 0.08  # fraction of each side cut or padded by the border checks
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    description: str
+    apply: Callable[[np.ndarray], np.ndarray]
+
+
+def _as_uint8(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.clip(pixels.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _resize(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    return cv2.resize(np.ascontiguousarray(pixels), (max(1, width), max(1, height)), interpolation=cv2.INTER_AREA)
+
+
+def squeeze(pixels: np.ndarray, factor: float = 0.8) -> np.ndarray:
+    """Content resized to `factor` of its width and centred on the same canvas, black at the sides:
+    what a film `1 / factor` times wider looks like after the upstream stretch to a square."""
+    h, w = pixels.shape[:2]
+    narrow = _resize(pixels, int(round(w * factor)), h)
+    out = np.zeros_like(pixels)
+    left = (w - narrow.shape[1]) // 2
+    out[:, left : left + narrow.shape[1]] = narrow
+    return out
+
+
+def widen(pixels: np.ndarray, factor: float = 1.25) -> np.ndarray:
+    """Content stretched to `factor` of its width, the sides that no longer fit cut off."""
+    h, w = pixels.shape[:2]
+    wide = cv2.resize(np.ascontiguousarray(pixels), (int(round(w * factor)), h), interpolation=cv2.INTER_LINEAR)
+    left = (wide.shape[1] - w) // 2
+    return np.ascontiguousarray(wide[:, left : left + w])
+
+
+def crop_border(pixels: np.ndarray, fraction: float = BORDER) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    dy, dx = int(round(h * fraction)), int(round(w * fraction))
+    return np.ascontiguousarray(pixels[dy : h - dy, dx : w - dx])
+
+
+def pad_border(pixels: np.ndarray, fraction: float = BORDER) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    dy, dx = int(round(h * fraction)), int(round(w * fraction))
+    return cv2.copyMakeBorder(np.ascontiguousarray(pixels), dy, dy, dx, dx, cv2.BORDER_CONSTANT, value=0)
+
+
+def burn_marker(pixels: np.ndarray) -> np.ndarray:
+    """White burned-in annotations as films carry them: a side letter and a 'PORTABLE' label."""
+    out = _as_uint8(pixels).copy()
+    h, w = out.shape[:2]
+    scale = max(h, w) / 400.0
+    white = (255,) * (3 if out.ndim == 3 else 1)
+    thick = max(1, int(round(2 * scale)))
+    cv2.putText(out, "R", (int(0.04 * w), int(0.12 * h)), cv2.FONT_HERSHEY_SIMPLEX, 1.6 * scale, white, thick)
+    cv2.putText(out, "PORTABLE", (int(0.55 * w), int(0.08 * h)), cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, white, thick)
+    return out
+
+
+def gamma(pixels: np.ndarray, value: float) -> np.ndarray:
+    unit = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels.astype(np.float32)
+    return np.clip(unit, 0.0, 1.0) ** value
+
+
+def jpeg(pixels: np.ndarray, quality: int = 60) -> np.ndarray:
+    u8 = _as_uint8(pixels)
+    bgr = cv2.cvtColor(u8, cv2.COLOR_RGB2BGR) if u8.ndim == 3 else u8
+    ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB) if decoded.ndim == 3 else decoded
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("squeeze_0.8", "content squeezed horizontally to 0.8 (a wider film after the stretch), black sides",
+          squeeze),
+    Check("widen_1.25", "content widened by 1.25 (a narrower film), sides cut", widen),
+    Check("border_crop", f"{BORDER:.0%} cut from every edge", crop_border),
+    Check("border_pad", f"black border of {BORDER:.0%} of the side on every edge", pad_border),
+    Check("marker", "burned-in white text: side letter 'R' and 'PORTABLE'", burn_marker),
+    Check("gamma_0.75", "exposure: gamma 0.75 (brighter mid-tones)", lambda p: gamma(p, 0.75)),
+    Check("gamma_1.33", "exposure: gamma 1.33 (darker mid-tones)", lambda p: gamma(p, 1.33)),
+    Check("jpeg_q60", "JPEG re-compression at quality 60", jpeg),
+)
+
+
+def policy(data: str, max_flip_rate: float = MAX_FLIP_RATE) -> AuditPolicy:
+    """The limits a bundle declares: every check's flip rate at most `max_flip_rate` on `data`."""
+    return AuditPolicy(max_flip_rate=max_flip_rate, checks=[c.name for c in CHECKS], data=data)
+
+
+def run_audit(predict: Callable[[np.ndarray], np.ndarray], images: Iterable[np.ndarray], positive: np.ndarray,
+              contract: InputContract, threshold: float) -> list[AuditCheck]:
+    """Every check on every image; `predict` maps model inputs (N, C, H, W) to P(urgent) (N,)."""
+    positive = np.asarray(positive, dtype=bool)
+    base: list[np.ndarray] = []
+    changed: dict[str, list[np.ndarray]] = {c.name: [] for c in CHECKS}
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        base.append(predict(np.stack([to_model_input(img, contract) for img in batch])))
+        for c in CHECKS:
+            changed[c.name].append(predict(np.stack([to_model_input(c.apply(img), contract) for img in batch])))
+        batch.clear()
+
+    for img in images:
+        batch.append(img)
+        if len(batch) == BATCH:
+            flush()
+    flush()
+    p0 = np.concatenate(base)
+    if len(p0) != len(positive):
+        raise ValueError(f"{len(p0)} images but {len(positive)} labels")
+    return [_summary(c, p0, np.concatenate(changed[c.name]), positive, threshold) for c in CHECKS]
+
+
+def _summary(check: Check, p0: np.ndarray, p1: np.ndarray, positive: np.ndarray, threshold: float) -> AuditCheck:
+    flipped = (p0 >= threshold) != (p1 >= threshold)
+    return AuditCheck(
+        name=check.name,
+        description=check.description,
+        n=int(len(p0)),
+        flip_rate=float(flipped.mean()),
+        flip_rate_positive=float(flipped[positive].mean()) if positive.any() else None,
+        flip_rate_negative=float(flipped[~positive].mean()) if (~positive).any() else None,
+        mean_delta=float(np.mean(p1 - p0)),
+    )
+
+
+def failures(checks: list[AuditCheck], limits: AuditPolicy) -> list[str]:
+    """Plain-word reasons for every check over its limit (empty: the audit passed)."""
+    return [f"{c.name} flips {c.flip_rate:.1%} of images (allowed {limits.max_flip_rate:.1%})"
+            for c in checks if c.flip_rate > limits.max_flip_rate]
+
+
+def table(checks: list[AuditCheck]) -> list[str]:
+    """The audit as aligned text rows, for the terminal."""
+    rows = [f"{'check':<12} {'flips':>7} {'urgent':>7} {'other':>7} {'mean dP':>8}  what"]
+    for c in checks:
+        pos = "-" if c.flip_rate_positive is None else f"{c.flip_rate_positive:.1%}"
+        neg = "-" if c.flip_rate_negative is None else f"{c.flip_rate_negative:.1%}"
+        rows.append(f"{c.name:<12} {c.flip_rate:>7.1%} {pos:>7} {neg:>7} {c.mean_delta:>+8.4f}  {c.description}")
+    return rows
