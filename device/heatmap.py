@@ -5,6 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from models.bundle import InputContract
+from models.preprocess import model_region
+
 
 def normalise_cam(cam: np.ndarray) -> np.ndarray:
     """Positive evidence only, scaled to [0, 1]; an all-negative map is all zero, not noise."""
@@ -13,17 +16,21 @@ def normalise_cam(cam: np.ndarray) -> np.ndarray:
     return cam / peak if peak > 0 else cam
 
 
-def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """RGB uint8 image with the map (resized to the image) blended over it in a jet palette."""
+def overlay(pixels: np.ndarray, cam: np.ndarray, alpha: float = 0.4,
+            contract: InputContract | None = None) -> np.ndarray:
+    """RGB uint8 image with the map blended over it in a jet palette, on the part the model saw
+    (the whole image, or the centred crop the contract's aspect range makes of it)."""
     if pixels.dtype != np.uint8:
         pixels = np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB) if pixels.ndim == 2 else pixels[..., :3]
-    h, w = rgb.shape[:2]
+    rgb = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB) if pixels.ndim == 2 else pixels[..., :3].copy()
+    top, left, h, w = (0, 0, *rgb.shape[:2]) if contract is None else model_region(*rgb.shape[:2], contract)
+    seen = rgb[top : top + h, left : left + w]
     heat = cv2.resize(normalise_cam(cam), (w, h), interpolation=cv2.INTER_CUBIC)
     heat_u8 = np.clip(heat * 255.0, 0, 255).astype(np.uint8)
     colour = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     weight = (alpha * heat)[..., None]
-    return (rgb * (1.0 - weight) + colour * weight).astype(np.uint8)
+    rgb[top : top + h, left : left + w] = (seen * (1.0 - weight) + colour * weight).astype(np.uint8)
+    return rgb
 
 
 def write_png(path, rgb: np.ndarray) -> None:

@@ -15,8 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from models import atomic
-from models.bundle import Bundle, Manifest, Variant, file_entry, load_bundle, sha256_file, write_manifest
+from models import atomic, audit
+from models.bundle import AuditCheck, Bundle, Manifest, Variant, file_entry, load_bundle, sha256_file, write_manifest
+from models.data import decode_rgb
+from models.metrics import softmax
 from optimize import quantize
 from optimize.gate import GateResult, gate
 from optimize.heldout import calibration_batch, redraw_split, validation_batch
@@ -40,6 +42,7 @@ class Candidate:
     notes: str
     result: GateResult | None = None
     latency: dict[str, float] | None = None
+    audit: list[AuditCheck] | None = None
 
 
 @dataclass
@@ -68,6 +71,26 @@ def _build(c: Candidate, bundle: Bundle, tmp: Path, calib: Callable[[], np.ndarr
         return
     recipe = quantize.TENSORRT_INT8 if c.name == quantize.TENSORRT_INT8.name else quantize.CPU_INT8
     quantize.quantize_int8(fp32, tmp, bundle.manifest.input.tensor_name, calib(), recipe, method)
+
+
+def _audit(path: Path, m: Manifest, images: list[np.ndarray], positive: np.ndarray, threads: int) -> list[AuditCheck]:
+    """The bundle's shortcut audits on one candidate file, at the bundle's threshold."""
+    sess = session(path, threads)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return softmax(sess.run([m.outputs.logits], {m.input.tensor_name: x})[0].astype(np.float64))[:, m.urgent_index]
+
+    return audit.run_audit(predict, images, positive, m.input, m.policy.operating_point.threshold)
+
+
+def _check(c: Candidate, m: Manifest, path: Path, audit_data: Callable[[], tuple], threads: int) -> list[str]:
+    """Why a candidate is refused (empty: accepted): the accuracy gate, then the bundle's audit limits."""
+    if not c.result.passed:
+        return list(c.result.reasons)
+    if m.audit is None:
+        return []
+    c.audit = _audit(path, m, *audit_data(), threads)
+    return audit.failures(c.audit, m.audit)
 
 
 def _cpu_latencies(paths: list[Path], m: Manifest, threads: int) -> list[dict[str, float]]:
@@ -117,6 +140,13 @@ def add_variant(
             log(f"calibration: {calibration_images} training images (seed {seed}), method {method}")
         return calib_cache[0]
 
+    audit_cache: list[tuple] = []
+
+    def audit_data() -> tuple[list[np.ndarray], np.ndarray]:
+        if not audit_cache:
+            audit_cache.append(([decode_rgb(s.path) for s in held.val], np.asarray(y_val) == m.urgent_index))
+        return audit_cache[0]
+
     outcome = Outcome()
     with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".optimize-") as work:
         built = []
@@ -126,10 +156,12 @@ def add_variant(
             val_logits[tmp] = logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads)
             c.result = gate(c.name, fp32_logits, val_logits[tmp], y_val, m.urgent_index,
                             m.policy.operating_point.threshold)
+            refused = _check(c, m, tmp, audit_data, threads)
+            worst = f", worst audit flip rate {max(a.flip_rate for a in c.audit):.2%}" if c.audit else ""
             log(f"{c.name}: AUC {c.result.auc_variant:.4f} (FP32 {c.result.auc_fp32:.4f}), agreement "
-                f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}: "
-                f"{'PASS' if c.result.passed else 'FAIL: ' + '; '.join(c.result.reasons)}")
-            (built if c.result.passed else outcome.rejected).append(c)
+                f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}{worst}: "
+                f"{'FAIL: ' + '; '.join(refused) if refused else 'PASS'}")
+            (outcome.rejected if refused else built).append(c)
         if not built:
             return outcome
         for c, lat in zip(built, _cpu_latencies([Path(work) / c.file for c in built], m, threads)):
@@ -153,7 +185,7 @@ def _with_variants(
     m = bundle.manifest
     kept = [v for v in m.variants if v.precision != precision]
     new = [Variant(precision=c.precision, file=c.file, targets=list(c.targets), notes=c.notes,
-                   gate=c.result.manifest_entry()) for c in accepted]
+                   gate=c.result.manifest_entry(), audit=c.audit) for c in accepted]
     used = {v.file for v in kept + new}
     dropped = {v.file for v in m.variants if v.precision == precision} - used
     files = {k: v for k, v in m.files.items() if k not in dropped}
@@ -207,21 +239,25 @@ def _commit(root: Path, manifest: Manifest, staged: dict[str, Path], report: byt
 
 
 def _card_text(text: str, variants: list[Variant], latencies: list[dict[str, float]]) -> str:
-    rows = ["| variant | targets | file | AUC drop | agreement | max logit dev. | ORT CPU b1 p50 ms |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| variant | targets | file | AUC drop | agreement | max logit dev. | worst audit flip rate | "
+            "ORT CPU b1 p50 ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, lat in zip(variants, latencies):
         g = v.gate or {}
+        worst = max(v.audit, key=lambda a: a.flip_rate) if v.audit else None
         rows.append(
             f"| {v.precision} | {', '.join(v.targets)} | `{v.file}` | "
             f"{g.get('auc_drop', 0.0):.4f} | {g.get('agreement', 1.0):.2%} | "
-            f"{g.get('max_logit_deviation', 0.0):.4f} | {lat['p50_ms']:.3f} |"
+            f"{g.get('max_logit_deviation', 0.0):.4f} | "
+            f"{f'{worst.flip_rate:.2%} ({worst.name})' if worst else '-'} | {lat['p50_ms']:.3f} |"
         )
     section = "\n".join([
         CARD_BEGIN,
         "## Optimized variants",
         "",
         "Each variant passed the accuracy gate against FP32 on the validation split (AUC drop <= 0.002, "
-        "triage agreement >= 99.5%); `report.html` has the ROC, calibration and confusion details.",
+        "triage agreement >= 99.5%) and the bundle's shortcut audits (manifest `audit`); `report.html` has "
+        "the ROC, calibration and confusion details.",
         "",
         *rows,
         CARD_END,

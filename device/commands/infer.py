@@ -13,6 +13,7 @@ from pathlib import Path
 from device import heatmap, intake
 from device.commands.common import add_bundle_argument, add_runtime_arguments, open_triager
 from device.triage import TriageResult
+from models.bundle import InputContract
 
 EXIT_SOME_FAILED = 2
 
@@ -31,11 +32,13 @@ def _table_row(result: TriageResult, urgent_label: str) -> str:
     return f"{result.triage:<10} {result.label:<10} {p:>6.3f} {result.latency_ms:>8.1f}  {result.source}  [{reasons}]"
 
 
-def _write_heatmap(directory: Path, path: Path, result: TriageResult, img: intake.DecodedImage) -> None:
+def _write_heatmap(directory: Path, path: Path, result: TriageResult, img: intake.DecodedImage,
+                   contract: InputContract) -> None:
     if result.cam is None:
         return
     directory.mkdir(parents=True, exist_ok=True)
-    heatmap.write_png(directory / f"{path.name}.heatmap.png", heatmap.overlay(img.pixels, result.cam))
+    overlay = heatmap.overlay(img.pixels, result.cam, contract=contract)
+    heatmap.write_png(directory / f"{path.name}.heatmap.png", overlay)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             result, img = triager.triage_file(path)
             if args.heatmap_dir:
-                _write_heatmap(args.heatmap_dir, path, result, img)
+                _write_heatmap(args.heatmap_dir, path, result, img, m.input)
         except intake.IntakeError as exc:
             failed += 1
             if args.json:
