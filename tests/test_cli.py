@@ -9,8 +9,9 @@ from pathlib import Path
 
 import cv2
 import pytest
-
 from tiny_bundle import make_tiny_bundle
+
+from models import audit
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "bundles" / "chest-xray-pneumonia"
@@ -86,11 +87,27 @@ def small_eval_set(datasets, tmp_path_factory):
 
 
 def test_eval_json(small_eval_set):
-    report = json.loads(bedside("eval", "--json", "--data", small_eval_set).stdout)
+    report = json.loads(bedside("eval", "--json", "--audit", "--bootstrap", "200", "--data", small_eval_set).stdout)
     assert report["n"] == 40 and report["n_positive"] == 20
-    assert set(report) >= {"n", "auc", "accuracy", "sensitivity", "specificity", "confusion"}
+    assert set(report) >= {"n", "auc", "accuracy", "sensitivity", "specificity", "confusion", "intervals",
+                           "subgroups", "audit"}
     assert sum(report["confusion"].values()) == 40
     assert 0.5 < report["auc"] <= 1.0  # training images: a sanity check, not a validation
+    for name in ("auc", "sensitivity", "specificity"):
+        low, high = report["intervals"][name]
+        assert low <= report[name] <= high
+    groups = {g["group"]: g for g in report["subgroups"]}
+    assert groups["label NORMAL"]["n"] == 20 and "auc" not in groups["label NORMAL"]  # one class: no AUC
+    assert groups["normal IM-"]["n"] + groups.get("normal NORMAL2-IM-", {"n": 0})["n"] == 20
+    assert sum(groups[b]["n"] for b in ("aspect < 1.2", "aspect 1.2-1.5", "aspect >= 1.5") if b in groups) == 40
+    assert [c["name"] for c in report["audit"]] == [c.name for c in audit.CHECKS]
+    assert all(0 <= c["flip_rate"] <= 1 and c["n"] == 40 for c in report["audit"])
+
+
+def test_eval_text_prints_intervals_subgroups_and_audits(small_eval_set):
+    out = bedside("eval", "--audit", "--bootstrap", "100", "--data", small_eval_set).stdout
+    assert "95% CI" in out and "subgroup" in out and "squeeze_0.8" in out
+    assert "the bundle's limit" in out
 
 
 def test_eval_rejects_a_folder_that_matches_no_label(small_eval_set, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import pytest
@@ -60,22 +59,32 @@ def test_split_keeps_patients_on_one_side(samples):
     assert split_by_patient(kept, 0.17, seed=0) == (train, val)  # fixed seed, fixed split
 
 
-@needs_data
-def test_smoke_train_to_bundle(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One tiny real training run (64 images, 1 epoch) that writes a bundle; its folder."""
     from models import train
-    from models.data import input_contract, decode_rgb
-    from models.export import INPUT_NAME, deployable_model, onnx_session
-    from models.preprocess import to_model_input
 
+    if not (DATA / "NORMAL").is_dir():
+        pytest.skip(f"chest X-ray dataset not found at {DATA} (set BEDSIDE_DATASETS)")
+    tmp_path = tmp_path_factory.mktemp("smoke")
     parser = argparse.ArgumentParser()
     train.add_arguments(parser)
     args = parser.parse_args([
         "--out", str(tmp_path / "bundle"), "--runs-dir", str(tmp_path / "runs"), "--limit", "64",
         "--size", "64", "--epochs", "1", "--stress-copies", "1", "--val-fraction", "0.25", "--no-progress",
+        "--bootstrap", "100", "--max-flip-rate", "1",  # a 1-epoch model is not expected to pass the audits
     ])
-    started = time.time()
     assert train.run(args) == 0
-    assert time.time() - started < 60
+    return tmp_path
+
+
+@needs_data
+def test_smoke_train_to_bundle(smoke_run):
+    from models.data import input_contract, decode_rgb
+    from models.export import INPUT_NAME, deployable_model, onnx_session
+    from models.preprocess import to_model_input
+
+    tmp_path = smoke_run
 
     bundle = load_bundle(tmp_path / "bundle")
     m = bundle.manifest
@@ -83,6 +92,11 @@ def test_smoke_train_to_bundle(tmp_path):
     assert m.input == input_contract(64, INPUT_NAME)
     assert {"model.onnx", "roc.png", "MODEL_CARD.md"} <= set(m.files)
     assert [s.split.startswith("validation") for s in m.metrics] == [True, True]
+    assert m.input.aspect_range == (0.8, 2.3)
+    assert m.audit.max_flip_rate == 1.0 and m.audit.checks == [c.name for c in m.variant("fp32").audit]
+    assert m.evaluation.patient_pattern and m.evaluation.aspect_buckets == [1.2, 1.5]
+    card = bundle.path_of("MODEL_CARD.md").read_text()
+    assert "## Shortcut audits" in card and "squeeze_0.8" in card and "95% interval" in card
 
     paths = sorted((DATA / "PNEUMONIA").glob("*.jpeg"))[:2] + sorted((DATA / "NORMAL").glob("*.jpeg"))[:2]
     x = np.stack([to_model_input(decode_rgb(p), m.input) for p in paths])
@@ -93,3 +107,37 @@ def test_smoke_train_to_bundle(tmp_path):
         want_logits, want_cam = deployable_model(checkpoint)(torch.from_numpy(x))
     np.testing.assert_allclose(logits, want_logits.numpy(), atol=1e-4)
     np.testing.assert_allclose(cam, want_cam.numpy(), atol=1e-4)
+
+
+@needs_data
+def test_export_refuses_a_model_over_its_audit_limit_and_keeps_the_old_bundle(smoke_run):
+    """An operating point at the median score makes every perturbation flip triages: refused."""
+    from models.card import AuditFailed, write_bundle
+
+    tmp_path = smoke_run
+    before = {p.name: p.read_bytes() for p in (tmp_path / "bundle").iterdir()}
+    checkpoint = torch.load(next((tmp_path / "runs").glob("*/checkpoint.pt")), weights_only=True)
+    checkpoint["threshold"] = float(np.median(checkpoint["curves"]["clean"][1].numpy()))
+    checkpoint["max_flip_rate"] = 0.0
+    with pytest.raises(AuditFailed, match=r"refusing to write the bundle: .* flips .* \(allowed 0.0%\)"):
+        write_bundle(checkpoint, tmp_path / "bundle", "chest-xray-pneumonia", "9.9.9", log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "bundle").iterdir()} == before
+    assert load_bundle(tmp_path / "bundle").manifest.version != "9.9.9"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work folder left
+
+
+def test_unknown_hold_out_group_is_named():
+    from models.data import held_out_groups
+
+    assert held_out_groups("normal2, virus") == {"normal2", "virus"}
+    with pytest.raises(ValueError, match="unknown group.*adults.*choose from normal-im, normal2, bacteria, virus, wide"):
+        held_out_groups("adults,virus")
+
+
+@needs_data
+def test_samples_carry_group_and_original_aspect(samples):
+    by_name = {s.path.name: s for s in samples}
+    assert by_name["IM-0115-0001.jpeg"].group == "normal-im" and by_name["IM-0115-0001.jpeg"].aspect == 1.11
+    assert by_name["IM-0122-0001.jpeg"].aspect is None  # 'unknown' in train_aspect.csv
+    assert {s.group for s in samples} == {"normal-im", "normal2", "bacteria", "virus"}
+    assert sum(s.aspect is not None for s in samples) > 4000
