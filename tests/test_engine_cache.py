@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from optimize.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey, EngineSettings
-from optimize.tensorrt.api import Platform
-from optimize.tensorrt.build import BuildCancelled
-from optimize.tensorrt.progress import BuildProgress
+from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey, EngineSettings
+from device.tensorrt.api import Platform
+from device.tensorrt.build import BuildCancelled
+from device.tensorrt.progress import BuildProgress
 
 PLATFORM = Platform("10.3.0.30", "Orin (nvgpu)", "8.7", 16)
 KEY = EngineKey("a" * 64, "int8", PLATFORM, "image", ((1, 1, 32, 32), (1, 1, 32, 32), (16, 1, 32, 32)), None)

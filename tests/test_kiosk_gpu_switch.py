@@ -11,7 +11,7 @@ import fakes
 from device import intake
 from device.kiosk.config import ModelSettings
 from device.kiosk.exams import ExamRegistry
-from device.runtime import tensorrt_backend
+from device.tensorrt import backend as tensorrt_backend
 from tiny_bundle import make_tiny_bundle
 
 

@@ -15,7 +15,7 @@ from device.runtime import registry
 from device.runtime.base import ModelIO, RuntimeFailure
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from models.bundle import sha256_file
-from optimize.engine_cache import EngineSettings
+from device.tensorrt.engine_cache import EngineSettings
 from tiny_bundle import SIZE, make_tiny_bundle
 
 IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))
@@ -42,7 +42,7 @@ def settings(tmp_path) -> EngineSettings:
 
 
 def backend(bundle: Path, settings: EngineSettings):
-    from device.runtime.tensorrt_backend import TensorRTBackend
+    from device.tensorrt.backend import TensorRTBackend
 
     return TensorRTBackend(bundle / "model.onnx", IO, threads=1, settings=settings)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device.runtime.cuda_io import StreamBuffers
-from device.runtime.cuda_worker import CudaWorker
-from optimize.tensorrt.api import detect_platform
+from device.tensorrt.cuda_io import StreamBuffers
+from device.tensorrt.cuda_worker import CudaWorker
+from device.tensorrt.api import detect_platform
 
 MAX_BATCH = 16
 CHW = (3, 256, 256)

@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     }
     healthy = bool(report["bundles"]) and all(b["ok"] for b in report["bundles"])
     if args.selftest:
-        from device.tensorrt_selftest import run_selftest
+        from device.tensorrt.selftest import run_selftest
 
         report["tensorrt_selftest"] = run_selftest([bundle for _, bundle in checked if bundle is not None])
         healthy = healthy and report["tensorrt_selftest"].get("ok", True)

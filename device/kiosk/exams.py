@@ -20,10 +20,10 @@ from device.kiosk.config import ModelSettings
 from device.kiosk.errors import UnknownExam
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
-from device.runtime.tensorrt_backend import start_engine_build
+from device.tensorrt.backend import start_engine_build
 from device.triage import TriageResult, Triager, model_io
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
-from optimize.engine_cache import BuildJob
+from device.tensorrt.engine_cache import BuildJob
 
 log = logging.getLogger("bedside.kiosk")
 GPU_BACKEND = "tensorrt"

@@ -10,7 +10,7 @@ from device.runtime.base import Availability, Backend, RuntimeUnavailable
 # makes its own backend unavailable.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "device.runtime.onnxruntime_backend:OnnxRuntimeBackend",
-    "tensorrt": "device.runtime.tensorrt_backend:TensorRTBackend",
+    "tensorrt": "device.tensorrt.backend:TensorRTBackend",
 }
 
 

@@ -32,9 +32,9 @@ from typing import Callable, Mapping
 
 from models.bundle import sha256_file
 from models import atomic
-from optimize.tensorrt.api import Platform
-from optimize.tensorrt.build import BuildCancelled, BuildOptions, build_engine
-from optimize.tensorrt.progress import BuildProgress, ProgressCallback
+from device.tensorrt.api import Platform
+from device.tensorrt.build import BuildCancelled, BuildOptions, build_engine
+from device.tensorrt.progress import BuildProgress, ProgressCallback
 
 log = logging.getLogger("bedside.engine_cache")
 

@@ -1,9 +1,9 @@
 """TensorRT on a CUDA GPU (Jetson), through pycuda.
 
-The engine comes from the engine cache (optimize/engine_cache.py), keyed by the model's content,
+The engine comes from the engine cache (device/tensorrt/engine_cache.py), keyed by the model's content,
 the TensorRT build and the GPU; a miss builds it here, synchronously, because whoever asked for
 this backend by name (``bedside infer --backend tensorrt``) wants it. A device that must keep
-serving while an engine builds uses optimize.engine_cache.BuildJob and switches backends when
+serving while an engine builds uses device.tensorrt.engine_cache.BuildJob and switches backends when
 the job is ready. Settings come from the environment: BEDSIDE_ENGINE_CACHE (default
 ~/.cache/bedside/engines), BEDSIDE_TRT_MAX_BATCH, BEDSIDE_TRT_OPT_BATCH, BEDSIDE_TRT_WORKSPACE_MB,
 BEDSIDE_DLA_CORE.
@@ -21,10 +21,10 @@ from typing import Callable
 import numpy as np
 
 from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable
-from device.runtime.cuda_io import StreamBuffers
-from device.runtime.cuda_worker import CudaWorker
+from device.tensorrt.cuda_io import StreamBuffers
+from device.tensorrt.cuda_worker import CudaWorker
 from models.bundle import BundleError, read_manifest
-from optimize.engine_cache import (
+from device.tensorrt.engine_cache import (
     BuildJob,
     CacheNotWritable,
     EngineCache,
@@ -32,9 +32,9 @@ from optimize.engine_cache import (
     EngineSettings,
     tensorrt_build,
 )
-from optimize.tensorrt.api import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
-from optimize.tensorrt.build import EngineBuildError
-from optimize.tensorrt.progress import BuildProgress
+from device.tensorrt.api import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
+from device.tensorrt.build import EngineBuildError
+from device.tensorrt.progress import BuildProgress
 
 log = logging.getLogger("bedside.tensorrt")
 
