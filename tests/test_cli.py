@@ -148,3 +148,16 @@ def test_train_without_torch_says_what_to_install(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1
     assert "bedside[train]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_optimize_without_onnx_says_what_to_install():
+    code = ("import sys; sys.modules['onnx'] = None; from device.cli import main; "
+            "sys.exit(main(['optimize', '--help']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    assert "bedside[optimize]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_without_its_data_says_which_folder_is_missing(tmp_path):
+    proc = bedside("train", "--data", tmp_path, "--out", tmp_path / "bundle", check_rc=1)
+    assert proc.stderr.strip() == f"bedside train: {tmp_path / 'NORMAL'}: missing class folder"

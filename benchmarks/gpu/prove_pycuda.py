@@ -8,7 +8,7 @@ What it proves (each a named check in the JSON summary):
   (the trap the worker design avoids);
 - no_leaks: device memory free after 20 create/run/close cycles equals free memory before, and
   no worker threads are left behind.
-Needs only pycuda, numpy and this repository's device/runtime/{base,cuda_worker,cuda_io}.py.
+Needs only pycuda, numpy and this repository's device/runtime/base.py and device/tensorrt/{cuda_worker,cuda_io}.py.
 """
 
 from __future__ import annotations
