@@ -114,7 +114,7 @@ def test_bench_json_side_by_side():
 def test_torch_eager_runs_the_same_weights_as_onnxruntime():
     import numpy as np
 
-    from device.runtime.base import ModelIO
+    from device.runtime.base import ModelIO, VariantFile
     from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from models.bundle import load_bundle
     from models.onnx_eager import EagerGraph
@@ -124,7 +124,7 @@ def test_torch_eager_runs_the_same_weights_as_onnxruntime():
     path = bundle.path_of(m.variant("fp32").file)
     x = np.random.default_rng(1).standard_normal((2, m.input.channels, m.input.height, m.input.width))
     x = x.astype(np.float32)
-    ort = OnnxRuntimeBackend(path, ModelIO(m.input.tensor_name, (m.outputs.logits,), x.shape[1:]), 1).run(x)
+    ort = OnnxRuntimeBackend(VariantFile(path, m.variant("fp32")), ModelIO(m.input.tensor_name, (m.outputs.logits,), x.shape[1:]), 1).run(x)
     eager = EagerGraph(path)(x)
     np.testing.assert_allclose(eager[m.outputs.logits], ort[m.outputs.logits], rtol=1e-3, atol=1e-3)
 

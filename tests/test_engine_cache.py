@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey, EngineSettings
+from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey
+from device.tensorrt.settings import EngineSettings
 from device.tensorrt.api import Platform
 from device.tensorrt.build import BuildCancelled
 from device.tensorrt.progress import BuildProgress

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from device.commands.common import add_bundle_argument, resolve_bundle
 from device.runtime import registry
+from device.runtime.base import VariantFile
 from device.triage import default_threads, model_io
 from models.bundle import Bundle
 from optimize.timing import interleaved_latencies, summarise
@@ -64,7 +65,7 @@ def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch
             # ONNX Runtime on the CPU runs any graph, so GPU-only variants are measured there too
             # (for reference); a GPU backend runs only the graphs made for it.
             if cls.target in variant.targets or cls.target == "cpu":
-                backend = cls(bundle.path_of(variant.file), io, threads)
+                backend = cls(VariantFile.of(bundle, variant), io, threads)
                 runners.append(Runner(name, variant.precision, backend.run, backend.close, variant.file))
     openvino = _openvino_runners(bundle, threads)
     if openvino is None:

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device.capture.config import CaptureSettings
+from device.tensorrt.settings import EngineSettings
 from models.bundle import default_bundles_dir, describe_validation_error
 
 
@@ -48,9 +49,14 @@ class ModelSettings(_Section):
     inference_threads: int | None = Field(default=None, ge=1, le=64, description="default: all usable cores")
     gpu: Literal["auto", "off"] = Field(
         default="auto",
-        description="auto: where TensorRT runs, build each exam's GPU engine in the background while "
-        "serving on `backend`, then switch to it",
+        description="auto: where a GPU backend runs, prepare each exam's GPU variant in the background "
+        "(TensorRT builds its engine) while serving on `backend`, then switch to it",
     )
+    tensorrt: EngineSettings = Field(default_factory=EngineSettings, description="the TensorRT engine cache and builds")
+
+    def backend_settings(self, backend: str) -> object | None:
+        """The settings section of a backend, for those that have one."""
+        return {"tensorrt": self.tensorrt}.get(backend)
 
 
 class StoreSettings(_Section):

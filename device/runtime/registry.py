@@ -45,3 +45,8 @@ def require(name: str) -> type[Backend]:
     if not status.ok:
         raise RuntimeUnavailable(f"backend {name} is unavailable: {status.reason}")
     return cls
+
+
+def available(target: str) -> list[str]:
+    """The backends that can run here for a variant target ("cpu" or "gpu"), in registry order."""
+    return [name for name, status in all_availability().items() if status.ok and backend_class(name).target == target]
