@@ -21,6 +21,7 @@ from models.metrics import softmax
 from models.preprocess import to_model_input
 
 URGENT, ROUTINE, UNGRADABLE = "URGENT", "ROUTINE", "UNGRADABLE"
+TRIAGE_ORDER = (URGENT, UNGRADABLE, ROUTINE)  # the categories, most urgent first (lists sort by it)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,8 @@ from flask import Blueprint, Response, jsonify, request
 
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, KioskError, NotFound
-from device.kiosk.metrics import source_lines
+from device.kiosk.metrics import CONTENT_TYPE
 from device.kiosk.service import study_filter, study_json
-from device.kiosk.store import TRIAGE_ORDER
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 ops = Blueprint("ops", __name__)  # /metrics, where Prometheus looks by default
@@ -222,6 +221,4 @@ def health():
 
 @ops.get("/metrics")
 def metrics():
-    k = kiosk()
-    text = k.metrics.render(k.exams.ids(), TRIAGE_ORDER) + source_lines(k.capture.status())
-    return Response(text, mimetype="text/plain", headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return Response(kiosk().metrics.render(), headers={"Content-Type": CONTENT_TYPE})

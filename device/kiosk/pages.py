@@ -11,7 +11,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, KioskError
 from device.kiosk.service import study_filter
-from device.kiosk.store import TRIAGE_ORDER
+from device.triage import TRIAGE_ORDER
 
 pages = Blueprint("pages", __name__)
 MAX_OFFSET = 2**62

@@ -28,9 +28,9 @@ from device.kiosk.errors import (
 from device.kiosk.exams import Exam, ExamRegistry, timed_decode
 from device.kiosk.metrics import Metrics
 from device.kiosk.renders import Renderer
-from device.kiosk.store import TRIAGE_ORDER, NewStudy, Store, StudyFilter, StudyRecord
+from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.runtime import registry
-from device.triage import TriageResult
+from device.triage import TRIAGE_ORDER, TriageResult
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
 MAX_REFERENCE = 120
@@ -129,7 +129,7 @@ class Kiosk:
         self.config = config
         self.store = store
         self.exams = exams
-        self.metrics = Metrics()
+        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
         self.renders = Renderer(store)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
         self.backends = {

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
+from device.triage import TRIAGE_ORDER
 from models import atomic
 from models.atomic import fsync_directory
 
 DB_NAME = "bedside.sqlite3"
-TRIAGE_ORDER = ("URGENT", "UNGRADABLE", "ROUTINE")
 AUDIT_ACTIONS = (
     "study_created",
     "study_viewed",
