@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from device import intake
-from device.capture.live import iso_time
+from device.clock import utc_iso
 from device.capture.manager import CaptureManager, Inference, frame_file
 from device.capture.sources import redact
 from device.capture.stream import STREAMING
@@ -68,7 +68,7 @@ def _local_day_start(text: str, name: str, days: int = 0) -> str:
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise BadRequest(f"'{name}' must be a date like 2025-01-31, not {text!r}") from None
-    return iso_time(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
+    return utc_iso(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
 
 
 def local_time(utc_iso: str | None) -> str:
@@ -394,7 +394,7 @@ class Kiosk:
                 "source": source_id,
                 "uri": redact(source.stream.spec.uri),
                 "frame_seq": live.frame.seq,
-                "frame_captured_at": iso_time(live.frame.wall),
+                "frame_captured_at": utc_iso(live.frame.wall),
                 "frame_to_result_ms": round(live.latency_ms, 3),
                 "smoothed": live.smoothed.as_json() if live.smoothed else None,
             }

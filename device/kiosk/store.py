@@ -25,11 +25,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from device.clock import utc_iso
 from device.triage import TRIAGE_ORDER
 from models import atomic
 from models.atomic import fsync_directory
@@ -114,11 +114,6 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 
 class StoreError(Exception):
     """The store cannot be opened or used safely (corrupt database, unwritable data dir)."""
-
-
-def utc_now() -> str:
-    """Fixed-width UTC ISO 8601 with milliseconds, so that text order is time order."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -285,7 +280,7 @@ class Store:
 
     def add_study(self, image_sha256: str, image_bytes: int, study: NewStudy) -> StudyRecord:
         """Commit the study (its image must already be durable, see put_image) and audit it."""
-        now = utc_now()
+        now = utc_iso()
         r = study.result
         model = r["model"]
         cam = None if study.cam is None else np.ascontiguousarray(study.cam, dtype="<f4")
@@ -373,7 +368,7 @@ class Store:
         with self._transaction() as db:
             cur = db.execute(
                 "UPDATE studies SET reviewed_at = ?, reviewed_by = ?, review_note = ? WHERE id = ?",
-                (utc_now(), operator, note, study_id),
+                (utc_iso(), operator, note, study_id),
             )
             if cur.rowcount == 0:
                 return None
@@ -390,7 +385,7 @@ class Store:
     def _audit(db: sqlite3.Connection, action: str, operator: str, study_id: int | None, detail: dict) -> None:
         db.execute(
             "INSERT INTO audit_log (at, operator, action, study_id, detail) VALUES (?, ?, ?, ?, ?)",
-            (utc_now(), operator, action, study_id, json.dumps(detail)),
+            (utc_iso(), operator, action, study_id, json.dumps(detail)),
         )
 
     def audit_log(self, limit: int = 100, study_id: int | None = None) -> list[AuditEntry]:
@@ -461,7 +456,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         try:
             for statement in _statements(sql):
                 db.execute(statement)
-            db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, utc_now()))
+            db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, utc_iso()))
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from models.bundle import sha256_file
-from models import atomic
+from device.clock import utc_iso
 from device.tensorrt.api import Platform
 from device.tensorrt.build import BuildCancelled, BuildOptions, build_engine
 from device.tensorrt.progress import BuildProgress, ProgressCallback
 from device.tensorrt.settings import ENV_CACHE_DIR
+from models import atomic
+from models.bundle import sha256_file
 
 log = logging.getLogger("bedside.engine_cache")
 
@@ -166,7 +167,7 @@ class EngineCache:
                     "key": key.as_dict(),
                     "engine_sha256": sha256_file(engine),
                     "engine_bytes": engine.stat().st_size,
-                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "built_at": utc_iso(),
                     "build_seconds": round(time.monotonic() - started, 3),
                 }
                 atomic.write_bytes(self.sidecar_path(key), (json.dumps(record, indent=2) + "\n").encode())
