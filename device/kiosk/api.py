@@ -129,7 +129,7 @@ def study_heatmap(study_id: int):
     study = k.get(study_id)
     png = k.renders.heatmap_png(study)
     if png is None:
-        raise NotFound(f"study {study_id}: its model ({study.result['model']['id']}) gives no heatmap")
+        raise NotFound(f"study {study_id}: its model ({study.model.id}) gives no heatmap")
     return Response(png, mimetype="image/png", headers={"Cache-Control": IMMUTABLE})
 
 

@@ -29,6 +29,7 @@ from device.kiosk.exams import Exam, ExamRegistry, timed_decode
 from device.kiosk.metrics import Metrics
 from device.kiosk.renders import Renderer
 from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
+from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.triage import TRIAGE_ORDER, TriageResult
 
@@ -231,18 +232,15 @@ class Kiosk:
         source: str,
         started: float,
         extra_timings_ms: dict[str, float] | None = None,
-        extra_result: dict | None = None,
+        capture: FrameCapture | None = None,
     ) -> StudyRecord:
         """Commit a study whose image `exam` has triaged and ``store.put_image`` has made durable.
 
         Uploads and imports come through create_study; other sources (a captured camera frame)
         store their encoded frame with put_image and call this directly.
         """
-        r = result.as_json()
-        del r["file"]
-        r["probability"] = result.probabilities[exam.bundle.manifest.policy.urgent_label]
-        r["timings_ms"].update({k: round(v, 3) for k, v in (extra_timings_ms or {}).items()})
-        r.update(extra_result or {})
+        kept = StudyResult(result, result.probabilities[exam.bundle.manifest.policy.urgent_label],
+                           extra_timings_ms or {}, capture)
         study = self.store.add_study(
             image_sha256,
             image_bytes,
@@ -256,8 +254,7 @@ class Kiosk:
                 source_format=img.source_format,
                 height=img.original_size[0],
                 width=img.original_size[1],
-                result=r,
-                cam=result.cam,
+                result=kept,
             ),
         )
         model_s = (result.timings_ms["preprocess"] + result.timings_ms["inference"]) / 1e3
@@ -389,21 +386,13 @@ class Kiosk:
         data, fmt = frame_file(live.frame)
         sha = self.store.put_image(data)
         img = dataclasses.replace(live.image, source_format=fmt)
-        capture = {
-            "capture": {
-                "source": source_id,
-                "uri": redact(source.stream.spec.uri),
-                "frame_seq": live.frame.seq,
-                "frame_captured_at": utc_iso(live.frame.wall),
-                "frame_to_result_ms": round(live.latency_ms, 3),
-                "smoothed": live.smoothed.as_json() if live.smoothed else None,
-            }
-        }
+        capture = FrameCapture(source_id, redact(source.stream.spec.uri), live.frame.seq, utc_iso(live.frame.wall),
+                               round(live.latency_ms, 3), live.smoothed)
         filename = f"{source_id}-frame{live.frame.seq}.{'jpg' if fmt == 'jpeg' else fmt}"
         exam = self.exams.resolve(source.exam_id)
         return self.save_triaged(
             exam, sha, len(data), img, live.result, filename, reference, operator,
-            f"capture:{source_id}", t0, extra_result=capture,
+            f"capture:{source_id}", t0, capture=capture,
         )
 
     # ---- health ------------------------------------------------------------------------------
