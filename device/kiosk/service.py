@@ -16,7 +16,7 @@ from pathlib import Path
 
 from device import intake
 from device.clock import utc_iso
-from device.capture.manager import CaptureManager, Inference, frame_file
+from device.capture.manager import CaptureManager, Inference, LiveSource, frame_file
 from device.capture.sources import redact
 from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
@@ -362,6 +362,12 @@ class Kiosk:
         except UnknownExam as exc:
             raise ConfigError(f"capture source: {exc.message}") from None
         return Inference(exam.id, exam.triage, exam.bundle.manifest, lambda: _model_text(exam))
+
+    def live_source(self, source_id: str) -> LiveSource:
+        source = self.capture.get(source_id)
+        if source is None:
+            raise NotFound(f"no capture source {source_id!r}")
+        return source
 
     def capture_study(self, source_id: str, reference: str | None, operator: str | None) -> StudyRecord:
         """Freeze the source's newest triaged frame and store it as a study: the exact frame the model
