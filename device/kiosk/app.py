@@ -15,6 +15,7 @@ from device.kiosk.context import EXTENSION, kiosk
 from device.kiosk.errors import KioskError
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
+from device.kiosk.request_log import log_requests
 from device.kiosk.service import Kiosk, local_time
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.register_blueprint(ops)
     app.register_blueprint(pages)
     app.after_request(_security_headers)
+    log_requests(app)
     app.register_error_handler(KioskError, _kiosk_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
