@@ -133,7 +133,10 @@ def test_doctor_verifies_shipped_bundles():
     report = json.loads(bedside("doctor", "--json").stdout)
     assert report["backends"]["onnxruntime"]["ok"]
     assert [b["id"] for b in report["bundles"] if b["ok"]] == ["chest-xray-pneumonia"]
-    assert "python" in report and "features" in report["cpu"]
+    assert "python" in report and "features" in report["cpu"] and "openvino" in report["bench_peers"]
+    shipped = next(b for b in report["bundles"] if b["id"] == "chest-xray-pneumonia")
+    checked = {(c["precision"], c["file"]) for c in shipped["variant_checks"] if c["ok"]}
+    assert ("fp32", "model.onnx") in checked and any(p == "int8" for p, _ in checked)
 
 
 def test_doctor_fails_on_a_tampered_bundle(tmp_path):
