@@ -151,9 +151,9 @@ def test_background_job_failure_and_cancel_are_reported(tmp_path):
 
 def test_settings_from_environment(tmp_path):
     env = {"BEDSIDE_ENGINE_CACHE": str(tmp_path), "BEDSIDE_TRT_MAX_BATCH": "8", "BEDSIDE_DLA_CORE": "1"}
-    settings = EngineSettings.from_env(env)
+    settings = EngineSettings().with_env(env)
     options = settings.build_options("int8")
     assert settings.cache_dir == tmp_path and options.max_batch == 8 and options.dla_core == 1
     assert options.workspace_bytes == 1024 << 20 and options.opt_batch == 1
     with pytest.raises(ValueError, match="BEDSIDE_TRT_MAX_BATCH='many'"):
-        EngineSettings.from_env({"BEDSIDE_TRT_MAX_BATCH": "many"})
+        EngineSettings().with_env({"BEDSIDE_TRT_MAX_BATCH": "many"})

@@ -54,9 +54,5 @@ class EngineSettings(_Strict):
                 raise ValueError(f"{variable}={raw!r} is not an integer") from None
         return type(self).model_validate({**self.model_dump(), **changes}) if changes else self
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "EngineSettings":
-        return cls().with_env(environ)
-
     def build_options(self, precision: str) -> BuildOptions:
         return BuildOptions(precision, self.max_batch, self.opt_batch, self.workspace_mb << 20, self.dla_core)
