@@ -59,17 +59,23 @@ class Exam:
         options = settings.backend_settings(backend)
         try:
             self.gpu_build = registry.backend_class(backend).start_preparation(
-                model, model_io(m), lambda job: self._switch_to_gpu(job, backend, precision, settings), options
+                model, model_io(m), lambda job: self._prepared(job, backend, precision, settings), options
             )
         except (RuntimeFailure, RuntimeUnavailable) as exc:
             self.gpu_error = str(exc)
             log.warning("%s: no GPU preparation: %s", self.id, exc)
+            return
+        if self.gpu_build is None:  # the backend has nothing to prepare: load it now
+            self._switch_to_gpu(backend, precision, settings)
 
-    def _switch_to_gpu(self, job: Preparation, backend: str, precision: str, settings: ModelSettings) -> None:
+    def _prepared(self, job: Preparation, backend: str, precision: str, settings: ModelSettings) -> None:
         if job.state != "ready":
             self.gpu_error = job.error or job.state
             log.warning("%s: GPU preparation %s; staying on %s", self.id, job.state, self.triager.model.backend)
             return
+        self._switch_to_gpu(backend, precision, settings)
+
+    def _switch_to_gpu(self, backend: str, precision: str, settings: ModelSettings) -> None:
         try:
             gpu = Triager(self.bundle, backend, precision, settings.inference_threads, settings.backend_settings(backend))
         except (RuntimeFailure, RuntimeUnavailable) as exc:
