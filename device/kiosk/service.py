@@ -15,11 +15,11 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from device import intake
-from device.clock import utc_iso
 from device.capture.manager import CaptureManager, Inference, LiveSource, frame_file
 from device.capture.sources import redact
 from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
+from device.clock import utc_iso
 from device.kiosk import exports, media
 from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
@@ -72,11 +72,11 @@ def _local_day_start(text: str, name: str, days: int = 0) -> str:
     return utc_iso(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
 
 
-def local_time(utc_iso: str | None) -> str:
-    """'2025-01-31 14:05' in the kiosk's local time, for people."""
-    if not utc_iso:
+def local_time(stamp: str | None) -> str:
+    """'2025-01-31 14:05' in the kiosk's local time, for people, from a stored UTC time (device.clock)."""
+    if not stamp:
         return ""
-    return datetime.fromisoformat(utc_iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def study_json(study: StudyRecord) -> dict:
