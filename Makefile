@@ -8,23 +8,29 @@ STAMP    := $(VENV)/.installed
 
 install: $(STAMP)
 
-# torch is pinned first: the CPU build lies on this machine's disk; an unpinned `torch`
-# would pull a multi-GB CUDA build. It is only needed for training, export and the tests.
+# A development install: the appliance plus every extra. torch is pinned first: the CPU build lies
+# on this machine's disk; an unpinned `torch` would pull a multi-GB CUDA build. It is only needed
+# for training, export and the tests. The appliance itself is `pip install .` (no extras).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,test,bench]'
+	$(PY) -m pip install -q -e '.[train,optimize,test,bench]'
 	touch $(STAMP)
 
-# The appliance: the kiosk with the shipped bundles on http://$(HOST):$(PORT)/ (Ctrl-C stops it).
-# Studies are kept in $(DATA_DIR) (default: ~/.local/share/bedside).
-HOST     ?= 127.0.0.1
-PORT     ?= 8080
+# The appliance: the kiosk with the shipped bundles on http://127.0.0.1:8080/ (Ctrl-C stops it).
+# Each variable, when given, overrides the settings file: HOST=, PORT=, DATA_DIR= (where studies are
+# kept; default ~/.local/share/bedside), CONFIG= (a TOML settings file; systemd/bedside.toml is the
+# sample) and SOURCE= (a live capture source URI, added to the config's).
+HOST     ?=
+PORT     ?=
 DATA_DIR ?=
+CONFIG   ?=
+SOURCE   ?=
 run: install
 	@echo "Starting the Bedside kiosk; it prints its URL once the models are ready (Ctrl-C stops it)"
-	$(BEDSIDE) serve --host $(HOST) --port $(PORT) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	$(BEDSIDE) serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) \
+		$(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(SOURCE),--source '$(SOURCE)')
 
 test: install
 	$(PY) -m pytest

@@ -1,25 +1,42 @@
-"""The ``bedside`` command line. Each subcommand lives in device/commands/<name>.py."""
+"""The one ``bedside`` command line. Each subcommand lives with the floor it runs on and is imported
+only when it runs: the appliance's commands in device/commands/, ``optimize`` in optimize/, ``train``
+and ``export`` with the training code in models/. So ``bedside infer`` never pays for (or needs)
+torch or onnx, and a command whose extra is not installed says which one to install.
+
+A command module provides ``add_arguments(parser, name)`` and ``run(args) -> int``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from dataclasses import dataclass
+from types import ModuleType
 
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from models.bundle import BundleError
 
-# name -> (module, one-line help). Modules are imported only when their command runs,
-# so `bedside infer` never pays for (or needs) torch, which only train/export use.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "infer": ("device.commands.infer", "triage image and DICOM files"),
-    "eval": ("device.commands.evaluate", "evaluate a bundle on a folder of labelled images"),
-    "bench": ("device.commands.bench", "measure latency and throughput of every backend side by side"),
-    "optimize": ("device.commands.optimize", "add a gated INT8 or FP16 variant to a bundle"),
-    "serve": ("device.commands.serve", "run the kiosk: pages for clinicians and the JSON API, on a WSGI server"),
-    "doctor": ("device.commands.doctor", "report versions, backends, CPU features; verify shipped bundles"),
-    "train": ("device.commands.train", "train a model and write its bundle (needs the 'train' extra)"),
-    "export": ("device.commands.train", "export a training checkpoint to a bundle (needs the 'train' extra)"),
+OUR_PACKAGES = ("device", "models", "optimize")
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    help: str
+    extra: str | None = None  # the install extra it needs beyond the appliance's (`pip install .`)
+
+
+COMMANDS: dict[str, Command] = {
+    "infer": Command("device.commands.infer", "triage image and DICOM files"),
+    "eval": Command("device.commands.evaluate", "evaluate a bundle on a folder of labelled images"),
+    "bench": Command("device.commands.bench", "measure latency and throughput of every backend side by side"),
+    "optimize": Command("optimize.command", "add a gated INT8 or FP16 variant to a bundle (needs the "
+                        "'optimize' extra)", "optimize"),
+    "serve": Command("device.commands.serve", "run the kiosk: pages for clinicians and the JSON API, on a WSGI server"),
+    "doctor": Command("device.commands.doctor", "report versions, backends, CPU features; verify shipped bundles"),
+    "train": Command("models.train_commands", "train a model and write its bundle (needs the 'train' extra)", "train"),
+    "export": Command("models.train_commands", "export a training checkpoint to a bundle (needs the 'train' extra)", "train"),
 }
 
 
@@ -27,15 +44,30 @@ class CommandUnavailable(Exception):
     """A subcommand that cannot run in this installation (e.g. training without torch)."""
 
 
+def load_command(name: str) -> ModuleType:
+    """The command's module; a library missing from this installation names the extra that brings it."""
+    command = COMMANDS[name]
+    try:
+        return importlib.import_module(command.module)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if command.extra is None or not missing or missing in OUR_PACKAGES:
+            raise
+        raise CommandUnavailable(
+            f"'bedside {name}' needs {missing}: install the '{command.extra}' extra "
+            f"(pip install 'bedside[{command.extra}]')"
+        ) from None
+
+
 def build_parser(selected: str | None) -> argparse.ArgumentParser:
     """Only the selected subcommand's module is imported and given its arguments."""
     parser = argparse.ArgumentParser(prog="bedside", description="Bedside point-of-care imaging triage")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.set_defaults(_module=module_name)
+    for name, command in COMMANDS.items():
+        cmd = sub.add_parser(name, help=command.help, description=command.help,
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if name == selected:
-            importlib.import_module(module_name).add_arguments(cmd, name)
+            load_command(name).add_arguments(cmd, name)
     return parser
 
 
@@ -45,11 +77,17 @@ def _selected_command(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    name = _selected_command(argv)
     try:
-        args = build_parser(_selected_command(argv)).parse_args(argv)
-        return importlib.import_module(args._module).run(args)
+        args = build_parser(name).parse_args(argv)
+        return load_command(args.command).run(args)
     except (CommandUnavailable, BundleError, RuntimeUnavailable, RuntimeFailure) as exc:
         print(f"bedside: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        # A missing input folder or file (e.g. `bedside train` without the datasets): say which.
+        print(f"bedside {name}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

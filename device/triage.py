@@ -15,12 +15,13 @@ import numpy as np
 
 from device import intake, quality
 from device.runtime import registry
-from device.runtime.base import Backend, ModelIO, RuntimeFailure
+from device.runtime.base import Backend, ModelIO, RuntimeFailure, VariantFile
 from models.bundle import Bundle, Manifest
 from models.metrics import softmax
 from models.preprocess import to_model_input
 
 URGENT, ROUTINE, UNGRADABLE = "URGENT", "ROUTINE", "UNGRADABLE"
+TRIAGE_ORDER = (URGENT, UNGRADABLE, ROUTINE)  # the categories, most urgent first (lists sort by it)
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,15 @@ class Triager:
         backend: str = "onnxruntime",
         precision: str = "fp32",
         threads: int | None = None,
+        backend_settings: object | None = None,
     ):
+        """``backend_settings``: the backend's own settings (e.g. TensorRT's), None for its defaults."""
         self.bundle = bundle
         m = bundle.manifest
         backend_cls = registry.require(backend)
         variant = m.variant(precision, backend_cls.target)
-        self._backend: Backend = backend_cls(bundle.path_of(variant.file), model_io(m), threads or default_threads())
+        self._backend: Backend = backend_cls(VariantFile.of(bundle, variant), model_io(m), threads or default_threads(),
+                                             backend_settings)
         self._backend.warm_up()
         self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
 

@@ -124,3 +124,9 @@ class EagerGraph:
             args = [values[name] if name else None for name in inputs]
             values[outputs[0]] = fn(*args, **attrs)
         return {name: values[name].numpy() for name in self.output_names}
+
+
+def eager_graph(path: Path, threads: int) -> EagerGraph:
+    """The graph ready to time: PyTorch's intra-op threads set as the other runners' are."""
+    torch.set_num_threads(threads)
+    return EagerGraph(path)

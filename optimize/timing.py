@@ -19,9 +19,12 @@ SETTLE_S = 0.02
 
 
 def interleaved_latencies(
-    runs: Sequence[Callable[[np.ndarray], object]], x: np.ndarray, calls: int, rounds: int
+    runs: Sequence[Callable[[np.ndarray], object]], x: np.ndarray, calls: int, rounds: int,
+    on_round: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
-    """Per-call wall times in ms for each runner on the same input, measured in interleaved rounds."""
+    """Per-call wall times in ms for each runner on the same input, measured in interleaved rounds.
+
+    ``on_round`` is called after each round (a progress bar's tick)."""
     for run in runs:
         for _ in range(WARMUP_CALLS):
             run(x)
@@ -34,6 +37,8 @@ def interleaved_latencies(
                 t0 = time.perf_counter()
                 run(x)
                 samples[i].append((time.perf_counter() - t0) * 1e3)
+        if on_round is not None:
+            on_round()
     return [np.asarray(s) for s in samples]
 
 

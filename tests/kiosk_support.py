@@ -147,15 +147,17 @@ class Server:
         return self.stderr.read()[-chars:]
 
 
-def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: float = 120) -> Server:
+def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: float = 120,
+                 bedside: tuple[str, ...] = (sys.executable, "-m", "device.cli"), cwd: Path = ROOT) -> Server:
     """`bedside serve --port 0`; returns once it printed its URL and answered health with ready.
-    Raises RuntimeError, with the end of the server's log, when it does not within `timeout` seconds."""
-    cmd = [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", str(data_dir)]
+    Raises RuntimeError, with the end of the server's log, when it does not within `timeout` seconds.
+    ``bedside`` is the command that runs the CLI (another installation's console script, say)."""
+    cmd = [*bedside, "serve", "--port", "0", "--data-dir", str(data_dir)]
     for b in bundles:
         cmd += ["--bundle", str(b)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     stderr = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([*cmd, *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc = subprocess.Popen([*cmd, *extra], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     url = _ready_url(proc, timeout)
     server = Server(proc, url or "", stderr)
     if url is None:

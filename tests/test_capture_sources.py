@@ -10,6 +10,8 @@ import pytest
 
 from device.capture.analysis import jpeg_size, reduction
 from device.capture.devices import list_video_devices
+from device.capture.errors import CaptureError
+from device.capture.readers import open_reader
 from device.capture.sources import CSI, FILE, HTTP, RTSP, V4L2, SourceError, csi_pipeline, parse_source, redact
 
 
@@ -87,3 +89,11 @@ def test_v4l2_devices_are_listed_with_their_names(tmp_path: Path):
         ("video2", "USB Otoscope"), ("video3", "video3"), ("video10", "Capture dongle")
     ]
     assert found[0].uri == f"v4l2://{dev}/video2"
+
+
+def test_a_missing_camera_gets_opencvs_warning_once_not_on_every_reconnect(capfd):
+    spec = parse_source("v4l2:///dev/video99")
+    for _ in range(3):
+        with pytest.raises(CaptureError, match="cannot open /dev/video99"):
+            open_reader(spec, 1.0, 1.0)
+    assert capfd.readouterr().err.count("VIDEOIO(V4L2)") == 1

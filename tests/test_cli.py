@@ -131,7 +131,7 @@ def test_bench_json_side_by_side():
 def test_torch_eager_runs_the_same_weights_as_onnxruntime():
     import numpy as np
 
-    from device.runtime.base import ModelIO
+    from device.runtime.base import ModelIO, VariantFile
     from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from models.bundle import load_bundle
     from models.onnx_eager import EagerGraph
@@ -141,7 +141,7 @@ def test_torch_eager_runs_the_same_weights_as_onnxruntime():
     path = bundle.path_of(m.variant("fp32").file)
     x = np.random.default_rng(1).standard_normal((2, m.input.channels, m.input.height, m.input.width))
     x = x.astype(np.float32)
-    ort = OnnxRuntimeBackend(path, ModelIO(m.input.tensor_name, (m.outputs.logits,), x.shape[1:]), 1).run(x)
+    ort = OnnxRuntimeBackend(VariantFile(path, m.variant("fp32")), ModelIO(m.input.tensor_name, (m.outputs.logits,), x.shape[1:]), 1).run(x)
     eager = EagerGraph(path)(x)
     np.testing.assert_allclose(eager[m.outputs.logits], ort[m.outputs.logits], rtol=1e-3, atol=1e-3)
 
@@ -150,7 +150,10 @@ def test_doctor_verifies_shipped_bundles():
     report = json.loads(bedside("doctor", "--json").stdout)
     assert report["backends"]["onnxruntime"]["ok"]
     assert [b["id"] for b in report["bundles"] if b["ok"]] == ["chest-xray-pneumonia"]
-    assert "python" in report and "features" in report["cpu"]
+    assert "python" in report and "features" in report["cpu"] and "openvino" in report["bench_peers"]
+    shipped = next(b for b in report["bundles"] if b["id"] == "chest-xray-pneumonia")
+    checked = {(c["precision"], c["file"]) for c in shipped["variant_checks"] if c["ok"]}
+    assert ("fp32", "model.onnx") in checked and any(p == "int8" for p, _ in checked)
 
 
 def test_doctor_fails_on_a_tampered_bundle(tmp_path):
@@ -165,3 +168,16 @@ def test_train_without_torch_says_what_to_install(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1
     assert "bedside[train]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_optimize_without_onnx_says_what_to_install():
+    code = ("import sys; sys.modules['onnx'] = None; from device.cli import main; "
+            "sys.exit(main(['optimize', '--help']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1
+    assert "bedside[optimize]" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_without_its_data_says_which_folder_is_missing(tmp_path):
+    proc = bedside("train", "--data", tmp_path, "--out", tmp_path / "bundle", check_rc=1)
+    assert proc.stderr.strip() == f"bedside train: {tmp_path / 'NORMAL'}: missing class folder"

@@ -10,10 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from optimize.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey, EngineSettings
-from optimize.tensorrt.api import Platform
-from optimize.tensorrt.build import BuildCancelled
-from optimize.tensorrt.progress import BuildProgress
+from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey
+from device.tensorrt.settings import EngineSettings
+from device.tensorrt.api import Platform
+from device.tensorrt.build import BuildCancelled
+from device.tensorrt.progress import BuildProgress
 
 PLATFORM = Platform("10.3.0.30", "Orin (nvgpu)", "8.7", 16)
 KEY = EngineKey("a" * 64, "int8", PLATFORM, "image", ((1, 1, 32, 32), (1, 1, 32, 32), (16, 1, 32, 32)), None)
@@ -150,9 +151,9 @@ def test_background_job_failure_and_cancel_are_reported(tmp_path):
 
 def test_settings_from_environment(tmp_path):
     env = {"BEDSIDE_ENGINE_CACHE": str(tmp_path), "BEDSIDE_TRT_MAX_BATCH": "8", "BEDSIDE_DLA_CORE": "1"}
-    settings = EngineSettings.from_env(env)
+    settings = EngineSettings().with_env(env)
     options = settings.build_options("int8")
     assert settings.cache_dir == tmp_path and options.max_batch == 8 and options.dla_core == 1
     assert options.workspace_bytes == 1024 << 20 and options.opt_batch == 1
     with pytest.raises(ValueError, match="BEDSIDE_TRT_MAX_BATCH='many'"):
-        EngineSettings.from_env({"BEDSIDE_TRT_MAX_BATCH": "many"})
+        EngineSettings().with_env({"BEDSIDE_TRT_MAX_BATCH": "many"})

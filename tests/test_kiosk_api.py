@@ -8,6 +8,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 from datetime import date
 
@@ -317,3 +318,12 @@ def test_import_listing_skips_fifos_and_links(client, drives, tmp_path):
     r = client.get("/api/v1/imports")
     assert r.status_code == 200
     assert [f["name"] for f in r.json["files"]] == ["usb/real.png"]
+
+
+def test_each_request_is_logged_without_its_query_string(client, caplog):
+    caplog.set_level(logging.INFO, logger="bedside.requests")
+    client.get("/api/v1/studies?q=Bed+7")
+    upload(client, b"", "empty.png")
+    lines = [r.getMessage() for r in caplog.records if r.name == "bedside.requests"]
+    assert len(lines) == 2 and "Bed" not in " ".join(lines)
+    assert lines[0].startswith("GET /api/v1/studies 200 ") and lines[1].startswith("POST /api/v1/studies 422 ")

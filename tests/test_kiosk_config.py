@@ -30,10 +30,22 @@ def test_file_sets_only_what_differs(tmp_path):
     assert config.with_overrides(**{"server.port": 0, "server.host": None}).server.port == 0
 
 
+def test_tensorrt_settings_come_from_the_file_and_the_environment_overrides_them(tmp_path):
+    path = tmp_path / "bedside.toml"
+    path.write_text(f'[models.tensorrt]\ncache_dir = "{tmp_path}/engines"\nmax_batch = 8\ndla_core = 0\n')
+    trt = load_config(path).models.tensorrt
+    assert (trt.cache_dir, trt.max_batch, trt.opt_batch, trt.dla_core) == (tmp_path / "engines", 8, 1, 0)
+    assert load_config(path).models.backend_settings("tensorrt") == trt
+    overridden = trt.with_env({"BEDSIDE_TRT_MAX_BATCH": "4", "BEDSIDE_ENGINE_CACHE": str(tmp_path / "elsewhere")})
+    assert (overridden.cache_dir, overridden.max_batch, overridden.dla_core) == (tmp_path / "elsewhere", 4, 0)
+    assert trt.with_env({}) is trt
+
+
 @pytest.mark.parametrize(
     "text, key",
     [
         ("[server]\nprot = 1\n", "server.prot"),
+        ("[models.tensorrt]\nmax_batch = 0\n", "models.tensorrt.max_batch"),
         ("[server]\nport = 70000\n", "server.port"),
         ("[models]\nprecision = 'int4'\n", "models.precision"),
         ("[cameras]\nx = 1\n", "cameras"),

@@ -11,7 +11,9 @@ import fakes
 from device import intake
 from device.kiosk.config import ModelSettings
 from device.kiosk.exams import ExamRegistry
-from device.runtime import tensorrt_backend
+from device.runtime import registry
+from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from device.tensorrt import backend as tensorrt_backend
 from tiny_bundle import make_tiny_bundle
 
 
@@ -84,5 +86,23 @@ def test_no_gpu_build_where_tensorrt_is_missing(tmp_path):
     exams = ExamRegistry.load(ModelSettings(bundles=[make_tiny_bundle(tmp_path / "b")], inference_threads=1))
     try:
         assert next(iter(exams)).gpu_build is None
+    finally:
+        exams.close()
+
+
+class CpuAsGpu(OnnxRuntimeBackend):
+    """A GPU backend with nothing to prepare, known to the kiosk only through the registry."""
+
+    name = "cpu-as-gpu"
+    target = "gpu"
+
+
+def test_any_registered_gpu_backend_is_used_and_one_without_preparation_loads_at_once(monkeypatch, tmp_path):
+    monkeypatch.setitem(registry.BACKENDS, CpuAsGpu.name, f"{__name__}:CpuAsGpu")
+    exams = ExamRegistry.load(ModelSettings(bundles=[make_tiny_bundle(tmp_path / "b")], inference_threads=1))
+    try:
+        exam = next(iter(exams))
+        assert exam.gpu_build is None and exam.gpu_error is None
+        assert exam.triage(_image(), "x").model.backend == "cpu-as-gpu"
     finally:
         exams.close()

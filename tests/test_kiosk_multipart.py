@@ -90,6 +90,15 @@ def test_empty_part_written_without_its_own_crlf_as_werkzeug_encodes_it():
     assert parse_multipart(data, BOUNDARY)[1]["file"].read() == b""
 
 
+def test_empty_part_without_its_own_crlf_followed_by_more_parts():
+    data = (b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="file"; filename="e.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="reference"'
+            b"\r\n\r\nBed 7\r\n\r\n--" + BOUNDARY + b"--\r\n")
+    same(data)
+    form, files = parse_multipart(data, BOUNDARY)
+    assert files["file"].read() == b"" and form["reference"] == "Bed 7\r\n"
+
+
 def test_limits_on_parts_and_field_size():
     with pytest.raises(RequestEntityTooLarge):
         parse_multipart(body(*[("f", None, b"x")] * 5), BOUNDARY, max_parts=4)

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 
 from device.kiosk.store import DB_NAME, MIGRATIONS, NewStudy, Store, StoreError, StudyFilter
+from device.kiosk.study_result import StudyResult
+from device.quality import QualityReport
+from device.triage import ModelRef, TriageResult
 
 
 def new_study(triage: str = "ROUTINE", reference: str = "") -> NewStudy:
-    result = {
-        "triage": triage, "label": "NORMAL", "probability": 0.2, "threshold": 0.5, "timings_ms": {"inference": 1.0},
-        "model": {"id": "m", "version": "1.0.0", "sha256": "ab" * 32, "backend": "onnxruntime", "precision": "fp32"},
-        "quality": {"ok": True, "issues": []},
-    }
-    return NewStudy("exam", "upload", reference, "op", "f.png", "image/png", "png", 8, 8, result,
-                    np.arange(12, dtype=np.float32).reshape(3, 4))
+    result = TriageResult(
+        source="f.png", label="NORMAL", probabilities={"NORMAL": 0.8, "PNEUMONIA": 0.2}, triage=triage,
+        threshold=0.5, quality=QualityReport(True, ()), timings_ms={"inference": 1.0},
+        model=ModelRef("m", "1.0.0", "ab" * 32, "fp32", "onnxruntime"),
+        cam=np.arange(12, dtype=np.float32).reshape(3, 4),
+    )
+    return NewStudy("exam", "upload", reference, "op", "f.png", "image/png", "png", 8, 8, StudyResult(result, 0.2))
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ def test_images_are_content_addressed_and_stored_once(store):
     assert list(store.tmp_dir.iterdir()) == []
     got = store.get(a.id)
     np.testing.assert_array_equal(got.cam, np.arange(12, dtype=np.float32).reshape(3, 4))
-    assert got.result["model"]["sha256"] == "ab" * 32
+    assert got.result["model"]["sha256"] == got.model.sha256 == "ab" * 32 and got.model.backend == "onnxruntime"
 
 
 def test_every_result_records_model_backend_precision_threshold_timings(store):

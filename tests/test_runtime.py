@@ -8,7 +8,7 @@ import pytest
 from device.runtime import registry
 from device.runtime.base import ModelIO, RuntimeFailure, RuntimeUnavailable
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from tiny_bundle import SIZE, tiny_onnx
+from tiny_bundle import SIZE, tiny_onnx, variant_file
 
 IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))
 
@@ -40,7 +40,7 @@ def test_backend_whose_module_is_missing_reports_unavailable(monkeypatch):
 
 
 def test_outputs_by_name_and_dynamic_batch(model_path):
-    backend = OnnxRuntimeBackend(model_path, IO, threads=1)
+    backend = OnnxRuntimeBackend(variant_file(model_path), IO, threads=1)
     backend.warm_up((1, 3))
     out = backend.run(np.random.default_rng(0).standard_normal((3, 1, SIZE, SIZE)).astype(np.float32))
     assert set(out) == {"logits", "cam"}
@@ -54,11 +54,11 @@ def test_outputs_by_name_and_dynamic_batch(model_path):
 
 def test_declared_output_missing_from_model_is_refused(model_path):
     with pytest.raises(RuntimeFailure, match=r"lacks outputs \['heatmap'\]"):
-        OnnxRuntimeBackend(model_path, ModelIO("image", ("logits", "heatmap"), (1, SIZE, SIZE)), 1)
+        OnnxRuntimeBackend(variant_file(model_path), ModelIO("image", ("logits", "heatmap"), (1, SIZE, SIZE)), 1)
 
 
 def test_corrupt_model_file_is_a_clear_failure(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(RuntimeFailure, match="cannot load model.onnx"):
-        OnnxRuntimeBackend(bad, IO, 1)
+        OnnxRuntimeBackend(variant_file(bad), IO, 1)

@@ -15,8 +15,8 @@ from device.runtime import registry
 from device.runtime.base import ModelIO, RuntimeFailure
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from models.bundle import sha256_file
-from optimize.engine_cache import EngineSettings
-from tiny_bundle import SIZE, make_tiny_bundle
+from device.tensorrt.settings import EngineSettings
+from tiny_bundle import SIZE, make_tiny_bundle, variant_file
 
 IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))
 
@@ -42,9 +42,9 @@ def settings(tmp_path) -> EngineSettings:
 
 
 def backend(bundle: Path, settings: EngineSettings):
-    from device.runtime.tensorrt_backend import TensorRTBackend
+    from device.tensorrt.backend import TensorRTBackend
 
-    return TensorRTBackend(bundle / "model.onnx", IO, threads=1, settings=settings)
+    return TensorRTBackend(variant_file(bundle / "model.onnx"), IO, threads=1, settings=settings)
 
 
 def batch(n: int, seed: int = 0) -> np.ndarray:
@@ -63,7 +63,7 @@ def test_available_with_the_fakes(gpu):
 
 def test_outputs_match_onnxruntime(gpu, bundle, settings):
     trt = backend(bundle, settings)
-    ort = OnnxRuntimeBackend(bundle / "model.onnx", IO, threads=1)
+    ort = OnnxRuntimeBackend(variant_file(bundle / "model.onnx"), IO, threads=1)
     for n in (1, 3, 4):
         x = batch(n, seed=n)
         got, want = trt.run(x), ort.run(x)
@@ -77,7 +77,7 @@ def test_outputs_match_onnxruntime(gpu, bundle, settings):
 
 def test_requests_from_a_thread_pool_all_run_on_the_worker(gpu, bundle, settings):
     trt = backend(bundle, settings)
-    ort = OnnxRuntimeBackend(bundle / "model.onnx", IO, threads=1)
+    ort = OnnxRuntimeBackend(variant_file(bundle / "model.onnx"), IO, threads=1)
     inputs = [batch(1 + i % 4, seed=i) for i in range(32)]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(trt.run, inputs))

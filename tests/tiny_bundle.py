@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.bundle import Manifest, file_entry, write_manifest
+from device.runtime.base import VariantFile
+from models.bundle import Manifest, Variant, file_entry, write_manifest
 
 SIZE = 32
 
@@ -117,3 +118,8 @@ def edit_manifest(root: Path, **changes) -> None:
     data = json.loads(path.read_text())
     data.update(changes)
     path.write_text(json.dumps(data))
+
+
+def variant_file(path: Path, precision: str = "fp32") -> VariantFile:
+    """An ONNX file as a backend is handed it: the file and its variant's manifest entry."""
+    return VariantFile(Path(path), Variant(precision=precision, file=Path(path).name))

@@ -8,7 +8,7 @@ What it proves (each a named check in the JSON summary):
   (the trap the worker design avoids);
 - no_leaks: device memory free after 20 create/run/close cycles equals free memory before, and
   no worker threads are left behind.
-Needs only pycuda, numpy and this repository's device/runtime/{base,cuda_worker,cuda_io}.py.
+Needs only pycuda, numpy and this repository's device/runtime/base.py and device/tensorrt/{cuda_worker,cuda_io}.py.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device.runtime.cuda_io import StreamBuffers
-from device.runtime.cuda_worker import CudaWorker
-from optimize.tensorrt.api import detect_platform
+from device.tensorrt.cuda_io import StreamBuffers
+from device.tensorrt.cuda_worker import CudaWorker
+from device.tensorrt.api import detect_platform
 
 MAX_BATCH = 16
 CHW = (3, 256, 256)

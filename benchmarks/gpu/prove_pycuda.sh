@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU proof of the TensorRT backend's CUDA half (device/runtime/cuda_worker.py + cuda_io.py) on a
+# GPU proof of the TensorRT backend's CUDA half (device/tensorrt/cuda_worker.py + cuda_io.py) on a
 # machine with CUDA + nvcc but no TensorRT and no internet: builds pycuda from the sdist carried
 # in .pycuda-src/, then runs benchmarks/gpu/prove_pycuda.py. Log and JSON summary go to $OUT.
 # Run from the repository root:  bash benchmarks/gpu/prove_pycuda.sh

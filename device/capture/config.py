@@ -15,20 +15,17 @@ A source may also be given as a bare URI string: ``sources = ["http://10.0.0.5/s
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from device.capture.frame_quality import FrameQualityPolicy
 from device.capture.sources import SourceError, parse_source
 from device.capture.stream import Timing
+from models.bundle import _Strict
 
 _DEFAULT_QUALITY = FrameQualityPolicy()
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SourceSettings(_Section):
+class SourceSettings(_Strict):
     uri: str
     id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,40}$")
     name: str = Field(default="", max_length=80)
@@ -44,7 +41,7 @@ class SourceSettings(_Section):
         return uri.strip()
 
 
-class FrameQualitySettings(_Section):
+class FrameQualitySettings(_Strict):
     min_sharpness: float = Field(default=_DEFAULT_QUALITY.min_sharpness, ge=0)
     min_range: float = Field(default=_DEFAULT_QUALITY.min_range, ge=0, le=1)
     min_mean: float = Field(default=_DEFAULT_QUALITY.min_mean, ge=0, le=1)
@@ -54,7 +51,7 @@ class FrameQualitySettings(_Section):
         return FrameQualityPolicy(self.min_sharpness, self.min_range, self.min_mean, self.max_mean)
 
 
-class CaptureSettings(_Section):
+class CaptureSettings(_Strict):
     sources: list[SourceSettings] = []
     stall_timeout_s: float = Field(default=3.0, gt=0, le=120)
     open_timeout_s: float = Field(default=5.0, gt=0, le=120)

@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 
@@ -27,6 +26,7 @@ from device.capture.analysis import AnalysisPlan, FrameDecodeError, analysis_ima
 from device.capture.frame_quality import FrameQualityPolicy, frame_issues, frame_stats, gate
 from device.capture.frames import Frame, FrameSlot, NewestSlot
 from device.capture.stats import LatencyWindow, RateMeter
+from device.clock import utc_iso
 from device.intake import DecodedImage
 from device.triage import UNGRADABLE, TriageResult, decide
 from models.bundle import Manifest
@@ -35,10 +35,6 @@ log = logging.getLogger(__name__)
 
 TriageFn = Callable[[DecodedImage, str, float], TriageResult]
 SMOOTHING_GAP_S = 1.0  # frames further apart than this do not belong to the same look at the patient
-
-
-def iso_time(wall: float) -> str:
-    return datetime.fromtimestamp(wall, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -86,7 +82,7 @@ class LiveResult:
             "source": self.source_id,
             "frame": {
                 "seq": self.frame.seq,
-                "captured_at": iso_time(self.frame.wall),
+                "captured_at": utc_iso(self.frame.wall),
                 "age_s": round(time.monotonic() - self.frame.captured, 3),
                 "size": list(self.image.original_size),
             },

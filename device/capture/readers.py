@@ -9,8 +9,10 @@ files; V4L2 since OpenCV 4.8), because cv2.VideoCapture.read cannot be interrupt
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -65,11 +67,37 @@ def _timeouts(open_timeout_s: float, read_timeout_s: float) -> list[int]:
     ]
 
 
+# (backend, target) of the OpenCV sources whose last open failed: OpenCV's own warnings about them
+# (V4L2's "can't be used to capture by name"...) were shown once; a reconnect loop does not repeat them.
+_FAILING: set[tuple[int, str]] = set()
+_QUIET_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _opencv_warnings(show: bool) -> Iterator[None]:
+    """OpenCV's log level is process-wide: it is lowered to errors only for the open, under a lock."""
+    if show:
+        yield
+        return
+    with _QUIET_LOCK:
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        try:
+            yield
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+
+
 def _open_capture(target: str | int, api: int, params: list[int], what: str) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(target, api, params)
+    """Open, with OpenCV's warnings shown once per change: on the first failure after a success."""
+    key = (api, str(target))
+    with _opencv_warnings(show=key not in _FAILING):
+        cap = cv2.VideoCapture(target, api, params)
     if not cap.isOpened():
         cap.release()
+        _FAILING.add(key)
         raise CaptureError(f"cannot open {what}")
+    _FAILING.discard(key)
     return cap
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,13 +41,6 @@ class Timing:
     backoff_max_s: float = 8.0
 
 
-@dataclass(frozen=True)
-class Transition:
-    wall: float
-    state: str
-    reason: str
-
-
 class CaptureStream:
     def __init__(self, source_id: str, spec: SourceSpec, timing: Timing = Timing(), opener: Opener = open_reader):
         self.id = source_id
@@ -70,7 +62,6 @@ class CaptureStream:
         self._restarts = 0
         self._last_frame: float | None = None
         self._fps = RateMeter()
-        self._transitions: deque[Transition] = deque(maxlen=64)
         self._last_stall_reason = ""
 
     # ---- life cycle ---------------------------------------------------------------------------
@@ -103,7 +94,7 @@ class CaptureStream:
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.id}", daemon=True)
         self._thread.start()
 
-    # ---- what the API, the live loop and the tests see ----------------------------------------
+    # ---- what the API and the live loop see ----------------------------------------
 
     @property
     def state(self) -> str:
@@ -127,10 +118,6 @@ class CaptureStream:
                 "thread_restarts": self._restarts,
                 "state_for_s": round(now - self._since, 3),
             }
-
-    def transitions(self) -> list[Transition]:
-        with self._lock:
-            return list(self._transitions)
 
     # ---- the watchdog's side ------------------------------------------------------------------
 
@@ -246,15 +233,15 @@ class CaptureStream:
             if state == self._state and reason == self._reason:
                 return
             self._state, self._reason, self._since = state, reason, time.monotonic()
-            self._transitions.append(Transition(time.time(), state, reason))
+        # Every change, with the state and the reason as fields of the record (for log handlers).
+        log.debug("source %s is %s%s", self.id, state, f": {reason}" if reason else "",
+                  extra={"source": self.id, "state": state, "reason": reason})
         if state == STALLED:
             # A camera that stays away fails every attempt the same way: say so once, not each time.
             if reason != self._last_stall_reason:
                 log.warning("source %s stalled: %s", self.id, reason)
             self._last_stall_reason = reason
-        elif state == CONNECTING:
-            log.debug("source %s connecting", self.id)
-        else:
+        elif state != CONNECTING:
             self._last_stall_reason = ""
             log.info("source %s %s%s", self.id, state, f": {reason}" if reason else "")
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from device.commands.common import add_bundle_argument, resolve_bundle
 from device.runtime import registry
+from device.runtime.base import VariantFile
 from device.triage import default_threads, model_io
 from models.bundle import Bundle
 from optimize.timing import interleaved_latencies, summarise
@@ -62,7 +65,7 @@ def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch
             # ONNX Runtime on the CPU runs any graph, so GPU-only variants are measured there too
             # (for reference); a GPU backend runs only the graphs made for it.
             if cls.target in variant.targets or cls.target == "cpu":
-                backend = cls(bundle.path_of(variant.file), io, threads)
+                backend = cls(VariantFile.of(bundle, variant), io, threads)
                 runners.append(Runner(name, variant.precision, backend.run, backend.close, variant.file))
     openvino = _openvino_runners(bundle, threads)
     if openvino is None:
@@ -72,7 +75,7 @@ def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch
     if with_torch:
         runner = _torch_eager_runner(bundle, threads)
         if runner is None:
-            skipped.append("pytorch-eager: torch is not installed")
+            skipped.append("pytorch-eager: torch is not installed (the 'train' extra)")
         else:
             runners.append(runner)
     return skipped
@@ -99,20 +102,19 @@ def _openvino_runners(bundle: Bundle, threads: int) -> list[Runner] | None:
 
 
 def _torch_eager_runner(bundle: Bundle, threads: int) -> Runner | None:
-    if importlib.util.find_spec("torch") is None:
+    """PyTorch eager FP32 on the FP32 variant's weights; None where torch or onnx is not installed."""
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx") is None:
         return None
-    import torch
+    from models.onnx_eager import eager_graph
 
-    from models.onnx_eager import EagerGraph
-
-    torch.set_num_threads(threads)
     fp32 = bundle.manifest.variant("fp32").file
-    return Runner("pytorch-eager", "fp32", EagerGraph(bundle.path_of(fp32)), lambda: None, fp32)
+    return Runner("pytorch-eager", "fp32", eager_graph(bundle.path_of(fp32), threads), lambda: None, fp32)
 
 
-def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, calls: int, rounds: int) -> list[dict]:
+def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, calls: int, rounds: int,
+            progress: tqdm) -> list[dict]:
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-    samples = interleaved_latencies([r.run for r in runners], x, calls, rounds)
+    samples = interleaved_latencies([r.run for r in runners], x, calls, rounds, on_round=progress.update)
     return [
         {"backend": r.backend, "precision": r.precision, "variant": r.variant, "batch": batch,
          **summarise(s, batch)}
@@ -126,35 +128,49 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or default_threads()
     runners, skipped = build_runners(bundle, threads, not args.no_torch)
     shape = (m.input.channels, m.input.height, m.input.width)
+    bar = tqdm(total=2 * args.rounds, desc=f"measuring {len(runners)} runners", unit="round", file=sys.stderr,
+               leave=False, disable=None)
     try:
-        results = measure(runners, shape, 1, args.iterations, args.rounds)
-        results += measure(runners, shape, args.batch, max(args.rounds, args.iterations // 10), args.rounds)
+        results = measure(runners, shape, 1, args.iterations, args.rounds, bar)
+        results += measure(runners, shape, args.batch, max(args.rounds, args.iterations // 10), args.rounds, bar)
     finally:
+        bar.close()
         for r in runners:
             r.close()
     if args.json:
         print(json.dumps({"model": {"id": m.id, "version": m.version}, "threads": threads,
                           "input": list(shape), "results": results, "skipped": skipped}))
         return 0
-    print(f"{m.id} {m.version}, input {shape}, {threads} threads, interleaved over {args.rounds} rounds")
-    print(f"{'backend':<15} {'prec':<5} {'variant':<28} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-          f"{'img/s':>9}")
-    for r in results:
-        print(f"{r['backend']:<15} {r['precision']:<5} {r['variant']:<28} {r['batch']:>5} {r['p50_ms']:>9.3f} "
-              f"{r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} {r['throughput_ips']:>9.1f}")
-    _print_ratios(results)
+    print(f"{m.id} {m.version}, input {'x'.join(map(str, shape))}, {threads} thread{'s' if threads != 1 else ''}, "
+          f"interleaved over {args.rounds} rounds")
+    print(format_table(results))
     for note in skipped:
         print(f"skipped {note}")
     return 0
 
 
-def _print_ratios(results: list[dict]) -> None:
-    """Batch-1 p50 speed-ups between runners: the numbers the targets are stated in."""
-    b1 = {f"{r['backend']} {r['variant']}": r["p50_ms"] for r in results if r["batch"] == 1}
-    fp32 = next((r["variant"] for r in results if r["precision"] == "fp32"), None)
-    for baseline in (f"onnxruntime {fp32}", f"pytorch-eager {fp32}"):
-        if baseline not in b1:
-            continue
-        for name, p50 in b1.items():
-            if name != baseline:
-                print(f"b1 p50: {name} is {b1[baseline] / p50:.2f}x as fast as {baseline}")
+def format_table(results: list[dict]) -> str:
+    """One block per batch size, fastest first, each row's p50 as a multiple of the fastest row's."""
+    rows = [("runner", "variant", "p50 ms", "p90 ms", "p99 ms", "img/s", "p50 vs fastest")]
+    for batch in sorted({r["batch"] for r in results}):
+        block = sorted((r for r in results if r["batch"] == batch), key=lambda r: r["p50_ms"])
+        rows.append((f"batch {batch}",) + ("",) * 6)
+        for r in block:
+            rows.append((
+                f"{r['backend']} {r['precision']}", _variant_label(r), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                f"{r['p99_ms']:.3f}", f"{r['throughput_ips']:,.0f}", f"{r['p50_ms'] / block[0]['p50_ms']:.2f}x",
+            ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        left = [cell.ljust(w) for cell, w in zip(row[:2], widths)]
+        right = [cell.rjust(w) for cell, w in zip(row[2:], widths[2:])]
+        lines.append("  ".join(left + right).rstrip())
+    return "\n".join(lines)
+
+
+def _variant_label(result: dict) -> str:
+    """PyTorch runs no ONNX file: it runs the graph of one, on the same weights."""
+    if result["backend"] == "pytorch-eager":
+        return f"graph of {result['variant']}"
+    return result["variant"]

@@ -12,13 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from device.runtime import registry
-from device.triage import Triager
-from models.bundle import Bundle, BundleError, find_bundles, load_bundle
+from device.runtime.base import VariantFile
+from device.triage import model_io
+from device.variant_check import compare, selftest_inputs
+from models.bundle import Bundle, BundleError, Variant, find_bundles, load_bundle
+from models.metrics import softmax
 
 PACKAGES = (
     "bedside", "numpy", "onnxruntime", "opencv-python-headless", "pydicom", "pylibjpeg",
-    "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pydantic", "torch", "onnx",
-    "tensorrt", "pycuda",
+    "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pydantic", "flask", "waitress",
+    "prometheus-client", "python-multipart", "torch", "onnx", "openvino", "tensorrt", "pycuda",
 )
 # Instruction-set extensions that decide CNN speed on the CPU (x86 names, then Arm's).
 CPU_FEATURES = (
@@ -36,8 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def package_versions() -> dict[str, str | None]:
+    return package_versions_of(PACKAGES)
+
+
+def package_versions_of(names: tuple[str, ...]) -> dict[str, str | None]:
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -62,26 +69,50 @@ def cpu_features() -> dict[str, object]:
 
 
 def check_bundle(path: Path) -> tuple[dict[str, object], Bundle | None]:
-    """Hashes verified, model loaded and warmed up, one self-test inference with finite output.
+    """Hashes verified, then every CPU variant run on ONNX Runtime on the deterministic self-test
+    inputs and checked against the FP32 variant with the tolerances of device/variant_check.py: a
+    variant that computes something else makes the bundle broken. GPU variants are checked where
+    they run, on TensorRT, by ``--selftest``.
 
     Returns the report and, when it is ok, the loaded (verified) bundle.
     """
     try:
         bundle = load_bundle(path)
         m = bundle.manifest
-        triager = Triager(bundle)
-        try:
-            probs, _ = triager.predict(np.zeros((1, m.input.channels, m.input.height, m.input.width), np.float32))
-        finally:
-            triager.close()
+        variants = selftest_variants(bundle)
     except Exception as exc:  # doctor reports every failure instead of stopping at the first
         return {"path": str(path), "ok": False, "error": str(exc)}, None
-    ok = bool(np.isfinite(probs).all() and abs(probs.sum() - 1.0) < 1e-3)
+    failed = [v["file"] for v in variants if not v["ok"]]
     return {
-        "path": str(path), "ok": ok, "id": m.id, "version": m.version,
-        "variants": [v.precision for v in m.variants], "research_only": m.research_only,
-        **({} if ok else {"error": "self-test produced invalid probabilities"}),
-    }, (bundle if ok else None)
+        "path": str(path), "ok": not failed, "id": m.id, "version": m.version,
+        "variants": [v.precision for v in m.variants], "variant_checks": variants,
+        "gpu_variants": [{"file": v.file, "precision": v.precision} for v in m.variants if "gpu" in v.targets],
+        "research_only": m.research_only,
+        **({"error": f"self-test failed: {', '.join(failed)}"} if failed else {}),
+    }, (None if failed else bundle)
+
+
+def selftest_variants(bundle: Bundle) -> list[dict]:
+    m = bundle.manifest
+    x = selftest_inputs(bundle)
+    want = _probabilities(bundle, m.variant("fp32"), x)
+    return [{"file": v.file, "precision": v.precision, "targets": list(v.targets),
+             **compare(_probabilities(bundle, v, x), want, m, v.precision)}
+            for v in m.variants if "cpu" in v.targets]
+
+
+def _probabilities(bundle: Bundle, variant: Variant, x: np.ndarray) -> np.ndarray:
+    m = bundle.manifest
+    backend = registry.require("onnxruntime")(VariantFile.of(bundle, variant), model_io(m), 1)
+    try:
+        return softmax(backend.run(x)[m.outputs.logits].astype(np.float64))
+    finally:
+        backend.close()
+
+
+def bench_peers() -> dict[str, str | None]:
+    """Engines `bedside bench` measures beside the serving backends, with their versions (None: not installed)."""
+    return {"openvino": package_versions_of(("openvino",))["openvino"]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,11 +123,12 @@ def run(args: argparse.Namespace) -> int:
         "packages": package_versions(),
         "cpu": cpu_features(),
         "backends": {n: vars(a) for n, a in registry.all_availability().items()},
+        "bench_peers": bench_peers(),
         "bundles": [entry for entry, _ in checked],
     }
     healthy = bool(report["bundles"]) and all(b["ok"] for b in report["bundles"])
     if args.selftest:
-        from device.tensorrt_selftest import run_selftest
+        from device.tensorrt.selftest import run_selftest
 
         report["tensorrt_selftest"] = run_selftest([bundle for _, bundle in checked if bundle is not None])
         healthy = healthy and report["tensorrt_selftest"].get("ok", True)
@@ -119,15 +151,29 @@ def _print_text(report: dict) -> None:
     for name, a in report["backends"].items():
         print(f"  {name:<12} {'available' if a['ok'] else 'UNAVAILABLE'}: {a['reason']}"
               + (f" ({a['version']})" if a["version"] else ""))
-    print("bundles:")
+    for name, version in report["bench_peers"].items():
+        print(f"  {name:<12} {'installed' if version else 'not installed'}: measured by `bedside bench`, "
+              f"not a serving backend" + (f" ({version})" if version else " (the 'bench' extra)"))
+    print("bundles (each CPU variant self-tested on onnxruntime against fp32):")
     for b in report["bundles"]:
-        if b["ok"]:
-            print(f"  OK     {b['id']} {b['version']} variants {','.join(b['variants'])}  {b['path']}")
-        else:
-            print(f"  BROKEN {b['path']}: {b['error']}")
+        print(f"  {'OK    ' if b['ok'] else 'BROKEN'} {b.get('id', '')} {b.get('version', '')}  {b['path']}"
+              + ("" if b["ok"] else f": {b['error']}"))
+        _print_variant_checks(b.get("variant_checks", []))
+        checked = {c["file"] for c in b.get("variant_checks", [])}
+        for v in b.get("gpu_variants", []):
+            if v["file"] not in checked:
+                print(f"         {v['precision']:<5} for {'gpu':<8} {v['file']}  (checked on TensorRT by --selftest)")
     selftest = report.get("tensorrt_selftest")
     if selftest is not None:
         _print_selftest(selftest)
+
+
+def _print_variant_checks(checks: list[dict]) -> None:
+    width = max((len(c["file"]) for c in checks), default=0)
+    for c in checks:
+        print(f"         {c['precision']:<5} for {','.join(c['targets']):<8} {c['file']:<{width}}  "
+              f"{'ok  ' if c['ok'] else 'FAIL'} max |dp| {c['max_prob_diff']:.1e} (<= {c['tolerance']:.0e}), "
+              f"agreement {c['agreement']:.0%}")
 
 
 def _print_selftest(selftest: dict) -> None:

@@ -1,4 +1,5 @@
-"""The JSON API, version 1: the same operations the pages offer, for programs and tests.
+"""The JSON API, version 1: the same operations the pages offer (studies, imports, exports, settings,
+live capture sources), for programs and tests, and /metrics.
 
 Errors are ``{"error": {"status", "code", "message", ...}}`` with a 4xx status (see app.py).
 """
@@ -9,16 +10,18 @@ from dataclasses import asdict
 
 from flask import Blueprint, Response, jsonify, request
 
+from device.capture.devices import list_video_devices
+from device.capture.view import CONTENT_TYPE as MJPEG
 from device.kiosk.context import kiosk
-from device.kiosk.errors import BadRequest, KioskError, NotFound
-from device.kiosk.metrics import source_lines
-from device.kiosk.service import study_filter, study_json
-from device.kiosk.store import TRIAGE_ORDER
+from device.kiosk.errors import BadRequest, Busy, KioskError, NotFound
+from device.kiosk.metrics import CONTENT_TYPE
+from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 ops = Blueprint("ops", __name__)  # /metrics, where Prometheus looks by default
 MAX_PAGE = 500
 IMMUTABLE = "private, max-age=86400, immutable"
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -130,7 +133,7 @@ def study_heatmap(study_id: int):
     study = k.get(study_id)
     png = k.renders.heatmap_png(study)
     if png is None:
-        raise NotFound(f"study {study_id}: its model ({study.result['model']['id']}) gives no heatmap")
+        raise NotFound(f"study {study_id}: its model ({study.model.id}) gives no heatmap")
     return Response(png, mimetype="image/png", headers={"Cache-Control": IMMUTABLE})
 
 
@@ -220,8 +223,55 @@ def health():
     return jsonify(report), 200 if report["ready"] else 503
 
 
+# ---- live capture sources ------------------------------------------------------------------
+
+
+@api.get("/sources")
+def sources():
+    return jsonify(
+        {
+            "sources": kiosk().capture.status(),
+            "devices": [d.as_json() for d in list_video_devices()],
+        }
+    ), 200, NO_STORE
+
+
+@api.get("/sources/<source_id>")
+def source(source_id: str):
+    return jsonify(kiosk().live_source(source_id).status()), 200, NO_STORE
+
+
+@api.get("/sources/<source_id>/latest")
+def latest(source_id: str):
+    src = kiosk().live_source(source_id)
+    result = src.live.latest()
+    if result is None:
+        raise NotFound(f"source {source_id} has no triage result yet (it is {src.stream.state})")
+    return jsonify({**result.as_json(), "state": src.stream.state}), 200, NO_STORE
+
+
+@api.get("/sources/<source_id>/live")
+def live_stream(source_id: str):
+    """The live view as MJPEG; the response ends when the kiosk shuts down or the viewer leaves."""
+    view = kiosk().live_source(source_id).view
+    k = kiosk()
+    capture = k.capture
+    body = k.live_viewers.hold(view.parts(lambda: capture.closing))
+    if body is None:
+        raise Busy(
+            f"this kiosk shows at most {k.live_viewers.limit} live views at once (capture.max_viewers, and "
+            f"at most server.threads - {THREADS_KEPT_FREE}); close one and try again"
+        )
+    return Response(body, mimetype=MJPEG, headers=NO_STORE, direct_passthrough=True)
+
+
+@api.post("/sources/<source_id>/capture")
+def capture_from_source(source_id: str):
+    body = request_body()
+    study = kiosk().capture_study(source_id, body_text(body, "reference"), body_operator(body))
+    return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
+
+
 @ops.get("/metrics")
 def metrics():
-    k = kiosk()
-    text = k.metrics.render(k.exams.ids(), TRIAGE_ORDER) + source_lines(k.capture.status())
-    return Response(text, mimetype="text/plain", headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return Response(kiosk().metrics.render(), headers={"Content-Type": CONTENT_TYPE})

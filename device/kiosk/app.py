@@ -1,5 +1,5 @@
-"""The Flask application factory: one Kiosk (models, store, metrics) per app, two blueprints
-(pages for people, /api/v1 for programs), strict security headers, and errors that never leak a
+"""The Flask application factory: one Kiosk (models, store, metrics) per app, blueprints by interface
+(pages for people, /api/v1 and /metrics for programs), strict security headers, and errors that never leak a
 traceback: bad input is a 4xx with a clear message, in JSON for the API and on the page for people."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from device.kiosk.api import api, ops
 from device.kiosk.config import KioskConfig
 from device.kiosk.context import EXTENSION, kiosk
 from device.kiosk.errors import KioskError
-from device.kiosk.live import live_api, live_pages
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
+from device.kiosk.request_log import log_requests
 from device.kiosk.service import Kiosk, local_time
 
 log = logging.getLogger(__name__)
@@ -59,9 +59,8 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(ops)
     app.register_blueprint(pages)
-    app.register_blueprint(live_api)
-    app.register_blueprint(live_pages)
     app.after_request(_security_headers)
+    log_requests(app)
     app.register_error_handler(KioskError, _kiosk_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -99,7 +98,7 @@ def _http_error(exc: HTTPException):
 
 # Requests that create one study: there a failure means it was not saved (nothing is acknowledged
 # before the commit). Elsewhere the error says nothing about studies it cannot vouch for.
-CREATES_A_STUDY = {"api.create_study", "pages.upload_study", "live_api.capture", "live_pages.live_capture"}
+CREATES_A_STUDY = {"api.create_study", "pages.upload_study", "api.capture_from_source", "pages.live_capture"}
 
 
 def _unexpected_error(exc: Exception):

@@ -11,18 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from device.capture.config import CaptureSettings
-from models.bundle import default_bundles_dir, describe_validation_error
+from device.tensorrt.settings import EngineSettings
+from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
 
 class ConfigError(Exception):
     """A configuration file that cannot be used; the message names the file and the key."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def default_data_dir() -> Path:
@@ -31,14 +28,14 @@ def default_data_dir() -> Path:
     return Path(base) / "bedside"
 
 
-class ServerSettings(_Section):
+class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535, description="0 binds a free port")
     threads: int = Field(default=8, ge=1, le=64, description="request threads")
     max_upload_mb: int = Field(default=100, ge=1, le=512, description="largest accepted request body")
 
 
-class ModelSettings(_Section):
+class ModelSettings(_Strict):
     bundles_dir: Path = Field(default_factory=default_bundles_dir, description="every bundle in it is an exam")
     bundles: list[Path] = Field(default=[], description="explicit bundle directories; replace bundles_dir")
     backend: str = "onnxruntime"
@@ -48,16 +45,21 @@ class ModelSettings(_Section):
     inference_threads: int | None = Field(default=None, ge=1, le=64, description="default: all usable cores")
     gpu: Literal["auto", "off"] = Field(
         default="auto",
-        description="auto: where TensorRT runs, build each exam's GPU engine in the background while "
-        "serving on `backend`, then switch to it",
+        description="auto: where a GPU backend runs, prepare each exam's GPU variant in the background "
+        "(TensorRT builds its engine) while serving on `backend`, then switch to it",
     )
+    tensorrt: EngineSettings = Field(default_factory=EngineSettings, description="the TensorRT engine cache and builds")
+
+    def backend_settings(self, backend: str) -> object | None:
+        """The settings section of a backend, for those that have one."""
+        return {"tensorrt": self.tensorrt}.get(backend)
 
 
-class StoreSettings(_Section):
+class StoreSettings(_Strict):
     data_dir: Path = Field(default_factory=default_data_dir)
 
 
-class MediaSettings(_Section):
+class MediaSettings(_Strict):
     """Removable drives and shared folders: where images are imported from and exports go."""
 
     import_folders: list[Path] = [Path("/media"), Path("/run/media")]
@@ -69,13 +71,13 @@ class MediaSettings(_Section):
     max_depth: int = Field(default=4, ge=0, le=16)
 
 
-class UiSettings(_Section):
+class UiSettings(_Strict):
     operator: str = Field(default="", max_length=80, description="default operator recorded with each action")
     recent_studies: int = Field(default=12, ge=1, le=100)
     page_size: int = Field(default=25, ge=5, le=200)
 
 
-class KioskConfig(_Section):
+class KioskConfig(_Strict):
     server: ServerSettings = ServerSettings()
     models: ModelSettings = ModelSettings()
     store: StoreSettings = StoreSettings()

@@ -19,20 +19,17 @@ from device import intake
 from device.kiosk.config import ModelSettings
 from device.kiosk.errors import UnknownExam
 from device.runtime import registry
-from device.runtime.base import RuntimeFailure, RuntimeUnavailable
-from device.runtime.tensorrt_backend import start_engine_build
+from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile
 from device.triage import TriageResult, Triager, model_io
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
-from optimize.engine_cache import BuildJob
 
 log = logging.getLogger("bedside.kiosk")
-GPU_BACKEND = "tensorrt"
 
 
 @dataclass
 class Exam:
     triager: Triager
-    gpu_build: BuildJob | None = None
+    gpu_build: Preparation | None = None
     gpu_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -48,37 +45,47 @@ class Exam:
         with self._lock:
             return self.triager.triage_image(img, source, decode_ms)
 
-    def start_gpu_build(self, preferred: str, threads: int | None) -> None:
-        """Build the GPU engine in the background (minutes on a Jetson) while this exam keeps serving
-        on its CPU backend; switch to the GPU when the engine is ready. Progress shows in health."""
+    def start_gpu_build(self, backend: str, settings: ModelSettings) -> None:
+        """Prepare the GPU variant in the background (a TensorRT engine build takes minutes on a
+        Jetson) while this exam keeps serving on its CPU backend; switch to the GPU when it is ready.
+        Progress shows in health."""
         m = self.bundle.manifest
         gpu = [v.precision for v in m.variants if "gpu" in v.targets]
-        precision = next((p for p in (preferred, "fp16", "int8", "fp32") if p in gpu), None)
+        precision = next((p for p in (settings.precision, "fp16", "int8", "fp32") if p in gpu), None)
         if precision is None:
             self.gpu_error = "the bundle has no GPU variant"
             return
-        path = self.bundle.path_of(m.variant(precision, "gpu").file)
+        model = VariantFile.of(self.bundle, m.variant(precision, "gpu"))
+        options = settings.backend_settings(backend)
         try:
-            self.gpu_build = start_engine_build(path, model_io(m), lambda job: self._switch_to_gpu(job, precision, threads))
+            self.gpu_build = registry.backend_class(backend).start_preparation(
+                model, model_io(m), lambda job: self._prepared(job, backend, precision, settings), options
+            )
         except (RuntimeFailure, RuntimeUnavailable) as exc:
             self.gpu_error = str(exc)
-            log.warning("%s: no GPU engine build: %s", self.id, exc)
+            log.warning("%s: no GPU preparation: %s", self.id, exc)
+            return
+        if self.gpu_build is None:  # the backend has nothing to prepare: load it now
+            self._switch_to_gpu(backend, precision, settings)
 
-    def _switch_to_gpu(self, job: BuildJob, precision: str, threads: int | None) -> None:
+    def _prepared(self, job: Preparation, backend: str, precision: str, settings: ModelSettings) -> None:
         if job.state != "ready":
             self.gpu_error = job.error or job.state
-            log.warning("%s: GPU engine build %s; staying on %s", self.id, job.state, self.triager.model.backend)
+            log.warning("%s: GPU preparation %s; staying on %s", self.id, job.state, self.triager.model.backend)
             return
+        self._switch_to_gpu(backend, precision, settings)
+
+    def _switch_to_gpu(self, backend: str, precision: str, settings: ModelSettings) -> None:
         try:
-            gpu = Triager(self.bundle, GPU_BACKEND, precision, threads)
+            gpu = Triager(self.bundle, backend, precision, settings.inference_threads, settings.backend_settings(backend))
         except (RuntimeFailure, RuntimeUnavailable) as exc:
             self.gpu_error = str(exc)
-            log.warning("%s: GPU engine built but cannot be loaded: %s", self.id, exc)
+            log.warning("%s: GPU variant prepared but cannot be loaded: %s", self.id, exc)
             return
         with self._lock:
             cpu, self.triager = self.triager, gpu
         cpu.close()
-        log.info("%s: now triaging on %s %s", self.id, GPU_BACKEND, precision)
+        log.info("%s: now triaging on %s %s", self.id, backend, precision)
 
     def gpu_status(self) -> dict | None:
         if self.gpu_build is None and self.gpu_error is None:
@@ -141,9 +148,10 @@ class ExamRegistry:
             for exam in exams:
                 exam.close()
             raise
-        if settings.gpu == "auto" and settings.backend != GPU_BACKEND and registry.availability(GPU_BACKEND).ok:
+        gpu = registry.available("gpu")
+        if settings.gpu == "auto" and gpu and registry.backend_class(settings.backend).target != "gpu":
             for exam in exams:
-                exam.start_gpu_build(settings.precision, settings.inference_threads)
+                exam.start_gpu_build(gpu[0], settings)
         return cls(exams)
 
     def __iter__(self):
@@ -180,7 +188,8 @@ def _open_exam(path: Path, settings: ModelSettings) -> Exam:
     precision = settings.precision if settings.precision in have else "fp32"
     if precision != settings.precision:
         log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision, target, precision)
-    return Exam(Triager(bundle, settings.backend, precision, settings.inference_threads))
+    return Exam(Triager(bundle, settings.backend, precision, settings.inference_threads,
+                        settings.backend_settings(settings.backend)))
 
 
 def timed_decode(data: bytes, name: str) -> tuple[intake.DecodedImage, float]:

@@ -73,14 +73,13 @@ def export_study(destination: Path, study: StudyRecord, study_json: dict, image:
 
 
 def history_row(study: StudyRecord) -> dict:
-    r = study.result
-    model = r["model"]
+    r, model = study.result, study.model
     return {
         "id": study.id, "created_at": study.created_at, "exam": study.exam, "source": study.source,
         "reference": study.reference, "operator": study.operator, "filename": study.filename,
         "triage": study.triage, "label": study.label, "probability": f"{study.probability:.4f}",
-        "threshold": f"{study.threshold:.4f}", "model_id": model["id"], "model_version": model["version"],
-        "model_sha256": model["sha256"], "backend": model["backend"], "precision": model["precision"],
+        "threshold": f"{study.threshold:.4f}", "model_id": model.id, "model_version": model.version,
+        "model_sha256": model.sha256, "backend": model.backend, "precision": model.precision,
         "quality_ok": r["quality"]["ok"], "quality_issues": "; ".join(i["message"] for i in r["quality"]["issues"]),
         "reviewed_at": study.reviewed_at or "", "reviewed_by": study.reviewed_by or "",
         "review_note": study.review_note or "", "image_sha256": study.image_sha256,

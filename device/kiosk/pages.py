@@ -1,4 +1,5 @@
-"""The pages a clinician touches: home, new study, result, history, settings.
+"""The pages a clinician touches: home, new study, result, history, settings, and the live view of
+each capture source (video with the triage drawn on it, and one big Capture button).
 
 Plain HTML forms with POST-redirect-GET, so every action works with the keyboard and without
 JavaScript; kiosk.js only adds drag and drop, the heatmap toggle and a busy state.
@@ -8,10 +9,12 @@ from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
+from device.capture.devices import list_video_devices
+from device.capture.manager import LiveSource
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, KioskError
 from device.kiosk.service import study_filter
-from device.kiosk.store import TRIAGE_ORDER
+from device.triage import TRIAGE_ORDER
 
 pages = Blueprint("pages", __name__)
 MAX_OFFSET = 2**62
@@ -170,3 +173,38 @@ def settings():
         health=k.health(),
         data_dir=k.config.store.data_dir,
     )
+
+
+# ---- live capture ------------------------------------------------------------------------------
+
+
+@pages.app_context_processor
+def _live_sources() -> dict:
+    """The nav shows 'Live' only when sources are configured."""
+    return {"has_live_sources": len(kiosk().capture) > 0}
+
+
+@pages.get("/live")
+def live_index():
+    return render_template("sources.html", sources=list(kiosk().capture), devices=list_video_devices())
+
+
+def _live_page(src: LiveSource, error: str | None = None) -> str:
+    k = kiosk()
+    return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id), operator=k.default_operator(),
+                           error=error)
+
+
+@pages.get("/live/<source_id>")
+def live_page(source_id: str):
+    return _live_page(kiosk().live_source(source_id))
+
+
+@pages.post("/live/<source_id>/capture")
+def live_capture(source_id: str):
+    src = kiosk().live_source(source_id)
+    try:
+        study = kiosk().capture_study(source_id, request.form.get("reference"), request.form.get("operator"))
+    except KioskError as exc:
+        return _live_page(src, exc.message), exc.status
+    return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)

@@ -15,11 +15,11 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from device import intake
-from device.capture.live import iso_time
-from device.capture.manager import CaptureManager, Inference, frame_file
+from device.capture.manager import CaptureManager, Inference, LiveSource, frame_file
 from device.capture.sources import redact
 from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
+from device.clock import utc_iso
 from device.kiosk import exports, media
 from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
@@ -28,9 +28,10 @@ from device.kiosk.errors import (
 from device.kiosk.exams import Exam, ExamRegistry, timed_decode
 from device.kiosk.metrics import Metrics
 from device.kiosk.renders import Renderer
-from device.kiosk.store import TRIAGE_ORDER, NewStudy, Store, StudyFilter, StudyRecord
+from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
+from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
-from device.triage import TriageResult
+from device.triage import TRIAGE_ORDER, TriageResult
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
 MAX_REFERENCE = 120
@@ -68,14 +69,14 @@ def _local_day_start(text: str, name: str, days: int = 0) -> str:
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise BadRequest(f"'{name}' must be a date like 2025-01-31, not {text!r}") from None
-    return iso_time(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
+    return utc_iso(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
 
 
-def local_time(utc_iso: str | None) -> str:
-    """'2025-01-31 14:05' in the kiosk's local time, for people."""
-    if not utc_iso:
+def local_time(stamp: str | None) -> str:
+    """'2025-01-31 14:05' in the kiosk's local time, for people, from a stored UTC time (device.clock)."""
+    if not stamp:
         return ""
-    return datetime.fromisoformat(utc_iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def study_json(study: StudyRecord) -> dict:
@@ -129,7 +130,7 @@ class Kiosk:
         self.config = config
         self.store = store
         self.exams = exams
-        self.metrics = Metrics()
+        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
         self.renders = Renderer(store)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
         self.backends = {
@@ -231,18 +232,15 @@ class Kiosk:
         source: str,
         started: float,
         extra_timings_ms: dict[str, float] | None = None,
-        extra_result: dict | None = None,
+        capture: FrameCapture | None = None,
     ) -> StudyRecord:
         """Commit a study whose image `exam` has triaged and ``store.put_image`` has made durable.
 
         Uploads and imports come through create_study; other sources (a captured camera frame)
         store their encoded frame with put_image and call this directly.
         """
-        r = result.as_json()
-        del r["file"]
-        r["probability"] = result.probabilities[exam.bundle.manifest.policy.urgent_label]
-        r["timings_ms"].update({k: round(v, 3) for k, v in (extra_timings_ms or {}).items()})
-        r.update(extra_result or {})
+        kept = StudyResult(result, result.probabilities[exam.bundle.manifest.policy.urgent_label],
+                           extra_timings_ms or {}, capture)
         study = self.store.add_study(
             image_sha256,
             image_bytes,
@@ -256,8 +254,7 @@ class Kiosk:
                 source_format=img.source_format,
                 height=img.original_size[0],
                 width=img.original_size[1],
-                result=r,
-                cam=result.cam,
+                result=kept,
             ),
         )
         model_s = (result.timings_ms["preprocess"] + result.timings_ms["inference"]) / 1e3
@@ -366,6 +363,12 @@ class Kiosk:
             raise ConfigError(f"capture source: {exc.message}") from None
         return Inference(exam.id, exam.triage, exam.bundle.manifest, lambda: _model_text(exam))
 
+    def live_source(self, source_id: str) -> LiveSource:
+        source = self.capture.get(source_id)
+        if source is None:
+            raise NotFound(f"no capture source {source_id!r}")
+        return source
+
     def capture_study(self, source_id: str, reference: str | None, operator: str | None) -> StudyRecord:
         """Freeze the source's newest triaged frame and store it as a study: the exact frame the model
         saw (full resolution, as the camera sent it), its result, and where it came from."""
@@ -389,21 +392,13 @@ class Kiosk:
         data, fmt = frame_file(live.frame)
         sha = self.store.put_image(data)
         img = dataclasses.replace(live.image, source_format=fmt)
-        capture = {
-            "capture": {
-                "source": source_id,
-                "uri": redact(source.stream.spec.uri),
-                "frame_seq": live.frame.seq,
-                "frame_captured_at": iso_time(live.frame.wall),
-                "frame_to_result_ms": round(live.latency_ms, 3),
-                "smoothed": live.smoothed.as_json() if live.smoothed else None,
-            }
-        }
+        capture = FrameCapture(source_id, redact(source.stream.spec.uri), live.frame.seq, utc_iso(live.frame.wall),
+                               round(live.latency_ms, 3), live.smoothed)
         filename = f"{source_id}-frame{live.frame.seq}.{'jpg' if fmt == 'jpeg' else fmt}"
         exam = self.exams.resolve(source.exam_id)
         return self.save_triaged(
             exam, sha, len(data), img, live.result, filename, reference, operator,
-            f"capture:{source_id}", t0, extra_result=capture,
+            f"capture:{source_id}", t0, capture=capture,
         )
 
     # ---- health ------------------------------------------------------------------------------

@@ -25,16 +25,17 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from device.clock import utc_iso
+from device.kiosk.study_result import StudyResult
+from device.triage import TRIAGE_ORDER, ModelRef
 from models import atomic
 from models.atomic import fsync_directory
 
 DB_NAME = "bedside.sqlite3"
-TRIAGE_ORDER = ("URGENT", "UNGRADABLE", "ROUTINE")
 AUDIT_ACTIONS = (
     "study_created",
     "study_viewed",
@@ -116,11 +117,6 @@ class StoreError(Exception):
     """The store cannot be opened or used safely (corrupt database, unwritable data dir)."""
 
 
-def utc_now() -> str:
-    """Fixed-width UTC ISO 8601 with milliseconds, so that text order is time order."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 @dataclass(frozen=True)
 class NewStudy:
     """Everything that is committed for one study, image bytes apart."""
@@ -134,8 +130,7 @@ class NewStudy:
     source_format: str
     height: int
     width: int
-    result: dict
-    cam: np.ndarray | None
+    result: StudyResult  # its triage result holds the heatmap (cam)
 
 
 @dataclass(frozen=True)
@@ -157,7 +152,8 @@ class StudyRecord:
     label: str
     probability: float
     threshold: float
-    result: dict
+    model: ModelRef
+    result: dict  # the result document as it was saved (StudyResult.as_json())
     cam: np.ndarray | None
     reviewed_at: str | None
     reviewed_by: str | None
@@ -198,21 +194,37 @@ class StoreCheck:
 
 _STUDY_COLUMNS = """
     s.id, s.created_at, s.exam, s.source, s.reference, s.operator, s.filename, s.image_sha256,
-    i.bytes, i.media_type, i.source_format, i.height, i.width, s.triage, s.label, s.probability,
-    s.threshold, s.result_json, s.cam, s.cam_height, s.cam_width, s.reviewed_at, s.reviewed_by, s.review_note
+    i.bytes AS image_bytes, i.media_type, i.source_format, i.height, i.width, s.triage, s.label, s.probability,
+    s.threshold, s.model_id, s.model_version, s.model_sha256, s.backend, s.precision, s.result_json,
+    s.cam, s.cam_height, s.cam_width, s.reviewed_at, s.reviewed_by, s.review_note
 """
 
 # The same columns with the heatmap left out (cam is None), for reading many studies at once.
-_STUDY_COLUMNS_NO_CAM = _STUDY_COLUMNS.replace("s.cam, s.cam_height, s.cam_width", "NULL, NULL, NULL")
+_STUDY_COLUMNS_NO_CAM = _STUDY_COLUMNS.replace(
+    "s.cam, s.cam_height, s.cam_width", "NULL AS cam, NULL AS cam_height, NULL AS cam_width"
+)
+# StudyRecord fields that are a column of the same name
+_PLAIN_FIELDS = (
+    "id", "created_at", "exam", "source", "reference", "operator", "filename", "image_sha256", "image_bytes",
+    "media_type", "source_format", "height", "width", "triage", "label", "probability", "threshold",
+    "reviewed_at", "reviewed_by", "review_note",
+)
 
 
-def _record(row: tuple) -> StudyRecord:
+def _named(db: sqlite3.Connection, sql: str, params: tuple = ()) -> sqlite3.Cursor:
+    """Run ``sql`` on a cursor whose rows are read by column name, never by position."""
+    cursor = db.cursor()
+    cursor.row_factory = sqlite3.Row
+    return cursor.execute(sql, params)
+
+
+def _record(row: sqlite3.Row) -> StudyRecord:
     cam = None
-    if row[18] is not None:
-        cam = np.frombuffer(row[18], dtype="<f4").reshape(row[19], row[20])
-    return StudyRecord(
-        *row[:17], result=json.loads(row[17]), cam=cam, reviewed_at=row[21], reviewed_by=row[22], review_note=row[23]
-    )
+    if row["cam"] is not None:
+        cam = np.frombuffer(row["cam"], dtype="<f4").reshape(row["cam_height"], row["cam_width"])
+    model = ModelRef(row["model_id"], row["model_version"], row["model_sha256"], row["precision"], row["backend"])
+    return StudyRecord(**{name: row[name] for name in _PLAIN_FIELDS}, model=model,
+                       result=json.loads(row["result_json"]), cam=cam)
 
 
 class Store:
@@ -285,10 +297,9 @@ class Store:
 
     def add_study(self, image_sha256: str, image_bytes: int, study: NewStudy) -> StudyRecord:
         """Commit the study (its image must already be durable, see put_image) and audit it."""
-        now = utc_now()
-        r = study.result
-        model = r["model"]
-        cam = None if study.cam is None else np.ascontiguousarray(study.cam, dtype="<f4")
+        now = utc_iso()
+        r, model = study.result.result, study.result.result.model
+        cam = None if r.cam is None else np.ascontiguousarray(r.cam, dtype="<f4")
         with self._transaction() as db:
             db.execute(
                 "INSERT OR IGNORE INTO images (sha256, bytes, media_type, source_format, height, width, created_at)"
@@ -302,15 +313,15 @@ class Store:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     now, study.exam, study.source, study.reference, study.operator, study.filename, image_sha256,
-                    r["triage"], r["label"], r["probability"], r["threshold"], model["id"], model["version"],
-                    model["sha256"], model["backend"], model["precision"], json.dumps(r["timings_ms"]),
-                    json.dumps(r), None if cam is None else cam.tobytes(),
+                    r.triage, r.label, study.result.probability, r.threshold, model.id, model.version,
+                    model.sha256, model.backend, model.precision, json.dumps(study.result.timings_ms),
+                    json.dumps(study.result.as_json()), None if cam is None else cam.tobytes(),
                     None if cam is None else cam.shape[0], None if cam is None else cam.shape[1],
                 ),
             )
             study_id = cur.lastrowid
             self._audit(db, "study_created", study.operator, study_id,
-                        {"triage": r["triage"], "exam": study.exam, "source": study.source})
+                        {"triage": r.triage, "exam": study.exam, "source": study.source})
             return self._get(db, study_id)
 
     def get(self, study_id: int) -> StudyRecord | None:
@@ -318,8 +329,8 @@ class Store:
             return self._get(self._db, study_id)
 
     def _get(self, db: sqlite3.Connection, study_id: int) -> StudyRecord | None:
-        row = db.execute(
-            f"SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256 WHERE s.id = ?",
+        row = _named(
+            db, f"SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256 WHERE s.id = ?",
             (study_id,),
         ).fetchone()
         return None if row is None else _record(row)
@@ -329,8 +340,8 @@ class Store:
         clauses, params = _where(where)
         with self._lock:
             total = self._db.execute(f"SELECT count(*) FROM studies s {clauses}", params).fetchone()[0]
-            rows = self._db.execute(
-                f"SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256 {clauses}"
+            rows = _named(
+                self._db, f"SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256 {clauses}"
                 " ORDER BY s.id DESC LIMIT ? OFFSET ?",
                 (*params, limit, offset),
             ).fetchall()
@@ -343,22 +354,22 @@ class Store:
         before = 2**63 - 1
         while True:
             with self._lock:
-                rows = self._db.execute(
-                    f"SELECT {_STUDY_COLUMNS_NO_CAM} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
+                rows = _named(
+                    self._db, f"SELECT {_STUDY_COLUMNS_NO_CAM} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
                     f" {clauses} {'AND' if clauses else 'WHERE'} s.id < ? ORDER BY s.id DESC LIMIT ?",
                     (*params, before, batch),
                 ).fetchall()
             yield from map(_record, rows)
             if len(rows) < batch:
                 return
-            before = rows[-1][0]
+            before = rows[-1]["id"]
 
     def recent(self, count: int) -> list[StudyRecord]:
         """The last `count` studies, urgent first, then ungradable, then routine; newest first within each."""
         rank = " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(TRIAGE_ORDER))
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT * FROM (SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
+            rows = _named(
+                self._db, f"SELECT * FROM (SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
                 f" ORDER BY s.id DESC LIMIT ?) ORDER BY CASE triage {rank} END, id DESC",
                 (count,),
             ).fetchall()
@@ -373,7 +384,7 @@ class Store:
         with self._transaction() as db:
             cur = db.execute(
                 "UPDATE studies SET reviewed_at = ?, reviewed_by = ?, review_note = ? WHERE id = ?",
-                (utc_now(), operator, note, study_id),
+                (utc_iso(), operator, note, study_id),
             )
             if cur.rowcount == 0:
                 return None
@@ -390,7 +401,7 @@ class Store:
     def _audit(db: sqlite3.Connection, action: str, operator: str, study_id: int | None, detail: dict) -> None:
         db.execute(
             "INSERT INTO audit_log (at, operator, action, study_id, detail) VALUES (?, ?, ?, ?, ?)",
-            (utc_now(), operator, action, study_id, json.dumps(detail)),
+            (utc_iso(), operator, action, study_id, json.dumps(detail)),
         )
 
     def audit_log(self, limit: int = 100, study_id: int | None = None) -> list[AuditEntry]:
@@ -400,8 +411,9 @@ class Store:
         if study_id is not None:
             sql, params = sql + " WHERE study_id = ?", (study_id,)
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
-        return [AuditEntry(*r[:5], detail=json.loads(r[5])) for r in rows]
+            rows = _named(self._db, sql + " ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        return [AuditEntry(r["id"], r["at"], r["operator"], r["action"], r["study_id"], json.loads(r["detail"]))
+                for r in rows]
 
     def settings(self) -> dict[str, str]:
         with self._lock:
@@ -461,7 +473,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         try:
             for statement in _statements(sql):
                 db.execute(statement)
-            db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, utc_now()))
+            db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, utc_iso()))
         except BaseException:
             db.execute("ROLLBACK")
             raise

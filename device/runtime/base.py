@@ -10,9 +10,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Callable, ClassVar, Literal, Protocol
 
 import numpy as np
+
+from models.bundle import Bundle, Variant
 
 
 class RuntimeUnavailable(Exception):
@@ -39,6 +41,35 @@ class ModelIO:
     input_shape: tuple[int, int, int]  # (C, H, W); the batch axis is dynamic
 
 
+@dataclass(frozen=True)
+class VariantFile:
+    """The bundle variant a backend runs: its file, and what the manifest says of it (precision,
+    targets), so that no backend has to read the manifest again to know what it was given."""
+
+    path: Path
+    variant: Variant
+
+    @classmethod
+    def of(cls, bundle: Bundle, variant: Variant) -> "VariantFile":
+        return cls(bundle.path_of(variant.file), variant)
+
+    @property
+    def precision(self) -> str:
+        return self.variant.precision
+
+
+class Preparation(Protocol):
+    """Slow one-time work a backend needs before it can load a variant (a TensorRT engine build),
+    running in the background."""
+
+    state: str  # "pending" | "building" | "ready" | "failed" | "cancelled"
+    error: str | None
+
+    def status(self) -> dict: ...
+    def cancel(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class Backend(ABC):
     name: ClassVar[str]
     target: ClassVar[Literal["cpu", "gpu"]]  # which bundle variants it runs
@@ -50,7 +81,15 @@ class Backend(ABC):
         """Whether this backend can run here, and if not, why (never raises)."""
 
     @abstractmethod
-    def __init__(self, model_path: Path, io: ModelIO, threads: int): ...
+    def __init__(self, model: VariantFile, io: ModelIO, threads: int, settings: object | None = None):
+        """Load the variant; ``settings`` are this backend's own (e.g. the TensorRT engine settings)."""
+
+    @classmethod
+    def start_preparation(cls, model: VariantFile, io: ModelIO, on_done: Callable[[Preparation], None],
+                          settings: object | None = None) -> Preparation | None:
+        """Start, in the background, what loading ``model`` would otherwise do slowly, so a device can
+        keep serving on another backend meanwhile; ``on_done`` is called at the end. None: nothing to do."""
+        return None
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

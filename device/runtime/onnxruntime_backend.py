@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable
+from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
 
 PROVIDER = "CPUExecutionProvider"
 
@@ -33,7 +31,7 @@ class OnnxRuntimeBackend(Backend):
             return Availability(False, f"{PROVIDER} missing from this onnxruntime build", ort.__version__)
         return Availability(True, "CPU execution provider", ort.__version__)
 
-    def __init__(self, model_path: Path, io: ModelIO, threads: int):
+    def __init__(self, model: VariantFile, io: ModelIO, threads: int, settings: object | None = None):
         ort = _import_ort()
         self.io = io
         opts = ort.SessionOptions()
@@ -45,9 +43,9 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(model_path), sess_options=opts, providers=[PROVIDER])
+            self._session = ort.InferenceSession(str(model.path), sess_options=opts, providers=[PROVIDER])
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-            raise RuntimeFailure(f"onnxruntime cannot load {model_path.name}: {exc}") from None
+            raise RuntimeFailure(f"onnxruntime cannot load {model.path.name}: {exc}") from None
         self._check_io()
 
     def _check_io(self) -> None:

@@ -10,7 +10,7 @@ from device.runtime.base import Availability, Backend, RuntimeUnavailable
 # makes its own backend unavailable.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "device.runtime.onnxruntime_backend:OnnxRuntimeBackend",
-    "tensorrt": "device.runtime.tensorrt_backend:TensorRTBackend",
+    "tensorrt": "device.tensorrt.backend:TensorRTBackend",
 }
 
 
@@ -45,3 +45,8 @@ def require(name: str) -> type[Backend]:
     if not status.ok:
         raise RuntimeUnavailable(f"backend {name} is unavailable: {status.reason}")
     return cls
+
+
+def available(target: str) -> list[str]:
+    """The backends that can run here for a variant target ("cpu" or "gpu"), in registry order."""
+    return [name for name, status in all_availability().items() if status.ok and backend_class(name).target == target]

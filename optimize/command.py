@@ -7,10 +7,12 @@ written then) or the inputs were refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import sys
 from pathlib import Path
 
-from device.triage import default_threads
 from models.data import default_data_dir
 from optimize.errors import OptimizeError
 from optimize.quantize import METHODS
@@ -27,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="the model's training folder (class subfolders); calibration images come from its training "
         "side and the gate's from its validation side (default: the development dataset)",
     )
-    parser.add_argument("--calibration-images", type=int, default=300)
+    parser.add_argument("--calibration-images", type=int, default=300, help="training images drawn to calibrate INT8")
     parser.add_argument("--method", choices=METHODS, default="percentile", help="INT8 activation range method")
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: all usable cores)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,11 +41,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"bedside optimize: no calibration data at {data}: refusing to quantize without it "
               "(pass --calibration DIR)", file=sys.stderr)
         return 1
+    threads = args.threads or len(os.sched_getaffinity(0))
+    # ONNX Runtime's calibrators print() their own progress ("Collecting tensor data and making
+    # histogram ..."); this command's own progress goes to stderr through `log`, so their stdout is dropped.
     try:
-        outcome = add_variant(
-            args.bundle, args.precision, data, args.calibration_images, args.method, args.seed,
-            args.threads or default_threads(), log=lambda line: print(line, file=sys.stderr, flush=True),
-        )
+        with contextlib.redirect_stdout(io.StringIO()):
+            outcome = add_variant(
+                args.bundle, args.precision, data, args.calibration_images, args.method, args.seed, threads,
+                log=lambda line: print(line, file=sys.stderr, flush=True),
+            )
     except OptimizeError as exc:
         print(f"bedside optimize: {exc}", file=sys.stderr)
         return 1

@@ -104,9 +104,3 @@ def make_monitor(trt, callback: ProgressCallback | None, cancel: threading.Event
 
     return _Monitor()
 
-
-def format_bar(progress: BuildProgress, width: int = 30) -> str:
-    """One line of a text progress bar, for a terminal (callers write it with a leading \\r)."""
-    filled = int(round(progress.fraction * width))
-    return (f"[{'#' * filled}{'.' * (width - filled)}] {progress.fraction * 100:5.1f}%  "
-            f"{progress.phase} ({progress.step}/{progress.num_steps})")

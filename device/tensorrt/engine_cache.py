@@ -28,19 +28,19 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable
 
-from models.bundle import sha256_file
+from device.clock import utc_iso
+from device.tensorrt.api import Platform
+from device.tensorrt.build import BuildCancelled, BuildOptions, build_engine
+from device.tensorrt.progress import BuildProgress, ProgressCallback
+from device.tensorrt.settings import ENV_CACHE_DIR
 from models import atomic
-from optimize.tensorrt.api import Platform
-from optimize.tensorrt.build import BuildCancelled, BuildOptions, build_engine
-from optimize.tensorrt.progress import BuildProgress, ProgressCallback
+from models.bundle import sha256_file
 
 log = logging.getLogger("bedside.engine_cache")
 
 KEY_FORMAT = 1
-ENV_CACHE_DIR = "BEDSIDE_ENGINE_CACHE"
-DEFAULT_CACHE_DIR = "~/.cache/bedside/engines"
 
 # (engine path to write, progress callback, cancel event) -> None
 BuildFunction = Callable[[Path, "ProgressCallback | None", "threading.Event | None"], None]
@@ -87,39 +87,6 @@ class EngineKey:
         return f"{self.precision}-{self.digest()[:32]}"
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """Where engines live and how they are built, from the environment (BEDSIDE_*)."""
-
-    cache_dir: Path
-    max_batch: int = 16
-    opt_batch: int = 1
-    workspace_mb: int = 1024
-    dla_core: int | None = None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "EngineSettings":
-        def number(name: str, default: int | None) -> int | None:
-            raw = environ.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                return int(raw)
-            except ValueError:
-                raise ValueError(f"{name}={raw!r} is not an integer") from None
-
-        return cls(
-            cache_dir=Path(environ.get(ENV_CACHE_DIR) or DEFAULT_CACHE_DIR).expanduser(),
-            max_batch=number("BEDSIDE_TRT_MAX_BATCH", 16),
-            opt_batch=number("BEDSIDE_TRT_OPT_BATCH", 1),
-            workspace_mb=number("BEDSIDE_TRT_WORKSPACE_MB", 1024),
-            dla_core=number("BEDSIDE_DLA_CORE", None),
-        )
-
-    def build_options(self, precision: str) -> BuildOptions:
-        return BuildOptions(precision, self.max_batch, self.opt_batch, self.workspace_mb << 20, self.dla_core)
-
-
 class EngineCache:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -139,8 +106,8 @@ class EngineCache:
         except OSError as exc:
             raise CacheNotWritable(
                 f"engine cache {self.directory} is not writable ({exc.strerror or exc}): engines could "
-                f"not persist and every start would rebuild them (minutes each); point {ENV_CACHE_DIR} "
-                "at a writable directory on persistent storage"
+                f"not persist and every start would rebuild them (minutes each); point [models.tensorrt] cache_dir "
+                f"(or {ENV_CACHE_DIR}) at a writable directory on persistent storage"
             ) from None
 
     def engine_path(self, key: EngineKey) -> Path:
@@ -200,7 +167,7 @@ class EngineCache:
                     "key": key.as_dict(),
                     "engine_sha256": sha256_file(engine),
                     "engine_bytes": engine.stat().st_size,
-                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "built_at": utc_iso(),
                     "build_seconds": round(time.monotonic() - started, 3),
                 }
                 atomic.write_bytes(self.sidecar_path(key), (json.dumps(record, indent=2) + "\n").encode())

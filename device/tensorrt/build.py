@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models import atomic
-from optimize.tensorrt.api import import_tensorrt, log, trt_logger
-from optimize.tensorrt.progress import ProgressCallback, make_monitor
+from device.tensorrt.api import import_tensorrt, log, trt_logger
+from device.tensorrt.progress import ProgressCallback, make_monitor
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -1,12 +1,11 @@
 """TensorRT on a CUDA GPU (Jetson), through pycuda.
 
-The engine comes from the engine cache (optimize/engine_cache.py), keyed by the model's content,
-the TensorRT build and the GPU; a miss builds it here, synchronously, because whoever asked for
-this backend by name (``bedside infer --backend tensorrt``) wants it. A device that must keep
-serving while an engine builds uses optimize.engine_cache.BuildJob and switches backends when
-the job is ready. Settings come from the environment: BEDSIDE_ENGINE_CACHE (default
-~/.cache/bedside/engines), BEDSIDE_TRT_MAX_BATCH, BEDSIDE_TRT_OPT_BATCH, BEDSIDE_TRT_WORKSPACE_MB,
-BEDSIDE_DLA_CORE.
+The engine comes from the engine cache (engine_cache.py), keyed by the model's content, the
+TensorRT build and the GPU; a miss builds it here, synchronously, because whoever asked for this
+backend by name (``bedside infer --backend tensorrt``) wants it. A device that must keep serving
+while an engine builds calls ``TensorRTBackend.start_preparation`` (through the registry) and
+switches backends when that build is done. Settings: ``[models.tensorrt]`` in the kiosk's config
+(settings.py), each overridable by its environment variable.
 
 All CUDA work (deserialising, buffers, execution, release) runs on one CudaWorker thread; ``run``
 may be called from any thread.
@@ -20,21 +19,14 @@ from typing import Callable
 
 import numpy as np
 
-from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable
-from device.runtime.cuda_io import StreamBuffers
-from device.runtime.cuda_worker import CudaWorker
-from models.bundle import BundleError, read_manifest
-from optimize.engine_cache import (
-    BuildJob,
-    CacheNotWritable,
-    EngineCache,
-    EngineKey,
-    EngineSettings,
-    tensorrt_build,
-)
-from optimize.tensorrt.api import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
-from optimize.tensorrt.build import EngineBuildError
-from optimize.tensorrt.progress import BuildProgress
+from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
+from device.tensorrt.api import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
+from device.tensorrt.build import EngineBuildError
+from device.tensorrt.cuda_io import StreamBuffers
+from device.tensorrt.cuda_worker import CudaWorker
+from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey, tensorrt_build
+from device.tensorrt.progress import BuildProgress
+from device.tensorrt.settings import EngineSettings
 
 log = logging.getLogger("bedside.tensorrt")
 
@@ -62,19 +54,29 @@ class TensorRTBackend(Backend):
         return Availability(True, f"{p.gpu_name} (compute {p.compute_capability}, {p.sm_count} SMs)",
                             trt.__version__)
 
-    def __init__(self, model_path: Path, io: ModelIO, threads: int, settings: EngineSettings | None = None):
+    def __init__(self, model: VariantFile, io: ModelIO, threads: int, settings: EngineSettings | None = None):
         self._trt = _require_tensorrt()
         self.io = io
         self._session: _EngineSession | None = None
         self._worker = CudaWorker()
         try:
-            self._cache, self._key, build = _engine_plan(self._trt, Path(model_path), io, settings)
+            self._cache, self._key, build = _engine_plan(self._trt, model, io, settings)
             self._session = self._load(build)
             self.engine_path = self._cache.engine_path(self._key)
             self.warm_up((1,))
         except BaseException:
             self.close()
             raise
+
+    @classmethod
+    def start_preparation(cls, model: VariantFile, io: ModelIO, on_done: Callable[[BuildJob], None],
+                          settings: EngineSettings | None = None) -> BuildJob:
+        """Build (or find in the cache) the variant's engine on a background thread.
+
+        An engine build takes minutes on a Jetson; opening the backend after ``on_done`` finds it cached.
+        """
+        cache, key, build = _engine_plan(_require_tensorrt(), model, io, settings)
+        return BuildJob(cache, key, build, on_done).start()
 
     def _load(self, build) -> "_EngineSession":
         """Load the cached engine; one that TensorRT refuses to deserialise is dropped and rebuilt once."""
@@ -106,7 +108,7 @@ class TensorRTBackend(Backend):
         if not 1 <= batch.shape[0] <= session.max_batch:
             raise RuntimeFailure(
                 f"batch of {batch.shape[0]} is outside the engine's profile 1..{session.max_batch} "
-                "(BEDSIDE_TRT_MAX_BATCH sets the maximum; the engine is rebuilt for a new one)"
+                "([models.tensorrt] max_batch or BEDSIDE_TRT_MAX_BATCH sets the maximum; the engine is rebuilt for a new one)"
             )
         return self._worker.call(session.infer, np.ascontiguousarray(batch))
 
@@ -192,11 +194,10 @@ class _EngineSession:
         self.context = self.engine = self.runtime = None
 
 
-def _engine_plan(trt, model_path: Path, io: ModelIO, settings: EngineSettings | None):
-    """The cache, the key of this model's engine on this GPU and TensorRT build, and how to build it."""
-    settings = settings or EngineSettings.from_env()
-    precision = _precision_of(model_path)
-    options = settings.build_options(precision)
+def _engine_plan(trt, model: VariantFile, io: ModelIO, settings: EngineSettings | None):
+    """The cache, the key of this variant's engine on this GPU and TensorRT build, and how to build it."""
+    settings = (settings or EngineSettings()).with_env()
+    options = settings.build_options(model.precision)
     try:
         cache = EngineCache(settings.cache_dir)
         platform = detect_platform(trt.__version__)
@@ -204,20 +205,8 @@ def _engine_plan(trt, model_path: Path, io: ModelIO, settings: EngineSettings | 
         raise RuntimeFailure(str(exc)) from None
     except TensorRTUnavailable as exc:
         raise RuntimeUnavailable(str(exc)) from None
-    key = EngineKey.for_model(model_path, precision, platform, io.input_name, io.input_shape, options)
-    return cache, key, tensorrt_build(model_path, key, options, cache.timing_cache_path(platform))
-
-
-def start_engine_build(
-    model_path: Path, io: ModelIO, on_done: Callable[[BuildJob], None], settings: EngineSettings | None = None
-) -> BuildJob:
-    """Build (or find in the cache) a variant's engine on a background thread.
-
-    A device that must keep serving meanwhile (an engine build takes minutes on a Jetson) keeps
-    its CPU backend until ``on_done``; opening TensorRTBackend afterwards finds the engine cached.
-    """
-    cache, key, build = _engine_plan(_require_tensorrt(), Path(model_path), io, settings)
-    return BuildJob(cache, key, build, on_done).start()
+    key = EngineKey.for_model(model.path, model.precision, platform, io.input_name, io.input_shape, options)
+    return cache, key, tensorrt_build(model.path, key, options, cache.timing_cache_path(platform))
 
 
 def _require_tensorrt():
@@ -226,22 +215,6 @@ def _require_tensorrt():
         return import_tensorrt()
     except TensorRTUnavailable as exc:
         raise RuntimeUnavailable(str(exc)) from None
-
-
-def _precision_of(model_path: Path) -> str:
-    """The variant's precision from the bundle manifest beside it.
-
-    It goes into the engine-cache key and, before TensorRT 9, the builder's precision flags, so a
-    guess is not good enough: a file that is not a variant of its bundle is refused.
-    """
-    try:
-        manifest = read_manifest(model_path.parent)
-    except BundleError as exc:
-        raise RuntimeFailure(f"{model_path.name}: cannot tell its precision: {exc}") from None
-    for variant in manifest.variants:
-        if variant.file == model_path.name:
-            return variant.precision
-    raise RuntimeFailure(f"{model_path.name} is not a variant listed in {model_path.parent / 'manifest.json'}")
 
 
 def _log_progress():

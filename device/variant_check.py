@@ -1,0 +1,46 @@
+"""Does a bundle variant compute what the bundle's FP32 model computes? The self-tests of
+``bedside doctor`` (every variant on ONNX Runtime) and ``doctor --selftest`` (every GPU variant on
+TensorRT) run them on the same deterministic, image-like inputs and judge them by one tolerance
+table: probabilities within a per-precision bound, and (nearly) the same triage category."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from device.triage import decide
+from models.bundle import Bundle, Manifest
+
+N_INPUTS = 8
+# precision -> (max |probability difference| vs FP32, minimum agreement of triage categories)
+TOLERANCES = {"fp32": (1e-3, 1.0), "fp16": (1e-2, 1.0), "int8": (5e-2, 0.875)}
+
+
+def selftest_inputs(bundle: Bundle, n: int = N_INPUTS) -> np.ndarray:
+    """Deterministic, image-like inputs (smooth gradients plus noise), normalised as the contract says.
+
+    Seeded from the bundle's id and version, so every device tests the same inputs.
+    """
+    m = bundle.manifest.input
+    seed = int.from_bytes(hashlib.sha256(f"{bundle.manifest.id}@{bundle.manifest.version}".encode()).digest()[:8])
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:m.height, 0:m.width] / max(m.height, m.width)
+    images = []
+    for _ in range(n):
+        a, b, c = rng.uniform(-1, 1, 3)
+        base = 0.5 + 0.4 * np.sin(3 * a * xx + 3 * b * yy + c)
+        noisy = np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1)
+        images.append([(noisy - mu) / sd for mu, sd in zip(m.mean, m.std)])
+    return np.asarray(images, np.float32)
+
+
+def compare(got: np.ndarray, want: np.ndarray, manifest: Manifest, precision: str) -> dict:
+    """A variant's probabilities ``got`` against FP32's ``want`` on the same inputs."""
+    max_diff, min_agreement = TOLERANCES[precision]
+    diff = float(np.abs(got - want).max())
+    agreement = float(np.mean([decide(g, manifest, True)[1] == decide(w, manifest, True)[1]
+                               for g, w in zip(got, want)]))
+    ok = bool(np.isfinite(got).all() and diff <= max_diff and agreement >= min_agreement)
+    return {"ok": ok, "max_prob_diff": diff, "tolerance": max_diff, "agreement": agreement,
+            "min_agreement": min_agreement}
