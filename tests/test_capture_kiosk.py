@@ -16,7 +16,7 @@ import pytest
 
 from capture_support import MjpegServer, ffmpeg, free_port, make_frames, sample_xrays, wait_for, xray_video  # noqa: F401
 from device.kiosk.config import ConfigError, KioskConfig, load_config
-from kiosk_support import SHIPPED, config, drives, running_server, shipped_bundle, tiny_bundle  # noqa: F401
+from kiosk_support import SHIPPED, config, drives, form_client, running_server, shipped_bundle, tiny_bundle  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def live_client(config: KioskConfig, frames_dir: Path):
     app = create_app(KioskConfig.model_validate(data))
     app.config["TESTING"] = True
     try:
-        with app.test_client() as c:
+        with form_client(app) as c:
             assert wait_for(lambda: c.get("/api/v1/sources/cam0/latest").status_code == 200, 10)
             yield c
     finally:

@@ -16,6 +16,7 @@ from device.kiosk.errors import KioskError
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
 from device.kiosk.request_log import log_requests
+from device.kiosk.security import protect
 from device.kiosk.service import Kiosk, local_time
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the kiosk's own
+    # form posts, and security.py could not tell them from another site's.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
@@ -61,6 +64,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.register_blueprint(pages)
     app.after_request(_security_headers)
     log_requests(app)
+    protect(app, config.server)
     app.register_error_handler(KioskError, _kiosk_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

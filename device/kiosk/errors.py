@@ -34,6 +34,11 @@ class BadRequest(KioskError):
     pass
 
 
+class UnsupportedBody(KioskError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class NotFound(KioskError):
     status = 404
     code = "not_found"
