@@ -25,7 +25,8 @@ from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
     BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam,
 )
-from device.kiosk.exams import Exam, ExamRegistry, timed_decode
+from device.kiosk.decoding import Decoder
+from device.kiosk.exams import Exam, ExamRegistry
 from device.kiosk.metrics import Metrics
 from device.kiosk.renders import Renderer
 from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
@@ -36,6 +37,9 @@ from device.triage import TRIAGE_ORDER, TriageResult
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
 MAX_REFERENCE = 120
 MAX_NOTE = 2000
+MAX_QUERY = 120  # a reference search; longer LIKE patterns make SQLite give up ("too complex")
+MIN_YEAR, MAX_YEAR = 1900, 9000
+MAX_STUDY_ID = 2**63 - 1  # SQLite's largest integer: a bigger id cannot exist
 OPERATOR_KEY = "operator"
 # Server threads never given to live views, so that the pages and the API (health) always answer.
 THREADS_KEPT_FREE = 2
@@ -61,7 +65,8 @@ def study_filter(
         raise BadRequest(f"unknown triage category {unknown[0]!r}; use {', '.join(TRIAGE_ORDER)}")
     start = _local_day_start(date_from, "from") if date_from else None
     end = _local_day_start(date_to, "to", days=1) if date_to else None
-    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=(q or "").strip() or None)
+    reference = clean_text(q, MAX_QUERY, "the search ('q')") or None
+    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=reference)
 
 
 def _local_day_start(text: str, name: str, days: int = 0) -> str:
@@ -69,6 +74,9 @@ def _local_day_start(text: str, name: str, days: int = 0) -> str:
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise BadRequest(f"'{name}' must be a date like 2025-01-31, not {text!r}") from None
+    # Days at the calendar's ends cannot be shifted a day or to UTC (OverflowError); no study lies there.
+    if not MIN_YEAR <= day.year <= MAX_YEAR:
+        raise BadRequest(f"'{name}' must be a date between the years {MIN_YEAR} and {MAX_YEAR}, not {text!r}")
     return utc_iso(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
 
 
@@ -132,6 +140,7 @@ class Kiosk:
         self.exams = exams
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
         self.renders = Renderer(store)
+        self.decoder = Decoder(config.decode)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
         self.backends = {
             name: {"available": s.ok, "version": s.version, "reason": s.reason}
@@ -202,7 +211,7 @@ class Kiosk:
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
             try:
-                img, decode_ms = timed_decode(data, filename)
+                img, decode_ms = self.decoder.decode(data, filename)
             except intake.IntakeError as exc:
                 raise ImageRejected(exc, filename) from None
         except KioskError as exc:
@@ -300,7 +309,7 @@ class Kiosk:
     # ---- reading, reviewing ------------------------------------------------------------------
 
     def get(self, study_id: int) -> StudyRecord:
-        study = self.store.get(study_id)
+        study = self.store.get(study_id) if study_id <= MAX_STUDY_ID else None
         if study is None:
             raise NotFound(f"no study {study_id}")
         return study
@@ -312,6 +321,7 @@ class Kiosk:
         return study
 
     def review(self, study_id: int, note: str | None, operator: str | None) -> StudyRecord:
+        self.get(study_id)
         study = self.store.review(study_id, self.operator(operator), clean_text(note, MAX_NOTE, "note"))
         if study is None:
             raise NotFound(f"no study {study_id}")
