@@ -9,6 +9,8 @@ committed). Only after the commit does the caller get the record to acknowledge.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
@@ -29,11 +31,13 @@ from device.kiosk.decoding import Decoder
 from device.kiosk.exams import Exam, ExamRegistry
 from device.kiosk.metrics import Metrics
 from device.kiosk.renders import Renderer
+from device.kiosk.storage import Reserve, is_disk_full
 from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.triage import TRIAGE_ORDER, TriageResult
 
+log = logging.getLogger(__name__)
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
 MAX_REFERENCE = 120
 MAX_NOTE = 2000
@@ -141,6 +145,7 @@ class Kiosk:
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
         self.renders = Renderer(store)
         self.decoder = Decoder(config.decode)
+        self.reserve = Reserve(config.store.data_dir, config.store.reserve_mb)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
         self.backends = {
             name: {"available": s.ok, "version": s.version, "reason": s.reason}
@@ -210,6 +215,7 @@ class Kiosk:
             reference = clean_text(reference, MAX_REFERENCE, "reference")
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
+            self.reserve.require(len(data))
             try:
                 img, decode_ms = self.decoder.decode(data, filename)
             except intake.IntakeError as exc:
@@ -317,7 +323,15 @@ class Kiosk:
     def view(self, study_id: int, operator: str | None) -> StudyRecord:
         """The study, with the viewing recorded in the audit log."""
         study = self.get(study_id)
-        self.store.audit("study_viewed", self.operator(operator), study_id)
+        try:
+            self.store.audit("study_viewed", self.operator(operator), study_id)
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            # The reserve exists so that this never happens; if the disk filled up all the same,
+            # the study is still shown, and the missed record is logged and counted.
+            log.error("disk full: the viewing of study %d was not recorded in the audit log", study_id)
+            self.metrics.error("audit_disk_full")
         return study
 
     def review(self, study_id: int, note: str | None, operator: str | None) -> StudyRecord:
@@ -400,6 +414,7 @@ class Kiosk:
         reference = clean_text(reference, MAX_REFERENCE, "reference")
         operator = self.operator(operator)
         data, fmt = frame_file(live.frame)
+        self.reserve.require(len(data))
         sha = self.store.put_image(data)
         img = dataclasses.replace(live.image, source_format=fmt)
         capture = FrameCapture(source_id, redact(source.stream.spec.uri), live.frame.seq, utc_iso(live.frame.wall),
@@ -425,5 +440,6 @@ class Kiosk:
                 "orphan_files_at_start": check.orphan_files,
                 "problems": list(check.problems),
             },
+            "storage": self.reserve.status(),
             "sources": self.capture.status(),
         }
