@@ -21,23 +21,13 @@ from urllib.parse import urlsplit
 from flask import Flask, request
 
 from device.kiosk.config import ServerSettings
-from device.kiosk.errors import KioskError
+from device.kiosk.errors import CrossSiteRequest, MisdirectedRequest
 
 TOKEN_FIELD = "csrf_token"
 TOKEN_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 TOKEN_EXTENSION = "bedside.csrf_token"
-
-
-class MisdirectedRequest(KioskError):
-    status = 421
-    code = "unknown_host"
-
-
-class CrossSiteRequest(KioskError):
-    status = 403
-    code = "cross_site"
 
 
 def allowed_hosts(settings: ServerSettings) -> frozenset[str]:
