@@ -9,9 +9,9 @@ import zlib
 
 import cv2
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filewriter import write_dataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
 _ZEROS = bytes(16 * 2**20)
@@ -30,7 +30,7 @@ def png_pixel_bomb(width: int = 10_000, height: int = 10_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
-def _meta(transfer_syntax) -> FileMetaDataset:
+def file_meta(transfer_syntax) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -38,7 +38,7 @@ def _meta(transfer_syntax) -> FileMetaDataset:
     return meta
 
 
-def _small_image_dataset(meta: FileMetaDataset, rows: int, cols: int) -> Dataset:
+def small_image_dataset(meta: FileMetaDataset, rows: int, cols: int) -> Dataset:
     ds = Dataset()
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality, ds.BodyPartExamined = "CR", "CHEST"
@@ -50,9 +50,9 @@ def _small_image_dataset(meta: FileMetaDataset, rows: int, cols: int) -> Dataset
 def deflated_dicom_bomb(inflated_bytes: int = 2**30) -> bytes:
     """A Deflated Explicit VR Little Endian file (about 1 MB per GiB) whose dataset inflates to
     `inflated_bytes`: a small image header, then pixel data of zeros far beyond what it declares."""
-    meta = _meta(DeflatedExplicitVRLittleEndian)
+    meta = file_meta(DeflatedExplicitVRLittleEndian)
     head = io.BytesIO()
-    write_dataset(_as_explicit_le(head), _small_image_dataset(meta, 64, 64))
+    write_dataset(_as_explicit_le(head), small_image_dataset(meta, 64, 64))
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     pixel_header = b"\xe0\x7f\x10\x00OB\x00\x00" + struct.pack("<I", inflated_bytes)
     parts = [packer.compress(head.getvalue() + pixel_header)]
@@ -64,17 +64,13 @@ def deflated_dicom_bomb(inflated_bytes: int = 2**30) -> bytes:
     return _preamble_and_meta(meta) + b"".join(parts)
 
 
-def _as_explicit_le(fp: io.BytesIO):
-    from pydicom.filebase import DicomFileLike
-
+def _as_explicit_le(fp: io.BytesIO) -> DicomFileLike:
     out = DicomFileLike(fp)
     out.is_little_endian, out.is_implicit_VR = True, False
     return out
 
 
 def _preamble_and_meta(meta: FileMetaDataset) -> bytes:
-    from pydicom.filewriter import write_file_meta_info
-
     out = io.BytesIO()
     out.write(b"\0" * 128 + b"DICM")
     write_file_meta_info(_as_explicit_le(out), meta, enforce_standard=True)
