@@ -70,3 +70,10 @@ def test_the_caller_sets_the_budget():
     with pytest.raises(IntakeError, match="at most 0.5 megapixels"):
         intake.decode_bytes(_deflated_dicom(1024, 1024), "x.dcm", DecodeBudget(max_megapixels=0.5))
     assert intake.decode_bytes(_deflated_dicom(1024, 1024), "x.dcm").pixels.shape == (1024, 1024)
+
+
+def test_a_deflate_bomb_without_a_preamble_is_refused_too():
+    bomb = deflated_dicom_bomb(2**28)[128 + 4:]  # the file meta first, as some writers send datasets
+    with pytest.raises(IntakeError) as caught:
+        intake.decode_bytes(bomb, "raw-bomb.dcm", DecodeBudget(max_inflated_mb=64))
+    assert caught.value.kind == "too_large"

@@ -27,6 +27,7 @@ from device.intake.errors import NO_PIXEL_DATA, TRUNCATED, UNDECODABLE, UNSUPPOR
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _MAX_WARNING_NOTES = 3
 _PREAMBLE = 132  # 128 bytes of preamble, then b"DICM"
+_META_GROUP = b"\x02\x00"  # the file meta elements' group number, little endian
 # warnings.catch_warnings swaps process-wide state (the filter list and showwarning); two threads
 # inside it at once restore each other's state and leave the process recording warnings forever.
 # DICOM decodes therefore run one at a time per process; raster decodes do not need this.
@@ -89,13 +90,14 @@ def _read_deflated(data: bytes, source: str, budget: DecodeBudget) -> pydicom.Da
     pydicom inflates such a dataset in one ``zlib.decompress`` before anything can be checked (1 MB
     can become gigabytes), so the file meta is read here and the rest inflated piece by piece.
     """
-    if data[128:_PREAMBLE] != b"DICM":
-        return None
-    stream = io.BytesIO(data[_PREAMBLE:])
+    start = _PREAMBLE if data[128:_PREAMBLE] == b"DICM" else 0
+    if not data.startswith(_META_GROUP, start):
+        return None  # no file meta (group 0002, always little endian): nothing says "deflated"
+    stream = io.BytesIO(data[start:])
     meta = read_dataset(stream, False, True, stop_when=lambda tag, vr, length: tag.group != 2)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return None
-    inflated = budget.inflate(source, data[_PREAMBLE + stream.tell():])
+    inflated = budget.inflate(source, data[start + stream.tell():])
     ds = pydicom.dcmread(io.BytesIO(inflated), force=True)
     ds.file_meta = FileMetaDataset(meta)
     return ds
