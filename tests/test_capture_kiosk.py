@@ -177,6 +177,7 @@ def test_health_and_metrics_show_the_sources(live_client):
     assert 'bedside_source_state{source="cam0",state="streaming"} 1' in text
     assert 'bedside_source_frames_total{source="cam0"}' in text
     assert 'bedside_source_reconnects_total{source="absent"}' in text
+    assert 'bedside_source_skipped_files{source="cam0"} 0.0' in text
 
 
 def test_live_pages(live_client):
