@@ -146,3 +146,76 @@ def test_history_csv_makes_formulas_inert(client, drives):
     with open(r.json["path"], newline="") as fh:
         references = {row["reference"] for row in csv.DictReader(fh)}
     assert references == {"'=HYPERLINK(\"http://x\")", "'+1+1", "'-2", "'@SUM(A1)", "plain"}
+
+
+HOSTILE_TEXT = [
+    "", "0", "-1", "1e309", "99999999999999999999999", "NaN", "\x00", "%00", "../../etc/passwd", "A" * 10_000,
+    "é\u202e", "[]", "null", "9999-99-99", "2025-02-30", "<script>x</script>", "'; DROP TABLE studies;--",
+    "%", "_", "URGENT,,", " ", "\r\n",
+]
+HOSTILE_JSON = [None, 1, 1.5, -1, 2**70, True, [], {}, ["x"], {"a": [1]}, "x" * 3000, "\x00", "/", "../.."]
+QUERY_PAGES = {
+    "/api/v1/studies": ("triage", "from", "to", "q", "limit", "offset"),
+    "/history": ("triage", "from", "to", "q", "page"),
+    "/api/v1/audit": ("study", "limit"),
+}
+JSON_WRITES = {
+    ("post", "/api/v1/studies/{sid}/review"): ("note", "operator"),
+    ("post", "/api/v1/studies/{sid}/export"): ("destination", "operator"),
+    ("post", "/api/v1/exports/history"): ("destination", "triage", "from", "to", "q", "operator"),
+    ("post", "/api/v1/imports"): ("paths", "exam", "reference", "operator"),
+    ("put", "/api/v1/settings"): ("operator",),
+    ("post", "/api/v1/sources/cam0/capture"): ("reference", "operator"),
+}
+
+
+def _no_500(responses) -> list[tuple[str, int]]:
+    return [(what, r.status_code) for what, r in responses if r.status_code >= 500]
+
+
+def test_generated_query_parameters_never_give_500(client):
+    from urllib.parse import quote
+
+    responses = [
+        (f"{path}?{name}={value[:20]!r}", client.get(f"{path}?{name}={quote(value)}"))
+        for path, names in QUERY_PAGES.items() for name in names for value in HOSTILE_TEXT
+    ]
+    responses += [(f"/studies/{v[:20]!r}", client.get(f"/studies/{quote(v, safe='')}")) for v in HOSTILE_TEXT]
+    responses += [(f"/api/v1/sources/{v[:20]!r}", client.get(f"/api/v1/sources/{quote(v, safe='')}"))
+                  for v in HOSTILE_TEXT]
+    assert _no_500(responses) == []
+    assert len(responses) > 250
+
+
+def test_generated_json_fields_never_give_500(client, drives):
+    sid = upload(client, png_bytes(9)).json["id"]
+    responses = []
+    for (method, path), names in JSON_WRITES.items():
+        for name in names:
+            for value in HOSTILE_JSON + HOSTILE_TEXT:
+                r = getattr(client, method)(path.format(sid=sid), json={name: value})
+                responses.append((f"{method} {path} {name}={str(value)[:20]!r}", r))
+                if 400 <= r.status_code < 500:  # the JSON error, or an import's list of them
+                    errors = [r.json["error"]] if "error" in r.json else r.json["errors"]
+                    assert errors and errors[0]["status"] == r.status_code
+    assert _no_500(responses) == []
+    assert len(responses) > 500
+
+
+PAGE_FORMS = {
+    "/studies/{sid}/review": ("note", "operator"),
+    "/studies/{sid}/export": ("destination", "operator"),
+    "/history/export": ("destination", "triage", "from", "to", "q", "operator"),
+    "/studies/import": ("path", "exam", "reference", "operator"),
+    "/settings": ("operator",),
+    "/live/cam0/capture": ("reference", "operator"),
+}
+
+
+def test_generated_form_fields_of_the_pages_never_give_500(client):
+    sid = upload(client, png_bytes(11)).json["id"]
+    responses = [
+        (f"{path} {name}={value[:20]!r}", client.post(path.format(sid=sid), data={name: value}))
+        for path, names in PAGE_FORMS.items() for name in names for value in HOSTILE_TEXT
+    ]
+    assert _no_500(responses) == []
