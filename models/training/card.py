@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from models import audit
+from models.training import augment as aug
 from models.bundle import (
     AuditCheck,
     AuditPolicy,
@@ -219,7 +220,8 @@ def audit_onnx(path: Path, checkpoint: dict, data_dir: Path | None) -> list[Audi
 
 def write_bundle(checkpoint: dict, out: Path, bundle_id: str, version: str,
                  check_inputs: torch.Tensor | None = None, data_dir: Path | None = None,
-                 group_shift: list[dict] | None = None, log: Callable[[str], None] = print) -> Path:
+                 group_shift: list[dict] | None = None, log: Callable[[str], None] = print,
+                 group_shift_note: str = "") -> Path:
     """Export, check ONNX against torch, audit, plot, write card and manifest; returns the bundle dir.
 
     Built in a temporary folder beside `out` and moved into place only once complete, so a refused
@@ -229,7 +231,8 @@ def write_bundle(checkpoint: dict, out: Path, bundle_id: str, version: str,
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        _write_bundle_files(checkpoint, work, bundle_id, version, check_inputs, data_dir, group_shift or [], log)
+        _write_bundle_files(checkpoint, work, bundle_id, version, check_inputs, data_dir, group_shift or [], log,
+                            group_shift_note)
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)
@@ -239,7 +242,7 @@ def write_bundle(checkpoint: dict, out: Path, bundle_id: str, version: str,
 
 
 def _write_bundle_files(checkpoint: dict, out: Path, bundle_id: str, version: str, check_inputs, data_dir,
-                        group_shift: list[dict], log: Callable[[str], None]) -> None:
+                        group_shift: list[dict], log: Callable[[str], None], group_shift_note: str) -> None:
     size = int(checkpoint["size"])
     model = deployable_model(checkpoint)
     export_onnx(model, size, out / MODEL_FILE)
@@ -256,7 +259,7 @@ def _write_bundle_files(checkpoint: dict, out: Path, bundle_id: str, version: st
     if refused:
         raise AuditFailed("refusing to write the bundle: " + "; ".join(refused))
     plot_roc(checkpoint["curves"], float(checkpoint["threshold"]), out / ROC_FILE)
-    (out / CARD_FILE).write_text(model_card(checkpoint, diff, checks, group_shift), encoding="utf-8")
+    (out / CARD_FILE).write_text(model_card(checkpoint, diff, checks, group_shift, group_shift_note), encoding="utf-8")
     files = {name: file_entry(out / name) for name in (MODEL_FILE, ROC_FILE, CARD_FILE)}
     write_manifest(out, build_manifest(checkpoint, bundle_id, version, files, checks))
     load_bundle(out)  # refuse to finish with a bundle the device would reject
@@ -356,7 +359,7 @@ def group_shift_folds(checkpoints: list[dict]) -> list[dict]:
 
 
 def model_card(checkpoint: dict, onnx_diff: dict[str, float], checks: list[AuditCheck],
-               group_shift: list[dict]) -> str:
+               group_shift: list[dict], group_shift_note: str = "") -> str:
     cfg, data = checkpoint["train_config"], checkpoint["data"]
     size, widths = int(checkpoint["size"]), tuple(checkpoint["widths"])
     t, thr = float(checkpoint["temperature"]), float(checkpoint["threshold"])
@@ -376,6 +379,9 @@ def model_card(checkpoint: dict, onnx_diff: dict[str, float], checks: list[Audit
         command=checkpoint["training_command"], metrics=_metrics_table(checkpoint["metrics"]),
         intervals=_intervals_table(intervals), subgroups=_subgroup_table(checkpoint.get("subgroups", [])),
         group_shift=_group_shift_table(group_shift), audits=_audit_table(checks),
+        group_shift_note=f"\n\n{group_shift_note}" if group_shift_note else "",
+        zoom_lo=aug.TRAIN.scale[0], zoom_hi=aug.TRAIN.scale[1], rotate=aug.TRAIN.rotate_deg,
+        shift=aug.TRAIN.translate, p_border=aug.TRAIN.p_border, border_max=aug.TRAIN.border_max,
         max_flip=audit_policy(checkpoint).max_flip_rate, low=ASPECT_RANGE[0], high=ASPECT_RANGE[1],
         expected=expected, shift_note=_shift_note(checkpoint),
         op_table=_operating_point_table(checkpoint),
@@ -450,9 +456,10 @@ cross-entropy (inverse class frequency, i.e. a 50/50 prior, so the train set's 7
 not leak into the probabilities), label smoothing {ls}, EMA of the weights (decay {ema}), seed
 {seed}, deterministic torch algorithms, 2 CPU threads. Augmentation (batched, in torch), at the
 native 224 px before an area resize to {size}: the class-independent film aspect above, zoom
-0.85-1.15, rotation +-10 deg, shift +-6%, gamma/contrast/brightness jitter, blur or unsharp
-masking, Gaussian noise, random black border bars and small flat patches (so the net cannot key on
-film borders or burned-in markers). No horizontal flip: the heart side is a real, constant cue in
+{zoom_lo}-{zoom_hi}, rotation +-{rotate:g} deg, shift +-{shift:.0%}, gamma/contrast/brightness jitter, blur or
+unsharp masking, Gaussian noise, random black border bars (each edge with chance {p_border:.0%}, up to
+{border_max:.0%} of the side) and small flat patches (so the net cannot key on film borders or
+burned-in markers). No horizontal flip: the heart side is a real, constant cue in
 these standard views. Wall time {seconds:.0f} s on 2 CPU cores.
 
 Exact command:
@@ -484,7 +491,7 @@ noise), pooled. All at the shipped threshold {threshold:.4f}:
 The same recipe trained with whole acquisition groups held out of training and validation, then
 scored on them: how much a validation from the training groups overstates a new group.
 
-{group_shift}
+{group_shift}{group_shift_note}
 
 ## Shortcut audits
 Metamorphic checks on the validation images through the device's preprocessing: the share of

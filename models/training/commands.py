@@ -22,6 +22,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: $BEDSIDE_DATASETS/chest-xray/train)")
     parser.add_argument("--group-shift", type=Path, nargs="*", default=[], metavar="CHECKPOINT",
                         help="checkpoints of --hold-out training runs, reported in the model card")
+    parser.add_argument("--group-shift-note", default="",
+                        help="a sentence for the card under the group-shift table (e.g. how their recipe differed)")
     parser.add_argument("--id", default=train.DEFAULT_ID, help="bundle id (default: %(default)s)")
     parser.add_argument("--version", default=train.DEFAULT_VERSION, help="bundle version (default: %(default)s)")
 
@@ -33,7 +35,8 @@ def run_export(args: argparse.Namespace) -> int:
     checkpoint = load(args.checkpoint)
     folds = group_shift_folds([load(p) for p in args.group_shift])
     try:
-        bundle = write_bundle(checkpoint, Path(args.out), args.id, args.version, data_dir=args.data, group_shift=folds)
+        bundle = write_bundle(checkpoint, Path(args.out), args.id, args.version, data_dir=args.data, group_shift=folds,
+                              group_shift_note=args.group_shift_note)
     except AuditFailed as exc:
         print(f"bedside export: {exc}", file=sys.stderr)
         return 1

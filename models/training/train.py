@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import random
 import shlex
@@ -356,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
                  "n_held_out": len(data.held_out), "held_out": args.hold_out, "limit": args.limit,
                  "n_train_positive": int(data.train_y.sum()), "val_fraction": args.val_fraction},
         "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"},
+        "augment": {k: str(v) for k, v in dataclasses.asdict(aug.TRAIN).items()},
         "training_command": command_line(args),
         "seed": args.seed,
         "max_flip_rate": args.max_flip_rate,
