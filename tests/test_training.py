@@ -141,3 +141,32 @@ def test_samples_carry_group_and_original_aspect(samples):
     assert by_name["IM-0122-0001.jpeg"].aspect is None  # 'unknown' in train_aspect.csv
     assert {s.group for s in samples} == {"normal-im", "normal2", "bacteria", "virus"}
     assert sum(s.aspect is not None for s in samples) > 4000
+
+
+@needs_data
+def test_bundle_ships_golden_inputs_that_the_self_test_checks(smoke_run, tmp_path):
+    """Real validation images with the FP32 probabilities stored at export; doctor's self-test runs
+    every variant on them, and stored outputs that no longer match are a failure."""
+    import shutil
+
+    from device.commands.doctor import selftest_variants
+    from models.bundle import file_entry, write_manifest
+    from models.metrics import softmax
+    from models.training.export import INPUT_NAME, onnx_session
+
+    bundle = load_bundle(smoke_run / "bundle")
+    assert bundle.manifest.golden == "golden.npz"
+    with np.load(bundle.path_of("golden.npz"), allow_pickle=False) as golden:
+        inputs, stored = golden["inputs"], golden["probabilities"]
+    assert inputs.shape == (8, 1, 64, 64) and inputs.dtype == np.float16 and np.unique(inputs).size > 100
+    logits = onnx_session(bundle.path_of("model.onnx")).run(["logits"], {INPUT_NAME: inputs.astype(np.float32)})[0]
+    np.testing.assert_allclose(softmax(logits.astype(np.float64)), stored, atol=1e-6)
+    assert all(v["ok"] for v in selftest_variants(bundle))
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.root, copy)
+    wrong = np.eye(2)[(stored[:, 1] < 0.5).astype(int)]  # every stored answer the opposite class, for sure
+    np.savez_compressed(copy / "golden.npz", inputs=inputs, probabilities=wrong)
+    m = bundle.manifest
+    write_manifest(copy, m.model_copy(update={"files": {**m.files, "golden.npz": file_entry(copy / "golden.npz")}}))
+    assert not any(v["ok"] for v in selftest_variants(load_bundle(copy)))

@@ -37,6 +37,7 @@ from models.bundle import (
 from models.training.data import (
     ASPECT_RANGE,
     LABELS,
+    Sample,
     decode_rgb,
     default_data_dir,
     input_contract,
@@ -48,8 +49,11 @@ from models.training.data import (
 from models.datasets import REPO_ROOT
 from models.training.export import INPUT_NAME, OPSET, deployable_model, export_onnx, max_abs_diff, onnx_session
 from models.metrics import roc_curve, softmax
+from models.preprocess import to_model_input
 
 MODEL_FILE = "model.onnx"
+GOLDEN_FILE = "golden.npz"
+GOLDEN_PER_CLASS = 4
 ROC_FILE = "roc.png"
 CARD_FILE = "MODEL_CARD.md"
 DISCLAIMER = "Research use only - not for clinical diagnosis."
@@ -182,6 +186,7 @@ def build_manifest(checkpoint: dict, bundle_id: str, version: str, files: dict,
         ),
         audit=audit_policy(checkpoint),
         evaluation=EVALUATION,
+        golden=GOLDEN_FILE,
         variants=[Variant(precision="fp32", file=MODEL_FILE, targets=["cpu", "gpu"],
                           notes="BatchNorm folded; calibration temperature baked into the head", audit=checks)],
         files=files,
@@ -193,17 +198,22 @@ def audit_policy(checkpoint: dict) -> AuditPolicy:
     return audit.policy(clean, float(checkpoint.get("max_flip_rate", audit.MAX_FLIP_RATE)))
 
 
-def validation_images(checkpoint: dict, data_dir: Path | None) -> tuple[list[np.ndarray], np.ndarray]:
-    """The checkpoint's validation images (decoded, as the device receives them) and which are positive,
-    redrawn from the training folder with the split the checkpoint records."""
+def redraw_validation(checkpoint: dict, data_dir: Path | None) -> list[Sample]:
+    """The checkpoint's validation samples, redrawn from the training folder with the split it records."""
     data = checkpoint["data"]
     samples, _ = remove_duplicates(list_samples(data_dir or default_data_dir()))
     samples = limit_samples(samples, int(data.get("limit", 0)), int(checkpoint["seed"]))
     split = split_samples(samples, float(data["val_fraction"]), int(checkpoint["seed"]), data.get("held_out", ""))
     if len(split.val) != int(data["n_val"]):
         raise AuditFailed(f"the data gives {len(split.val)} validation images, the checkpoint had {data['n_val']}: "
-                          "not the training data, so the audits cannot run")
-    return [decode_rgb(s.path) for s in split.val], np.array([s.label == 1 for s in split.val])
+                          "not the training data, so the audits and the self-test inputs cannot be made")
+    return split.val
+
+
+def validation_images(checkpoint: dict, data_dir: Path | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """The validation images (decoded, as the device receives them) and which are positive."""
+    val = redraw_validation(checkpoint, data_dir)
+    return [decode_rgb(s.path) for s in val], np.array([s.label == 1 for s in val])
 
 
 def audit_onnx(path: Path, checkpoint: dict, data_dir: Path | None) -> list[AuditCheck]:
@@ -216,6 +226,19 @@ def audit_onnx(path: Path, checkpoint: dict, data_dir: Path | None) -> list[Audi
 
     contract = input_contract(int(checkpoint["size"]), INPUT_NAME)
     return audit.run_audit(predict, images, positive, contract, float(checkpoint["threshold"]))
+
+
+def write_golden(path: Path, model_path: Path, checkpoint: dict, data_dir: Path | None) -> Path:
+    """Real validation images (the first few of each class) as model inputs, with the FP32 model's
+    probabilities on exactly those inputs: what the device's self-test reproduces."""
+    val = redraw_validation(checkpoint, data_dir)
+    chosen = [s for label in range(len(LABELS)) for s in [v for v in val if v.label == label][:GOLDEN_PER_CLASS]]
+    contract = input_contract(int(checkpoint["size"]), INPUT_NAME)
+    inputs = np.stack([to_model_input(decode_rgb(s.path), contract) for s in chosen]).astype(np.float16)
+    logits = onnx_session(model_path).run(["logits"], {INPUT_NAME: inputs.astype(np.float32)})[0]
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, inputs=inputs, probabilities=softmax(logits.astype(np.float64)))
+    return path
 
 
 def write_bundle(checkpoint: dict, out: Path, bundle_id: str, version: str,
@@ -258,9 +281,10 @@ def _write_bundle_files(checkpoint: dict, out: Path, bundle_id: str, version: st
     refused = audit.failures(checks, limits)
     if refused:
         raise AuditFailed("refusing to write the bundle: " + "; ".join(refused))
+    write_golden(out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, data_dir)
     plot_roc(checkpoint["curves"], float(checkpoint["threshold"]), out / ROC_FILE)
     (out / CARD_FILE).write_text(model_card(checkpoint, diff, checks, group_shift, group_shift_note), encoding="utf-8")
-    files = {name: file_entry(out / name) for name in (MODEL_FILE, ROC_FILE, CARD_FILE)}
+    files = {name: file_entry(out / name) for name in (MODEL_FILE, GOLDEN_FILE, ROC_FILE, CARD_FILE)}
     write_manifest(out, build_manifest(checkpoint, bundle_id, version, files, checks))
     load_bundle(out)  # refuse to finish with a bundle the device would reject
 
