@@ -22,6 +22,8 @@ from device.capture.sources import redact
 from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
 from device.clock import utc_iso
+from device.dicom.ingest import Ingest
+from device.dicom.receiver import DicomReceiver
 from device.kiosk import exports, media
 from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
@@ -155,6 +157,7 @@ class Kiosk:
         self.live_viewers = ViewerSlots(
             max(0, min(config.capture.max_viewers, config.server.threads - THREADS_KEPT_FREE))
         )
+        self.dicom = DicomReceiver(config.dicom, Ingest(self)).start() if config.dicom.port else None
         self.capture.start()
         self.metrics.ready = True
 
@@ -176,6 +179,8 @@ class Kiosk:
 
     def close(self) -> None:
         self.metrics.ready = False
+        if self.dicom is not None:
+            self.dicom.close()
         self.capture.close()
         self._writer.shutdown(wait=True)
         self.exams.close()

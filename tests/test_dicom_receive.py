@@ -1,0 +1,88 @@
+"""The C-STORE SCP against dcmtk: C-ECHO, callers refused at association, the shared samples stored,
+triaged and listed, broken instances refused while the rest of the association goes on."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+
+from device.dicom.contexts import TRANSFER_SYNTAXES
+from device.kiosk.context import kiosk_of
+from device.kiosk.store import StudyFilter
+from dicom_peers import SAMPLES, echoscu, free_port, need_dcmtk, need_samples, storescu, storescu_config
+from kiosk_support import app, config, drives, tiny_bundle  # noqa: F401 (fixtures)
+
+GOOD = sorted((SAMPLES / "cr_dx").glob("*.dcm"))
+BROKEN = [SAMPLES / "edge_cases" / name for name in ("966.dcm", "RG2_JPLY.dcm", "JPEG-lossy.dcm")]
+
+
+@pytest.fixture
+def dicom_app(config, request):
+    """The kiosk app with its SCP on a free port; XRAY1 from 127.0.0.1 may send."""
+    from device.kiosk import create_app
+
+    need_dcmtk()
+    callers = getattr(request, "param", [{"ae_title": "XRAY1", "host": "127.0.0.1"}])
+    cfg = config.with_overrides(**{"dicom.port": free_port(), "dicom.allowed_callers": callers})
+    application = create_app(cfg)
+    yield application
+    kiosk_of(application).close()
+
+
+def test_every_accepted_transfer_syntax_has_a_decoder():
+    from pydicom.pixels import get_decoder
+
+    for syntax in TRANSFER_SYNTAXES:
+        if syntax.is_compressed:
+            assert get_decoder(syntax).is_available, syntax.name
+
+
+def test_echo_from_an_allowed_caller(dicom_app):
+    done = echoscu(kiosk_of(dicom_app).config.dicom.port, "XRAY1")
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_unknown_calling_ae_is_rejected_and_logged(dicom_app):
+    appliance = kiosk_of(dicom_app)
+    done = echoscu(appliance.config.dicom.port, "STRANGER")
+    assert done.returncode != 0
+    assert "Calling AE Title Not Recognized" in done.stdout + done.stderr
+    event = appliance.store.dicom_events()[0]
+    assert (event["event"], event["calling_ae"], event["peer"]) == ("association_rejected", "STRANGER", "127.0.0.1")
+
+
+@pytest.mark.parametrize("dicom_app", [[{"ae_title": "XRAY1", "host": "127.0.0.2"}]], indirect=True)
+def test_a_known_title_from_another_host_is_rejected(dicom_app):
+    done = echoscu(kiosk_of(dicom_app).config.dicom.port, "XRAY1")
+    assert done.returncode != 0
+    assert "Calling AE Title Not Recognized" in done.stdout + done.stderr
+
+
+def test_samples_are_stored_triaged_and_listed_broken_ones_refused(dicom_app, tmp_path):
+    need_samples()
+    appliance = kiosk_of(dicom_app)
+    # Broken files first and in between: the good ones after them must still succeed.
+    files = [BROKEN[0], *GOOD[:4], BROKEN[1], *GOOD[4:], BROKEN[2], GOOD[0]]  # GOOD[0] twice
+    sent = storescu(appliance.config.dicom.port, "XRAY1", files, storescu_config(files, tmp_path))
+    responses = [line for line in sent.stdout.splitlines() + sent.stderr.splitlines() if "Store Response" in line]
+    assert len(responses) == len(files), sent.stderr
+    assert ["Success" in line for line in responses] == [path not in BROKEN for path in files]
+
+    _, total = appliance.store.list(StudyFilter(), 100)
+    assert total == len(GOOD)  # the re-sent instance is kept once
+    for path in GOOD:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        row = appliance.store.dicom_instance(ds.SOPInstanceUID)
+        assert row is not None, path.name
+        study = appliance.store.get(row["study_id"])
+        assert study.source == "dicom:XRAY1"
+        assert study.reference == str(ds.get("AccessionNumber", ""))
+        assert (row["patient_name"], row["patient_id"], row["modality"], row["study_date"]) == (
+            str(ds.get("PatientName", "")), str(ds.get("PatientID", "")), ds.Modality, str(ds.get("StudyDate", ""))
+        )
+    failed = [e for e in appliance.store.dicom_events(200) if e["event"] == "store_failed"]
+    assert sorted(e["sop_instance_uid"] for e in failed) == sorted(
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in BROKEN
+    )
+    assert all(0xC000 <= e["status"] <= 0xCFFF and e["detail"] for e in failed)
+    assert [e["event"] for e in appliance.store.dicom_events(200)].count("duplicate") == 1
