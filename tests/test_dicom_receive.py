@@ -10,7 +10,7 @@ from device.dicom.contexts import TRANSFER_SYNTAXES
 from device.kiosk.context import kiosk_of
 from device.kiosk.store import StudyFilter
 from dicom_peers import SAMPLES, echoscu, free_port, need_dcmtk, need_samples, storescu, storescu_config
-from kiosk_support import app, config, drives, tiny_bundle  # noqa: F401 (fixtures)
+from kiosk_support import app, config, drives, running_server, tiny_bundle  # noqa: F401 (fixtures)
 
 GOOD = sorted((SAMPLES / "cr_dx").glob("*.dcm"))
 BROKEN = [SAMPLES / "edge_cases" / name for name in ("966.dcm", "RG2_JPLY.dcm", "JPEG-lossy.dcm")]
@@ -86,3 +86,29 @@ def test_samples_are_stored_triaged_and_listed_broken_ones_refused(dicom_app, tm
     )
     assert all(0xC000 <= e["status"] <= 0xCFFF and e["detail"] for e in failed)
     assert [e["event"] for e in appliance.store.dicom_events(200)].count("duplicate") == 1
+
+
+def test_serve_with_dicom_port_receives_while_http_keeps_serving(tmp_path, tiny_bundle):
+    """`bedside serve --dicom-port N` with the callers from the TOML file; the worklist API shows the
+    header's patient, accession and modality, and health answers between the stores."""
+    need_dcmtk()
+    need_samples()
+    config = tmp_path / "bedside.toml"
+    config.write_text('[dicom]\nae_title = "BEDSIDE"\nallowed_callers = [{ ae_title = "XRAY1", host = "127.0.0.1" }]\n')
+    port = free_port()
+    files = GOOD[:2]
+    with running_server(tmp_path / "data", [tiny_bundle], "--config", str(config), "--dicom-port", str(port)) as server:
+        client = server.client()
+        assert echoscu(port, "XRAY1").returncode == 0
+        sent = storescu(port, "XRAY1", files, storescu_config(files, tmp_path))
+        assert sent.returncode == 0, sent.stderr
+        assert client.get_json("/api/v1/health")[0] == 200
+        status, listing = client.get_json("/api/v1/studies")
+        assert status == 200 and {s["source"] for s in listing["studies"]} == {"dicom:XRAY1"}
+        for study, path in zip(sorted(listing["studies"], key=lambda s: s["id"]), files):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            status, body = client.get_json(f"/api/v1/studies/{study['id']}/dicom")
+            (instance,) = body["instances"]
+            assert instance["sop_instance_uid"] == ds.SOPInstanceUID
+            assert (instance["patient_name"], instance["modality"]) == (str(ds.get("PatientName", "")), ds.Modality)
+        client.close()
