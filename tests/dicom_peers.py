@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pydicom
@@ -67,3 +68,15 @@ def storescu_config(files: list[Path], folder: Path) -> Path:
     path = folder / "storescu.cfg"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def wait_until(check, timeout: float, what: str, every: float = 0.1):
+    """Poll ``check()`` until it returns something truthy (returned) or ``timeout`` s pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(every)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from device.kiosk.context import kiosk
+from device.kiosk.errors import NotFound
 
 dicom_api = Blueprint("dicom_api", __name__, url_prefix="/api/v1")
 EVENTS_SHOWN = 200
@@ -22,3 +23,12 @@ def study_instances(study_id: int):
 def events():
     """The newest EVENTS_SHOWN entries of the SCP's log, newest first."""
     return jsonify({"events": kiosk().store.dicom_events(EVENTS_SHOWN)})
+
+
+@dicom_api.get("/outbox")
+def outbox():
+    """What is queued for the destinations, newest first (see device/dicom/outbox.py for the states)."""
+    node = kiosk().dicom
+    if node is None:
+        raise NotFound("DICOM is off: [dicom] port is not set")
+    return jsonify({"items": node.outbox.items()})

@@ -12,12 +12,15 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from device.dicom.header import read_header, uid_file_name
+from device.dicom.reporter import Reporter
 from device.intake.errors import first_line
 from device.kiosk.errors import KioskError
-from device.kiosk.store import Store, StudyRecord
+
+if TYPE_CHECKING:  # the kiosk package imports this one
+    from device.kiosk.store import Store, StudyRecord
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,9 @@ class StudyMaker(Protocol):
 
 
 class Ingest:
-    def __init__(self, kiosk: StudyMaker):
+    def __init__(self, kiosk: StudyMaker, reporter: Reporter | None = None):
         self.kiosk = kiosk
+        self.reporter = reporter  # None: results are sent nowhere
         self._in_flight: set[str] = set()
         self._changed = threading.Condition()
 
@@ -79,7 +83,17 @@ class Ingest:
                 return self._failed(calling_ae, peer, uid, UNEXPECTED, f"internal error: {type(exc).__name__}")
             self.kiosk.store.add_dicom_instance({**fields, "study_id": study.id, "calling_ae": calling_ae})
         self._event("stored", calling_ae, peer, uid, SUCCESS, f"study {study.id}, {study.triage}")
+        if self.reporter is not None:
+            self._report(study, calling_ae, peer, uid)
         return SUCCESS
+
+    def _report(self, study: StudyRecord, calling_ae: str, peer: str, uid: str) -> None:
+        """Queue the results; the instance is stored whatever happens here, so its status stays success."""
+        try:
+            self.reporter.report(study)
+        except Exception as exc:
+            log.exception("study %d: its DICOM results could not be queued", study.id)
+            self._event("report_failed", calling_ae, peer, uid, None, f"{type(exc).__name__}: {first_line(str(exc))}")
 
     @contextmanager
     def _claimed(self, uid: str) -> Iterator[None]:

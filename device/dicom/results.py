@@ -10,6 +10,8 @@ references the received instance (which is never altered):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -22,8 +24,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from device import heatmap
-from device.kiosk.store import StudyRecord
 from models.bundle import Manifest
+
+if TYPE_CHECKING:  # the kiosk package imports this one
+    from device.kiosk.store import StudyRecord
 
 RESEARCH_BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 MANUFACTURER = "Bedside"

@@ -16,6 +16,15 @@ class Caller(_Strict):
     host: str
 
 
+class Destination(_Strict):
+    """A peer the results (SR, heatmap SC) are sent to by C-STORE."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    ae_title: str = AE_TITLE
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
 class DicomSettings(_Strict):
     ae_title: str = Field(default="BEDSIDE", pattern=r"^[ -~]{1,16}$", description="our (called) AE title")
     port: int = Field(default=0, ge=0, le=65535, description="0: no DICOM listener")
@@ -25,3 +34,6 @@ class DicomSettings(_Strict):
     acse_timeout_s: float = Field(default=30, gt=0, le=600, description="association negotiation")
     dimse_timeout_s: float = Field(default=30, gt=0, le=600, description="waiting for a DIMSE message")
     network_timeout_s: float = Field(default=60, gt=0, le=3600, description="an idle association is closed")
+    destinations: list[Destination] = Field(default=[], description="where results go; empty: nothing is sent")
+    retry_first_s: float = Field(default=2, gt=0, le=600, description="wait after the first failed send")
+    retry_max_s: float = Field(default=300, gt=0, le=86400, description="the back-off doubles up to this")

@@ -22,8 +22,7 @@ from device.capture.sources import redact
 from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
 from device.clock import utc_iso
-from device.dicom.ingest import Ingest
-from device.dicom.receiver import DicomReceiver
+from device.dicom.node import open_node
 from device.kiosk import exports, media
 from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
@@ -157,7 +156,7 @@ class Kiosk:
         self.live_viewers = ViewerSlots(
             max(0, min(config.capture.max_viewers, config.server.threads - THREADS_KEPT_FREE))
         )
-        self.dicom = DicomReceiver(config.dicom, Ingest(self)).start() if config.dicom.port else None
+        self.dicom = open_node(config.dicom, self)
         self.capture.start()
         self.metrics.ready = True
 
