@@ -88,4 +88,4 @@ def test_outbox_waits_for_a_down_peer_then_delivers_exactly_once(sending_app, or
     instances = orthanc.instances()
     assert len(instances) == 6
     assert len({i["SOPInstanceUID"] for i in instances}) == 6
-    assert sorted(orthanc.get("/statistics")[k] for k in ("CountInstances",)) == [6]
+    assert orthanc.get("/statistics")["CountInstances"] == 6

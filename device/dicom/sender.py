@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -72,9 +73,11 @@ class Sender:
         ae.network_timeout = self.settings.network_timeout_s
         for sop_class in sorted({i.sop_class for i in items}):
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not assoc.is_established:
-            why = f"cannot associate with {destination.ae_title} at {destination.host}:{destination.port}"
+        where = f"{destination.ae_title} at {destination.host}:{destination.port}"
+        refused = self._unreachable(destination)
+        assoc = None if refused else ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if assoc is None or not assoc.is_established:
+            why = f"cannot connect to {where}: {refused}" if refused else f"cannot associate with {where}"
             log.warning("DICOM sender: %s; %d objects wait", why, len(items))
             for item in items:
                 self.outbox.retry(item, why, self._backoff(item))
@@ -85,6 +88,16 @@ class Sender:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+    def _unreachable(self, destination: Destination) -> str | None:
+        """Why a TCP connection to the peer fails now, or None. pynetdicom 3.0 leaks its socket when
+        the connect is refused (it shuts it down but never closes it): during an outage each retry
+        would leave one behind, so a down peer is found out here, with a socket that is closed."""
+        try:
+            with socket.create_connection((destination.host, destination.port), self.settings.acse_timeout_s):
+                return None
+        except OSError as exc:
+            return exc.strerror or str(exc)
 
     def _store(self, assoc, item: Item) -> None:
         try:
