@@ -32,6 +32,9 @@ class DicomReceiver:
         self._allowed = {(c.ae_title.strip(), c.host) for c in settings.allowed_callers}
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.supported_contexts = supported_contexts()
+        # Also pynetdicom's own title check, behind _check_caller (which adds the address); with no
+        # allowed caller the list is empty, which pynetdicom reads as "anyone": _check_caller refuses.
+        self.ae.require_calling_aet = sorted({title for title, _ in self._allowed})
         self.ae.maximum_associations = settings.max_associations
         self.ae.acse_timeout = settings.acse_timeout_s
         self.ae.dimse_timeout = settings.dimse_timeout_s
@@ -59,14 +62,15 @@ class DicomReceiver:
         host = event.assoc.requestor.address
         if (calling, host) in self._allowed:
             return
-        log.warning("DICOM association from %r at %s rejected: not an allowed caller", calling, host)
-        self.ingest.kiosk.store.dicom_event(event="association_rejected", calling_ae=calling, peer=host,
-                                            sop_instance_uid="", status=None,
-                                            detail="calling AE title not recognised (from this address)")
+        # Reject first: an error while recording it must not let the association go on.
         event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
         # As pynetdicom does after its own rejections: kill() lets the DUL send the A-ASSOCIATE-RJ
         # before the socket is shut down (without it the caller sees an abort instead).
         event.assoc.kill()
+        log.warning("DICOM association from %r at %s rejected: not an allowed caller", calling, host)
+        self.ingest.kiosk.store.dicom_event(event="association_rejected", calling_ae=calling, peer=host,
+                                            sop_instance_uid="", status=None,
+                                            detail="calling AE title not recognised (from this address)")
 
     def _store(self, event: evt.Event) -> int:
         # The bytes as received, with a file meta built from the context: parsed by ingest, not here.
