@@ -9,7 +9,7 @@ import pytest
 from device.dicom.contexts import TRANSFER_SYNTAXES
 from device.kiosk.context import kiosk_of
 from device.kiosk.store import StudyFilter
-from dicom_peers import SAMPLES, echoscu, free_port, need_dcmtk, need_samples, storescu, storescu_config
+from dicom_peers import SAMPLES, echoscu, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import app, config, drives, running_server, tiny_bundle  # noqa: F401 (fixtures)
 
 GOOD = sorted((SAMPLES / "cr_dx").glob("*.dcm"))
@@ -47,7 +47,8 @@ def test_an_unknown_calling_ae_is_rejected_and_logged(dicom_app):
     done = echoscu(appliance.config.dicom.port, "STRANGER")
     assert done.returncode != 0
     assert "Calling AE Title Not Recognized" in done.stdout + done.stderr
-    event = appliance.store.dicom_events()[0]
+    # recorded just after the rejection is sent, so possibly after echoscu has it
+    (event,) = wait_until(appliance.store.dicom_events, 10, "the rejection in the SCP's log")
     assert (event["event"], event["calling_ae"], event["peer"]) == ("association_rejected", "STRANGER", "127.0.0.1")
 
 
