@@ -3,6 +3,8 @@ triaged and listed, broken instances refused while the rest of the association g
 
 from __future__ import annotations
 
+import socket
+
 import pydicom
 import pytest
 
@@ -113,3 +115,18 @@ def test_serve_with_dicom_port_receives_while_http_keeps_serving(tmp_path, tiny_
             assert instance["sop_instance_uid"] == ds.SOPInstanceUID
             assert (instance["patient_name"], instance["modality"]) == (str(ds.get("PatientName", "")), ds.Modality)
         client.close()
+
+
+def test_dicom_settings_are_checked_and_a_taken_port_is_a_config_error(config):
+    from device.kiosk import create_app
+    from device.kiosk.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="dicom.ae_title"):
+        validate({"dicom": {"ae_title": "A TITLE LONGER THAN 16"}}, "test.toml")
+    with pytest.raises(ConfigError, match="dicom.allowed_callers"):
+        validate({"dicom": {"allowed_callers": [{"ae_title": "XRAY1"}]}}, "test.toml")  # no host
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match=r"\[dicom\]: cannot listen on 127.0.0.1"):
+            create_app(config.with_overrides(**{"dicom.port": taken.getsockname()[1]}))

@@ -62,7 +62,12 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(SCHEMA)
-        self._db.execute("UPDATE outbox SET state = 'queued' WHERE state = 'sending'")
+        self.requeue_sending()
+
+    def requeue_sending(self) -> None:
+        """Rows left 'sending' (a crash, an error in the sender) go back to queued."""
+        with self._lock:
+            self._db.execute("UPDATE outbox SET state = 'queued' WHERE state = 'sending'")
 
     def close(self) -> None:
         with self._lock:

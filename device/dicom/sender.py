@@ -49,6 +49,7 @@ class Sender:
                 self._send_due()
             except Exception:  # a bug here must not end delivery for good; the next round retries
                 log.exception("DICOM sender: unexpected error")
+                self.outbox.requeue_sending()
             when = self.outbox.next_due()
             wait = IDLE_WAKE_S if when is None else min(IDLE_WAKE_S, max(0.0, when - time.time()))
             self._wake.wait(wait)
