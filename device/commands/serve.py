@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(
         "--bundle", type=Path, action="append", help="serve this model bundle (repeatable; default: all shipped)"
     )
+    parser.add_argument("--dicom-port", type=int, help="DICOM C-STORE listener port (0: none; see [dicom])")
     parser.add_argument("--threads", type=int, help="request threads (default 8)")
     parser.add_argument(
         "--source",
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
                 "server.threads": args.threads,
                 "store.data_dir": args.data_dir,
                 "models.bundles": args.bundle,
+                "dicom.port": args.dicom_port,
             }
         )
         if args.source:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pydicom
@@ -34,11 +36,18 @@ _META_GROUP = b"\x02\x00"  # the file meta elements' group number, little endian
 _warnings_lock = threading.Lock()
 
 
-def decode_dicom(data: bytes, source: str, budget: DecodeBudget) -> DecodedImage:
-    # pydicom reports malformed-but-readable files through warnings; they become notes (an audit
-    # trail) instead of reaching the console.
+@contextmanager
+def pydicom_warnings_recorded() -> Iterator[list[warnings.WarningMessage]]:
+    """Run pydicom inside: the warnings it gives for malformed-but-readable files are collected in
+    the yielded list (one thread at a time, see _warnings_lock) instead of reaching the console."""
     with _warnings_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        yield caught
+
+
+def decode_dicom(data: bytes, source: str, budget: DecodeBudget) -> DecodedImage:
+    # The warnings become notes (an audit trail).
+    with pydicom_warnings_recorded() as caught:
         ds = _read(data, source, budget)
         rows, cols, frames, bits_stored = _header(ds, source, budget)
         index = frames // 2

@@ -9,6 +9,7 @@ import logging
 from flask import Flask, Request, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from device.dicom.api import dicom_api
 from device.kiosk.api import api, ops
 from device.kiosk.config import KioskConfig
 from device.kiosk.context import EXTENSION, kiosk
@@ -61,6 +62,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.jinja_env.filters["local_time"] = local_time
 
     app.register_blueprint(api)
+    app.register_blueprint(dicom_api)
     app.register_blueprint(ops)
     app.register_blueprint(pages)
     app.after_request(_security_headers)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 
 from device.capture.config import CaptureSettings
+from device.dicom.settings import DicomSettings
 from device.tensorrt.settings import EngineSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
@@ -111,6 +112,7 @@ class KioskConfig(_Strict):
     ui: UiSettings = UiSettings()
     capture: CaptureSettings = CaptureSettings()
     decode: DecodeSettings = DecodeSettings()
+    dicom: DicomSettings = DicomSettings()
 
     def with_overrides(self, **dotted: object) -> "KioskConfig":
         """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""

@@ -22,6 +22,8 @@ from device.capture.sources import redact
 from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
 from device.clock import utc_iso
+from device.dicom.import_paths import expand_dicomdirs
+from device.dicom.node import open_node
 from device.kiosk import exports, media
 from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
@@ -155,6 +157,7 @@ class Kiosk:
         self.live_viewers = ViewerSlots(
             max(0, min(config.capture.max_viewers, config.server.threads - THREADS_KEPT_FREE))
         )
+        self.dicom = open_node(config.dicom, self)
         self.capture.start()
         self.metrics.ready = True
 
@@ -176,6 +179,8 @@ class Kiosk:
 
     def close(self) -> None:
         self.metrics.ready = False
+        if self.dicom is not None:
+            self.dicom.close()
         self.capture.close()
         self._writer.shutdown(wait=True)
         self.exams.close()
@@ -284,7 +289,7 @@ class Kiosk:
             raise BadRequest("choose at least one file to import")
         self.exams.resolve(exam_id)  # an unknown exam fails the whole request, before any work
         outcome: list[tuple[str, StudyRecord | KioskError]] = []
-        for path in paths:
+        for path in expand_dicomdirs(paths, self.config.media.import_folders):
             try:
                 resolved = media.resolve_import(path, self.config.media.import_folders)
                 data = self._read_import(resolved)

@@ -110,7 +110,49 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        # DICOM instances received by C-STORE (device/dicom): one row per SOP Instance UID, so a
+        # re-sent instance is stored once; and an append-only log of what the SCP did and why.
+        """
+        CREATE TABLE dicom_instances (
+            sop_instance_uid TEXT PRIMARY KEY,
+            study_id INTEGER NOT NULL REFERENCES studies(id),
+            sop_class_uid TEXT NOT NULL,
+            study_instance_uid TEXT NOT NULL,
+            series_instance_uid TEXT NOT NULL,
+            patient_name TEXT NOT NULL,
+            patient_id TEXT NOT NULL,
+            accession_number TEXT NOT NULL,
+            study_date TEXT NOT NULL,
+            modality TEXT NOT NULL,
+            calling_ae TEXT NOT NULL,
+            received_at TEXT NOT NULL
+        );
+        CREATE INDEX dicom_instances_by_study ON dicom_instances(study_id);
+        CREATE TABLE dicom_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            event TEXT NOT NULL,
+            calling_ae TEXT NOT NULL,
+            peer TEXT NOT NULL,
+            sop_instance_uid TEXT NOT NULL DEFAULT '',
+            status INTEGER,
+            detail TEXT NOT NULL DEFAULT ''
+        );
+        CREATE TRIGGER dicom_events_no_update BEFORE UPDATE ON dicom_events
+        BEGIN SELECT RAISE(ABORT, 'dicom_events is append-only'); END;
+        CREATE TRIGGER dicom_events_no_delete BEFORE DELETE ON dicom_events
+        BEGIN SELECT RAISE(ABORT, 'dicom_events is append-only'); END;
+        """,
+    ),
 )
+
+DICOM_INSTANCE_COLUMNS = (
+    "sop_instance_uid", "study_id", "sop_class_uid", "study_instance_uid", "series_instance_uid", "patient_name",
+    "patient_id", "accession_number", "study_date", "modality", "calling_ae",
+)
+DICOM_EVENT_COLUMNS = ("event", "calling_ae", "peer", "sop_instance_uid", "status", "detail")
 
 
 class StoreError(Exception):
@@ -390,6 +432,43 @@ class Store:
                 return None
             self._audit(db, "study_reviewed", operator, study_id, {"note": note})
             return self._get(db, study_id)
+
+    # ---- DICOM instances and the SCP's log (device/dicom) ----------------------------------------
+
+    def add_dicom_instance(self, row: dict) -> None:
+        """Record which study a received instance became (``row`` holds DICOM_INSTANCE_COLUMNS)."""
+        names = ", ".join(DICOM_INSTANCE_COLUMNS)
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO dicom_instances ({names}, received_at) VALUES ({', '.join('?' * len(DICOM_INSTANCE_COLUMNS))}, ?)",
+                (*(row[c] for c in DICOM_INSTANCE_COLUMNS), utc_iso()),
+            )
+
+    def dicom_instance(self, sop_instance_uid: str) -> dict | None:
+        with self._lock:
+            row = _named(self._db, "SELECT * FROM dicom_instances WHERE sop_instance_uid = ?",
+                         (sop_instance_uid,)).fetchone()
+        return None if row is None else dict(row)
+
+    def dicom_instances(self, study_id: int) -> list[dict]:
+        with self._lock:
+            rows = _named(self._db, "SELECT * FROM dicom_instances WHERE study_id = ? ORDER BY received_at",
+                          (study_id,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def dicom_event(self, **event: object) -> None:
+        """Append to the SCP's log (``event`` holds DICOM_EVENT_COLUMNS)."""
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO dicom_events (at, {', '.join(DICOM_EVENT_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (utc_iso(), *(event[c] for c in DICOM_EVENT_COLUMNS)),
+            )
+
+    def dicom_events(self, limit: int = 100) -> list[dict]:
+        """Newest first."""
+        with self._lock:
+            rows = _named(self._db, "SELECT * FROM dicom_events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) for r in rows]
 
     # ---- audit log and settings --------------------------------------------------------------
 

@@ -1,0 +1,119 @@
+"""One received C-STORE instance becomes a study: through the kiosk's own upload path (decode,
+triage, image fsynced, row committed), so a success status is only sent for what is durable.
+
+The DIMSE status tells the modality what happened: 0x0000 stored (or already stored: a re-sent
+SOP Instance UID is kept once), 0xA700 out of resources (disk reserve reached, decoders busy: the
+modality may retry), 0xC0xx we cannot understand this instance (it will never decode here).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol
+
+from device.dicom.header import read_header, uid_file_name
+from device.dicom.reporter import Reporter
+from device.intake.errors import first_line
+from device.kiosk.errors import KioskError
+
+if TYPE_CHECKING:  # the kiosk package imports this one
+    from device.kiosk.store import Store, StudyRecord
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+# An intake failure kind (device/intake/errors.py) as the low byte of a 0xC0xx status.
+FAILURE_BY_KIND = {
+    "not_an_image": 0xC001,
+    "unsupported": 0xC002,
+    "empty": 0xC003,
+    "truncated": 0xC004,
+    "no_pixel_data": 0xC005,
+    "undecodable": 0xC006,
+    "unreadable": 0xC007,
+    "too_large": 0xC008,
+}
+UNEXPECTED = 0xC0FF
+RETRYABLE = {503, 507}  # Busy, StorageFull: the kiosk's state, not the instance's
+
+
+class StudyMaker(Protocol):
+    """What ingest needs of the kiosk (device.kiosk.service.Kiosk)."""
+
+    store: Store
+
+    def create_study(self, data: bytes, filename: str, exam_id: str | None = None, reference: str | None = None,
+                     operator: str | None = None, source: str = "upload") -> StudyRecord: ...
+
+
+class Ingest:
+    def __init__(self, kiosk: StudyMaker, reporter: Reporter | None = None):
+        self.kiosk = kiosk
+        self.reporter = reporter  # None: results are sent nowhere
+        self._in_flight: set[str] = set()
+        self._changed = threading.Condition()
+
+    def store(self, data: bytes, calling_ae: str, peer: str) -> int:
+        """Store and triage one instance (``data``: the file, with its meta); the DIMSE status."""
+        try:
+            fields = read_header(data)
+        except Exception as exc:  # hostile or broken: pydicom raises many kinds of errors
+            return self._failed(calling_ae, peer, "", CANNOT_UNDERSTAND,
+                                f"the dataset cannot be read: {type(exc).__name__}: {first_line(str(exc))}")
+        uid = fields["sop_instance_uid"]
+        if not uid:
+            return self._failed(calling_ae, peer, uid, CANNOT_UNDERSTAND, "the dataset has no SOP Instance UID")
+        with self._claimed(uid):
+            if self.kiosk.store.dicom_instance(uid) is not None:
+                self._event("duplicate", calling_ae, peer, uid, SUCCESS, "already stored; kept once")
+                return SUCCESS
+            try:
+                study = self.kiosk.create_study(data, uid_file_name(uid), reference=fields["accession_number"],
+                                                source=f"dicom:{calling_ae}")
+            except KioskError as exc:
+                status = OUT_OF_RESOURCES if exc.status in RETRYABLE else FAILURE_BY_KIND.get(exc.code, CANNOT_UNDERSTAND)
+                return self._failed(calling_ae, peer, uid, status, exc.message)
+            except Exception as exc:  # never take the association down: the next instance may be fine
+                log.exception("C-STORE from %s (%s), %s: unexpected error", calling_ae, peer, uid)
+                return self._failed(calling_ae, peer, uid, UNEXPECTED, f"internal error: {type(exc).__name__}")
+            self.kiosk.store.add_dicom_instance({**fields, "study_id": study.id, "calling_ae": calling_ae})
+        self._event("stored", calling_ae, peer, uid, SUCCESS, f"study {study.id}, {study.triage}")
+        if self.reporter is not None:
+            self._report(study, calling_ae, peer, uid)
+        return SUCCESS
+
+    def _report(self, study: StudyRecord, calling_ae: str, peer: str, uid: str) -> None:
+        """Queue the results; the instance is stored whatever happens here, so its status stays success."""
+        try:
+            self.reporter.report(study)
+        except Exception as exc:
+            log.exception("study %d: its DICOM results could not be queued", study.id)
+            self._event("report_failed", calling_ae, peer, uid, None, f"{type(exc).__name__}: {first_line(str(exc))}")
+
+    @contextmanager
+    def _claimed(self, uid: str) -> Iterator[None]:
+        """Hold ``uid`` for this thread: a second association sending the same instance waits, then
+        finds it stored, instead of triaging it twice."""
+        with self._changed:
+            self._changed.wait_for(lambda: uid not in self._in_flight)
+            self._in_flight.add(uid)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_flight.discard(uid)
+                self._changed.notify_all()
+
+    def _failed(self, calling_ae: str, peer: str, uid: str, status: int, reason: str) -> int:
+        log.warning("C-STORE from %s (%s), %s: refused with status 0x%04X: %s", calling_ae, peer, uid, status, reason)
+        self._event("store_failed", calling_ae, peer, uid, status, reason)
+        return status
+
+    def _event(self, event: str, calling_ae: str, peer: str, uid: str, status: int, detail: str) -> None:
+        self.kiosk.store.dicom_event(event=event, calling_ae=calling_ae, peer=peer, sop_instance_uid=uid,
+                                     status=status, detail=detail)

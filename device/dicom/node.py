@@ -1,0 +1,40 @@
+"""The kiosk as a DICOM node: the receiver (SCP), and where destinations are set, the outbox with
+its sender and the reporter that fills it after each stored instance."""
+
+from __future__ import annotations
+
+from device.dicom.ingest import Ingest
+from device.dicom.outbox import Outbox
+from device.dicom.receiver import DicomReceiver
+from device.dicom.reporter import Reporter
+from device.dicom.sender import Sender
+from device.dicom.settings import DicomSettings
+
+
+class DicomNode:
+    def __init__(self, settings: DicomSettings, kiosk):
+        self.outbox = Outbox(kiosk.config.store.data_dir)
+        self.sender = Sender(settings, self.outbox)
+        names = [d.name for d in settings.destinations]
+        reporter = Reporter(kiosk, self.outbox, self.sender, names) if names else None
+        self.receiver = DicomReceiver(settings, Ingest(kiosk, reporter))
+
+    def start(self) -> "DicomNode":
+        """Sender first: the receiver may queue results as soon as it listens."""
+        self.sender.start()
+        try:
+            self.receiver.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        self.receiver.close()
+        self.sender.close()
+        self.outbox.close()
+
+
+def open_node(settings: DicomSettings, kiosk) -> DicomNode | None:
+    """The running node, or None when no DICOM port is configured."""
+    return DicomNode(settings, kiosk).start() if settings.port else None

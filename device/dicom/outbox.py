@@ -1,0 +1,125 @@
+"""The persistent outbox: every DICOM object to send, one row per (destination, SOP Instance UID),
+in its own SQLite file beside the store's (WAL, synchronous=FULL) with the object's file in
+outbox/ (fsynced before its row is committed).
+
+States: queued (waiting, maybe after failed attempts) -> sending -> sent, or failed (the peer
+answered with a failure status: resending the same object will not help). A row left in
+'sending' by a crash goes back to queued at start: the peer may have stored it already, and a PACS
+keeps one instance per SOP Instance UID, so the resend is harmless; a row marked sent is never
+sent again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from device.clock import utc_iso
+from device.dicom.header import uid_file_name
+from models import atomic
+
+DB_NAME = "outbox.sqlite3"
+STATES = ("queued", "sending", "sent", "failed")
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_id INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    sop_class TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    file TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN {STATES}),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    next_attempt REAL NOT NULL,
+    created_at TEXT NOT NULL,
+    sent_at TEXT,
+    UNIQUE (destination, sop_instance_uid)
+)"""
+ITEM_COLUMNS = ("id", "study_id", "destination", "sop_class", "sop_instance_uid", "state", "attempts", "last_error")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    study_id: int
+    destination: str
+    sop_class: str
+    sop_instance_uid: str
+    file: Path
+    attempts: int
+
+
+class Outbox:
+    def __init__(self, data_dir: Path):
+        self.folder = data_dir / "outbox"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(data_dir / DB_NAME, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(SCHEMA)
+        self.requeue_sending()
+
+    def requeue_sending(self) -> None:
+        """Rows left 'sending' (a crash, an error in the sender) go back to queued."""
+        with self._lock:
+            self._db.execute("UPDATE outbox SET state = 'queued' WHERE state = 'sending'")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, study_id: int, destination: str, sop_class: str, sop_instance_uid: str, data: bytes) -> None:
+        """Queue one encoded object (a DICOM file) for ``destination``; durable when this returns."""
+        name = f"{destination}-{uid_file_name(sop_instance_uid)}"
+        atomic.write_bytes(self.folder / name, data)
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO outbox (study_id, destination, sop_class, sop_instance_uid, file, state,"
+                " next_attempt, created_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (study_id, destination, sop_class, sop_instance_uid, name, time.time(), utc_iso()),
+            )
+
+    def due(self, now: float) -> list[Item]:
+        """Queued items whose time has come, marked sending, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, study_id, destination, sop_class, sop_instance_uid, file, attempts FROM outbox"
+                " WHERE state = 'queued' AND next_attempt <= ? ORDER BY id", (now,)
+            ).fetchall()
+            self._db.executemany("UPDATE outbox SET state = 'sending' WHERE id = ?", [(r[0],) for r in rows])
+        return [Item(*r[:5], self.folder / r[5], r[6]) for r in rows]
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            (when,) = self._db.execute("SELECT min(next_attempt) FROM outbox WHERE state = 'queued'").fetchone()
+        return when
+
+    def sent(self, item: Item) -> None:
+        self._set(item, "sent", "", 0.0, sent_at=utc_iso())
+
+    def failed(self, item: Item, error: str) -> None:
+        """The peer refused it for good."""
+        self._set(item, "failed", error, 0.0)
+
+    def retry(self, item: Item, error: str, after_s: float) -> None:
+        self._set(item, "queued", error, time.time() + after_s)
+
+    def _set(self, item: Item, state: str, error: str, next_attempt: float, sent_at: str | None = None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_attempt = ?,"
+                " sent_at = ? WHERE id = ?", (state, error[:500], next_attempt, sent_at, item.id),
+            )
+
+    def items(self, limit: int = 500) -> list[dict]:
+        """Newest first, as GET /api/v1/outbox lists them."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(ITEM_COLUMNS)} FROM outbox ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [dict(zip(ITEM_COLUMNS, r)) for r in rows]

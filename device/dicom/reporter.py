@@ -1,0 +1,57 @@
+"""After a received instance became a study: build its result objects (results.py) and queue them
+in the outbox for every destination. A failure here never un-stores the instance; it is logged
+and kept in the SCP's event log."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import io
+import logging
+
+import pydicom
+
+from device import intake
+from device.dicom.outbox import Outbox
+from device.dicom.results import result_objects
+from device.dicom.sender import Sender
+from device.intake.dicom import pydicom_warnings_recorded
+from device.intake.errors import first_line
+
+if TYPE_CHECKING:  # the kiosk package imports this one
+    from device.kiosk.store import StudyRecord
+
+log = logging.getLogger(__name__)
+MAX_LOGGED_WARNINGS = 3
+
+
+class Reporter:
+    def __init__(self, kiosk, outbox: Outbox, sender: Sender, destinations: list[str]):
+        self.kiosk = kiosk
+        self.outbox = outbox
+        self.sender = sender
+        self.destinations = destinations
+
+    def report(self, study: StudyRecord) -> None:
+        """Queue the study's SR (and heatmap SC) for every destination; raises on failure."""
+        path = self.kiosk.store.image_path(study.image_sha256)
+        pixels = intake.decode_file(path).pixels
+        manifest = self.kiosk.exams.resolve(study.exam).bundle.manifest
+        # The received header is copied into the new objects; pydicom and highdicom warn about its
+        # oddities (a one-component person name, an over-long value): logged, not fatal.
+        with pydicom_warnings_recorded() as caught:
+            source = pydicom.dcmread(path, stop_before_pixels=True)
+            objects = result_objects(source, pixels, study, manifest)
+        for warning in caught[:MAX_LOGGED_WARNINGS]:
+            log.info("study %d results: %s", study.id, first_line(str(warning.message)))
+        for ds in filter(None, (objects.sr, objects.sc)):
+            data = _encoded(ds)
+            for name in self.destinations:
+                self.outbox.add(study.id, name, str(ds.SOPClassUID), str(ds.SOPInstanceUID), data)
+        self.sender.wake()
+
+
+def _encoded(ds: pydicom.Dataset) -> bytes:
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()

@@ -1,0 +1,39 @@
+"""The ``[dicom]`` section of the kiosk's TOML file: the listener, and who may talk to it."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from models.bundle import _Strict
+
+AE_TITLE = Field(pattern=r"^[ -~]{1,16}$", description="1-16 printable ASCII characters")
+
+
+class Caller(_Strict):
+    """A modality allowed to send: its calling AE title, from this address only."""
+
+    ae_title: str = AE_TITLE
+    host: str
+
+
+class Destination(_Strict):
+    """A peer the results (SR, heatmap SC) are sent to by C-STORE."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    ae_title: str = AE_TITLE
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class DicomSettings(_Strict):
+    ae_title: str = Field(default="BEDSIDE", pattern=r"^[ -~]{1,16}$", description="our (called) AE title")
+    port: int = Field(default=0, ge=0, le=65535, description="0: no DICOM listener")
+    host: str = Field(default="127.0.0.1", description="bind address")
+    allowed_callers: list[Caller] = Field(default=[], description="empty: every caller is refused")
+    max_associations: int = Field(default=4, ge=1, le=64)
+    acse_timeout_s: float = Field(default=30, gt=0, le=600, description="association negotiation")
+    dimse_timeout_s: float = Field(default=30, gt=0, le=600, description="waiting for a DIMSE message")
+    network_timeout_s: float = Field(default=60, gt=0, le=3600, description="an idle association is closed")
+    destinations: list[Destination] = Field(default=[], description="where results go; empty: nothing is sent")
+    retry_first_s: float = Field(default=2, gt=0, le=600, description="wait after the first failed send")
+    retry_max_s: float = Field(default=300, gt=0, le=86400, description="the back-off doubles up to this")

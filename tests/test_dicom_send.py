@@ -1,0 +1,91 @@
+"""Results back to a real Orthanc: the SR and the heatmap SC arrive, reference the source study and
+carry the algorithm identity; with Orthanc down the outbox waits and then delivers exactly once."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+
+from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
+from device.kiosk.context import kiosk_of
+from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
+from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
+from orthanc_peer import AE_TITLE, Orthanc, need_orthanc
+
+SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"
+FILES = sorted((SAMPLES / "cr_dx").glob("*.dcm"))[:3]
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    need_orthanc()
+    peer = Orthanc(tmp_path / "orthanc")
+    peer.start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def sending_app(config, orthanc):
+    from device.kiosk import create_app
+
+    need_dcmtk()
+    need_samples()
+    cfg = config.with_overrides(**{
+        "dicom.port": free_port(),
+        "dicom.allowed_callers": [{"ae_title": "XRAY1", "host": "127.0.0.1"}],
+        "dicom.destinations": [{"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1", "port": orthanc.dicom_port}],
+        "dicom.retry_first_s": 0.2,
+        "dicom.retry_max_s": 1.0,
+    })
+    application = create_app(cfg)
+    yield application
+    kiosk_of(application).close()
+
+
+def send(appliance, files, folder):
+    done = storescu(appliance.config.dicom.port, "XRAY1", files, storescu_config(files, folder))
+    assert done.returncode == 0, done.stderr
+
+
+def test_sr_and_heatmap_arrive_in_orthanc(sending_app, orthanc, tmp_path):
+    appliance = kiosk_of(sending_app)
+    send(appliance, FILES[:1], tmp_path)
+    arrived = wait_until(lambda: len(orthanc.get("/instances")) == 2 and orthanc.instances(), 60, "SR and SC in Orthanc")
+    source = pydicom.dcmread(FILES[0], stop_before_pixels=True)
+    by_class = {i["SOPClassUID"]: i for i in arrived}
+    assert set(by_class) == {SR_CLASS, SC_CLASS}
+    study = appliance.store.get(appliance.store.dicom_instance(source.SOPInstanceUID)["study_id"])
+    for tags in arrived:
+        assert tags["StudyInstanceUID"] == source.StudyInstanceUID
+        assert tags["SeriesInstanceUID"] != source.SeriesInstanceUID
+        # highdicom lists the source's acquisition equipment too; ours is the processing one
+        (equipment,) = [e for e in tags["ContributingEquipmentSequence"] if e["Manufacturer"] == MANUFACTURER]
+        assert equipment["ManufacturerModelName"] == study.model.id
+        assert study.model.sha256 in equipment["SoftwareVersions"]
+    assert RESEARCH_BANNER in by_class[SC_CLASS]["SeriesDescription"]
+    client = sending_app.test_client()
+    expected = {(SR_CLASS, "sent", "pacs"), (SC_CLASS, "sent", "pacs")}
+    # Orthanc has them before the sender has committed its 'sent'
+    wait_until(lambda: {(i["sop_class"], i["state"], i["destination"])
+                        for i in client.get("/api/v1/outbox").get_json()["items"]} == expected, 30, "the outbox: sent")
+
+
+def test_outbox_waits_for_a_down_peer_then_delivers_exactly_once(sending_app, orthanc, tmp_path):
+    appliance = kiosk_of(sending_app)
+    send(appliance, FILES[:1], tmp_path)
+    wait_until(lambda: len(orthanc.get("/instances")) == 2, 60, "the first study's results in Orthanc")
+    orthanc.stop()
+    send(appliance, FILES[1:], tmp_path)
+
+    def retried() -> bool:
+        waiting = [i for i in appliance.dicom.outbox.items() if i["state"] != "sent"]
+        return len(waiting) == 4 and all(i["attempts"] >= 1 and i["last_error"] for i in waiting)
+
+    wait_until(retried, 60, "the results queued, with failed attempts, while Orthanc is down")
+    orthanc.start()
+    wait_until(lambda: all(i["state"] == "sent" for i in appliance.dicom.outbox.items()), 60, "everything sent")
+    instances = orthanc.instances()
+    assert len(instances) == 6
+    assert len({i["SOPInstanceUID"] for i in instances}) == 6
+    assert orthanc.get("/statistics")["CountInstances"] == 6
