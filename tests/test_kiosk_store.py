@@ -81,14 +81,35 @@ def test_audit_log_is_append_only(store):
         store.audit("made_up_action", "dr")
 
 
-def test_recent_puts_urgent_first(store):
+def test_worklist_is_every_unreviewed_study_urgent_first_then_longest_waiting(store):
     for i, t in enumerate(["ROUTINE", "URGENT", "UNGRADABLE", "ROUTINE", "URGENT"]):
         add(store, f"img{i}".encode(), triage=t)
-    assert [(s.id, s.triage) for s in store.recent(4)] == [
-        (5, "URGENT"), (2, "URGENT"), (3, "UNGRADABLE"), (4, "ROUTINE")
+    for i in range(20):  # twenty newer routine studies push nothing urgent out
+        add(store, f"newer{i}".encode(), triage="ROUTINE")
+    studies, total = store.worklist(limit=4)
+    assert total == 25 and [(s.id, s.triage) for s in studies] == [
+        (2, "URGENT"), (5, "URGENT"), (3, "UNGRADABLE"), (1, "ROUTINE")
     ]
+    assert store.unreviewed_counts() == {"URGENT": 2, "UNGRADABLE": 1, "ROUTINE": 22}
+    paged = [s.id for offset in range(0, 25, 4) for s in store.worklist(4, offset)[0]]
+    assert sorted(paged) == list(range(1, 26))  # every page together: each study exactly once
+
+    store.review(2, "dr", "seen")
+    studies, total = store.worklist(limit=2)
+    assert total == 24 and [s.id for s in studies] == [5, 3]
+    assert store.unreviewed_counts()["URGENT"] == 1
+    assert [s.id for s in store.list(StudyFilter(reviewed=True), 10)[0]] == [2]
+    assert store.list(StudyFilter(triage=("URGENT",), reviewed=False), 10)[1] == 1
     studies, total = store.list(StudyFilter(triage=("URGENT",)), limit=1)
     assert total == 2 and studies[0].id == 5
+
+
+def test_first_with_image_finds_the_earlier_study_of_the_same_bytes(store):
+    first = add(store, b"same")
+    add(store, b"other")
+    again = add(store, b"same")
+    assert store.first_with_image(again.image_sha256) == first.id
+    assert store.first_with_image("0" * 64) is None
 
 
 def test_reopen_keeps_everything_and_reports_orphans_and_missing_files(tmp_path):

@@ -6,6 +6,7 @@ Errors are ``{"error": {"status", "code", "message", ...}}`` with a 4xx status (
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from flask import Blueprint, Response, jsonify, request
@@ -15,7 +16,7 @@ from device.capture.view import CONTENT_TYPE as MJPEG
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, Busy, KioskError, NotFound
 from device.kiosk.metrics import CONTENT_TYPE
-from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json
+from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json, worklist_json
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 ops = Blueprint("ops", __name__)  # /metrics, where Prometheus looks by default
@@ -99,11 +100,26 @@ def create_study():
 
 @api.get("/studies")
 def list_studies():
-    where = study_filter(triage_args(), request.args.get("from"), request.args.get("to"), request.args.get("q"))
+    where = study_filter(triage_args(), request.args.get("from"), request.args.get("to"), request.args.get("q"),
+                         request.args.get("reviewed"))
     limit = _int_arg("limit", 50, 1, MAX_PAGE)
     offset = _int_arg("offset", 0, 0, 2**62)
     studies, total = kiosk().store.list(where, limit, offset)
     return jsonify({"studies": [study_json(s) for s in studies], "total": total, "limit": limit, "offset": offset})
+
+
+@api.get("/worklist")
+def worklist():
+    """The unreviewed studies in the order the home screen shows them, with the counts by category."""
+    limit = _int_arg("limit", 50, 1, MAX_PAGE)
+    offset = _int_arg("offset", 0, 0, 2**62)
+    store = kiosk().store
+    studies, total = store.worklist(limit, offset)
+    now = time.time()
+    return jsonify({
+        "studies": [worklist_json(s, now) for s in studies], "total": total, "limit": limit, "offset": offset,
+        "counts": store.unreviewed_counts(),
+    }), 200, NO_STORE
 
 
 @api.get("/studies/<int:study_id>")
@@ -154,7 +170,8 @@ def export_study(study_id: int):
 @api.post("/exports/history")
 def export_history():
     body = request_body()
-    where = study_filter(_history_triage(body), body_text(body, "from"), body_text(body, "to"), body_text(body, "q"))
+    where = study_filter(_history_triage(body), body_text(body, "from"), body_text(body, "to"), body_text(body, "q"),
+                         body_text(body, "reviewed"))
     path, count = kiosk().export_history(where, body_text(body, "destination"), body_operator(body))
     return jsonify({"path": str(path), "studies": count}), 201
 

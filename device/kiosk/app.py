@@ -16,7 +16,7 @@ from device.kiosk.errors import KioskError
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
 from device.kiosk.request_log import log_requests
-from device.kiosk.service import Kiosk, local_time
+from device.kiosk.service import Kiosk, local_time, waiting_s, waiting_text
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions[EXTENSION] = appliance
     app.jinja_env.filters["local_time"] = local_time
+    app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
 
     app.register_blueprint(api)
     app.register_blueprint(ops)

@@ -35,15 +35,32 @@ def _new_study_page(status: int = 200, error: str | None = None):
     ), status
 
 
+def _page_number() -> int:
+    """?page=N (from 1), kept within SQLite's integers for any page size."""
+    try:
+        page = max(1, int(request.values.get("page", "1") or 1))
+    except ValueError:
+        raise BadRequest("page must be a number") from None
+    return min(page, MAX_OFFSET // kiosk().config.ui.page_size)
+
+
+def _worklist_args() -> dict:
+    k = kiosk()
+    size, page = k.config.ui.page_size, _page_number()
+    studies, total = k.store.worklist(size, (page - 1) * size)
+    return {"studies": studies, "total": total, "page": page, "pages": max(1, -(-total // size)),
+            "counts": k.store.unreviewed_counts()}
+
+
 @pages.get("/")
 def home():
-    k = kiosk()
-    return render_template(
-        "home.html",
-        exams=list(k.exams),
-        recent=k.store.recent(k.config.ui.recent_studies),
-        counts=k.store.counts_by_triage(),
-    )
+    return render_template("home.html", exams=list(kiosk().exams), **_worklist_args())
+
+
+@pages.get("/worklist")
+def worklist_panel():
+    """The home screen's worklist alone: kiosk.js fetches it to show new studies without a reload."""
+    return render_template("_worklist.html", **_worklist_args()), 200, {"Cache-Control": "no-store"}
 
 
 @pages.get("/studies/new")
@@ -117,6 +134,7 @@ def _history_args() -> dict:
         "from": request.values.get("from", ""),
         "to": request.values.get("to", ""),
         "q": request.values.get("q", ""),
+        "reviewed": request.values.get("reviewed", ""),
     }
 
 
@@ -128,7 +146,7 @@ def history():
 @pages.post("/history/export")
 def export_history():
     args = _history_args()
-    where = study_filter(args["triage"], args["from"], args["to"], args["q"])
+    where = study_filter(args["triage"], args["from"], args["to"], args["q"], args["reviewed"])
     path, count = kiosk().export_history(where, request.form.get("destination"), request.form.get("operator"))
     return _history_page(message=f"Exported {count} studies to {path}")
 
@@ -136,13 +154,8 @@ def export_history():
 def _history_page(message: str | None = None):
     k = kiosk()
     args = _history_args()
-    size = k.config.ui.page_size
-    try:
-        page = max(1, int(request.values.get("page", "1") or 1))
-    except ValueError:
-        raise BadRequest("page must be a number") from None
-    page = min(page, MAX_OFFSET // size)  # beyond any history; keeps the offset within SQLite's integers
-    where = study_filter(args["triage"], args["from"], args["to"], args["q"])
+    size, page = k.config.ui.page_size, _page_number()
+    where = study_filter(args["triage"], args["from"], args["to"], args["q"], args["reviewed"])
     studies, total = k.store.list(where, size, (page - 1) * size)
     return render_template(
         "history.html",

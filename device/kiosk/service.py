@@ -51,17 +51,26 @@ def clean_text(value: str | None, limit: int, what: str) -> str:
     return text
 
 
+REVIEWED_ARGS = {"": None, "yes": True, "no": False}
+
+
 def study_filter(
-    triage: list[str] | None = None, date_from: str | None = None, date_to: str | None = None, q: str | None = None
+    triage: list[str] | None = None, date_from: str | None = None, date_to: str | None = None, q: str | None = None,
+    reviewed: str | None = None,
 ) -> StudyFilter:
-    """Filters from request parameters; dates are YYYY-MM-DD in the kiosk's local time, both inclusive."""
+    """Filters from request parameters; dates are YYYY-MM-DD in the kiosk's local time, both inclusive;
+    ``reviewed`` is "yes", "no" or empty (either)."""
     wanted = tuple(t.strip().upper() for t in triage or [] if t.strip())
     unknown = [t for t in wanted if t not in TRIAGE_ORDER]
     if unknown:
         raise BadRequest(f"unknown triage category {unknown[0]!r}; use {', '.join(TRIAGE_ORDER)}")
     start = _local_day_start(date_from, "from") if date_from else None
     end = _local_day_start(date_to, "to", days=1) if date_to else None
-    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=(q or "").strip() or None)
+    wanted_review = (reviewed or "").strip().lower()
+    if wanted_review not in REVIEWED_ARGS:
+        raise BadRequest(f"'reviewed' must be yes or no, not {reviewed!r}")
+    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=(q or "").strip() or None,
+                       reviewed=REVIEWED_ARGS[wanted_review])
 
 
 def _local_day_start(text: str, name: str, days: int = 0) -> str:
@@ -77,6 +86,37 @@ def local_time(stamp: str | None) -> str:
     if not stamp:
         return ""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def waiting_s(study: StudyRecord, now: float | None = None) -> float:
+    """Seconds since the study was received (``now``: seconds since the epoch, default now)."""
+    received = datetime.fromisoformat(study.created_at.replace("Z", "+00:00")).timestamp()
+    return max(0.0, (time.time() if now is None else now) - received)
+
+
+def waiting_text(seconds: float) -> str:
+    """How long a study has waited, as a person says it: '45 s', '12 min', '3 h 05 min', '2 days'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    return f"{hours // 24} days"
+
+
+def worklist_json(study: StudyRecord, now: float) -> dict:
+    return {
+        "id": study.id,
+        "triage": study.triage,
+        "reference": study.reference,
+        "received_at": study.created_at,
+        "waiting_s": round(waiting_s(study, now), 1),
+        "exam": study.exam,
+        "page": f"/studies/{study.id}",
+    }
 
 
 def study_json(study: StudyRecord) -> dict:

@@ -110,6 +110,12 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE INDEX studies_to_review ON studies(triage, id) WHERE reviewed_at IS NULL;
+        """,
+    ),
 )
 
 
@@ -166,6 +172,7 @@ class StudyFilter:
     created_from: str | None = None  # inclusive, UTC ISO
     created_before: str | None = None  # exclusive, UTC ISO
     reference: str | None = None  # substring, case-insensitive
+    reviewed: bool | None = None  # None: either
 
 
 @dataclass(frozen=True)
@@ -364,21 +371,32 @@ class Store:
                 return
             before = rows[-1]["id"]
 
-    def recent(self, count: int) -> list[StudyRecord]:
-        """The last `count` studies, urgent first, then ungradable, then routine; newest first within each."""
+    def worklist(self, limit: int, offset: int = 0) -> tuple[list[StudyRecord], int]:
+        """Unreviewed studies, most urgent category first (TRIAGE_ORDER), then the longest waiting
+        first; and how many there are in all. Nothing is left out by a count: the caller pages."""
         rank = " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(TRIAGE_ORDER))
         with self._lock:
+            total = self._db.execute("SELECT count(*) FROM studies WHERE reviewed_at IS NULL").fetchone()[0]
             rows = _named(
-                self._db, f"SELECT * FROM (SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
-                f" ORDER BY s.id DESC LIMIT ?) ORDER BY CASE triage {rank} END, id DESC",
-                (count,),
+                self._db, f"SELECT {_STUDY_COLUMNS_NO_CAM} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
+                f" WHERE s.reviewed_at IS NULL ORDER BY CASE s.triage {rank} END, s.id LIMIT ? OFFSET ?",
+                (limit, offset),
             ).fetchall()
-        return [_record(r) for r in rows]
+        return [_record(r) for r in rows], total
 
-    def counts_by_triage(self) -> dict[str, int]:
+    def unreviewed_counts(self) -> dict[str, int]:
+        """Unreviewed studies by category: the same set the worklist holds."""
         with self._lock:
-            rows = self._db.execute("SELECT triage, count(*) FROM studies GROUP BY triage").fetchall()
+            rows = self._db.execute(
+                "SELECT triage, count(*) FROM studies WHERE reviewed_at IS NULL GROUP BY triage"
+            ).fetchall()
         return {t: 0 for t in TRIAGE_ORDER} | dict(rows)
+
+    def first_with_image(self, image_sha256: str) -> int | None:
+        """The id of the first study of these exact image bytes."""
+        with self._lock:
+            row = self._db.execute("SELECT min(id) FROM studies WHERE image_sha256 = ?", (image_sha256,)).fetchone()
+        return row[0]
 
     def review(self, study_id: int, operator: str, note: str) -> StudyRecord | None:
         with self._transaction() as db:
@@ -445,6 +463,8 @@ def _where(f: StudyFilter) -> tuple[str, tuple]:
         escaped = f.reference.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         clauses.append("s.reference LIKE ? ESCAPE '\\'")
         params.append(f"%{escaped}%")
+    if f.reviewed is not None:
+        clauses.append(f"s.reviewed_at IS {'NOT ' if f.reviewed else ''}NULL")
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 
