@@ -53,7 +53,7 @@ def test_upload_form_redirects_to_the_result(client):
     r = post_upload(client, png_bytes(2), "bed4.png", reference="Bed 4", operator="nurse c")
     assert r.status_code == 303 and re.match(r"/studies/\d+\?saved=1", r.headers["Location"])
     page = text(client.get(r.headers["Location"]))
-    triage = re.search(r'class="banner-word">(\w+)<', page).group(1)
+    triage = re.search(r'class="banner banner-\w+" role="status" data-triage="(\w+)"', page).group(1)
     assert triage in ("URGENT", "ROUTINE", "UNGRADABLE")
     assert f"banner-{triage.lower()}" in page and '<svg class="icon"' in page  # word + icon + colour
     assert "Saved as study #1" in page

@@ -59,6 +59,19 @@ def body_text(body: dict, key: str) -> str | None:
     raise BadRequest(f"'{key}' must be a string, not {JSON_TYPES.get(type(value), type(value).__name__)}")
 
 
+FLAG_TEXT = {"1": True, "true": True, "0": False, "false": False, "": False}
+
+
+def body_flag(body: dict, key: str) -> bool:
+    """An optional yes/no field: JSON true/false, or a form's "1"/"0"; absent is false."""
+    value = body.get(key, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in FLAG_TEXT:
+        return FLAG_TEXT[value.lower()]
+    raise BadRequest(f"'{key}' must be true or false")
+
+
 def body_operator(body: dict) -> str | None:
     """Who acts: the body's operator, else the X-Bedside-Operator header or ?operator=."""
     return body_text(body, "operator") or _operator()
@@ -156,7 +169,7 @@ def study_heatmap(study_id: int):
 @api.post("/studies/<int:study_id>/review")
 def review_study(study_id: int):
     body = request_body()
-    study = kiosk().review(study_id, body_text(body, "note"), body_operator(body))
+    study = kiosk().review(study_id, body_text(body, "note"), body_operator(body), body_flag(body, "change"))
     return jsonify(study_json(study))
 
 

@@ -104,10 +104,13 @@ def result(study_id: int):
     k = kiosk()
     study = k.view(study_id, None)
     exam = next((e for e in k.exams if e.id == study.exam), None)
+    first = k.store.first_with_image(study.image_sha256)
     return render_template(
         "result.html",
         study=study,
         exam=exam,
+        next_case=next((s for s in k.store.worklist(2)[0] if s.id != study.id), None),
+        duplicate_of=first if first != study.id else None,
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
         exported=request.args.get("exported"),
@@ -118,7 +121,7 @@ def result(study_id: int):
 
 @pages.post("/studies/<int:study_id>/review")
 def review(study_id: int):
-    kiosk().review(study_id, request.form.get("note"), request.form.get("operator"))
+    kiosk().review(study_id, request.form.get("note"), request.form.get("operator"), request.form.get("change") == "1")
     return redirect(url_for("pages.result", study_id=study_id, reviewed=1), 303)
 
 

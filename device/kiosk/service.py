@@ -351,8 +351,17 @@ class Kiosk:
         self.store.audit("study_viewed", self.operator(operator), study_id)
         return study
 
-    def review(self, study_id: int, note: str | None, operator: str | None) -> StudyRecord:
-        study = self.store.review(study_id, self.operator(operator), clean_text(note, MAX_NOTE, "note"))
+    def review(self, study_id: int, note: str | None, operator: str | None, change: bool = False) -> StudyRecord:
+        """Mark a study reviewed. A study already reviewed is changed only when asked to (``change``):
+        a second press of the same button must not overwrite someone's review unseen."""
+        note = clean_text(note, MAX_NOTE, "note")
+        earlier = self.get(study_id)
+        if earlier.reviewed_at is not None and not change:
+            raise Conflict(
+                f"study {study_id} was already reviewed by {earlier.reviewed_by or 'an unnamed operator'} at "
+                f"{earlier.reviewed_at}; to change that review, say so (Change review)"
+            )
+        study = self.store.review(study_id, self.operator(operator), note)
         if study is None:
             raise NotFound(f"no study {study_id}")
         return study

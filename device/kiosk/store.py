@@ -31,7 +31,7 @@ import numpy as np
 
 from device.clock import utc_iso
 from device.kiosk.study_result import StudyResult
-from device.triage import TRIAGE_ORDER, ModelRef
+from device.triage import TRIAGE_ORDER, UNGRADABLE, ModelRef
 from models import atomic
 from models.atomic import fsync_directory
 
@@ -155,12 +155,12 @@ class StudyRecord:
     height: int
     width: int
     triage: str
-    label: str
-    probability: float
+    label: str | None
+    probability: float | None  # None when UNGRADABLE (see _record)
     threshold: float
     model: ModelRef
     result: dict  # the result document as it was saved (StudyResult.as_json())
-    cam: np.ndarray | None
+    cam: np.ndarray | None  # None when UNGRADABLE, or when the model gives no map
     reviewed_at: str | None
     reviewed_by: str | None
     review_note: str | None
@@ -226,12 +226,17 @@ def _named(db: sqlite3.Connection, sql: str, params: tuple = ()) -> sqlite3.Curs
 
 
 def _record(row: sqlite3.Row) -> StudyRecord:
+    """A study as the kiosk shows it. An UNGRADABLE study offers no score, label or heatmap to
+    anyone: the image failed the quality checks, and a number or a map on it reads as a finding.
+    The raw output stays in its row and in its result document (``ungraded_model_output``)."""
+    fields = {name: row[name] for name in _PLAIN_FIELDS}
     cam = None
-    if row["cam"] is not None:
+    if row["triage"] == UNGRADABLE:
+        fields.update(probability=None, label=None)
+    elif row["cam"] is not None:
         cam = np.frombuffer(row["cam"], dtype="<f4").reshape(row["cam_height"], row["cam_width"])
     model = ModelRef(row["model_id"], row["model_version"], row["model_sha256"], row["precision"], row["backend"])
-    return StudyRecord(**{name: row[name] for name in _PLAIN_FIELDS}, model=model,
-                       result=json.loads(row["result_json"]), cam=cam)
+    return StudyRecord(**fields, model=model, result=json.loads(row["result_json"]), cam=cam)
 
 
 class Store:
@@ -399,14 +404,21 @@ class Store:
         return row[0]
 
     def review(self, study_id: int, operator: str, note: str) -> StudyRecord | None:
+        """Record the review; the audit entry of a changed review holds the one it replaced."""
         with self._transaction() as db:
-            cur = db.execute(
+            before = db.execute(
+                "SELECT reviewed_at, reviewed_by, review_note FROM studies WHERE id = ?", (study_id,)
+            ).fetchone()
+            if before is None:
+                return None
+            db.execute(
                 "UPDATE studies SET reviewed_at = ?, reviewed_by = ?, review_note = ? WHERE id = ?",
                 (utc_iso(), operator, note, study_id),
             )
-            if cur.rowcount == 0:
-                return None
-            self._audit(db, "study_reviewed", operator, study_id, {"note": note})
+            detail: dict = {"note": note}
+            if before[0] is not None:
+                detail["replaces"] = {"at": before[0], "by": before[1], "note": before[2]}
+            self._audit(db, "study_reviewed", operator, study_id, detail)
             return self._get(db, study_id)
 
     # ---- audit log and settings --------------------------------------------------------------
