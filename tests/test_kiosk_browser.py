@@ -85,20 +85,32 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray, scr
                 page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
                 banner = page.locator(".banner-word").inner_text()
                 assert banner in ("URGENT", "ROUTINE", "UNGRADABLE")
+                assert page.locator(".banner").get_attribute("data-triage") == banner
                 assert page.locator(".banner .icon").is_visible()
+                assert f"Bed 7 ({size})" in page.inner_text(".banner")
+                # Readable at arm's length: the verdict takes at least a quarter of the screen, and
+                # it, Mark reviewed and Next case are all on screen without scrolling.
+                assert page.locator(".banner").bounding_box()["height"] >= height / 4
+                for primary in (".banner", "button:has-text('Mark reviewed')", "[data-next]"):
+                    box = page.locator(primary).bounding_box()
+                    assert box["y"] >= 0 and box["y"] + box["height"] <= height, (primary, box)
+                heat_url = page.locator("[data-heat]").get_attribute("data-src")
+                assert heat_url and not any("/heatmap" in u for u in requested)  # not fetched while hidden
                 assert f"{manifest.id} v{manifest.version}" in page.inner_text(".facts")
                 if manifest.research_only:
                     assert "Research use only, not for diagnosis." in page.inner_text(".disclaimer")
-                page.wait_for_function("document.querySelector('[data-plain]').naturalWidth > 0")
+                page.wait_for_function("() => document.querySelector('[data-plain]').naturalWidth > 0")
                 check_layout("3-result")
 
                 # Heatmap toggle, from the keyboard.
                 toggle = page.locator("[data-heatmap-toggle]")
                 toggle.focus()
                 page.keyboard.press("Enter")
+                page.wait_for_function("() => document.querySelector('[data-heat]').naturalWidth > 0")
                 assert page.locator("[data-heat]").is_visible() and not page.locator("[data-plain]").is_visible()
                 assert toggle.get_attribute("aria-pressed") == "true"
-                page.wait_for_function("document.querySelector('[data-heat]').naturalWidth > 0")
+                assert "Where the model looked - not an outline of disease" in page.inner_text("[data-heat-legend]")
+                assert page.locator(".legend-bar").is_visible()
                 check_layout("4-result-heatmap")
                 page.keyboard.press("Enter")
                 assert page.locator("[data-plain]").is_visible()

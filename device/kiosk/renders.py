@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from device import heatmap, intake
 from device.kiosk.store import Store, StudyRecord
+from models.bundle import InputContract
 
 SCREEN_MAX_SIDE = 1024
 
@@ -36,8 +38,11 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 class Renderer:
-    def __init__(self, store: Store, cache_entries: int = 32):
+    def __init__(self, store: Store, contract_of: Callable[[str], InputContract], cache_entries: int = 32):
+        """``contract_of(exam id)``: the input contract of the exam's model, which says which part of
+        an image the model saw (the heatmap is laid on that part); raises when the exam is gone."""
         self._store = store
+        self._contract_of = contract_of
         self._cache: OrderedDict[tuple[str, int | str], bytes] = OrderedDict()
         self._entries = cache_entries
         self._lock = threading.Lock()
@@ -49,14 +54,15 @@ class Renderer:
         """The overlay at screen size, or None when the model gives no activation map."""
         if study.cam is None:
             return None
-        return self._cached(
-            ("heatmap", study.id), lambda: encode_png(heatmap.overlay(self._screen_pixels(study), study.cam))
-        )
+        return self._cached(("heatmap", study.id), lambda: encode_png(self._overlay(study, self._screen_pixels(study))))
 
     def heatmap_full_png(self, study: StudyRecord) -> bytes | None:
         if study.cam is None:
             return None
-        return encode_png(heatmap.overlay(self._decode(study).pixels, study.cam))
+        return encode_png(self._overlay(study, self._decode(study).pixels))
+
+    def _overlay(self, study: StudyRecord, pixels: np.ndarray) -> np.ndarray:
+        return heatmap.overlay(pixels, study.cam, contract=self._contract_of(study.exam))
 
     def _decode(self, study: StudyRecord) -> intake.DecodedImage:
         return intake.decode_file(self._store.image_path(study.image_sha256))

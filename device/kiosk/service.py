@@ -32,6 +32,7 @@ from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.triage import TRIAGE_ORDER, TriageResult
+from models.bundle import InputContract
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
 MAX_REFERENCE = 120
@@ -171,7 +172,7 @@ class Kiosk:
         self.store = store
         self.exams = exams
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
-        self.renders = Renderer(store)
+        self.renders = Renderer(store, self._input_contract)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
         self.backends = {
             name: {"available": s.ok, "version": s.version, "reason": s.reason}
@@ -210,6 +211,14 @@ class Kiosk:
     @property
     def max_upload_bytes(self) -> int:
         return self.config.server.max_upload_mb * 2**20
+
+    def _input_contract(self, exam_id: str) -> InputContract:
+        """The input contract of the model of an installed exam (the heatmap is placed by it)."""
+        try:
+            return self.exams.resolve(exam_id).bundle.manifest.input
+        except UnknownExam as exc:
+            raise NotFound(f"the study's exam {exam_id!r} is not installed; its heatmap cannot be placed "
+                           f"({exc.message})") from None
 
     # ---- who is acting -----------------------------------------------------------------------
 

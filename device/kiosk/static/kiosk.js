@@ -43,10 +43,13 @@ document.addEventListener("DOMContentLoaded", () => {
     const viewer = toggle.closest("[data-viewer]");
     const plain = viewer.querySelector("[data-plain]");
     const heat = viewer.querySelector("[data-heat]");
+    const legend = viewer.querySelector("[data-heat-legend]");
     const flip = (e) => {
       e.preventDefault();
       const on = heat.hidden;
+      if (on && !heat.getAttribute("src")) heat.src = heat.dataset.src;  // fetched the first time it is shown
       heat.hidden = !on;
+      legend.hidden = !on;
       plain.hidden = on;
       toggle.setAttribute("aria-pressed", String(on));
       toggle.textContent = on ? "Hide heatmap" : "Show heatmap";
