@@ -116,6 +116,11 @@ def test_review_and_audit_log(client):
     ]
     assert client.post("/api/v1/studies/999/review", json={}).status_code == 404
     assert client.post(f"/api/v1/studies/{sid}/review", json={"note": "x" * 3000}).status_code == 400
+    again = client.post(f"/api/v1/studies/{sid}/review", json={"note": "no", "operator": "dr c"})
+    assert again.status_code == 409 and "already reviewed by dr b" in again.json["error"]["message"]
+    assert client.post(f"/api/v1/studies/{sid}/review", json={"change": "maybe"}).status_code == 400
+    changed = client.post(f"/api/v1/studies/{sid}/review", json={"note": "no", "operator": "dr c", "change": True})
+    assert changed.status_code == 200 and changed.json["review"]["by"] == "dr c"
 
 
 def test_settings_change_default_operator_and_are_audited(client):

@@ -56,6 +56,10 @@ def test_upload_form_redirects_to_the_result(client):
     triage = re.search(r'class="banner banner-\w+" role="status" data-triage="(\w+)"', page).group(1)
     assert triage in ("URGENT", "ROUTINE", "UNGRADABLE")
     assert f"banner-{triage.lower()}" in page and '<svg class="icon"' in page  # word + icon + colour
+    plain = {"URGENT": "Suspected pneumonia - review first", "ROUTINE": "No pneumonia pattern found"}[triage]
+    banner = page[page.index('class="banner '):page.index('class="actions"')]
+    assert plain in banner and "Bed 4" in banner and "P(" not in page
+    assert re.search(r"<details class=\"numbers\">.*Model score for pneumonia: <strong>0\.\d\d</strong>", page, re.S)
     assert "Saved as study #1" in page
     assert "Research use only, not for diagnosis." in page and "Not for clinical use." in page
     assert "tiny-test v0.0.1" in page and "Unit tests only." in page
@@ -84,9 +88,19 @@ def test_review_and_export_from_the_result_page(client, drives):
     r = client.post("/studies/1/review", data={"note": "seen", "operator": "dr d"})
     assert r.status_code == 303
     page = text(client.get(r.headers["Location"]))
-    assert "Marked as reviewed." in page and "by dr d" in page and "seen" in page
-    r = client.post("/studies/1/export", data={"destination": str(drives["export"])})
+    assert "Marked as reviewed." in page and "Reviewed by dr d" in page and "seen" in page
+    assert "Mark reviewed</button>" not in page and "Change review" in page
+    again = client.post("/studies/1/review", data={"note": "again", "operator": "dr e"})
+    assert again.status_code == 409 and "already reviewed by dr d" in text(again)
+    r = client.post("/studies/1/review", data={"note": "changed", "operator": "dr e", "change": "1"})
+    assert r.status_code == 303 and "Reviewed by dr e" in text(client.get("/studies/1"))
+    changed = next(e for e in client.get("/api/v1/audit?study=1").json["entries"] if e["action"] == "study_reviewed")
+    assert changed["operator"] == "dr e" and changed["detail"]["replaces"]["by"] == "dr d"
+    assert changed["detail"]["replaces"]["note"] == "seen"
+    r = client.post("/studies/1/export", data={"destination": str(drives["export"]), "operator": "porter f"})
     assert r.status_code == 303
+    exported = next(e for e in client.get("/api/v1/audit?study=1").json["entries"] if e["action"] == "study_exported")
+    assert exported["operator"] == "porter f"
     page = text(client.get(r.headers["Location"]))
     assert "Exported to " + str(drives["export"]) in page
     assert len(list(drives["export"].glob("bedside-study-1-*/result.json"))) == 1
