@@ -108,7 +108,9 @@ def create_study():
         request.form.get("reference"),
         body_operator(request.form),
     )
-    return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
+    first = kiosk().store.first_with_image(study.image_sha256)
+    body = {**study_json(study), "duplicate_of": first if first != study.id else None}
+    return jsonify(body), 201, {"Location": f"/api/v1/studies/{study.id}"}
 
 
 @api.get("/studies")

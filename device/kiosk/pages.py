@@ -31,6 +31,7 @@ def _new_study_page(status: int = 200, error: str | None = None):
         import_folders=k.config.media.import_folders,
         operator=k.default_operator(),
         reference=request.values.get("reference", ""),
+        require_reference=k.config.ui.require_reference,
         error=error,
     ), status
 
@@ -208,7 +209,7 @@ def live_index():
 def _live_page(src: LiveSource, error: str | None = None) -> str:
     k = kiosk()
     return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id), operator=k.default_operator(),
-                           error=error)
+                           require_reference=k.config.ui.require_reference, error=error)
 
 
 @pages.get("/live/<source_id>")

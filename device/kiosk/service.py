@@ -232,6 +232,13 @@ class Kiosk:
         value = clean_text(name, 80, "operator")
         self.store.change_setting(OPERATOR_KEY, value, self.operator(operator) or value)
 
+    def reference(self, given: str | None) -> str:
+        """The patient reference, cleaned; required when ``ui.require_reference`` is set."""
+        text = clean_text(given, MAX_REFERENCE, "reference")
+        if not text and self.config.ui.require_reference:
+            raise BadRequest("Enter the patient reference first: this kiosk keeps no study without one.")
+        return text
+
     # ---- creating studies --------------------------------------------------------------------
 
     def create_study(
@@ -247,7 +254,7 @@ class Kiosk:
         t0 = time.perf_counter()
         try:
             exam = self.exams.resolve(exam_id)
-            reference = clean_text(reference, MAX_REFERENCE, "reference")
+            reference = self.reference(reference)
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
             try:
@@ -316,7 +323,8 @@ class Kiosk:
         """Import files from the import folders, one study each; a bad file does not stop the others."""
         if not paths:
             raise BadRequest("choose at least one file to import")
-        self.exams.resolve(exam_id)  # an unknown exam fails the whole request, before any work
+        self.exams.resolve(exam_id)  # an unknown exam or a missing reference fails the whole request, before any work
+        self.reference(reference)
         outcome: list[tuple[str, StudyRecord | KioskError]] = []
         for path in paths:
             try:
@@ -445,7 +453,7 @@ class Kiosk:
                 f"source {source_id}: the newest triaged frame is {age:.1f} s old (the limit is "
                 f"{self.config.capture.stall_timeout_s:g} s); it is not what the camera shows now"
             )
-        reference = clean_text(reference, MAX_REFERENCE, "reference")
+        reference = self.reference(reference)
         operator = self.operator(operator)
         data, fmt = frame_file(live.frame)
         sha = self.store.put_image(data)
