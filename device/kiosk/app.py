@@ -15,6 +15,7 @@ from device.kiosk.context import EXTENSION, kiosk
 from device.kiosk.errors import KioskError
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
+from device.kiosk.plain_errors import PLAIN_ERRORS
 from device.kiosk.request_log import log_requests
 from device.kiosk.service import Kiosk, local_time, waiting_s, waiting_text
 
@@ -56,6 +57,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.extensions[EXTENSION] = appliance
     app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
+    app.jinja_env.globals["plain_errors"] = PLAIN_ERRORS
 
     app.register_blueprint(api)
     app.register_blueprint(ops)
@@ -80,7 +82,7 @@ def _wants_json() -> bool:
 def error_response(status: int, code: str, message: str, **extra):
     if _wants_json():
         return jsonify({"error": {"status": status, "code": code, "message": message, **extra}}), status
-    return render_template("error.html", status=status, message=message), status
+    return render_template("error.html", status=status, message=message, kind=code), status
 
 
 def _kiosk_error(exc: KioskError):

@@ -20,7 +20,8 @@ pages = Blueprint("pages", __name__)
 MAX_OFFSET = 2**62
 
 
-def _new_study_page(status: int = 200, error: str | None = None):
+def _new_study_page(status: int = 200, error: str | None = None, error_kind: str | None = None):
+    """The form again, with the reason when a study was refused (``error_kind``: the intake kind)."""
     k = kiosk()
     exam_id = request.values.get("exam") or (k.exams.ids()[0] if len(k.exams) else None)
     return render_template(
@@ -33,6 +34,7 @@ def _new_study_page(status: int = 200, error: str | None = None):
         reference=request.values.get("reference", ""),
         require_reference=k.config.ui.require_reference,
         error=error,
+        error_kind=error_kind,
     ), status
 
 
@@ -80,7 +82,7 @@ def upload_study():
             request.form.get("reference"), request.form.get("operator"),
         )
     except KioskError as exc:
-        return _new_study_page(exc.status, exc.message)
+        return _new_study_page(exc.status, exc.message, exc.code)
     return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
 
 
@@ -94,7 +96,7 @@ def import_studies():
             paths, request.form.get("exam"), request.form.get("reference"), request.form.get("operator")
         )
     except KioskError as exc:
-        return _new_study_page(exc.status, exc.message)
+        return _new_study_page(exc.status, exc.message, exc.code)
     if len(outcome) == 1 and not isinstance(outcome[0][1], KioskError):
         return redirect(url_for("pages.result", study_id=outcome[0][1].id, saved=1), 303)
     return render_template("imported.html", outcome=outcome, is_error=lambda r: isinstance(r, KioskError))
