@@ -102,7 +102,9 @@ def test_review_and_export_from_the_result_page(client, drives):
     exported = next(e for e in client.get("/api/v1/audit?study=1").json["entries"] if e["action"] == "study_exported")
     assert exported["operator"] == "porter f"
     page = text(client.get(r.headers["Location"]))
-    assert "Exported to " + str(drives["export"]) in page
+    assert re.search(r"Exported to export, folder bedside-study-1-\d+-\d+", page)  # the target by its name
+    assert f'<option value="{drives["export"]}">export</option>' in page
+    assert "This kiosk (internal storage)</option>" in page and str(drives["export"]) + "<" not in page
     assert len(list(drives["export"].glob("bedside-study-1-*/result.json"))) == 1
 
 
@@ -120,7 +122,7 @@ def test_history_filters_and_csv_export(client, drives):
     assert client.get("/history?from=soon").status_code == 400
     assert client.get(f"/history?page={10**30}").status_code == 200  # beyond the end: an empty page
     r = client.post("/history/export", data={"q": "ward", "destination": str(drives["export"])})
-    assert "Exported 2 studies" in text(r)
+    assert re.search(r"Exported 2 studies to export, file bedside-history-[\d-]+\.csv", text(r))
 
 
 def test_import_form(client, drives):

@@ -117,7 +117,7 @@ def result(study_id: int):
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
         exported=request.args.get("exported"),
-        targets=k.export_targets(),
+        targets=k.export_choices(),
         operator=k.default_operator(),
     )
 
@@ -130,8 +130,9 @@ def review(study_id: int):
 
 @pages.post("/studies/<int:study_id>/export")
 def export_study(study_id: int):
-    folder = kiosk().export_study(study_id, request.form.get("destination"), request.form.get("operator"))
-    return redirect(url_for("pages.result", study_id=study_id, exported=str(folder)), 303)
+    k = kiosk()
+    folder = k.export_study(study_id, request.form.get("destination"), request.form.get("operator"))
+    return redirect(url_for("pages.result", study_id=study_id, exported=f"{k.label_of(folder)}, folder {folder.name}"), 303)
 
 
 def _history_args() -> dict:
@@ -153,8 +154,9 @@ def history():
 def export_history():
     args = _history_args()
     where = study_filter(args["triage"], args["from"], args["to"], args["q"], args["reviewed"])
-    path, count = kiosk().export_history(where, request.form.get("destination"), request.form.get("operator"))
-    return _history_page(message=f"Exported {count} studies to {path}")
+    k = kiosk()
+    path, count = k.export_history(where, request.form.get("destination"), request.form.get("operator"))
+    return _history_page(message=f"Exported {count} studies to {k.label_of(path)}, file {path.name}")
 
 
 def _history_page(message: str | None = None):
@@ -171,7 +173,8 @@ def _history_page(message: str | None = None):
         pages=max(1, -(-total // size)),
         args=args,
         categories=TRIAGE_ORDER,
-        targets=k.export_targets(),
+        targets=k.export_choices(),
+        operator=k.default_operator(),
         message=message,
     )
 

@@ -389,7 +389,21 @@ class Kiosk:
     # ---- exports -----------------------------------------------------------------------------
 
     def export_targets(self) -> list[Path]:
-        return media.export_targets(self.config.media.export_folders, self.config.store.data_dir / "exports")
+        return media.export_targets(self.config.media.export_folders, self._internal_exports)
+
+    @property
+    def _internal_exports(self) -> Path:
+        return self.config.store.data_dir / "exports"
+
+    def export_choices(self) -> list[tuple[str, str]]:
+        """(path, label) of each export target, for the pages: people choose a drive by its name."""
+        return [(str(t), media.target_label(t, self._internal_exports)) for t in self.export_targets()]
+
+    def label_of(self, exported: Path) -> str:
+        """The label of the export target that holds `exported` (a folder or file just written)."""
+        holding = [t for t in self.export_targets() if exported.is_relative_to(t.resolve())]
+        target = max(holding, key=lambda t: len(t.resolve().parts)) if holding else exported.parent  # the drive, not /media
+        return media.target_label(target, self._internal_exports)
 
     def export_study(self, study_id: int, destination: str | None, operator: str | None) -> Path:
         study = self.get(study_id)
