@@ -156,6 +156,15 @@ def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle, screen
             page.wait_for_function("document.querySelector('[data-live-state]').textContent.startsWith('streaming')")
             assert "Research use only, not for diagnosis." in page.inner_text(".panel")
             assert page.locator("[data-live-unavailable]").is_hidden()
+            # The current result, large, beside the video: word, colour, plain line, how clear-cut.
+            panel = page.locator("[data-live-result]:not([data-triage=''])")
+            panel.wait_for(timeout=20_000)
+            live_triage = panel.get_attribute("data-triage")
+            assert page.inner_text("[data-live-word]") == live_triage
+            assert f"banner-{live_triage.lower()}" in panel.get_attribute("class")
+            line = page.inner_text("[data-live-line]")
+            assert line.startswith(("Suspected pneumonia", "No pneumonia", "Cannot assess: ")), line
+            assert panel.bounding_box()["height"] >= 150
             page.screenshot(path=str(screens / "6-live-1024x600.png"))
 
             second = ctx.new_page()  # over max_viewers = 1 while the first view still streams
