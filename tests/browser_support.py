@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from capture_support import sample_xrays
-from kiosk_support import shipped_bundle
+from kiosk_support import ROOT, shipped_bundle
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -17,6 +17,12 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 VIEWPORTS = [(1024, 600), (1280, 800)]
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # `make test` installs it from npm
+# axe's findings of these impacts fail a test; the rest (moderate, minor) are for people to weigh.
+AXE_FAILING = ("serious", "critical")
+AXE_JS = """async (failing) => (await axe.run(document, {resultTypes: ["violations"]})).violations
+  .filter((v) => failing.includes(v.impact))
+  .map((v) => ({id: v.id, impact: v.impact, help: v.help, where: v.nodes.slice(0, 3).map((n) => n.target.join(" "))}))"""
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +60,17 @@ def open_browser(pw, profile: Path, width: int, height: int, **options):
         str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
         viewport={"width": width, "height": height}, **options,
     )
+
+
+@pytest.fixture(scope="module")
+def axe() -> Path:
+    if not AXE.is_file():
+        pytest.skip(f"{AXE} missing: `make test` installs axe-core from npm")
+    return AXE
+
+
+def axe_violations(page, axe_js: Path) -> list[dict]:
+    """Serious and critical accessibility violations axe-core finds on the page as it is now. The
+    context must be opened with bypass_csp=True: the kiosk's CSP refuses any script it did not serve."""
+    page.add_script_tag(path=str(axe_js))
+    return page.evaluate(AXE_JS, list(AXE_FAILING))

@@ -1,0 +1,109 @@
+"""Accessibility in Chromium: axe-core (npm, injected by the test; the kiosk never serves it) finds
+no serious or critical violation on any page (worklist, new study, URGENT result with and without
+the heatmap, UNGRADABLE result, an intake error, history, settings, live), and the pages work by
+touch (taps) and by keyboard alone."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import cv2
+import numpy as np
+
+from browser_support import axe, axe_violations, bundle, open_browser, screens, sync_playwright, xray  # noqa: F401
+from capture_support import sample_xrays
+from kiosk_support import running_server
+
+
+def test_no_serious_accessibility_violation_on_any_page(tmp_path, sync_playwright, bundle, xray, axe, screens):
+    frames = tmp_path / "camera"
+    frames.mkdir()
+    shutil.copy(xray, frames / xray.name)
+    white = tmp_path / "white.png"
+    cv2.imwrite(str(white), np.full((512, 512), 255, np.uint8))
+    with running_server(tmp_path / "data", [bundle], "--source", f"file://{frames}?fps=2&loop=1") as server, \
+            sync_playwright() as pw:
+        ctx = open_browser(pw, tmp_path / "profile", 1024, 600, bypass_csp=True)
+        try:
+            page = ctx.new_page()
+            found: dict[str, list] = {}
+
+            def check(name: str) -> None:
+                page.screenshot(path=str(screens / f"a11y-{name}.png"))
+                found[name] = axe_violations(page, axe)
+
+            page.goto(server.url + "studies/new")
+            check("new-study")
+            page.fill("#reference-upload", "Bed 1")
+            page.set_input_files("input[type=file]", str(xray))
+            page.click("button:has-text('Triage')")
+            page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
+            check("result")
+            page.click("[data-heatmap-toggle]")
+            page.wait_for_function("() => document.querySelector('[data-heat]').naturalWidth > 0")
+            check("result-heatmap")
+            page.goto(server.url + "studies/new")
+            page.set_input_files("input[type=file]", str(white))
+            page.click("button:has-text('Triage')")
+            page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
+            check("result-ungradable")
+            page.goto(server.url + "studies/new")
+            page.set_input_files("input[type=file]", files=[{"name": "e.png", "mimeType": "image/png", "buffer": b""}])
+            page.click("button:has-text('Triage')")
+            page.locator("[data-error-kind]").wait_for()
+            check("error")
+            for name, path in (("worklist", ""), ("history", "history"), ("settings", "settings"), ("live", "live/cam0")):
+                page.goto(server.url + path)
+                check(name)
+            assert {name: v for name, v in found.items() if v} == {}
+        finally:
+            ctx.close()
+
+
+def test_touch_and_keyboard_only_flows(tmp_path, sync_playwright, bundle, xray, screens):
+    samples = sample_xrays()
+    with running_server(tmp_path / "data", [bundle]) as server, sync_playwright() as pw:
+        api = server.client()
+        try:
+            for path in (xray, samples[0]):
+                assert api.upload(path.name, path.read_bytes(), reference=f"tap {path.name}")[0] == 201
+        finally:
+            api.close()
+        touch = open_browser(pw, tmp_path / "touch", 1024, 600, has_touch=True, is_mobile=False)
+        try:
+            page = touch.new_page()
+            page.goto(server.url)
+            first = page.locator("[data-study]").first
+            study = first.get_attribute("data-study")
+            first.tap()
+            page.wait_for_url(re.compile(rf"/studies/{study}$"))
+            page.locator("[data-heatmap-toggle]").tap()
+            page.wait_for_function("() => document.querySelector('[data-heat]').naturalWidth > 0")
+            page.locator("button:has-text('Mark reviewed')").tap()
+            page.wait_for_url(re.compile(rf"/studies/{study}\?reviewed=1"))
+            assert "Reviewed by" in page.inner_text("[data-reviewed]")
+            page.screenshot(path=str(screens / "touch-reviewed-1024x600.png"))
+        finally:
+            touch.close()
+        keys = open_browser(pw, tmp_path / "keys", 1280, 800)
+        try:
+            page = keys.new_page()
+            page.goto(server.url)
+            for _ in range(40):  # Tab through the page until the first worklist row has the focus
+                page.keyboard.press("Tab")
+                if page.evaluate("() => document.activeElement.matches('[data-study]')"):
+                    break
+            study = page.evaluate("() => document.activeElement.dataset.study")
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(rf"/studies/{study}$"))
+            for _ in range(40):
+                page.keyboard.press("Tab")
+                if page.evaluate("() => document.activeElement.textContent.trim() === 'Mark reviewed'"):
+                    break
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(rf"/studies/{study}\?reviewed=1"))
+            page.goto(server.url)
+            assert page.locator(f"[data-study='{study}']").count() == 0
+        finally:
+            keys.close()
