@@ -15,6 +15,12 @@ from browser_support import axe, axe_violations, bundle, open_browser, screens, 
 from capture_support import sample_xrays
 from kiosk_support import running_server
 
+TARGETS = ".audit a, .btn, button, summary, select, .row, .count, .nav, input:not([type=checkbox]):not([type=file])"
+SMALL_JS = """(selector) => Array.from(document.querySelectorAll(selector))
+  .filter((el) => el.offsetParent !== null)
+  .map((el) => [el.outerHTML.slice(0, 80), el.getBoundingClientRect().height, el.getBoundingClientRect().width])
+  .filter(([, h, w]) => h < 44 || w < 44)"""
+
 
 def test_no_serious_accessibility_violation_on_any_page(tmp_path, sync_playwright, bundle, xray, axe, screens):
     frames = tmp_path / "camera"
@@ -31,7 +37,7 @@ def test_no_serious_accessibility_violation_on_any_page(tmp_path, sync_playwrigh
 
             def check(name: str) -> None:
                 page.screenshot(path=str(screens / f"a11y-{name}.png"))
-                found[name] = axe_violations(page, axe)
+                found[name] = axe_violations(page, axe) + page.evaluate(SMALL_JS, TARGETS)  # touch targets >= 44 px
 
             page.goto(server.url + "studies/new")
             check("new-study")
