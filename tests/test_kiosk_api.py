@@ -62,9 +62,10 @@ def test_get_image_preview_heatmap(client):
     assert got.status_code == 200 and got.json["id"] == sid
     image = client.get(f"/api/v1/studies/{sid}/image")
     assert image.status_code == 200 and image.data == data and image.mimetype == "image/jpeg"
-    for kind in ("preview", "heatmap"):
-        png = client.get(f"/api/v1/studies/{sid}/{kind}")
-        assert png.status_code == 200 and png.mimetype == "image/png" and png.data.startswith(b"\x89PNG")
+    preview = client.get(f"/api/v1/studies/{sid}/preview")
+    assert preview.status_code == 200 and preview.mimetype == "image/jpeg" and preview.data.startswith(b"\xff\xd8")
+    png = client.get(f"/api/v1/studies/{sid}/heatmap")
+    assert png.status_code == 200 and png.mimetype == "image/png" and png.data.startswith(b"\x89PNG")
     assert client.get("/api/v1/studies/999").status_code == 404
     assert client.get("/api/v1/studies/999/heatmap").json["error"]["code"] == "not_found"
 

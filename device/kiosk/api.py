@@ -155,7 +155,7 @@ def study_image(study_id: int):
 @api.get("/studies/<int:study_id>/preview")
 def study_preview(study_id: int):
     k = kiosk()
-    return Response(k.renders.preview_png(k.get(study_id)), mimetype="image/png", headers={"Cache-Control": IMMUTABLE})
+    return Response(k.renders.preview_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
 
 @api.get("/studies/<int:study_id>/heatmap")

@@ -1,4 +1,6 @@
-"""PNG renderings of stored studies for the screen: the image as a viewer shows it, and the heatmap.
+"""Renderings of stored studies for the screen: the image as a viewer shows it (a screen-sized
+JPEG: a full-resolution PNG pair made the result page slow), and the heatmap (PNG, fetched only
+when it is shown; exact, so that its pixels can be checked).
 
 Uploads are acknowledged without rendering anything (that would add tens of milliseconds to each
 study); the screen versions are made on first view from the stored image and the stored
@@ -20,12 +22,22 @@ from device.kiosk.store import Store, StudyRecord
 from models.bundle import InputContract
 
 SCREEN_MAX_SIDE = 1024
+PREVIEW_JPEG_QUALITY = 88  # no visible loss on an X-ray at screen size; a tenth of the PNG's bytes
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels
     return np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(pixels: np.ndarray) -> bytes:
+    """JPEG of a gray or RGB uint8 image, for the screen."""
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_JPEG_QUALITY])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -47,8 +59,8 @@ class Renderer:
         self._entries = cache_entries
         self._lock = threading.Lock()
 
-    def preview_png(self, study: StudyRecord) -> bytes:
-        return self._cached(("preview", study.image_sha256), lambda: encode_png(self._screen_pixels(study)))
+    def preview_jpeg(self, study: StudyRecord) -> bytes:
+        return self._cached(("preview", study.image_sha256), lambda: encode_jpeg(self._screen_pixels(study)))
 
     def heatmap_png(self, study: StudyRecord) -> bytes | None:
         """The overlay at screen size, or None when the model gives no activation map."""
