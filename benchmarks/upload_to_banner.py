@@ -71,13 +71,15 @@ def measure(url: str, images: list[Path], rounds: int) -> dict[str, list[float]]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=datasets_dir() / "chest-xray" / "fullres-samples",
+                        help="a folder of JPEG X-rays, one subfolder per label")
     parser.add_argument("--bundle", type=Path, default=default_bundles_dir() / "chest-xray-pneumonia")
     parser.add_argument("--rounds", type=int, default=3, help="passes over the sample X-rays")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    images = sorted((datasets_dir() / "chest-xray" / "fullres-samples").glob("*/*.jpeg"))
+    images = sorted(args.images.glob("*/*.jpeg"))
     if not images:
-        print("no full-resolution samples under datasets/chest-xray/fullres-samples", file=sys.stderr)
+        print(f"no JPEG X-rays in the subfolders of {args.images}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as data:
         proc, url = serve(args.bundle, Path(data))
