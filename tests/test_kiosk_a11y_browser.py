@@ -113,3 +113,51 @@ def test_touch_and_keyboard_only_flows(tmp_path, sync_playwright, bundle, xray, 
             assert page.locator(f"[data-study='{study}']").count() == 0
         finally:
             keys.close()
+
+
+def test_look_closer_zooms_pans_and_resets(tmp_path, sync_playwright, bundle, xray, screens):
+    """Tap the image: full screen at full resolution; wheel and pinch zoom, drag pans, brightness
+    mode changes brightness, Reset puts it back, Close returns to the result."""
+    with running_server(tmp_path / "data", [bundle]) as server, sync_playwright() as pw:
+        api = server.client()
+        try:
+            status, study = api.upload(xray.name, xray.read_bytes(), reference="closer")
+        finally:
+            api.close()
+        assert status == 201
+        ctx = open_browser(pw, tmp_path / "profile", 1024, 600, has_touch=True)
+        try:
+            page = ctx.new_page()
+            page.goto(server.url + f"studies/{study['id']}")
+            page.locator("[data-plain]").tap()
+            dialog = page.locator("[data-closer]")
+            dialog.wait_for()
+            page.wait_for_function("() => document.querySelector('[data-closer-img]').naturalWidth > 0")
+            full = page.evaluate("() => document.querySelector('[data-closer-img]').naturalWidth")
+            assert full == study["image"]["width"]  # full resolution, not the screen preview
+            page.click("[data-closer-in]")
+            assert float(dialog.get_attribute("data-scale")) == 1.5
+            stage = page.locator("[data-closer-stage]").bounding_box()
+            cx, cy = stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.wheel(0, -100)
+            assert float(dialog.get_attribute("data-scale")) > 1.5
+            before = page.evaluate("() => document.querySelector('[data-closer-img]').style.transform")
+            page.mouse.down()
+            page.mouse.move(cx + 80, cy + 40, steps=4)
+            page.mouse.up()
+            assert page.evaluate("() => document.querySelector('[data-closer-img]').style.transform") != before
+            page.click("[data-closer-mode]")
+            assert page.get_attribute("[data-closer-mode]", "aria-pressed") == "true"
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            page.mouse.move(cx + 150, cy, steps=4)
+            page.mouse.up()
+            assert float(dialog.get_attribute("data-brightness")) > 1.2
+            page.screenshot(path=str(screens / "look-closer-1024x600.png"))
+            page.click("[data-closer-reset]")
+            assert dialog.get_attribute("data-scale") == "1.00" and dialog.get_attribute("data-brightness") == "1.00"
+            page.click("[data-closer-close]")
+            assert not dialog.is_visible() and page.locator(".banner").is_visible()
+        finally:
+            ctx.close()

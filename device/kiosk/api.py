@@ -158,6 +158,12 @@ def study_preview(study_id: int):
     return Response(k.renders.preview_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
 
+@api.get("/studies/<int:study_id>/full")
+def study_full(study_id: int):
+    k = kiosk()
+    return Response(k.renders.full_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+
 @api.get("/studies/<int:study_id>/heatmap")
 def study_heatmap(study_id: int):
     k = kiosk()

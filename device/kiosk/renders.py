@@ -62,6 +62,10 @@ class Renderer:
     def preview_jpeg(self, study: StudyRecord) -> bytes:
         return self._cached(("preview", study.image_sha256), lambda: encode_jpeg(self._screen_pixels(study)))
 
+    def full_jpeg(self, study: StudyRecord) -> bytes:
+        """The image at full resolution, as a viewer shows it, for looking closer (zoom)."""
+        return self._cached(("full", study.image_sha256), lambda: encode_jpeg(to_uint8(self._decode(study).pixels)))
+
     def heatmap_png(self, study: StudyRecord) -> bytes | None:
         """The overlay at screen size, or None when the model gives no activation map."""
         if study.cam is None:
