@@ -161,3 +161,26 @@ def test_look_closer_zooms_pans_and_resets(tmp_path, sync_playwright, bundle, xr
             assert not dialog.is_visible() and page.locator(".banner").is_visible()
         finally:
             ctx.close()
+
+
+def test_on_screen_keyboard_types_into_the_focused_field(tmp_path, sync_playwright, bundle, screens):
+    settings = tmp_path / "bedside.toml"
+    settings.write_text('[ui]\non_screen_keyboard = "always"\n')
+    with running_server(tmp_path / "data", [bundle], "--config", str(settings)) as server, sync_playwright() as pw:
+        ctx = open_browser(pw, tmp_path / "profile", 1024, 600, has_touch=True)
+        try:
+            page = ctx.new_page()
+            page.goto(server.url + "studies/new")
+            board = page.locator(".osk")
+            assert board.is_hidden()
+            page.locator("#reference-upload").tap()
+            board.wait_for()
+            for key in ("Shift", "b", "e", "d", "Space", "7", "x", "Backspace"):
+                page.locator(f".osk [data-key='{key}']").tap()
+            assert page.input_value("#reference-upload") == "Bed 7"
+            assert page.evaluate("() => document.activeElement.id") == "reference-upload"  # the field kept the focus
+            page.screenshot(path=str(screens / "keyboard-1024x600.png"))
+            page.locator(".osk [data-key='Done']").tap()
+            assert board.is_hidden()
+        finally:
+            ctx.close()

@@ -79,6 +79,7 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray, scr
                 assert page.locator(".file").count() == 3  # the USB drive's images are listed for import
                 page.set_input_files("input[type=file]", str(xray))
                 page.fill("#reference-upload", f"Bed 7 ({size})")
+                assert page.locator(".osk").is_hidden()  # ui.on_screen_keyboard = "auto": not full screen here
                 check_layout("2-new-study")
 
                 page.click("button:has-text('Triage')")

@@ -201,9 +201,10 @@ def settings():
 
 
 @pages.app_context_processor
-def _live_sources() -> dict:
-    """The nav shows 'Live' only when sources are configured."""
-    return {"has_live_sources": len(kiosk().capture) > 0}
+def _every_page() -> dict:
+    """The nav shows 'Live' only when sources are configured; base.html sets up the keyboard."""
+    k = kiosk()
+    return {"has_live_sources": len(k.capture) > 0, "on_screen_keyboard": k.config.ui.on_screen_keyboard}
 
 
 @pages.get("/live")
