@@ -150,3 +150,18 @@ def test_pages_reference_only_local_assets(client, path):
     urls = re.findall(r'(?:src|href|action)="([^"]+)"', page)
     assert urls and all(u.startswith("/") or u.startswith("#") for u in urls), urls
     assert "style=" not in page and "<script>" not in page  # nothing inline: the CSP forbids it
+
+
+def test_static_files_are_cached_under_urls_that_change_with_their_content(client, tmp_path):
+    from device.kiosk.static_files import content_version
+
+    page = text(client.get("/"))
+    css = re.search(r'href="(/static/kiosk\.css\?v=(\w+))"', page)
+    assert css, "the stylesheet's URL carries its content version"
+    r = client.get(css.group(1))
+    assert r.status_code == 200 and "max-age=31536000" in r.headers["Cache-Control"]
+    r.close()
+    (tmp_path / "a.js").write_text("one")
+    before = content_version(tmp_path)
+    (tmp_path / "a.js").write_text("two")
+    assert content_version(tmp_path) != before

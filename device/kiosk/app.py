@@ -18,6 +18,7 @@ from device.kiosk.pages import pages
 from device.kiosk.plain_errors import PLAIN_ERRORS
 from device.kiosk.request_log import log_requests
 from device.kiosk.service import Kiosk, local_time, waiting_s, waiting_text
+from device.kiosk.static_files import cache_static_files
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
     app.jinja_env.globals["plain_errors"] = PLAIN_ERRORS
 
+    cache_static_files(app)
     app.register_blueprint(api)
     app.register_blueprint(ops)
     app.register_blueprint(pages)
