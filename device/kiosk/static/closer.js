@@ -4,9 +4,7 @@
 // back. The page works without this file: the image is simply not enlarged.
 "use strict";
 
-const MIN_SCALE = 1;
-const MAX_SCALE = 12;
-const STEP = 1.5;
+const ZOOM = { min: 1, max: 12, step: 1.5, wheel: 1.15 }; // scale limits; one button press; one wheel notch
 
 document.addEventListener("DOMContentLoaded", () => {
   const dialog = document.querySelector("[data-closer]");
@@ -30,14 +28,14 @@ document.addEventListener("DOMContentLoaded", () => {
   };
   // Zoom by `factor` keeping the point (cx, cy) of the stage where it is.
   const zoom = (factor, cx, cy) => {
-    const next = Math.min(MAX_SCALE, Math.max(MIN_SCALE, view.scale * factor));
+    const next = Math.min(ZOOM.max, Math.max(ZOOM.min, view.scale * factor));
     const rect = stage.getBoundingClientRect();
     const px = cx - rect.left - rect.width / 2;
     const py = cy - rect.top - rect.height / 2;
     view.x = px - ((px - view.x) * next) / view.scale;
     view.y = py - ((py - view.y) * next) / view.scale;
     view.scale = next;
-    if (next === MIN_SCALE) { view.x = 0; view.y = 0; }
+    if (next === ZOOM.min) { view.x = 0; view.y = 0; }
     apply();
   };
   const centre = () => {
@@ -56,8 +54,8 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   dialog.querySelector("[data-closer-close]").addEventListener("click", () => dialog.close());
   dialog.querySelector("[data-closer-reset]").addEventListener("click", reset);
-  dialog.querySelector("[data-closer-in]").addEventListener("click", () => zoom(STEP, ...centre()));
-  dialog.querySelector("[data-closer-out]").addEventListener("click", () => zoom(1 / STEP, ...centre()));
+  dialog.querySelector("[data-closer-in]").addEventListener("click", () => zoom(ZOOM.step, ...centre()));
+  dialog.querySelector("[data-closer-out]").addEventListener("click", () => zoom(1 / ZOOM.step, ...centre()));
   modeButton.addEventListener("click", () => {
     view.adjust = !view.adjust;
     modeButton.setAttribute("aria-pressed", String(view.adjust));
@@ -65,7 +63,7 @@ document.addEventListener("DOMContentLoaded", () => {
 
   stage.addEventListener("wheel", (e) => {
     e.preventDefault();
-    zoom(e.deltaY < 0 ? 1.15 : 1 / 1.15, e.clientX, e.clientY);
+    zoom(e.deltaY < 0 ? ZOOM.wheel : 1 / ZOOM.wheel, e.clientX, e.clientY);
   }, { passive: false });
   stage.addEventListener("pointerdown", (e) => {
     stage.setPointerCapture(e.pointerId);
