@@ -4,6 +4,7 @@ log, and the start-up check that refuses a corrupt database and reports missing 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 
 import numpy as np
@@ -160,3 +161,24 @@ def test_iter_studies_reads_everything_in_batches_without_heatmaps(store):
     assert [s.id for s in everything] == [7, 6, 5, 4, 3, 2, 1]
     assert all(s.cam is None for s in everything) and everything[0].result["model"]["id"] == "m"
     assert [s.id for s in store.iter_studies(StudyFilter(triage=("URGENT",)), batch=2)] == [6, 4, 2]
+
+
+def test_migration_moves_an_older_ungradable_score_out_of_sight(tmp_path):
+    s = Store.open(tmp_path)
+    old = add(s, b"blank", triage="UNGRADABLE")
+    kept = old.result["ungraded_model_output"]
+    older = {**old.result, "probabilities": kept["probabilities"], "probability": kept["probability"],
+             "label": kept["label"]}
+    del older["ungraded_model_output"]  # as a study was saved before migration 2
+    s._db.execute("UPDATE studies SET result_json = ? WHERE id = ?", (json.dumps(older), old.id))
+    s._db.execute("DELETE FROM schema_migrations WHERE version = 2")
+    s._db.execute("DROP INDEX studies_to_review")
+    s._db.execute("DROP INDEX studies_by_image")
+    s.close()
+    s = Store.open(tmp_path)
+    try:
+        result = s.get(old.id).result
+        assert result["probabilities"] is None and result["probability"] is None and result["label"] is None
+        assert result["ungraded_model_output"] == kept
+    finally:
+        s.close()

@@ -110,10 +110,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    # 2: the worklist's index, the index that finds an earlier study of the same image, and the
+    # result documents of UNGRADABLE studies saved before their score moved to ungraded_model_output.
     (
         2,
         """
         CREATE INDEX studies_to_review ON studies(triage, id) WHERE reviewed_at IS NULL;
+        CREATE INDEX studies_by_image ON studies(image_sha256);
+        UPDATE studies SET result_json = json_set(result_json,
+            '$.ungraded_model_output', json_object(
+                'probabilities', json(json_extract(result_json, '$.probabilities')),
+                'probability', json_extract(result_json, '$.probability'),
+                'label', json_extract(result_json, '$.label')),
+            '$.probabilities', json('null'), '$.probability', json('null'), '$.label', json('null'))
+        WHERE triage = 'UNGRADABLE' AND json_type(result_json, '$.ungraded_model_output') IS NULL;
         """,
     ),
 )
