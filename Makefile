@@ -42,18 +42,21 @@ run: install
 test: install $(AXE)
 	$(PY) -m pytest
 
-# Retrain the shipped chest X-ray bundle from scratch, reproducibly (seed 0, 2 CPU threads): three
-# group-shift validation runs (whole acquisition groups held out), the model itself, its export with
-# the shortcut audits and the group-shift results in the card, then the gated INT8 and FP16 variants.
+# Retrain the shipped chest X-ray bundle from scratch, reproducibly (seed 0, one CPU thread each):
+# three group-shift runs (whole acquisition groups held out), the model itself, the operating point
+# chosen from the group-shift runs, the export with the shortcut audits (refused over the limit),
+# then the gated INT8 and FP16 variants.
 BUNDLE ?= models/bundles/chest-xray-pneumonia
 RUNS   ?= runs/chest-xray-pneumonia
 model: install
 	rm -rf $(RUNS)
 	for fold in normal2,virus normal-im,bacteria wide; do \
-	  $(BEDSIDE) train --epochs 15 --hold-out $$fold --runs-dir $(RUNS)/fold-$$fold --no-progress || exit 1; \
+	  $(BEDSIDE) train --epochs 15 --threads 1 --hold-out $$fold --runs-dir $(RUNS)/fold-$$fold --no-progress || exit 1; \
 	done
-	$(BEDSIDE) train --epochs 30 --runs-dir $(RUNS)/main
-	$(BEDSIDE) export --checkpoint $(RUNS)/main/*/checkpoint.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --out $(BUNDLE)
+	$(BEDSIDE) train --epochs 36 --threads 1 --runs-dir $(RUNS)/main
+	$(PY) -m models.training.operating_point --checkpoint $(RUNS)/main/*/checkpoint.pt \
+	  --group-shift $(RUNS)/fold-*/*/checkpoint.pt --out $(RUNS)/shifted.pt
+	$(BEDSIDE) export --checkpoint $(RUNS)/shifted.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --out $(BUNDLE)
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision int8
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision fp16
 

@@ -1,7 +1,9 @@
-"""Does a bundle variant compute what the bundle's FP32 model computes? The self-tests of
+"""Does a bundle variant compute what the bundle's FP32 model computed? The self-tests of
 ``bedside doctor`` (every variant on ONNX Runtime) and ``doctor --selftest`` (every GPU variant on
-TensorRT) run them on the same deterministic, image-like inputs and judge them by one tolerance
-table: probabilities within a per-precision bound, and (nearly) the same triage category."""
+TensorRT) run them on the bundle's golden inputs (real images, with the FP32 outputs stored when
+the bundle was made) and judge them by one tolerance table: probabilities within a per-precision
+bound, and (nearly) the same triage category. A bundle without golden inputs is checked on
+deterministic, image-like inputs against its FP32 variant run here."""
 
 from __future__ import annotations
 
@@ -33,6 +35,15 @@ def selftest_inputs(bundle: Bundle, n: int = N_INPUTS) -> np.ndarray:
         noisy = np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1)
         images.append([(noisy - mu) / sd for mu, sd in zip(m.mean, m.std)])
     return np.asarray(images, np.float32)
+
+
+def golden_set(bundle: Bundle) -> tuple[np.ndarray, np.ndarray | None]:
+    """The self-test inputs and, when the bundle ships them, the FP32 probabilities stored with them."""
+    name = bundle.manifest.golden
+    if name is None:
+        return selftest_inputs(bundle), None
+    with np.load(bundle.path_of(name), allow_pickle=False) as golden:
+        return golden["inputs"].astype(np.float32), golden["probabilities"].astype(np.float64)
 
 
 def compare(got: np.ndarray, want: np.ndarray, manifest: Manifest, precision: str) -> dict:

@@ -253,6 +253,12 @@ class Manifest(_Strict):
     provenance: Provenance
     audit: AuditPolicy | None = None
     evaluation: EvaluationPolicy | None = None
+    golden: str | None = Field(
+        default=None,
+        description="an .npz in the bundle: `inputs` (N, C, H, W float16), real validation images as model "
+        "inputs, and `probabilities` (N, labels), what the FP32 model gave on them; the device's self-test "
+        "checks every variant against these stored outputs",
+    )
     variants: list[Variant] = Field(min_length=1)
     files: dict[str, FileEntry]
 
@@ -273,6 +279,8 @@ class Manifest(_Strict):
         for v in self.variants:
             if v.file not in self.files:
                 raise ValueError(f"variant {v.precision} file {v.file!r} is not listed in files")
+        if self.golden is not None and self.golden not in self.files:
+            raise ValueError(f"golden file {self.golden!r} is not listed in files")
         return self
 
     def variant(self, precision: str, target: str = "cpu") -> Variant:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from models.data import default_data_dir
+from models.training.data import default_data_dir
 from optimize.errors import OptimizeError
 from optimize.quantize import METHODS
 from optimize.variants import add_variant

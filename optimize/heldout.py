@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from models.bundle import Bundle
-from models.data import LABELS, Sample, list_samples, load_images, remove_duplicates, split_by_patient
+from models.training.data import LABELS, Sample, list_samples, load_images, remove_duplicates, split_by_patient
 from optimize.errors import OptimizeError
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from models import atomic, audit
 from models.bundle import AuditCheck, Bundle, Manifest, Variant, file_entry, load_bundle, sha256_file, write_manifest
-from models.data import decode_rgb
+from models.training.data import decode_rgb
 from models.metrics import softmax
 from optimize import quantize
 from optimize.gate import GateResult, gate

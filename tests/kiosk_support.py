@@ -255,7 +255,16 @@ def app(config):
     kiosk_of(application).close()
 
 
+def form_client(app):
+    """Flask's test client, posting as the kiosk's own pages do: with their CSRF token."""
+    from device.kiosk.security import TOKEN_HEADER, csrf_token
+
+    client = app.test_client()
+    client.environ_base["HTTP_" + TOKEN_HEADER.upper().replace("-", "_")] = csrf_token(app)
+    return client
+
+
 @pytest.fixture
 def client(app):
-    with app.test_client() as c:
+    with form_client(app) as c:
         yield c

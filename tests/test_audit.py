@@ -7,7 +7,7 @@ import pytest
 
 from models import audit
 from models.bundle import AuditPolicy
-from models.data import decode_rgb, input_contract
+from models.training.data import decode_rgb, input_contract
 from models.preprocess import model_region, to_model_input
 
 CONTRACT = input_contract(64)

@@ -16,7 +16,7 @@ import pytest
 
 from capture_support import MjpegServer, ffmpeg, free_port, make_frames, sample_xrays, wait_for, xray_video  # noqa: F401
 from device.kiosk.config import ConfigError, KioskConfig, load_config
-from kiosk_support import SHIPPED, config, drives, running_server, shipped_bundle, tiny_bundle  # noqa: F401
+from kiosk_support import SHIPPED, config, drives, form_client, running_server, shipped_bundle, tiny_bundle  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def live_client(config: KioskConfig, frames_dir: Path):
     app = create_app(KioskConfig.model_validate(data))
     app.config["TESTING"] = True
     try:
-        with app.test_client() as c:
+        with form_client(app) as c:
             assert wait_for(lambda: c.get("/api/v1/sources/cam0/latest").status_code == 200, 10)
             yield c
     finally:
@@ -177,6 +177,7 @@ def test_health_and_metrics_show_the_sources(live_client):
     assert 'bedside_source_state{source="cam0",state="streaming"} 1' in text
     assert 'bedside_source_frames_total{source="cam0"}' in text
     assert 'bedside_source_reconnects_total{source="absent"}' in text
+    assert 'bedside_source_skipped_files{source="cam0"} 0.0' in text
 
 
 def test_live_pages(live_client):

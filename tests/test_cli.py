@@ -134,7 +134,7 @@ def test_torch_eager_runs_the_same_weights_as_onnxruntime():
     from device.runtime.base import ModelIO, VariantFile
     from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
     from models.bundle import load_bundle
-    from models.onnx_eager import EagerGraph
+    from models.training.onnx_eager import EagerGraph
 
     bundle = load_bundle(SHIPPED)
     m = bundle.manifest

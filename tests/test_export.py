@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from models.architectures import build_model  # noqa: E402
-from models.export import INPUT_NAME, OPSET, OUTPUT_NAMES, export_onnx, max_abs_diff, onnx_session  # noqa: E402
+from models.training.architectures import build_model  # noqa: E402
+from models.training.export import INPUT_NAME, OPSET, OUTPUT_NAMES, export_onnx, max_abs_diff, onnx_session  # noqa: E402
 
 
 def _random_model():

@@ -12,6 +12,7 @@ import pytest
 
 from device import heatmap
 from device.kiosk.config import KioskConfig
+from kiosk_support import form_client
 from test_kiosk_pages import post_upload
 from tiny_bundle import edit_manifest, make_tiny_bundle
 
@@ -59,7 +60,7 @@ def test_kiosk_heatmap_is_placed_by_the_exams_input_contract(tmp_path):
         rng = np.random.default_rng(1)
         ramp = np.linspace(30, 220, 240, dtype=np.float32)[None, :].repeat(100, 0)
         wide = np.clip(ramp + rng.normal(0, 12, ramp.shape), 0, 255).astype(np.uint8)
-        with app.test_client() as c:
+        with form_client(app) as c:
             assert post_upload(c, cv2.imencode(".png", wide)[1].tobytes(), "wide.png").status_code == 303
             study = kiosk_of(app).get(1)
             assert study.triage != "UNGRADABLE" and study.cam is not None

@@ -10,7 +10,7 @@ import pytest
 
 from device.kiosk import create_app
 from device.kiosk.context import kiosk_of
-from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import app, client, config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 from test_kiosk_pages import post_upload, text
 
 
@@ -33,7 +33,7 @@ def test_reference_comes_before_the_image(client):
 def strict_client(config, drives):
     application = create_app(config.model_copy(update={"ui": config.ui.model_copy(update={"require_reference": True})}))
     try:
-        with application.test_client() as c:
+        with form_client(application) as c:
             yield c
     finally:
         kiosk_of(application).close()

@@ -13,7 +13,7 @@ import pytest
 from device.kiosk import create_app
 from device.kiosk.config import KioskConfig
 from device.kiosk.context import kiosk_of
-from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import app, client, config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 from tiny_bundle import edit_manifest, make_tiny_bundle
 
 
@@ -35,7 +35,7 @@ def test_home_has_one_tile_per_installed_bundle(tmp_path, tiny_bundle, drives):
     )
     application = create_app(config)
     try:
-        with application.test_client() as c:
+        with form_client(application) as c:
             home = text(c.get("/"))
             assert re.findall(r'class="tile-title">([^<]+)<', home) == ["Tiny test model", "Knee X-ray fracture triage"]
             assert home.count("Research use only") == 1

@@ -64,6 +64,8 @@ def test_int8_and_fp16_variants_pass_the_gate_and_run(bundle_copy, train_dir):
     for v in m.variants:
         if v.precision != "fp32":
             assert v.gate["passed"] is True and v.gate["auc_drop"] <= 0.002 and v.gate["agreement"] >= 0.995
+        assert [c.name for c in v.audit] == m.audit.checks  # every variant audited, as the manifest declares
+        assert max(c.flip_rate for c in v.audit) <= m.audit.max_flip_rate
     fp16 = onnx.load(str(bundle.path_of(m.variant("fp16", "gpu").file)))
     assert {i.type.tensor_type.elem_type for i in fp16.graph.input} == {onnx.TensorProto.FLOAT}
     assert "report.html" in m.files and "<svg" in (bundle_copy / "report.html").read_text()
@@ -82,6 +84,19 @@ def test_a_variant_that_fails_the_gate_is_not_added(bundle_copy, train_dir, monk
     assert not outcome.accepted and "agrees with FP32" in outcome.rejected[0].result.reasons[0]
     assert (bundle_copy / "manifest.json").read_text() == before
     assert sorted(p.name for p in bundle_copy.iterdir()) == files_before
+
+
+def test_a_variant_over_the_audit_limit_is_not_added(bundle_copy, train_dir):
+    """The same audits as at export, on each candidate: with no flip allowed, INT8 is refused."""
+    path = bundle_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["audit"]["max_flip_rate"] = 0.0
+    path.write_text(json.dumps(data))
+    before = path.read_text()
+    outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=50)
+    assert not outcome.accepted and outcome.rejected
+    assert all(c.result.passed and max(a.flip_rate for a in c.audit) > 0 for c in outcome.rejected)
+    assert path.read_text() == before
 
 
 def test_quantizing_needs_the_models_own_training_data(bundle_copy, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models.bundle import load_bundle, sha256_file  # noqa: E402
-from models.data import (  # noqa: E402
+from models.training.data import (  # noqa: E402
     default_data_dir,
     list_samples,
     patient_id,
@@ -62,7 +62,7 @@ def test_split_keeps_patients_on_one_side(samples):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """One tiny real training run (64 images, 1 epoch) that writes a bundle; its folder."""
-    from models import train
+    from models.training import train
 
     if not (DATA / "NORMAL").is_dir():
         pytest.skip(f"chest X-ray dataset not found at {DATA} (set BEDSIDE_DATASETS)")
@@ -80,8 +80,8 @@ def smoke_run(tmp_path_factory):
 
 @needs_data
 def test_smoke_train_to_bundle(smoke_run):
-    from models.data import input_contract, decode_rgb
-    from models.export import INPUT_NAME, deployable_model, onnx_session
+    from models.training.data import input_contract, decode_rgb
+    from models.training.export import INPUT_NAME, deployable_model, onnx_session
     from models.preprocess import to_model_input
 
     tmp_path = smoke_run
@@ -112,7 +112,7 @@ def test_smoke_train_to_bundle(smoke_run):
 @needs_data
 def test_export_refuses_a_model_over_its_audit_limit_and_keeps_the_old_bundle(smoke_run):
     """An operating point at the median score makes every perturbation flip triages: refused."""
-    from models.card import AuditFailed, write_bundle
+    from models.training.card import AuditFailed, write_bundle
 
     tmp_path = smoke_run
     before = {p.name: p.read_bytes() for p in (tmp_path / "bundle").iterdir()}
@@ -127,7 +127,7 @@ def test_export_refuses_a_model_over_its_audit_limit_and_keeps_the_old_bundle(sm
 
 
 def test_unknown_hold_out_group_is_named():
-    from models.data import held_out_groups
+    from models.training.data import held_out_groups
 
     assert held_out_groups("normal2, virus") == {"normal2", "virus"}
     with pytest.raises(ValueError, match="unknown group.*adults.*choose from normal-im, normal2, bacteria, virus, wide"):
@@ -141,3 +141,32 @@ def test_samples_carry_group_and_original_aspect(samples):
     assert by_name["IM-0122-0001.jpeg"].aspect is None  # 'unknown' in train_aspect.csv
     assert {s.group for s in samples} == {"normal-im", "normal2", "bacteria", "virus"}
     assert sum(s.aspect is not None for s in samples) > 4000
+
+
+@needs_data
+def test_bundle_ships_golden_inputs_that_the_self_test_checks(smoke_run, tmp_path):
+    """Real validation images with the FP32 probabilities stored at export; doctor's self-test runs
+    every variant on them, and stored outputs that no longer match are a failure."""
+    import shutil
+
+    from device.commands.doctor import selftest_variants
+    from models.bundle import file_entry, write_manifest
+    from models.metrics import softmax
+    from models.training.export import INPUT_NAME, onnx_session
+
+    bundle = load_bundle(smoke_run / "bundle")
+    assert bundle.manifest.golden == "golden.npz"
+    with np.load(bundle.path_of("golden.npz"), allow_pickle=False) as golden:
+        inputs, stored = golden["inputs"], golden["probabilities"]
+    assert inputs.shape == (8, 1, 64, 64) and inputs.dtype == np.float16 and np.unique(inputs).size > 100
+    logits = onnx_session(bundle.path_of("model.onnx")).run(["logits"], {INPUT_NAME: inputs.astype(np.float32)})[0]
+    np.testing.assert_allclose(softmax(logits.astype(np.float64)), stored, atol=1e-6)
+    assert all(v["ok"] for v in selftest_variants(bundle))
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.root, copy)
+    wrong = np.eye(2)[(stored[:, 1] < 0.5).astype(int)]  # every stored answer the opposite class, for sure
+    np.savez_compressed(copy / "golden.npz", inputs=inputs, probabilities=wrong)
+    m = bundle.manifest
+    write_manifest(copy, m.model_copy(update={"files": {**m.files, "golden.npz": file_entry(copy / "golden.npz")}}))
+    assert not any(v["ok"] for v in selftest_variants(load_bundle(copy)))

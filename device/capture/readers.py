@@ -10,6 +10,9 @@ files; V4L2 since OpenCV 4.8), because cv2.VideoCapture.read cannot be interrupt
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from device.capture.errors import CaptureError
 from device.capture.mjpeg import MjpegReader
 from device.capture.sources import CSI, FILE, HTTP, RTSP, V4L2, SourceSpec, csi_pipeline, is_folder, redact
 
+log = logging.getLogger(__name__)
 Payload = bytes | np.ndarray
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DEFAULT_FOLDER_FPS = 5.0
@@ -30,6 +34,8 @@ DEFAULT_VIDEO_FPS = 30.0
 
 
 class Reader(Protocol):
+    skipped: int  # files or frames left out as unreadable (a folder source's bad files)
+
     def read(self) -> Payload | None: ...
     def interrupt(self) -> None: ...
     def close(self) -> None: ...
@@ -47,6 +53,8 @@ def open_reader(spec: SourceSpec, open_timeout_s: float, read_timeout_s: float) 
 
 
 class HttpReader:
+    skipped = 0
+
     def __init__(self, spec: SourceSpec, open_timeout_s: float, read_timeout_s: float):
         self._mjpeg = MjpegReader(spec.target, open_timeout_s, read_timeout_s)
 
@@ -104,6 +112,8 @@ def _open_capture(target: str | int, api: int, params: list[int], what: str) -> 
 class OpenCVReader:
     """Live devices and network cameras through cv2.VideoCapture: v4l2, csi (GStreamer), rtsp."""
 
+    skipped = 0
+
     def __init__(self, spec: SourceSpec, open_timeout_s: float, read_timeout_s: float):
         self._interrupted = threading.Event()
         params = _timeouts(open_timeout_s, read_timeout_s)
@@ -132,6 +142,21 @@ class OpenCVReader:
 
     def close(self) -> None:
         self._cap.release()
+
+
+def _image_file(path: Path) -> Payload | None:
+    """A regular file's JPEG bytes or decoded pixels; None for anything else or a file that does not
+    decode. Opened without blocking, so a FIFO or device node is seen for what it is, unread."""
+    try:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
+            data = fh.read()
+    except OSError:  # removed since listed, unreadable
+        return None
+    if data.startswith(b"\xff\xd8"):
+        return data
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
 def _configure_v4l2(cap: cv2.VideoCapture, spec: SourceSpec) -> None:
@@ -170,6 +195,8 @@ class Pacer:
 class VideoFileReader:
     """A video file played in real time; ``?loop=1`` starts again at the end, ``?fps=`` overrides its rate."""
 
+    skipped = 0
+
     def __init__(self, spec: SourceSpec, open_timeout_s: float, read_timeout_s: float):
         self._spec = spec
         self._interrupted = threading.Event()
@@ -201,7 +228,11 @@ class VideoFileReader:
 
 
 class FolderReader:
-    """The images of a folder in name order, at ``?fps=`` (default 5); JPEGs stay undecoded."""
+    """The images of a folder in name order, at ``?fps=`` (default 5); JPEGs stay undecoded.
+
+    A file that is not a regular file (a FIFO named ``*.jpg`` would block a read, and shutdown, for
+    ever) or that does not decode is skipped and counted in ``skipped``: one bad file neither
+    stalls the source nor makes it flap between streaming and stalled."""
 
     def __init__(self, spec: SourceSpec):
         self._spec = spec
@@ -210,26 +241,28 @@ class FolderReader:
         if not self._files:
             raise CaptureError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {spec.target}")
         self._next = 0
+        self._bad: set[Path] = set()
+        self.skipped = 0
         self._pacer = Pacer(spec.option_float("fps") or DEFAULT_FOLDER_FPS, self._interrupted)
 
     def read(self) -> Payload | None:
-        if self._next >= len(self._files):
-            if not self._spec.loop:
-                return None
-            self._next = 0
-        path = self._files[self._next]
-        self._next += 1
-        self._pacer.wait()
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CaptureError(f"cannot read {path.name}: {exc.strerror}") from None
-        if data.startswith(b"\xff\xd8"):
-            return data
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise CaptureError(f"cannot decode {path.name}")
-        return image
+        for _ in range(len(self._files)):
+            if self._next >= len(self._files):
+                if not self._spec.loop:
+                    return None
+                self._next = 0
+            path = self._files[self._next]
+            self._next += 1
+            payload = None if path in self._bad else _image_file(path)
+            if payload is not None:
+                self._pacer.wait()
+                return payload
+            if path not in self._bad:
+                self._bad.add(path)
+                self.skipped += 1
+                log.warning("capture folder %s: skipped %s (not a regular, readable image file)",
+                            self._spec.target, path.name)
+        raise CaptureError(f"no readable images in {self._spec.target} ({self.skipped} skipped)")
 
     def interrupt(self) -> None:
         self._interrupted.set()

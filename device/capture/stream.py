@@ -116,6 +116,7 @@ class CaptureStream:
                 "last_frame_age_s": age,
                 "reconnects": self._reconnects,
                 "thread_restarts": self._restarts,
+                "skipped_files": self._reader.skipped if self._reader is not None else 0,
                 "state_for_s": round(now - self._since, 3),
             }
 

@@ -105,7 +105,7 @@ def _torch_eager_runner(bundle: Bundle, threads: int) -> Runner | None:
     """PyTorch eager FP32 on the FP32 variant's weights; None where torch or onnx is not installed."""
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("onnx") is None:
         return None
-    from models.onnx_eager import eager_graph
+    from models.training.onnx_eager import eager_graph
 
     fp32 = bundle.manifest.variant("fp32").file
     return Runner("pytorch-eager", "fp32", eager_graph(bundle.path_of(fp32), threads), lambda: None, fp32)

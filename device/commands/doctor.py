@@ -14,7 +14,7 @@ import numpy as np
 from device.runtime import registry
 from device.runtime.base import VariantFile
 from device.triage import model_io
-from device.variant_check import compare, selftest_inputs
+from device.variant_check import compare, golden_set
 from models.bundle import Bundle, BundleError, Variant, find_bundles, load_bundle
 from models.metrics import softmax
 
@@ -94,8 +94,8 @@ def check_bundle(path: Path) -> tuple[dict[str, object], Bundle | None]:
 
 def selftest_variants(bundle: Bundle) -> list[dict]:
     m = bundle.manifest
-    x = selftest_inputs(bundle)
-    want = _probabilities(bundle, m.variant("fp32"), x)
+    x, stored = golden_set(bundle)
+    want = stored if stored is not None else _probabilities(bundle, m.variant("fp32"), x)
     return [{"file": v.file, "precision": v.precision, "targets": list(v.targets),
              **compare(_probabilities(bundle, v, x), want, m, v.precision)}
             for v in m.variants if "cpu" in v.targets]

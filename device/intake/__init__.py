@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from device.intake import headers
+from device.intake.budget import DEFAULT_BUDGET, DecodeBudget
 from device.intake.decoded import MAX_FILE_BYTES, MAX_PIXELS, MAX_SIDE, DecodedImage
 from device.intake.dicom import decode_dicom
 from device.intake.errors import EMPTY, NOT_AN_IMAGE, TOO_LARGE, UNREADABLE, UNSUPPORTED, IntakeError
@@ -18,6 +19,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "MAX_SIDE",
+    "DecodeBudget",
     "DecodedImage",
     "IntakeError",
     "decode_bytes",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-def decode_file(path: str | os.PathLike) -> DecodedImage:
+def decode_file(path: str | os.PathLike, budget: DecodeBudget = DEFAULT_BUDGET) -> DecodedImage:
     source = os.fspath(path)
     try:
         size = os.stat(source).st_size
@@ -34,17 +36,17 @@ def decode_file(path: str | os.PathLike) -> DecodedImage:
             data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise IntakeError(source, f"cannot read the file: {exc.strerror or exc}", UNREADABLE) from None
-    return decode_bytes(data, source)
+    return decode_bytes(data, source, budget)
 
 
-def decode_bytes(data: bytes, name: str) -> DecodedImage:
-    """Decode an upload; `name` is only used in messages."""
+def decode_bytes(data: bytes, name: str, budget: DecodeBudget = DEFAULT_BUDGET) -> DecodedImage:
+    """Decode an upload; `name` is only used in messages. Refused (too_large) beyond `budget`."""
     _check_byte_size(name, len(data))
     fmt = headers.sniff(data)
     if fmt in ("dicom", "dicom-raw"):
-        return decode_dicom(data, name)
+        return decode_dicom(data, name, budget)
     if fmt is not None:
-        return decode_raster(data, name, fmt)
+        return decode_raster(data, name, fmt, budget)
     other = headers.other_image_format(data)
     if other:
         raise IntakeError(name, f"{other} images are not supported (use JPEG, PNG, TIFF or DICOM)", UNSUPPORTED)

@@ -13,27 +13,34 @@ import warnings
 
 import numpy as np
 import pydicom
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataset import FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import (
+    UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+)
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, as_pixel_options, get_decoder
 
+from device.intake.budget import DecodeBudget
 from device.intake.decoded import DecodedImage, check_dimensions
 from device.intake.errors import NO_PIXEL_DATA, TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError, first_line
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _MAX_WARNING_NOTES = 3
+_PREAMBLE = 132  # 128 bytes of preamble, then b"DICM"
+_META_GROUP = b"\x02\x00"  # the file meta elements' group number, little endian
 # warnings.catch_warnings swaps process-wide state (the filter list and showwarning); two threads
 # inside it at once restore each other's state and leave the process recording warnings forever.
 # DICOM decodes therefore run one at a time per process; raster decodes do not need this.
 _warnings_lock = threading.Lock()
 
 
-def decode_dicom(data: bytes, source: str) -> DecodedImage:
+def decode_dicom(data: bytes, source: str, budget: DecodeBudget) -> DecodedImage:
     # pydicom reports malformed-but-readable files through warnings; they become notes (an audit
     # trail) instead of reaching the console.
     with _warnings_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ds = _read(data, source)
-        rows, cols, frames, bits_stored = _header(ds, source)
+        ds = _read(data, source, budget)
+        rows, cols, frames, bits_stored = _header(ds, source, budget)
         index = frames // 2
         had_syntax = bool(ds.file_meta.get("TransferSyntaxUID"))
         arr, photometric = _decode_frame(ds, source, index)
@@ -60,10 +67,12 @@ def decode_dicom(data: bytes, source: str) -> DecodedImage:
     )
 
 
-def _read(data: bytes, source: str) -> pydicom.Dataset:
+def _read(data: bytes, source: str, budget: DecodeBudget) -> pydicom.Dataset:
     """force=True reads datasets without preamble or meta; headers.sniff only sends plausible ones."""
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        ds = _read_deflated(data, source, budget) or pydicom.dcmread(io.BytesIO(data), force=True)
+    except IntakeError:
+        raise
     except Exception as exc:  # pydicom raises many types on malformed input
         raise IntakeError(source, f"unreadable DICOM: {_describe(exc)}", _kind_of(exc)) from None
     if "PixelData" not in ds:
@@ -75,7 +84,26 @@ def _read(data: bytes, source: str) -> pydicom.Dataset:
     return ds
 
 
-def _header(ds: pydicom.Dataset, source: str) -> tuple[int, int, int, int]:
+def _read_deflated(data: bytes, source: str, budget: DecodeBudget) -> pydicom.Dataset | None:
+    """A Deflated Explicit VR Little Endian file, inflated within the budget; None for any other file.
+
+    pydicom inflates such a dataset in one ``zlib.decompress`` before anything can be checked (1 MB
+    can become gigabytes), so the file meta is read here and the rest inflated piece by piece.
+    """
+    start = _PREAMBLE if data[128:_PREAMBLE] == b"DICM" else 0
+    if not data.startswith(_META_GROUP, start):
+        return None  # no file meta (group 0002, always little endian): nothing says "deflated"
+    stream = io.BytesIO(data[start:])
+    meta = read_dataset(stream, False, True, stop_when=lambda tag, vr, length: tag.group != 2)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    inflated = budget.inflate(source, data[start + stream.tell():])
+    ds = pydicom.dcmread(io.BytesIO(inflated), force=True)
+    ds.file_meta = FileMetaDataset(meta)
+    return ds
+
+
+def _header(ds: pydicom.Dataset, source: str, budget: DecodeBudget) -> tuple[int, int, int, int]:
     """Rows, Columns, NumberOfFrames, BitsStored, checked before any pixel is decoded."""
     if "Rows" not in ds or "Columns" not in ds:
         raise IntakeError(source, "invalid DICOM image header: no Rows/Columns", UNDECODABLE)
@@ -83,9 +111,13 @@ def _header(ds: pydicom.Dataset, source: str) -> tuple[int, int, int, int]:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames") or 1)
         bits_stored = int(ds.get("BitsStored") or 8)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        sample_bytes = -(-int(ds.get("BitsAllocated") or 8) // 8)
     except (TypeError, ValueError) as exc:
         raise IntakeError(source, f"invalid DICOM image header: {_describe(exc)}", UNDECODABLE) from None
     check_dimensions(source, rows, cols)
+    # Display values are float32 (4 bytes a sample), except 8-bit colour, which stays 8-bit.
+    budget.check_image(source, rows, cols, max(1, samples), 1 if samples > 1 and sample_bytes == 1 else 4, frames)
     if frames < 1:
         raise IntakeError(source, f"invalid DICOM image header: NumberOfFrames is {frames}", UNDECODABLE)
     return rows, cols, frames, bits_stored

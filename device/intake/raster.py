@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from device.intake import headers
+from device.intake.budget import DecodeBudget
 from device.intake.decoded import DecodedImage
 from device.intake.errors import TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError, first_line
 
@@ -44,8 +45,21 @@ def _opencv_quiet():
                 cv2.utils.logging.setLogLevel(_quiet_previous)
 
 
-def decode_raster(data: bytes, source: str, fmt: str) -> DecodedImage:
+# PNG colour types -> samples OpenCV decodes them to (ANYCOLOR drops alpha, expands palettes).
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 3, 4: 1, 6: 3}
+
+
+def _decoded_sample_shape(data: bytes, fmt: str) -> tuple[int, int]:
+    """(samples per pixel, bytes per sample) the decoder will produce; the worst case where the
+    header is not read here (JPEG: colour; TIFF: 16-bit colour)."""
+    if fmt == "png":
+        return _PNG_SAMPLES.get(data[25], 3), 2 if data[24] == 16 else 1
+    return (3, 1) if fmt == "jpeg" else (3, 2)
+
+
+def decode_raster(data: bytes, source: str, fmt: str, budget: DecodeBudget) -> DecodedImage:
     height, width = _CHECKS[fmt](data, source)
+    budget.check_image(source, height, width, *_decoded_sample_shape(data, fmt))
     with _opencv_quiet():
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify, request
 from device.capture.devices import list_video_devices
 from device.capture.view import CONTENT_TYPE as MJPEG
 from device.kiosk.context import kiosk
-from device.kiosk.errors import BadRequest, Busy, KioskError, NotFound
+from device.kiosk.errors import BadRequest, Busy, KioskError, NotFound, UnsupportedBody
 from device.kiosk.metrics import CONTENT_TYPE
 from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json, worklist_json
 
@@ -42,13 +42,19 @@ JSON_TYPES = {dict: "an object", list: "an array", bool: "true or false", int: "
 
 
 def request_body() -> dict:
-    """A JSON object body, or the form fields of a form post."""
-    if request.is_json:
+    """A JSON object body (an empty body is an empty object). Only application/json: a form on
+    another site can post text/plain or form data without the browser asking first, never JSON."""
+    if not request.get_data(cache=True):
+        return {}
+    if not request.is_json:
+        raise UnsupportedBody(f"send the body as application/json, not {request.mimetype or 'no content type'}")
+    try:
         data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise BadRequest("the body must be a JSON object")
-        return data
-    return request.form.to_dict()
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
 
 
 def body_text(body: dict, key: str) -> str | None:
@@ -73,12 +79,9 @@ def body_flag(body: dict, key: str) -> bool:
 
 
 def body_operator(body: dict) -> str | None:
-    """Who acts: the body's operator, else the X-Bedside-Operator header or ?operator=."""
-    return body_text(body, "operator") or _operator()
-
-
-def _operator() -> str | None:
-    return request.headers.get("X-Bedside-Operator") or request.args.get("operator")
+    """Who acts: the body's operator, else (None) the kiosk's default operator. Never a header or
+    query parameter, which anything that can send a request could set to any name."""
+    return body_text(body, "operator")
 
 
 def _history_triage(body: dict) -> list[str]:
@@ -139,7 +142,7 @@ def worklist():
 
 @api.get("/studies/<int:study_id>")
 def get_study(study_id: int):
-    return jsonify(study_json(kiosk().view(study_id, _operator())))
+    return jsonify(study_json(kiosk().view(study_id, None)))
 
 
 @api.get("/studies/<int:study_id>/image")
@@ -243,7 +246,7 @@ def put_settings():
     if unknown:
         raise BadRequest(f"unknown setting {sorted(unknown)[0]!r}; settable: operator")
     if "operator" in body:
-        kiosk().set_default_operator(body_text(body, "operator"), _operator())
+        kiosk().set_default_operator(body_text(body, "operator"), None)
     return get_settings()
 
 

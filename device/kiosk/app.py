@@ -17,8 +17,10 @@ from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
 from device.kiosk.plain_errors import PLAIN_ERRORS
 from device.kiosk.request_log import log_requests
+from device.kiosk.security import protect
 from device.kiosk.service import Kiosk, local_time, waiting_s, waiting_text
 from device.kiosk.static_files import cache_static_files
+from device.kiosk.storage import STORAGE_FULL, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on the kiosk's own
+    # form posts, and security.py could not tell them from another site's.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
@@ -66,6 +70,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.register_blueprint(pages)
     app.after_request(_security_headers)
     log_requests(app)
+    protect(app, config.server)
     app.register_error_handler(KioskError, _kiosk_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -94,11 +99,21 @@ def _kiosk_error(exc: KioskError):
 def _http_error(exc: HTTPException):
     if isinstance(exc, RequestEntityTooLarge):
         kiosk().metrics.error("too_large")
-        limit = kiosk().config.server.max_upload_mb
-        return error_response(413, "too_large", f"the upload is larger than the limit of {limit} MiB")
+        return error_response(413, "too_large", _too_large_message())
     if 400 <= (exc.code or 500) < 500:
         kiosk().metrics.error(f"http_{exc.code}")
     return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
+
+
+def _too_large_message() -> str:
+    """Which limit was passed: the body's size, or (within it) the form's parts or one field's size."""
+    limit = kiosk().config.server.max_upload_mb
+    if (request.content_length or 0) > limit * 2**20:
+        return f"the upload is larger than the limit of {limit} MiB"
+    return (
+        f"the form has more than {request.max_form_parts} parts or a field larger than "
+        f"{request.max_form_memory_size // 2**20} MiB; send one image and a few short fields"
+    )
 
 
 # Requests that create one study: there a failure means it was not saved (nothing is acknowledged
@@ -107,6 +122,11 @@ CREATES_A_STUDY = {"api.create_study", "pages.upload_study", "api.capture_from_s
 
 
 def _unexpected_error(exc: Exception):
+    if is_disk_full(exc):
+        log.error("disk full on %s %s: %s", request.method, request.path, exc)
+        kiosk().metrics.error("storage_full")
+        saved = "; the study was not saved" if request.endpoint in CREATES_A_STUDY else ""
+        return error_response(507, "storage_full", f"{STORAGE_FULL}: the disk is full{saved}")
     log.exception("unexpected error on %s %s", request.method, request.path)
     kiosk().metrics.error("internal")
     if request.endpoint in CREATES_A_STUDY:

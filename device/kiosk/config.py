@@ -33,6 +33,28 @@ class ServerSettings(_Strict):
     port: int = Field(default=8080, ge=0, le=65535, description="0 binds a free port")
     threads: int = Field(default=8, ge=1, le=64, description="request threads")
     max_upload_mb: int = Field(default=100, ge=1, le=512, description="largest accepted request body")
+    connection_limit: int = Field(
+        default=1000, ge=10, le=10_000, description="open connections at once (idle ones cost no thread)"
+    )
+    channel_timeout_s: int = Field(
+        default=30, ge=5, le=600, description="a connection that sends or reads nothing this long is closed"
+    )
+    allowed_hosts: list[str] = Field(
+        default=[], description="host names the kiosk answers to besides host, localhost and loopback (else 421)"
+    )
+
+
+class DecodeSettings(_Strict):
+    """The decode budget (device/intake/budget.py): images beyond it are refused with 413 before
+    their memory is committed."""
+
+    max_megapixels: float = Field(default=50, gt=0, le=100, description="largest image, width x height")
+    max_frames: int = Field(default=1000, ge=1, le=100_000, description="most frames in one DICOM")
+    max_inflated_mb: int = Field(
+        default=200, ge=1, le=4096, description="largest decoded frame, and what deflated DICOM may inflate to"
+    )
+    concurrent: int = Field(default=2, ge=1, le=16, description="images decoded at once; more wait")
+    wait_s: float = Field(default=30, gt=0, le=600, description="how long a decode waits for a slot (then 503)")
 
 
 class ModelSettings(_Strict):
@@ -57,6 +79,10 @@ class ModelSettings(_Strict):
 
 class StoreSettings(_Strict):
     data_dir: Path = Field(default_factory=default_data_dir)
+    reserve_mb: int = Field(
+        default=1024, ge=0, le=1_000_000,
+        description="free space kept in the data dir: below it new studies are refused (507), views and the audit log go on",
+    )
 
 
 class MediaSettings(_Strict):
@@ -89,6 +115,7 @@ class KioskConfig(_Strict):
     media: MediaSettings = MediaSettings()
     ui: UiSettings = UiSettings()
     capture: CaptureSettings = CaptureSettings()
+    decode: DecodeSettings = DecodeSettings()
 
     def with_overrides(self, **dotted: object) -> "KioskConfig":
         """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""

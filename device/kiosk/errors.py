@@ -34,6 +34,25 @@ class BadRequest(KioskError):
     pass
 
 
+class MisdirectedRequest(KioskError):
+    """A Host name this kiosk does not answer to (security.py)."""
+
+    status = 421
+    code = "unknown_host"
+
+
+class CrossSiteRequest(KioskError):
+    """A change sent from another site, or a form without this kiosk's token (security.py)."""
+
+    status = 403
+    code = "cross_site"
+
+
+class UnsupportedBody(KioskError):
+    status = 415
+    code = "unsupported_media_type"
+
+
 class NotFound(KioskError):
     status = 404
     code = "not_found"

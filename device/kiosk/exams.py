@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,9 +189,3 @@ def _open_exam(path: Path, settings: ModelSettings) -> Exam:
         log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision, target, precision)
     return Exam(Triager(bundle, settings.backend, precision, settings.inference_threads,
                         settings.backend_settings(settings.backend)))
-
-
-def timed_decode(data: bytes, name: str) -> tuple[intake.DecodedImage, float]:
-    t0 = time.perf_counter()
-    img = intake.decode_bytes(data, name)
-    return img, (time.perf_counter() - t0) * 1e3

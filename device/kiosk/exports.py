@@ -26,6 +26,18 @@ HISTORY_COLUMNS = (
 )
 
 
+# A spreadsheet runs a cell that begins with one of these as a formula (=HYPERLINK(...), +cmd|...).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """Text that a spreadsheet would run as a formula, made inert with a leading apostrophe (OWASP's
+    advice for CSV injection); other values as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _stamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -94,7 +106,7 @@ def export_history(destination: Path, studies: Iterable[StudyRecord]) -> tuple[P
     writer.writeheader()
     count = 0
     for study in studies:
-        writer.writerow(history_row(study))
+        writer.writerow({column: csv_cell(value) for column, value in history_row(study).items()})
         count += 1
     path = destination / f"bedside-history-{_stamp()}.csv"
     n = 1

@@ -78,7 +78,11 @@ def resolve_import(path: str, folders: list[Path]) -> Path:
     resolved = _resolve(path)
     if not any(resolved.is_relative_to(f) for f in _existing(folders)):
         raise BadRequest(f"{path} is not inside an import folder ({', '.join(map(str, folders))})")
-    if not resolved.is_file():
+    try:
+        regular = resolved.is_file()
+    except OSError as exc:  # a name too long for the file system
+        raise BadRequest(f"{path}: not a usable file name: {exc.strerror}") from None
+    if not regular:
         raise BadRequest(f"{path}: no such file")
     return resolved
 
@@ -118,6 +122,10 @@ def _resolve(path: str) -> Path:
         return Path(path).resolve()
     except ValueError as exc:  # a NUL character
         raise BadRequest(f"{path!r} is not a usable path: {exc}") from None
+    except RuntimeError:  # pathlib's "Symlink loop"
+        raise BadRequest(f"{path!r} is not a usable path: its links form a loop") from None
+    except OSError as exc:  # a name too long, a component that cannot be read
+        raise BadRequest(f"{path!r} is not a usable path: {exc.strerror or exc}") from None
 
 
 def _existing(folders: list[Path]) -> list[Path]:

@@ -67,6 +67,8 @@ SOURCE_METRICS: tuple[tuple[str, str, str, Callable[[dict], float | None]], ...]
     ("bedside_source_frames_total", "Frames received from the source", "counter", lambda s: s["frames"]),
     ("bedside_source_reconnects_total", "Reconnect attempts after a failure or stall", "counter",
      lambda s: s["reconnects"]),
+    ("bedside_source_skipped_files", "Files a folder source skipped (not regular files, or undecodable)", "gauge",
+     lambda s: s["skipped_files"]),
     ("bedside_source_last_frame_age_seconds", "Seconds since the newest frame arrived", "gauge",
      lambda s: s["last_frame_age_s"]),
     ("bedside_source_triaged_fps", "Frames per second triaged live", "gauge", lambda s: s["triage"]["processed_fps"]),

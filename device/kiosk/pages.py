@@ -1,8 +1,9 @@
 """The pages a clinician touches: home, new study, result, history, settings, and the live view of
 each capture source (video with the triage drawn on it, and one big Capture button).
 
-Plain HTML forms with POST-redirect-GET, so every action works with the keyboard and without
-JavaScript; kiosk.js only adds drag and drop, the heatmap toggle and a busy state.
+Plain HTML forms with POST-redirect-GET, so every action works with the keyboard; csrf.js adds the
+CSRF token every form post must carry (security.py), kiosk.js drag and drop, the heatmap toggle and a
+busy state.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import resource
 import socket
 import threading
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from flask import Flask
 from device.kiosk.config import ServerSettings
 
 log = logging.getLogger(__name__)
+# Descriptors the process holds besides client connections: the store, models, capture, logs.
+FILES_BESIDES_CONNECTIONS = 256
 
 
 class KioskServer:
@@ -28,6 +31,7 @@ class KioskServer:
 
     def __init__(self, app: Flask, settings: ServerSettings, before_close: Callable[[], None]):
         self._before_close = before_close
+        _allow_open_files(settings.connection_limit + FILES_BESIDES_CONNECTIONS)
         limit = settings.max_upload_mb * 2**20
         self._server = waitress.create_server(
             app,
@@ -42,7 +46,13 @@ class KioskServer:
             # Read uploads in big chunks: at the default 8 KiB a 2 MB X-ray takes 250 trips through
             # the event loop, about a millisecond of pure overhead per study.
             recv_bytes=256 * 2**10,
-            channel_timeout=60,
+            # Idle and slow connections hold no thread (waitress buffers a request until it is
+            # complete), only a socket: allow many, close the silent ones soon, check often.
+            connection_limit=settings.connection_limit,
+            channel_timeout=settings.channel_timeout_s,
+            cleanup_interval=max(1, settings.channel_timeout_s // 6),
+            # poll(2), not select(2): select cannot watch descriptors above 1024.
+            asyncore_use_poll=True,
             clear_untrusted_proxy_headers=True,
         )
         host = self._server.effective_host
@@ -64,6 +74,16 @@ class KioskServer:
             notify("STOPPING=1")
             self._before_close()
             self._server.close()
+
+
+def _allow_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files to `wanted` where the hard limit allows (one per connection)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < wanted:
+            log.warning("only %d open files allowed (hard limit); server.connection_limit needs %d", target, wanted)
 
 
 def notify(state: str) -> bool:

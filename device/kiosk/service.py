@@ -9,6 +9,8 @@ committed). Only after the commit does the caller get the record to acknowledge.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
@@ -25,18 +27,24 @@ from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
     BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam,
 )
-from device.kiosk.exams import Exam, ExamRegistry, timed_decode
+from device.kiosk.decoding import Decoder
+from device.kiosk.exams import Exam, ExamRegistry
 from device.kiosk.metrics import Metrics
 from device.kiosk.renders import Renderer
+from device.kiosk.storage import Reserve, is_disk_full
 from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.triage import TRIAGE_ORDER, TriageResult
 from models.bundle import InputContract
 
+log = logging.getLogger(__name__)
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
 MAX_REFERENCE = 120
 MAX_NOTE = 2000
+MAX_QUERY = 120  # a reference search; longer LIKE patterns make SQLite give up ("too complex")
+MIN_YEAR, MAX_YEAR = 1900, 9000
+MAX_STUDY_ID = 2**63 - 1  # SQLite's largest integer: a bigger id cannot exist
 OPERATOR_KEY = "operator"
 # Server threads never given to live views, so that the pages and the API (health) always answer.
 THREADS_KEPT_FREE = 2
@@ -67,10 +75,11 @@ def study_filter(
         raise BadRequest(f"unknown triage category {unknown[0]!r}; use {', '.join(TRIAGE_ORDER)}")
     start = _local_day_start(date_from, "from") if date_from else None
     end = _local_day_start(date_to, "to", days=1) if date_to else None
+    reference = clean_text(q, MAX_QUERY, "the search ('q')") or None
     wanted_review = (reviewed or "").strip().lower()
     if wanted_review not in REVIEWED_ARGS:
         raise BadRequest(f"'reviewed' must be yes or no, not {reviewed!r}")
-    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=(q or "").strip() or None,
+    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=reference,
                        reviewed=REVIEWED_ARGS[wanted_review])
 
 
@@ -79,6 +88,9 @@ def _local_day_start(text: str, name: str, days: int = 0) -> str:
         day = date.fromisoformat(text.strip())
     except ValueError:
         raise BadRequest(f"'{name}' must be a date like 2025-01-31, not {text!r}") from None
+    # Days at the calendar's ends cannot be shifted a day or to UTC (OverflowError); no study lies there.
+    if not MIN_YEAR <= day.year <= MAX_YEAR:
+        raise BadRequest(f"'{name}' must be a date between the years {MIN_YEAR} and {MAX_YEAR}, not {text!r}")
     return utc_iso(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
 
 
@@ -173,6 +185,8 @@ class Kiosk:
         self.exams = exams
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
         self.renders = Renderer(store, self._input_contract)
+        self.decoder = Decoder(config.decode)
+        self.reserve = Reserve(config.store.data_dir, config.store.reserve_mb)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
         self.backends = {
             name: {"available": s.ok, "version": s.version, "reason": s.reason}
@@ -257,8 +271,9 @@ class Kiosk:
             reference = self.reference(reference)
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
+            self.reserve.require(len(data))
             try:
-                img, decode_ms = timed_decode(data, filename)
+                img, decode_ms = self.decoder.decode(data, filename)
             except intake.IntakeError as exc:
                 raise ImageRejected(exc, filename) from None
         except KioskError as exc:
@@ -357,7 +372,7 @@ class Kiosk:
     # ---- reading, reviewing ------------------------------------------------------------------
 
     def get(self, study_id: int) -> StudyRecord:
-        study = self.store.get(study_id)
+        study = self.store.get(study_id) if study_id <= MAX_STUDY_ID else None
         if study is None:
             raise NotFound(f"no study {study_id}")
         return study
@@ -365,7 +380,15 @@ class Kiosk:
     def view(self, study_id: int, operator: str | None) -> StudyRecord:
         """The study, with the viewing recorded in the audit log."""
         study = self.get(study_id)
-        self.store.audit("study_viewed", self.operator(operator), study_id)
+        try:
+            self.store.audit("study_viewed", self.operator(operator), study_id)
+        except sqlite3.OperationalError as exc:
+            if not is_disk_full(exc):
+                raise
+            # The reserve exists so that this never happens; if the disk filled up all the same,
+            # the study is still shown, and the missed record is logged and counted.
+            log.error("disk full: the viewing of study %d was not recorded in the audit log", study_id)
+            self.metrics.error("audit_disk_full")
         return study
 
     def review(self, study_id: int, note: str | None, operator: str | None, change: bool = False) -> StudyRecord:
@@ -470,6 +493,7 @@ class Kiosk:
         reference = self.reference(reference)
         operator = self.operator(operator)
         data, fmt = frame_file(live.frame)
+        self.reserve.require(len(data))
         sha = self.store.put_image(data)
         img = dataclasses.replace(live.image, source_format=fmt)
         capture = FrameCapture(source_id, redact(source.stream.spec.uri), live.frame.seq, utc_iso(live.frame.wall),
@@ -495,5 +519,6 @@ class Kiosk:
                 "orphan_files_at_start": check.orphan_files,
                 "problems": list(check.problems),
             },
+            "storage": self.reserve.status(),
             "sources": self.capture.status(),
         }

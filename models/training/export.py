@@ -1,22 +1,20 @@
 """ONNX export (BN folded, temperature baked in) and its check against torch.
 
-`bedside export --checkpoint runs/.../checkpoint.pt --out DIR` rebuilds a whole bundle from a
-training checkpoint (same code path as the end of `bedside train`).
+`bedside export` (models.training.commands) rebuilds a whole bundle from a training checkpoint
+through models.training.card, the same code path as the end of `bedside train`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.architectures import ResNetCAM, build_model
+from models.training.architectures import ResNetCAM, build_model
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -78,32 +76,3 @@ def max_abs_diff(model: ResNetCAM, path: Path, x: torch.Tensor) -> dict[str, flo
     got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.float().numpy()})
     want = [t.numpy() for t in model.eval()(x.float())]
     return {name: float(np.abs(g - w).max()) for name, g, w in zip(OUTPUT_NAMES, got, want)}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="runs/<id>-<time>/checkpoint.pt")
-    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write (replaced as a whole)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="the training folder, for the shortcut audits on its validation images "
-                             "(default: $BEDSIDE_DATASETS/chest-xray/train)")
-    parser.add_argument("--group-shift", type=Path, nargs="*", default=[], metavar="CHECKPOINT",
-                        help="checkpoints of --hold-out training runs, reported in the model card")
-    parser.add_argument("--id", default="chest-xray-pneumonia")
-    parser.add_argument("--version", default="2.0.0")
-
-
-def run(args: argparse.Namespace) -> int:
-    from models.card import AuditFailed, group_shift_folds, write_bundle
-
-    def load(path: Path) -> dict:
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-    checkpoint = load(args.checkpoint)
-    folds = group_shift_folds([load(p) for p in args.group_shift])
-    try:
-        bundle = write_bundle(checkpoint, Path(args.out), args.id, args.version, data_dir=args.data, group_shift=folds)
-    except AuditFailed as exc:
-        print(f"bedside export: {exc}", file=sys.stderr)
-        return 1
-    print(f"bundle {bundle}")
-    return 0

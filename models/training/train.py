@@ -1,6 +1,6 @@
 """`bedside train`: train, calibrate, choose the operating point, export and write the bundle.
 
-    python -m models.train --out models/bundles/chest-xray-pneumonia
+    python -m models.training.train --out models/bundles/chest-xray-pneumonia
 
 One command does everything; the checkpoint (weights + everything the card needs) goes to
 runs/ (gitignored) and `bedside export --checkpoint` can rebuild the bundle from it.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import random
 import shlex
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import audit
-from models import augment as aug
-from models.architectures import ResNetCAM, build_model
-from models.data import (
+from models.training import augment as aug
+from models.training.architectures import ResNetCAM, build_model
+from models.training.data import (
     ASPECT_RANGE,
     GROUPS,
     LABELS,
@@ -265,7 +266,7 @@ def split_metrics(name: str, y: np.ndarray, p: np.ndarray, threshold: float) -> 
 
 def command_line(args: argparse.Namespace) -> str:
     """The full command with every option spelled out, so the record does not depend on defaults."""
-    program = ["bedside", "train"] if Path(sys.argv[0]).name == "bedside" else ["python", "-m", "models.train"]
+    program = ["bedside", "train"] if Path(sys.argv[0]).name == "bedside" else ["python", "-m", "models.training.train"]
     options: list[str] = []
     for action_name, value in sorted(vars(args).items()):
         if action_name in ("func", "command", "no_progress") or value is None:
@@ -305,7 +306,7 @@ def held_out_metrics(model: ResNetCAM, data: Dataset, args: argparse.Namespace, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.card import AuditFailed, write_bundle  # matplotlib side; imported late to keep --help fast
+    from models.training.card import AuditFailed, write_bundle  # matplotlib side; imported late to keep --help fast
 
     started = time.time()
     try:
@@ -356,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
                  "n_held_out": len(data.held_out), "held_out": args.hold_out, "limit": args.limit,
                  "n_train_positive": int(data.train_y.sum()), "val_fraction": args.val_fraction},
         "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"},
+        "augment": {k: str(v) for k, v in dataclasses.asdict(aug.TRAIN).items()},
         "training_command": command_line(args),
         "seed": args.seed,
         "max_flip_rate": args.max_flip_rate,
@@ -382,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m models.training.train", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -1,0 +1,56 @@
+"""``bedside train`` and ``bedside export``: the training floor's two commands, in the shape
+device/cli.py dispatches to. Importing this module imports torch: the appliance never does; where
+torch is missing, ``bedside`` names the 'train' extra instead."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from models.training import train
+from models.training.card import AuditFailed, group_shift_folds, write_bundle
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="runs/<id>-<time>/checkpoint.pt")
+    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write (replaced as a whole)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the training folder, for the shortcut audits on its validation images "
+                             "(default: $BEDSIDE_DATASETS/chest-xray/train)")
+    parser.add_argument("--group-shift", type=Path, nargs="*", default=[], metavar="CHECKPOINT",
+                        help="checkpoints of --hold-out training runs, reported in the model card")
+    parser.add_argument("--group-shift-note", default="",
+                        help="a sentence for the card under the group-shift table (e.g. how their recipe differed)")
+    parser.add_argument("--id", default=train.DEFAULT_ID, help="bundle id (default: %(default)s)")
+    parser.add_argument("--version", default=train.DEFAULT_VERSION, help="bundle version (default: %(default)s)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    def load(path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    checkpoint = load(args.checkpoint)
+    folds = group_shift_folds([load(p) for p in args.group_shift])
+    try:
+        bundle = write_bundle(checkpoint, Path(args.out), args.id, args.version, data_dir=args.data, group_shift=folds,
+                              group_shift_note=args.group_shift_note)
+    except AuditFailed as exc:
+        print(f"bedside export: {exc}", file=sys.stderr)
+        return 1
+    print(f"bundle {bundle}")
+    return 0
+
+
+COMMANDS = {"train": (train.add_arguments, train.run), "export": (add_export_arguments, run_export)}
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.set_defaults(_training_command=name)
+    COMMANDS[name][0](parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    return COMMANDS[args._training_command][1](args)

@@ -1,0 +1,55 @@
+"""A capture folder holding a FIFO named like an image and a corrupt PNG: both are skipped and
+counted, the source keeps streaming its good images (no flapping), and stopping it does not block."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import cv2
+import numpy as np
+
+from capture_support import wait_for
+from device.capture.sources import parse_source
+from device.capture.stream import STREAMING, CaptureStream, Timing
+from device.capture.watchdog import Watchdog
+
+FAST = Timing(stall_timeout_s=1.0, open_timeout_s=2.0, backoff_initial_s=0.05, backoff_max_s=0.2)
+
+
+def _folder(tmp_path):
+    ok, jpeg = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
+    (tmp_path / "a-good.jpg").write_bytes(jpeg.tobytes())
+    os.mkfifo(tmp_path / "b-pipe.jpg")
+    ok, png = cv2.imencode(".png", np.full((64, 64), 200, np.uint8))
+    broken = bytearray(png.tobytes())
+    broken[40:60] = bytes(20)
+    (tmp_path / "c-corrupt.png").write_bytes(bytes(broken))
+    return tmp_path
+
+
+def test_fifos_and_corrupt_images_are_skipped_and_counted(tmp_path):
+    stream = CaptureStream("folder", parse_source(f"file://{_folder(tmp_path)}?fps=50&loop=1"), FAST)
+    watchdog = Watchdog([stream], interval_s=0.05)
+    stream.start()
+    watchdog.start()
+    try:
+        assert wait_for(lambda: stream.status()["frames"] >= 20, 10), stream.status()
+        status = stream.status()
+        assert status["state"] == STREAMING and status["skipped_files"] == 2
+        assert status["reconnects"] == 0
+    finally:
+        watchdog.stop()
+        stream.stop()
+    assert "capture-folder" not in {t.name for t in threading.enumerate()}  # stop() did not give up waiting
+
+
+def test_a_folder_of_nothing_but_bad_files_stalls_with_the_reason(tmp_path):
+    folder = _folder(tmp_path)
+    (folder / "a-good.jpg").unlink()
+    stream = CaptureStream("bad", parse_source(f"file://{folder}?fps=50&loop=1"), FAST)
+    stream.start()
+    try:
+        assert wait_for(lambda: "no readable images" in stream.status()["reason"], 10), stream.status()
+    finally:
+        stream.stop()
