@@ -4,9 +4,16 @@ PY       := $(VENV)/bin/python
 BEDSIDE  := $(VENV)/bin/bedside
 STAMP    := $(VENV)/.installed
 
+AXE      := node_modules/axe-core/axe.min.js
+
 .PHONY: install run test clean model
 
 install: $(STAMP)
+
+# axe-core, the accessibility engine the browser tests inject into each page (only the tests use
+# it; the kiosk never loads it). From the npm registry, into this folder's node_modules.
+$(AXE):
+	npm install --no-save --no-package-lock --no-audit --no-fund --prefix . axe-core@4.14.1
 
 # A development install: the appliance plus every extra. torch is pinned first: the CPU build lies
 # on this machine's disk; an unpinned `torch` would pull a multi-GB CUDA build. It is only needed
@@ -32,7 +39,7 @@ run: install
 	$(BEDSIDE) serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) \
 		$(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(SOURCE),--source '$(SOURCE)')
 
-test: install
+test: install $(AXE)
 	$(PY) -m pytest
 
 # Retrain the shipped chest X-ray bundle from scratch, reproducibly (seed 0, one CPU thread each):
@@ -54,4 +61,4 @@ model: install
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision fp16
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info node_modules

@@ -62,9 +62,10 @@ def test_get_image_preview_heatmap(client):
     assert got.status_code == 200 and got.json["id"] == sid
     image = client.get(f"/api/v1/studies/{sid}/image")
     assert image.status_code == 200 and image.data == data and image.mimetype == "image/jpeg"
-    for kind in ("preview", "heatmap"):
-        png = client.get(f"/api/v1/studies/{sid}/{kind}")
-        assert png.status_code == 200 and png.mimetype == "image/png" and png.data.startswith(b"\x89PNG")
+    preview = client.get(f"/api/v1/studies/{sid}/preview")
+    assert preview.status_code == 200 and preview.mimetype == "image/jpeg" and preview.data.startswith(b"\xff\xd8")
+    png = client.get(f"/api/v1/studies/{sid}/heatmap")
+    assert png.status_code == 200 and png.mimetype == "image/png" and png.data.startswith(b"\x89PNG")
     assert client.get("/api/v1/studies/999").status_code == 404
     assert client.get("/api/v1/studies/999/heatmap").json["error"]["code"] == "not_found"
 
@@ -117,6 +118,11 @@ def test_review_and_audit_log(client):
     ]  # viewing is recorded under the default operator, whatever the header said
     assert client.post("/api/v1/studies/999/review", json={}).status_code == 404
     assert client.post(f"/api/v1/studies/{sid}/review", json={"note": "x" * 3000}).status_code == 400
+    again = client.post(f"/api/v1/studies/{sid}/review", json={"note": "no", "operator": "dr c"})
+    assert again.status_code == 409 and "already reviewed by dr b" in again.json["error"]["message"]
+    assert client.post(f"/api/v1/studies/{sid}/review", json={"change": "maybe"}).status_code == 400
+    changed = client.post(f"/api/v1/studies/{sid}/review", json={"note": "no", "operator": "dr c", "change": True})
+    assert changed.status_code == 200 and changed.json["review"]["by"] == "dr c"
 
 
 def test_settings_change_default_operator_and_are_audited(client):

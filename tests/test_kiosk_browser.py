@@ -1,6 +1,6 @@
 """The clinician's flow in headless Chromium (Debian's /usr/bin/chromium through Playwright):
 home -> new study (a real chest X-ray, also dropped onto the drop zone) -> result with the heatmap
--> history, at 1024x600 and 1280x800. Screenshots go to artifacts/kiosk/ for people to look at.
+-> history, at 1024x600 and 1280x800. Screenshots go to pytest's tmp dir (`screens`) for people to look at.
 
 Also checked: nothing is requested from anywhere but the kiosk, no console or CSP errors, touch
 targets are at least 48 px, nothing scrolls sideways, and the heatmap toggle works from the keyboard.
@@ -11,21 +11,14 @@ from __future__ import annotations
 import base64
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORTS, bundle, screens, sync_playwright, xray  # noqa: F401
 from capture_support import sample_xrays
-from kiosk_support import ROOT, running_server, shipped_bundle
+from kiosk_support import running_server
 from models.bundle import load_bundle
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-ARTIFACTS = ROOT / "artifacts" / "kiosk"
-VIEWPORTS = [(1024, 600), (1280, 800)]
 TOUCH_TARGETS = "a.btn, button, .nav, .tile, .row, .chip, .count, input:not([type=checkbox]):not([type=file]), select, .drop"
 
 SMALL_TARGETS_JS = """(selector) => Array.from(document.querySelectorAll(selector))
@@ -44,32 +37,8 @@ DROP_JS = """([b64, name]) => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def sync_playwright():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium; .ci/run does)")
-    return pytest.importorskip("playwright.sync_api", reason="playwright (test extra) not installed").sync_playwright
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Path:
-    path = shipped_bundle()
-    if path is None:
-        pytest.skip("the shipped bundle models/bundles/chest-xray-pneumonia is absent")
-    return path
-
-
-@pytest.fixture(scope="module")
-def xray() -> Path:
-    pneumonia = [p for p in sample_xrays() if p.parent.name == "PNEUMONIA"]
-    if not pneumonia:
-        pytest.skip("no full-resolution chest X-ray samples (datasets/chest-xray/fullres-samples)")
-    return pneumonia[0]
-
-
-def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray):
+def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray, screens):
     manifest = load_bundle(bundle).manifest
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     usb = tmp_path / "media" / "USB-DRIVE"
     usb.mkdir(parents=True)
     for sample in sample_xrays()[:3]:
@@ -92,7 +61,7 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray):
                 page.on("pageerror", lambda e: problems.append(str(e)))
 
                 def check_layout(name: str) -> None:
-                    page.screenshot(path=str(ARTIFACTS / f"{name}-{size}.png"))
+                    page.screenshot(path=str(screens / f"{name}-{size}.png"))
                     assert page.evaluate(SMALL_TARGETS_JS, TOUCH_TARGETS) == [], name
                     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), name
 
@@ -110,26 +79,39 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray):
                 assert page.locator(".file").count() == 3  # the USB drive's images are listed for import
                 page.set_input_files("input[type=file]", str(xray))
                 page.fill("#reference-upload", f"Bed 7 ({size})")
+                assert page.locator(".osk").is_hidden()  # ui.on_screen_keyboard = "auto": not full screen here
                 check_layout("2-new-study")
 
                 page.click("button:has-text('Triage')")
                 page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
                 banner = page.locator(".banner-word").inner_text()
                 assert banner in ("URGENT", "ROUTINE", "UNGRADABLE")
+                assert page.locator(".banner").get_attribute("data-triage") == banner
                 assert page.locator(".banner .icon").is_visible()
+                assert f"Bed 7 ({size})" in page.inner_text(".banner")
+                # Readable at arm's length: the verdict takes at least a quarter of the screen, and
+                # it, Mark reviewed and Next case are all on screen without scrolling.
+                assert page.locator(".banner").bounding_box()["height"] >= height / 4
+                for primary in (".banner", "button:has-text('Mark reviewed')", "[data-next]"):
+                    box = page.locator(primary).bounding_box()
+                    assert box["y"] >= 0 and box["y"] + box["height"] <= height, (primary, box)
+                heat_url = page.locator("[data-heat]").get_attribute("data-src")
+                assert heat_url and not any("/heatmap" in u for u in requested)  # not fetched while hidden
                 assert f"{manifest.id} v{manifest.version}" in page.inner_text(".facts")
                 if manifest.research_only:
                     assert "Research use only, not for diagnosis." in page.inner_text(".disclaimer")
-                page.wait_for_function("document.querySelector('[data-plain]').naturalWidth > 0")
+                page.wait_for_function("() => document.querySelector('[data-plain]').naturalWidth > 0")
                 check_layout("3-result")
 
                 # Heatmap toggle, from the keyboard.
                 toggle = page.locator("[data-heatmap-toggle]")
                 toggle.focus()
                 page.keyboard.press("Enter")
+                page.wait_for_function("() => document.querySelector('[data-heat]').naturalWidth > 0")
                 assert page.locator("[data-heat]").is_visible() and not page.locator("[data-plain]").is_visible()
                 assert toggle.get_attribute("aria-pressed") == "true"
-                page.wait_for_function("document.querySelector('[data-heat]').naturalWidth > 0")
+                assert "Where the model looked - not an outline of disease" in page.inner_text("[data-heat-legend]")
+                assert page.locator(".legend-bar").is_visible()
                 check_layout("4-result-heatmap")
                 page.keyboard.press("Enter")
                 assert page.locator("[data-plain]").is_visible()
@@ -150,7 +132,7 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray):
                 ctx.close()
 
 
-def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle):
+def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle, screens):
     """A camera (a folder of real X-rays played at 5 fps) -> live view with the triage drawn on it ->
     Capture -> the saved study's result page; a second viewer over the cap is told why, not shown a
     broken image."""
@@ -162,7 +144,6 @@ def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle):
         pytest.skip("no full-resolution chest X-ray samples")
     settings = tmp_path / "bedside.toml"
     settings.write_text("[capture]\nmax_viewers = 1\n")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with running_server(tmp_path / "data", [bundle], "--config", str(settings),
                         "--source", f"file://{frames}?fps=5&loop=1") as server, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
@@ -176,7 +157,16 @@ def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle):
             page.wait_for_function("document.querySelector('[data-live-state]').textContent.startsWith('streaming')")
             assert "Research use only, not for diagnosis." in page.inner_text(".panel")
             assert page.locator("[data-live-unavailable]").is_hidden()
-            page.screenshot(path=str(ARTIFACTS / "6-live-1024x600.png"))
+            # The current result, large, beside the video: word, colour, plain line, how clear-cut.
+            panel = page.locator("[data-live-result]:not([data-triage=''])")
+            panel.wait_for(timeout=20_000)
+            live_triage = panel.get_attribute("data-triage")
+            assert page.inner_text("[data-live-word]") == live_triage
+            assert f"banner-{live_triage.lower()}" in panel.get_attribute("class")
+            line = page.inner_text("[data-live-line]")
+            assert line.startswith(("Suspected pneumonia", "No pneumonia", "Cannot assess: ")), line
+            assert panel.bounding_box()["height"] >= 150
+            page.screenshot(path=str(screens / "6-live-1024x600.png"))
 
             second = ctx.new_page()  # over max_viewers = 1 while the first view still streams
             second.goto(server.url + "live/cam0")
@@ -188,6 +178,6 @@ def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle):
             page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
             assert page.locator(".banner-word").inner_text() in ("URGENT", "ROUTINE", "UNGRADABLE")
             assert "Bed 9 (live)" in page.inner_text(".facts")
-            page.screenshot(path=str(ARTIFACTS / "7-live-capture-result-1024x600.png"))
+            page.screenshot(path=str(screens / "7-live-capture-result-1024x600.png"))
         finally:
             ctx.close()

@@ -53,9 +53,13 @@ def test_upload_form_redirects_to_the_result(client):
     r = post_upload(client, png_bytes(2), "bed4.png", reference="Bed 4", operator="nurse c")
     assert r.status_code == 303 and re.match(r"/studies/\d+\?saved=1", r.headers["Location"])
     page = text(client.get(r.headers["Location"]))
-    triage = re.search(r'class="banner-word">(\w+)<', page).group(1)
+    triage = re.search(r'class="banner banner-\w+" role="status" data-triage="(\w+)"', page).group(1)
     assert triage in ("URGENT", "ROUTINE", "UNGRADABLE")
     assert f"banner-{triage.lower()}" in page and '<svg class="icon"' in page  # word + icon + colour
+    plain = {"URGENT": "Suspected pneumonia - review first", "ROUTINE": "No pneumonia pattern found"}[triage]
+    banner = page[page.index('class="banner '):page.index('class="actions"')]
+    assert plain in banner and "Bed 4" in banner and "P(" not in page
+    assert re.search(r"<details class=\"numbers\">.*Model score for pneumonia: <strong>0\.\d\d</strong>", page, re.S)
     assert "Saved as study #1" in page
     assert "Research use only, not for diagnosis." in page and "Not for clinical use." in page
     assert "tiny-test v0.0.1" in page and "Unit tests only." in page
@@ -84,11 +88,23 @@ def test_review_and_export_from_the_result_page(client, drives):
     r = client.post("/studies/1/review", data={"note": "seen", "operator": "dr d"})
     assert r.status_code == 303
     page = text(client.get(r.headers["Location"]))
-    assert "Marked as reviewed." in page and "by dr d" in page and "seen" in page
-    r = client.post("/studies/1/export", data={"destination": str(drives["export"])})
+    assert "Marked as reviewed." in page and "Reviewed by dr d" in page and "seen" in page
+    assert "Mark reviewed</button>" not in page and "Change review" in page
+    again = client.post("/studies/1/review", data={"note": "again", "operator": "dr e"})
+    assert again.status_code == 409 and "already reviewed by dr d" in text(again)
+    r = client.post("/studies/1/review", data={"note": "changed", "operator": "dr e", "change": "1"})
+    assert r.status_code == 303 and "Reviewed by dr e" in text(client.get("/studies/1"))
+    changed = next(e for e in client.get("/api/v1/audit?study=1").json["entries"] if e["action"] == "study_reviewed")
+    assert changed["operator"] == "dr e" and changed["detail"]["replaces"]["by"] == "dr d"
+    assert changed["detail"]["replaces"]["note"] == "seen"
+    r = client.post("/studies/1/export", data={"destination": str(drives["export"]), "operator": "porter f"})
     assert r.status_code == 303
+    exported = next(e for e in client.get("/api/v1/audit?study=1").json["entries"] if e["action"] == "study_exported")
+    assert exported["operator"] == "porter f"
     page = text(client.get(r.headers["Location"]))
-    assert "Exported to " + str(drives["export"]) in page
+    assert re.search(r"Exported to export, folder bedside-study-1-\d+-\d+", page)  # the target by its name
+    assert f'<option value="{drives["export"]}">export</option>' in page
+    assert "This kiosk (internal storage)</option>" in page and str(drives["export"]) + "<" not in page
     assert len(list(drives["export"].glob("bedside-study-1-*/result.json"))) == 1
 
 
@@ -106,7 +122,7 @@ def test_history_filters_and_csv_export(client, drives):
     assert client.get("/history?from=soon").status_code == 400
     assert client.get(f"/history?page={10**30}").status_code == 200  # beyond the end: an empty page
     r = client.post("/history/export", data={"q": "ward", "destination": str(drives["export"])})
-    assert "Exported 2 studies" in text(r)
+    assert re.search(r"Exported 2 studies to export, file bedside-history-[\d-]+\.csv", text(r))
 
 
 def test_import_form(client, drives):
@@ -134,3 +150,18 @@ def test_pages_reference_only_local_assets(client, path):
     urls = re.findall(r'(?:src|href|action)="([^"]+)"', page)
     assert urls and all(u.startswith("/") or u.startswith("#") for u in urls), urls
     assert "style=" not in page and "<script>" not in page  # nothing inline: the CSP forbids it
+
+
+def test_static_files_are_cached_under_urls_that_change_with_their_content(client, tmp_path):
+    from device.kiosk.static_files import content_version
+
+    page = text(client.get("/"))
+    css = re.search(r'href="(/static/kiosk\.css\?v=(\w+))"', page)
+    assert css, "the stylesheet's URL carries its content version"
+    r = client.get(css.group(1))
+    assert r.status_code == 200 and "max-age=31536000" in r.headers["Cache-Control"]
+    r.close()
+    (tmp_path / "a.js").write_text("one")
+    before = content_version(tmp_path)
+    (tmp_path / "a.js").write_text("two")
+    assert content_version(tmp_path) != before

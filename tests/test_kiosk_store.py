@@ -4,6 +4,7 @@ log, and the start-up check that refuses a corrupt database and reports missing 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 
 import numpy as np
@@ -81,14 +82,35 @@ def test_audit_log_is_append_only(store):
         store.audit("made_up_action", "dr")
 
 
-def test_recent_puts_urgent_first(store):
+def test_worklist_is_every_unreviewed_study_urgent_first_then_longest_waiting(store):
     for i, t in enumerate(["ROUTINE", "URGENT", "UNGRADABLE", "ROUTINE", "URGENT"]):
         add(store, f"img{i}".encode(), triage=t)
-    assert [(s.id, s.triage) for s in store.recent(4)] == [
-        (5, "URGENT"), (2, "URGENT"), (3, "UNGRADABLE"), (4, "ROUTINE")
+    for i in range(20):  # twenty newer routine studies push nothing urgent out
+        add(store, f"newer{i}".encode(), triage="ROUTINE")
+    studies, total = store.worklist(limit=4)
+    assert total == 25 and [(s.id, s.triage) for s in studies] == [
+        (2, "URGENT"), (5, "URGENT"), (3, "UNGRADABLE"), (1, "ROUTINE")
     ]
+    assert store.unreviewed_counts() == {"URGENT": 2, "UNGRADABLE": 1, "ROUTINE": 22}
+    paged = [s.id for offset in range(0, 25, 4) for s in store.worklist(4, offset)[0]]
+    assert sorted(paged) == list(range(1, 26))  # every page together: each study exactly once
+
+    store.review(2, "dr", "seen")
+    studies, total = store.worklist(limit=2)
+    assert total == 24 and [s.id for s in studies] == [5, 3]
+    assert store.unreviewed_counts()["URGENT"] == 1
+    assert [s.id for s in store.list(StudyFilter(reviewed=True), 10)[0]] == [2]
+    assert store.list(StudyFilter(triage=("URGENT",), reviewed=False), 10)[1] == 1
     studies, total = store.list(StudyFilter(triage=("URGENT",)), limit=1)
     assert total == 2 and studies[0].id == 5
+
+
+def test_first_with_image_finds_the_earlier_study_of_the_same_bytes(store):
+    first = add(store, b"same")
+    add(store, b"other")
+    again = add(store, b"same")
+    assert store.first_with_image(again.image_sha256) == first.id
+    assert store.first_with_image("0" * 64) is None
 
 
 def test_reopen_keeps_everything_and_reports_orphans_and_missing_files(tmp_path):
@@ -139,3 +161,24 @@ def test_iter_studies_reads_everything_in_batches_without_heatmaps(store):
     assert [s.id for s in everything] == [7, 6, 5, 4, 3, 2, 1]
     assert all(s.cam is None for s in everything) and everything[0].result["model"]["id"] == "m"
     assert [s.id for s in store.iter_studies(StudyFilter(triage=("URGENT",)), batch=2)] == [6, 4, 2]
+
+
+def test_migration_moves_an_older_ungradable_score_out_of_sight(tmp_path):
+    s = Store.open(tmp_path)
+    old = add(s, b"blank", triage="UNGRADABLE")
+    kept = old.result["ungraded_model_output"]
+    older = {**old.result, "probabilities": kept["probabilities"], "probability": kept["probability"],
+             "label": kept["label"]}
+    del older["ungraded_model_output"]  # as a study was saved before migration 2
+    s._db.execute("UPDATE studies SET result_json = ? WHERE id = ?", (json.dumps(older), old.id))
+    s._db.execute("DELETE FROM schema_migrations WHERE version = 2")
+    s._db.execute("DROP INDEX studies_to_review")
+    s._db.execute("DROP INDEX studies_by_image")
+    s.close()
+    s = Store.open(tmp_path)
+    try:
+        result = s.get(old.id).result
+        assert result["probabilities"] is None and result["probability"] is None and result["label"] is None
+        assert result["ungraded_model_output"] == kept
+    finally:
+        s.close()

@@ -6,6 +6,7 @@ Errors are ``{"error": {"status", "code", "message", ...}}`` with a 4xx status (
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from flask import Blueprint, Response, jsonify, request
@@ -15,7 +16,7 @@ from device.capture.view import CONTENT_TYPE as MJPEG
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, Busy, KioskError, NotFound, UnsupportedBody
 from device.kiosk.metrics import CONTENT_TYPE
-from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json
+from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json, worklist_json
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 ops = Blueprint("ops", __name__)  # /metrics, where Prometheus looks by default
@@ -64,6 +65,19 @@ def body_text(body: dict, key: str) -> str | None:
     raise BadRequest(f"'{key}' must be a string, not {JSON_TYPES.get(type(value), type(value).__name__)}")
 
 
+FLAG_TEXT = {"1": True, "true": True, "0": False, "false": False, "": False}
+
+
+def body_flag(body: dict, key: str) -> bool:
+    """An optional yes/no field: JSON true/false, or a form's "1"/"0"; absent is false."""
+    value = body.get(key, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in FLAG_TEXT:
+        return FLAG_TEXT[value.lower()]
+    raise BadRequest(f"'{key}' must be true or false")
+
+
 def body_operator(body: dict) -> str | None:
     """Who acts: the body's operator, else (None) the kiosk's default operator. Never a header or
     query parameter, which anything that can send a request could set to any name."""
@@ -97,16 +111,33 @@ def create_study():
         request.form.get("reference"),
         body_operator(request.form),
     )
-    return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
+    first = kiosk().store.first_with_image(study.image_sha256)
+    body = {**study_json(study), "duplicate_of": first if first != study.id else None}
+    return jsonify(body), 201, {"Location": f"/api/v1/studies/{study.id}"}
 
 
 @api.get("/studies")
 def list_studies():
-    where = study_filter(triage_args(), request.args.get("from"), request.args.get("to"), request.args.get("q"))
+    where = study_filter(triage_args(), request.args.get("from"), request.args.get("to"), request.args.get("q"),
+                         request.args.get("reviewed"))
     limit = _int_arg("limit", 50, 1, MAX_PAGE)
     offset = _int_arg("offset", 0, 0, 2**62)
     studies, total = kiosk().store.list(where, limit, offset)
     return jsonify({"studies": [study_json(s) for s in studies], "total": total, "limit": limit, "offset": offset})
+
+
+@api.get("/worklist")
+def worklist():
+    """The unreviewed studies in the order the home screen shows them, with the counts by category."""
+    limit = _int_arg("limit", 50, 1, MAX_PAGE)
+    offset = _int_arg("offset", 0, 0, 2**62)
+    store = kiosk().store
+    studies, total = store.worklist(limit, offset)
+    now = time.time()
+    return jsonify({
+        "studies": [worklist_json(s, now) for s in studies], "total": total, "limit": limit, "offset": offset,
+        "counts": store.unreviewed_counts(),
+    }), 200, NO_STORE
 
 
 @api.get("/studies/<int:study_id>")
@@ -127,7 +158,13 @@ def study_image(study_id: int):
 @api.get("/studies/<int:study_id>/preview")
 def study_preview(study_id: int):
     k = kiosk()
-    return Response(k.renders.preview_png(k.get(study_id)), mimetype="image/png", headers={"Cache-Control": IMMUTABLE})
+    return Response(k.renders.preview_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+
+@api.get("/studies/<int:study_id>/full")
+def study_full(study_id: int):
+    k = kiosk()
+    return Response(k.renders.full_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
 
 @api.get("/studies/<int:study_id>/heatmap")
@@ -143,7 +180,7 @@ def study_heatmap(study_id: int):
 @api.post("/studies/<int:study_id>/review")
 def review_study(study_id: int):
     body = request_body()
-    study = kiosk().review(study_id, body_text(body, "note"), body_operator(body))
+    study = kiosk().review(study_id, body_text(body, "note"), body_operator(body), body_flag(body, "change"))
     return jsonify(study_json(study))
 
 
@@ -157,7 +194,8 @@ def export_study(study_id: int):
 @api.post("/exports/history")
 def export_history():
     body = request_body()
-    where = study_filter(_history_triage(body), body_text(body, "from"), body_text(body, "to"), body_text(body, "q"))
+    where = study_filter(_history_triage(body), body_text(body, "from"), body_text(body, "to"), body_text(body, "q"),
+                         body_text(body, "reviewed"))
     path, count = kiosk().export_history(where, body_text(body, "destination"), body_operator(body))
     return jsonify({"path": str(path), "studies": count}), 201
 

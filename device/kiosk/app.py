@@ -16,9 +16,11 @@ from device.kiosk.context import EXTENSION, kiosk
 from device.kiosk.errors import KioskError
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
+from device.kiosk.plain_errors import PLAIN_ERRORS
 from device.kiosk.request_log import log_requests
 from device.kiosk.security import protect
-from device.kiosk.service import Kiosk, local_time
+from device.kiosk.service import Kiosk, local_time, waiting_s, waiting_text
+from device.kiosk.static_files import cache_static_files
 from device.kiosk.storage import STORAGE_FULL, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,10 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions[EXTENSION] = appliance
     app.jinja_env.filters["local_time"] = local_time
+    app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
+    app.jinja_env.globals["plain_errors"] = PLAIN_ERRORS
 
+    cache_static_files(app)
     app.register_blueprint(api)
     app.register_blueprint(dicom_api)
     app.register_blueprint(ops)
@@ -86,7 +91,7 @@ def _wants_json() -> bool:
 def error_response(status: int, code: str, message: str, **extra):
     if _wants_json():
         return jsonify({"error": {"status": status, "code": code, "message": message, **extra}}), status
-    return render_template("error.html", status=status, message=message), status
+    return render_template("error.html", status=status, message=message, kind=code), status
 
 
 def _kiosk_error(exc: KioskError):

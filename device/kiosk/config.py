@@ -100,8 +100,13 @@ class MediaSettings(_Strict):
 
 class UiSettings(_Strict):
     operator: str = Field(default="", max_length=80, description="default operator recorded with each action")
-    recent_studies: int = Field(default=12, ge=1, le=100)
-    page_size: int = Field(default=25, ge=5, le=200)
+    page_size: int = Field(default=25, ge=5, le=200, description="studies per page of the worklist and history")
+    on_screen_keyboard: Literal["auto", "always", "off"] = Field(
+        default="auto", description="a keyboard on screen for text fields: auto = while the kiosk runs full screen"
+    )
+    require_reference: bool = Field(
+        default=False, description="refuse a study (upload, import, capture) without a patient reference"
+    )
 
 
 class KioskConfig(_Strict):

@@ -89,7 +89,7 @@ def history_row(study: StudyRecord) -> dict:
     return {
         "id": study.id, "created_at": study.created_at, "exam": study.exam, "source": study.source,
         "reference": study.reference, "operator": study.operator, "filename": study.filename,
-        "triage": study.triage, "label": study.label, "probability": f"{study.probability:.4f}",
+        "triage": study.triage, "label": study.label, "probability": "" if study.probability is None else f"{study.probability:.4f}",
         "threshold": f"{study.threshold:.4f}", "model_id": model.id, "model_version": model.version,
         "model_sha256": model.sha256, "backend": model.backend, "precision": model.precision,
         "quality_ok": r["quality"]["ok"], "quality_issues": "; ".join(i["message"] for i in r["quality"]["issues"]),

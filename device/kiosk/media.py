@@ -101,6 +101,15 @@ def export_targets(folders: list[Path], default: Path) -> list[Path]:
     return targets
 
 
+INTERNAL_LABEL = "This kiosk (internal storage)"
+
+
+def target_label(target: Path, internal: Path) -> str:
+    """What a person calls an export target: the drive's label (the desktop mounts a drive under
+    /media/<user>/<label>, so its folder's name), or the kiosk's own storage."""
+    return INTERNAL_LABEL if target == internal else target.name or str(target)
+
+
 def resolve_export(path: str, targets: list[Path]) -> Path:
     resolved = _resolve(path)
     if not any(resolved == t.resolve() or resolved.is_relative_to(t.resolve()) for t in targets):

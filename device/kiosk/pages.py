@@ -21,7 +21,8 @@ pages = Blueprint("pages", __name__)
 MAX_OFFSET = 2**62
 
 
-def _new_study_page(status: int = 200, error: str | None = None):
+def _new_study_page(status: int = 200, error: str | None = None, error_kind: str | None = None):
+    """The form again, with the reason when a study was refused (``error_kind``: the intake kind)."""
     k = kiosk()
     exam_id = request.values.get("exam") or (k.exams.ids()[0] if len(k.exams) else None)
     return render_template(
@@ -32,19 +33,38 @@ def _new_study_page(status: int = 200, error: str | None = None):
         import_folders=k.config.media.import_folders,
         operator=k.default_operator(),
         reference=request.values.get("reference", ""),
+        require_reference=k.config.ui.require_reference,
         error=error,
+        error_kind=error_kind,
     ), status
+
+
+def _page_number() -> int:
+    """?page=N (from 1), kept within SQLite's integers for any page size."""
+    try:
+        page = max(1, int(request.values.get("page", "1") or 1))
+    except ValueError:
+        raise BadRequest("page must be a number") from None
+    return min(page, MAX_OFFSET // kiosk().config.ui.page_size)
+
+
+def _worklist_args() -> dict:
+    k = kiosk()
+    size, page = k.config.ui.page_size, _page_number()
+    studies, total = k.store.worklist(size, (page - 1) * size)
+    return {"studies": studies, "total": total, "page": page, "pages": max(1, -(-total // size)),
+            "counts": k.store.unreviewed_counts()}
 
 
 @pages.get("/")
 def home():
-    k = kiosk()
-    return render_template(
-        "home.html",
-        exams=list(k.exams),
-        recent=k.store.recent(k.config.ui.recent_studies),
-        counts=k.store.counts_by_triage(),
-    )
+    return render_template("home.html", exams=list(kiosk().exams), **_worklist_args())
+
+
+@pages.get("/worklist")
+def worklist_panel():
+    """The home screen's worklist alone: kiosk.js fetches it to show new studies without a reload."""
+    return render_template("_worklist.html", **_worklist_args()), 200, {"Cache-Control": "no-store"}
 
 
 @pages.get("/studies/new")
@@ -63,7 +83,7 @@ def upload_study():
             request.form.get("reference"), request.form.get("operator"),
         )
     except KioskError as exc:
-        return _new_study_page(exc.status, exc.message)
+        return _new_study_page(exc.status, exc.message, exc.code)
     return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
 
 
@@ -77,7 +97,7 @@ def import_studies():
             paths, request.form.get("exam"), request.form.get("reference"), request.form.get("operator")
         )
     except KioskError as exc:
-        return _new_study_page(exc.status, exc.message)
+        return _new_study_page(exc.status, exc.message, exc.code)
     if len(outcome) == 1 and not isinstance(outcome[0][1], KioskError):
         return redirect(url_for("pages.result", study_id=outcome[0][1].id, saved=1), 303)
     return render_template("imported.html", outcome=outcome, is_error=lambda r: isinstance(r, KioskError))
@@ -88,28 +108,32 @@ def result(study_id: int):
     k = kiosk()
     study = k.view(study_id, None)
     exam = next((e for e in k.exams if e.id == study.exam), None)
+    first = k.store.first_with_image(study.image_sha256)
     return render_template(
         "result.html",
         study=study,
         exam=exam,
+        next_case=next((s for s in k.store.worklist(2)[0] if s.id != study.id), None),
+        duplicate_of=first if first != study.id else None,
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
         exported=request.args.get("exported"),
-        targets=k.export_targets(),
+        targets=k.export_choices(),
         operator=k.default_operator(),
     )
 
 
 @pages.post("/studies/<int:study_id>/review")
 def review(study_id: int):
-    kiosk().review(study_id, request.form.get("note"), request.form.get("operator"))
+    kiosk().review(study_id, request.form.get("note"), request.form.get("operator"), request.form.get("change") == "1")
     return redirect(url_for("pages.result", study_id=study_id, reviewed=1), 303)
 
 
 @pages.post("/studies/<int:study_id>/export")
 def export_study(study_id: int):
-    folder = kiosk().export_study(study_id, request.form.get("destination"), request.form.get("operator"))
-    return redirect(url_for("pages.result", study_id=study_id, exported=str(folder)), 303)
+    k = kiosk()
+    folder = k.export_study(study_id, request.form.get("destination"), request.form.get("operator"))
+    return redirect(url_for("pages.result", study_id=study_id, exported=f"{k.label_of(folder)}, folder {folder.name}"), 303)
 
 
 def _history_args() -> dict:
@@ -118,6 +142,7 @@ def _history_args() -> dict:
         "from": request.values.get("from", ""),
         "to": request.values.get("to", ""),
         "q": request.values.get("q", ""),
+        "reviewed": request.values.get("reviewed", ""),
     }
 
 
@@ -129,21 +154,17 @@ def history():
 @pages.post("/history/export")
 def export_history():
     args = _history_args()
-    where = study_filter(args["triage"], args["from"], args["to"], args["q"])
-    path, count = kiosk().export_history(where, request.form.get("destination"), request.form.get("operator"))
-    return _history_page(message=f"Exported {count} studies to {path}")
+    where = study_filter(args["triage"], args["from"], args["to"], args["q"], args["reviewed"])
+    k = kiosk()
+    path, count = k.export_history(where, request.form.get("destination"), request.form.get("operator"))
+    return _history_page(message=f"Exported {count} studies to {k.label_of(path)}, file {path.name}")
 
 
 def _history_page(message: str | None = None):
     k = kiosk()
     args = _history_args()
-    size = k.config.ui.page_size
-    try:
-        page = max(1, int(request.values.get("page", "1") or 1))
-    except ValueError:
-        raise BadRequest("page must be a number") from None
-    page = min(page, MAX_OFFSET // size)  # beyond any history; keeps the offset within SQLite's integers
-    where = study_filter(args["triage"], args["from"], args["to"], args["q"])
+    size, page = k.config.ui.page_size, _page_number()
+    where = study_filter(args["triage"], args["from"], args["to"], args["q"], args["reviewed"])
     studies, total = k.store.list(where, size, (page - 1) * size)
     return render_template(
         "history.html",
@@ -153,7 +174,8 @@ def _history_page(message: str | None = None):
         pages=max(1, -(-total // size)),
         args=args,
         categories=TRIAGE_ORDER,
-        targets=k.export_targets(),
+        targets=k.export_choices(),
+        operator=k.default_operator(),
         message=message,
     )
 
@@ -180,9 +202,10 @@ def settings():
 
 
 @pages.app_context_processor
-def _live_sources() -> dict:
-    """The nav shows 'Live' only when sources are configured."""
-    return {"has_live_sources": len(kiosk().capture) > 0}
+def _every_page() -> dict:
+    """The nav shows 'Live' only when sources are configured; base.html sets up the keyboard."""
+    k = kiosk()
+    return {"has_live_sources": len(k.capture) > 0, "on_screen_keyboard": k.config.ui.on_screen_keyboard}
 
 
 @pages.get("/live")
@@ -193,7 +216,7 @@ def live_index():
 def _live_page(src: LiveSource, error: str | None = None) -> str:
     k = kiosk()
     return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id), operator=k.default_operator(),
-                           error=error)
+                           require_reference=k.config.ui.require_reference, error=error)
 
 
 @pages.get("/live/<source_id>")

@@ -1,4 +1,6 @@
-"""PNG renderings of stored studies for the screen: the image as a viewer shows it, and the heatmap.
+"""Renderings of stored studies for the screen: the image as a viewer shows it (a screen-sized
+JPEG: a full-resolution PNG pair made the result page slow), and the heatmap (PNG, fetched only
+when it is shown; exact, so that its pixels can be checked).
 
 Uploads are acknowledged without rendering anything (that would add tens of milliseconds to each
 study); the screen versions are made on first view from the stored image and the stored
@@ -10,20 +12,32 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from device import heatmap, intake
 from device.kiosk.store import Store, StudyRecord
+from models.bundle import InputContract
 
 SCREEN_MAX_SIDE = 1024
+PREVIEW_JPEG_QUALITY = 88  # no visible loss on an X-ray at screen size; a tenth of the PNG's bytes
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels
     return np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(pixels: np.ndarray) -> bytes:
+    """JPEG of a gray or RGB uint8 image, for the screen."""
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, PREVIEW_JPEG_QUALITY])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -36,27 +50,35 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 class Renderer:
-    def __init__(self, store: Store, cache_entries: int = 32):
+    def __init__(self, store: Store, contract_of: Callable[[str], InputContract], cache_entries: int = 32):
+        """``contract_of(exam id)``: the input contract of the exam's model, which says which part of
+        an image the model saw (the heatmap is laid on that part); raises when the exam is gone."""
         self._store = store
+        self._contract_of = contract_of
         self._cache: OrderedDict[tuple[str, int | str], bytes] = OrderedDict()
         self._entries = cache_entries
         self._lock = threading.Lock()
 
-    def preview_png(self, study: StudyRecord) -> bytes:
-        return self._cached(("preview", study.image_sha256), lambda: encode_png(self._screen_pixels(study)))
+    def preview_jpeg(self, study: StudyRecord) -> bytes:
+        return self._cached(("preview", study.image_sha256), lambda: encode_jpeg(self._screen_pixels(study)))
+
+    def full_jpeg(self, study: StudyRecord) -> bytes:
+        """The image at full resolution, as a viewer shows it, for looking closer (zoom)."""
+        return self._cached(("full", study.image_sha256), lambda: encode_jpeg(to_uint8(self._decode(study).pixels)))
 
     def heatmap_png(self, study: StudyRecord) -> bytes | None:
         """The overlay at screen size, or None when the model gives no activation map."""
         if study.cam is None:
             return None
-        return self._cached(
-            ("heatmap", study.id), lambda: encode_png(heatmap.overlay(self._screen_pixels(study), study.cam))
-        )
+        return self._cached(("heatmap", study.id), lambda: encode_png(self._overlay(study, self._screen_pixels(study))))
 
     def heatmap_full_png(self, study: StudyRecord) -> bytes | None:
         if study.cam is None:
             return None
-        return encode_png(heatmap.overlay(self._decode(study).pixels, study.cam))
+        return encode_png(self._overlay(study, self._decode(study).pixels))
+
+    def _overlay(self, study: StudyRecord, pixels: np.ndarray) -> np.ndarray:
+        return heatmap.overlay(pixels, study.cam, contract=self._contract_of(study.exam))
 
     def _decode(self, study: StudyRecord) -> intake.DecodedImage:
         return intake.decode_file(self._store.image_path(study.image_sha256))

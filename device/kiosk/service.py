@@ -38,6 +38,7 @@ from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.triage import TRIAGE_ORDER, TriageResult
+from models.bundle import InputContract
 
 log = logging.getLogger(__name__)
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
@@ -61,10 +62,15 @@ def clean_text(value: str | None, limit: int, what: str) -> str:
     return text
 
 
+REVIEWED_ARGS = {"": None, "yes": True, "no": False}
+
+
 def study_filter(
-    triage: list[str] | None = None, date_from: str | None = None, date_to: str | None = None, q: str | None = None
+    triage: list[str] | None = None, date_from: str | None = None, date_to: str | None = None, q: str | None = None,
+    reviewed: str | None = None,
 ) -> StudyFilter:
-    """Filters from request parameters; dates are YYYY-MM-DD in the kiosk's local time, both inclusive."""
+    """Filters from request parameters; dates are YYYY-MM-DD in the kiosk's local time, both inclusive;
+    ``reviewed`` is "yes", "no" or empty (either)."""
     wanted = tuple(t.strip().upper() for t in triage or [] if t.strip())
     unknown = [t for t in wanted if t not in TRIAGE_ORDER]
     if unknown:
@@ -72,7 +78,11 @@ def study_filter(
     start = _local_day_start(date_from, "from") if date_from else None
     end = _local_day_start(date_to, "to", days=1) if date_to else None
     reference = clean_text(q, MAX_QUERY, "the search ('q')") or None
-    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=reference)
+    wanted_review = (reviewed or "").strip().lower()
+    if wanted_review not in REVIEWED_ARGS:
+        raise BadRequest(f"'reviewed' must be yes or no, not {reviewed!r}")
+    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=reference,
+                       reviewed=REVIEWED_ARGS[wanted_review])
 
 
 def _local_day_start(text: str, name: str, days: int = 0) -> str:
@@ -91,6 +101,37 @@ def local_time(stamp: str | None) -> str:
     if not stamp:
         return ""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def waiting_s(study: StudyRecord, now: float | None = None) -> float:
+    """Seconds since the study was received (``now``: seconds since the epoch, default now)."""
+    received = datetime.fromisoformat(study.created_at.replace("Z", "+00:00")).timestamp()
+    return max(0.0, (time.time() if now is None else now) - received)
+
+
+def waiting_text(seconds: float) -> str:
+    """How long a study has waited, as a person says it: '45 s', '12 min', '3 h 05 min', '2 days'."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    return f"{hours // 24} days"
+
+
+def worklist_json(study: StudyRecord, now: float) -> dict:
+    return {
+        "id": study.id,
+        "triage": study.triage,
+        "reference": study.reference,
+        "received_at": study.created_at,
+        "waiting_s": round(waiting_s(study, now), 1),
+        "exam": study.exam,
+        "page": f"/studies/{study.id}",
+    }
 
 
 def study_json(study: StudyRecord) -> dict:
@@ -145,7 +186,7 @@ class Kiosk:
         self.store = store
         self.exams = exams
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
-        self.renders = Renderer(store)
+        self.renders = Renderer(store, self._input_contract)
         self.decoder = Decoder(config.decode)
         self.reserve = Reserve(config.store.data_dir, config.store.reserve_mb)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
@@ -190,6 +231,14 @@ class Kiosk:
     def max_upload_bytes(self) -> int:
         return self.config.server.max_upload_mb * 2**20
 
+    def _input_contract(self, exam_id: str) -> InputContract:
+        """The input contract of the model of an installed exam (the heatmap is placed by it)."""
+        try:
+            return self.exams.resolve(exam_id).bundle.manifest.input
+        except UnknownExam as exc:
+            raise NotFound(f"the study's exam {exam_id!r} is not installed; its heatmap cannot be placed "
+                           f"({exc.message})") from None
+
     # ---- who is acting -----------------------------------------------------------------------
 
     def default_operator(self) -> str:
@@ -201,6 +250,13 @@ class Kiosk:
     def set_default_operator(self, name: str | None, operator: str | None) -> None:
         value = clean_text(name, 80, "operator")
         self.store.change_setting(OPERATOR_KEY, value, self.operator(operator) or value)
+
+    def reference(self, given: str | None) -> str:
+        """The patient reference, cleaned; required when ``ui.require_reference`` is set."""
+        text = clean_text(given, MAX_REFERENCE, "reference")
+        if not text and self.config.ui.require_reference:
+            raise BadRequest("Enter the patient reference first: this kiosk keeps no study without one.")
+        return text
 
     # ---- creating studies --------------------------------------------------------------------
 
@@ -217,7 +273,7 @@ class Kiosk:
         t0 = time.perf_counter()
         try:
             exam = self.exams.resolve(exam_id)
-            reference = clean_text(reference, MAX_REFERENCE, "reference")
+            reference = self.reference(reference)
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
             self.reserve.require(len(data))
@@ -287,7 +343,8 @@ class Kiosk:
         """Import files from the import folders, one study each; a bad file does not stop the others."""
         if not paths:
             raise BadRequest("choose at least one file to import")
-        self.exams.resolve(exam_id)  # an unknown exam fails the whole request, before any work
+        self.exams.resolve(exam_id)  # an unknown exam or a missing reference fails the whole request, before any work
+        self.reference(reference)
         outcome: list[tuple[str, StudyRecord | KioskError]] = []
         for path in expand_dicomdirs(paths, self.config.media.import_folders):
             try:
@@ -339,9 +396,17 @@ class Kiosk:
             self.metrics.error("audit_disk_full")
         return study
 
-    def review(self, study_id: int, note: str | None, operator: str | None) -> StudyRecord:
-        self.get(study_id)
-        study = self.store.review(study_id, self.operator(operator), clean_text(note, MAX_NOTE, "note"))
+    def review(self, study_id: int, note: str | None, operator: str | None, change: bool = False) -> StudyRecord:
+        """Mark a study reviewed. A study already reviewed is changed only when asked to (``change``):
+        a second press of the same button must not overwrite someone's review unseen."""
+        note = clean_text(note, MAX_NOTE, "note")
+        earlier = self.get(study_id)
+        if earlier.reviewed_at is not None and not change:
+            raise Conflict(
+                f"study {study_id} was already reviewed by {earlier.reviewed_by or 'an unnamed operator'} at "
+                f"{earlier.reviewed_at}; to change that review, say so (Change review)"
+            )
+        study = self.store.review(study_id, self.operator(operator), note)
         if study is None:
             raise NotFound(f"no study {study_id}")
         return study
@@ -352,7 +417,21 @@ class Kiosk:
     # ---- exports -----------------------------------------------------------------------------
 
     def export_targets(self) -> list[Path]:
-        return media.export_targets(self.config.media.export_folders, self.config.store.data_dir / "exports")
+        return media.export_targets(self.config.media.export_folders, self._internal_exports)
+
+    @property
+    def _internal_exports(self) -> Path:
+        return self.config.store.data_dir / "exports"
+
+    def export_choices(self) -> list[tuple[str, str]]:
+        """(path, label) of each export target, for the pages: people choose a drive by its name."""
+        return [(str(t), media.target_label(t, self._internal_exports)) for t in self.export_targets()]
+
+    def label_of(self, exported: Path) -> str:
+        """The label of the export target that holds `exported` (a folder or file just written)."""
+        holding = [t for t in self.export_targets() if exported.is_relative_to(t.resolve())]
+        target = max(holding, key=lambda t: len(t.resolve().parts)) if holding else exported.parent  # the drive, not /media
+        return media.target_label(target, self._internal_exports)
 
     def export_study(self, study_id: int, destination: str | None, operator: str | None) -> Path:
         study = self.get(study_id)
@@ -416,7 +495,7 @@ class Kiosk:
                 f"source {source_id}: the newest triaged frame is {age:.1f} s old (the limit is "
                 f"{self.config.capture.stall_timeout_s:g} s); it is not what the camera shows now"
             )
-        reference = clean_text(reference, MAX_REFERENCE, "reference")
+        reference = self.reference(reference)
         operator = self.operator(operator)
         data, fmt = frame_file(live.frame)
         self.reserve.require(len(data))

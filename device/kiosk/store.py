@@ -31,7 +31,7 @@ import numpy as np
 
 from device.clock import utc_iso
 from device.kiosk.study_result import StudyResult
-from device.triage import TRIAGE_ORDER, ModelRef
+from device.triage import TRIAGE_ORDER, UNGRADABLE, ModelRef
 from models import atomic
 from models.atomic import fsync_directory
 
@@ -110,8 +110,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    # 2: the worklist's index, the index that finds an earlier study of the same image, and the
+    # result documents of UNGRADABLE studies saved before their score moved to ungraded_model_output.
     (
         2,
+        """
+        CREATE INDEX studies_to_review ON studies(triage, id) WHERE reviewed_at IS NULL;
+        CREATE INDEX studies_by_image ON studies(image_sha256);
+        UPDATE studies SET result_json = json_set(result_json,
+            '$.ungraded_model_output', json_object(
+                'probabilities', json(json_extract(result_json, '$.probabilities')),
+                'probability', json_extract(result_json, '$.probability'),
+                'label', json_extract(result_json, '$.label')),
+            '$.probabilities', json('null'), '$.probability', json('null'), '$.label', json('null'))
+        WHERE triage = 'UNGRADABLE' AND json_type(result_json, '$.ungraded_model_output') IS NULL;
+        """,
+    ),
+    (
+        3,
         # DICOM instances received by C-STORE (device/dicom): one row per SOP Instance UID, so a
         # re-sent instance is stored once; and an append-only log of what the SCP did and why.
         """
@@ -191,12 +207,12 @@ class StudyRecord:
     height: int
     width: int
     triage: str
-    label: str
-    probability: float
+    label: str | None
+    probability: float | None  # None when UNGRADABLE (see _record)
     threshold: float
     model: ModelRef
     result: dict  # the result document as it was saved (StudyResult.as_json())
-    cam: np.ndarray | None
+    cam: np.ndarray | None  # None when UNGRADABLE, or when the model gives no map
     reviewed_at: str | None
     reviewed_by: str | None
     review_note: str | None
@@ -208,6 +224,7 @@ class StudyFilter:
     created_from: str | None = None  # inclusive, UTC ISO
     created_before: str | None = None  # exclusive, UTC ISO
     reference: str | None = None  # substring, case-insensitive
+    reviewed: bool | None = None  # None: either
 
 
 @dataclass(frozen=True)
@@ -261,12 +278,17 @@ def _named(db: sqlite3.Connection, sql: str, params: tuple = ()) -> sqlite3.Curs
 
 
 def _record(row: sqlite3.Row) -> StudyRecord:
+    """A study as the kiosk shows it. An UNGRADABLE study offers no score, label or heatmap to
+    anyone: the image failed the quality checks, and a number or a map on it reads as a finding.
+    The raw output stays in its row and in its result document (``ungraded_model_output``)."""
+    fields = {name: row[name] for name in _PLAIN_FIELDS}
     cam = None
-    if row["cam"] is not None:
+    if row["triage"] == UNGRADABLE:
+        fields.update(probability=None, label=None)
+    elif row["cam"] is not None:
         cam = np.frombuffer(row["cam"], dtype="<f4").reshape(row["cam_height"], row["cam_width"])
     model = ModelRef(row["model_id"], row["model_version"], row["model_sha256"], row["precision"], row["backend"])
-    return StudyRecord(**{name: row[name] for name in _PLAIN_FIELDS}, model=model,
-                       result=json.loads(row["result_json"]), cam=cam)
+    return StudyRecord(**fields, model=model, result=json.loads(row["result_json"]), cam=cam)
 
 
 class Store:
@@ -406,31 +428,49 @@ class Store:
                 return
             before = rows[-1]["id"]
 
-    def recent(self, count: int) -> list[StudyRecord]:
-        """The last `count` studies, urgent first, then ungradable, then routine; newest first within each."""
+    def worklist(self, limit: int, offset: int = 0) -> tuple[list[StudyRecord], int]:
+        """Unreviewed studies, most urgent category first (TRIAGE_ORDER), then the longest waiting
+        first; and how many there are in all. Nothing is left out by a count: the caller pages."""
         rank = " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(TRIAGE_ORDER))
         with self._lock:
+            total = self._db.execute("SELECT count(*) FROM studies WHERE reviewed_at IS NULL").fetchone()[0]
             rows = _named(
-                self._db, f"SELECT * FROM (SELECT {_STUDY_COLUMNS} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
-                f" ORDER BY s.id DESC LIMIT ?) ORDER BY CASE triage {rank} END, id DESC",
-                (count,),
+                self._db, f"SELECT {_STUDY_COLUMNS_NO_CAM} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
+                f" WHERE s.reviewed_at IS NULL ORDER BY CASE s.triage {rank} END, s.id LIMIT ? OFFSET ?",
+                (limit, offset),
             ).fetchall()
-        return [_record(r) for r in rows]
+        return [_record(r) for r in rows], total
 
-    def counts_by_triage(self) -> dict[str, int]:
+    def unreviewed_counts(self) -> dict[str, int]:
+        """Unreviewed studies by category: the same set the worklist holds."""
         with self._lock:
-            rows = self._db.execute("SELECT triage, count(*) FROM studies GROUP BY triage").fetchall()
+            rows = self._db.execute(
+                "SELECT triage, count(*) FROM studies WHERE reviewed_at IS NULL GROUP BY triage"
+            ).fetchall()
         return {t: 0 for t in TRIAGE_ORDER} | dict(rows)
 
+    def first_with_image(self, image_sha256: str) -> int | None:
+        """The id of the first study of these exact image bytes."""
+        with self._lock:
+            row = self._db.execute("SELECT min(id) FROM studies WHERE image_sha256 = ?", (image_sha256,)).fetchone()
+        return row[0]
+
     def review(self, study_id: int, operator: str, note: str) -> StudyRecord | None:
+        """Record the review; the audit entry of a changed review holds the one it replaced."""
         with self._transaction() as db:
-            cur = db.execute(
+            before = db.execute(
+                "SELECT reviewed_at, reviewed_by, review_note FROM studies WHERE id = ?", (study_id,)
+            ).fetchone()
+            if before is None:
+                return None
+            db.execute(
                 "UPDATE studies SET reviewed_at = ?, reviewed_by = ?, review_note = ? WHERE id = ?",
                 (utc_iso(), operator, note, study_id),
             )
-            if cur.rowcount == 0:
-                return None
-            self._audit(db, "study_reviewed", operator, study_id, {"note": note})
+            detail: dict = {"note": note}
+            if before[0] is not None:
+                detail["replaces"] = {"at": before[0], "by": before[1], "note": before[2]}
+            self._audit(db, "study_reviewed", operator, study_id, detail)
             return self._get(db, study_id)
 
     # ---- DICOM instances and the SCP's log (device/dicom) ----------------------------------------
@@ -524,6 +564,8 @@ def _where(f: StudyFilter) -> tuple[str, tuple]:
         escaped = f.reference.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         clauses.append("s.reference LIKE ? ESCAPE '\\'")
         params.append(f"%{escaped}%")
+    if f.reviewed is not None:
+        clauses.append(f"s.reviewed_at IS {'NOT ' if f.reviewed else ''}NULL")
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
 
 

@@ -8,7 +8,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from device.capture.live import Smoothed
-from device.triage import TriageResult
+from device.triage import UNGRADABLE, TriageResult
+
+# Where an UNGRADABLE study's result document keeps what the model said: for audit only. The image
+# failed the quality checks, so the numbers describe nothing a clinician should read.
+UNGRADED_OUTPUT = "ungraded_model_output"
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class StudyResult:
         del r["file"]  # the study has its own file name
         r["timings_ms"] = self.timings_ms
         r["probability"] = self.probability
+        if self.result.triage == UNGRADABLE:
+            r[UNGRADED_OUTPUT] = {"probabilities": r["probabilities"], "probability": self.probability,
+                                  "label": r["label"]}
+            r["probabilities"] = r["probability"] = r["label"] = None
         if self.capture is not None:
             r["capture"] = self.capture.as_json()
         return r

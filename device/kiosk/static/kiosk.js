@@ -1,6 +1,8 @@
 // Bedside kiosk: small progressive enhancements. Every page works without this file.
 "use strict";
 
+const WORKLIST_REFRESH_MS = 3000;
+
 document.addEventListener("DOMContentLoaded", () => {
   // Drag and drop onto the upload zone, and show which file was chosen.
   for (const zone of document.querySelectorAll("[data-drop]")) {
@@ -41,16 +43,44 @@ document.addEventListener("DOMContentLoaded", () => {
     const viewer = toggle.closest("[data-viewer]");
     const plain = viewer.querySelector("[data-plain]");
     const heat = viewer.querySelector("[data-heat]");
+    const legend = viewer.querySelector("[data-heat-legend]");
     const flip = (e) => {
       e.preventDefault();
       const on = heat.hidden;
+      if (on && !heat.getAttribute("src")) heat.src = heat.dataset.src;  // fetched the first time it is shown
       heat.hidden = !on;
+      legend.hidden = !on;
       plain.hidden = on;
       toggle.setAttribute("aria-pressed", String(on));
       toggle.textContent = on ? "Hide heatmap" : "Show heatmap";
     };
     toggle.addEventListener("click", flip);
     toggle.addEventListener("keydown", (e) => { if (e.key === " ") flip(e); });
+  }
+
+  // Worklist: new studies (uploads, imports, captures) appear without a reload. The panel is
+  // fetched again every few seconds and swapped in only when what it lists changed; otherwise
+  // only the waiting times are brought up to date, so a tap is never lost to a redraw.
+  for (const panel of document.querySelectorAll("[data-worklist]")) {
+    let current = panel;
+    const refresh = async () => {
+      try {
+        const response = await fetch(current.dataset.worklist, {cache: "no-store", credentials: "same-origin"});
+        if (!response.ok) return;
+        const fresh = new DOMParser().parseFromString(await response.text(), "text/html").querySelector("[data-worklist]");
+        if (!fresh) return;
+        if (fresh.dataset.signature !== current.dataset.signature) {
+          current.replaceWith(fresh);
+          current = fresh;
+          return;
+        }
+        const now = fresh.querySelectorAll(".waiting");
+        current.querySelectorAll(".waiting").forEach((el, i) => { if (now[i]) el.textContent = now[i].textContent; });
+      } catch (err) {
+        // The kiosk is restarting or the network blipped: the next round tries again.
+      }
+    };
+    setInterval(refresh, WORKLIST_REFRESH_MS);
   }
 
   // Import list: select every file at once.

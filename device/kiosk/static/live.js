@@ -2,6 +2,8 @@
 // fed by the server's MJPEG stream, and Capture is a plain form, so the page works without this).
 "use strict";
 
+const BORDERLINE = 0.1;
+
 document.addEventListener("DOMContentLoaded", () => {
   const root = document.querySelector("[data-live]");
   if (!root) return;
@@ -22,6 +24,40 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   };
   setInterval(refresh, 1000);
+
+  // The current result, large, beside the video: word, colour, a plain line and how clear-cut it is.
+  const panel = root.querySelector("[data-live-result]");
+  const word = panel.querySelector("[data-live-word]");
+  const line = panel.querySelector("[data-live-line]");
+  const confidence = panel.querySelector("[data-live-confidence]");
+  const finding = panel.dataset.finding;
+  const show = (triage, text, sure) => {
+    panel.className = "banner live-result banner-" + (triage ? triage.toLowerCase() : "pending");
+    panel.dataset.triage = triage;
+    word.textContent = triage || "WAITING";
+    line.textContent = text;
+    confidence.textContent = sure;
+  };
+  const latest = async () => {
+    try {
+      const response = await fetch(panel.dataset.latest, { cache: "no-store" });
+      if (response.status === 404) return show("", "Waiting for the first result from this camera", "");
+      if (!response.ok) return;
+      const r = await response.json();
+      if (r.triage === "UNGRADABLE") {
+        const issues = r.result.quality.issues;
+        return show(r.triage, "Cannot assess: " + (issues.length ? issues[0].message : "the frame failed the quality checks"),
+          issues.length ? issues[0].action : "");
+      }
+      // Within 0.1 of the operating point the call could go either way: say so in words.
+      const borderline = Math.abs(r.probability - r.result.threshold) < BORDERLINE;
+      show(r.triage, r.triage === "URGENT" ? "Suspected " + finding + " - review first" : "No " + finding + " pattern found",
+        borderline ? "Borderline: close to the decision point" : "Clear result");
+    } catch (err) {
+      show("", "The kiosk is not answering", "");
+    }
+  };
+  setInterval(latest, 1000);
   // The server caps how many live views run at once (503 "busy"): say so instead of a broken image.
   const video = root.querySelector("img.shot");
   const notice = root.querySelector("[data-live-unavailable]");

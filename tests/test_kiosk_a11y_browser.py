@@ -1,0 +1,186 @@
+"""Accessibility in Chromium: axe-core (npm, injected by the test; the kiosk never serves it) finds
+no serious or critical violation on any page (worklist, new study, URGENT result with and without
+the heatmap, UNGRADABLE result, an intake error, history, settings, live), and the pages work by
+touch (taps) and by keyboard alone."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import cv2
+import numpy as np
+
+from browser_support import axe, axe_violations, bundle, open_browser, screens, sync_playwright, xray  # noqa: F401
+from capture_support import sample_xrays
+from kiosk_support import running_server
+
+TARGETS = ".audit a, .btn, button, summary, select, .row, .count, .nav, input:not([type=checkbox]):not([type=file])"
+SMALL_JS = """(selector) => Array.from(document.querySelectorAll(selector))
+  .filter((el) => el.offsetParent !== null)
+  .map((el) => [el.outerHTML.slice(0, 80), el.getBoundingClientRect().height, el.getBoundingClientRect().width])
+  .filter(([, h, w]) => h < 44 || w < 44)"""
+
+
+def test_no_serious_accessibility_violation_on_any_page(tmp_path, sync_playwright, bundle, xray, axe, screens):
+    frames = tmp_path / "camera"
+    frames.mkdir()
+    shutil.copy(xray, frames / xray.name)
+    white = tmp_path / "white.png"
+    cv2.imwrite(str(white), np.full((512, 512), 255, np.uint8))
+    with running_server(tmp_path / "data", [bundle], "--source", f"file://{frames}?fps=2&loop=1") as server, \
+            sync_playwright() as pw:
+        ctx = open_browser(pw, tmp_path / "profile", 1024, 600, bypass_csp=True)
+        try:
+            page = ctx.new_page()
+            found: dict[str, list] = {}
+
+            def check(name: str) -> None:
+                page.screenshot(path=str(screens / f"a11y-{name}.png"))
+                found[name] = axe_violations(page, axe) + page.evaluate(SMALL_JS, TARGETS)  # touch targets >= 44 px
+
+            page.goto(server.url + "studies/new")
+            check("new-study")
+            page.fill("#reference-upload", "Bed 1")
+            page.set_input_files("input[type=file]", str(xray))
+            page.click("button:has-text('Triage')")
+            page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
+            check("result")
+            page.click("[data-heatmap-toggle]")
+            page.wait_for_function("() => document.querySelector('[data-heat]').naturalWidth > 0")
+            check("result-heatmap")
+            page.goto(server.url + "studies/new")
+            page.set_input_files("input[type=file]", str(white))
+            page.click("button:has-text('Triage')")
+            page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
+            check("result-ungradable")
+            page.goto(server.url + "studies/new")
+            page.set_input_files("input[type=file]", files=[{"name": "e.png", "mimeType": "image/png", "buffer": b""}])
+            page.click("button:has-text('Triage')")
+            page.locator("[data-error-kind]").wait_for()
+            check("error")
+            for name, path in (("worklist", ""), ("history", "history"), ("settings", "settings"), ("live", "live/cam0")):
+                page.goto(server.url + path)
+                check(name)
+            assert {name: v for name, v in found.items() if v} == {}
+        finally:
+            ctx.close()
+
+
+def test_touch_and_keyboard_only_flows(tmp_path, sync_playwright, bundle, xray, screens):
+    samples = sample_xrays()
+    with running_server(tmp_path / "data", [bundle]) as server, sync_playwright() as pw:
+        api = server.client()
+        try:
+            for path in (xray, samples[0]):
+                assert api.upload(path.name, path.read_bytes(), reference=f"tap {path.name}")[0] == 201
+        finally:
+            api.close()
+        touch = open_browser(pw, tmp_path / "touch", 1024, 600, has_touch=True, is_mobile=False)
+        try:
+            page = touch.new_page()
+            page.goto(server.url)
+            first = page.locator("[data-study]").first
+            study = first.get_attribute("data-study")
+            first.tap()
+            page.wait_for_url(re.compile(rf"/studies/{study}$"))
+            page.locator("[data-heatmap-toggle]").tap()
+            page.wait_for_function("() => document.querySelector('[data-heat]').naturalWidth > 0")
+            page.locator("button:has-text('Mark reviewed')").tap()
+            page.wait_for_url(re.compile(rf"/studies/{study}\?reviewed=1"))
+            assert "Reviewed by" in page.inner_text("[data-reviewed]")
+            page.screenshot(path=str(screens / "touch-reviewed-1024x600.png"))
+        finally:
+            touch.close()
+        keys = open_browser(pw, tmp_path / "keys", 1280, 800)
+        try:
+            page = keys.new_page()
+            page.goto(server.url)
+            for _ in range(40):  # Tab through the page until the first worklist row has the focus
+                page.keyboard.press("Tab")
+                if page.evaluate("() => document.activeElement.matches('[data-study]')"):
+                    break
+            study = page.evaluate("() => document.activeElement.dataset.study")
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(rf"/studies/{study}$"))
+            for _ in range(40):
+                page.keyboard.press("Tab")
+                if page.evaluate("() => document.activeElement.textContent.trim() === 'Mark reviewed'"):
+                    break
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(rf"/studies/{study}\?reviewed=1"))
+            page.goto(server.url)
+            assert page.locator(f"[data-study='{study}']").count() == 0
+        finally:
+            keys.close()
+
+
+def test_look_closer_zooms_pans_and_resets(tmp_path, sync_playwright, bundle, xray, screens):
+    """Tap the image: full screen at full resolution; wheel and pinch zoom, drag pans, brightness
+    mode changes brightness, Reset puts it back, Close returns to the result."""
+    with running_server(tmp_path / "data", [bundle]) as server, sync_playwright() as pw:
+        api = server.client()
+        try:
+            status, study = api.upload(xray.name, xray.read_bytes(), reference="closer")
+        finally:
+            api.close()
+        assert status == 201
+        ctx = open_browser(pw, tmp_path / "profile", 1024, 600, has_touch=True)
+        try:
+            page = ctx.new_page()
+            page.goto(server.url + f"studies/{study['id']}")
+            page.locator("[data-plain]").tap()
+            dialog = page.locator("[data-closer]")
+            dialog.wait_for()
+            page.wait_for_function("() => document.querySelector('[data-closer-img]').naturalWidth > 0")
+            full = page.evaluate("() => document.querySelector('[data-closer-img]').naturalWidth")
+            assert full == study["image"]["width"]  # full resolution, not the screen preview
+            page.click("[data-closer-in]")
+            assert float(dialog.get_attribute("data-scale")) == 1.5
+            stage = page.locator("[data-closer-stage]").bounding_box()
+            cx, cy = stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2
+            page.mouse.move(cx, cy)
+            page.mouse.wheel(0, -100)
+            assert float(dialog.get_attribute("data-scale")) > 1.5
+            before = page.evaluate("() => document.querySelector('[data-closer-img]').style.transform")
+            page.mouse.down()
+            page.mouse.move(cx + 80, cy + 40, steps=4)
+            page.mouse.up()
+            assert page.evaluate("() => document.querySelector('[data-closer-img]').style.transform") != before
+            page.click("[data-closer-mode]")
+            assert page.get_attribute("[data-closer-mode]", "aria-pressed") == "true"
+            page.mouse.move(cx, cy)
+            page.mouse.down()
+            page.mouse.move(cx + 150, cy, steps=4)
+            page.mouse.up()
+            assert float(dialog.get_attribute("data-brightness")) > 1.2
+            page.screenshot(path=str(screens / "look-closer-1024x600.png"))
+            page.click("[data-closer-reset]")
+            assert dialog.get_attribute("data-scale") == "1.00" and dialog.get_attribute("data-brightness") == "1.00"
+            page.click("[data-closer-close]")
+            assert not dialog.is_visible() and page.locator(".banner").is_visible()
+        finally:
+            ctx.close()
+
+
+def test_on_screen_keyboard_types_into_the_focused_field(tmp_path, sync_playwright, bundle, screens):
+    settings = tmp_path / "bedside.toml"
+    settings.write_text('[ui]\non_screen_keyboard = "always"\n')
+    with running_server(tmp_path / "data", [bundle], "--config", str(settings)) as server, sync_playwright() as pw:
+        ctx = open_browser(pw, tmp_path / "profile", 1024, 600, has_touch=True)
+        try:
+            page = ctx.new_page()
+            page.goto(server.url + "studies/new")
+            board = page.locator(".osk")
+            assert board.is_hidden()
+            page.locator("#reference-upload").tap()
+            board.wait_for()
+            for key in ("Shift", "b", "e", "d", "Space", "7", "x", "Backspace"):
+                page.locator(f".osk [data-key='{key}']").tap()
+            assert page.input_value("#reference-upload") == "Bed 7"
+            assert page.evaluate("() => document.activeElement.id") == "reference-upload"  # the field kept the focus
+            page.screenshot(path=str(screens / "keyboard-1024x600.png"))
+            page.locator(".osk [data-key='Done']").tap()
+            assert board.is_hidden()
+        finally:
+            ctx.close()

@@ -1,0 +1,57 @@
+"""The kiosk's other screens in Chromium at 1024x600 and 1280x800: each intake error in plain
+words with the Triage button still on screen, and an UNGRADABLE result with no score and no heatmap.
+Screenshots of each go to pytest's tmp dir (`screens`)."""
+
+from __future__ import annotations
+
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from browser_support import VIEWPORTS, bundle, open_browser, screens, sync_playwright, xray  # noqa: F401  (fixtures)
+from device.kiosk.plain_errors import PLAIN_ERRORS
+from kiosk_support import dicom_without_pixels, running_server
+
+BAD_FILES = [("empty.png", b""), ("report.dcm", b"Discharge summary.\n" * 20), ("nopixels.dcm", dicom_without_pixels())]
+
+
+@pytest.mark.parametrize("width,height", VIEWPORTS)
+def test_errors_and_ungradable_in_chromium(tmp_path, sync_playwright, bundle, screens, width, height):
+    size = f"{width}x{height}"
+    white = tmp_path / "white.png"
+    cv2.imwrite(str(white), np.full((512, 512), 255, np.uint8))
+    with running_server(tmp_path / "data", [bundle]) as server, sync_playwright() as pw:
+        ctx = open_browser(pw, tmp_path / "profile", width, height)
+        try:
+            page = ctx.new_page()
+            for name, data in BAD_FILES:
+                page.goto(server.url + "studies/new")
+                page.set_input_files("input[type=file]", files=[{"name": name, "mimeType": "application/octet-stream",
+                                                                 "buffer": data}])
+                page.click("button:has-text('Triage')")
+                box = page.locator("[data-error-kind]")
+                box.wait_for()
+                plain = PLAIN_ERRORS[box.get_attribute("data-error-kind")]
+                assert plain.what in box.inner_text() and plain.todo in box.inner_text()
+                assert not page.locator(".error-detail p").is_visible()  # the technical text: one tap away
+                page.screenshot(path=str(screens / f"error-{name}-{size}.png"))
+                triage = page.locator("button:has-text('Triage')").bounding_box()
+                assert triage["y"] + triage["height"] <= height, (name, triage)  # the form stays in reach
+
+            page.goto(server.url + "studies/new")
+            page.fill("#reference-upload", "Bed 5")
+            page.set_input_files("input[type=file]", str(white))
+            page.click("button:has-text('Triage')")
+            page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"))
+            assert page.locator(".banner").get_attribute("data-triage") == "UNGRADABLE"
+            assert page.locator(".banner-line").inner_text().startswith("Cannot assess: ")
+            assert page.locator("[data-heatmap-toggle]").count() == 0 and page.locator("details.numbers").count() == 0
+            shown = page.inner_text("main")
+            assert "score" not in shown.lower() and "P(" not in shown and "%" not in shown
+            page.screenshot(path=str(screens / f"ungradable-{size}.png"))
+            page.goto(server.url)
+            assert "%" not in page.inner_text(".worklist")
+        finally:
+            ctx.close()

@@ -1,0 +1,63 @@
+"""The home screen's worklist through Flask's test client and the API: every unreviewed study, most
+urgent first, paged and never cut by a count; counts that match the list; reviewing moves a study
+out; History filters by reviewed."""
+
+from __future__ import annotations
+
+import re
+
+from device.triage import TRIAGE_ORDER
+from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from test_kiosk_pages import post_upload, text
+
+
+def upload_many(client, n: int) -> None:
+    for i in range(n):
+        assert post_upload(client, png_bytes(100 + i), f"s{i}.png", reference=f"bed {i}").status_code == 303
+
+
+def test_worklist_api_lists_every_unreviewed_study_in_triage_then_waiting_order(client):
+    upload_many(client, 7)
+    body = client.get("/api/v1/worklist").json
+    assert body["total"] == 7 == sum(body["counts"].values())
+    first = body["studies"][0]
+    assert set(first) >= {"id", "triage", "reference", "received_at", "waiting_s"}
+    assert first["waiting_s"] >= 0 and first["received_at"].endswith("Z")
+    order = [(TRIAGE_ORDER.index(s["triage"]), s["id"]) for s in body["studies"]]
+    assert order == sorted(order)  # most urgent category first, then the longest waiting
+    for triage in TRIAGE_ORDER:
+        assert body["counts"][triage] == sum(s["triage"] == triage for s in body["studies"])
+
+    reviewed = body["studies"][0]["id"]
+    client.post(f"/studies/{reviewed}/review", data={"note": "", "operator": "dr a"})
+    after = client.get("/api/v1/worklist?limit=2").json
+    assert after["total"] == 6 and len(after["studies"]) == 2
+    assert reviewed not in [s["id"] for s in client.get("/api/v1/worklist").json["studies"]]
+    assert client.get("/api/v1/worklist?limit=0").status_code == 400
+
+
+def test_home_pages_the_worklist_and_its_counts_match(client, app):
+    from device.kiosk.context import kiosk_of
+
+    size = kiosk_of(app).config.ui.page_size
+    upload_many(client, size + 3)
+    home = text(client.get("/"))
+    shown = re.findall(r'data-study="(\d+)"', home)
+    assert len(shown) == size and "Page 1 of 2" in home
+    counts = {t: int(n) for n, t in re.findall(r">(\d+) (urgent|ungradable|routine)</a>", home)}
+    assert sum(counts.values()) == size + 3
+    second = re.findall(r'data-study="(\d+)"', text(client.get("/?page=2")))
+    assert sorted(map(int, shown + second)) == list(range(1, size + 4))  # nothing cut, nothing twice
+    assert "waiting " in home and "%" not in re.sub(r"<style.*?</style>", "", home)
+
+    panel = client.get("/worklist")
+    assert panel.headers["Cache-Control"] == "no-store" and re.findall(r'data-study="(\d+)"', text(panel)) == shown
+
+
+def test_history_filters_by_reviewed(client):
+    upload_many(client, 3)
+    client.post("/studies/2/review", data={"note": "ok"})
+    assert re.findall(r'data-study="(\d+)"', text(client.get("/history?reviewed=yes"))) == ["2"]
+    assert re.findall(r'data-study="(\d+)"', text(client.get("/history?reviewed=no"))) == ["3", "1"]
+    assert client.get("/api/v1/studies?reviewed=no").json["total"] == 2
+    assert client.get("/history?reviewed=maybe").status_code == 400
