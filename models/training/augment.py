@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    scale: tuple[float, float] = (0.75, 1.4)  # a film cut or padded by 8-10% per edge lies well inside
+    scale: tuple[float, float] = (0.8, 1.25)  # covers a film cut or padded by 8-10% per edge
     rotate_deg: float = 10.0
     translate: float = 0.06  # fraction of the image side
     brightness: float = 0.08  # additive, unit scale

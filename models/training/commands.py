@@ -24,6 +24,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="checkpoints of --hold-out training runs, reported in the model card")
     parser.add_argument("--group-shift-note", default="",
                         help="a sentence for the card under the group-shift table (e.g. how their recipe differed)")
+    parser.add_argument("--max-flip-rate", type=float, default=None,
+                        help="the audit limit the bundle declares (default: the one the checkpoint was trained with)")
     parser.add_argument("--id", default=train.DEFAULT_ID, help="bundle id (default: %(default)s)")
     parser.add_argument("--version", default=train.DEFAULT_VERSION, help="bundle version (default: %(default)s)")
 
@@ -33,6 +35,8 @@ def run_export(args: argparse.Namespace) -> int:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     checkpoint = load(args.checkpoint)
+    if args.max_flip_rate is not None:
+        checkpoint["max_flip_rate"] = args.max_flip_rate
     folds = group_shift_folds([load(p) for p in args.group_shift])
     try:
         bundle = write_bundle(checkpoint, Path(args.out), args.id, args.version, data_dir=args.data, group_shift=folds,
