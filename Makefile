@@ -56,7 +56,8 @@ model: install
 	$(BEDSIDE) train --epochs 36 --threads 1 --runs-dir $(RUNS)/main
 	$(PY) -m models.training.operating_point --checkpoint $(RUNS)/main/*/checkpoint.pt \
 	  --group-shift $(RUNS)/fold-*/*/checkpoint.pt --out $(RUNS)/shifted.pt
-	$(BEDSIDE) export --checkpoint $(RUNS)/shifted.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --out $(BUNDLE)
+	$(BEDSIDE) export --checkpoint $(RUNS)/shifted.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --max-flip-rate 0.03 \
+	  --out $(BUNDLE)
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision int8
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision fp16
 
