@@ -154,7 +154,8 @@ def _print_text(report: dict) -> None:
     for name, version in report["bench_peers"].items():
         print(f"  {name:<12} {'installed' if version else 'not installed'}: measured by `bedside bench`, "
               f"not a serving backend" + (f" ({version})" if version else " (the 'bench' extra)"))
-    print("bundles (each CPU variant self-tested on onnxruntime against fp32):")
+    print("bundles (each CPU variant self-tested on onnxruntime: golden inputs against the stored FP32 outputs, "
+          "or synthetic inputs against FP32 where a bundle ships none):")
     for b in report["bundles"]:
         print(f"  {'OK    ' if b['ok'] else 'BROKEN'} {b.get('id', '')} {b.get('version', '')}  {b['path']}"
               + ("" if b["ok"] else f": {b['error']}"))
