@@ -59,15 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with NORMAL/ and PNEUMONIA/ (default: $BEDSIDE_DATASETS/chest-xray/train)")
     parser.add_argument("--out", type=Path, default=None,
                         help="bundle directory to write (default: only the checkpoint in --runs-dir)")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=36, help="passes over the training images (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the split, the initialisation and the augmentation (default: %(default)s)")
     parser.add_argument("--size", type=int, default=128, help="square input side in pixels")
     parser.add_argument("--widths", default="16,32,64,128", help="channels per stage (multiples of 16)")
     parser.add_argument("--blocks", type=int, default=1, help="residual blocks per stage")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak one-cycle learning rate (AdamW)")
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--label-smoothing", type=float, default=0.05)
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default: %(default)s)")
+    parser.add_argument("--label-smoothing", type=float, default=0.05,
+                        help="cross-entropy label smoothing (default: %(default)s)")
     parser.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights (0: off)")
     parser.add_argument("--val-fraction", type=float, default=0.17, help="share of patients held out")
     parser.add_argument("--stress-copies", type=int, default=4,
@@ -84,11 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-flip-rate", type=float, default=audit.MAX_FLIP_RATE,
                         help="the audit limit the bundle declares; export refuses a model over it")
     parser.add_argument("--bootstrap", type=int, default=1000, help="patient bootstrap resamples for the intervals")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--id", default=DEFAULT_ID)
-    parser.add_argument("--version", default=DEFAULT_VERSION)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; results depend on it, so it is recorded (default: %(default)s)")
+    parser.add_argument("--id", default=DEFAULT_ID, help="bundle id (default: %(default)s)")
+    parser.add_argument("--version", default=DEFAULT_VERSION, help="bundle version (default: %(default)s)")
     parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs", help="where checkpoints go")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
 
 
 @dataclass
