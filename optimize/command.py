@@ -1,7 +1,7 @@
 """``bedside optimize``: add a gated INT8 or FP16 variant to a bundle (see optimize/variants.py).
 
-Exit 0 when a variant was added, 1 when every candidate failed the accuracy gate (nothing is
-written then) or the inputs were refused.
+Exit 0 when a variant was added, 1 when every candidate failed the accuracy gate or the bundle's
+shortcut audits (nothing is written then) or the inputs were refused.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"added {c.precision} variant {c.file} for {', '.join(c.targets)} "
               f"(CPU b1 p50 {c.latency['p50_ms']:.3f} ms)")
     for c in outcome.rejected:
-        print(f"rejected {c.name}: {'; '.join(c.result.reasons)}")
+        print(f"rejected {c.name}: {'; '.join(c.refused)}")
     if outcome.report:
         print(f"report: {outcome.report}")
     return 0 if outcome.accepted else 1

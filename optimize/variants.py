@@ -43,6 +43,7 @@ class Candidate:
     result: GateResult | None = None
     latency: dict[str, float] | None = None
     audit: list[AuditCheck] | None = None
+    refused: list[str] = field(default_factory=list)  # why the gate or the audits refused it
 
 
 @dataclass
@@ -156,12 +157,12 @@ def add_variant(
             val_logits[tmp] = logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads)
             c.result = gate(c.name, fp32_logits, val_logits[tmp], y_val, m.urgent_index,
                             m.policy.operating_point.threshold)
-            refused = _check(c, m, tmp, audit_data, threads)
+            c.refused = _check(c, m, tmp, audit_data, threads)
             worst = f", worst audit flip rate {max(a.flip_rate for a in c.audit):.2%}" if c.audit else ""
             log(f"{c.name}: AUC {c.result.auc_variant:.4f} (FP32 {c.result.auc_fp32:.4f}), agreement "
                 f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}{worst}: "
-                f"{'FAIL: ' + '; '.join(refused) if refused else 'PASS'}")
-            (outcome.rejected if refused else built).append(c)
+                f"{'FAIL: ' + '; '.join(c.refused) if c.refused else 'PASS'}")
+            (outcome.rejected if c.refused else built).append(c)
         if not built:
             return outcome
         for c, lat in zip(built, _cpu_latencies([Path(work) / c.file for c in built], m, threads)):

@@ -82,6 +82,7 @@ def test_a_variant_that_fails_the_gate_is_not_added(bundle_copy, train_dir, monk
     monkeypatch.setattr(gate_module, "MIN_AGREEMENT", 1.01)
     outcome = add_variant(bundle_copy, "fp16", train_dir, calibration_images=50)
     assert not outcome.accepted and "agrees with FP32" in outcome.rejected[0].result.reasons[0]
+    assert outcome.rejected[0].refused == list(outcome.rejected[0].result.reasons)
     assert (bundle_copy / "manifest.json").read_text() == before
     assert sorted(p.name for p in bundle_copy.iterdir()) == files_before
 
@@ -96,6 +97,7 @@ def test_a_variant_over_the_audit_limit_is_not_added(bundle_copy, train_dir):
     outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=50)
     assert not outcome.accepted and outcome.rejected
     assert all(c.result.passed and max(a.flip_rate for a in c.audit) > 0 for c in outcome.rejected)
+    assert all(c.refused and all("(allowed 0.0%)" in r for r in c.refused) for c in outcome.rejected)
     assert path.read_text() == before
 
 
