@@ -334,3 +334,26 @@ def test_each_request_is_logged_without_its_query_string(client, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "bedside.requests"]
     assert len(lines) == 2 and "Bed" not in " ".join(lines)
     assert lines[0].startswith("GET /api/v1/studies 200 ") and lines[1].startswith("POST /api/v1/studies 422 ")
+
+
+def test_every_rendering_of_a_study_comes_from_one_decode(app, client, drives, monkeypatch):
+    """Preview, heatmap, look-closer and export of the study on screen decode its image once."""
+    from device.kiosk.context import kiosk_of
+
+    decoder = kiosk_of(app).decoder
+    sid = upload(client, jpeg_bytes(2), "a.jpg").json["id"]
+    names = []
+    real_decode = decoder.decode
+
+    def counted(data, name):
+        names.append(name)
+        return real_decode(data, name)
+
+    monkeypatch.setattr(decoder, "decode", counted)
+    for part in ("preview", "heatmap", "full"):
+        assert client.get(f"/api/v1/studies/{sid}/{part}").status_code == 200, part
+    assert client.post(f"/api/v1/studies/{sid}/export", json={"destination": str(drives["export"])}).status_code == 201
+    assert len(names) == 1
+    other = upload(client, jpeg_bytes(3), "b.jpg").json["id"]
+    assert client.get(f"/api/v1/studies/{other}/preview").status_code == 200
+    assert len(names) == 3  # the upload's own decode, then the other study's one rendering decode

@@ -5,7 +5,10 @@ when it is shown; exact, so that its pixels can be checked).
 Uploads are acknowledged without rendering anything (that would add tens of milliseconds to each
 study); the screen versions are made on first view from the stored image and the stored
 activation map, and kept in a small in-memory cache. Screen versions are downscaled; exports
-render at full resolution.
+render at full resolution. Every rendering of a study comes from one decode of its stored image,
+made by the kiosk's decoder (within the decode budget and its limit on concurrent decodes) and
+kept for the study shown last: the preview, the heatmap, look-closer and the export in turn do
+not decode again.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import cv2
 import numpy as np
 
 from device import heatmap, intake
+from device.kiosk.decoding import Decoder
 from device.kiosk.store import Store, StudyRecord
 from models.bundle import InputContract
 
@@ -50,14 +54,17 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 class Renderer:
-    def __init__(self, store: Store, contract_of: Callable[[str], InputContract], cache_entries: int = 32):
+    def __init__(self, store: Store, contract_of: Callable[[str], InputContract], decoder: Decoder,
+                 cache_entries: int = 32):
         """``contract_of(exam id)``: the input contract of the exam's model, which says which part of
         an image the model saw (the heatmap is laid on that part); raises when the exam is gone."""
         self._store = store
         self._contract_of = contract_of
+        self._decoder = decoder
         self._cache: OrderedDict[tuple[str, int | str], bytes] = OrderedDict()
         self._entries = cache_entries
         self._lock = threading.Lock()
+        self._last: tuple[str, intake.DecodedImage] | None = None  # (image sha256, its one decode)
 
     def preview_jpeg(self, study: StudyRecord) -> bytes:
         return self._cached(("preview", study.image_sha256), lambda: encode_jpeg(self._screen_pixels(study)))
@@ -81,7 +88,14 @@ class Renderer:
         return heatmap.overlay(pixels, study.cam, contract=self._contract_of(study.exam))
 
     def _decode(self, study: StudyRecord) -> intake.DecodedImage:
-        return intake.decode_file(self._store.image_path(study.image_sha256))
+        with self._lock:
+            if self._last is not None and self._last[0] == study.image_sha256:
+                return self._last[1]
+        path = self._store.image_path(study.image_sha256)
+        img, _ = self._decoder.decode(path.read_bytes(), path.name)
+        with self._lock:
+            self._last = (study.image_sha256, img)
+        return img
 
     def _screen_pixels(self, study: StudyRecord) -> np.ndarray:
         pixels = to_uint8(self._decode(study).pixels)

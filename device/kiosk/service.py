@@ -186,8 +186,8 @@ class Kiosk:
         self.store = store
         self.exams = exams
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
-        self.renders = Renderer(store, self._input_contract)
         self.decoder = Decoder(config.decode)
+        self.renders = Renderer(store, self._input_contract, self.decoder)
         self.reserve = Reserve(config.store.data_dir, config.store.reserve_mb)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
         self.backends = {
