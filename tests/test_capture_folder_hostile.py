@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from capture_support import wait_for
+from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401  (fixtures)
 from device.capture.sources import parse_source
 from device.capture.stream import STREAMING, CaptureStream, Timing
 from device.capture.watchdog import Watchdog
@@ -18,6 +19,7 @@ FAST = Timing(stall_timeout_s=1.0, open_timeout_s=2.0, backoff_initial_s=0.05, b
 
 
 def _folder(tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     ok, jpeg = cv2.imencode(".jpg", np.full((64, 64, 3), 128, np.uint8))
     (tmp_path / "a-good.jpg").write_bytes(jpeg.tobytes())
     os.mkfifo(tmp_path / "b-pipe.jpg")
@@ -53,3 +55,21 @@ def test_a_folder_of_nothing_but_bad_files_stalls_with_the_reason(tmp_path):
         assert wait_for(lambda: "no readable images" in stream.status()["reason"], 10), stream.status()
     finally:
         stream.stop()
+
+
+def test_the_live_page_says_how_many_files_a_folder_source_skipped(tmp_path, config):
+    from device.kiosk import create_app
+    from device.kiosk.config import KioskConfig
+    from device.kiosk.context import kiosk_of
+
+    data = config.model_dump(mode="json")
+    data["capture"] = {"sources": [{"uri": f"file://{_folder(tmp_path / 'frames')}?fps=20&loop=1", "name": "Folder"}]}
+    app = create_app(KioskConfig.model_validate(data))
+    app.config["TESTING"] = True
+    try:
+        with form_client(app) as c:
+            assert wait_for(lambda: c.get("/api/v1/sources/cam0").json["skipped_files"] == 2, 10)
+            page = c.get("/live").get_data(as_text=True)
+            assert "2 files skipped" in page and "check the folder" in page
+    finally:
+        kiosk_of(app).close()
