@@ -22,6 +22,18 @@ from models.preprocess import to_model_input
 
 URGENT, ROUTINE, UNGRADABLE = "URGENT", "ROUTINE", "UNGRADABLE"
 TRIAGE_ORDER = (URGENT, UNGRADABLE, ROUTINE)  # the categories, most urgent first (lists sort by it)
+# Where an UNGRADABLE result document keeps what the model said: for audit only. The image failed
+# the quality checks, so the numbers describe nothing a clinician should read.
+UNGRADED_OUTPUT = "ungraded_model_output"
+
+
+def withhold_ungraded(document: dict, probability: float | None) -> dict:
+    """An UNGRADABLE result document with its score, probabilities and label moved under
+    UNGRADED_OUTPUT (and None where they were), so no screen or client reads them as a finding."""
+    document[UNGRADED_OUTPUT] = {"probabilities": document["probabilities"], "probability": probability,
+                                 "label": document["label"]}
+    document["probabilities"] = document["probability"] = document["label"] = None
+    return document
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ counted, the source keeps streaming its good images (no flapping), and stopping 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -57,19 +58,42 @@ def test_a_folder_of_nothing_but_bad_files_stalls_with_the_reason(tmp_path):
         stream.stop()
 
 
-def test_the_live_page_says_how_many_files_a_folder_source_skipped(tmp_path, config):
+@contextlib.contextmanager
+def _kiosk_with_folder(config, folder):
+    """A form client of a kiosk whose one capture source plays `folder` in a loop."""
     from device.kiosk import create_app
     from device.kiosk.config import KioskConfig
     from device.kiosk.context import kiosk_of
 
     data = config.model_dump(mode="json")
-    data["capture"] = {"sources": [{"uri": f"file://{_folder(tmp_path / 'frames')}?fps=20&loop=1", "name": "Folder"}]}
+    data["capture"] = {"sources": [{"uri": f"file://{folder}?fps=20&loop=1", "name": "Folder"}]}
     app = create_app(KioskConfig.model_validate(data))
     app.config["TESTING"] = True
     try:
         with form_client(app) as c:
-            assert wait_for(lambda: c.get("/api/v1/sources/cam0").json["skipped_files"] == 2, 10)
-            page = c.get("/live").get_data(as_text=True)
-            assert "2 files skipped" in page and "check the folder" in page
+            yield c
     finally:
         kiosk_of(app).close()
+
+
+def test_the_live_page_says_how_many_files_a_folder_source_skipped(tmp_path, config):
+    with _kiosk_with_folder(config, _folder(tmp_path / "frames")) as c:
+        assert wait_for(lambda: c.get("/api/v1/sources/cam0").json["skipped_files"] == 2, 10)
+        page = c.get("/live").get_data(as_text=True)
+        assert "2 files skipped" in page and "check the folder" in page
+
+
+def test_an_ungradable_frame_carries_no_score_in_the_latest_result(tmp_path, config):
+    """Black frames (a lens cap): /latest says UNGRADABLE with the reason and no probability; what the
+    model said is kept under ungraded_model_output."""
+    frames = tmp_path / "black"
+    frames.mkdir()
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((64, 64, 3), np.uint8))
+    (frames / "a.jpg").write_bytes(jpeg.tobytes())
+    with _kiosk_with_folder(config, frames) as c:
+        assert wait_for(lambda: c.get("/api/v1/sources/cam0/latest").status_code == 200, 10)
+        latest = c.get("/api/v1/sources/cam0/latest").json
+        assert latest["triage"] == "UNGRADABLE" and latest["probability"] is None
+        result = latest["result"]
+        assert result["probabilities"] is None and result["label"] is None
+        assert set(result["ungraded_model_output"]["probabilities"]) == {"NORMAL", "PNEUMONIA"}

@@ -28,7 +28,7 @@ from device.capture.frames import Frame, FrameSlot, NewestSlot
 from device.capture.stats import LatencyWindow, RateMeter
 from device.clock import utc_iso
 from device.intake import DecodedImage
-from device.triage import UNGRADABLE, TriageResult, decide
+from device.triage import UNGRADABLE, TriageResult, decide, withhold_ungraded
 from models.bundle import Manifest
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ class LiveResult:
         return self.smoothed.probability if self.smoothed else self.result.probabilities[self.urgent_label]
 
     def as_json(self) -> dict:
-        return {
+        """The newest result; an UNGRADABLE one carries no score (see device.triage.withhold_ungraded)."""
+        out = {
             "source": self.source_id,
             "frame": {
                 "seq": self.frame.seq,
@@ -92,6 +93,10 @@ class LiveResult:
             "smoothed": self.smoothed.as_json() if self.smoothed else None,
             "result": self.result.as_json(),
         }
+        if self.display_triage == UNGRADABLE:
+            withhold_ungraded(out["result"], out.pop("probability"))
+            out["probability"] = None
+        return out
 
 
 class Smoother:

@@ -8,11 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from device.capture.live import Smoothed
-from device.triage import UNGRADABLE, TriageResult
-
-# Where an UNGRADABLE study's result document keeps what the model said: for audit only. The image
-# failed the quality checks, so the numbers describe nothing a clinician should read.
-UNGRADED_OUTPUT = "ungraded_model_output"
+from device.triage import UNGRADABLE, TriageResult, withhold_ungraded
 
 
 @dataclass(frozen=True)
@@ -47,9 +43,7 @@ class StudyResult:
         r["timings_ms"] = self.timings_ms
         r["probability"] = self.probability
         if self.result.triage == UNGRADABLE:
-            r[UNGRADED_OUTPUT] = {"probabilities": r["probabilities"], "probability": self.probability,
-                                  "label": r["label"]}
-            r["probabilities"] = r["probability"] = r["label"] = None
+            withhold_ungraded(r, self.probability)
         if self.capture is not None:
             r["capture"] = self.capture.as_json()
         return r
