@@ -268,3 +268,18 @@ def form_client(app):
 def client(app):
     with form_client(app) as c:
         yield c
+
+
+@contextmanager
+def kiosk_client(config):
+    """A form client of a kiosk made from ``config`` (a KioskConfig), closed afterwards."""
+    from device.kiosk import create_app
+    from device.kiosk.context import kiosk_of
+
+    application = create_app(config)
+    application.config["TESTING"] = True
+    try:
+        with form_client(application) as c:
+            yield c
+    finally:
+        kiosk_of(application).close()

@@ -3,7 +3,6 @@ counted, the source keeps streaming its good images (no flapping), and stopping 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 
@@ -11,7 +10,7 @@ import cv2
 import numpy as np
 
 from capture_support import wait_for
-from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import config, drives, kiosk_client, tiny_bundle  # noqa: F401  (fixtures)
 from device.capture.sources import parse_source
 from device.capture.stream import STREAMING, CaptureStream, Timing
 from device.capture.watchdog import Watchdog
@@ -58,22 +57,13 @@ def test_a_folder_of_nothing_but_bad_files_stalls_with_the_reason(tmp_path):
         stream.stop()
 
 
-@contextlib.contextmanager
 def _kiosk_with_folder(config, folder):
     """A form client of a kiosk whose one capture source plays `folder` in a loop."""
-    from device.kiosk import create_app
     from device.kiosk.config import KioskConfig
-    from device.kiosk.context import kiosk_of
 
     data = config.model_dump(mode="json")
     data["capture"] = {"sources": [{"uri": f"file://{folder}?fps=20&loop=1", "name": "Folder"}]}
-    app = create_app(KioskConfig.model_validate(data))
-    app.config["TESTING"] = True
-    try:
-        with form_client(app) as c:
-            yield c
-    finally:
-        kiosk_of(app).close()
+    return kiosk_client(KioskConfig.model_validate(data))
 
 
 def test_the_live_page_says_how_many_files_a_folder_source_skipped(tmp_path, config):

@@ -8,9 +8,7 @@ import io
 
 import pytest
 
-from device.kiosk import create_app
-from device.kiosk.context import kiosk_of
-from kiosk_support import app, client, config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import app, client, config, drives, kiosk_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 from test_kiosk_pages import post_upload, text
 
 
@@ -31,12 +29,8 @@ def test_reference_comes_before_the_image(client):
 
 @pytest.fixture
 def strict_client(config, drives):
-    application = create_app(config.model_copy(update={"ui": config.ui.model_copy(update={"require_reference": True})}))
-    try:
-        with form_client(application) as c:
-            yield c
-    finally:
-        kiosk_of(application).close()
+    with kiosk_client(config.model_copy(update={"ui": config.ui.model_copy(update={"require_reference": True})})) as c:
+        yield c
 
 
 def test_require_reference_refuses_a_study_without_one(strict_client, drives):

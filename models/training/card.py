@@ -38,13 +38,9 @@ from models.training.data import (
     ASPECT_RANGE,
     LABELS,
     Sample,
+    checkpoint_split,
     decode_rgb,
-    default_data_dir,
     input_contract,
-    limit_samples,
-    list_samples,
-    remove_duplicates,
-    split_samples,
 )
 from models.datasets import REPO_ROOT
 from models.training.export import INPUT_NAME, OPSET, deployable_model, export_onnx, max_abs_diff, onnx_session
@@ -201,9 +197,7 @@ def audit_policy(checkpoint: dict) -> AuditPolicy:
 def redraw_validation(checkpoint: dict, data_dir: Path | None) -> list[Sample]:
     """The checkpoint's validation samples, redrawn from the training folder with the split it records."""
     data = checkpoint["data"]
-    samples, _ = remove_duplicates(list_samples(data_dir or default_data_dir()))
-    samples = limit_samples(samples, int(data.get("limit", 0)), int(checkpoint["seed"]))
-    split = split_samples(samples, float(data["val_fraction"]), int(checkpoint["seed"]), data.get("held_out", ""))
+    split = checkpoint_split(checkpoint, data_dir)
     if len(split.val) != int(data["n_val"]):
         raise AuditFailed(f"the data gives {len(split.val)} validation images, the checkpoint had {data['n_val']}: "
                           "not the training data, so the audits and the self-test inputs cannot be made")

@@ -185,6 +185,19 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int, hold_ou
     return Split([rest[i] for i in train_idx], [rest[i] for i in val_idx], held_out, n_duplicates)
 
 
+def load_split(data_dir: Path | None, val_fraction: float, seed: int, hold_out: str = "", limit: int = 0) -> Split:
+    """The training folder's samples, de-duplicated, limited and split (the same split every time)."""
+    samples, n_dup = remove_duplicates(list_samples(data_dir or default_data_dir()))
+    return split_samples(limit_samples(samples, limit, seed), val_fraction, seed, hold_out, n_dup)
+
+
+def checkpoint_split(checkpoint: dict, data_dir: Path | None) -> Split:
+    """The split a training checkpoint records, redrawn exactly from the training folder."""
+    data = checkpoint["data"]
+    return load_split(data_dir, float(data["val_fraction"]), int(checkpoint["seed"]), data.get("held_out", ""),
+                      int(data.get("limit", 0)))
+
+
 def decode_rgb(path: Path) -> np.ndarray:
     """Decode to RGB order (the device's convention; the contract converts to luma)."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

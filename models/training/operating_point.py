@@ -20,15 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.training.data import (
-    default_data_dir,
-    input_contract,
-    limit_samples,
-    list_samples,
-    load_images,
-    remove_duplicates,
-    split_samples,
-)
+from models.training.data import checkpoint_split, input_contract, load_images
 from models.training.export import deployable_model
 from models.metrics import bootstrap_intervals, softmax
 
@@ -36,19 +28,10 @@ CANDIDATES = (0.95, 0.96, 0.97, 0.98, 0.99)
 REQUIRED_SENSITIVITY = 0.95
 
 
-def redraw(checkpoint: dict, data_dir: Path | None):
-    """The checkpoint's split of the training folder, exactly as it was trained."""
-    data = checkpoint["data"]
-    samples, n_dup = remove_duplicates(list_samples(data_dir or default_data_dir()))
-    samples = limit_samples(samples, int(data.get("limit", 0)), int(checkpoint["seed"]))
-    return split_samples(samples, float(data["val_fraction"]), int(checkpoint["seed"]), data.get("held_out", ""),
-                         n_dup)
-
-
 @torch.no_grad()
 def held_out_scores(checkpoint: dict, data_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """Labels and calibrated P(PNEUMONIA) of a group-shift run's held-out images."""
-    split = redraw(checkpoint, data_dir)
+    split = checkpoint_split(checkpoint, data_dir)
     if len(split.held_out) != int(checkpoint["data"]["n_held_out"]):
         raise ValueError("the data gives another held-out set than the checkpoint recorded")
     x = torch.from_numpy(load_images(split.held_out, input_contract(int(checkpoint["size"])), progress=False))
@@ -92,7 +75,7 @@ def retarget(checkpoint: dict, target: float, rows: list[dict], data_dir: Path |
     from models.training.train import split_metrics, subgroups
 
     threshold = threshold_rule(checkpoint, target)
-    val = redraw(checkpoint, data_dir).val
+    val = checkpoint_split(checkpoint, data_dir).val
     (y, p), (ys, ps) = ((t.numpy() for t in checkpoint["curves"][k]) for k in ("clean", "stress"))
     clean_name, stress_name = (m["split"] for m in checkpoint["metrics"][:2])
     out = dict(checkpoint)

@@ -34,17 +34,13 @@ from models.training.data import (
     MEAN,
     STD,
     Sample,
-    default_data_dir,
     group_median_aspects,
     input_contract,
-    list_samples,
     load_images,
+    load_split,
     WIDE,
     WIDE_ASPECT,
     held_out_groups,
-    limit_samples,
-    remove_duplicates,
-    split_samples,
 )
 from models.datasets import REPO_ROOT
 from models.metrics import binary_report, bootstrap_intervals, subgroup_report
@@ -121,9 +117,7 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 def load_dataset(args: argparse.Namespace) -> Dataset:
-    samples, n_dup = remove_duplicates(list_samples(args.data or default_data_dir()))
-    samples = limit_samples(samples, args.limit, args.seed)
-    split = split_samples(samples, args.val_fraction, args.seed, args.hold_out, n_dup)
+    split = load_split(args.data, args.val_fraction, args.seed, args.hold_out, args.limit)
     medians = group_median_aspects(split.train + split.val)
 
     def aspects(part: list[Sample]) -> torch.Tensor:
@@ -144,7 +138,7 @@ def load_dataset(args: argparse.Namespace) -> Dataset:
         val_aspect=aspects(split.val),
         val_y=np.array([s.label for s in split.val], dtype=np.int64),
         sampler=aug.AspectSampler(normal=known(0), pneumonia=known(1), low=ASPECT_RANGE[0], high=ASPECT_RANGE[1]),
-        n_duplicates=n_dup,
+        n_duplicates=split.n_duplicates,
         n_patients_val=len({s.patient for s in split.val}),
         held_out=split.held_out,
         held_out_x=torch.from_numpy(load_images(split.held_out, contract, progress=False)) if split.held_out else None,
