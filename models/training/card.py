@@ -204,15 +204,10 @@ def redraw_validation(checkpoint: dict, data_dir: Path | None) -> list[Sample]:
     return split.val
 
 
-def validation_images(checkpoint: dict, data_dir: Path | None) -> tuple[list[np.ndarray], np.ndarray]:
-    """The validation images (decoded, as the device receives them) and which are positive."""
-    val = redraw_validation(checkpoint, data_dir)
-    return [decode_rgb(s.path) for s in val], np.array([s.label == 1 for s in val])
-
-
-def audit_onnx(path: Path, checkpoint: dict, data_dir: Path | None) -> list[AuditCheck]:
+def audit_onnx(path: Path, checkpoint: dict, val: list[Sample]) -> list[AuditCheck]:
     """The shortcut audits of an exported model on its validation images, at its threshold."""
-    images, positive = validation_images(checkpoint, data_dir)
+    images = [decode_rgb(s.path) for s in val]  # as the device receives them
+    positive = np.array([s.label == 1 for s in val])
     session = onnx_session(path)
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -222,10 +217,9 @@ def audit_onnx(path: Path, checkpoint: dict, data_dir: Path | None) -> list[Audi
     return audit.run_audit(predict, images, positive, contract, float(checkpoint["threshold"]))
 
 
-def write_golden(path: Path, model_path: Path, checkpoint: dict, data_dir: Path | None) -> Path:
+def write_golden(path: Path, model_path: Path, checkpoint: dict, val: list[Sample]) -> Path:
     """Real validation images (the first few of each class) as model inputs, with the FP32 model's
     probabilities on exactly those inputs: what the device's self-test reproduces."""
-    val = redraw_validation(checkpoint, data_dir)
     chosen = [s for label in range(len(LABELS)) for s in [v for v in val if v.label == label][:GOLDEN_PER_CLASS]]
     contract = input_contract(int(checkpoint["size"]), INPUT_NAME)
     inputs = np.stack([to_model_input(decode_rgb(s.path), contract) for s in chosen]).astype(np.float16)
@@ -268,14 +262,15 @@ def _write_bundle_files(checkpoint: dict, out: Path, bundle_id: str, version: st
     diff = max_abs_diff(model, out / MODEL_FILE, check_inputs)
     if max(diff.values()) > 1e-3:
         raise RuntimeError(f"ONNX output differs from torch: {diff}")
-    checks = audit_onnx(out / MODEL_FILE, checkpoint, data_dir)
+    val = redraw_validation(checkpoint, data_dir)
+    checks = audit_onnx(out / MODEL_FILE, checkpoint, val)
     for row in audit.table(checks):
         log(row)
     limits = audit_policy(checkpoint)
     refused = audit.failures(checks, limits)
     if refused:
         raise AuditFailed("refusing to write the bundle: " + "; ".join(refused))
-    write_golden(out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, data_dir)
+    write_golden(out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, val)
     plot_roc(checkpoint["curves"], float(checkpoint["threshold"]), out / ROC_FILE)
     (out / CARD_FILE).write_text(model_card(checkpoint, diff, checks, group_shift, group_shift_note), encoding="utf-8")
     files = {name: file_entry(out / name) for name in (MODEL_FILE, GOLDEN_FILE, ROC_FILE, CARD_FILE)}
