@@ -50,6 +50,9 @@ def test_errors_and_ungradable_in_chromium(tmp_path, sync_playwright, bundle, sc
             assert page.locator("[data-heatmap-toggle]").count() == 0 and page.locator("details.numbers").count() == 0
             shown = page.inner_text("main")
             assert "score" not in shown.lower() and "P(" not in shown and "%" not in shown
+            word, banner = page.locator("#verdict").bounding_box(), page.locator(".banner").bounding_box()
+            assert word["x"] + word["width"] <= banner["x"] + banner["width"], (word, banner)  # the longest word fits
+            assert page.evaluate("(e => e.scrollWidth <= e.clientWidth)(document.getElementById('verdict'))")
             page.screenshot(path=str(screens / f"ungradable-{size}.png"))
             page.goto(server.url)
             assert "%" not in page.inner_text(".worklist")
