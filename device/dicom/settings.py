@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from models.bundle import _Strict
@@ -25,6 +27,24 @@ class Destination(_Strict):
     port: int = Field(ge=1, le=65535)
 
 
+class SeriesSettings(_Strict):
+    """Which instances of a series are triaged (device/dicom/series.py)."""
+
+    triage: Literal["every_instance", "one_per_series"] = Field(
+        default="every_instance",
+        description="one_per_series: every instance is kept, one per series is triaged, picked by prefer_views, "
+        "then the middle one by Instance Number; every_instance: each is triaged as it arrives",
+    )
+    stable_s: float = Field(
+        default=5, gt=0, le=3600,
+        description="one_per_series: a series is complete when none of its instances arrived for this long",
+    )
+    prefer_views: list[str] = Field(
+        default=["PA", "AP"], max_length=16,
+        description="View Position values, best first; views not listed (lateral: LL, RL) come after them",
+    )
+
+
 class DicomSettings(_Strict):
     ae_title: str = Field(default="BEDSIDE", pattern=r"^[ -~]{1,16}$", description="our (called) AE title")
     port: int = Field(default=0, ge=0, le=65535, description="0: no DICOM listener")
@@ -37,3 +57,4 @@ class DicomSettings(_Strict):
     destinations: list[Destination] = Field(default=[], description="where results go; empty: nothing is sent")
     retry_first_s: float = Field(default=2, gt=0, le=600, description="wait after the first failed send")
     retry_max_s: float = Field(default=300, gt=0, le=86400, description="the back-off doubles up to this")
+    series: SeriesSettings = Field(default_factory=SeriesSettings, description="which instances of a series are triaged")
