@@ -3,6 +3,8 @@ carry the algorithm identity; with Orthanc down the outbox waits and then delive
 
 from __future__ import annotations
 
+import re
+
 import pydicom
 import pytest
 
@@ -41,6 +43,11 @@ def sending_app(config, orthanc):
     application = create_app(cfg)
     yield application
     kiosk_of(application).close()
+
+
+def row_states(html: str) -> dict[int, str]:
+    """The send state each worklist row shows, by study id."""
+    return {int(study): state for study, state in re.findall(r'data-study="(\d+)".*?data-send-state="(\w+)"', html, re.S)}
 
 
 def send(appliance, files, folder):
@@ -83,8 +90,16 @@ def test_outbox_waits_for_a_down_peer_then_delivers_exactly_once(sending_app, or
         return len(waiting) == 4 and all(i["attempts"] >= 1 and i["last_error"] for i in waiting)
 
     wait_until(retried, 60, "the results queued, with failed attempts, while Orthanc is down")
+    first = appliance.store.dicom_instance(pydicom.dcmread(FILES[0], stop_before_pixels=True).SOPInstanceUID)["study_id"]
+    client = sending_app.test_client()
+    waiting = {s: state for s, state in row_states(client.get("/").get_data(as_text=True)).items() if s != first}
+    assert len(waiting) == 2 and set(waiting.values()) <= {"queued", "sending"}, waiting
+    assert row_states(client.get("/").get_data(as_text=True))[first] == "sent"
+    page = client.get(f"/studies/{next(iter(waiting))}").get_data(as_text=True)
+    assert "report to pacs" in page and "heatmap to pacs" in page and "cannot connect" in page  # why it waits
     orthanc.start()
     wait_until(lambda: all(i["state"] == "sent" for i in appliance.dicom.outbox.items()), 60, "everything sent")
+    assert set(row_states(client.get("/").get_data(as_text=True)).values()) == {"sent"}
     instances = orthanc.instances()
     assert len(instances) == 6
     assert len({i["SOPInstanceUID"] for i in instances}) == 6

@@ -116,6 +116,17 @@ class Outbox:
                 " sent_at = ? WHERE id = ?", (state, error[:500], next_attempt, sent_at, item.id),
             )
 
+    def items_of(self, study_ids: list[int]) -> list[dict]:
+        """Every item of these studies, oldest first (the pages show each study's send state)."""
+        if not study_ids:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(ITEM_COLUMNS)} FROM outbox WHERE study_id IN ({', '.join('?' * len(study_ids))})"
+                " ORDER BY id", tuple(study_ids),
+            ).fetchall()
+        return [dict(zip(ITEM_COLUMNS, r)) for r in rows]
+
     def items(self, limit: int = 500) -> list[dict]:
         """Newest first, as GET /api/v1/outbox lists them."""
         with self._lock:

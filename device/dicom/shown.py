@@ -14,6 +14,8 @@ from pydicom.uid import UID
 
 # Worst first: a study's send state is the worst of its items' states.
 SEND_STATES = ("failed", "queued", "sending", "sent")
+SEND_WORDS = {"failed": "Results refused", "queued": "Results queued", "sending": "Sending results",
+              "sent": "Results sent"}
 WHAT_IS_SENT = {"Comprehensive SR Storage": "report", "Secondary Capture Image Storage": "heatmap"}
 
 

@@ -16,6 +16,7 @@ from device.capture.view import CONTENT_TYPE as MJPEG
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, Busy, KioskError, NotFound, UnsupportedBody
 from device.kiosk.metrics import CONTENT_TYPE
+from device.dicom.shown import facts_of
 from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json, worklist_json
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -131,11 +132,14 @@ def worklist():
     """The unreviewed studies in the order the home screen shows them, with the counts by category."""
     limit = _int_arg("limit", 50, 1, MAX_PAGE)
     offset = _int_arg("offset", 0, 0, 2**62)
-    store = kiosk().store
+    k = kiosk()
+    store = k.store
     studies, total = store.worklist(limit, offset)
     now = time.time()
+    dicom = facts_of(store, k.dicom and k.dicom.outbox, [s.id for s in studies])
     return jsonify({
-        "studies": [worklist_json(s, now) for s in studies], "total": total, "limit": limit, "offset": offset,
+        "studies": [worklist_json(s, now, dicom.get(s.id)) for s in studies], "total": total, "limit": limit,
+        "offset": offset,
         "counts": store.unreviewed_counts(),
     }), 200, NO_STORE
 

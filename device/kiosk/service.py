@@ -24,6 +24,7 @@ from device.capture.view import ViewerSlots
 from device.clock import utc_iso
 from device.dicom.import_paths import expand_dicomdirs
 from device.dicom.node import open_node
+from device.dicom.shown import DicomFacts
 from device.kiosk import exports, media
 from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
@@ -122,8 +123,9 @@ def waiting_text(seconds: float) -> str:
     return f"{hours // 24} days"
 
 
-def worklist_json(study: StudyRecord, now: float) -> dict:
-    return {
+def worklist_json(study: StudyRecord, now: float, dicom: DicomFacts | None = None) -> dict:
+    """``dicom``: what came with a study received by DICOM (its header's patient, its send state)."""
+    out = {
         "id": study.id,
         "triage": study.triage,
         "reference": study.reference,
@@ -132,6 +134,10 @@ def worklist_json(study: StudyRecord, now: float) -> dict:
         "exam": study.exam,
         "page": f"/studies/{study.id}",
     }
+    if dicom is not None:
+        out["dicom"] = {name: getattr(dicom, name) for name in (
+            "patient_name", "patient_id", "accession_number", "study_date", "modality", "calling_ae", "send_state")}
+    return out
 
 
 def study_json(study: StudyRecord) -> dict:
