@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from device.capture.devices import list_video_devices
 from device.capture.view import CONTENT_TYPE as MJPEG
@@ -163,6 +163,22 @@ def study_image(study_id: int):
 def study_preview(study_id: int):
     k = kiosk()
     return Response(k.renders.preview_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+
+@api.get("/studies/<int:study_id>/window")
+def study_window(study_id: int):
+    """How a DICOM study's grayscale is windowed (the file's window centre/width, or the data's
+    range), for window/level in look-closer; its values are at /window/values."""
+    k = kiosk()
+    meta = k.renders.window_values(k.get(study_id)).meta
+    return jsonify({**meta, "values": url_for("api.study_window_values", study_id=study_id)})
+
+
+@api.get("/studies/<int:study_id>/window/values")
+def study_window_values(study_id: int):
+    k = kiosk()
+    window = k.renders.window_values(k.get(study_id))
+    return Response(window.codes, mimetype="application/octet-stream", headers={"Cache-Control": IMMUTABLE})
 
 
 @api.get("/studies/<int:study_id>/full")
