@@ -17,7 +17,8 @@ class DicomNode:
         self.outbox = Outbox(kiosk.config.store.data_dir)
         self.sender = Sender(settings, self.outbox)
         names = [d.name for d in settings.destinations]
-        reporter = Reporter(kiosk, self.outbox, self.sender, names) if names else None
+        fhir_names = [d.name for d in settings.fhir_destinations]
+        reporter = Reporter(kiosk, self.outbox, self.sender, names, fhir_names) if names or fhir_names else None
         ingest = Ingest(kiosk, reporter)
         if settings.series.triage == "one_per_series":
             ingest.series = SeriesTriage(settings.series, ingest)

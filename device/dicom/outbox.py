@@ -11,6 +11,7 @@ sent again.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.clock import utc_iso
-from device.dicom.header import uid_file_name
 from models import atomic
 
 DB_NAME = "outbox.sqlite3"
+_NOT_NAME = re.compile(r"[^0-9A-Za-z.-]")  # a file name from a UID or a UUID
 STATES = ("queued", "sending", "sent", "failed")
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS outbox (
@@ -73,9 +74,11 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def add(self, study_id: int, destination: str, sop_class: str, sop_instance_uid: str, data: bytes) -> None:
-        """Queue one encoded object (a DICOM file) for ``destination``; durable when this returns."""
-        name = f"{destination}-{uid_file_name(sop_instance_uid)}"
+    def add(self, study_id: int, destination: str, sop_class: str, sop_instance_uid: str, data: bytes,
+            suffix: str = ".dcm") -> None:
+        """Queue one encoded object (a DICOM file; a FHIR Bundle, whose id is a UUID, with suffix
+        ".json") for ``destination``; durable when this returns."""
+        name = f"{destination}-{_NOT_NAME.sub('', sop_instance_uid)[:64] or 'object'}{suffix}"
         atomic.write_bytes(self.folder / name, data)
         with self._lock:
             self._db.execute(

@@ -12,6 +12,7 @@ import logging
 import pydicom
 
 from device import intake
+from device.dicom import fhir
 from device.dicom.outbox import Outbox
 from device.dicom.results import result_objects
 from device.dicom.sender import Sender
@@ -26,14 +27,16 @@ MAX_LOGGED_WARNINGS = 3
 
 
 class Reporter:
-    def __init__(self, kiosk, outbox: Outbox, sender: Sender, destinations: list[str]):
+    def __init__(self, kiosk, outbox: Outbox, sender: Sender, destinations: list[str], fhir_destinations: list[str]):
         self.kiosk = kiosk
         self.outbox = outbox
         self.sender = sender
         self.destinations = destinations
+        self.fhir_destinations = fhir_destinations
 
     def report(self, study: StudyRecord) -> None:
-        """Queue the study's SR (and heatmap SC) for every destination; raises on failure."""
+        """Queue the study's SR (and heatmap SC) for every DICOM destination, its FHIR Bundle for
+        every FHIR one; raises on failure."""
         path = self.kiosk.store.image_path(study.image_sha256)
         pixels = intake.decode_file(path).pixels
         manifest = self.kiosk.exams.resolve(study.exam).bundle.manifest
@@ -48,6 +51,10 @@ class Reporter:
             data = _encoded(ds)
             for name in self.destinations:
                 self.outbox.add(study.id, name, str(ds.SOPClassUID), str(ds.SOPInstanceUID), data)
+        if self.fhir_destinations:
+            bundle_id, data = fhir.report_bundle(source, study, manifest)
+            for name in self.fhir_destinations:
+                self.outbox.add(study.id, name, fhir.KIND, bundle_id, data, suffix=".json")
         self.sender.wake()
 
 

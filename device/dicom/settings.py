@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from models.bundle import _Strict
 
@@ -25,6 +26,22 @@ class Destination(_Strict):
     ae_title: str = AE_TITLE
     host: str
     port: int = Field(ge=1, le=65535)
+
+
+class FhirDestination(_Strict):
+    """Where the optional FHIR result goes (device/dicom/fhir.py): one JSON file per study in
+    ``folder``, or POSTed (a transaction Bundle) to ``url``. Exactly one of the two."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    folder: Path | None = Field(default=None, description="write each Bundle here as <id>.json")
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", description="POST each Bundle here")
+    timeout_s: float = Field(default=30, gt=0, le=600, description="an HTTP request that takes longer is retried")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "FhirDestination":
+        if (self.folder is None) == (self.url is None):
+            raise ValueError(f"FHIR destination {self.name!r}: set either folder or url (one of them)")
+        return self
 
 
 class SeriesSettings(_Strict):
@@ -58,3 +75,13 @@ class DicomSettings(_Strict):
     retry_first_s: float = Field(default=2, gt=0, le=600, description="wait after the first failed send")
     retry_max_s: float = Field(default=300, gt=0, le=86400, description="the back-off doubles up to this")
     series: SeriesSettings = Field(default_factory=SeriesSettings, description="which instances of a series are triaged")
+    fhir_destinations: list[FhirDestination] = Field(
+        default=[], description="where a FHIR DiagnosticReport + Observation of each result goes; empty: none")
+
+    @model_validator(mode="after")
+    def _names_differ(self) -> "DicomSettings":
+        names = [d.name for d in self.destinations] + [d.name for d in self.fhir_destinations]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"destination names must differ; used more than once: {', '.join(twice)}")
+        return self

@@ -8,15 +8,18 @@ from DICOM's FAMILY^Given^Middle^Prefix^Suffix.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from pydicom.uid import UID
 
+_UID_TEXT = re.compile(r"^[0-9.]{1,64}$")
 # Worst first: a study's send state is the worst of its items' states.
 SEND_STATES = ("failed", "queued", "sending", "sent")
 SEND_WORDS = {"failed": "Results refused", "queued": "Results queued", "sending": "Sending results",
               "sent": "Results sent"}
-WHAT_IS_SENT = {"Comprehensive SR Storage": "report", "Secondary Capture Image Storage": "heatmap"}
+WHAT_IS_SENT = {"Comprehensive SR Storage": "report", "Secondary Capture Image Storage": "heatmap",
+                "FHIR R4 Bundle": "FHIR report"}
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,10 @@ def iso_date(value: str) -> str:
 
 
 def what_is_sent(sop_class: str) -> str:
-    try:
-        name = UID(sop_class).name
-    except ValueError:
-        name = sop_class
+    """'report', 'heatmap', 'FHIR report' (the outbox's kinds), else the SOP class's name."""
+    if sop_class in WHAT_IS_SENT:
+        return WHAT_IS_SENT[sop_class]
+    name = UID(sop_class).name if _UID_TEXT.match(sop_class) else sop_class
     return WHAT_IS_SENT.get(name, name)
 
 
