@@ -133,3 +133,33 @@ def test_series_settings_are_checked(config, setting):  # noqa: F811
 
     with pytest.raises(ConfigError, match="dicom.series"):
         config.with_overrides(**{"dicom.series": setting})
+
+
+def test_a_crash_after_the_study_commit_does_not_triage_the_series_twice(config, tmp_path):  # noqa: F811
+    """The study of the picked instance was committed, then the kiosk died before the series was
+    settled: at start the series is settled onto that study, not triaged again."""
+    need_dcmtk()
+    need_samples()
+    from device.dicom.header import uid_file_name
+
+    files = series_files(tmp_path, [("LL", "1"), ("PA", "2")])
+    port = free_port()
+    app = open_kiosk(config, port, stable_s=3600)
+    appliance = kiosk_of(app)
+    try:
+        assert storescu(port, "XRAY1", files, storescu_config(files, tmp_path)).returncode == 0
+        picked = uid_of(files[1])  # the PA
+        held = appliance.store.dicom_instance(picked)
+        data = appliance.store.image_path(held["image_sha256"]).read_bytes()  # as received
+        committed = appliance.create_study(data, uid_file_name(picked), source="dicom:XRAY1")
+    finally:
+        appliance.close()
+    app = open_kiosk(config, free_port(), stable_s=0.2)
+    appliance = kiosk_of(app)
+    try:
+        wait_until(lambda: appliance.store.dicom_instance(picked)["study_id"], 60, "the series settled")
+        assert appliance.store.list(StudyFilter(), 10)[1] == 1
+        assert {i["sop_instance_uid"]: i["triaged"] for i in appliance.store.dicom_instances(committed.id)} == {
+            picked: 1, uid_of(files[0]): 0}
+    finally:
+        appliance.close()

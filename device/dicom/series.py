@@ -119,8 +119,13 @@ class SeriesTriage:
         held = store.held_instances(*key)
         candidates = [r for r in held if not r["failed"]]
         chosen = pick(candidates, self.settings.prefer_views)
+        earlier = store.series_study(*key)  # instances held while their series was being triaged
+        if earlier is not None:
+            store.settle_series(earlier, held, None)
+            self._event("series_kept", chosen, f"{len(held)} kept with study {earlier}: its series was triaged already")
+            return
         source = f"dicom:{chosen['calling_ae']}"
-        study_id = store.series_study(*key) or store.study_made_from(chosen["image_sha256"], chosen["filename"], source)
+        study_id = store.study_made_from(chosen["image_sha256"], chosen["filename"], source)
         study = None
         if study_id is None:
             try:
