@@ -104,3 +104,29 @@ def test_outbox_waits_for_a_down_peer_then_delivers_exactly_once(sending_app, or
     assert len(instances) == 6
     assert len({i["SOPInstanceUID"] for i in instances}) == 6
     assert orthanc.get("/statistics")["CountInstances"] == 6
+
+
+def test_an_ungradable_study_is_reported_without_a_score(sending_app, orthanc, tmp_path):
+    """A blank DX: UNGRADABLE. Its SR reaches Orthanc with the category and the quality verdict,
+    and no probability (no score anywhere a person looks); there is no heatmap to send."""
+    import numpy as np
+
+    from dicom_factory import grayscale_dicom
+
+    appliance = kiosk_of(sending_app)
+    path = tmp_path / "blank.dcm"
+    path.write_bytes(grayscale_dicom(np.full((512, 512), 4000, np.uint16), bits=12, modality="DX", body_part="CHEST"))
+    ds = pydicom.dcmread(path)  # the UIDs every modality sends (Type 1); no birth date or sex (Type 2)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.PatientName, ds.PatientID = "BLANK^TEST", "P-BLANK"
+    ds.save_as(path)
+    send(appliance, [path], tmp_path)
+    study = appliance.store.get(appliance.store.dicom_instance(pydicom.dcmread(path).SOPInstanceUID)["study_id"])
+    assert study.triage == "UNGRADABLE"
+    (sr,) = wait_until(orthanc.instances, 60, "the SR in Orthanc")
+    assert sr["SOPClassUID"] == SR_CLASS
+    content = {item["ConceptNameCodeSequence"][0]["CodeMeaning"]: item for item in sr["ContentSequence"]}
+    assert content["Triage category"]["TextValue"] == "UNGRADABLE"
+    assert "Probability of the urgent finding" not in content
+    assert content["Finding"]["TextValue"].startswith("Not assessed")
+    assert content["Image quality verdict"]["TextValue"] not in ("", "ok")

@@ -13,7 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from browser_support import axe, axe_violations, bundle, open_browser, screens, sync_playwright, xray  # noqa: F401
+from browser_support import (  # noqa: F401 (fixtures)
+    VIEWPORTS, axe, axe_violations, bundle, open_browser, screens, sync_playwright, xray,
+)
 from capture_support import sample_xrays
 from kiosk_support import running_server
 
@@ -256,3 +258,51 @@ def test_look_closer_windows_a_dicom_from_its_own_window(tmp_path, sync_playwrig
                 page.click("[data-closer-close]")
         finally:
             ctx.close()
+
+
+def test_dicom_study_pages_show_the_patient_and_send_state(tmp_path, sync_playwright, bundle, axe, screens):
+    """Studies received by C-STORE (dcmtk's storescu) on the worklist and their page: the header's
+    patient, accession, study date and modality, the results waiting for a PACS that is down and
+    why; axe-core clean; screenshots at both sizes."""
+    from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
+
+    need_dcmtk()
+    need_samples()
+    config = tmp_path / "bedside.toml"
+    config.write_text(
+        '[dicom]\nallowed_callers = [{ ae_title = "XRAY1", host = "127.0.0.1" }]\nretry_first_s = 0.2\n'
+        f'[[dicom.destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {free_port()}\n')
+    port = free_port()
+    files = [SAMPLES / "cr_dx" / "RG3_J2KR.dcm", SAMPLES / "cr_dx" / "NM_Kakadu44_SOTmarkerincons.dcm"]
+    with running_server(tmp_path / "data", [bundle], "--config", str(config), "--dicom-port", str(port)) as server, \
+            sync_playwright() as pw:
+        sent = storescu(port, "XRAY1", files, storescu_config(files, tmp_path))
+        assert sent.returncode == 0, sent.stderr
+        api = server.client()
+        try:
+            wait_until(lambda: (lambda b: b["items"] and all(i["attempts"] for i in b["items"]))(
+                api.get_json("/api/v1/outbox")[1]), 60, "the results waiting for the PACS, tried once")
+        finally:
+            api.close()
+        for width, height in VIEWPORTS:
+            ctx = open_browser(pw, tmp_path / f"profile-{width}", width, height, bypass_csp=True)
+            try:
+                page = ctx.new_page()
+                page.goto(server.url)
+                rows = page.locator("[data-study]")
+                assert rows.count() == 2
+                assert "CompressedSamples, RG3" in page.inner_text(".worklist")
+                assert "Acc FUJI95706 · CR 2004-08-26" in page.inner_text(".worklist")
+                assert set(page.locator("[data-send-state]").evaluate_all("els => els.map(e => e.dataset.sendState)")) \
+                    <= {"queued", "sending"}
+                page.screenshot(path=str(screens / f"dicom-worklist-{width}x{height}.png"))
+                assert axe_violations(page, axe) + page.evaluate(SMALL_JS, TARGETS) == []
+                page.locator("[data-study]", has_text="CompressedSamples, RG3").click()
+                assert "CompressedSamples, RG3" in page.inner_text(".banner")
+                page.wait_for_function("() => document.querySelector('[data-plain]').naturalWidth > 0")
+                sent_list = page.inner_text("[data-sent]")
+                assert "report to pacs" in sent_list and "cannot connect" in sent_list
+                page.screenshot(path=str(screens / f"dicom-result-{width}x{height}.png"), full_page=True)
+                assert axe_violations(page, axe) + page.evaluate(SMALL_JS, TARGETS) == []
+            finally:
+                ctx.close()

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # the kiosk package imports this one
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_WARNINGS = 3
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 class Reporter:
@@ -43,7 +45,7 @@ class Reporter:
         # The received header is copied into the new objects; pydicom and highdicom warn about its
         # oddities (a one-component person name, an over-long value): logged, not fatal.
         with pydicom_warnings_recorded() as caught:
-            source = pydicom.dcmread(path, stop_before_pixels=True)
+            source = _with_type2(pydicom.dcmread(path, stop_before_pixels=True))
             objects = result_objects(source, pixels, study, manifest)
         for warning in caught[:MAX_LOGGED_WARNINGS]:
             log.info("study %d results: %s", study.id, first_line(str(warning.message)))
@@ -56,6 +58,15 @@ class Reporter:
             for name in self.fhir_destinations:
                 self.outbox.add(study.id, name, fhir.KIND, bundle_id, data, suffix=".json")
         self.sender.wake()
+
+
+def _with_type2(source: pydicom.Dataset) -> pydicom.Dataset:
+    """The header with the patient and study attributes of Type 2 that a modality left out added
+    empty, as DICOM allows them (highdicom copies them into our objects and insists on them)."""
+    for keyword in TYPE2_COPIED:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
 
 
 def _encoded(ds: pydicom.Dataset) -> bytes:
