@@ -12,9 +12,15 @@ import pytest
 
 from browser_support import VIEWPORTS, bundle, open_browser, screens, sync_playwright, xray  # noqa: F401  (fixtures)
 from device.kiosk.plain_errors import PLAIN_ERRORS
-from kiosk_support import dicom_without_pixels, running_server
+from kiosk_support import dicom_without_pixels, huge_png_header, jpeg_bytes, running_server
 
-BAD_FILES = [("empty.png", b""), ("report.dcm", b"Discharge summary.\n" * 20), ("nopixels.dcm", dicom_without_pixels())]
+# One file of each intake kind an upload can meet (unreadable is a file an import cannot read; undecodable
+# a decoder's own failure deep in a file whose header is fine: both are shown by the same box).
+BAD_FILES = [
+    ("empty.png", b""), ("cut.jpg", jpeg_bytes(8, 256)[:700]), ("report.dcm", b"Discharge summary.\n" * 20),
+    ("huge.png", huge_png_header()), ("nopixels.dcm", dicom_without_pixels()), ("photo.gif", b"GIF89a" + b"\0" * 100),
+]
+UPLOAD_KINDS = {"empty", "truncated", "not_an_image", "too_large", "no_pixel_data", "unsupported"}
 
 
 @pytest.mark.parametrize("width,height", VIEWPORTS)
@@ -26,6 +32,7 @@ def test_errors_and_ungradable_in_chromium(tmp_path, sync_playwright, bundle, sc
         ctx = open_browser(pw, tmp_path / "profile", width, height)
         try:
             page = ctx.new_page()
+            kinds = set()
             for name, data in BAD_FILES:
                 page.goto(server.url + "studies/new")
                 page.set_input_files("input[type=file]", files=[{"name": name, "mimeType": "application/octet-stream",
@@ -33,12 +40,14 @@ def test_errors_and_ungradable_in_chromium(tmp_path, sync_playwright, bundle, sc
                 page.click("button:has-text('Triage')")
                 box = page.locator("[data-error-kind]")
                 box.wait_for()
+                kinds.add(box.get_attribute("data-error-kind"))
                 plain = PLAIN_ERRORS[box.get_attribute("data-error-kind")]
                 assert plain.what in box.inner_text() and plain.todo in box.inner_text()
                 assert not page.locator(".error-detail p").is_visible()  # the technical text: one tap away
                 page.screenshot(path=str(screens / f"error-{name}-{size}.png"))
                 triage = page.locator("button:has-text('Triage')").bounding_box()
                 assert triage["y"] + triage["height"] <= height, (name, triage)  # the form stays in reach
+            assert kinds == UPLOAD_KINDS
 
             page.goto(server.url + "studies/new")
             page.fill("#reference-upload", "Bed 5")
