@@ -65,7 +65,9 @@ def test_one_instance_per_series_is_triaged_the_rest_kept(config, tmp_path):  # 
     cine = series_files(tmp_path, [("", str(n)) for n in range(1, 6)])
     random.Random(0).shuffle(cine)
     port = free_port()
-    app = open_kiosk(config, port, stable_s=0.5)
+    # Long enough that no gap between two instances of one association ends a series early on a
+    # loaded machine (each instance is decoded before its status is sent).
+    app = open_kiosk(config, port, stable_s=3)
     appliance = kiosk_of(app)
     try:
         files = chest + cine

@@ -282,14 +282,10 @@ class Kiosk:
             reference = self.reference(reference)
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
-            self.reserve.require(len(data))
-            try:
-                img, decode_ms = self.decoder.decode(data, filename)
-            except intake.IntakeError as exc:
-                raise ImageRejected(exc, filename) from None
         except KioskError as exc:
             self.metrics.error(exc.code)
             raise
+        img, decode_ms = self._decoded(data, filename)
         # The image is known to be good: make it durable while the model runs (an fsync costs
         # milliseconds; overlapping it with inference keeps it off the study's latency).
         written = self._writer.submit(self.store.put_image, data)
@@ -301,19 +297,23 @@ class Kiosk:
         waited = {"store_image_wait": (time.perf_counter() - t_wait) * 1e3}
         return self.save_triaged(exam, sha, len(data), img, result, filename, reference, operator, source, t0, waited)
 
-    def keep_image(self, data: bytes, filename: str) -> dict:
-        """Decode (to refuse what cannot be triaged) and durably store an image without triaging
-        it: a DICOM instance held until its series is complete. The image row's values (sha256,
-        bytes, media_type, source_format, height, width). Raises KioskError as create_study does."""
+    def _decoded(self, data: bytes, filename: str) -> tuple[intake.DecodedImage, float]:
+        """The image and its decode time, if there is room to keep it and it decodes; else KioskError (counted)."""
         try:
             self.reserve.require(len(data))
             try:
-                img, _ = self.decoder.decode(data, filename)
+                return self.decoder.decode(data, filename)
             except intake.IntakeError as exc:
                 raise ImageRejected(exc, filename) from None
         except KioskError as exc:
             self.metrics.error(exc.code)
             raise
+
+    def keep_image(self, data: bytes, filename: str) -> dict:
+        """Decode (to refuse what cannot be triaged) and durably store an image without triaging
+        it: a DICOM instance held until its series is complete. The image row's values (sha256,
+        bytes, media_type, source_format, height, width). Raises KioskError as create_study does."""
+        img, _ = self._decoded(data, filename)
         return {"sha256": self.store.put_image(data), "bytes": len(data),
                 "media_type": MEDIA_TYPES.get(img.source_format, "application/octet-stream"),
                 "source_format": img.source_format, "height": img.original_size[0], "width": img.original_size[1]}
