@@ -6,6 +6,7 @@ instance arriving after its series was triaged is kept too; held instances survi
 from __future__ import annotations
 
 import random
+import re
 
 import pydicom
 import pytest
@@ -96,6 +97,8 @@ def test_one_instance_per_series_is_triaged_the_rest_kept(config, tmp_path):  # 
         assert (row["study_id"], row["triaged"]) == (chest_study, 0)
         assert appliance.store.list(StudyFilter(), 10)[1] == 2
         assert any(e["event"] == "series_triaged" for e in appliance.store.dicom_events())
+        page = app.test_client().get(f"/studies/{chest_study}").get_data(as_text=True)
+        assert re.search(r"data-series>4 images; triaged: PA, instance 2;\s+kept: LL 1, LL 3, LL 4</dd>", page), page
     finally:
         appliance.close()
 
