@@ -67,3 +67,38 @@ def test_errors_and_ungradable_in_chromium(tmp_path, sync_playwright, bundle, sc
             assert "%" not in page.inner_text(".worklist")
         finally:
             ctx.close()
+
+
+def test_history_dates_are_typed_and_shown_as_iso(tmp_path, sync_playwright, bundle, screens):
+    """The date filters take YYYY-MM-DD whatever the browser's locale (no mm/dd/yyyy field beside
+    the lists' ISO dates), and filter by them."""
+    from datetime import date, timedelta
+
+    with running_server(tmp_path / "data", [bundle]) as server, sync_playwright() as pw:
+        api = server.client()
+        try:
+            assert api.upload("x.png", cv2.imencode(".png", np.full((64, 64), 128, np.uint8))[1].tobytes())[0] == 201
+        finally:
+            api.close()
+        ctx = open_browser(pw, tmp_path / "profile", 1024, 600, locale="en-US")
+        try:
+            page = ctx.new_page()
+            page.goto(server.url + "history")
+            for name in ("from", "to"):
+                field = page.locator(f"input.date[name={name}]")
+                assert field.get_attribute("type") == "text" and field.get_attribute("placeholder") == "YYYY-MM-DD"
+            today = date.today()
+            page.fill("input.date[name=from]", today.isoformat())
+            page.fill("input.date[name=to]", today.isoformat())
+            page.click("button:has-text('Filter')")
+            assert page.locator("[data-study]").count() == 1
+            assert today.isoformat() in page.inner_text(".rows")  # the row's date, in the same form
+            page.screenshot(path=str(screens / "history-dates-1024x600.png"))
+            page.fill("input.date[name=from]", (today + timedelta(days=1)).isoformat())
+            page.fill("input.date[name=to]", "")
+            page.click("button:has-text('Filter')")
+            assert page.locator("[data-study]").count() == 0
+            page.fill("input.date[name=from]", today.strftime("%m/%d/%Y"))
+            assert not page.evaluate("() => document.querySelector('input.date[name=from]').checkValidity()")
+        finally:
+            ctx.close()
