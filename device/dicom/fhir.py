@@ -52,7 +52,7 @@ def report_bundle(source: pydicom.Dataset, study: StudyRecord, manifest: Manifes
     pydantic's ValidationError where a resource would not be valid FHIR."""
     bundle_id, observation_url, report_url = (str(uuid.uuid4()) for _ in range(3))
     observation_url, report_url = f"urn:uuid:{observation_url}", f"urn:uuid:{report_url}"
-    finding = manifest.policy.urgent_label.lower()
+    finding = manifest.finding
     subject = {"identifier": {"value": str(source.get("PatientID", "")) or "unknown"},
                "display": str(source.get("PatientName", "")) or "unknown"}
     imaging_study = {"type": "ImagingStudy", "identifier": {"system": URI, "value": f"urn:oid:{source.StudyInstanceUID}"}}
