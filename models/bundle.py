@@ -178,8 +178,9 @@ class QualityPolicy(_Strict):
     )
     min_lesion_fraction: float | None = Field(
         default=None,
-        description="share of the central half of the image that must be darker than the surrounding skin (the "
-        "median of the outer ring) by lesion_contrast; below it no lesion is in view",
+        description="share of the central half of the image whose colour must lie farther than lesion_contrast "
+        "(Euclidean, unit RGB) from the surrounding skin's (the median of the outer ring); below it no lesion is "
+        "in view",
     )
     lesion_contrast: float = Field(default=0.08, ge=0.0, le=1.0)
     subject: str = Field(

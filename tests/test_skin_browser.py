@@ -38,7 +38,7 @@ def test_skin_result_screen(tmp_path, sync_playwright, axe, screens, width, heig
             items = page.locator("[data-likeliest] li")
             assert items.count() == 3
             shown = page.inner_text("main")
-            assert "Non-commercial" in shown and "Research use only" in shown
+            assert "Non-commercial use only" in shown and "Research use only" in shown
             assert axe_violations(page, axe) == []
             page.screenshot(path=str(screens / f"skin-result-{size}.png"))
         finally:
