@@ -22,7 +22,7 @@ def test_skin_result_screen(tmp_path, sync_playwright, axe, screens, width, heig
     lesion = sorted((datasets_dir() / "dermatology" / "train" / "mel").glob("*.jpg"))[0]
     size = f"{width}x{height}"
     with running_server(tmp_path / "data", [CHEST, SKIN]) as server, sync_playwright() as pw:
-        ctx = open_browser(pw, tmp_path / "profile", width, height)
+        ctx = open_browser(pw, tmp_path / "profile", width, height, bypass_csp=True)  # axe is injected inline
         try:
             page = ctx.new_page()
             page.goto(server.url + "studies/new")

@@ -186,7 +186,7 @@ def build_manifest(checkpoint: dict, bundle_id: str, version: str, files: dict, 
         labels=list(LABELS), label_names=LABEL_NAMES, input=input_contract(int(checkpoint["size"]), INPUT_NAME),
         outputs=Outputs(logits="logits", cam="cam"),
         policy=TriagePolicy(
-            urgent_labels=list(URGENT), combine="sum", finding="a lesion to refer", focus_label=FOCUS,
+            urgent_labels=list(URGENT), combine="sum", finding="malignant or pre-malignant lesion", focus_label=FOCUS,
             operating_point=OperatingPoint(
                 threshold=thr, sensitivity=stress["focus_sensitivity"], specificity=stress["focus_specificity"],
                 chosen_on=f"{label['clean']} and {label['stress']}",
