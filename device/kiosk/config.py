@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 
 from device.capture.config import CaptureSettings
 from device.dicom.settings import DicomSettings
+from device.technician.settings import TechnicianSettings
 from device.tensorrt.settings import EngineSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
@@ -72,6 +73,11 @@ class ModelSettings(_Strict):
         "(TensorRT builds its engine) while serving on `backend`, then switch to it",
     )
     tensorrt: EngineSettings = Field(default_factory=EngineSettings, description="the TensorRT engine cache and builds")
+    stuck_after_s: float = Field(
+        default=120, ge=1, le=3600,
+        description="a model busy with one image this long counts as hung: health answers 503 and the "
+        "systemd watchdog is no longer pinged, so the kiosk is restarted",
+    )
 
     def backend_settings(self, backend: str) -> object | None:
         """The settings section of a backend, for those that have one."""
@@ -118,6 +124,7 @@ class KioskConfig(_Strict):
     capture: CaptureSettings = CaptureSettings()
     decode: DecodeSettings = DecodeSettings()
     dicom: DicomSettings = DicomSettings()
+    technician: TechnicianSettings = TechnicianSettings()
 
     def with_overrides(self, **dotted: object) -> "KioskConfig":
         """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -185,6 +186,7 @@ class Kiosk:
         self.config = config
         self.store = store
         self.exams = exams
+        self._closers: list[Callable[[], None]] = []
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
         self.decoder = Decoder(config.decode)
         self.renders = Renderer(store, self._input_contract, self.decoder)
@@ -218,6 +220,10 @@ class Kiosk:
             store.close()
             raise
 
+    def close_with(self, closer: Callable[[], None]) -> None:
+        """Run `closer` last when the kiosk closes (the technician area, which the app holds too)."""
+        self._closers.append(closer)
+
     def close(self) -> None:
         self.metrics.ready = False
         if self.dicom is not None:
@@ -226,6 +232,8 @@ class Kiosk:
         self._writer.shutdown(wait=True)
         self.exams.close()
         self.store.close()
+        for closer in self._closers:
+            closer()
 
     @property
     def max_upload_bytes(self) -> int:

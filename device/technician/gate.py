@@ -1,0 +1,65 @@
+"""Who may see what, checked before any handler runs:
+
+- The technician area (``/technician/...``) always needs a technician session (the login page and
+  the first-start password page excepted) or an API token.
+- When the kiosk listens beyond loopback (``server.host`` is not a loopback address) every other
+  page and API needs one too: anyone on the clinic's network could reach them. On a kiosk bound to
+  loopback only this machine (its own screen) can, and the clinician pages stay open there.
+
+A session is the ``bedside_session`` cookie (HttpOnly, SameSite=Strict); a token is
+``Authorization: Bearer bst_...`` (made on the technician's API tokens page). Pages without either
+are sent to the login page; the API is answered 401.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from flask import Flask, g, redirect, request
+
+from device.kiosk.errors import KioskError
+from device.technician.area import area
+
+COOKIE = "bedside_session"
+OPEN_ENDPOINTS = frozenset({"static", "technician.login", "technician.login_form", "technician.setup",
+                            "technician.setup_form"})
+
+
+class LoginRequired(KioskError):
+    status = 401
+    code = "login_required"
+
+
+def install_gate(app: Flask) -> None:
+    app.before_request(_gate)
+
+
+def _bearer() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def authenticated() -> bool:
+    """A live session or a valid token (remembered for the request in ``g.signed_in``)."""
+    if "signed_in" not in g:
+        a = area()
+        token = _bearer()
+        if token is not None:
+            g.signed_in = token == a.internal_token or a.credentials.token_valid(token)
+        else:
+            g.signed_in = a.sessions.touch(request.cookies.get(COOKIE))
+    return g.signed_in
+
+
+def _gate():
+    if request.endpoint in OPEN_ENDPOINTS:
+        return None
+    needs_login = request.blueprint == "technician" or area().exposed
+    if not needs_login or authenticated():
+        return None
+    if request.path.startswith("/api/") or request.path == "/metrics":
+        raise LoginRequired(
+            "log in on the technician page, or send an API token (Authorization: Bearer ...) made there"
+        )
+    return redirect(f"/technician/login?next={quote(request.full_path.rstrip('?'), safe='/')}", 303)
