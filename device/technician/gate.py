@@ -13,14 +13,16 @@ are sent to the login page; the API is answered 401.
 
 from __future__ import annotations
 
+import hmac
 from urllib.parse import quote
 
-from flask import Flask, g, redirect, request
+from flask import Flask, redirect, request
 
 from device.kiosk.errors import KioskError
 from device.technician.area import area
 
 COOKIE = "bedside_session"
+SIGNED_IN = "bedside.signed_in"  # request.environ key
 OPEN_ENDPOINTS = frozenset({"static", "technician.login", "technician.login_form", "technician.setup",
                             "technician.setup_form"})
 
@@ -41,15 +43,17 @@ def _bearer() -> str | None:
 
 
 def authenticated() -> bool:
-    """A live session or a valid token (remembered for the request in ``g.signed_in``)."""
-    if "signed_in" not in g:
+    """A live session or a valid token (remembered for the rest of the request)."""
+    known = request.environ.get(SIGNED_IN)
+    if known is None:
         a = area()
         token = _bearer()
         if token is not None:
-            g.signed_in = token == a.internal_token or a.credentials.token_valid(token)
+            known = hmac.compare_digest(token, a.internal_token) or a.credentials.token_valid(token)
         else:
-            g.signed_in = a.sessions.touch(request.cookies.get(COOKIE))
-    return g.signed_in
+            known = a.sessions.touch(request.cookies.get(COOKIE))
+        request.environ[SIGNED_IN] = known
+    return known
 
 
 def _gate():

@@ -23,7 +23,7 @@ from device.kiosk.errors import BadRequest, NotFound
 from device.technician import checks, diagnostics, status
 from device.technician.area import area, is_loopback
 from device.technician.credentials import CredentialError, check_new_password
-from device.technician.gate import COOKIE
+from device.technician.gate import COOKIE, authenticated
 
 technician = Blueprint("technician", __name__, url_prefix="/technician", template_folder="templates")
 NO_STORE = {"Cache-Control": "no-store"}
@@ -46,7 +46,7 @@ def _on_own_screen() -> bool:
 @technician.app_context_processor
 def _every_page() -> dict:
     a = area()
-    return {"safe_mode": a.safe_mode, "signed_in": request.cookies.get(COOKIE) is not None}
+    return {"safe_mode": a.safe_mode, "signed_in": authenticated()}
 
 
 def _page(template: str, status_code: int = 200, **values):
