@@ -47,12 +47,13 @@ def personal_values(data_dir: Path) -> set[str]:
                 found.update(str(v).strip() for v in row if v)
     finally:
         db.close()
-    return {v for v in found if len(v) >= MIN_SCRUBBED}
+    return found
 
 
 class Scrubber:
     def __init__(self, values: set[str]):
-        ordered = sorted(values, key=len, reverse=True)  # longest first: a value inside another
+        # Longest first: a value inside another. Shorter ones than MIN_SCRUBBED are left alone.
+        ordered = sorted((v for v in values if len(v) >= MIN_SCRUBBED), key=len, reverse=True)
         self._values = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def __call__(self, text: str) -> str:
