@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     record = StartRecord(Path(data_dir))
     reason = record.why_safe() or (f"the settings cannot be used: {config_error}" if config_error else None)
     if reason is not None:
-        return _serve_safe(args, record, reason)
+        return _serve_safe(args, record, reason, config)
     return _serve(config, record)
 
 
@@ -120,15 +120,16 @@ def _serve(config, record) -> int:
     return RESTART_EXIT_STATUS if technician.restart_requested.is_set() else 0
 
 
-def _serve_safe(args: argparse.Namespace, record, reason: str) -> int:
-    """The technician area only, with the last known good settings (else the defaults)."""
+def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
+    """The technician area only, with the last known good settings; where no start ever completed,
+    the settings file's if it validates (no model is loaded from it), else the defaults."""
     from device.kiosk.app import create_safe_app
     from device.kiosk.config import KioskConfig
     from device.kiosk.server import HealthProbe, KioskServer
     from device.technician.area import RESTART_EXIT_STATUS, area_of
 
     logging.getLogger("bedside.safe_mode").error("SAFE MODE: %s", reason)
-    base = record.last_good_config() or KioskConfig()
+    base = record.last_good_config() or config or KioskConfig()
     try:
         config = base.with_overrides(**{**_overrides(args), "store.data_dir": record.data_dir, "models.bundles": None})
     except ConfigError as exc:
