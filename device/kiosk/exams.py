@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Exam:
     gpu_build: Preparation | None = None
     gpu_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _busy_since: float | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -42,7 +44,17 @@ class Exam:
 
     def triage(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
         with self._lock:
-            return self.triager.triage_image(img, source, decode_ms)
+            self._busy_since = time.monotonic()
+            try:
+                return self.triager.triage_image(img, source, decode_ms)
+            finally:
+                self._busy_since = None
+
+    def busy_s(self) -> float:
+        """How long the model has been busy with its current image (0 when idle): a model stuck in
+        one call (a hung runtime, a wedged GPU) shows here, and health then answers 503."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def start_gpu_build(self, backend: str, settings: ModelSettings) -> None:
         """Prepare the GPU variant in the background (a TensorRT engine build takes minutes on a

@@ -520,10 +520,17 @@ class Kiosk:
 
     # ---- health ------------------------------------------------------------------------------
 
+    def inference(self) -> list[dict]:
+        """Each exam's inference worker: busy how long, and whether that counts as hung."""
+        limit = self.config.models.stuck_after_s
+        return [{"exam": e.id, "busy_s": round(e.busy_s(), 1), "stuck": e.busy_s() > limit} for e in self.exams]
+
     def health(self) -> dict:
         check = self.store.check
+        workers = self.inference()
         return {
-            "ready": self.metrics.ready,
+            "ready": self.metrics.ready and not any(w["stuck"] for w in workers),
+            "inference": workers,
             "backends": self.backends,
             "models": [e.as_json() for e in self.exams],
             "store": {
