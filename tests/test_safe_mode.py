@@ -51,11 +51,11 @@ def _hanging_bundle(tmp_path):
 def test_a_killed_start_is_followed_by_safe_mode_then_a_normal_start(tmp_path, tiny_bundle):
     data = tmp_path / "data"
     config = provisioned_config(tmp_path, GOOD)
-    stop_server(start_server(data, [tiny_bundle], "--config", str(config)))
+    stop_server(start_server(data, [tiny_bundle], "--config", str(config), "--safe-mode"))
     assert _record(data)["state"] == "started"
 
     cmd = [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", str(data),
-           "--config", str(config), "--bundle", str(_hanging_bundle(tmp_path))]
+           "--config", str(config), "--safe-mode", "--bundle", str(_hanging_bundle(tmp_path))]
     stuck = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: _record(data)["state"] == "starting", 60, "the start record of the hanging start")
@@ -63,7 +63,7 @@ def test_a_killed_start_is_followed_by_safe_mode_then_a_normal_start(tmp_path, t
         stuck.send_signal(signal.SIGKILL)
         stuck.wait(30)
 
-    safe = start_server(data, [tiny_bundle], "--config", str(config), check_health=False)
+    safe = start_server(data, [tiny_bundle], "--config", str(config), "--safe-mode", check_health=False)
     try:
         _check_safe_screen(safe.url, "did not complete")
         assert _record(data)["state"] == "safe"
@@ -87,7 +87,7 @@ def test_a_killed_start_is_followed_by_safe_mode_then_a_normal_start(tmp_path, t
     finally:
         stop_server(safe)
 
-    normal = start_server(data, [tiny_bundle], "--config", str(config))  # health: ready, with its models
+    normal = start_server(data, [tiny_bundle], "--config", str(config), "--safe-mode")  # health: ready, with its models
     stop_server(normal)
     assert _record(data)["state"] == "started"
 
@@ -96,10 +96,10 @@ def test_a_failed_start_names_its_reason_in_safe_mode(tmp_path, tiny_bundle):
     data = tmp_path / "data"
     config = provisioned_config(tmp_path, GOOD)
     failed = subprocess.run([sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", str(data),
-                             "--config", str(config), "--bundle", str(tmp_path / "no-such-bundle")],
+                             "--config", str(config), "--safe-mode", "--bundle", str(tmp_path / "no-such-bundle")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert failed.returncode != 0 and _record(data)["state"] == "failed"
-    safe = start_server(data, [tiny_bundle], "--config", str(config), check_health=False)
+    safe = start_server(data, [tiny_bundle], "--config", str(config), "--safe-mode", check_health=False)
     try:
         _check_safe_screen(safe.url, "bundle directory not found")
     finally:
@@ -109,10 +109,10 @@ def test_a_failed_start_names_its_reason_in_safe_mode(tmp_path, tiny_bundle):
 def test_an_invalid_settings_file_starts_safe_mode_with_the_last_good_settings(tmp_path, tiny_bundle):
     data = tmp_path / "data"
     config = provisioned_config(tmp_path, GOOD)
-    stop_server(start_server(data, [tiny_bundle], "--config", str(config)))
+    stop_server(start_server(data, [tiny_bundle], "--config", str(config), "--safe-mode"))
     config.write_text(config.read_text() + "\n[ui]\npage_size = 1\n")  # below its minimum of 5
 
-    safe = start_server(data, [tiny_bundle], "--config", str(config), check_health=False)
+    safe = start_server(data, [tiny_bundle], "--config", str(config), "--safe-mode", check_health=False)
     try:
         _check_safe_screen(safe.url, "ui.page_size")
         named = WebSession(safe.url)
@@ -123,7 +123,7 @@ def test_an_invalid_settings_file_starts_safe_mode_with_the_last_good_settings(t
     finally:
         assert stop_server(safe) == 0
     # Still invalid: safe mode again, for the same reason (never a normal start on settings it cannot use).
-    again = start_server(data, [tiny_bundle], "--config", str(config), check_health=False)
+    again = start_server(data, [tiny_bundle], "--config", str(config), "--safe-mode", check_health=False)
     try:
         _check_safe_screen(again.url, "ui.page_size")
     finally:

@@ -3,8 +3,9 @@
 Prints ``Bedside kiosk ready at <url>`` once the models are loaded and warmed up and the socket is
 bound (with ``--port 0`` the URL holds the port that was picked).
 
-When the last start did not complete or the settings file cannot be used, it starts in safe mode
-instead (device/technician/safe_mode.py): the technician area only, and the ready line says why.
+With ``--safe-mode`` (the appliance's unit), when the last start did not complete or the settings
+file cannot be used, it starts in safe mode instead (device/technician/safe_mode.py): the technician
+area only, and the ready line says why. Without it such settings are refused (exit status 2).
 Exits 75 when a technician asked for a restart (systemd's Restart=on-failure starts it again).
 """
 
@@ -32,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     )
     parser.add_argument("--dicom-port", type=int, help="DICOM C-STORE listener port (0: none; see [dicom])")
     parser.add_argument("--threads", type=int, help="request threads (default 8)")
+    parser.add_argument(
+        "--safe-mode", action="store_true",
+        help="when the last start did not complete or the settings cannot be used, start the technician "
+        "area only, with the last good settings, instead of exiting (bedside.service sets this)",
+    )
     parser.add_argument(
         "--source",
         action="append",
@@ -78,9 +84,13 @@ def run(args: argparse.Namespace) -> int:
     config, config_error = _load(args)
     data_dir = args.data_dir or (config.store.data_dir if config is not None else default_data_dir())
     record = StartRecord(Path(data_dir))
-    reason = record.why_safe() or (f"the settings cannot be used: {config_error}" if config_error else None)
-    if reason is not None:
-        return _serve_safe(args, record, reason, config)
+    if args.safe_mode:
+        reason = record.why_safe() or (f"the settings cannot be used: {config_error}" if config_error else None)
+        if reason is not None:
+            return _serve_safe(args, record, reason, config)
+    elif config_error is not None:
+        print(f"bedside: {config_error}", file=sys.stderr)
+        return 2
     return _serve(config, record)
 
 
