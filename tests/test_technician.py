@@ -247,3 +247,22 @@ def test_status_json_has_what_the_page_shows(client):
     assert status["disk"]["free_bytes"] > 0 and status["cpu"]["cores"] >= 1
     assert status["uptime"]["kiosk_s"] >= 0 and "bedside" in status["versions"]
     json.dumps(status)
+
+
+def test_hash_password_makes_a_provisioning_file_the_kiosk_accepts(tmp_path, config):
+    import subprocess
+    import sys
+
+    from kiosk_support import ROOT
+
+    made = subprocess.run([sys.executable, "-m", "device.cli", "technician", "hash-password"], input=PASSWORD + "\n",
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert made.returncode == 0 and made.stdout.startswith('password_hash = "$argon2id$') and PASSWORD not in made.stdout
+    provision = tmp_path / "technician.toml"
+    provision.write_text(made.stdout)
+    changed = config.model_copy(update={"technician": config.technician.model_copy(update={"provisioning_file": provision})})
+    with kiosk_client(changed) as c:
+        assert log_in(c).status_code == 303
+    short = subprocess.run([sys.executable, "-m", "device.cli", "technician", "hash-password"], input="short\n",
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert short.returncode == 1 and "10 to 200 characters" in short.stderr
