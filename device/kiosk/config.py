@@ -44,6 +44,11 @@ class ServerSettings(_Strict):
     allowed_hosts: list[str] = Field(
         default=[], description="host names the kiosk answers to besides host, localhost and loopback (else 421)"
     )
+    screen_without_login: bool = Field(
+        default=True,
+        description="when host is not a loopback address: the device's own screen (a request from this "
+        "machine) still opens the clinician pages and API without a login; false: every request needs one",
+    )
 
 
 class DecodeSettings(_Strict):

@@ -3,8 +3,11 @@
 - The technician area (``/technician/...``) always needs a technician session (the login page and
   the first-start password page excepted) or an API token.
 - When the kiosk listens beyond loopback (``server.host`` is not a loopback address) every other
-  page and API needs one too: anyone on the clinic's network could reach them. On a kiosk bound to
-  loopback only this machine (its own screen) can, and the clinician pages stay open there.
+  page and API needs one too for a request from the network: anyone on the clinic's network could
+  reach them. The device's own screen (a request from a loopback address: waitress trusts no proxy
+  header, so that is the socket's peer) keeps the clinician pages open, unless
+  ``server.screen_without_login`` is false. On a kiosk bound to loopback only this machine can
+  connect, and the clinician pages stay open.
 
 A session is the ``bedside_session`` cookie (HttpOnly, SameSite=Strict); a token is
 ``Authorization: Bearer bst_...`` (made on the technician's API tokens page). Pages without either
@@ -19,7 +22,7 @@ from urllib.parse import quote
 from flask import Flask, redirect, request
 
 from device.kiosk.errors import KioskError
-from device.technician.area import area
+from device.technician.area import area, is_loopback
 
 COOKIE = "bedside_session"
 SIGNED_IN = "bedside.signed_in"  # request.environ key
@@ -59,7 +62,9 @@ def authenticated() -> bool:
 def _gate():
     if request.endpoint in OPEN_ENDPOINTS:
         return None
-    needs_login = request.blueprint == "technician" or area().exposed
+    a = area()
+    own_screen = a.config.server.screen_without_login and is_loopback(request.remote_addr or "")
+    needs_login = request.blueprint == "technician" or (a.exposed and not own_screen)
     if not needs_login or authenticated():
         return None
     if request.path.startswith("/api/") or request.path == "/metrics":

@@ -84,14 +84,19 @@ class LoginLimiter:
     def failed(self, remote: str) -> None:
         now = self.clock()
         with self._lock:
-            self._recent(remote, now).append(now)
+            self._recent(remote, now)
+            self._failures.setdefault(remote, deque()).append(now)
 
     def succeeded(self, remote: str) -> None:
         with self._lock:
             self._failures.pop(remote, None)
 
     def _recent(self, remote: str, now: float) -> deque[float]:
-        failures = self._failures.setdefault(remote, deque())
+        """The address's failures within the window; an address with none is forgotten (the table
+        holds only addresses that failed lately, however many try)."""
+        failures = self._failures.get(remote, deque())
         while failures and now - failures[0] >= self.window_s:
             failures.popleft()
+        if not failures:
+            self._failures.pop(remote, None)
         return failures
