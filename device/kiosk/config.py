@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError
 from device.capture.config import CaptureSettings
 from device.dicom.settings import DicomSettings
 from device.tensorrt.settings import EngineSettings
+from device.updates.settings import UpdateSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
 
@@ -118,6 +119,7 @@ class KioskConfig(_Strict):
     capture: CaptureSettings = CaptureSettings()
     decode: DecodeSettings = DecodeSettings()
     dicom: DicomSettings = DicomSettings()
+    updates: UpdateSettings = UpdateSettings()
 
     def with_overrides(self, **dotted: object) -> "KioskConfig":
         """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""
