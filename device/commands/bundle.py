@@ -77,7 +77,7 @@ def _health(args: argparse.Namespace, config: KioskConfig) -> updates.HealthChec
 
 def _progress(step: str, detail: str) -> None:
     if step != "extract":
-        print(f"  {step} {detail}", file=sys.stderr, flush=True)
+        print(f"  {step} {detail}", flush=True)
 
 
 def _archive(args: argparse.Namespace, config: KioskConfig) -> Path:
