@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from device import updates
+from models.bundle import load_bundle
 from kiosk_support import ROOT, kiosk_client, png_bytes
 from update_support import EXAM, config_toml, kiosk_config, releases, signer  # noqa: F401
 
@@ -50,6 +51,9 @@ def test_sigkill_before_every_change_leaves_the_old_or_the_new_bundle(tmp_path, 
         updates.rollback(EXAM, config)  # back to 1.0.0 in slot a, 1.1.0 in b
         died = _victim(toml, data, releases["1.1.0"], kill_at)
         assert died.returncode == -signal.SIGKILL, (kill_at, died.stdout, died.stderr)
+        # Right after the kill, before anything recovers: the link names a complete, intact bundle.
+        [live] = updates.served_paths(config)
+        assert load_bundle(live).manifest.version in ("1.0.0", "1.1.0"), kill_at
         caplog.clear()
         assert _served_version(config) == "1.0.0", kill_at
         recovered.append(any("was not committed" in r.getMessage() for r in caplog.records))
