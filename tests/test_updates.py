@@ -241,3 +241,40 @@ def test_existing_manifests_without_an_appliance_range_stay_valid(tmp_path):
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     m = load_bundle(bundle).manifest
     assert m.appliance is None and m.runs_on("0.1.0")
+
+
+def test_the_kiosk_reloads_an_exam_from_its_slot_and_self_tests_the_serving_model(tmp_path, signer, releases):
+    from kiosk_support import kiosk_client
+
+    config = kiosk_config(tmp_path, signer)
+    updates.install(releases["1.0.0"], config)
+    with kiosk_client(config) as client:
+        updates.install(releases["1.1.0"], config)  # offline: the running kiosk still serves 1.0.0
+        assert client.get("/api/v1/exams").get_json()["exams"][0]["version"] == "1.0.0"
+        reloaded = client.post(f"/api/v1/exams/{EXAM}/reload", json={})
+        assert reloaded.status_code == 200 and reloaded.get_json()["version"] == "1.1.0"
+        check = client.post(f"/api/v1/exams/{EXAM}/selftest", json={}).get_json()
+        assert check["ok"] and check["version"] == "1.1.0" and check["max_prob_diff"] <= check["tolerance"]
+        assert client.post("/api/v1/exams/nope/reload", json={}).status_code == 404
+        assert client.post(f"/api/v1/exams/{EXAM}/reload", data="x", content_type="text/plain").status_code == 415
+
+
+def test_bundle_selftest_command(tmp_path, capsys, signer, releases):
+    config = kiosk_config(tmp_path, signer)
+    updates.install(releases["1.0.0"], config)
+    rc, out, _ = cli(capsys, "bundle", "selftest", EXAM, *installed_cli(tmp_path, config))
+    assert rc == 0 and f"{EXAM} 1.0.0: self-test passed" in out
+    rc, _, err = cli(capsys, "bundle", "selftest", "nope", *installed_cli(tmp_path, config))
+    assert rc == 1 and "no bundle serves exam 'nope'" in err
+
+
+def test_rollback_refuses_a_previous_slot_whose_files_were_damaged(tmp_path, capsys, signer, releases):
+    config = kiosk_config(tmp_path, signer)
+    updates.install(releases["1.0.0"], config)
+    updates.install(releases["1.1.0"], config)
+    slots = Slots(config.updates.installed_root(config.store.data_dir))
+    with open(slots.slot_dir(EXAM, "a") / "model.onnx", "r+b") as fh:
+        fh.write(b"\0")
+    rc, _, err = cli(capsys, "bundle", "rollback", EXAM, "--offline", *installed_cli(tmp_path, config))
+    assert rc == 1 and f"{EXAM} slot a is damaged" in err and "does not match the manifest" in err
+    assert slots.active_slot(EXAM) == "b"

@@ -497,7 +497,10 @@ class Kiosk:
             exam = self.exams.resolve(exam_id)
         except UnknownExam as exc:
             raise ConfigError(f"capture source: {exc.message}") from None
-        return Inference(exam.id, exam.triage, exam.bundle.manifest, lambda: _model_text(exam))
+        # Resolved at each frame: a bundle install may replace the exam while the source is live.
+        current = lambda: self.exams.resolve(exam.id)  # noqa: E731
+        return Inference(exam.id, lambda *args: current().triage(*args), exam.bundle.manifest,
+                         lambda: _model_text(current()))
 
     def live_source(self, source_id: str) -> LiveSource:
         source = self.capture.get(source_id)
