@@ -17,6 +17,7 @@ from device.capture.config import CaptureSettings
 from device.dicom.settings import DicomSettings
 from device.technician.settings import TechnicianSettings
 from device.tensorrt.settings import EngineSettings
+from device.updates.settings import UpdateSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
 
@@ -130,6 +131,7 @@ class KioskConfig(_Strict):
     decode: DecodeSettings = DecodeSettings()
     dicom: DicomSettings = DicomSettings()
     technician: TechnicianSettings = TechnicianSettings()
+    updates: UpdateSettings = UpdateSettings()
 
     def with_overrides(self, **dotted: object) -> "KioskConfig":
         """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""

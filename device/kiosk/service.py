@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from device import intake
+from device import intake, updates
 from device.capture.manager import CaptureManager, Inference, LiveSource, frame_file
 from device.capture.sources import redact
 from device.capture.stream import STREAMING
@@ -38,8 +38,9 @@ from device.kiosk.storage import Reserve, is_disk_full
 from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
+from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.triage import TRIAGE_ORDER, TriageResult
-from models.bundle import InputContract
+from models.bundle import BundleError, InputContract, read_manifest
 
 log = logging.getLogger(__name__)
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
@@ -209,7 +210,8 @@ class Kiosk:
         """Open the store, then load and warm up every exam; ready when this returns."""
         store = Store.open(config.store.data_dir)
         try:
-            exams = ExamRegistry.load(config.models)
+            updates.recover(config)  # a bundle switch that was not committed is undone before loading
+            exams = ExamRegistry.load(config.models, updates.served_paths(config))
         except BaseException:
             store.close()
             raise
@@ -234,6 +236,32 @@ class Kiosk:
         self.store.close()
         for closer in self._closers:
             closer()
+
+    def reload_exam(self, exam_id: str) -> dict:
+        """Load the bundle now served for ``exam_id`` (after an install, activation or rollback switched
+        its slot) in place of the loaded one; the exam's JSON. The loaded one stays if this fails."""
+        for path in updates.served_paths(self.config):
+            try:
+                found = read_manifest(path).id == exam_id
+            except BundleError:
+                continue
+            if found:
+                try:
+                    exam = self.exams.replace(path, self.config.models)
+                except (BundleError, RuntimeFailure, RuntimeUnavailable) as exc:
+                    raise Conflict(f"cannot load {exam_id} from {path}: {exc}") from None
+                log.info("%s: now serving %s from %s", exam_id, exam.bundle.manifest.version, path)
+                return exam.as_json()
+        raise NotFound(f"no bundle for exam {exam_id!r} is installed or shipped")
+
+    def selftest_exam(self, exam_id: str) -> dict:
+        """The loaded model of an exam (the one serving studies) on its bundle's golden inputs."""
+        exam = self.exams.resolve(exam_id)
+        try:
+            check = exam.selftest()
+        except RuntimeFailure as exc:
+            return {"exam": exam_id, "ok": False, "error": str(exc)}
+        return {"exam": exam_id, "version": exam.bundle.manifest.version, **check}
 
     @property
     def max_upload_bytes(self) -> int:
@@ -477,7 +505,10 @@ class Kiosk:
             exam = self.exams.resolve(exam_id)
         except UnknownExam as exc:
             raise ConfigError(f"capture source: {exc.message}") from None
-        return Inference(exam.id, exam.triage, exam.bundle.manifest, lambda: _model_text(exam))
+        # Resolved at each frame: a bundle install may replace the exam while the source is live.
+        current = lambda: self.exams.resolve(exam.id)  # noqa: E731
+        return Inference(exam.id, lambda *args: current().triage(*args), exam.bundle.manifest,
+                         lambda: _model_text(current()))
 
     def live_source(self, source_id: str) -> LiveSource:
         source = self.capture.get(source_id)
