@@ -1,5 +1,5 @@
 """The technician area in Chromium, as a technician uses it on the device's own screen: set the
-password at first start, log in, go through every page (status, capture sources with a test, DICOM,
+password at first start, log in, go through every page (status, capture sources with a test, bundles, DICOM,
 logs, tokens), log out; then safe mode's screen. axe-core finds no serious or critical violation
 on any of them, every touch target is at least 44 px, and nothing runs out of the 1024x600 screen."""
 
@@ -8,19 +8,23 @@ from __future__ import annotations
 import shutil
 
 from browser_support import axe, axe_violations, open_browser, screens, sync_playwright, xray  # noqa: F401
+from device import updates
 from kiosk_support import start_server, stop_server, tiny_bundle  # noqa: F401 (fixtures)
+from update_support import config_toml, kiosk_config, releases, signer  # noqa: F401 (fixtures)
 from test_kiosk_a11y_browser import SMALL_JS, TARGETS
 
 PASSWORD = "a long technician password"
 OVERFLOW_JS = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
 
 
-def test_technician_pages_are_accessible(tmp_path, sync_playwright, tiny_bundle, xray, axe, screens):
+def test_technician_pages_are_accessible(tmp_path, sync_playwright, tiny_bundle, xray, axe, screens, signer, releases):
     frames = tmp_path / "camera"
     frames.mkdir()
     shutil.copy(xray, frames / xray.name)
-    data = tmp_path / "data"
-    server = start_server(data, [tiny_bundle], "--source", f"file://{frames}?fps=2&loop=1")
+    config = kiosk_config(tmp_path, signer)
+    updates.install(releases["1.0.0"], config)
+    data = config.store.data_dir
+    server = start_server(data, [], "--config", str(config_toml(tmp_path, config)), "--source", f"file://{frames}?fps=2&loop=1")
     found: dict[str, list] = {}
     try:
         with sync_playwright() as pw:
@@ -57,6 +61,11 @@ def test_technician_pages_are_accessible(tmp_path, sync_playwright, tiny_bundle,
                 page.locator(".alert-ok").wait_for()
                 page.wait_for_function("() => document.querySelector('.tech-preview').naturalWidth > 0")
                 check("source-tested")
+                page.click("a.nav:has-text('Bundles')")
+                page.set_input_files("#archive", str(releases["1.1.0"]))
+                page.click("button:has-text('Upload and install')")
+                page.get_by_text("tiny-test 1.1.0 is active in slot b").wait_for()
+                check("bundle-installed")
                 for name in ("DICOM", "Logs", "Tokens"):
                     page.click(f"a.nav:has-text('{name}')")
                     page.get_by_role("heading", level=1).wait_for()

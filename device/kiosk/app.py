@@ -123,7 +123,7 @@ def _wants_json() -> bool:
 def error_response(status: int, code: str, message: str, **extra):
     if _wants_json():
         return jsonify({"error": {"status": status, "code": code, "message": message, **extra}}), status
-    if request.blueprint == "technician" or EXTENSION not in current_app.extensions:
+    if "technician" in request.blueprints or EXTENSION not in current_app.extensions:
         return render_template("technician/error.html", status=status, message=message), status
     return render_template("error.html", status=status, message=message, kind=code), status
 

@@ -49,7 +49,7 @@ def protect(app: Flask, settings: ServerSettings) -> None:
         if request.method in SAFE_METHODS:
             return
         _check_origin()
-        if request.blueprint in FORM_BLUEPRINTS:
+        if FORM_BLUEPRINTS.intersection(request.blueprints):  # nested ones (technician.bundles) too
             _check_token(token)
 
 

@@ -27,7 +27,7 @@ from device.technician.area import area, is_loopback
 COOKIE = "bedside_session"
 SIGNED_IN = "bedside.signed_in"  # request.environ key
 OPEN_ENDPOINTS = frozenset({"static", "technician.login", "technician.login_form", "technician.setup",
-                            "technician.setup_form"})
+                            "technician.setup_form"})  # the technician area's nested blueprints need a login
 
 
 class LoginRequired(KioskError):
@@ -64,7 +64,7 @@ def _gate():
         return None
     a = area()
     own_screen = a.config.server.screen_without_login and is_loopback(request.remote_addr or "")
-    needs_login = request.blueprint == "technician" or (a.exposed and not own_screen)
+    needs_login = "technician" in request.blueprints or (a.exposed and not own_screen)
     if not needs_login or authenticated():
         return None
     if request.path.startswith("/api/") or request.path == "/metrics":

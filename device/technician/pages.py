@@ -15,42 +15,30 @@ import signal
 import zipfile
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, redirect, render_template, request
+from flask import Blueprint, Response, redirect, render_template, request
 
 from device.clock import utc_iso
-from device.kiosk.context import EXTENSION as KIOSK
 from device.kiosk.errors import BadRequest, NotFound
 from device.technician import checks, diagnostics, status
 from device.technician.area import area, is_loopback
 from device.technician.credentials import CredentialError, check_new_password
+from device.technician.bundle_pages import bundles
 from device.technician.gate import COOKIE, authenticated
+from device.technician.views import NO_STORE, remote, running_kiosk, show
 
 technician = Blueprint("technician", __name__, url_prefix="/technician", template_folder="templates")
-NO_STORE = {"Cache-Control": "no-store"}
+technician.register_blueprint(bundles)  # /technician/bundles
 MAX_TOKEN_NAME = 60
 
 
-def _kiosk():
-    """The running Kiosk, or None in safe mode."""
-    return current_app.extensions.get(KIOSK)
-
-
-def _remote() -> str:
-    return request.remote_addr or "-"
-
-
 def _on_own_screen() -> bool:
-    return is_loopback(_remote())
+    return is_loopback(remote())
 
 
 @technician.app_context_processor
 def _every_page() -> dict:
     a = area()
     return {"safe_mode": a.safe_mode, "signed_in": authenticated()}
-
-
-def _page(template: str, status_code: int = 200, **values):
-    return render_template(f"technician/{template}", **values), status_code, NO_STORE
 
 
 # ---- login and the first-start password -----------------------------------------------------
@@ -68,26 +56,26 @@ def _safe_next(target: str | None) -> str:
 def login_form():
     if not area().credentials.has_password():
         return redirect("/technician/setup", 303)
-    return _page("login.html", next=_safe_next(request.args.get("next")))
+    return show("login.html", next=_safe_next(request.args.get("next")))
 
 
 @technician.post("/login")
 def login():
     a = area()
-    remote = _remote()
+    address = remote()
     target = _safe_next(request.form.get("next"))
-    wait = a.limiter.wait_s(remote)
+    wait = a.limiter.wait_s(address)
     if wait > 0:
-        a.credentials.audit("login_refused", remote, {"reason": "too many failed logins"})
+        a.credentials.audit("login_refused", address, {"reason": "too many failed logins"})
         minutes = max(1, round(wait / 60))
-        return _page("login.html", 429, next=target,
+        return show("login.html", 429, next=target,
                      error=f"Too many failed logins from this address. Try again in {minutes} min.")
     if not a.credentials.verify(request.form.get("password", "")):
-        a.limiter.failed(remote)
-        a.credentials.audit("login_failed", remote)
-        return _page("login.html", 401, next=target, error="Wrong password. Try again.")
-    a.limiter.succeeded(remote)
-    a.credentials.audit("login", remote)
+        a.limiter.failed(address)
+        a.credentials.audit("login_failed", address)
+        return show("login.html", 401, next=target, error="Wrong password. Try again.")
+    a.limiter.succeeded(address)
+    a.credentials.audit("login", address)
     response = redirect(target, 303)
     response.set_cookie(COOKIE, a.sessions.start(), httponly=True, samesite="Strict", path="/")
     return response
@@ -97,7 +85,7 @@ def login():
 def logout():
     a = area()
     a.sessions.end(request.cookies.get(COOKIE))
-    a.credentials.audit("logout", _remote())
+    a.credentials.audit("logout", remote())
     response = redirect("/technician/login", 303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -116,23 +104,23 @@ def _setup_refusal() -> tuple[str, int] | None:
 def setup_form():
     refusal = _setup_refusal()
     if refusal is not None:
-        return _page("setup.html", refusal[1], error=refusal[0], closed=True)
-    return _page("setup.html")
+        return show("setup.html", refusal[1], error=refusal[0], closed=True)
+    return show("setup.html")
 
 
 @technician.post("/setup")
 def setup():
     refusal = _setup_refusal()
     if refusal is not None:
-        return _page("setup.html", refusal[1], error=refusal[0], closed=True)
+        return show("setup.html", refusal[1], error=refusal[0], closed=True)
     password = request.form.get("password", "")
     if password != request.form.get("repeat", ""):
-        return _page("setup.html", 400, error="The two passwords differ. Type the same password twice.")
+        return show("setup.html", 400, error="The two passwords differ. Type the same password twice.")
     try:
         check_new_password(password)
-        area().credentials.set_password(password, "on the device's screen", _remote())
+        area().credentials.set_password(password, "on the device's screen", remote())
     except CredentialError as exc:
-        return _page("setup.html", 400, error=str(exc)[0].upper() + str(exc)[1:] + ".")
+        return show("setup.html", 400, error=str(exc)[0].upper() + str(exc)[1:] + ".")
     return redirect("/technician/login", 303)
 
 
@@ -140,13 +128,13 @@ def setup():
 
 
 def _status() -> dict:
-    a, k = area(), _kiosk()
+    a, k = area(), running_kiosk()
     return status.collect(a.config, a.started_at, a.logbook.recent_problems(), None if k is None else k.exams)
 
 
 @technician.get("/")
 def status_page():
-    return _page("status.html", status=_status())
+    return show("status.html", status=_status())
 
 
 @technician.get("/status.json")
@@ -158,7 +146,7 @@ def status_json():
 def restart():
     """Stop with RESTART_EXIT_STATUS once this answer is sent: systemd starts the kiosk again."""
     a = area()
-    a.credentials.audit("restart", _remote())
+    a.credentials.audit("restart", remote())
     a.restart_requested.set()
     response = Response(render_template("technician/restarting.html"), headers=NO_STORE)
     response.call_on_close(lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -170,8 +158,8 @@ def restart():
 
 @technician.get("/sources")
 def sources():
-    k = _kiosk()
-    return _page("sources.html", sources=[] if k is None else k.capture.status(), running=k is not None, test=None)
+    k = running_kiosk()
+    return show("sources.html", sources=[] if k is None else k.capture.status(), running=k is not None, test=None)
 
 
 @technician.post("/sources/test")
@@ -181,8 +169,8 @@ def test_source():
         raise BadRequest("enter a source URI to test, e.g. v4l2:///dev/video0 or http://camera/mjpeg")
     result = checks.test_source(uri, area().config.capture.open_timeout_s)
     area().last_test_frame = result.jpeg
-    k = _kiosk()
-    return _page("sources.html", 200 if result.ok else 422, sources=[] if k is None else k.capture.status(),
+    k = running_kiosk()
+    return show("sources.html", 200 if result.ok else 422, sources=[] if k is None else k.capture.status(),
                  running=k is not None, test=result)
 
 
@@ -196,14 +184,14 @@ def test_frame():
 
 @technician.get("/dicom")
 def dicom():
-    return _page("dicom.html", dicom=area().config.dicom, echoes=None)
+    return show("dicom.html", dicom=area().config.dicom, echoes=None)
 
 
 @technician.post("/dicom/echo")
 def dicom_echo():
     settings = area().config.dicom
     echoes = [checks.echo(settings, d) for d in settings.destinations]
-    return _page("dicom.html", dicom=settings, echoes=echoes)
+    return show("dicom.html", dicom=settings, echoes=echoes)
 
 
 # ---- logs and diagnostics ---------------------------------------------------------------------
@@ -212,7 +200,7 @@ def dicom_echo():
 @technician.get("/logs")
 def logs():
     files = [(p.name, p.stat().st_size) for p in area().logbook.files()]
-    return _page("logs.html", files=files, audit=area().credentials.audit_log(50))
+    return show("logs.html", files=files, audit=area().credentials.audit_log(50))
 
 
 def _attachment(data: bytes, name: str) -> Response:
@@ -227,7 +215,7 @@ def logs_download():
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in a.logbook.files():
             archive.write(path, f"logs/{path.name}")
-    a.credentials.audit("logs_downloaded", _remote())
+    a.credentials.audit("logs_downloaded", remote())
     return _attachment(buf.getvalue(), f"bedside-logs-{_stamp()}.zip")
 
 
@@ -236,7 +224,7 @@ def diagnostics_download():
     a = area()
     data = diagnostics.build_archive(_status(), a.config, a.credentials.audit_log(200), a.logbook.files(),
                                      a.config.store.data_dir)
-    a.credentials.audit("diagnostics_downloaded", _remote())
+    a.credentials.audit("diagnostics_downloaded", remote())
     return _attachment(data, f"bedside-diagnostics-{_stamp()}.zip")
 
 
@@ -249,7 +237,7 @@ def _stamp() -> str:
 
 @technician.get("/tokens")
 def tokens():
-    return _page("tokens.html", tokens=area().credentials.tokens(), new_token=None)
+    return show("tokens.html", tokens=area().credentials.tokens(), new_token=None)
 
 
 @technician.post("/tokens")
@@ -259,8 +247,8 @@ def add_token():
         raise BadRequest(f"name the token (1 to {MAX_TOKEN_NAME} characters), e.g. the program that uses it")
     a = area()
     token = a.credentials.add_token(name)
-    a.credentials.audit("token_created", _remote(), {"name": name})
-    return _page("tokens.html", 201, tokens=a.credentials.tokens(), new_token=token)
+    a.credentials.audit("token_created", remote(), {"name": name})
+    return show("tokens.html", 201, tokens=a.credentials.tokens(), new_token=token)
 
 
 @technician.post("/tokens/<int:token_id>/revoke")
@@ -268,6 +256,6 @@ def revoke_token(token_id: int):
     a = area()
     if not a.credentials.revoke_token(token_id):
         raise NotFound(f"no active token {token_id}")
-    a.credentials.audit("token_revoked", _remote(), {"id": token_id})
+    a.credentials.audit("token_revoked", remote(), {"id": token_id})
     return redirect("/technician/tokens", 303)
 
