@@ -266,3 +266,17 @@ def test_hash_password_makes_a_provisioning_file_the_kiosk_accepts(tmp_path, con
     short = subprocess.run([sys.executable, "-m", "device.cli", "technician", "hash-password"], input="short\n",
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert short.returncode == 1 and "10 to 200 characters" in short.stderr
+
+
+def test_gpus_are_read_from_the_nvidia_driver_or_the_jetson_device_tree(tmp_path):
+    from device.technician.status import gpus
+
+    driver = tmp_path / "gpus"
+    (driver / "0000:3b:00.0").mkdir(parents=True)
+    # The driver's own format (/proc/driver/nvidia/gpus/<bus>/information), abridged.
+    (driver / "0000:3b:00.0" / "information").write_text("Model: \t\t NVIDIA H200\nIRQ:   \t\t 150\nBus Type: \t PCIe\n")
+    tree = tmp_path / "model"
+    tree.write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\0")
+    assert gpus(driver, tree) == [{"model": "NVIDIA H200", "bus": "0000:3b:00.0"}]
+    assert gpus(tmp_path / "none", tree) == [{"model": "NVIDIA Jetson Orin Nano Developer Kit", "bus": "integrated"}]
+    assert gpus(tmp_path / "none", tmp_path / "absent") == []

@@ -16,6 +16,8 @@ from device.runtime import registry
 
 PACKAGES = ("bedside", "onnxruntime", "numpy", "opencv-python-headless", "pydicom", "pynetdicom", "flask", "waitress")
 THERMAL = Path("/sys/class/thermal")
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # the NVIDIA driver: one folder per GPU, with "information"
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")  # a Jetson names itself here
 
 
 def versions() -> dict[str, str]:
@@ -52,6 +54,25 @@ def memory() -> dict:
     except (OSError, ValueError, IndexError):
         return {}
     return {"total_bytes": values.get("MemTotal"), "available_bytes": values.get("MemAvailable")}
+
+
+def gpus(nvidia: Path = NVIDIA_GPUS, device_tree: Path = DEVICE_TREE_MODEL) -> list[dict]:
+    """The GPUs the kernel reports: each NVIDIA driver GPU's model and bus, or the Jetson module."""
+    found = []
+    for folder in sorted(nvidia.glob("*")):
+        try:
+            fields = dict(line.split(":", 1) for line in (folder / "information").read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        found.append({"model": fields.get("Model", "").strip() or "NVIDIA GPU", "bus": folder.name})
+    if not found:
+        try:
+            model = device_tree.read_bytes().rstrip(b"\0").decode(errors="replace").strip()
+        except OSError:
+            model = ""
+        if "jetson" in model.lower():
+            found.append({"model": model, "bus": "integrated"})
+    return found
 
 
 def temperatures() -> list[dict]:
@@ -103,6 +124,7 @@ def collect(config, started_at: float, recent: list, exams=None) -> dict:
         "backends": backends(),
         "models": models,
         "cpu": cpu(),
+        "gpus": gpus(),
         "memory": memory(),
         "temperatures": temperatures(),
         "disk": disk(config.store.data_dir),
