@@ -45,7 +45,8 @@ def _hold_the_model(appliance) -> tuple[threading.Event, threading.Event]:
 
 def test_pings_stop_while_a_model_is_stuck_and_resume_after(slow_app, tmp_path, monkeypatch, caplog):
     appliance = kiosk_of(slow_app)
-    server = KioskServer(slow_app, ServerSettings(port=0), lambda: None, HealthProbe("/api/v1/health", area_of(slow_app).internal_token))
+    probe = HealthProbe("/api/v1/health", area_of(slow_app).internal_token)
+    server = KioskServer(slow_app, ServerSettings(port=0), lambda: None, probe)
     serving = threading.Thread(target=server._server.run, name="test-waitress", daemon=True)
     serving.start()
     address = str(tmp_path / "notify.sock")
@@ -54,7 +55,7 @@ def test_pings_stop_while_a_model_is_stuck_and_resume_after(slow_app, tmp_path, 
         sock.settimeout(30)
         monkeypatch.setenv("NOTIFY_SOCKET", address)
         monkeypatch.setenv("WATCHDOG_USEC", "400000")
-        stop = _start_watchdog(server.host, server.port, HealthProbe("/api/v1/health", area_of(slow_app).internal_token))
+        stop = _start_watchdog(server.host, server.port, probe)
         client = Client(server.url)
         try:
             assert sock.recv(64) == b"WATCHDOG=1"

@@ -29,8 +29,8 @@ def installed(tmp_path_factory) -> Path:
         pytest.skip(f"{VENV_BEDSIDE} missing: the project is not installed in this venv (make install)")
     root = tmp_path_factory.mktemp("root")
     prefix = VENV_BEDSIDE.parent.parent.parent  # <prefix>/.venv/bin/bedside
-    done = subprocess.run([str(SYSTEMD / "install.sh"), "--prefix", str(prefix)], env={"DESTDIR": str(root), "PATH": "/usr/bin:/bin"},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([str(SYSTEMD / "install.sh"), "--prefix", str(prefix)],
+                          env={"DESTDIR": str(root), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return root / "etc" / "systemd" / "system"
 
@@ -83,12 +83,14 @@ def test_security_test_can_fail(tmp_path):
     """The same check on the unit before it was hardened scores EXPOSED: the threshold means something."""
     plain = tmp_path / "plain.service"
     plain.write_text(f"[Service]\nType=notify\nExecStart={VENV_BEDSIDE} serve\nUser=bedside\n")
-    done = subprocess.run([ANALYZE, "security", "--offline=yes", "--no-pager", str(plain)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([ANALYZE, "security", "--offline=yes", "--no-pager", str(plain)],
+                          capture_output=True, text=True, timeout=60)
     assert float(EXPOSURE.search(done.stdout).group(1)) > 4.0
 
 
 def test_install_refuses_a_prefix_without_bedside(tmp_path):
-    done = subprocess.run([str(SYSTEMD / "install.sh"), "--prefix", str(tmp_path)], env={"DESTDIR": str(tmp_path / "root"), "PATH": "/usr/bin:/bin"},
+    done = subprocess.run([str(SYSTEMD / "install.sh"), "--prefix", str(tmp_path)],
+                          env={"DESTDIR": str(tmp_path / "root"), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "make install" in done.stderr
     assert not (tmp_path / "root" / "etc").exists()

@@ -7,6 +7,7 @@ the clinician pages stay open and the technician area does not."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 
 import pytest
@@ -78,8 +79,9 @@ def _check_everything_is_closed(url: str) -> None:
         for path in ("/api/v1/studies", "/api/v1/health", "/metrics", "/api/v1/worklist", "/history"):
             status, response, body = anonymous.request("GET", path)
             assert status in (401, 303), path
-        status, body = anonymous.get_json("/api/v1/studies")
-        assert status == 401 and body["error"]["code"] == "login_required"
+        status, response, body = anonymous.request("GET", "/api/v1/studies")
+        assert status == 401 and json.loads(body)["error"]["code"] == "login_required"
+        assert response.getheader("WWW-Authenticate") == 'Bearer realm="bedside"'
         data, ctype = multipart({}, ("x.png", png_bytes(1)))
         status, _, _ = anonymous.request("POST", "/api/v1/studies", data, {"Content-Type": ctype})
         assert status == 401

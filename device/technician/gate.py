@@ -37,6 +37,18 @@ class LoginRequired(KioskError):
 
 def install_gate(app: Flask) -> None:
     app.before_request(_gate)
+    app.after_request(_challenge)
+
+
+def _challenge(response):
+    """A 401 names the scheme it wants (RFC 6750), so that HTTP clients know to send a token."""
+    if response.status_code == 401 and _is_api():
+        response.headers["WWW-Authenticate"] = 'Bearer realm="bedside"'
+    return response
+
+
+def _is_api() -> bool:
+    return request.path.startswith("/api/") or request.path == "/metrics"
 
 
 def _bearer() -> str | None:
@@ -67,7 +79,7 @@ def _gate():
     needs_login = "technician" in request.blueprints or (a.exposed and not own_screen)
     if not needs_login or authenticated():
         return None
-    if request.path.startswith("/api/") or request.path == "/metrics":
+    if _is_api():
         raise LoginRequired(
             "log in on the technician page, or send an API token (Authorization: Bearer ...) made there"
         )

@@ -107,7 +107,8 @@ def uptime(started_at: float) -> dict:
 
 
 def backends() -> dict:
-    return {name: {"available": s.ok, "version": s.version, "reason": s.reason, "target": registry.backend_class(name).target}
+    return {name: {"available": s.ok, "version": s.version, "reason": s.reason,
+                   "target": registry.backend_class(name).target}
             for name, s in registry.all_availability().items()}
 
 
