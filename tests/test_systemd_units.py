@@ -88,6 +88,19 @@ def test_security_test_can_fail(tmp_path):
     assert float(EXPOSURE.search(done.stdout).group(1)) > 4.0
 
 
+def test_install_puts_a_provisioning_file_beside_the_config(tmp_path):
+    provision = tmp_path / "technician.toml"
+    provision.write_text('password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaA"\n')
+    root = tmp_path / "root"
+    done = subprocess.run([str(SYSTEMD / "install.sh"), "--prefix", str(VENV_BEDSIDE.parent.parent.parent),
+                           "--provision", str(provision), "--no-screen"],
+                          env={"DESTDIR": str(root), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    installed = root / "etc" / "bedside" / "technician.toml"
+    assert installed.read_text() == provision.read_text() and installed.stat().st_mode & 0o777 == 0o640
+    assert not (root / "etc" / "systemd" / "system" / "bedside-kiosk.service").exists()
+
+
 def test_install_refuses_a_prefix_without_bedside(tmp_path):
     done = subprocess.run([str(SYSTEMD / "install.sh"), "--prefix", str(tmp_path)],
                           env={"DESTDIR": str(tmp_path / "root"), "PATH": "/usr/bin:/bin"},
