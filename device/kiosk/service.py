@@ -39,6 +39,7 @@ from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.triage import TRIAGE_ORDER, TriageResult
+from device.updates.verify import appliance_version
 from models.bundle import BundleError, InputContract, read_manifest
 
 log = logging.getLogger(__name__)
@@ -547,6 +548,7 @@ class Kiosk:
         check = self.store.check
         return {
             "ready": self.metrics.ready,
+            "appliance": {"version": appliance_version()},
             "backends": self.backends,
             "models": [e.as_json() for e in self.exams],
             "store": {
