@@ -278,3 +278,33 @@ def test_rollback_refuses_a_previous_slot_whose_files_were_damaged(tmp_path, cap
     rc, _, err = cli(capsys, "bundle", "rollback", EXAM, "--offline", *installed_cli(tmp_path, config))
     assert rc == 1 and f"{EXAM} slot a is damaged" in err and "does not match the manifest" in err
     assert slots.active_slot(EXAM) == "b"
+
+
+def test_a_first_install_that_fails_its_health_check_is_no_longer_offered_by_the_kiosk(tmp_path, signer):
+    from device.kiosk import create_app
+    from device.kiosk.context import kiosk_of
+    from tiny_bundle import edit_manifest
+
+    config = kiosk_config(tmp_path, signer)
+    make_bundle(tmp_path / "shipped" / "tiny", "1.0.0")  # the kiosk starts with the shipped tiny exam
+    new_exam = make_bundle(tmp_path / "src", "1.0.0")
+    edit_manifest(new_exam, id="second-exam")
+    archive = signer.archive(new_exam, tmp_path / "second.bedside")
+    kiosk = kiosk_of(create_app(config))
+    try:
+        live = updates.InProcess(kiosk)
+
+        class LoadsThenFails:  # the kiosk really loads the new exam; then the check fails
+            def check(self, exam_id, version):
+                kiosk.reload_exam(exam_id)
+                raise updates.HealthCheckFailed("the clinic's test image was misread")
+
+            def restore(self, exam_id):
+                live.restore(exam_id)
+
+        with pytest.raises(updates.HealthCheckFailed, match="misread\\); the exam is not installed$"):
+            updates.install(archive, config, LoadsThenFails())
+        assert kiosk.exams.ids() == [EXAM]
+        assert live.check(EXAM, "1.0.0").startswith(f"the live kiosk serves {EXAM} 1.0.0")
+    finally:
+        kiosk.close()

@@ -196,6 +196,15 @@ class ExamRegistry:
             old.retire()
         return exam
 
+    def remove(self, exam_id: str) -> bool:
+        """Stop serving an exam whose bundle is gone (a first install that was rolled back)."""
+        old = self._exams.get(exam_id)
+        if old is None:
+            return False
+        self._exams = {k: v for k, v in self._exams.items() if k != exam_id}
+        old.retire()
+        return True
+
     def __iter__(self):
         return iter(self._exams.values())
 

@@ -40,6 +40,7 @@ from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.triage import TRIAGE_ORDER, TriageResult
+from device.updates.verify import appliance_version
 from models.bundle import BundleError, InputContract, read_manifest
 
 log = logging.getLogger(__name__)
@@ -240,19 +241,27 @@ class Kiosk:
     def reload_exam(self, exam_id: str) -> dict:
         """Load the bundle now served for ``exam_id`` (after an install, activation or rollback switched
         its slot) in place of the loaded one; the exam's JSON. The loaded one stays if this fails."""
+        path = self._served_path(exam_id)
+        if path is None:
+            if self.exams.remove(exam_id):
+                log.warning("%s: no bundle serves it any more; the exam is no longer offered", exam_id)
+                return {"id": exam_id, "version": None, "removed": True}
+            raise NotFound(f"no bundle for exam {exam_id!r} is installed or shipped")
+        try:
+            exam = self.exams.replace(path, self.config.models)
+        except (BundleError, RuntimeFailure, RuntimeUnavailable) as exc:
+            raise Conflict(f"cannot load {exam_id} from {path}: {exc}") from None
+        log.info("%s: now serving %s from %s", exam_id, exam.bundle.manifest.version, path)
+        return exam.as_json()
+
+    def _served_path(self, exam_id: str) -> Path | None:
         for path in updates.served_paths(self.config):
             try:
-                found = read_manifest(path).id == exam_id
+                if read_manifest(path).id == exam_id:
+                    return path
             except BundleError:
                 continue
-            if found:
-                try:
-                    exam = self.exams.replace(path, self.config.models)
-                except (BundleError, RuntimeFailure, RuntimeUnavailable) as exc:
-                    raise Conflict(f"cannot load {exam_id} from {path}: {exc}") from None
-                log.info("%s: now serving %s from %s", exam_id, exam.bundle.manifest.version, path)
-                return exam.as_json()
-        raise NotFound(f"no bundle for exam {exam_id!r} is installed or shipped")
+        return None
 
     def selftest_exam(self, exam_id: str) -> dict:
         """The loaded model of an exam (the one serving studies) on its bundle's golden inputs."""
@@ -561,6 +570,7 @@ class Kiosk:
         workers = self.inference()
         return {
             "ready": self.metrics.ready and not any(w["stuck"] for w in workers),
+            "appliance": {"version": appliance_version()},
             "inference": workers,
             "backends": self.backends,
             "models": [e.as_json() for e in self.exams],

@@ -1,5 +1,6 @@
-"""The ``.bedside`` archive: one uncompressed tar holding ``manifest.json``, the files it lists and
-a detached ``signature.json``, nothing else.
+"""The ``.bedside`` archive: one uncompressed tar holding ``manifest.json`` (a model bundle) or
+``release.json`` (an application release, see release.py), the files it lists and a detached
+``signature.json``, nothing else.
 
 Reading an archive never trusts it: every member header is checked (regular files only, relative
 names inside the bundle, no duplicates, sizes within the limits) and every file is hashed against the
@@ -20,6 +21,7 @@ from typing import Callable, Iterator
 
 from device.updates.errors import Refused
 from models import atomic
+from device.updates.release import RELEASE_NAME, Release, parse_release, release_for
 from models.bundle import MANIFEST_NAME, BundleError, Manifest, read_manifest, verify_files
 
 SIGNATURE_NAME = "signature.json"
@@ -39,10 +41,11 @@ class Contents:
     """An archive whose structure and file hashes were checked; the signature is not judged here."""
 
     path: Path
-    manifest: Manifest
+    manifest: Manifest | Release  # by meta_name: manifest.json or release.json
     manifest_bytes: bytes
     signature_bytes: bytes | None
     size: int
+    meta_name: str = MANIFEST_NAME
 
 
 def _refuse(path: Path, why: str) -> Refused:
@@ -110,7 +113,12 @@ def _read_small(path: Path, tar: tarfile.TarFile, member: tarfile.TarInfo) -> by
     return tar.extractfile(member).read()
 
 
-def _parse_manifest(path: Path, data: bytes) -> Manifest:
+def _parse_meta(path: Path, name: str, data: bytes) -> Manifest | Release:
+    if name == RELEASE_NAME:
+        try:
+            return parse_release(data, RELEASE_NAME)
+        except ValueError as exc:
+            raise _refuse(path, str(exc)) from None
     with tempfile.TemporaryDirectory(prefix="bedside-manifest-") as tmp:  # read_manifest reads a folder
         Path(tmp, MANIFEST_NAME).write_bytes(data)
         try:
@@ -129,7 +137,7 @@ def _hash_stream(stream: io.BufferedIOBase, sink: Callable[[bytes], object] | No
     return digest.hexdigest(), size
 
 
-def _check_file(path: Path, manifest: Manifest, name: str, digest: str, size: int) -> None:
+def _check_file(path: Path, manifest: Manifest | Release, name: str, digest: str, size: int) -> None:
     entry = manifest.files[name]
     if digest != entry.sha256 or size != entry.bytes:
         raise _refuse(path, f"file {name} does not match the manifest (sha256 {digest[:12]}..., expected "
@@ -139,30 +147,30 @@ def _check_file(path: Path, manifest: Manifest, name: str, digest: str, size: in
 def inspect(path: Path, limits: Limits) -> Contents:
     """Check the archive's structure and every file's hash; refuse with the first problem found."""
     path = Path(path)
-    manifest_bytes = signature = None
-    manifest: Manifest | None = None
+    manifest_bytes = signature = meta_name = None
+    manifest: Manifest | Release | None = None
     hashed: set[str] = set()
     with _open(path, limits) as tar:
         for member in _members(path, tar, limits):
             name = _check_name(path, member.name)
-            if name == MANIFEST_NAME:
-                manifest_bytes = _read_small(path, tar, member)
-                manifest = _parse_manifest(path, manifest_bytes)
+            if name in (MANIFEST_NAME, RELEASE_NAME) and manifest is None:
+                meta_name, manifest_bytes = name, _read_small(path, tar, member)
+                manifest = _parse_meta(path, name, manifest_bytes)
             elif name == SIGNATURE_NAME:
                 signature = _read_small(path, tar, member)
             elif manifest is None:
-                raise _refuse(path, f"{MANIFEST_NAME} must be the first member (found {name} before it)")
+                raise _refuse(path, f"{MANIFEST_NAME} (or {RELEASE_NAME}) must be the first member (found {name} before it)")
             elif name not in manifest.files:
                 raise _refuse(path, f"archive member {name} is not listed in the manifest")
             else:
                 _check_file(path, manifest, name, *_hash_stream(tar.extractfile(member)))
                 hashed.add(name)
     if manifest is None:
-        raise _refuse(path, f"no {MANIFEST_NAME} in the archive")
+        raise _refuse(path, f"no {MANIFEST_NAME} (or {RELEASE_NAME}) in the archive")
     missing = sorted(set(manifest.files) - hashed)
     if missing:
         raise _refuse(path, f"file {missing[0]} listed in the manifest is missing from the archive")
-    return Contents(path, manifest, manifest_bytes, signature, path.stat().st_size)
+    return Contents(path, manifest, manifest_bytes, signature, path.stat().st_size, meta_name)
 
 
 def extract(contents: Contents, dest: Path, limits: Limits, progress: Callable[[str], None]) -> None:
@@ -173,13 +181,13 @@ def extract(contents: Contents, dest: Path, limits: Limits, progress: Callable[[
     with _open(path, limits) as tar:
         for member in _members(path, tar, limits):
             name = _check_name(path, member.name)
-            if name == MANIFEST_NAME:
+            if name == contents.meta_name:
                 if _read_small(path, tar, member) != contents.manifest_bytes:
-                    raise _refuse(path, "the manifest changed while the archive was being installed")
+                    raise _refuse(path, f"{name} changed while the archive was being installed")
             elif name in contents.manifest.files:
                 progress(name)
                 _write_member(path, contents.manifest, tar, member, dest, name)
-    atomic.write_bytes(dest / MANIFEST_NAME, contents.manifest_bytes)
+    atomic.write_bytes(dest / contents.meta_name, contents.manifest_bytes)
     for folder in sorted({(dest / n).parent for n in contents.manifest.files}, key=lambda p: -len(p.parts)):
         atomic.fsync_directory(folder)
     try:
@@ -188,7 +196,7 @@ def extract(contents: Contents, dest: Path, limits: Limits, progress: Callable[[
         raise _refuse(path, f"after copying: {exc}") from None
 
 
-def _write_member(path: Path, manifest: Manifest, tar: tarfile.TarFile, member: tarfile.TarInfo,
+def _write_member(path: Path, manifest: Manifest | Release, tar: tarfile.TarFile, member: tarfile.TarInfo,
                   dest: Path, name: str) -> None:
     target = dest / name
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -213,15 +221,15 @@ def _add_file(tar: tarfile.TarFile, name: str, source: Path) -> None:
         tar.addfile(info, fh)
 
 
-def write_archive(out: Path, manifest_bytes: bytes, manifest: Manifest, read_file: Callable[[str], Path],
-                  signature: bytes | None) -> Path:
+def write_archive(out: Path, manifest_bytes: bytes, manifest: Manifest | Release, read_file: Callable[[str], Path],
+                  signature: bytes | None, meta_name: str = MANIFEST_NAME) -> Path:
     """A new archive at ``out``, written beside it and renamed into place (never half written)."""
     out = Path(out)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             with tarfile.open(fileobj=fh, mode="w:", format=tarfile.PAX_FORMAT) as tar:
-                _add_bytes(tar, MANIFEST_NAME, manifest_bytes)
+                _add_bytes(tar, meta_name, manifest_bytes)
                 for name in manifest.files:
                     _add_file(tar, name, read_file(name))
                 if signature is not None:
@@ -257,3 +265,17 @@ def pack(bundle_dir: Path, out: Path) -> Contents:
     manifest_bytes = (bundle_dir / MANIFEST_NAME).read_bytes()
     write_archive(out, manifest_bytes, manifest, lambda name: bundle_dir / name, None)
     return Contents(out, manifest, manifest_bytes, None, out.stat().st_size)
+
+
+def pack_release(wheel_dir: Path, version: str, out: Path) -> Contents:
+    """An unsigned application release of every wheel in a folder."""
+    wheel_dir, out = Path(wheel_dir), Path(out)
+    if out.suffix != SUFFIX:
+        raise Refused(f"{out}: a release archive's name ends in {SUFFIX}")
+    try:
+        data = release_for(wheel_dir, version)
+    except ValueError as exc:
+        raise Refused(f"{wheel_dir}: {exc}") from None
+    release = parse_release(data, RELEASE_NAME)
+    write_archive(out, data, release, lambda name: wheel_dir / name, None, RELEASE_NAME)
+    return Contents(out, release, data, None, out.stat().st_size, RELEASE_NAME)

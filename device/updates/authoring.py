@@ -25,5 +25,6 @@ def sign_archive(path: Path, key: Path, allow_downgrade: bool = False,
     with tempfile.TemporaryDirectory(prefix="bedside-sign-", dir=path.parent) as tmp:
         staged = Path(tmp) / "bundle"
         archive.extract(contents, staged, limits, lambda name: None)
-        archive.write_archive(path, contents.manifest_bytes, contents.manifest, lambda name: staged / name, signature)
+        archive.write_archive(path, contents.manifest_bytes, contents.manifest, lambda name: staged / name, signature,
+                              contents.meta_name)
     return signing.Statement.model_validate_json(json.loads(signature)["statement"])

@@ -169,8 +169,9 @@ def _switch_and_commit(slots: Slots, exam: str, state: ExamState, target: Slot, 
         if health is not None:
             health.restore(exam)
         if isinstance(exc, HealthCheckFailed):
-            back = f"slot {state.committed} ({before})" if state.committed else "the shipped bundle"
-            raise HealthCheckFailed(f"{exam} {version} failed the health check ({exc}); rolled back to {back}") from None
+            back = (f"rolled back to slot {state.committed} ({before})" if state.committed
+                    else f"rolled back to the shipped {before}" if before else "the exam is not installed")
+            raise HealthCheckFailed(f"{exam} {version} failed the health check ({exc}); {back}") from None
         raise
     progress("commit", target)
     slots.write_state(exam, state.model_copy(update={"committed": target, "trying": None}))

@@ -31,5 +31,17 @@ class UpdateSettings(_Strict):
         default=300, gt=0, le=3600, description="how long the live kiosk may take to load and answer (engine builds)"
     )
 
+    app_dir: Path = Field(
+        default=Path("/opt/bedside"),
+        description="the application's two virtual environments; bedside.service runs <app_dir>/app/bin/bedside",
+    )
+    restart_command: list[str] = Field(
+        default=["systemctl", "restart", "bedside.service"],
+        description="restarts the kiosk after an application switch (systemd brings it up from the new venv)",
+    )
+    app_start_timeout_s: float = Field(
+        default=600, gt=0, le=7200, description="how long the restarted kiosk may take to answer ready"
+    )
+
     def installed_root(self, data_dir: Path) -> Path:
         return self.bundles_dir if self.bundles_dir is not None else Path(data_dir) / "bundles"
