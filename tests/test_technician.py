@@ -240,9 +240,14 @@ def test_logs_download_and_source_test(client, app, tmp_path):
 
 
 def test_status_json_has_what_the_page_shows(client):
+    import logging
+
     set_password(client)
     log_in(client)
+    logging.getLogger("bedside.kiosk").error("the camera cable came loose (a test)")
     status = client.get("/technician/status.json").json
+    assert status["recent_problems"][0]["message"] == "the camera cable came loose (a test)"
+    assert b"the camera cable came loose" in client.get("/technician/").data
     assert status["models"][0]["id"] and status["models"][0]["backend"] == "onnxruntime"
     assert status["disk"]["free_bytes"] > 0 and status["cpu"]["cores"] >= 1
     assert status["uptime"]["kiosk_s"] >= 0 and "bedside" in status["versions"]

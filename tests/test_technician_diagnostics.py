@@ -15,6 +15,7 @@ import pytest
 from device.kiosk.context import kiosk_of
 from device.technician.area import area_of
 from device.technician.diagnostics import Scrubber
+from device.technician.safe_mode import StartRecord
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401 (fixtures)
 from test_technician import log_in, set_password
@@ -73,11 +74,13 @@ def test_the_diagnostics_archive_holds_no_patient_data(dicom_app, tmp_path):
         log_text = "".join(p.read_text() for p in area_of(dicom_app).logbook.files())
         assert REFERENCE in log_text and sop_uid in log_text  # the raw logs do hold them
 
+        StartRecord(appliance.config.store.data_dir).failed("failed: the bundle directory was not found")
         archive = c.get("/technician/diagnostics")
     assert archive.status_code == 200 and archive.headers["Content-Type"] == "application/zip"
     members = zipfile.ZipFile(io.BytesIO(archive.data))
     names = members.namelist()
     assert {"status.json", "settings.json", "technician-audit.json", "logs/bedside.log"} <= set(names)
+    assert "failed: the bundle directory was not found" in members.read("startup.json").decode()
     everything = b"".join(members.read(n) for n in names)
     secrets = [REFERENCE, OPERATOR, FILENAME, sop_uid, study_uid, *PATIENT.values(), "Zelda"]
     assert [s for s in secrets if s.encode() in everything] == []

@@ -1,5 +1,5 @@
-"""The diagnostics archive for support: status, settings, the technician audit log and the kiosk's
-logs, and no patient data.
+"""The diagnostics archive for support: status, settings, the technician audit log, the start
+record (safe mode's reason) and the kiosk's logs, and no patient data.
 
 What could carry patient data is left out or scrubbed: no images, no study rows, no DICOM headers;
 the settings with capture URIs redacted (they may hold passwords); and in the logs every patient
@@ -22,6 +22,7 @@ from device.kiosk.store import DB_NAME as STORE_DB
 
 UID = re.compile(r"\b[0-2](?:\.\d+){3,}\b")
 REDACTED = "<redacted>"
+START_RECORD = "startup.json"  # device/technician/safe_mode.py writes it
 MIN_SCRUBBED = 3  # shorter values (a two-letter reference) would scrub ordinary words
 LOG_TAIL_BYTES = 4 * 2**20
 # Columns of the study store (device/kiosk/store.py) that may name a patient or a person.
@@ -92,6 +93,9 @@ def build_archive(status: dict, config, audit: list, log_files: list[Path], data
         put("status.json", json.dumps(status, indent=2, default=str))
         put("settings.json", json.dumps(redacted_config(config), indent=2, default=str))
         put("technician-audit.json", json.dumps([vars(e) for e in audit], indent=2, default=str))
+        record = data_dir / START_RECORD  # how the last starts went (safe mode's reason)
+        if record.is_file():
+            put(START_RECORD, record.read_text(errors="replace"))
         for path in log_files:
             archive.writestr(f"logs/{path.name}", _log_text(path, scrub))
     return buf.getvalue()
