@@ -182,3 +182,25 @@ def test_install_switches_restarts_and_a_release_that_cannot_start_is_rolled_bac
                 os.kill(int(pidfile.read_text()), signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def test_recover_at_boot_undoes_an_application_switch_that_was_not_committed(tmp_path, capsys, signer):
+    """As after a power cut between the switch and the commit: the link names the new venv, state.json
+    says it was only being tried. `bedside app recover` (the unit's ExecStartPre) puts the old one back."""
+    from device.updates.slots import ExamState, SlotRecord, Slots
+
+    slots = Slots(tmp_path / "opt")
+    record = {"key_id": "0" * 16, "installed_at": "2026-12-01T00:00:00Z", "archive": "x.bedside"}
+    for slot in ("a", "b"):
+        (slots.slot_dir("app", slot) / "bin").mkdir(parents=True)
+    slots.write_state("app", ExamState(committed="a", trying="b", slots={
+        "a": SlotRecord(version="0.1.1", **record), "b": SlotRecord(version="0.1.2", **record)}))
+    slots.switch("app", "b")
+    config = app_toml(tmp_path, signer)
+    rc, out, _ = cli(capsys, "app", "recover", "--config", str(config))
+    assert rc == 0 and out == "app: an update was not committed; back on slot a"
+    assert os.readlink(tmp_path / "opt" / "app") == ".slots/app/a"
+    rc, out, _ = cli(capsys, "app", "recover", "--config", str(config))
+    assert (rc, out) == (0, "nothing to recover")
+    status = json.loads(cli(capsys, "app", "status", "--config", str(config))[1])
+    assert status["active_slot"] == "a" and status["committed"] == "a" and status["slots"]["b"]["version"] == "0.1.2"

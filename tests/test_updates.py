@@ -308,3 +308,14 @@ def test_a_first_install_that_fails_its_health_check_is_no_longer_offered_by_the
         assert live.check(EXAM, "1.0.0").startswith(f"the live kiosk serves {EXAM} 1.0.0")
     finally:
         kiosk.close()
+
+
+def test_a_second_install_of_the_same_exam_waits_for_none_and_says_busy(tmp_path, signer, releases):
+    config = kiosk_config(tmp_path, signer)
+    updates.install(releases["1.0.0"], config)
+    slots = Slots(config.updates.installed_root(config.store.data_dir))
+    with slots.locked(EXAM):  # as a running install holds it
+        with pytest.raises(updates.Busy, match=f"another install, activation or rollback of {EXAM} is running"):
+            updates.install(releases["1.1.0"], config)
+        assert updates.recover(config) == []  # the kiosk starting meanwhile leaves the running install alone
+    assert updates.install(releases["1.1.0"], config).version == "1.1.0"

@@ -33,7 +33,7 @@ The application (device/updates/app.py; a release is the same archive with relea
     install_app(path, config, url=None, progress=None) -> AppResult(version, slot, previous_version,
                 health).line()       switch + config.updates.restart_command + health gate on the version
     rollback_app(config, url=None, progress=None) -> AppResult;  recover_app(config) -> list[str]
-    app_status(config) -> dict.  Run from a process the restart does not kill (not the kiosk itself).
+    app_status(config) -> dict.  progress steps: APP_STEPS (a bundle's, plus "restart").  Run from a process the restart does not kill (not the kiosk itself).
 
 Errors: UpdateError > Refused (before anything is written), SelfTestFailed, HealthCheckFailed
 (rolled back), NotInstalled, Busy (another change of that exam is running), KeyProblem.
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from device.updates.app import AppResult, app_status, install_app, recover_app, rollback_app
+from device.updates.app import APP_STEPS, AppResult, app_status, install_app, recover_app, rollback_app
 from device.updates.archive import Contents, pack_release
 from device.updates.authoring import pack_bundle, sign_archive
 from device.updates.drives import DriveArchive, find_archives
@@ -72,7 +72,7 @@ def recover(config: "KioskConfig") -> list[str]:
 
 
 __all__ = [
-    "STEPS", "AppResult", "app_status", "install_app", "pack_release", "recover_app", "rollback_app", "Busy", "Contents", "DriveArchive", "HealthCheck", "HealthCheckFailed", "InProcess", "InstallResult",
+    "APP_STEPS", "STEPS", "AppResult", "app_status", "install_app", "pack_release", "recover_app", "rollback_app", "Busy", "Contents", "DriveArchive", "HealthCheck", "HealthCheckFailed", "InProcess", "InstallResult",
     "InstalledExam", "KeyPair", "KeyProblem", "LiveKiosk", "NotInstalled", "Refused", "SelfTestFailed",
     "SelfTestResult", "SlotInfo", "Statement", "UpdateError", "VerifiedArchive", "activate", "find_archives",
     "generate_keys", "install", "kiosk_url", "list_installed", "pack_bundle", "recover", "rollback",

@@ -30,7 +30,7 @@ from packaging.version import Version
 from device.updates import archive, signing
 from device.updates.errors import HealthCheckFailed, NotInstalled, Refused, SelfTestFailed, UpdateError
 from device.updates.health import kiosk_url
-from device.updates.install import Progress, _now, _quiet
+from device.updates.install import Progress, now_utc, no_progress
 from device.updates.release import RELEASE_NAME
 from device.updates.slots import ExamState, Slot, SlotRecord, Slots
 from device.updates.verify import appliance_version, limits_of
@@ -136,7 +136,7 @@ def wait_ready(url: str, version: str, timeout_s: float) -> str:
     raise HealthCheckFailed(f"the kiosk at {url} did not answer ready with bedside {version} within {timeout_s:g} s ({last})")
 
 
-def install_app(path: Path, config: "KioskConfig", url: str | None = None, progress: Progress = _quiet,
+def install_app(path: Path, config: "KioskConfig", url: str | None = None, progress: Progress = no_progress,
                 trust_dir: Path | None = None) -> AppResult:
     progress("verify", str(path))
     contents, signed = verify_release(path, config, trust_dir)
@@ -156,7 +156,7 @@ def install_app(path: Path, config: "KioskConfig", url: str | None = None, progr
         slots.write_state(APP, state)
         _stage(config, slots, contents, target, progress)
         record = SlotRecord(version=version, key_id=signed.key_id, allow_downgrade=signed.statement.allow_downgrade,
-                            installed_at=_now(), archive=Path(path).name)
+                            installed_at=now_utc(), archive=Path(path).name)
         state = state.model_copy(update={"slots": {**state.slots, target: record}})
         return _switch_restart_commit(config, slots, state, target, before, url, progress)
 
@@ -193,7 +193,7 @@ def _restart_quietly(config: "KioskConfig") -> None:
         pass  # the switch back is done; systemd starts the old version at the latest on the next boot
 
 
-def rollback_app(config: "KioskConfig", url: str | None = None, progress: Progress = _quiet) -> AppResult:
+def rollback_app(config: "KioskConfig", url: str | None = None, progress: Progress = no_progress) -> AppResult:
     slots = app_slots(config)
     with slots.locked(APP):
         slots.recover_locked(APP)

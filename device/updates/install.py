@@ -44,7 +44,7 @@ STEPS = ("verify", "lock", "stage", "extract", "selftest", "switch", "health", "
 Progress = Callable[[str, str], None]
 
 
-def _quiet(step: str, detail: str) -> None:
+def no_progress(step: str, detail: str) -> None:
     log.debug("%s %s", step, detail)
 
 
@@ -96,7 +96,7 @@ def check_downgrade(verified: VerifiedArchive, current: str | None) -> None:
                       f"{current}; a downgrade must be signed as one (bedside bundle sign --allow-downgrade)")
 
 
-def _now() -> str:
+def now_utc() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -106,7 +106,7 @@ def bundle_selftest(config: "KioskConfig", path: Path) -> SelfTestResult:
 
 
 def install(path: Path, config: "KioskConfig", health: HealthCheck | None = None,
-            progress: Progress = _quiet, trust_dir: Path | None = None) -> InstallResult:
+            progress: Progress = no_progress, trust_dir: Path | None = None) -> InstallResult:
     """Install a signed archive into the exam's inactive slot and make it live (module docstring)."""
     progress("verify", str(path))
     verified = verify(path, config.updates, trust_dir)
@@ -148,7 +148,7 @@ def _stage(config: "KioskConfig", slots: Slots, verified: VerifiedArchive, state
         raise SelfTestFailed(f"{exam} {verified.version} failed its self-test on this device ({result.reason()}); "
                              "it was removed and the active bundle is unchanged")
     record = SlotRecord(version=verified.version, key_id=verified.key_id, allow_downgrade=verified.allow_downgrade,
-                        installed_at=_now(), archive=verified.path.name)
+                        installed_at=now_utc(), archive=verified.path.name)
     return state.model_copy(update={"slots": {**state.slots, target: record}})
 
 
@@ -193,7 +193,7 @@ def _only_exam(slots: Slots, exam: str | None) -> str:
 
 
 def activate(exam: str, slot: Slot, config: "KioskConfig", health: HealthCheck | None = None,
-             progress: Progress = _quiet) -> InstallResult:
+             progress: Progress = no_progress) -> InstallResult:
     """Make a slot that holds a complete bundle live again (its files re-verified first), health-checked
     and committed like an install."""
     slots = slots_of(config)
@@ -220,7 +220,7 @@ def activate(exam: str, slot: Slot, config: "KioskConfig", health: HealthCheck |
 
 
 def rollback(exam: str | None, config: "KioskConfig", health: HealthCheck | None = None,
-             progress: Progress = _quiet) -> InstallResult:
+             progress: Progress = no_progress) -> InstallResult:
     """Go back to the exam's previous bundle (the other slot), health-checked and committed."""
     slots = slots_of(config)
     exam = _only_exam(slots, exam)
