@@ -7,6 +7,8 @@
 # --provision  a technician provisioning file (password hash; see systemd/README.md), copied to
 #              /etc/bedside/technician.toml so that the first start needs no password on screen
 # --no-screen  no Chromium on the local display (a headless appliance)
+# --app-slots  run <prefix>/app/bin/bedside, the venv that application updates (bedside app install)
+#              switch, instead of the <prefix>/.venv that `make install` made
 #
 # DESTDIR=/some/dir writes the files under that folder and touches nothing else (no users, no
 # systemctl): the tests install there and verify the units.
@@ -16,18 +18,21 @@ here="$(cd "$(dirname "$0")" && pwd)"
 prefix=/opt/bedside
 provision=""
 screen=1
+venv=.venv
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix="$2"; shift 2 ;;
     --provision) provision="$2"; shift 2 ;;
     --no-screen) screen=0; shift ;;
+    --app-slots) venv=app; shift ;;
     *) echo "install.sh: unknown option $1 (see the comment at the top of this file)" >&2; exit 2 ;;
   esac
 done
 root="${DESTDIR:-}"
 
-if [ ! -x "$prefix/.venv/bin/bedside" ]; then
-  echo "install.sh: $prefix/.venv/bin/bedside not found: install the project there first (make install)" >&2
+bedside="$prefix/$venv/bin/bedside"
+if [ ! -x "$bedside" ]; then
+  echo "install.sh: $bedside not found: install the project there first (make install)" >&2
   exit 1
 fi
 if [ -n "$provision" ] && [ ! -f "$provision" ]; then
@@ -55,10 +60,11 @@ if [ -n "$provision" ]; then
 fi
 
 # The units, with this installation's prefix and the kiosk's port from the settings.
-port="$("$prefix/.venv/bin/python" -c 'import sys, tomllib
+port="$("$prefix/$venv/bin/python" -c 'import sys, tomllib
 print(tomllib.load(open(sys.argv[1], "rb")).get("server", {}).get("port", 8080))' "$root/etc/bedside/bedside.toml")"
 install -d -m 0755 "$root/etc/systemd/system"
-sed "s#/opt/bedside#$prefix#g" "$here/bedside.service" > "$root/etc/systemd/system/bedside.service"
+sed -e "s#/opt/bedside/.venv/bin/bedside#$bedside#g" -e "s#/opt/bedside#$prefix#g" \
+  "$here/bedside.service" > "$root/etc/systemd/system/bedside.service"
 units=(bedside.service)
 if [ "$screen" = 1 ]; then
   sed -e "s#/opt/bedside#$prefix#g" -e "s#http://127.0.0.1:8080/#http://127.0.0.1:$port/#" \

@@ -45,7 +45,8 @@ def _unit(path: Path) -> configparser.ConfigParser:
 
 def test_install_writes_units_with_the_prefix_and_the_config(installed):
     service = _unit(installed / "bedside.service")
-    assert service["Service"]["ExecStart"].startswith(f"{VENV_BEDSIDE} serve ")
+    assert service["Service"]["ExecStart"].startswith(f"{VENV_BEDSIDE} serve --safe-mode ")
+    assert service["Service"]["ExecStartPre"].startswith(f"-+{VENV_BEDSIDE} app recover ")
     assert (installed.parent.parent / "bedside" / "bedside.toml").read_text() == (SYSTEMD / "bedside.toml").read_text()
     screen = _unit(installed / "bedside-kiosk.service")
     assert "http://127.0.0.1:8080/" in screen["Service"]["ExecStart"]
@@ -107,3 +108,20 @@ def test_install_refuses_a_prefix_without_bedside(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "make install" in done.stderr
     assert not (tmp_path / "root" / "etc").exists()
+
+
+def test_install_with_app_slots_runs_the_switched_venv(tmp_path):
+    """--app-slots: the unit runs <prefix>/app/bin/bedside, the link application updates switch."""
+    prefix = tmp_path / "opt"
+    prefix.mkdir()
+    (prefix / "app").symlink_to(VENV_BEDSIDE.parent.parent)  # stands in for .slots/app/a, a real venv
+    root = tmp_path / "root"
+    done = subprocess.run([str(SYSTEMD / "install.sh"), "--prefix", str(prefix), "--app-slots", "--no-screen"],
+                          env={"DESTDIR": str(root), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    unit = root / "etc" / "systemd" / "system" / "bedside.service"
+    service = _unit(unit)["Service"]
+    assert service["ExecStart"].startswith(f"{prefix}/app/bin/bedside serve --safe-mode ")
+    assert service["ExecStartPre"].startswith(f"-+{prefix}/app/bin/bedside app recover ")
+    verified = subprocess.run([ANALYZE, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0 and not verified.stderr.strip(), verified.stderr
