@@ -37,7 +37,11 @@ COMMANDS: dict[str, Command] = {
     "optimize": Command("optimize.command", "add a gated INT8 or FP16 variant to a bundle (needs the "
                         "'optimize' extra)", "optimize"),
     "serve": Command("device.commands.serve", "run the kiosk: pages for clinicians and the JSON API, on a WSGI server"),
+    "technician": Command("device.commands.technician", "make a provisioning file for the technician's password"),
     "doctor": Command("device.commands.doctor", "report versions, backends, CPU features; verify shipped bundles"),
+    "keys": Command("device.commands.keys", "make an Ed25519 key pair for signing model bundles"),
+    "bundle": Command("device.commands.bundle", "pack, sign, verify, install, list and roll back signed model bundles"),
+    "app": Command("device.commands.app", "install, roll back and recover signed application updates (venv slots)"),
     "train": Command("models.training.commands", "train a model and write its bundle (needs the 'train' extra)", "train",
                      sees_argv=True),
     "export": Command("models.training.commands", "export a training checkpoint to a bundle (needs the 'train' extra)",

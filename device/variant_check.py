@@ -11,8 +11,11 @@ import hashlib
 
 import numpy as np
 
-from device.triage import decide
-from models.bundle import Bundle, Manifest
+from device.runtime import registry
+from device.runtime.base import VariantFile
+from device.triage import decide, model_io
+from models.bundle import Bundle, Manifest, Variant
+from models.metrics import softmax
 
 N_INPUTS = 8
 # precision -> (max |probability difference| vs FP32, minimum agreement of triage categories)
@@ -55,3 +58,27 @@ def compare(got: np.ndarray, want: np.ndarray, manifest: Manifest, precision: st
     ok = bool(np.isfinite(got).all() and diff <= max_diff and agreement >= min_agreement)
     return {"ok": ok, "max_prob_diff": diff, "tolerance": max_diff, "agreement": agreement,
             "min_agreement": min_agreement}
+
+
+def selftest_variants(bundle: Bundle) -> list[dict]:
+    """Every CPU variant run on ONNX Runtime on the golden inputs, each judged by ``compare``."""
+    m = bundle.manifest
+    x, want = reference_outputs(bundle)
+    return [{"file": v.file, "precision": v.precision, "targets": list(v.targets),
+             **compare(_probabilities(bundle, v, x), want, m, v.precision)}
+            for v in m.variants if "cpu" in v.targets]
+
+
+def reference_outputs(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
+    """The self-test inputs and what FP32 gives on them: stored in the bundle, or computed here."""
+    x, stored = golden_set(bundle)
+    return x, stored if stored is not None else _probabilities(bundle, bundle.manifest.variant("fp32"), x)
+
+
+def _probabilities(bundle: Bundle, variant: Variant, x: np.ndarray) -> np.ndarray:
+    m = bundle.manifest
+    backend = registry.require("onnxruntime")(VariantFile.of(bundle, variant), model_io(m), 1)
+    try:
+        return softmax(backend.run(x)[m.outputs.logits].astype(np.float64))
+    finally:
+        backend.close()

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models import atomic
 
@@ -332,6 +333,25 @@ class Manifest(_Strict):
     )
     variants: list[Variant] = Field(min_length=1)
     files: dict[str, FileEntry]
+    appliance: str | None = Field(
+        default=None,
+        description="the appliance versions this bundle runs on, as a PEP 440 specifier such as '>=0.1,<1' "
+        "(None: any); an appliance outside the range refuses to install the bundle",
+    )
+
+    @field_validator("appliance")
+    @classmethod
+    def _specifier(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                SpecifierSet(value)
+            except InvalidSpecifier:
+                raise ValueError(f"{value!r} is not a version range such as '>=0.1,<1'") from None
+        return value
+
+    def runs_on(self, appliance_version: str) -> bool:
+        """Whether this bundle may be installed on an appliance of that version."""
+        return self.appliance is None or SpecifierSet(self.appliance).contains(appliance_version, prereleases=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":

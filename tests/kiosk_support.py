@@ -148,10 +148,12 @@ class Server:
 
 
 def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: float = 120,
-                 bedside: tuple[str, ...] = (sys.executable, "-m", "device.cli"), cwd: Path = ROOT) -> Server:
+                 bedside: tuple[str, ...] = (sys.executable, "-m", "device.cli"), cwd: Path = ROOT,
+                 check_health: bool = True) -> Server:
     """`bedside serve --port 0`; returns once it printed its URL and answered health with ready.
     Raises RuntimeError, with the end of the server's log, when it does not within `timeout` seconds.
-    ``bedside`` is the command that runs the CLI (another installation's console script, say)."""
+    ``bedside`` is the command that runs the CLI (another installation's console script, say).
+    ``check_health=False``: only the ready line (a kiosk that needs a login, or in safe mode)."""
     cmd = [*bedside, "serve", "--port", "0", "--data-dir", str(data_dir)]
     for b in bundles:
         cmd += ["--bundle", str(b)]
@@ -166,6 +168,8 @@ def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: floa
             f"bedside serve did not become ready in {timeout:g} s (exit status {proc.returncode}):\n"
             + server.log_tail()
         )
+    if not check_health:
+        return server
     client = Client(url, timeout=30)
     try:
         status, health = client.get_json("/api/v1/health")

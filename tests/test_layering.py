@@ -26,14 +26,16 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "optimizer": ("optimize",),
     "appliance": ("device",),
     "tensorrt": ("device.tensorrt",),
+    "updates": ("device.updates",),
 }
 # floor -> the floors its modules may import.
 MAY_IMPORT: dict[str, set[str]] = {
     "contract": {"contract"},
     "training": {"contract", "training"},
     "optimizer": {"contract", "training", "optimizer"},  # the gate's held-out data is the training split
-    "appliance": {"contract", "appliance", "tensorrt"},
+    "appliance": {"contract", "appliance", "tensorrt", "updates"},
     "tensorrt": {"contract", "appliance", "tensorrt"},  # the runtime seam, and triage for the self-test
+    "updates": {"contract", "appliance", "updates"},  # the runtime seam and triage for the self-test
 }
 # The only imports across those lines, each with its reason.
 EXCEPTIONS: dict[tuple[str, str], str] = {
@@ -48,6 +50,7 @@ LIBRARIES: dict[str, set[str]] = {
     "onnx": {"training", "optimizer"},
     "tensorrt": {"tensorrt"},
     "pycuda": {"tensorrt"},
+    "cryptography": {"updates"},  # signatures are checked in one place
 }
 
 

@@ -9,14 +9,10 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 
 from device.runtime import registry
-from device.runtime.base import VariantFile
-from device.triage import model_io
-from device.variant_check import compare, golden_set
-from models.bundle import Bundle, BundleError, Variant, find_bundles, load_bundle
-from models.metrics import softmax
+from device.variant_check import selftest_variants
+from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
 PACKAGES = (
     "bedside", "numpy", "onnxruntime", "opencv-python-headless", "pydicom", "pylibjpeg",
@@ -90,24 +86,6 @@ def check_bundle(path: Path) -> tuple[dict[str, object], Bundle | None]:
         "research_only": m.research_only,
         **({"error": f"self-test failed: {', '.join(failed)}"} if failed else {}),
     }, (None if failed else bundle)
-
-
-def selftest_variants(bundle: Bundle) -> list[dict]:
-    m = bundle.manifest
-    x, stored = golden_set(bundle)
-    want = stored if stored is not None else _probabilities(bundle, m.variant("fp32"), x)
-    return [{"file": v.file, "precision": v.precision, "targets": list(v.targets),
-             **compare(_probabilities(bundle, v, x), want, m, v.precision)}
-            for v in m.variants if "cpu" in v.targets]
-
-
-def _probabilities(bundle: Bundle, variant: Variant, x: np.ndarray) -> np.ndarray:
-    m = bundle.manifest
-    backend = registry.require("onnxruntime")(VariantFile.of(bundle, variant), model_io(m), 1)
-    try:
-        return softmax(backend.run(x)[m.outputs.logits].astype(np.float64))
-    finally:
-        backend.close()
 
 
 def bench_peers() -> dict[str, str | None]:

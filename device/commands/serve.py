@@ -2,6 +2,11 @@
 
 Prints ``Bedside kiosk ready at <url>`` once the models are loaded and warmed up and the socket is
 bound (with ``--port 0`` the URL holds the port that was picked).
+
+With ``--safe-mode`` (the appliance's unit), when the last start did not complete or the settings
+file cannot be used, it starts in safe mode instead (device/technician/safe_mode.py): the technician
+area only, and the ready line says why. Without it such settings are refused (exit status 2).
+Exits 75 when a technician asked for a restart (systemd's Restart=on-failure starts it again).
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--dicom-port", type=int, help="DICOM C-STORE listener port (0: none; see [dicom])")
     parser.add_argument("--threads", type=int, help="request threads (default 8)")
     parser.add_argument(
+        "--safe-mode", action="store_true",
+        help="when the last start did not complete or the settings cannot be used, start the technician "
+        "area only, with the last good settings, instead of exiting (bedside.service sets this)",
+    )
+    parser.add_argument(
         "--source",
         action="append",
         metavar="URI",
@@ -41,43 +51,114 @@ def _stop(signum, frame) -> None:
     raise SystemExit(0)
 
 
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Imported here so that other commands never pay for Flask and waitress.
-    from device.kiosk.app import create_app
-    from device.kiosk.context import kiosk_of
-    from device.kiosk.server import KioskServer
+def _overrides(args: argparse.Namespace) -> dict:
+    return {
+        "server.host": args.host,
+        "server.port": args.port,
+        "server.threads": args.threads,
+        "store.data_dir": args.data_dir,
+        "models.bundles": args.bundle,
+        "dicom.port": args.dicom_port,
+    }
 
+
+def _load(args: argparse.Namespace):
+    """The settings, or None and why they cannot be used."""
     try:
-        config = load_config(args.config).with_overrides(
-            **{
-                "server.host": args.host,
-                "server.port": args.port,
-                "server.threads": args.threads,
-                "store.data_dir": args.data_dir,
-                "models.bundles": args.bundle,
-                "dicom.port": args.dicom_port,
-            }
-        )
+        config = load_config(args.config).with_overrides(**_overrides(args))
         if args.source:
             config = config.with_overrides(
                 **{"capture.sources": [s.model_dump() for s in config.capture.sources] + args.source}
             )
+    except ConfigError as exc:
+        return None, str(exc)
+    return config, None
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Imported here so that other commands never pay for Flask and waitress.
+    from device.kiosk.config import default_data_dir
+    from device.technician.safe_mode import StartRecord
+
+    config, config_error = _load(args)
+    data_dir = args.data_dir or (config.store.data_dir if config is not None else default_data_dir())
+    record = StartRecord(Path(data_dir))
+    if args.safe_mode:
+        reason = record.why_safe() or (f"the settings cannot be used: {config_error}" if config_error else None)
+        if reason is not None:
+            return _serve_safe(args, record, reason, config)
+    elif config_error is not None:
+        print(f"bedside: {config_error}", file=sys.stderr)
+        return 2
+    return _serve(config, record)
+
+
+def _serve(config, record) -> int:
+    from device.kiosk.app import create_app
+    from device.kiosk.context import kiosk_of
+    from device.kiosk.server import HealthProbe, KioskServer
+    from device.technician.area import RESTART_EXIT_STATUS, area_of
+
+    record.starting()
+    try:
         app = create_app(config)
     except (ConfigError, StoreError) as exc:
+        record.failed(str(exc))
         print(f"bedside: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        record.failed(f"{type(exc).__name__}: {exc}")
+        raise
+    appliance, technician = kiosk_of(app), area_of(app)
     try:
-        server = KioskServer(app, config.server, before_close=kiosk_of(app).capture.end_views)
+        server = KioskServer(app, config.server, appliance.capture.end_views,
+                             HealthProbe("/api/v1/health", technician.internal_token))
     except OSError as exc:
-        kiosk_of(app).close()
-        print(f"bedside: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        appliance.close()
+        why = f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}"
+        record.failed(why)
+        print(f"bedside: {why}", file=sys.stderr)
         return 1
+    record.started(config)
     signal.signal(signal.SIGTERM, _stop)
     print(READY_LINE.format(url=server.url), flush=True)
     try:
         server.serve_forever()
     finally:
-        kiosk_of(app).close()
-    return 0
+        appliance.close()
+    return RESTART_EXIT_STATUS if technician.restart_requested.is_set() else 0
+
+
+def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
+    """The technician area only, with the last known good settings; where no start ever completed,
+    the settings file's if it validates (no model is loaded from it), else the defaults."""
+    from device.kiosk.app import create_safe_app
+    from device.kiosk.config import KioskConfig
+    from device.kiosk.server import HealthProbe, KioskServer
+    from device.technician.area import RESTART_EXIT_STATUS, area_of
+
+    logging.getLogger("bedside.safe_mode").error("SAFE MODE: %s", reason)
+    base = record.last_good_config() or config or KioskConfig()
+    try:
+        config = base.with_overrides(**{**_overrides(args), "store.data_dir": record.data_dir, "models.bundles": None})
+    except ConfigError as exc:
+        print(f"bedside: {exc}", file=sys.stderr)
+        return 2
+    record.safe(reason)
+    app = create_safe_app(config, reason)
+    technician = area_of(app)
+    try:
+        server = KioskServer(app, config.server, lambda: None, HealthProbe("/api/v1/alive", technician.internal_token))
+    except OSError as exc:
+        technician.close()
+        print(f"bedside: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, _stop)
+    print(READY_LINE.format(url=server.url) + f" (SAFE MODE: {reason})", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        technician.close()
+    return RESTART_EXIT_STATUS if technician.restart_requested.is_set() else 0

@@ -254,6 +254,21 @@ def exams():
     return jsonify({"exams": [e.as_json() for e in kiosk().exams]})
 
 
+@api.post("/exams/<exam_id>/reload")
+def reload_exam(exam_id: str):
+    """Serve the bundle now installed for the exam (after `bedside bundle install`, activate or rollback
+    switched its slot): loaded, warmed up, then swapped in; the old one stays if loading fails (409)."""
+    request_body()  # JSON only, so a cross-site form cannot make the kiosk reload
+    return jsonify(kiosk().reload_exam(exam_id))
+
+
+@api.post("/exams/<exam_id>/selftest")
+def selftest_exam(exam_id: str):
+    """The serving model of the exam on its bundle's golden inputs: ``ok`` and the differences."""
+    request_body()
+    return jsonify(kiosk().selftest_exam(exam_id))
+
+
 @api.get("/settings")
 def get_settings():
     return jsonify({"operator": kiosk().default_operator()})

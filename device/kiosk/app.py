@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Request, jsonify, render_template, request
+from flask import Flask, Request, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from device.dicom.api import dicom_api
 from device.dicom.shown import SEND_WORDS
 from device.kiosk.api import api, ops
 from device.kiosk.config import KioskConfig
-from device.kiosk.context import EXTENSION, kiosk
+from device.kiosk.context import EXTENSION
 from device.kiosk.errors import KioskError
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
@@ -22,6 +22,11 @@ from device.kiosk.request_log import log_requests
 from device.kiosk.security import protect
 from device.kiosk.service import Kiosk, local_time, waiting_s, waiting_text
 from device.kiosk.static_files import cache_static_files
+from device.technician.area import EXTENSION as TECHNICIAN, TechnicianArea
+from device.technician.gate import install_gate
+from device.technician.logbook import Logbook
+from device.technician.pages import technician
+from device.technician.safe_mode import safe_mode_pages
 from device.kiosk.storage import STORAGE_FULL, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -47,34 +52,61 @@ class KioskRequest(Request):
 
 
 def create_app(config: KioskConfig | None = None) -> Flask:
-    """Build the appliance: the store opened and checked, every exam loaded and warmed up.
+    """Build the appliance: the store opened and checked, every exam loaded and warmed up, and the
+    technician area.
 
     Call ``device.kiosk.context.kiosk_of(app).close()`` when done with it.
     """
     config = config or KioskConfig()
-    appliance = Kiosk.open(config)
-    app = Flask(__name__)
-    app.request_class = KioskRequest
-    app.config.update(
-        MAX_CONTENT_LENGTH=appliance.max_upload_bytes,
-        # Forms hold a reference, a note, a few paths: keep their memory bounded too.
-        MAX_FORM_MEMORY_SIZE=1 * 2**20,
-    )
-    app.json.sort_keys = False
+    logbook = Logbook(config.store.data_dir)
+    try:
+        appliance = Kiosk.open(config)
+    except BaseException:
+        logbook.close()
+        raise
+    try:
+        technician_area = TechnicianArea(config, logbook)
+    except BaseException:
+        appliance.close()
+        logbook.close()
+        raise
+    appliance.close_with(technician_area.close)
+    app = _base_app(config, technician_area)
     app.extensions[EXTENSION] = appliance
     app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
     app.jinja_env.globals["plain_errors"] = PLAIN_ERRORS
     app.jinja_env.globals["send_words"] = SEND_WORDS
-
-    cache_static_files(app)
     app.register_blueprint(api)
     app.register_blueprint(dicom_api)
     app.register_blueprint(ops)
     app.register_blueprint(pages)
+    return app
+
+
+def create_safe_app(config: KioskConfig, reason: str) -> Flask:
+    """Safe mode: the technician area only, no models, no store, no clinician pages; the screen
+    says `reason`. Call ``device.technician.area.area_of(app).close()`` when done with it."""
+    technician_area = TechnicianArea(config, Logbook(config.store.data_dir), safe_mode=reason)
+    app = _base_app(config, technician_area)
+    app.register_blueprint(safe_mode_pages)
+    return app
+
+
+def _base_app(config: KioskConfig, technician_area: TechnicianArea) -> Flask:
+    """What both modes share: security headers, request logs, same-origin and login checks, errors."""
+    app = Flask(__name__)
+    app.request_class = KioskRequest
+    # Forms hold a reference, a note, a few paths: keep their memory bounded too.
+    app.config.update(MAX_CONTENT_LENGTH=config.server.max_upload_mb * 2**20, MAX_FORM_MEMORY_SIZE=1 * 2**20)
+    app.json.sort_keys = False
+    app.extensions[TECHNICIAN] = technician_area
+    cache_static_files(app)
+    app.register_blueprint(technician)
     app.after_request(_security_headers)
     log_requests(app)
     protect(app, config.server)
+    install_gate(app)
     app.register_error_handler(KioskError, _kiosk_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -93,7 +125,16 @@ def _wants_json() -> bool:
 def error_response(status: int, code: str, message: str, **extra):
     if _wants_json():
         return jsonify({"error": {"status": status, "code": code, "message": message, **extra}}), status
+    if "technician" in request.blueprints or EXTENSION not in current_app.extensions:
+        return render_template("technician/error.html", status=status, message=message), status
     return render_template("error.html", status=status, message=message, kind=code), status
+
+
+def _count_error(code: str) -> None:
+    """Counted in the kiosk's metrics (there are none in safe mode)."""
+    appliance = current_app.extensions.get(EXTENSION)
+    if appliance is not None:
+        appliance.metrics.error(code)
 
 
 def _kiosk_error(exc: KioskError):
@@ -102,16 +143,16 @@ def _kiosk_error(exc: KioskError):
 
 def _http_error(exc: HTTPException):
     if isinstance(exc, RequestEntityTooLarge):
-        kiosk().metrics.error("too_large")
+        _count_error("too_large")
         return error_response(413, "too_large", _too_large_message())
     if 400 <= (exc.code or 500) < 500:
-        kiosk().metrics.error(f"http_{exc.code}")
+        _count_error(f"http_{exc.code}")
     return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
 
 
 def _too_large_message() -> str:
     """Which limit was passed: the body's size, or (within it) the form's parts or one field's size."""
-    limit = kiosk().config.server.max_upload_mb
+    limit = current_app.config["MAX_CONTENT_LENGTH"] // 2**20
     if (request.content_length or 0) > limit * 2**20:
         return f"the upload is larger than the limit of {limit} MiB"
     return (
@@ -128,11 +169,11 @@ CREATES_A_STUDY = {"api.create_study", "pages.upload_study", "api.capture_from_s
 def _unexpected_error(exc: Exception):
     if is_disk_full(exc):
         log.error("disk full on %s %s: %s", request.method, request.path, exc)
-        kiosk().metrics.error("storage_full")
+        _count_error("storage_full")
         saved = "; the study was not saved" if request.endpoint in CREATES_A_STUDY else ""
         return error_response(507, "storage_full", f"{STORAGE_FULL}: the disk is full{saved}")
     log.exception("unexpected error on %s %s", request.method, request.path)
-    kiosk().metrics.error("internal")
+    _count_error("internal")
     if request.endpoint in CREATES_A_STUDY:
         return error_response(500, "internal", "internal error; the study was not saved, please try again")
     return error_response(500, "internal", "internal error, please try again")

@@ -15,7 +15,9 @@ from pydantic import Field, ValidationError
 
 from device.capture.config import CaptureSettings
 from device.dicom.settings import DicomSettings
+from device.technician.settings import TechnicianSettings
 from device.tensorrt.settings import EngineSettings
+from device.updates.settings import UpdateSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
 
@@ -42,6 +44,11 @@ class ServerSettings(_Strict):
     )
     allowed_hosts: list[str] = Field(
         default=[], description="host names the kiosk answers to besides host, localhost and loopback (else 421)"
+    )
+    screen_without_login: bool = Field(
+        default=True,
+        description="when host is not a loopback address: the device's own screen (a request from this "
+        "machine) still opens the clinician pages and API without a login; false: every request needs one",
     )
 
 
@@ -72,6 +79,11 @@ class ModelSettings(_Strict):
         "(TensorRT builds its engine) while serving on `backend`, then switch to it",
     )
     tensorrt: EngineSettings = Field(default_factory=EngineSettings, description="the TensorRT engine cache and builds")
+    stuck_after_s: float = Field(
+        default=120, ge=1, le=3600,
+        description="a model busy with one image this long counts as hung: health answers 503 and the "
+        "systemd watchdog is no longer pinged, so the kiosk is restarted",
+    )
 
     def backend_settings(self, backend: str) -> object | None:
         """The settings section of a backend, for those that have one."""
@@ -118,6 +130,8 @@ class KioskConfig(_Strict):
     capture: CaptureSettings = CaptureSettings()
     decode: DecodeSettings = DecodeSettings()
     dicom: DicomSettings = DicomSettings()
+    technician: TechnicianSettings = TechnicianSettings()
+    updates: UpdateSettings = UpdateSettings()
 
     def with_overrides(self, **dotted: object) -> "KioskConfig":
         """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from device.kiosk.errors import UnknownExam
 from device.runtime import registry
 from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile
 from device.triage import TriageResult, Triager, model_io
+from device.updates.selftest import live_check, served_precision
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
 log = logging.getLogger("bedside.kiosk")
@@ -31,6 +33,7 @@ class Exam:
     gpu_build: Preparation | None = None
     gpu_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _busy_since: float | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -42,7 +45,17 @@ class Exam:
 
     def triage(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
         with self._lock:
-            return self.triager.triage_image(img, source, decode_ms)
+            self._busy_since = time.monotonic()
+            try:
+                return self.triager.triage_image(img, source, decode_ms)
+            finally:
+                self._busy_since = None
+
+    def busy_s(self) -> float:
+        """How long the model has been busy with its current image (0 when idle): a model stuck in
+        one call (a hung runtime, a wedged GPU) shows here, and health then answers 503."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def start_gpu_build(self, backend: str, settings: ModelSettings) -> None:
         """Prepare the GPU variant in the background (a TensorRT engine build takes minutes on a
@@ -98,6 +111,20 @@ class Exam:
             self.gpu_build.wait()
         self.triager.close()
 
+    def selftest(self) -> dict:
+        """The golden inputs through the model that serves studies (device.updates.selftest.live_check)."""
+        with self._lock:
+            return live_check(self.triager)
+
+    def retire(self) -> None:
+        """Close an exam that was replaced while requests may still hold it: after the inference running
+        now (the lock), never under a GPU switch (which takes the lock itself)."""
+        if self.gpu_build is not None:
+            self.gpu_build.cancel()
+            self.gpu_build.wait()
+        with self._lock:
+            self.triager.close()
+
     def warm_up(self) -> None:
         """One full pass (quality, preprocessing, model) on a synthetic image, so the first study is not slow."""
         m = self.bundle.manifest
@@ -129,9 +156,10 @@ class ExamRegistry:
         self._exams = {e.id: e for e in exams}
 
     @classmethod
-    def load(cls, settings: ModelSettings) -> "ExamRegistry":
-        """Load and warm up every configured bundle. Raises BundleError when there is none to serve."""
-        paths = list(settings.bundles) or find_bundles(settings.bundles_dir)
+    def load(cls, settings: ModelSettings, paths: list[Path] | None = None) -> "ExamRegistry":
+        """Load and warm up every bundle in ``paths`` (default: the configured ones). Raises BundleError
+        when there is none to serve."""
+        paths = paths if paths is not None else list(settings.bundles) or find_bundles(settings.bundles_dir)
         if not paths:
             raise BundleError(f"no model bundles in {settings.bundles_dir}: nothing to triage with")
         exams: list[Exam] = []
@@ -148,11 +176,35 @@ class ExamRegistry:
             for exam in exams:
                 exam.close()
             raise
-        gpu = registry.available("gpu")
-        if settings.gpu == "auto" and gpu and registry.backend_class(settings.backend).target != "gpu":
-            for exam in exams:
-                exam.start_gpu_build(gpu[0], settings)
+        for exam in exams:
+            _start_gpu(exam, settings)
         return cls(exams)
+
+    def replace(self, path: Path, settings: ModelSettings) -> Exam:
+        """Load the bundle at ``path`` and serve it in place of the exam of the same id (or as a new exam);
+        the one it replaces is closed once its current inference ends. Raises what loading raises, and
+        then nothing changed."""
+        exam = _open_exam(path, settings)
+        try:
+            exam.warm_up()
+        except BaseException:
+            exam.close()
+            raise
+        _start_gpu(exam, settings)
+        old = self._exams.get(exam.id)
+        self._exams = {**self._exams, exam.id: exam}  # one assignment: readers see the old dict or the new
+        if old is not None:
+            old.retire()
+        return exam
+
+    def remove(self, exam_id: str) -> bool:
+        """Stop serving an exam whose bundle is gone (a first install that was rolled back)."""
+        old = self._exams.get(exam_id)
+        if old is None:
+            return False
+        self._exams = {k: v for k, v in self._exams.items() if k != exam_id}
+        old.retire()
+        return True
 
     def __iter__(self):
         return iter(self._exams.values())
@@ -181,11 +233,16 @@ class ExamRegistry:
             exam.close()
 
 
+def _start_gpu(exam: Exam, settings: ModelSettings) -> None:
+    gpu = registry.available("gpu")
+    if settings.gpu == "auto" and gpu and registry.backend_class(settings.backend).target != "gpu":
+        exam.start_gpu_build(gpu[0], settings)
+
+
 def _open_exam(path: Path, settings: ModelSettings) -> Exam:
     bundle = load_bundle(path)
     target = registry.require(settings.backend).target
-    have = {v.precision for v in bundle.manifest.variants if target in v.targets}
-    precision = settings.precision if settings.precision in have else "fp32"
+    precision = served_precision(bundle, settings.backend, settings.precision)
     if precision != settings.precision:
         log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision, target, precision)
     return Exam(Triager(bundle, settings.backend, precision, settings.inference_threads,

@@ -6,7 +6,7 @@
 - **Origin/Referer**: a POST, PUT, PATCH or DELETE that a browser sends from another origin (its
   Origin, or else its Referer, is not this kiosk's own) is refused with 403. Programs that send
   neither (curl, the tests) are not browsers and cannot be made to send a request by a web page.
-- **CSRF token**: every state-changing request to the pages (the HTML forms) must carry this
+- **CSRF token**: every state-changing request to the pages and the technician area (the HTML forms) must carry this
   process's token, in the ``csrf_token`` field (static/csrf.js adds it to every form on submit from
   the ``csrf-token`` meta tag of base.html) or the ``X-CSRF-Token`` header. JSON endpoints take only
   ``application/json`` bodies (api.request_body), which a cross-site form cannot send.
@@ -28,6 +28,7 @@ TOKEN_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 TOKEN_EXTENSION = "bedside.csrf_token"
+FORM_BLUEPRINTS = frozenset({"pages", "technician"})  # HTML forms: the clinician and technician pages
 
 
 def allowed_hosts(settings: ServerSettings) -> frozenset[str]:
@@ -48,7 +49,7 @@ def protect(app: Flask, settings: ServerSettings) -> None:
         if request.method in SAFE_METHODS:
             return
         _check_origin()
-        if request.blueprint == "pages":
+        if FORM_BLUEPRINTS.intersection(request.blueprints):  # nested ones (technician.bundles) too
             _check_token(token)
 
 

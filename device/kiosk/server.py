@@ -11,6 +11,7 @@ import resource
 import socket
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import waitress
 from flask import Flask
@@ -29,8 +30,10 @@ class KioskServer:
     ``before_close`` runs when serving stops, before the server waits for its threads: it must end
     the long responses (live views), or closing waits out waitress's own timeout for each."""
 
-    def __init__(self, app: Flask, settings: ServerSettings, before_close: Callable[[], None]):
+    def __init__(self, app: Flask, settings: ServerSettings, before_close: Callable[[], None],
+                 probe: HealthProbe):
         self._before_close = before_close
+        self._probe = probe
         _allow_open_files(settings.connection_limit + FILES_BESIDES_CONNECTIONS)
         limit = settings.max_upload_mb * 2**20
         self._server = waitress.create_server(
@@ -65,7 +68,7 @@ class KioskServer:
 
     def serve_forever(self) -> None:
         notify("READY=1")
-        watchdog = _start_watchdog(self.host, self.port)
+        watchdog = _start_watchdog(self.host, self.port, self._probe)
         try:
             self._server.run()
         finally:
@@ -102,8 +105,19 @@ def notify(state: str) -> bool:
     return True
 
 
-def _start_watchdog(host: str, port: int) -> threading.Event | None:
-    """Ping systemd's watchdog at half its interval, but only after the health endpoint answered 200."""
+@dataclass(frozen=True)
+class HealthProbe:
+    """What the watchdog asks: ``path`` must answer 200. ``token`` authenticates the probe (the
+    technician area's own token for it) where the kiosk requires a login."""
+
+    path: str
+    token: str
+
+
+def _start_watchdog(host: str, port: int, probe: HealthProbe) -> threading.Event | None:
+    """Ping systemd's watchdog at half its interval, but only after the health endpoint answered 200:
+    in normal mode that is /api/v1/health, which answers 503 while a model is hung in one call
+    (models.stuck_after_s), so a hung inference worker stops the pings and systemd restarts the kiosk."""
     usec = os.environ.get("WATCHDOG_USEC")
     if not usec or not os.environ.get("NOTIFY_SOCKET"):
         return None
@@ -113,7 +127,7 @@ def _start_watchdog(host: str, port: int) -> threading.Event | None:
 
     def loop() -> None:
         while not stop.wait(interval):
-            if _healthy(target, port, timeout=interval):
+            if _healthy(target, port, probe, timeout=interval):
                 notify("WATCHDOG=1")
             else:
                 log.warning("health check failed; not pinging the watchdog")
@@ -122,10 +136,10 @@ def _start_watchdog(host: str, port: int) -> threading.Event | None:
     return stop
 
 
-def _healthy(host: str, port: int, timeout: float) -> bool:
+def _healthy(host: str, port: int, probe: HealthProbe, timeout: float) -> bool:
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", "/api/v1/health")
+        conn.request("GET", probe.path, headers={"Authorization": f"Bearer {probe.token}"})
         response = conn.getresponse()
         response.read()
         return response.status == 200

@@ -12,11 +12,12 @@ import dataclasses
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from device import intake
+from device import intake, updates
 from device.capture.manager import CaptureManager, Inference, LiveSource, frame_file
 from device.capture.sources import redact
 from device.capture.stream import STREAMING
@@ -38,8 +39,10 @@ from device.kiosk.storage import Reserve, is_disk_full
 from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
+from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.triage import TRIAGE_ORDER, TriageResult
-from models.bundle import InputContract
+from device.updates.verify import appliance_version
+from models.bundle import BundleError, InputContract, read_manifest
 
 log = logging.getLogger(__name__)
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
@@ -191,6 +194,7 @@ class Kiosk:
         self.config = config
         self.store = store
         self.exams = exams
+        self._closers: list[Callable[[], None]] = []
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
         self.decoder = Decoder(config.decode)
         self.renders = Renderer(store, self._input_contract, self.decoder)
@@ -213,7 +217,8 @@ class Kiosk:
         """Open the store, then load and warm up every exam; ready when this returns."""
         store = Store.open(config.store.data_dir)
         try:
-            exams = ExamRegistry.load(config.models)
+            updates.recover(config)  # a bundle switch that was not committed is undone before loading
+            exams = ExamRegistry.load(config.models, updates.served_paths(config))
         except BaseException:
             store.close()
             raise
@@ -224,6 +229,10 @@ class Kiosk:
             store.close()
             raise
 
+    def close_with(self, closer: Callable[[], None]) -> None:
+        """Run `closer` last when the kiosk closes (the technician area, which the app holds too)."""
+        self._closers.append(closer)
+
     def close(self) -> None:
         self.metrics.ready = False
         if self.dicom is not None:
@@ -232,6 +241,42 @@ class Kiosk:
         self._writer.shutdown(wait=True)
         self.exams.close()
         self.store.close()
+        for closer in self._closers:
+            closer()
+
+    def reload_exam(self, exam_id: str) -> dict:
+        """Load the bundle now served for ``exam_id`` (after an install, activation or rollback switched
+        its slot) in place of the loaded one; the exam's JSON. The loaded one stays if this fails."""
+        path = self._served_path(exam_id)
+        if path is None:
+            if self.exams.remove(exam_id):
+                log.warning("%s: no bundle serves it any more; the exam is no longer offered", exam_id)
+                return {"id": exam_id, "version": None, "removed": True}
+            raise NotFound(f"no bundle for exam {exam_id!r} is installed or shipped")
+        try:
+            exam = self.exams.replace(path, self.config.models)
+        except (BundleError, RuntimeFailure, RuntimeUnavailable) as exc:
+            raise Conflict(f"cannot load {exam_id} from {path}: {exc}") from None
+        log.info("%s: now serving %s from %s", exam_id, exam.bundle.manifest.version, path)
+        return exam.as_json()
+
+    def _served_path(self, exam_id: str) -> Path | None:
+        for path in updates.served_paths(self.config):
+            try:
+                if read_manifest(path).id == exam_id:
+                    return path
+            except BundleError:
+                continue
+        return None
+
+    def selftest_exam(self, exam_id: str) -> dict:
+        """The loaded model of an exam (the one serving studies) on its bundle's golden inputs."""
+        exam = self.exams.resolve(exam_id)
+        try:
+            check = exam.selftest()
+        except RuntimeFailure as exc:
+            return {"exam": exam_id, "ok": False, "error": str(exc)}
+        return {"exam": exam_id, "version": exam.bundle.manifest.version, **check}
 
     @property
     def max_upload_bytes(self) -> int:
@@ -491,7 +536,10 @@ class Kiosk:
             exam = self.exams.resolve(exam_id)
         except UnknownExam as exc:
             raise ConfigError(f"capture source: {exc.message}") from None
-        return Inference(exam.id, exam.triage, exam.bundle.manifest, lambda: _model_text(exam))
+        # Resolved at each frame: a bundle install may replace the exam while the source is live.
+        current = lambda: self.exams.resolve(exam.id)  # noqa: E731
+        return Inference(exam.id, lambda *args: current().triage(*args), exam.bundle.manifest,
+                         lambda: _model_text(current()))
 
     def live_source(self, source_id: str) -> LiveSource:
         source = self.capture.get(source_id)
@@ -534,10 +582,18 @@ class Kiosk:
 
     # ---- health ------------------------------------------------------------------------------
 
+    def inference(self) -> list[dict]:
+        """Each exam's inference worker: busy how long, and whether that counts as hung."""
+        limit = self.config.models.stuck_after_s
+        return [{"exam": e.id, "busy_s": round(e.busy_s(), 1), "stuck": e.busy_s() > limit} for e in self.exams]
+
     def health(self) -> dict:
         check = self.store.check
+        workers = self.inference()
         return {
-            "ready": self.metrics.ready,
+            "ready": self.metrics.ready and not any(w["stuck"] for w in workers),
+            "appliance": {"version": appliance_version()},
+            "inference": workers,
             "backends": self.backends,
             "models": [e.as_json() for e in self.exams],
             "store": {

@@ -1,0 +1,148 @@
+"""``bedside bundle``: pack, sign, verify, install, list, roll back and self-test model bundles
+(device/updates). Each action prints one result line (or a table for ``list``) and exits 0, or prints
+one line naming the reason and exits 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from device import updates
+from device.kiosk.config import ConfigError, KioskConfig, load_config
+from models.bundle import BundleError
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="the kiosk's TOML settings file (its [updates] section)")
+    parser.add_argument("--data-dir", type=Path, help="the kiosk's data dir, as `bedside serve` is given it")
+
+
+def _live_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the running kiosk to health-check (default: from the config's [server])")
+    parser.add_argument("--offline", action="store_true",
+                        help="no kiosk is running: commit after the self-test; it loads the bundle at its next start")
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    pack = sub.add_parser("pack", help="archive a bundle folder into FILE.bedside (unsigned)", formatter_class=fmt)
+    pack.add_argument("dir", type=Path)
+    pack.add_argument("--out", type=Path, required=True)
+    sign = sub.add_parser("sign", help="sign an archive with a private key (replaces any signature)", formatter_class=fmt)
+    sign.add_argument("file", type=Path)
+    sign.add_argument("--key", type=Path, required=True)
+    sign.add_argument("--allow-downgrade", action="store_true",
+                      help="let this archive replace a newer installed version (the signature covers it)")
+    verify = sub.add_parser("verify", help="check an archive as an install would, writing nothing", formatter_class=fmt)
+    verify.add_argument("file", type=Path)
+    verify.add_argument("--trust", type=Path, help="trusted public keys (default: the config's [updates] trust_dir)")
+    _config_arguments(verify)
+    install = sub.add_parser("install", help="install an archive into the exam's inactive slot and switch to it",
+                             formatter_class=fmt)
+    install.add_argument("file", type=Path, nargs="?", help="the archive (or --from-drives)")
+    install.add_argument("--from-drives", action="store_true",
+                         help="the one .bedside archive on the mounted drives ([media] import_folders)")
+    _config_arguments(install)
+    _live_arguments(install)
+    listing = sub.add_parser("list", help="the exams served, their slots, and archives on drives", formatter_class=fmt)
+    listing.add_argument("--json", action="store_true")
+    _config_arguments(listing)
+    back = sub.add_parser("rollback", help="switch an exam back to its previous bundle", formatter_class=fmt)
+    back.add_argument("exam", nargs="?", help="the exam id (default: the only one installed)")
+    _config_arguments(back)
+    _live_arguments(back)
+    test = sub.add_parser("selftest", help="self-test the bundle an exam serves, on this device's backend",
+                          formatter_class=fmt)
+    test.add_argument("exam")
+    _config_arguments(test)
+
+
+def _config(args: argparse.Namespace) -> KioskConfig:
+    return load_config(args.config).with_overrides(**{"store.data_dir": args.data_dir})
+
+
+def _health(args: argparse.Namespace, config: KioskConfig) -> updates.HealthCheck | None:
+    if args.offline:
+        return None
+    url = args.url or updates.kiosk_url(config.server.host, config.server.port)
+    live = updates.LiveKiosk(url, config.updates.health_requests, config.updates.health_timeout_s)
+    if not live.answers():
+        raise updates.UpdateError(f"no kiosk answers at {url}: start it (systemctl start bedside), give its --url, "
+                                  "or pass --offline to install without the live health check")
+    return live
+
+
+def _progress(step: str, detail: str) -> None:
+    if step != "extract":
+        print(f"  {step} {detail}", flush=True)
+
+
+def _archive(args: argparse.Namespace, config: KioskConfig) -> Path:
+    if args.file is not None and args.from_drives:
+        raise updates.UpdateError("give an archive or --from-drives, not both")
+    if args.file is not None:
+        return args.file
+    if not args.from_drives:
+        raise updates.UpdateError("give the archive to install, or --from-drives")
+    found = updates.find_archives(config.media.import_folders, config.media.max_depth)
+    if len(found) != 1:
+        where = ", ".join(map(str, config.media.import_folders))
+        names = ", ".join(str(a.path) for a in found)
+        raise updates.UpdateError(f"{len(found)} .bedside archives on the drives ({where})"
+                                  + (f": {names}; give one of them" if found else ""))
+    return found[0].path
+
+
+def _list(config: KioskConfig, as_json: bool) -> None:
+    exams = updates.list_installed(config)
+    drives = updates.find_archives(config.media.import_folders, config.media.max_depth)
+    if as_json:
+        print(json.dumps({"exams": [e.as_json() for e in exams], "drives": [d.as_json() for d in drives]}, indent=2))
+        return
+    for e in exams:
+        print(f"{e.exam_id} {e.version or '-'} ({e.source}) {e.path or ''}")
+        for s in e.slots:
+            print(f"  slot {s.slot} {s.role:<8} {s.version:<10} key {s.key_id} installed {s.installed_at} from {s.archive}")
+    for d in drives:
+        print(f"on a drive: {d.path} ({d.bytes / 2**20:.1f} MiB)")
+
+
+def _act(args: argparse.Namespace) -> str:
+    if args.action == "pack":
+        contents = updates.pack_bundle(args.dir, args.out)
+        m = contents.manifest
+        return f"packed {m.id} {m.version} ({len(m.files)} files, {contents.size / 2**20:.1f} MiB) into {args.out}; sign it next"
+    if args.action == "sign":
+        st = updates.sign_archive(args.file, args.key, args.allow_downgrade)
+        return f"signed {st.bundle_id} {st.version}" + (" (downgrade allowed)" if st.allow_downgrade else "") + f": {args.file}"
+    config = _config(args)
+    if args.action == "verify":
+        v = updates.verify(args.file, config.updates, args.trust)
+        return (f"{args.file.name}: {v.exam_id} {v.version} signed by trusted key {v.key_id}, every file matches"
+                + (" (downgrade allowed)" if v.allow_downgrade else ""))
+    if args.action == "install":
+        path = _archive(args, config)
+        return updates.install(path, config, _health(args, config), _progress).line()
+    if args.action == "rollback":
+        return updates.rollback(args.exam, config, _health(args, config), _progress).line()
+    if args.action == "selftest":
+        result = updates.selftest_active(args.exam, config)
+        if not result.ok:
+            raise updates.SelfTestFailed(f"{result.exam_id} {result.version} failed its self-test: {result.reason()}")
+        return f"{result.exam_id} {result.version}: self-test passed ({len(result.checks)} checks)"
+    _list(config, args.json)
+    return ""
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        line = _act(args)
+    except (updates.UpdateError, ConfigError, BundleError) as exc:
+        print(f"bedside bundle {args.action}: {exc}", file=sys.stderr)
+        return 1
+    if line:
+        print(line)
+    return 0

@@ -1,0 +1,293 @@
+"""Install, activate and roll back bundles in their A/B slots (see slots.py for the layout).
+
+An install runs these steps, each reported to ``progress(step, detail)`` as it starts:
+
+    verify    the archive: structure, hashes, signature, appliance range (nothing written yet)
+    lock      this exam's lock; an interrupted earlier switch is recovered
+    stage     the inactive slot is forgotten in state.json, then emptied
+    extract   one call per file copied into it (hashed again as written, fsynced)
+    selftest  the staged bundle loaded on this device's backend, golden inputs checked
+    switch    state.json records the slot being tried, then the link is renamed onto it
+    health    the live kiosk loads it and answers self-test requests
+    commit    state.json records the slot as committed
+
+A failure before commit puts everything back by itself: the staged slot is removed, or the link is
+switched back and the kiosk reloads the old bundle. A process killed at any point leaves the link on
+a complete slot; ``Slots.recover`` (run by the next install and at every kiosk start) undoes a switch
+that was not committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from packaging.version import Version
+
+from device.updates import archive
+from device.updates.errors import HealthCheckFailed, NotInstalled, Refused, SelfTestFailed, UpdateError
+from device.updates.health import HealthCheck
+from device.updates.selftest import SelfTestResult, selftest
+from device.updates.slots import SLOTS, ExamState, Slot, SlotRecord, Slots, served_bundles
+from device.updates.verify import VerifiedArchive, limits_of, verify
+from models.bundle import BundleError, find_bundles, load_bundle, read_manifest
+
+if TYPE_CHECKING:
+    from device.kiosk.config import KioskConfig
+
+log = logging.getLogger("bedside.updates")
+
+STEPS = ("verify", "lock", "stage", "extract", "selftest", "switch", "health", "commit")
+Progress = Callable[[str, str], None]
+
+
+def no_progress(step: str, detail: str) -> None:
+    log.debug("%s %s", step, detail)
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    exam_id: str
+    version: str
+    slot: str
+    previous_version: str | None  # what served before (installed or shipped), None if nothing did
+    health: str  # what the health check found, in one line
+
+    def line(self) -> str:
+        before = f" (was {self.previous_version})" if self.previous_version else ""
+        return f"{self.exam_id} {self.version} is active in slot {self.slot}{before}: {self.health}"
+
+
+def slots_of(config: "KioskConfig") -> Slots:
+    return Slots(config.updates.installed_root(config.store.data_dir))
+
+
+def served_paths(config: "KioskConfig") -> list[Path]:
+    """The bundle folders the kiosk serves with this config (explicit ``models.bundles`` win)."""
+    if config.models.bundles:
+        return list(config.models.bundles)
+    return served_bundles(slots_of(config).root, config.models.bundles_dir)
+
+
+def shipped_version(config: "KioskConfig", exam: str) -> str | None:
+    for path in find_bundles(config.models.bundles_dir):
+        try:
+            m = read_manifest(path)
+        except BundleError:
+            continue
+        if m.id == exam:
+            return m.version
+    return None
+
+
+def current_version(config: "KioskConfig", slots: Slots, exam: str, state: ExamState) -> str | None:
+    """The version an install replaces: the committed slot's, else the shipped bundle's."""
+    if state.committed is not None and state.committed in state.slots:
+        return state.slots[state.committed].version
+    return shipped_version(config, exam)
+
+
+def check_downgrade(verified: VerifiedArchive, current: str | None) -> None:
+    if current is not None and Version(verified.version) < Version(current) and not verified.allow_downgrade:
+        raise Refused(f"{verified.path.name}: {verified.exam_id} {verified.version} is older than the installed "
+                      f"{current}; a downgrade must be signed as one (bedside bundle sign --allow-downgrade)")
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def bundle_selftest(config: "KioskConfig", path: Path) -> SelfTestResult:
+    m = config.models
+    return selftest(load_bundle(path), m.backend, m.precision, m.inference_threads, m.backend_settings(m.backend))
+
+
+def install(path: Path, config: "KioskConfig", health: HealthCheck | None = None,
+            progress: Progress = no_progress, trust_dir: Path | None = None) -> InstallResult:
+    """Install a signed archive into the exam's inactive slot and make it live (module docstring)."""
+    progress("verify", str(path))
+    verified = verify(path, config.updates, trust_dir)
+    slots = slots_of(config)
+    exam = verified.exam_id
+    check_downgrade(verified, current_version(config, slots, exam, slots.read_state(exam)))
+    slots.root.mkdir(parents=True, exist_ok=True)
+    with slots.locked(exam):
+        progress("lock", exam)
+        slots.recover_locked(exam)
+        state = slots.read_state(exam)
+        before = current_version(config, slots, exam, state)
+        check_downgrade(verified, before)
+        target = state.other(state.committed)
+        state = _stage(config, slots, verified, state, target, progress)
+        return _switch_and_commit(slots, exam, state, target, before, health, progress)
+
+
+def _stage(config: "KioskConfig", slots: Slots, verified: VerifiedArchive, state: ExamState, target: Slot,
+           progress: Progress) -> ExamState:
+    """Copy the archive into the inactive slot and self-test it there; the slot is removed on failure."""
+    exam = verified.exam_id
+    progress("stage", target)
+    state = state.model_copy(update={"slots": {k: v for k, v in state.slots.items() if k != target}})
+    slots.write_state(exam, state)  # the slot's old bundle is no longer a rollback target
+    folder = slots.clear_slot(exam, target)
+    try:
+        archive.extract(verified.contents, folder, limits_of(config.updates), lambda name: progress("extract", name))
+        progress("selftest", target)
+        result = bundle_selftest(config, folder)
+    except BaseException as exc:
+        slots.clear_slot(exam, target)
+        if isinstance(exc, OSError):
+            raise UpdateError(f"{exam} {verified.version}: cannot copy into slot {target}: "
+                              f"{exc.strerror or exc}; nothing changed") from None
+        raise
+    if not result.ok:
+        slots.clear_slot(exam, target)
+        raise SelfTestFailed(f"{exam} {verified.version} failed its self-test on this device ({result.reason()}); "
+                             "it was removed and the active bundle is unchanged")
+    record = SlotRecord(version=verified.version, key_id=verified.key_id, allow_downgrade=verified.allow_downgrade,
+                        installed_at=now_utc(), archive=verified.path.name)
+    return state.model_copy(update={"slots": {**state.slots, target: record}})
+
+
+def _switch_and_commit(slots: Slots, exam: str, state: ExamState, target: Slot, before: str | None,
+                       health: HealthCheck | None, progress: Progress) -> InstallResult:
+    version = state.slots[target].version
+    trying = state.model_copy(update={"trying": target})
+    progress("switch", target)
+    slots.write_state(exam, trying)
+    slots.switch(exam, target)
+    progress("health", target)
+    try:
+        summary = health.check(exam, version) if health is not None else \
+            "no live kiosk checked; the kiosk loads it at its next start"
+    except BaseException as exc:
+        slots.switch(exam, state.committed)
+        slots.write_state(exam, state)
+        if health is not None:
+            health.restore(exam)
+        if isinstance(exc, HealthCheckFailed):
+            back = (f"rolled back to slot {state.committed} ({before})" if state.committed
+                    else f"rolled back to the shipped {before}" if before else "the exam is not installed")
+            raise HealthCheckFailed(f"{exam} {version} failed the health check ({exc}); {back}") from None
+        raise
+    progress("commit", target)
+    slots.write_state(exam, state.model_copy(update={"committed": target, "trying": None}))
+    return InstallResult(exam, version, target, before, summary)
+
+
+def _only_exam(slots: Slots, exam: str | None) -> str:
+    installed = slots.exams()
+    if exam is None:
+        if len(installed) == 1:
+            return installed[0]
+        if not installed:
+            raise NotInstalled("no bundle has been installed on this appliance")
+        raise NotInstalled(f"choose an exam: {', '.join(installed)}")
+    if exam not in installed:
+        raise NotInstalled(f"no installed bundle for exam {exam!r}"
+                           + (f"; installed: {', '.join(installed)}" if installed else ""))
+    return exam
+
+
+def activate(exam: str, slot: Slot, config: "KioskConfig", health: HealthCheck | None = None,
+             progress: Progress = no_progress) -> InstallResult:
+    """Make a slot that holds a complete bundle live again (its files re-verified first), health-checked
+    and committed like an install."""
+    slots = slots_of(config)
+    exam = _only_exam(slots, exam)
+    if slot not in SLOTS:
+        raise NotInstalled(f"{exam} has no slot {slot!r}; slots are {', '.join(SLOTS)}")
+    with slots.locked(exam):
+        progress("lock", exam)
+        slots.recover_locked(exam)
+        state = slots.read_state(exam)
+        if slot == state.committed:
+            raise NotInstalled(f"{exam} slot {slot} is already active")
+        if slot not in state.slots:
+            raise NotInstalled(f"{exam} slot {slot} holds no complete bundle")
+        progress("selftest", slot)
+        try:
+            result = bundle_selftest(config, slots.slot_dir(exam, slot))
+        except BundleError as exc:
+            raise SelfTestFailed(f"{exam} slot {slot} is damaged ({exc}); it stays inactive") from None
+        if not result.ok:
+            raise SelfTestFailed(f"{exam} slot {slot} failed its self-test ({result.reason()}); it stays inactive")
+        before = current_version(config, slots, exam, state)
+        return _switch_and_commit(slots, exam, state, slot, before, health, progress)
+
+
+def rollback(exam: str | None, config: "KioskConfig", health: HealthCheck | None = None,
+             progress: Progress = no_progress) -> InstallResult:
+    """Go back to the exam's previous bundle (the other slot), health-checked and committed."""
+    slots = slots_of(config)
+    exam = _only_exam(slots, exam)
+    state = slots.read_state(exam)
+    previous = state.other(state.committed)
+    if previous not in state.slots:
+        raise NotInstalled(f"{exam} has no previous bundle to roll back to")
+    return activate(exam, previous, config, health, progress)
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    slot: str
+    version: str
+    key_id: str
+    installed_at: str
+    archive: str
+    role: str  # "active", "previous" or "trying" (switched to, not committed)
+
+    def as_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class InstalledExam:
+    exam_id: str
+    version: str | None  # what the kiosk serves for this exam
+    source: str  # "installed", "shipped", or "explicit" (models.bundles in the config)
+    path: Path | None
+    slots: list[SlotInfo]
+
+    def as_json(self) -> dict:
+        return {"exam": self.exam_id, "version": self.version, "source": self.source,
+                "path": str(self.path) if self.path else None, "slots": [s.as_json() for s in self.slots]}
+
+
+def list_installed(config: "KioskConfig") -> list[InstalledExam]:
+    """Every exam the kiosk serves with this config, and each installed exam's slots."""
+    slots = slots_of(config)
+    found: dict[str, InstalledExam] = {}
+    source = "explicit" if config.models.bundles else None
+    for path in served_paths(config):
+        try:
+            m = read_manifest(path)
+        except BundleError:
+            continue
+        kind = source or ("installed" if path.is_relative_to(slots.root.resolve()) else "shipped")
+        found[m.id] = InstalledExam(m.id, m.version, kind, path, [])
+    for exam in slots.exams():
+        state = slots.read_state(exam)
+        active = slots.active_slot(exam)
+        infos = [SlotInfo(name, r.version, r.key_id, r.installed_at, r.archive, _role(name, state, active))
+                 for name, r in sorted(state.slots.items())]
+        have = found.get(exam, InstalledExam(exam, None, "installed", None, []))
+        found[exam] = InstalledExam(exam, have.version, have.source, have.path, infos)
+    return sorted(found.values(), key=lambda e: e.exam_id)
+
+
+def _role(slot: str, state: ExamState, active: str | None) -> str:
+    if slot == active and slot != state.committed:
+        return "trying"
+    return "active" if slot == active else "previous"
+
+
+def selftest_active(exam: str, config: "KioskConfig") -> SelfTestResult:
+    """The self-test of the bundle the kiosk serves for ``exam`` (installed or shipped)."""
+    for e in list_installed(config):
+        if e.exam_id == exam and e.path is not None:
+            return bundle_selftest(config, e.path)
+    raise NotInstalled(f"no bundle serves exam {exam!r}")

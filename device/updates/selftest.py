@@ -1,0 +1,79 @@
+"""A bundle's self-test on this device: its golden inputs must reproduce the stored outputs within
+the per-precision tolerances of device/variant_check.py, both on every CPU variant (what ``bedside
+doctor`` checks) and on the variant this appliance serves, loaded on its configured backend the way
+the kiosk loads it (a TensorRT engine is built or loaded there)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from device.runtime import registry
+from device.runtime.base import RuntimeFailure, RuntimeUnavailable
+from device.triage import Triager
+from device.variant_check import compare, reference_outputs, selftest_variants
+from models.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class SelfTestResult:
+    exam_id: str
+    version: str
+    ok: bool
+    checks: list[dict]  # one per variant run: file, precision, backend, ok, max_prob_diff, tolerance, ...
+
+    def reason(self) -> str:
+        """The first failed check, as one line ("" when ok)."""
+        for c in self.checks:
+            if not c["ok"]:
+                if "error" in c:
+                    return f"{c['precision']} on {c['backend']}: {c['error']}"
+                return (f"{c['precision']} on {c['backend']} ({c['file']}): max |dp| {c['max_prob_diff']:.1e} "
+                        f"(limit {c['tolerance']:.0e}), agreement {c['agreement']:.0%} (needs {c['min_agreement']:.0%})")
+        return ""
+
+    def as_json(self) -> dict:
+        return {"exam": self.exam_id, "version": self.version, "ok": self.ok, "checks": self.checks}
+
+
+def served_precision(bundle: Bundle, backend: str, preferred: str) -> str:
+    """The precision the kiosk serves a bundle in: the preferred one where the bundle has it for the
+    backend's target, else fp32."""
+    target = registry.require(backend).target
+    have = {v.precision for v in bundle.manifest.variants if target in v.targets}
+    return preferred if preferred in have else "fp32"
+
+
+def live_check(triager: Triager) -> dict:
+    """The golden inputs through a loaded model, against the stored outputs."""
+    bundle = triager.bundle
+    x, stored = reference_outputs(bundle)
+    probs, _ = triager.predict(x)
+    m = triager.model
+    variant = bundle.manifest.variant(m.precision, registry.require(m.backend).target)
+    return {"file": variant.file, "precision": m.precision, "backend": m.backend,
+            **compare(probs, stored, bundle.manifest, m.precision)}
+
+
+def selftest(bundle: Bundle, backend: str, precision: str, threads: int | None = None,
+             backend_settings: object | None = None) -> SelfTestResult:
+    """Run every check; a runtime that cannot load the served variant is a failed check, not a crash."""
+    checks = [{**c, "backend": "onnxruntime"} for c in selftest_variants(bundle)]
+    checks.append(_served_check(bundle, backend, served_precision(bundle, backend, precision), threads,
+                                backend_settings))
+    m = bundle.manifest
+    return SelfTestResult(m.id, m.version, all(c["ok"] for c in checks), checks)
+
+
+def _served_check(bundle: Bundle, backend: str, precision: str, threads: int | None,
+                  backend_settings: object | None) -> dict:
+    """The served variant loaded as the kiosk loads it (engines built or loaded), then checked."""
+    try:
+        triager = Triager(bundle, backend, precision, threads or 1, backend_settings)
+    except (RuntimeFailure, RuntimeUnavailable) as exc:
+        return {"file": "", "precision": precision, "backend": backend, "ok": False, "error": str(exc)}
+    try:
+        return live_check(triager)
+    except RuntimeFailure as exc:
+        return {"file": "", "precision": precision, "backend": backend, "ok": False, "error": str(exc)}
+    finally:
+        triager.close()

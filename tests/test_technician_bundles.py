@@ -1,0 +1,137 @@
+"""The technician's bundles page on the device.updates API, in a running kiosk: an upload installs a
+signed archive health-checked in this process (the kiosk then triages with it), a USB drive's
+archive whose self-test fails is rolled back by itself, the other slot is activated, a rollback,
+a self-test, and a tampered archive refused with its reason; each audited. In safe mode an install
+commits after its self-test, for the next start."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from device import updates
+from device.kiosk.context import kiosk_of
+from device.technician.area import area_of
+from kiosk_support import form_client
+from test_technician import log_in, set_password
+from update_support import EXAM, kiosk_config, releases, rewrite, signer, xray_files  # noqa: F401
+
+
+@pytest.fixture
+def tech(tmp_path, signer, releases):
+    """A logged-in technician on a kiosk serving the installed tiny exam 1.0.0."""
+    from device.kiosk import create_app
+
+    config = kiosk_config(tmp_path, signer)
+    updates.install(releases["1.0.0"], config)
+    app = create_app(config)
+    app.config["TESTING"] = True
+    try:
+        with form_client(app) as c:
+            set_password(c)
+            log_in(c)
+            yield c
+    finally:
+        kiosk_of(app).close()
+
+
+def _upload(c, path, name=None):
+    return c.post("/technician/bundles/upload", content_type="multipart/form-data",
+                  data={"archive": (io.BytesIO(path.read_bytes()), name or path.name)})
+
+
+def _triaged_version(c) -> str:
+    response = c.post("/api/v1/studies", content_type="multipart/form-data",
+                      data={"file": (io.BytesIO(xray_files(1)[0].read_bytes()), "x.jpeg")})
+    assert response.status_code == 201, response.json
+    return response.json["result"]["model"]["version"]
+
+
+def test_upload_install_activate_rollback_and_selftest(tech, releases):
+    page = tech.get("/technician/bundles")
+    assert page.status_code == 200 and b"tiny-test 1.0.0" in page.data and b"(installed)" in page.data
+    done = _upload(tech, releases["1.1.0"])
+    assert done.status_code == 200, done.data
+    assert b"tiny-test 1.1.0 is active in slot b (was 1.0.0)" in done.data
+    assert b"passed 3 self-test request(s)" in done.data and b"commit" in done.data
+    assert _triaged_version(tech) == "1.1.0"
+
+    back = tech.post(f"/technician/bundles/{EXAM}/rollback")
+    assert back.status_code == 200 and b"tiny-test 1.0.0 is active in slot a (was 1.1.0)" in back.data
+    assert _triaged_version(tech) == "1.0.0"
+    forward = tech.post(f"/technician/bundles/{EXAM}/activate", data={"slot": "b"})
+    assert forward.status_code == 200 and b"tiny-test 1.1.0 is active in slot b" in forward.data
+    assert _triaged_version(tech) == "1.1.0"
+
+    tested = tech.post(f"/technician/bundles/{EXAM}/selftest")
+    assert tested.status_code == 200 and b"self-test passed" in tested.data
+    events = [e.event for e in area_of(tech.application).credentials.audit_log()]
+    assert {"bundle_install", "bundle_rollback", "bundle_activate", "bundle_selftest"} <= set(events)
+    assert not list((area_of(tech.application).config.store.data_dir / "update-uploads").iterdir())  # no upload left
+
+
+def test_a_drive_archive_that_fails_its_selftest_is_rolled_back(tech, releases, tmp_path):
+    usb = tmp_path / "media" / "usb"
+    usb.mkdir(parents=True)
+    (usb / "tiny-broken.bedside").write_bytes(releases["broken"].read_bytes())
+    page = tech.get("/technician/bundles")
+    assert b"tiny-broken.bedside" in page.data
+    done = tech.post("/technician/bundles/usb", data={"path": str(usb / "tiny-broken.bedside")})
+    assert done.status_code == 409 and b"self-test" in done.data and b"rolled back by itself" in done.data
+    assert _triaged_version(tech) == "1.0.0"
+    elsewhere = tech.post("/technician/bundles/usb", data={"path": str(releases["1.1.0"])})  # not on a drive
+    assert elsewhere.status_code == 400 and _triaged_version(tech) == "1.0.0"
+    failed = [e for e in area_of(tech.application).credentials.audit_log() if e.event == "bundle_install_failed"]
+    assert failed and "self-test" in failed[0].detail["reason"]
+
+
+def test_a_tampered_upload_is_refused_with_its_reason(tech, releases, tmp_path):
+    def flip(info, data):
+        if data is not None and info.name.endswith(".onnx"):
+            data = data[:-1] + bytes([data[-1] ^ 1])
+        return [(info, data)]
+
+    tampered = rewrite(releases["1.1.0"], tmp_path / "tampered.bedside", flip)
+    done = _upload(tech, tampered)
+    assert done.status_code == 422 and b"does not match" in done.data
+    assert _triaged_version(tech) == "1.0.0"
+
+
+def test_the_bundles_page_needs_a_login_and_the_csrf_token(tmp_path, signer, releases):
+    from device.kiosk import create_app
+
+    config = kiosk_config(tmp_path, signer)
+    updates.install(releases["1.0.0"], config)
+    app = create_app(config)
+    try:
+        anonymous = app.test_client()
+        assert anonymous.get("/technician/bundles").status_code == 303
+        with form_client(app) as c:
+            set_password(c)
+            log_in(c)
+            cookie = c.get_cookie("bedside_session").value
+        anonymous.set_cookie("bedside_session", cookie)
+        assert anonymous.get("/technician/bundles").status_code == 200
+        assert anonymous.post(f"/technician/bundles/{EXAM}/rollback").status_code == 403  # no CSRF token
+    finally:
+        kiosk_of(app).close()
+
+
+def test_in_safe_mode_an_install_commits_after_its_selftest(tmp_path, signer, releases):
+    from device.kiosk.app import create_safe_app
+
+    config = kiosk_config(tmp_path, signer)
+    updates.install(releases["1.0.0"], config)
+    app = create_safe_app(config, "the last start failed: a test")
+    try:
+        with form_client(app) as c:
+            set_password(c)
+            log_in(c)
+            page = c.get("/technician/bundles")
+            assert page.status_code == 200 and b"serves it at its next start" in page.data
+            done = _upload(c, releases["1.1.0"])
+            assert done.status_code == 200 and b"tiny-test 1.1.0 is active in slot b" in done.data, done.data
+        assert [e.version for e in updates.list_installed(config)] == ["1.1.0"]
+    finally:
+        area_of(app).close()

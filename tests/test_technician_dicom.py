@@ -1,0 +1,47 @@
+"""The technician's DICOM page against a real PACS (Orthanc, Debian's package): the settings are
+shown, and the C-ECHO test answers success for the PACS, names a refused association (a wrong
+called AE title) and a peer that is down, each on its own line."""
+
+from __future__ import annotations
+
+import pytest
+
+from device.kiosk.context import kiosk_of
+from dicom_peers import free_port
+from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401 (fixtures)
+from orthanc_peer import AE_TITLE, Orthanc, need_orthanc
+from test_technician import log_in, set_password
+
+
+@pytest.fixture
+def pacs(tmp_path):
+    need_orthanc()
+    peer = Orthanc(tmp_path / "orthanc")
+    peer.start()
+    yield peer
+    peer.stop()
+
+
+def test_echo_each_destination(pacs, config):
+    from device.kiosk import create_app
+
+    destinations = [
+        {"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1", "port": pacs.dicom_port},
+        {"name": "wrong-title", "ae_title": "NOT-ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port},
+        {"name": "down", "ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port()},
+    ]
+    app = create_app(config.with_overrides(**{"dicom.destinations": destinations}))
+    try:
+        with form_client(app) as c:
+            set_password(c)
+            log_in(c)
+            page = c.get("/technician/dicom")
+            assert page.status_code == 200 and b"BEDSIDE" in page.data and f":{pacs.dicom_port}".encode() in page.data
+            text = c.post("/technician/dicom/echo").data.decode()
+        lines = {name: next(line for line in text.splitlines() if f"<strong>{name} (" in line)
+                 for name in ("pacs", "wrong-title", "down")}
+        assert "C-ECHO answered: success" in lines["pacs"] and "tech-ok" in lines["pacs"]
+        assert "no association: rejected" in lines["wrong-title"] and "tech-bad" in lines["wrong-title"]
+        assert "not reachable" in lines["down"]
+    finally:
+        kiosk_of(app).close()
