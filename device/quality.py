@@ -49,7 +49,7 @@ def assess(img: DecodedImage, policy: QualityPolicy, dicom: DicomHandling) -> Qu
         *_colour_issues(sample, policy),
         *_exposure_issues(_gray(sample), policy),
         *_sharpness_issues(img.pixels, policy),
-        *_lesion_issues(_gray(sample), policy),
+        *_lesion_issues(sample, policy),
     ]
     return QualityReport(ok=not issues, issues=tuple(issues))
 
@@ -174,27 +174,30 @@ def _sharpness_issues(pixels: np.ndarray, policy: QualityPolicy) -> list[Quality
     ]
 
 
-def _lesion_issues(gray: np.ndarray, policy: QualityPolicy) -> list[QualityIssue]:
-    """Whether something darker than the surrounding skin lies in the middle of the picture.
+def _lesion_issues(sample: np.ndarray, policy: QualityPolicy) -> list[QualityIssue]:
+    """Whether something that differs from the surrounding skin lies in the middle of the picture.
 
-    The skin's brightness is the median of the outer ring (the outer eighth on each side); a
-    lesion is darker than that by `lesion_contrast`. Dermoscopy centres the lesion, so the
-    central half must hold at least `min_lesion_fraction` of such pixels.
+    The skin's colour is the per-channel median of the outer ring (the outer eighth on each side);
+    a lesion pixel lies farther than `lesion_contrast` from it (Euclidean, unit RGB: darker,
+    lighter or of another hue - some keratoses are paler than the skin). Dermoscopy centres the
+    lesion, so the central half must hold at least `min_lesion_fraction` of such pixels.
     """
     if policy.min_lesion_fraction is None:
         return []
-    h, w = gray.shape[:2]
+    pixels = sample if sample.ndim == 3 else sample[:, :, None]
+    h, w = pixels.shape[:2]
     ring = np.ones((h, w), bool)
     ring[h // 8 : h - h // 8, w // 8 : w - w // 8] = False
-    skin = float(np.median(gray[ring]))
-    centre = gray[h // 4 : h - h // 4, w // 4 : w - w // 4]
-    fraction = float(np.count_nonzero(centre < skin - policy.lesion_contrast)) / max(1, centre.size)
+    skin = np.median(pixels[ring], axis=0)
+    centre = pixels[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    distance = np.sqrt(np.sum((centre - skin) ** 2, axis=-1))
+    fraction = float(np.count_nonzero(distance > policy.lesion_contrast)) / max(1, distance.size)
     if fraction >= policy.min_lesion_fraction:
         return []
     return [
         QualityIssue(
             "no_lesion",
-            f"no lesion found in the middle of the image ({fraction:.0%} of the centre is darker than the "
+            f"no lesion found in the middle of the image ({fraction:.0%} of the centre differs from the "
             f"surrounding skin; at least {policy.min_lesion_fraction:.0%} is expected)",
             "Centre the lesion in the dermoscope's field and take the picture again",
         )

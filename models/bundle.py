@@ -82,6 +82,12 @@ class InputContract(_Strict):
         description="unit: 8-bit values / 255; deeper data is mapped to [0, 1] by its DICOM VOI LUT or "
         "window (as a viewer shows it), or min-max scaled where it has none; 16-bit rasters / 65535",
     )
+    color_constancy: Literal["shades_of_gray_p6"] | None = Field(
+        default=None,
+        description="shades_of_gray_p6: after the resize, each colour channel is divided by its Minkowski "
+        "p=6 mean and multiplied by the mean of the three, so the light's colour (white balance) drops out "
+        "(Finlayson & Trezzi 2004); None: colours as received",
+    )
     mean: list[float]
     std: list[float]
     dicom: DicomHandling
@@ -92,6 +98,8 @@ class InputContract(_Strict):
             raise ValueError("mean and std need one value per channel")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
+        if self.color_constancy is not None and self.channels != 3:
+            raise ValueError("color_constancy needs an RGB (3-channel) input")
         if self.aspect_range is not None and not 0 < self.aspect_range[0] < self.aspect_range[1]:
             raise ValueError("aspect_range must be (low, high) with 0 < low < high")
         return self
@@ -171,8 +179,9 @@ class QualityPolicy(_Strict):
     )
     min_lesion_fraction: float | None = Field(
         default=None,
-        description="share of the central half of the image that must be darker than the surrounding skin (the "
-        "median of the outer ring) by lesion_contrast; below it no lesion is in view",
+        description="share of the central half of the image whose colour must lie farther than lesion_contrast "
+        "(Euclidean, unit RGB) from the surrounding skin's (the median of the outer ring); below it no lesion is "
+        "in view",
     )
     lesion_contrast: float = Field(default=0.08, ge=0.0, le=1.0)
     subject: str = Field(

@@ -130,3 +130,27 @@ def test_dicom_settings_are_checked_and_a_taken_port_is_a_config_error(config):
         taken.listen()
         with pytest.raises(ConfigError, match=r"\[dicom\]: cannot listen on 127.0.0.1"):
             create_app(config.with_overrides(**{"dicom.port": taken.getsockname()[1]}))
+
+
+def test_worklist_and_study_pages_show_the_header(dicom_app, tmp_path):
+    """Patient name and id, accession, study date (ISO) and modality from the header, on the
+    worklist, the study page and in GET /api/v1/worklist."""
+    need_samples()
+    from device.dicom.shown import iso_date, person_name
+
+    appliance = kiosk_of(dicom_app)
+    files = [SAMPLES / "cr_dx" / "RG3_J2KR.dcm"]  # one with an accession number
+    sent = storescu(appliance.config.dicom.port, "XRAY1", files, storescu_config(files, tmp_path))
+    assert sent.returncode == 0, sent.stderr
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    study_id = appliance.store.dicom_instance(ds.SOPInstanceUID)["study_id"]
+    shown = [person_name(str(ds.PatientName)), ds.PatientID, ds.AccessionNumber, iso_date(ds.StudyDate), ds.Modality]
+    assert shown == ["CompressedSamples, RG3", "11RG3", "FUJI95706", "2004-08-26", "CR"]
+    client = dicom_app.test_client()
+    for page in ("/", f"/studies/{study_id}", "/history"):
+        html = client.get(page).get_data(as_text=True)
+        assert all(value in html for value in shown), page
+    (entry,) = client.get("/api/v1/worklist").get_json()["studies"]
+    assert [entry["dicom"][k] for k in ("patient_name", "patient_id", "accession_number", "study_date", "modality")] \
+        == shown
+    assert entry["dicom"]["calling_ae"] == "XRAY1" and entry["dicom"]["send_state"] is None  # no destinations

@@ -3,6 +3,8 @@ carry the algorithm identity; with Orthanc down the outbox waits and then delive
 
 from __future__ import annotations
 
+import re
+
 import pydicom
 import pytest
 
@@ -41,6 +43,11 @@ def sending_app(config, orthanc):
     application = create_app(cfg)
     yield application
     kiosk_of(application).close()
+
+
+def row_states(html: str) -> dict[int, str]:
+    """The send state each worklist row shows, by study id."""
+    return {int(study): state for study, state in re.findall(r'data-study="(\d+)".*?data-send-state="(\w+)"', html, re.S)}
 
 
 def send(appliance, files, folder):
@@ -83,9 +90,43 @@ def test_outbox_waits_for_a_down_peer_then_delivers_exactly_once(sending_app, or
         return len(waiting) == 4 and all(i["attempts"] >= 1 and i["last_error"] for i in waiting)
 
     wait_until(retried, 60, "the results queued, with failed attempts, while Orthanc is down")
+    first = appliance.store.dicom_instance(pydicom.dcmread(FILES[0], stop_before_pixels=True).SOPInstanceUID)["study_id"]
+    client = sending_app.test_client()
+    waiting = {s: state for s, state in row_states(client.get("/").get_data(as_text=True)).items() if s != first}
+    assert len(waiting) == 2 and set(waiting.values()) <= {"queued", "sending"}, waiting
+    assert row_states(client.get("/").get_data(as_text=True))[first] == "sent"
+    page = client.get(f"/studies/{next(iter(waiting))}").get_data(as_text=True)
+    assert "report to pacs" in page and "heatmap to pacs" in page and "cannot connect" in page  # why it waits
     orthanc.start()
     wait_until(lambda: all(i["state"] == "sent" for i in appliance.dicom.outbox.items()), 60, "everything sent")
+    assert set(row_states(client.get("/").get_data(as_text=True)).values()) == {"sent"}
     instances = orthanc.instances()
     assert len(instances) == 6
     assert len({i["SOPInstanceUID"] for i in instances}) == 6
     assert orthanc.get("/statistics")["CountInstances"] == 6
+
+
+def test_an_ungradable_study_is_reported_without_a_score(sending_app, orthanc, tmp_path):
+    """A blank DX: UNGRADABLE. Its SR reaches Orthanc with the category and the quality verdict,
+    and no probability (no score anywhere a person looks); there is no heatmap to send."""
+    import numpy as np
+
+    from dicom_factory import grayscale_dicom
+
+    appliance = kiosk_of(sending_app)
+    path = tmp_path / "blank.dcm"
+    path.write_bytes(grayscale_dicom(np.full((512, 512), 4000, np.uint16), bits=12, modality="DX", body_part="CHEST"))
+    ds = pydicom.dcmread(path)  # the UIDs every modality sends (Type 1); no birth date or sex (Type 2)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ds.PatientName, ds.PatientID = "BLANK^TEST", "P-BLANK"
+    ds.save_as(path)
+    send(appliance, [path], tmp_path)
+    study = appliance.store.get(appliance.store.dicom_instance(pydicom.dcmread(path).SOPInstanceUID)["study_id"])
+    assert study.triage == "UNGRADABLE"
+    (sr,) = wait_until(orthanc.instances, 60, "the SR in Orthanc")
+    assert sr["SOPClassUID"] == SR_CLASS
+    content = {item["ConceptNameCodeSequence"][0]["CodeMeaning"]: item for item in sr["ContentSequence"]}
+    assert content["Triage category"]["TextValue"] == "UNGRADABLE"
+    assert "Probability of the urgent finding" not in content
+    assert content["Finding"]["TextValue"].startswith("Not assessed")
+    assert content["Image quality verdict"]["TextValue"] not in ("", "ok")

@@ -10,8 +10,12 @@ import shutil
 
 import cv2
 import numpy as np
+import pydicom
+import pytest
 
-from browser_support import axe, axe_violations, bundle, open_browser, screens, sync_playwright, xray  # noqa: F401
+from browser_support import (  # noqa: F401 (fixtures)
+    VIEWPORTS, axe, axe_violations, bundle, open_browser, screens, sync_playwright, xray,
+)
 from capture_support import sample_xrays
 from kiosk_support import running_server
 
@@ -184,3 +188,121 @@ def test_on_screen_keyboard_types_into_the_focused_field(tmp_path, sync_playwrig
             assert board.is_hidden()
         finally:
             ctx.close()
+
+
+WINDOWED_DICOMS = ["RG2_JPLY_fixed.dcm", "RG3_J2KR.dcm"]  # MONOCHROME2 C/W 511/1024; MONOCHROME1 550/1024
+PIXELS_AT_JS = """(points) => { const c = document.querySelector('[data-closer-canvas]');
+  const g = c.getContext('2d'); return points.map(([x, y]) => g.getImageData(x, y, 1, 1).data[0]); }"""
+
+
+def test_look_closer_windows_a_dicom_from_its_own_window(tmp_path, sync_playwright, bundle, screens):
+    """A grayscale DICOM opens in look-closer windowed from the file's own centre/width, pixel for
+    pixel as intake displayed it; dragging in Window / level mode changes width and level, Reset
+    puts the file's window back."""
+    from device.intake import decode_bytes
+    from device.kiosk.renders import to_uint8
+    from dicom_peers import SAMPLES, need_samples
+
+    need_samples()
+    with running_server(tmp_path / "data", [bundle]) as server, sync_playwright() as pw:
+        api = server.client()
+        studies = {}
+        try:
+            for name in WINDOWED_DICOMS:
+                status, study = api.upload(name, (SAMPLES / "cr_dx" / name).read_bytes(), reference=f"wl {name}")
+                assert status == 201
+                studies[name] = study
+        finally:
+            api.close()
+        ctx = open_browser(pw, tmp_path / "profile", 1024, 600, has_touch=True)
+        try:
+            page = ctx.new_page()
+            for name, study in studies.items():
+                ds = pydicom.dcmread(SAMPLES / "cr_dx" / name, stop_before_pixels=True)
+                shown = to_uint8(decode_bytes((SAMPLES / "cr_dx" / name).read_bytes(), name).pixels)
+                rows, cols = shown.shape
+                points = [(int(x), int(y)) for x, y in np.random.default_rng(0).integers(0, [cols, rows], (40, 2))]
+                page.goto(server.url + f"studies/{study['id']}")
+                assert page.inner_text("[data-closer-mode]") == "Window / level"
+                page.locator("[data-plain]").tap()
+                dialog = page.locator("[data-closer]")
+                page.wait_for_function("() => Number(document.querySelector('[data-closer]').dataset.drawn) >= 1")
+                assert (float(dialog.get_attribute("data-window-center")), float(dialog.get_attribute("data-window-width"))) \
+                    == (float(ds.WindowCenter), float(ds.WindowWidth))
+                first = page.evaluate(PIXELS_AT_JS, points)
+                expected = [int(shown[y, x]) for x, y in points]
+                assert max(abs(a - b) for a, b in zip(first, expected)) <= 1, (name, first, expected)
+                assert f"level {round(float(ds.WindowCenter))}, width {round(float(ds.WindowWidth))}" in page.inner_text(
+                    "[data-closer-readout]")
+
+                page.click("[data-closer-mode]")
+                stage = page.locator("[data-closer-stage]").bounding_box()
+                cx, cy = stage["x"] + stage["width"] / 2, stage["y"] + stage["height"] / 2
+                drawn = int(dialog.get_attribute("data-drawn"))
+                page.mouse.move(cx, cy)
+                page.mouse.down()
+                page.mouse.move(cx - 150, cy + 60, steps=5)  # narrower window, higher level
+                page.mouse.up()
+                page.wait_for_function(f"() => Number(document.querySelector('[data-closer]').dataset.drawn) > {drawn}")
+                width = float(dialog.get_attribute("data-window-width"))
+                center = float(dialog.get_attribute("data-window-center"))
+                assert width == pytest.approx(float(ds.WindowWidth) / 2, abs=2)
+                assert center == pytest.approx(float(ds.WindowCenter) + float(ds.WindowWidth) / 5, abs=2)
+                assert page.evaluate(PIXELS_AT_JS, points) != first
+                page.screenshot(path=str(screens / f"look-closer-window-{name}-1024x600.png"))
+                drawn = int(dialog.get_attribute("data-drawn"))
+                page.click("[data-closer-reset]")
+                page.wait_for_function(f"() => Number(document.querySelector('[data-closer]').dataset.drawn) > {drawn}")
+                assert float(dialog.get_attribute("data-window-width")) == float(ds.WindowWidth)
+                assert page.evaluate(PIXELS_AT_JS, points) == first
+                page.click("[data-closer-close]")
+        finally:
+            ctx.close()
+
+
+def test_dicom_study_pages_show_the_patient_and_send_state(tmp_path, sync_playwright, bundle, axe, screens):
+    """Studies received by C-STORE (dcmtk's storescu) on the worklist and their page: the header's
+    patient, accession, study date and modality, the results waiting for a PACS that is down and
+    why; axe-core clean; screenshots at both sizes."""
+    from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
+
+    need_dcmtk()
+    need_samples()
+    config = tmp_path / "bedside.toml"
+    config.write_text(
+        '[dicom]\nallowed_callers = [{ ae_title = "XRAY1", host = "127.0.0.1" }]\nretry_first_s = 0.2\n'
+        f'[[dicom.destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {free_port()}\n')
+    port = free_port()
+    files = [SAMPLES / "cr_dx" / "RG3_J2KR.dcm", SAMPLES / "cr_dx" / "NM_Kakadu44_SOTmarkerincons.dcm"]
+    with running_server(tmp_path / "data", [bundle], "--config", str(config), "--dicom-port", str(port)) as server, \
+            sync_playwright() as pw:
+        sent = storescu(port, "XRAY1", files, storescu_config(files, tmp_path))
+        assert sent.returncode == 0, sent.stderr
+        api = server.client()
+        try:
+            wait_until(lambda: (lambda b: b["items"] and all(i["attempts"] for i in b["items"]))(
+                api.get_json("/api/v1/outbox")[1]), 60, "the results waiting for the PACS, tried once")
+        finally:
+            api.close()
+        for width, height in VIEWPORTS:
+            ctx = open_browser(pw, tmp_path / f"profile-{width}", width, height, bypass_csp=True)
+            try:
+                page = ctx.new_page()
+                page.goto(server.url)
+                rows = page.locator("[data-study]")
+                assert rows.count() == 2
+                assert "CompressedSamples, RG3" in page.inner_text(".worklist")
+                assert "Acc FUJI95706 · CR 2004-08-26" in page.inner_text(".worklist")
+                assert set(page.locator("[data-send-state]").evaluate_all("els => els.map(e => e.dataset.sendState)")) \
+                    <= {"queued", "sending"}
+                page.screenshot(path=str(screens / f"dicom-worklist-{width}x{height}.png"))
+                assert axe_violations(page, axe) + page.evaluate(SMALL_JS, TARGETS) == []
+                page.locator("[data-study]", has_text="CompressedSamples, RG3").click()
+                assert "CompressedSamples, RG3" in page.inner_text(".banner")
+                page.wait_for_function("() => document.querySelector('[data-plain]').naturalWidth > 0")
+                sent_list = page.inner_text("[data-sent]")
+                assert "report to pacs" in sent_list and "cannot connect" in sent_list
+                page.screenshot(path=str(screens / f"dicom-result-{width}x{height}.png"), full_page=True)
+                assert axe_violations(page, axe) + page.evaluate(SMALL_JS, TARGETS) == []
+            finally:
+                ctx.close()

@@ -357,3 +357,29 @@ def test_every_rendering_of_a_study_comes_from_one_decode(app, client, drives, m
     other = upload(client, jpeg_bytes(3), "b.jpg").json["id"]
     assert client.get(f"/api/v1/studies/{other}/preview").status_code == 200
     assert len(names) == 3  # the upload's own decode, then the other study's one rendering decode
+
+
+@pytest.mark.parametrize("name, invert", [("RG3_J2KR.dcm", True), ("RG2_JPLL.dcm", False)])
+def test_window_values_are_the_files_own(client, name, invert):
+    """Look-closer's window/level starts from the file's window, over the values after its
+    modality LUT, exactly; an image that is not DICOM has none (404)."""
+    import numpy as np
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    from dicom_peers import SAMPLES, need_samples
+
+    need_samples()
+    path = SAMPLES / "cr_dx" / name
+    body, ctype = multipart({}, (name, path.read_bytes()))  # raw bytes: the test client spools no temp file
+    r = client.post("/api/v1/studies", data=body, content_type=ctype)
+    assert r.status_code == 201
+    meta = client.get(f"/api/v1/studies/{r.get_json()['id']}/window").get_json()
+    ds = pydicom.dcmread(path)
+    assert (meta["center"], meta["width"], meta["invert"], meta["origin"]) == (
+        float(ds.WindowCenter), float(ds.WindowWidth), invert, "the file's window")
+    codes = np.frombuffer(client.get(meta["values"]).data, "<u2").reshape(meta["rows"], meta["columns"])
+    assert np.array_equal(meta["offset"] + meta["step"] * codes.astype(np.float64), apply_modality_lut(ds.pixel_array, ds))
+    png = upload(client, png_bytes(), "x.png").get_json()
+    response = client.get(f"/api/v1/studies/{png['id']}/window")
+    assert response.status_code == 404 and "window/level is for DICOM" in response.get_json()["error"]["message"]

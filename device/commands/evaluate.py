@@ -52,7 +52,7 @@ NOT = -1  # the label index of files in a one-vs-rest folder's not_<label>/
 
 def one_vs_rest_label(names: list[str], manifest: Manifest) -> str | None:
     """The label of a `<label>/` + `not_<label>/` folder pair, None when the folders are not one."""
-    lower = sorted(n.lower() for n in names)
+    lower = sorted((n.lower() for n in names), key=lambda n: n.startswith("not_"))
     if len(lower) != 2 or lower[1] != f"not_{lower[0]}":
         return None
     label = next((l for l in manifest.labels if l.lower() == lower[0]), None)

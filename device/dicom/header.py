@@ -30,6 +30,8 @@ FIELDS = {
     "accession_number": "AccessionNumber",
     "study_date": "StudyDate",
     "modality": "Modality",
+    "view_position": "ViewPosition",  # the series rule prefers frontal views (device/dicom/series.py)
+    "instance_number": "InstanceNumber",
 }
 
 

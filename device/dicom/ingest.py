@@ -20,6 +20,7 @@ from device.intake.errors import first_line
 from device.kiosk.errors import KioskError
 
 if TYPE_CHECKING:  # the kiosk package imports this one
+    from device.dicom.series import SeriesTriage
     from device.kiosk.store import Store, StudyRecord
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class Ingest:
     def __init__(self, kiosk: StudyMaker, reporter: Reporter | None = None):
         self.kiosk = kiosk
         self.reporter = reporter  # None: results are sent nowhere
+        self.series: SeriesTriage | None = None  # set by the node under [dicom.series] one_per_series
         self._in_flight: set[str] = set()
         self._changed = threading.Condition()
 
@@ -70,30 +72,52 @@ class Ingest:
             return self._failed(calling_ae, peer, uid, CANNOT_UNDERSTAND, "the dataset has no SOP Instance UID")
         with self._claimed(uid):
             if self.kiosk.store.dicom_instance(uid) is not None:
-                self._event("duplicate", calling_ae, peer, uid, SUCCESS, "already stored; kept once")
+                self.event("duplicate", calling_ae, peer, uid, SUCCESS, "already stored; kept once")
                 return SUCCESS
+            if self.series is not None:
+                return self._keep(data, fields, calling_ae, peer)
             try:
                 study = self.kiosk.create_study(data, uid_file_name(uid), reference=fields["accession_number"],
                                                 source=f"dicom:{calling_ae}")
             except KioskError as exc:
-                status = OUT_OF_RESOURCES if exc.status in RETRYABLE else FAILURE_BY_KIND.get(exc.code, CANNOT_UNDERSTAND)
-                return self._failed(calling_ae, peer, uid, status, exc.message)
+                return self._refused(exc, calling_ae, peer, uid)
             except Exception as exc:  # never take the association down: the next instance may be fine
-                log.exception("C-STORE from %s (%s), %s: unexpected error", calling_ae, peer, uid)
-                return self._failed(calling_ae, peer, uid, UNEXPECTED, f"internal error: {type(exc).__name__}")
+                return self._unexpected(exc, calling_ae, peer, uid)
             self.kiosk.store.add_dicom_instance({**fields, "study_id": study.id, "calling_ae": calling_ae})
-        self._event("stored", calling_ae, peer, uid, SUCCESS, f"study {study.id}, {study.triage}")
-        if self.reporter is not None:
-            self._report(study, calling_ae, peer, uid)
+        self.event("stored", calling_ae, peer, uid, SUCCESS, f"study {study.id}, {study.triage}")
+        self.report(study, calling_ae, peer, uid)
         return SUCCESS
 
-    def _report(self, study: StudyRecord, calling_ae: str, peer: str, uid: str) -> None:
-        """Queue the results; the instance is stored whatever happens here, so its status stays success."""
+    def _keep(self, data: bytes, fields: dict, calling_ae: str, peer: str) -> int:
+        """Under the series rule: stored now, triaged with its series (device/dicom/series.py)."""
+        uid = fields["sop_instance_uid"]
+        try:
+            what = self.series.keep(data, uid_file_name(uid), fields, calling_ae)
+        except KioskError as exc:
+            return self._refused(exc, calling_ae, peer, uid)
+        except Exception as exc:
+            return self._unexpected(exc, calling_ae, peer, uid)
+        self.event("stored", calling_ae, peer, uid, SUCCESS, what)
+        return SUCCESS
+
+    def _refused(self, exc: KioskError, calling_ae: str, peer: str, uid: str) -> int:
+        status = OUT_OF_RESOURCES if exc.status in RETRYABLE else FAILURE_BY_KIND.get(exc.code, CANNOT_UNDERSTAND)
+        return self._failed(calling_ae, peer, uid, status, exc.message)
+
+    def _unexpected(self, exc: Exception, calling_ae: str, peer: str, uid: str) -> int:
+        log.exception("C-STORE from %s (%s), %s: unexpected error", calling_ae, peer, uid)
+        return self._failed(calling_ae, peer, uid, UNEXPECTED, f"internal error: {type(exc).__name__}")
+
+    def report(self, study: StudyRecord, calling_ae: str, peer: str, uid: str) -> None:
+        """Queue the results, where destinations are set; the instance is stored whatever happens
+        here, so its status stays success."""
+        if self.reporter is None:
+            return
         try:
             self.reporter.report(study)
         except Exception as exc:
             log.exception("study %d: its DICOM results could not be queued", study.id)
-            self._event("report_failed", calling_ae, peer, uid, None, f"{type(exc).__name__}: {first_line(str(exc))}")
+            self.event("report_failed", calling_ae, peer, uid, None, f"{type(exc).__name__}: {first_line(str(exc))}")
 
     @contextmanager
     def _claimed(self, uid: str) -> Iterator[None]:
@@ -111,9 +135,10 @@ class Ingest:
 
     def _failed(self, calling_ae: str, peer: str, uid: str, status: int, reason: str) -> int:
         log.warning("C-STORE from %s (%s), %s: refused with status 0x%04X: %s", calling_ae, peer, uid, status, reason)
-        self._event("store_failed", calling_ae, peer, uid, status, reason)
+        self.event("store_failed", calling_ae, peer, uid, status, reason)
         return status
 
-    def _event(self, event: str, calling_ae: str, peer: str, uid: str, status: int, detail: str) -> None:
+    def event(self, event: str, calling_ae: str, peer: str, uid: str, status: int | None, detail: str) -> None:
+        """Append to the SCP's log (dicom_events)."""
         self.kiosk.store.dicom_event(event=event, calling_ae=calling_ae, peer=peer, sop_instance_uid=uid,
                                      status=status, detail=detail)

@@ -8,6 +8,7 @@ from device.dicom.outbox import Outbox
 from device.dicom.receiver import DicomReceiver
 from device.dicom.reporter import Reporter
 from device.dicom.sender import Sender
+from device.dicom.series import SeriesTriage
 from device.dicom.settings import DicomSettings
 
 
@@ -16,13 +17,21 @@ class DicomNode:
         self.outbox = Outbox(kiosk.config.store.data_dir)
         self.sender = Sender(settings, self.outbox)
         names = [d.name for d in settings.destinations]
-        reporter = Reporter(kiosk, self.outbox, self.sender, names) if names else None
-        self.receiver = DicomReceiver(settings, Ingest(kiosk, reporter))
+        fhir_names = [d.name for d in settings.fhir_destinations]
+        reporter = Reporter(kiosk, self.outbox, self.sender, names, fhir_names) if names or fhir_names else None
+        ingest = Ingest(kiosk, reporter)
+        if settings.series.triage == "one_per_series":
+            ingest.series = SeriesTriage(settings.series, ingest)
+        self.series = ingest.series
+        self.receiver = DicomReceiver(settings, ingest)
 
     def start(self) -> "DicomNode":
-        """Sender first: the receiver may queue results as soon as it listens."""
+        """Sender first: the receiver may queue results as soon as it listens; the series triage
+        next (it settles what was held before a restart)."""
         self.sender.start()
         try:
+            if self.series is not None:
+                self.series.start()
             self.receiver.start()
         except BaseException:
             self.close()
@@ -31,6 +40,8 @@ class DicomNode:
 
     def close(self) -> None:
         self.receiver.close()
+        if self.series is not None:
+            self.series.close()
         self.sender.close()
         self.outbox.close()
 

@@ -11,6 +11,7 @@ sent again.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -18,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.clock import utc_iso
-from device.dicom.header import uid_file_name
 from models import atomic
 
 DB_NAME = "outbox.sqlite3"
+_NOT_NAME = re.compile(r"[^0-9A-Za-z.-]")  # a file name from a UID or a UUID
 STATES = ("queued", "sending", "sent", "failed")
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS outbox (
@@ -73,9 +74,11 @@ class Outbox:
         with self._lock:
             self._db.close()
 
-    def add(self, study_id: int, destination: str, sop_class: str, sop_instance_uid: str, data: bytes) -> None:
-        """Queue one encoded object (a DICOM file) for ``destination``; durable when this returns."""
-        name = f"{destination}-{uid_file_name(sop_instance_uid)}"
+    def add(self, study_id: int, destination: str, sop_class: str, sop_instance_uid: str, data: bytes,
+            suffix: str = ".dcm") -> None:
+        """Queue one encoded object (a DICOM file; a FHIR Bundle, whose id is a UUID, with suffix
+        ".json") for ``destination``; durable when this returns."""
+        name = f"{destination}-{_NOT_NAME.sub('', sop_instance_uid)[:64] or 'object'}{suffix}"
         atomic.write_bytes(self.folder / name, data)
         with self._lock:
             self._db.execute(
@@ -115,6 +118,17 @@ class Outbox:
                 "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?, next_attempt = ?,"
                 " sent_at = ? WHERE id = ?", (state, error[:500], next_attempt, sent_at, item.id),
             )
+
+    def items_of(self, study_ids: list[int]) -> list[dict]:
+        """Every item of these studies, oldest first (the pages show each study's send state)."""
+        if not study_ids:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(ITEM_COLUMNS)} FROM outbox WHERE study_id IN ({', '.join('?' * len(study_ids))})"
+                " ORDER BY id", tuple(study_ids),
+            ).fetchall()
+        return [dict(zip(ITEM_COLUMNS, r)) for r in rows]
 
     def items(self, limit: int = 500) -> list[dict]:
         """Newest first, as GET /api/v1/outbox lists them."""

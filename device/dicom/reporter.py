@@ -12,6 +12,7 @@ import logging
 import pydicom
 
 from device import intake
+from device.dicom import fhir
 from device.dicom.outbox import Outbox
 from device.dicom.results import result_objects
 from device.dicom.sender import Sender
@@ -23,24 +24,28 @@ if TYPE_CHECKING:  # the kiosk package imports this one
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_WARNINGS = 3
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 class Reporter:
-    def __init__(self, kiosk, outbox: Outbox, sender: Sender, destinations: list[str]):
+    def __init__(self, kiosk, outbox: Outbox, sender: Sender, destinations: list[str], fhir_destinations: list[str]):
         self.kiosk = kiosk
         self.outbox = outbox
         self.sender = sender
         self.destinations = destinations
+        self.fhir_destinations = fhir_destinations
 
     def report(self, study: StudyRecord) -> None:
-        """Queue the study's SR (and heatmap SC) for every destination; raises on failure."""
+        """Queue the study's SR (and heatmap SC) for every DICOM destination, its FHIR Bundle for
+        every FHIR one; raises on failure."""
         path = self.kiosk.store.image_path(study.image_sha256)
         pixels = intake.decode_file(path).pixels
         manifest = self.kiosk.exams.resolve(study.exam).bundle.manifest
         # The received header is copied into the new objects; pydicom and highdicom warn about its
         # oddities (a one-component person name, an over-long value): logged, not fatal.
         with pydicom_warnings_recorded() as caught:
-            source = pydicom.dcmread(path, stop_before_pixels=True)
+            source = _with_type2(pydicom.dcmread(path, stop_before_pixels=True))
             objects = result_objects(source, pixels, study, manifest)
         for warning in caught[:MAX_LOGGED_WARNINGS]:
             log.info("study %d results: %s", study.id, first_line(str(warning.message)))
@@ -48,7 +53,20 @@ class Reporter:
             data = _encoded(ds)
             for name in self.destinations:
                 self.outbox.add(study.id, name, str(ds.SOPClassUID), str(ds.SOPInstanceUID), data)
+        if self.fhir_destinations:
+            bundle_id, data = fhir.report_bundle(source, study, manifest)
+            for name in self.fhir_destinations:
+                self.outbox.add(study.id, name, fhir.KIND, bundle_id, data, suffix=".json")
         self.sender.wake()
+
+
+def _with_type2(source: pydicom.Dataset) -> pydicom.Dataset:
+    """The header with the patient and study attributes of Type 2 that a modality left out added
+    empty, as DICOM allows them (highdicom copies them into our objects and insists on them)."""
+    for keyword in TYPE2_COPIED:
+        if keyword not in source:
+            setattr(source, keyword, "")
+    return source
 
 
 def _encoded(ds: pydicom.Dataset) -> bytes:

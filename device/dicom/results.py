@@ -47,6 +47,7 @@ MODEL_SHA256 = CodedConcept("SHA256", _SCHEME, "Model file SHA-256")
 DISCLAIMER = CodedConcept("DISCLAIMER", _SCHEME, "Intended use")
 PROCESSING_EQUIPMENT = CodedConcept("109102", "DCM", "Processing Equipment")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
+NOT_ASSESSED = "Not assessed: the image failed the quality checks"
 PLACEHOLDER_ORIENTATION = ("A", "F")  # only to satisfy highdicom's check; blanked right after
 
 
@@ -78,9 +79,12 @@ def _equipment(study: StudyRecord) -> hd.ContributingEquipment:
 def _report(source: pydicom.Dataset, study: StudyRecord, manifest: Manifest, equipment: list) -> hd.sr.ComprehensiveSR:
     quality = study.result.get("quality", {})
     verdict = "ok" if quality.get("ok") else "; ".join(i["message"] for i in quality.get("issues", [])) or "not ok"
+    # An UNGRADABLE study has no finding and no score (as on every screen): the quality verdict says why.
+    graded = study.probability is not None
     items = [
-        hd.sr.TextContentItem(FINDING, study.label, relationship_type="CONTAINS"),
-        hd.sr.NumContentItem(PROBABILITY, round(float(study.probability), 6), NO_UNITS, relationship_type="CONTAINS"),
+        hd.sr.TextContentItem(FINDING, study.label if graded else NOT_ASSESSED, relationship_type="CONTAINS"),
+        *([hd.sr.NumContentItem(PROBABILITY, round(float(study.probability), 6), NO_UNITS,
+                                relationship_type="CONTAINS")] if graded else []),
         hd.sr.TextContentItem(TRIAGE, study.triage, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(QUALITY, verdict[:1024], relationship_type="CONTAINS"),
         hd.sr.TextContentItem(ALGORITHM_NAME, study.model.id, relationship_type="CONTAINS"),

@@ -1,5 +1,6 @@
-"""The outbox's C-STORE SCU: one thread that sends what is due to each destination, and backs off
-(doubling from retry_first_s up to retry_max_s per item) while a peer is down."""
+"""The outbox's C-STORE SCU: one thread that sends what is due to each destination (FHIR Bundles to
+their folder or endpoint), and backs off (doubling from retry_first_s up to retry_max_s per item)
+while a peer is down."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from collections import defaultdict
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
+from device.dicom import fhir
 from device.dicom.outbox import Item, Outbox
-from device.dicom.settings import Destination, DicomSettings
+from device.dicom.settings import Destination, DicomSettings, FhirDestination
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class Sender:
         self.settings = settings
         self.outbox = outbox
         self._destinations = {d.name: d for d in settings.destinations}
+        self._fhir = {d.name: d for d in settings.fhir_destinations}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dicom-sender", daemon=True)
@@ -60,6 +63,10 @@ class Sender:
         for item in self.outbox.due(time.time()):
             by_destination[item.destination].append(item)
         for name, items in by_destination.items():
+            if name in self._fhir:
+                for item in items:
+                    self._deliver(self._fhir[name], item)
+                continue
             destination = self._destinations.get(name)
             if destination is None:
                 for item in items:
@@ -114,6 +121,18 @@ class Sender:
         else:
             log.warning("DICOM sender: %s refused %s with status 0x%04X", item.destination, item.sop_instance_uid, code)
             self.outbox.failed(item, f"the peer answered status 0x{code:04X}")
+
+    def _deliver(self, destination: FhirDestination, item: Item) -> None:
+        """One FHIR Bundle to its folder or endpoint (device/dicom/fhir.py)."""
+        try:
+            fhir.deliver(destination, item.sop_instance_uid, item.file.read_bytes())
+        except fhir.Refused as exc:
+            log.warning("FHIR destination %s refused Bundle %s: %s", item.destination, item.sop_instance_uid, exc)
+            self.outbox.failed(item, str(exc))
+        except fhir.NotDelivered as exc:
+            self.outbox.retry(item, str(exc), self._backoff(item))
+        else:
+            self.outbox.sent(item)
 
     def _backoff(self, item: Item) -> float:
         return min(self.settings.retry_max_s, self.settings.retry_first_s * 2 ** item.attempts)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from models.bundle import _Strict
 
@@ -25,6 +28,40 @@ class Destination(_Strict):
     port: int = Field(ge=1, le=65535)
 
 
+class FhirDestination(_Strict):
+    """Where the optional FHIR result goes (device/dicom/fhir.py): one JSON file per study in
+    ``folder``, or POSTed (a transaction Bundle) to ``url``. Exactly one of the two."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    folder: Path | None = Field(default=None, description="write each Bundle here as <id>.json")
+    url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$", description="POST each Bundle here")
+    timeout_s: float = Field(default=30, gt=0, le=600, description="an HTTP request that takes longer is retried")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "FhirDestination":
+        if (self.folder is None) == (self.url is None):
+            raise ValueError(f"FHIR destination {self.name!r}: set either folder or url (one of them)")
+        return self
+
+
+class SeriesSettings(_Strict):
+    """Which instances of a series are triaged (device/dicom/series.py)."""
+
+    triage: Literal["every_instance", "one_per_series"] = Field(
+        default="every_instance",
+        description="one_per_series: every instance is kept, one per series is triaged, picked by prefer_views, "
+        "then the middle one by Instance Number; every_instance: each is triaged as it arrives",
+    )
+    stable_s: float = Field(
+        default=5, gt=0, le=3600,
+        description="one_per_series: a series is complete when none of its instances arrived for this long",
+    )
+    prefer_views: list[str] = Field(
+        default=["PA", "AP"], max_length=16,
+        description="View Position values, best first; views not listed (lateral: LL, RL) come after them",
+    )
+
+
 class DicomSettings(_Strict):
     ae_title: str = Field(default="BEDSIDE", pattern=r"^[ -~]{1,16}$", description="our (called) AE title")
     port: int = Field(default=0, ge=0, le=65535, description="0: no DICOM listener")
@@ -37,3 +74,14 @@ class DicomSettings(_Strict):
     destinations: list[Destination] = Field(default=[], description="where results go; empty: nothing is sent")
     retry_first_s: float = Field(default=2, gt=0, le=600, description="wait after the first failed send")
     retry_max_s: float = Field(default=300, gt=0, le=86400, description="the back-off doubles up to this")
+    series: SeriesSettings = Field(default_factory=SeriesSettings, description="which instances of a series are triaged")
+    fhir_destinations: list[FhirDestination] = Field(
+        default=[], description="where a FHIR DiagnosticReport + Observation of each result goes; empty: none")
+
+    @model_validator(mode="after")
+    def _names_differ(self) -> "DicomSettings":
+        names = [d.name for d in self.destinations] + [d.name for d in self.fhir_destinations]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"destination names must differ; used more than once: {', '.join(twice)}")
+        return self

@@ -12,6 +12,7 @@ from device.intake import headers
 from device.intake.budget import DEFAULT_BUDGET, DecodeBudget
 from device.intake.decoded import MAX_FILE_BYTES, MAX_PIXELS, MAX_SIDE, DecodedImage
 from device.intake.dicom import decode_dicom
+from device.intake.dicom_window import ModalityValues, as_uint16, modality_values
 from device.intake.errors import EMPTY, NOT_AN_IMAGE, TOO_LARGE, UNREADABLE, UNSUPPORTED, IntakeError
 from device.intake.raster import decode_raster
 
@@ -22,8 +23,11 @@ __all__ = [
     "DecodeBudget",
     "DecodedImage",
     "IntakeError",
+    "ModalityValues",
+    "as_uint16",
     "decode_bytes",
     "decode_file",
+    "modality_values",
 ]
 
 

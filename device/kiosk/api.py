@@ -9,13 +9,14 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from device.capture.devices import list_video_devices
 from device.capture.view import CONTENT_TYPE as MJPEG
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, Busy, KioskError, NotFound, UnsupportedBody
 from device.kiosk.metrics import CONTENT_TYPE
+from device.dicom.shown import facts_of
 from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json, worklist_json
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -131,11 +132,14 @@ def worklist():
     """The unreviewed studies in the order the home screen shows them, with the counts by category."""
     limit = _int_arg("limit", 50, 1, MAX_PAGE)
     offset = _int_arg("offset", 0, 0, 2**62)
-    store = kiosk().store
+    k = kiosk()
+    store = k.store
     studies, total = store.worklist(limit, offset)
     now = time.time()
+    dicom = facts_of(store, k.dicom and k.dicom.outbox, [s.id for s in studies])
     return jsonify({
-        "studies": [worklist_json(s, now) for s in studies], "total": total, "limit": limit, "offset": offset,
+        "studies": [worklist_json(s, now, dicom.get(s.id)) for s in studies], "total": total, "limit": limit,
+        "offset": offset,
         "counts": store.unreviewed_counts(),
     }), 200, NO_STORE
 
@@ -159,6 +163,22 @@ def study_image(study_id: int):
 def study_preview(study_id: int):
     k = kiosk()
     return Response(k.renders.preview_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+
+@api.get("/studies/<int:study_id>/window")
+def study_window(study_id: int):
+    """How a DICOM study's grayscale is windowed (the file's window centre/width, or the data's
+    range), for window/level in look-closer; its values are at /window/values."""
+    k = kiosk()
+    meta = k.renders.window_values(k.get(study_id)).meta
+    return jsonify({**meta, "values": url_for("api.study_window_values", study_id=study_id)})
+
+
+@api.get("/studies/<int:study_id>/window/values")
+def study_window_values(study_id: int):
+    k = kiosk()
+    window = k.renders.window_values(k.get(study_id))
+    return Response(window.codes, mimetype="application/octet-stream", headers={"Cache-Control": IMMUTABLE})
 
 
 @api.get("/studies/<int:study_id>/full")

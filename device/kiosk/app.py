@@ -10,6 +10,7 @@ from flask import Flask, Request, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from device.dicom.api import dicom_api
+from device.dicom.shown import SEND_WORDS
 from device.kiosk.api import api, ops
 from device.kiosk.config import KioskConfig
 from device.kiosk.context import EXTENSION, kiosk
@@ -64,6 +65,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
     app.jinja_env.globals["plain_errors"] = PLAIN_ERRORS
+    app.jinja_env.globals["send_words"] = SEND_WORDS
 
     cache_static_files(app)
     app.register_blueprint(api)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from device import intake
 from device.kiosk.config import DecodeSettings
@@ -23,14 +25,25 @@ class Decoder:
 
     def decode(self, data: bytes, name: str) -> tuple[intake.DecodedImage, float]:
         """The decoded image and the milliseconds decoding took (waiting for a slot not counted)."""
+        with self._slot():
+            t0 = time.perf_counter()
+            img = intake.decode_bytes(data, name, self.budget)
+            return img, (time.perf_counter() - t0) * 1e3
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
         if not self._slots.acquire(timeout=self._settings.wait_s):
             raise Busy(
                 f"{self._settings.concurrent} images are being decoded already and none finished within "
                 f"{self._settings.wait_s:g} s; try again in a moment"
             )
         try:
-            t0 = time.perf_counter()
-            img = intake.decode_bytes(data, name, self.budget)
-            return img, (time.perf_counter() - t0) * 1e3
+            yield
         finally:
             self._slots.release()
+
+    def modality_values(self, data: bytes, name: str) -> intake.ModalityValues:
+        """A grayscale DICOM's values for window/level (device/intake/dicom_window.py), within the
+        same budget and the same limit on decodes at once."""
+        with self._slot():
+            return intake.modality_values(data, name, self.budget)

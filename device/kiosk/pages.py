@@ -12,6 +12,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 
 from device.capture.devices import list_video_devices
 from device.capture.manager import LiveSource
+from device.dicom.shown import facts_of
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, KioskError
 from device.kiosk.service import study_filter
@@ -48,12 +49,18 @@ def _page_number() -> int:
     return min(page, MAX_OFFSET // kiosk().config.ui.page_size)
 
 
+def _dicom_facts(studies, with_instances: bool = False) -> dict:
+    """What came with each study by DICOM (patient, accession, send state), by study id."""
+    k = kiosk()
+    return facts_of(k.store, k.dicom and k.dicom.outbox, [s.id for s in studies], with_instances)
+
+
 def _worklist_args() -> dict:
     k = kiosk()
     size, page = k.config.ui.page_size, _page_number()
     studies, total = k.store.worklist(size, (page - 1) * size)
     return {"studies": studies, "total": total, "page": page, "pages": max(1, -(-total // size)),
-            "counts": k.store.unreviewed_counts()}
+            "counts": k.store.unreviewed_counts(), "dicom": _dicom_facts(studies)}
 
 
 @pages.get("/")
@@ -114,6 +121,7 @@ def result(study_id: int):
         study=study,
         exam=exam,
         next_case=next((s for s in k.store.worklist(2)[0] if s.id != study.id), None),
+        dicom=_dicom_facts([study], with_instances=True).get(study.id),
         duplicate_of=first if first != study.id else None,
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
@@ -169,6 +177,7 @@ def _history_page(message: str | None = None):
     return render_template(
         "history.html",
         studies=studies,
+        dicom=_dicom_facts(studies),
         total=total,
         page=page,
         pages=max(1, -(-total // size)),

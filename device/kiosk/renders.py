@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from collections.abc import Callable
 
 import cv2
@@ -22,10 +23,21 @@ import numpy as np
 
 from device import heatmap, intake
 from device.kiosk.decoding import Decoder
+from device.kiosk.errors import NotFound
 from device.kiosk.store import Store, StudyRecord
 from models.bundle import InputContract
 
 SCREEN_MAX_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class WindowValues:
+    """The values behind a DICOM's grayscale (little-endian uint16 codes, row by row) and how to
+    read and window them (``meta``: center, width, function, origin, invert; value = offset + step * code)."""
+
+    sha256: str
+    codes: bytes
+    meta: dict
 PREVIEW_JPEG_QUALITY = 88  # no visible loss on an X-ray at screen size; a tenth of the PNG's bytes
 
 
@@ -65,6 +77,7 @@ class Renderer:
         self._entries = cache_entries
         self._lock = threading.Lock()
         self._last: tuple[str, intake.DecodedImage] | None = None  # (image sha256, its one decode)
+        self._last_window: WindowValues | None = None
 
     def preview_jpeg(self, study: StudyRecord) -> bytes:
         return self._cached(("preview", study.image_sha256), lambda: encode_jpeg(self._screen_pixels(study)))
@@ -83,6 +96,28 @@ class Renderer:
         if study.cam is None:
             return None
         return encode_png(self._overlay(study, self._decode(study).pixels))
+
+    def window_values(self, study: StudyRecord) -> WindowValues:
+        """A grayscale DICOM's values for window/level in look-closer (the browser windows them);
+        NotFound for any other image. The last one is kept: its page asks for the window, then the values."""
+        if study.source_format != "dicom":
+            raise NotFound(f"study {study.id} is a {study.source_format.upper()} image: window/level is for DICOM")
+        with self._lock:
+            if self._last_window is not None and self._last_window.sha256 == study.image_sha256:
+                return self._last_window
+        path = self._store.image_path(study.image_sha256)
+        try:
+            v = self._decoder.modality_values(path.read_bytes(), path.name)
+        except intake.IntakeError as exc:
+            raise NotFound(f"study {study.id}: no window/level: {exc.reason}") from None
+        codes, offset, step = intake.as_uint16(v.values)
+        window = WindowValues(study.image_sha256, codes.tobytes(), {
+            "center": v.center, "width": v.width, "function": v.function, "origin": v.origin, "invert": v.invert,
+            "offset": offset, "step": step, "rows": int(codes.shape[0]), "columns": int(codes.shape[1]),
+        })
+        with self._lock:
+            self._last_window = window
+        return window
 
     def _overlay(self, study: StudyRecord, pixels: np.ndarray) -> np.ndarray:
         return heatmap.overlay(pixels, study.cam, contract=self._contract_of(study.exam))

@@ -24,6 +24,7 @@ from device.capture.view import ViewerSlots
 from device.clock import utc_iso
 from device.dicom.import_paths import expand_dicomdirs
 from device.dicom.node import open_node
+from device.dicom.shown import DicomFacts
 from device.kiosk import exports, media
 from device.kiosk.config import ConfigError, KioskConfig
 from device.kiosk.errors import (
@@ -124,8 +125,9 @@ def waiting_text(seconds: float) -> str:
     return f"{hours // 24} days"
 
 
-def worklist_json(study: StudyRecord, now: float) -> dict:
-    return {
+def worklist_json(study: StudyRecord, now: float, dicom: DicomFacts | None = None) -> dict:
+    """``dicom``: what came with a study received by DICOM (its header's patient, its send state)."""
+    out = {
         "id": study.id,
         "triage": study.triage,
         "reference": study.reference,
@@ -134,6 +136,10 @@ def worklist_json(study: StudyRecord, now: float) -> dict:
         "exam": study.exam,
         "page": f"/studies/{study.id}",
     }
+    if dicom is not None:
+        out["dicom"] = {name: getattr(dicom, name) for name in (
+            "patient_name", "patient_id", "accession_number", "study_date", "modality", "calling_ae", "send_state")}
+    return out
 
 
 def study_json(study: StudyRecord) -> dict:
@@ -313,14 +319,10 @@ class Kiosk:
             reference = self.reference(reference)
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
-            self.reserve.require(len(data))
-            try:
-                img, decode_ms = self.decoder.decode(data, filename)
-            except intake.IntakeError as exc:
-                raise ImageRejected(exc, filename) from None
         except KioskError as exc:
             self.metrics.error(exc.code)
             raise
+        img, decode_ms = self._decoded(data, filename)
         # The image is known to be good: make it durable while the model runs (an fsync costs
         # milliseconds; overlapping it with inference keeps it off the study's latency).
         written = self._writer.submit(self.store.put_image, data)
@@ -331,6 +333,27 @@ class Kiosk:
             sha = written.result()
         waited = {"store_image_wait": (time.perf_counter() - t_wait) * 1e3}
         return self.save_triaged(exam, sha, len(data), img, result, filename, reference, operator, source, t0, waited)
+
+    def _decoded(self, data: bytes, filename: str) -> tuple[intake.DecodedImage, float]:
+        """The image and its decode time, if there is room to keep it and it decodes; else KioskError (counted)."""
+        try:
+            self.reserve.require(len(data))
+            try:
+                return self.decoder.decode(data, filename)
+            except intake.IntakeError as exc:
+                raise ImageRejected(exc, filename) from None
+        except KioskError as exc:
+            self.metrics.error(exc.code)
+            raise
+
+    def keep_image(self, data: bytes, filename: str) -> dict:
+        """Decode (to refuse what cannot be triaged) and durably store an image without triaging
+        it: a DICOM instance held until its series is complete. The image row's values (sha256,
+        bytes, media_type, source_format, height, width). Raises KioskError as create_study does."""
+        img, _ = self._decoded(data, filename)
+        return {"sha256": self.store.put_image(data), "bytes": len(data),
+                "media_type": MEDIA_TYPES.get(img.source_format, "application/octet-stream"),
+                "source_format": img.source_format, "height": img.original_size[0], "width": img.original_size[1]}
 
     def save_triaged(
         self,

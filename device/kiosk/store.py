@@ -162,11 +162,50 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         BEGIN SELECT RAISE(ABORT, 'dicom_events is append-only'); END;
         """,
     ),
+    (
+        4,
+        # The series rule (device/dicom/series.py): every instance of a series is kept, one is
+        # triaged. dicom_instances says which (triaged) and where a kept one's own image is
+        # (image_sha256; NULL: the study's image). Instances of a series not yet complete wait in
+        # dicom_held, their images durable (and in images, so that the start-up check knows them).
+        """
+        ALTER TABLE dicom_instances ADD COLUMN triaged INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE dicom_instances ADD COLUMN image_sha256 TEXT REFERENCES images(sha256);
+        ALTER TABLE dicom_instances ADD COLUMN view_position TEXT NOT NULL DEFAULT '';
+        ALTER TABLE dicom_instances ADD COLUMN instance_number TEXT NOT NULL DEFAULT '';
+        CREATE INDEX dicom_instances_by_series ON dicom_instances(study_instance_uid, series_instance_uid);
+        CREATE TABLE dicom_held (
+            sop_instance_uid TEXT PRIMARY KEY,
+            image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+            filename TEXT NOT NULL,
+            sop_class_uid TEXT NOT NULL,
+            study_instance_uid TEXT NOT NULL,
+            series_instance_uid TEXT NOT NULL,
+            patient_name TEXT NOT NULL,
+            patient_id TEXT NOT NULL,
+            accession_number TEXT NOT NULL,
+            study_date TEXT NOT NULL,
+            modality TEXT NOT NULL,
+            view_position TEXT NOT NULL,
+            instance_number TEXT NOT NULL,
+            calling_ae TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            arrived REAL NOT NULL,
+            failed TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX dicom_held_by_series ON dicom_held(study_instance_uid, series_instance_uid);
+        """,
+    ),
 )
 
 DICOM_INSTANCE_COLUMNS = (
     "sop_instance_uid", "study_id", "sop_class_uid", "study_instance_uid", "series_instance_uid", "patient_name",
-    "patient_id", "accession_number", "study_date", "modality", "calling_ae",
+    "patient_id", "accession_number", "study_date", "modality", "calling_ae", "view_position", "instance_number",
+)
+DICOM_HELD_COLUMNS = (
+    "sop_instance_uid", "image_sha256", "filename", "sop_class_uid", "study_instance_uid", "series_instance_uid",
+    "patient_name", "patient_id", "accession_number", "study_date", "modality", "view_position", "instance_number",
+    "calling_ae", "arrived",
 )
 DICOM_EVENT_COLUMNS = ("event", "calling_ae", "peer", "sop_instance_uid", "status", "detail")
 
@@ -475,26 +514,103 @@ class Store:
 
     # ---- DICOM instances and the SCP's log (device/dicom) ----------------------------------------
 
-    def add_dicom_instance(self, row: dict) -> None:
-        """Record which study a received instance became (``row`` holds DICOM_INSTANCE_COLUMNS)."""
-        names = ", ".join(DICOM_INSTANCE_COLUMNS)
+    def add_dicom_instance(self, row: dict, kept_image: dict | None = None) -> None:
+        """Record which study a received instance became (``row`` holds DICOM_INSTANCE_COLUMNS). One
+        kept beside the triaged instance of its series brings its own image (``kept_image``, as for
+        hold_dicom_instance)."""
         with self._transaction() as db:
-            db.execute(
-                f"INSERT INTO dicom_instances ({names}, received_at) VALUES ({', '.join('?' * len(DICOM_INSTANCE_COLUMNS))}, ?)",
-                (*(row[c] for c in DICOM_INSTANCE_COLUMNS), utc_iso()),
-            )
+            if kept_image is not None:
+                _insert_image(db, kept_image)
+            _insert_instance(db, row, kept_image is None, kept_image and kept_image["sha256"], utc_iso())
 
     def dicom_instance(self, sop_instance_uid: str) -> dict | None:
+        """The instance with this UID: stored with its study, or held (study_id None) until its
+        series is complete."""
         with self._lock:
             row = _named(self._db, "SELECT * FROM dicom_instances WHERE sop_instance_uid = ?",
                          (sop_instance_uid,)).fetchone()
+            if row is None:
+                row = _named(self._db, "SELECT *, NULL AS study_id FROM dicom_held WHERE sop_instance_uid = ?",
+                             (sop_instance_uid,)).fetchone()
         return None if row is None else dict(row)
 
     def dicom_instances(self, study_id: int) -> list[dict]:
+        """Every instance of the study, the triaged one first, then as they arrived."""
         with self._lock:
-            rows = _named(self._db, "SELECT * FROM dicom_instances WHERE study_id = ? ORDER BY received_at",
-                          (study_id,)).fetchall()
+            rows = _named(self._db, "SELECT * FROM dicom_instances WHERE study_id = ?"
+                          " ORDER BY triaged DESC, received_at, rowid", (study_id,)).fetchall()
         return [dict(r) for r in rows]
+
+    def dicom_headers(self, study_ids: list[int]) -> dict[int, dict]:
+        """The triaged instance's row of each study among ``study_ids`` that came by DICOM."""
+        if not study_ids:
+            return {}
+        marks = ", ".join("?" * len(study_ids))
+        with self._lock:
+            rows = _named(self._db, f"SELECT * FROM dicom_instances WHERE triaged = 1 AND study_id IN ({marks})",
+                          tuple(study_ids)).fetchall()
+        return {r["study_id"]: dict(r) for r in rows}
+
+    # ---- instances held until their series is complete (device/dicom/series.py) --------------
+
+    def hold_dicom_instance(self, image: dict, row: dict) -> None:
+        """Keep a received instance whose series is not yet triaged: its image (already durable,
+        see put_image; ``image`` holds sha256, bytes, media_type, source_format, height, width) and
+        its header (``row`` holds DICOM_HELD_COLUMNS)."""
+        with self._transaction() as db:
+            _insert_image(db, image)
+            db.execute(
+                f"INSERT INTO dicom_held ({', '.join(DICOM_HELD_COLUMNS)}, received_at)"
+                f" VALUES ({', '.join('?' * len(DICOM_HELD_COLUMNS))}, ?)",
+                (*(row[c] for c in DICOM_HELD_COLUMNS), utc_iso()),
+            )
+
+    def held_series(self) -> list[tuple[str, str, float]]:
+        """(study UID, series UID, when its newest instance arrived) of each series held with an
+        instance that may still be triaged."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT study_instance_uid, series_instance_uid, max(arrived) FROM dicom_held"
+                " GROUP BY study_instance_uid, series_instance_uid HAVING min(failed) = ''"
+            ).fetchall()
+
+    def held_instances(self, study_uid: str, series_uid: str) -> list[dict]:
+        with self._lock:
+            rows = _named(self._db, "SELECT * FROM dicom_held WHERE study_instance_uid = ? AND series_instance_uid = ?"
+                          " ORDER BY arrived, rowid", (study_uid, series_uid)).fetchall()
+        return [dict(r) for r in rows]
+
+    def held_failed(self, sop_instance_uid: str, why: str) -> None:
+        """The held instance could not be triaged (for good): the rule picks another of its series."""
+        with self._transaction() as db:
+            db.execute("UPDATE dicom_held SET failed = ? WHERE sop_instance_uid = ?", (why[:500] or "failed", sop_instance_uid))
+
+    def series_study(self, study_uid: str, series_uid: str) -> int | None:
+        """The study a series became (its triaged instance's), if it was triaged already."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT study_id FROM dicom_instances WHERE study_instance_uid = ? AND series_instance_uid = ?"
+                " AND triaged = 1 ORDER BY rowid LIMIT 1", (study_uid, series_uid)).fetchone()
+        return None if row is None else row[0]
+
+    def study_made_from(self, image_sha256: str, filename: str, source: str) -> int | None:
+        """A study already made of this image, file name and source: after a crash between the
+        study's commit and its series' settling, the series is settled onto it, not triaged again."""
+        with self._lock:
+            row = self._db.execute("SELECT min(id) FROM studies WHERE image_sha256 = ? AND filename = ? AND source = ?",
+                                   (image_sha256, filename, source)).fetchone()
+        return row[0]
+
+    def settle_series(self, study_id: int, held: list[dict], triaged_uid: str | None) -> None:
+        """Move a series' held instances to the study, in one transaction: ``triaged_uid`` is the
+        one the study was made from (None: all of them are kept beside an earlier triaged one)."""
+        now = utc_iso()
+        with self._transaction() as db:
+            for row in held:
+                triaged = row["sop_instance_uid"] == triaged_uid
+                _insert_instance(db, {**row, "study_id": study_id}, triaged, None if triaged else row["image_sha256"],
+                                 row["received_at"] or now)
+                db.execute("DELETE FROM dicom_held WHERE sop_instance_uid = ?", (row["sop_instance_uid"],))
 
     def dicom_event(self, **event: object) -> None:
         """Append to the SCP's log (``event`` holds DICOM_EVENT_COLUMNS)."""
@@ -546,6 +662,22 @@ class Store:
                 return
             db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
             self._audit(db, "settings_changed", operator, None, {"key": key, "old": old, "new": value})
+
+
+def _insert_image(db: sqlite3.Connection, image: dict) -> None:
+    db.execute(
+        "INSERT OR IGNORE INTO images (sha256, bytes, media_type, source_format, height, width, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (*(image[c] for c in ("sha256", "bytes", "media_type", "source_format", "height", "width")), utc_iso()),
+    )
+
+
+def _insert_instance(db: sqlite3.Connection, row: dict, triaged: bool, image_sha256: str | None, at: str) -> None:
+    db.execute(
+        f"INSERT INTO dicom_instances ({', '.join(DICOM_INSTANCE_COLUMNS)}, triaged, image_sha256, received_at)"
+        f" VALUES ({', '.join('?' * len(DICOM_INSTANCE_COLUMNS))}, ?, ?, ?)",
+        (*(row.get(c, "") for c in DICOM_INSTANCE_COLUMNS), int(triaged), image_sha256, at),
+    )
 
 
 def _where(f: StudyFilter) -> tuple[str, tuple]:

@@ -1,8 +1,7 @@
 """What the skin-lesion bundle says about itself: its data, licence, citation and intended use."""
 
 LICENCE = "CC BY-NC 4.0"
-DISCLAIMER = ("Research use only - not for diagnosis. Non-commercial: trained on HAM10000 (CC BY-NC 4.0); "
-              "not for commercial use.")
+DISCLAIMER = "Non-commercial use only: trained on HAM10000, licensed CC BY-NC 4.0. Not for diagnosis."
 DATASET = ("HAM10000 (Tschandl et al. 2018), the ISIC 2018 Task 3 training set, one image per lesion "
            "(5,984 of its 10,015 images), 224x224 RGB as distributed")
 CITATION = ("Tschandl P, Rosendahl C, Kittler H. The HAM10000 dataset, a large collection of multi-source "
