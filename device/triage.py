@@ -119,14 +119,19 @@ class Triager:
         precision: str = "fp32",
         threads: int | None = None,
         backend_settings: object | None = None,
+        loaded: Backend | None = None,
     ):
-        """``backend_settings``: the backend's own settings (e.g. TensorRT's), None for its defaults."""
+        """``backend_settings``: the backend's own settings (e.g. TensorRT's), None for its defaults.
+        ``loaded``: that backend already loaded on that variant (by device.backend_choice); the
+        Triager owns it from here."""
         self.bundle = bundle
         m = bundle.manifest
         backend_cls = registry.require(backend)
         variant = m.variant(precision, backend_cls.target)
-        self._backend: Backend = backend_cls(VariantFile.of(bundle, variant), model_io(m), threads or default_threads(),
-                                             backend_settings)
+        if loaded is None:
+            loaded = backend_cls(VariantFile.of(bundle, variant), model_io(m), threads or default_threads(),
+                                 backend_settings)
+        self._backend: Backend = loaded
         self._backend.warm_up()
         self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
+from device.machine import cpu_features, package_versions_of
 from device.runtime import registry
 from device.runtime.base import VariantFile
 from device.triage import model_io
@@ -22,11 +22,6 @@ PACKAGES = (
     "bedside", "numpy", "onnxruntime", "opencv-python-headless", "pydicom", "pylibjpeg",
     "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pydantic", "flask", "waitress",
     "prometheus-client", "python-multipart", "torch", "onnx", "openvino", "tensorrt", "pycuda",
-)
-# Instruction-set extensions that decide CNN speed on the CPU (x86 names, then Arm's).
-CPU_FEATURES = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "amx_int8", "asimd", "asimddp", "fphp", "asimdhp", "sve", "i8mm",
 )
 
 
@@ -40,32 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def package_versions() -> dict[str, str | None]:
     return package_versions_of(PACKAGES)
-
-
-def package_versions_of(names: tuple[str, ...]) -> dict[str, str | None]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def cpu_features() -> dict[str, object]:
-    flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("flags", "features"):
-                flags.update(value.split())
-            elif key == "model name":
-                model = value.strip()
-    except OSError:
-        pass
-    return {"model": model, "machine": platform.machine(), "features": [f for f in CPU_FEATURES if f in flags]}
 
 
 def check_bundle(path: Path) -> tuple[dict[str, object], Bundle | None]:

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from device import intake
+from device.backend_choice import AUTO, Choice, choose
 from device.kiosk.config import ModelSettings
 from device.kiosk.errors import UnknownExam
 from device.runtime import registry
 from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile
-from device.triage import TriageResult, Triager, model_io
+from device.triage import TriageResult, Triager, default_threads, model_io
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
 log = logging.getLogger("bedside.kiosk")
@@ -28,6 +29,7 @@ log = logging.getLogger("bedside.kiosk")
 @dataclass
 class Exam:
     triager: Triager
+    choice: Choice | None = None
     gpu_build: Preparation | None = None
     gpu_error: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -119,6 +121,7 @@ class Exam:
             "urgent_label": m.policy.urgent_label,
             "threshold": m.policy.operating_point.threshold,
             "model": self.triager.model.as_dict(),
+            "backend_choice": None if self.choice is None else self.choice.as_json(),
             "gpu_engine": self.gpu_status(),
         }
 
@@ -128,15 +131,16 @@ class ExamRegistry:
         self._exams = {e.id: e for e in exams}
 
     @classmethod
-    def load(cls, settings: ModelSettings) -> "ExamRegistry":
-        """Load and warm up every configured bundle. Raises BundleError when there is none to serve."""
+    def load(cls, settings: ModelSettings, cache_dir: Path | None = None) -> "ExamRegistry":
+        """Load and warm up every configured bundle, each on the backend device.backend_choice picks
+        (its timings cached under ``cache_dir``). Raises BundleError when there is none to serve."""
         paths = list(settings.bundles) or find_bundles(settings.bundles_dir)
         if not paths:
             raise BundleError(f"no model bundles in {settings.bundles_dir}: nothing to triage with")
         exams: list[Exam] = []
         try:
             for path in paths:
-                exams.append(_open_exam(Path(path), settings))
+                exams.append(_open_exam(Path(path), settings, cache_dir))
             ids = [e.id for e in exams]
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
@@ -148,7 +152,8 @@ class ExamRegistry:
                 exam.close()
             raise
         gpu = registry.available("gpu")
-        if settings.gpu == "auto" and gpu and registry.backend_class(settings.backend).target != "gpu":
+        serving_cpu = settings.backend == AUTO or registry.backend_class(settings.backend).target != "gpu"
+        if settings.gpu == "auto" and gpu and serving_cpu:
             for exam in exams:
                 exam.start_gpu_build(gpu[0], settings)
         return cls(exams)
@@ -161,6 +166,10 @@ class ExamRegistry:
 
     def ids(self) -> list[str]:
         return list(self._exams)
+
+    def choices(self) -> dict[str, dict]:
+        """exam id -> its backend choice (device/backend_choice.py), for health and the metrics."""
+        return {e.id: e.choice.as_json() for e in self._exams.values() if e.choice is not None}
 
     def resolve(self, exam_id: str | None) -> Exam:
         """The named exam; with no name, the only one installed."""
@@ -180,12 +189,17 @@ class ExamRegistry:
             exam.close()
 
 
-def _open_exam(path: Path, settings: ModelSettings) -> Exam:
+def _open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> Exam:
     bundle = load_bundle(path)
-    target = registry.require(settings.backend).target
-    have = {v.precision for v in bundle.manifest.variants if target in v.targets}
-    precision = settings.precision if settings.precision in have else "fp32"
-    if precision != settings.precision:
-        log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision, target, precision)
-    return Exam(Triager(bundle, settings.backend, precision, settings.inference_threads,
-                        settings.backend_settings(settings.backend)))
+    threads = settings.inference_threads or default_threads()
+    options = {name: settings.backend_settings(name) for name in registry.BACKENDS}
+    choice, loaded = choose(bundle, settings.backend, settings.precision, threads, options, cache_dir)
+    if settings.precision not in (AUTO, choice.precision):
+        log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision,
+                    choice.backend, choice.precision)
+    try:
+        triager = Triager(bundle, choice.backend, choice.precision, threads, options[choice.backend], loaded)
+    except BaseException:
+        loaded.close()
+        raise
+    return Exam(triager, choice)

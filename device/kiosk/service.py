@@ -185,7 +185,7 @@ class Kiosk:
         self.config = config
         self.store = store
         self.exams = exams
-        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
+        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status(), exams.choices)
         self.decoder = Decoder(config.decode)
         self.renders = Renderer(store, self._input_contract, self.decoder)
         self.reserve = Reserve(config.store.data_dir, config.store.reserve_mb)
@@ -207,7 +207,7 @@ class Kiosk:
         """Open the store, then load and warm up every exam; ready when this returns."""
         store = Store.open(config.store.data_dir)
         try:
-            exams = ExamRegistry.load(config.models)
+            exams = ExamRegistry.load(config.models, config.store.data_dir)
         except BaseException:
             store.close()
             raise
