@@ -119,7 +119,15 @@ def test_eval_rejects_a_folder_that_matches_no_label(small_eval_set, tmp_path):
 
 def test_bench_json_side_by_side():
     proc = bedside("bench", "--json", "--iterations", "20", "--rounds", "2", "--batch", "4")
-    results = json.loads(proc.stdout)["results"]
+    report = json.loads(proc.stdout)
+    results = report["results"]
+    # The row the kiosk serves (backend = "auto") is marked, once per batch size, and is what the kiosk picks.
+    for batch in (1, 4):
+        served = [r for r in results if r["batch"] == batch and r["served"]]
+        assert len(served) == 1
+        assert (served[0]["backend"], served[0]["variant"]) == (report["served"]["backend"], report["served"]["variant"])
+    assert {t["target"] for t in report["targets"]} >= {"served p50 / fastest p50 (batch 1)",
+                                                          "served p99 / its own p50 (batch 1)"}
     keys = {(r["backend"], r["precision"], r["batch"]) for r in results}
     assert {("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 4)} <= keys
     assert ("pytorch-eager", "fp32", 1) in keys  # torch is installed in the test environment
