@@ -139,6 +139,11 @@ class Triager:
     def manifest(self) -> Manifest:
         return self.bundle.manifest
 
+    @property
+    def reduced_decode(self) -> intake.ReducedDecode:
+        """How small an image may be decoded for this model and its quality checks."""
+        return intake.ReducedDecode.for_manifest(self.manifest)
+
     def preprocess(self, img: intake.DecodedImage) -> np.ndarray:
         return to_model_input(img.pixels, self.manifest.input)
 
@@ -185,7 +190,7 @@ class Triager:
         Raises intake.IntakeError (naming the file and the reason) for input it cannot read.
         """
         t0 = time.perf_counter()
-        img = intake.decode_file(path)
+        img = intake.decode_file(path, reduce=self.reduced_decode)
         decode_ms = (time.perf_counter() - t0) * 1e3
         return self.triage_image(img, str(Path(path)), decode_ms), img
 

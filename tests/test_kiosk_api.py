@@ -353,9 +353,9 @@ def test_every_rendering_of_a_study_comes_from_one_decode(app, client, drives, m
     names = []
     real_decode = decoder.decode
 
-    def counted(data, name):
+    def counted(data, name, reduce=None):
         names.append(name)
-        return real_decode(data, name)
+        return real_decode(data, name, reduce)
 
     monkeypatch.setattr(decoder, "decode", counted)
     for part in ("preview", "heatmap", "full"):

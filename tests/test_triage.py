@@ -78,3 +78,35 @@ def test_result_names_the_exact_model_file(tmp_path, chest_jpeg):
         "precision": "fp32", "backend": "onnxruntime",
     }
     assert result.cam is not None and result.cam.ndim == 2
+
+
+@pytest.fixture(scope="module")
+def shipped_triager():
+    from kiosk_support import shipped_bundle
+
+    path = shipped_bundle()
+    if path is None:
+        pytest.skip("the chest X-ray bundle is not shipped in this checkout")
+    triager = Triager(load_bundle(path), threads=1)
+    yield triager
+    triager.close()
+
+
+def test_a_jpeg_decoded_at_the_models_scale_gets_the_full_decodes_answer(datasets, shipped_triager):
+    """The served path decodes JPEGs at 1/2..1/8 scale (libjpeg's DCT-domain scaling), never below
+    what the model and the quality gate need; on the real full-resolution radiographs it must give
+    the same triage and nearly the same score as a full decode."""
+    files = sorted((datasets / "chest-xray" / "fullres-samples").glob("*/*.jpeg"))
+    if not files:
+        pytest.skip("no full-resolution chest X-ray samples")
+    t, reduce = shipped_triager, shipped_triager.reduced_decode
+    factors = set()
+    for path in files:
+        reduced, img = t.triage_file(path)
+        full = t.triage_image(decode_file(path), str(path))
+        factor = img.original_size[0] / img.pixels.shape[0]
+        factors.add(round(factor))
+        assert min(img.pixels.shape[:2]) >= reduce.min_side and any("scale" in n for n in img.notes), path.name
+        assert reduced.triage == full.triage and reduced.quality.ok == full.quality.ok, path.name
+        assert reduced.probabilities["PNEUMONIA"] == pytest.approx(full.probabilities["PNEUMONIA"], abs=0.03), path.name
+    assert factors & {4, 8}  # these 1000-2900 px radiographs are decoded at 1/4 or 1/8

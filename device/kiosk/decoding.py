@@ -21,8 +21,10 @@ class Decoder:
         self._slots = threading.BoundedSemaphore(settings.concurrent)
         self._settings = settings
 
-    def decode(self, data: bytes, name: str) -> tuple[intake.DecodedImage, float]:
-        """The decoded image and the milliseconds decoding took (waiting for a slot not counted)."""
+    def decode(self, data: bytes, name: str, reduce: intake.ReducedDecode | None = None
+               ) -> tuple[intake.DecodedImage, float]:
+        """The decoded image and the milliseconds decoding took (waiting for a slot not counted).
+        ``reduce``: for a model only, no larger than it needs (renderings decode in full)."""
         if not self._slots.acquire(timeout=self._settings.wait_s):
             raise Busy(
                 f"{self._settings.concurrent} images are being decoded already and none finished within "
@@ -30,7 +32,7 @@ class Decoder:
             )
         try:
             t0 = time.perf_counter()
-            img = intake.decode_bytes(data, name, self.budget)
+            img = intake.decode_bytes(data, name, self.budget, reduce)
             return img, (time.perf_counter() - t0) * 1e3
         finally:
             self._slots.release()

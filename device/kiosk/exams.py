@@ -42,6 +42,11 @@ class Exam:
     def bundle(self) -> Bundle:
         return self.triager.bundle
 
+    @property
+    def reduced_decode(self) -> intake.ReducedDecode:
+        """How small an upload may be decoded for this exam's model and quality checks."""
+        return self.triager.reduced_decode
+
     def triage(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
         with self._lock:
             return self.triager.triage_image(img, source, decode_ms)

@@ -278,7 +278,7 @@ class Kiosk:
             filename = clean_text(filename, 255, "file name") or "upload"
             self.reserve.require(len(data))
             try:
-                img, decode_ms = self.decoder.decode(data, filename)
+                img, decode_ms = self.decoder.decode(data, filename, exam.reduced_decode)
             except intake.IntakeError as exc:
                 raise ImageRejected(exc, filename) from None
         except KioskError as exc:
