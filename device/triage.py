@@ -57,6 +57,17 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """An image checked and turned into the model's input: what waits for the model."""
+
+    img: intake.DecodedImage
+    source: str
+    report: quality.QualityReport
+    tensor: np.ndarray
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
 class TriageResult:
     source: str
     label: str
@@ -68,6 +79,7 @@ class TriageResult:
     timings_ms: dict[str, float]
     image_notes: tuple[str, ...] = ()
     cam: np.ndarray | None = field(default=None, repr=False, compare=False)
+    batch_size: int = 1  # studies run through the model together with this one (a burst)
 
     @property
     def latency_ms(self) -> float:
@@ -85,6 +97,7 @@ class TriageResult:
             "latency_ms": round(self.latency_ms, 3),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "image_notes": list(self.image_notes),
+            "batch_size": self.batch_size,
         }
 
 
@@ -158,31 +171,46 @@ class Triager:
         cam = out[cam_name][:, self.manifest.urgent_index] if cam_name else None
         return probs, cam
 
-    def triage_image(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+    @property
+    def max_batch(self) -> int:
+        return self._backend.max_batch
+
+    def prepare(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> Prepared:
+        """Quality checks and preprocessing: the per-image work before the model (any thread)."""
         m = self.manifest
         t0 = time.perf_counter()
         report = quality.assess(img, m.quality, m.input.dicom)
         tensor = self.preprocess(img)
+        prep_ms = (time.perf_counter() - t0) * 1e3
+        return Prepared(img, source, report, tensor, {"decode": decode_ms, "preprocess": prep_ms})
+
+    def triage_prepared(self, prepared: list[Prepared]) -> list[TriageResult]:
+        """One model run over several prepared images (at most ``max_batch``), one result each; each
+        result's inference time is the whole run's, what each of them waited for."""
+        m = self.manifest
         t1 = time.perf_counter()
-        probs, cam = self.predict(tensor[None])
-        t2 = time.perf_counter()
-        label, category = decide(probs[0], m, report.ok)
-        return TriageResult(
-            source=source,
-            label=label,
-            probabilities={name: float(p) for name, p in zip(m.labels, probs[0])},
-            triage=category,
-            threshold=m.policy.operating_point.threshold,
-            quality=report,
-            model=self.model,
-            timings_ms={
-                "decode": decode_ms,
-                "preprocess": (t1 - t0) * 1e3,
-                "inference": (t2 - t1) * 1e3,
-            },
-            image_notes=img.notes,
-            cam=None if cam is None else cam[0],
-        )
+        probs, cam = self.predict(np.stack([p.tensor for p in prepared]))
+        inference_ms = (time.perf_counter() - t1) * 1e3
+        results = []
+        for i, p in enumerate(prepared):
+            label, category = decide(probs[i], m, p.report.ok)
+            results.append(TriageResult(
+                source=p.source,
+                label=label,
+                probabilities={name: float(v) for name, v in zip(m.labels, probs[i])},
+                triage=category,
+                threshold=m.policy.operating_point.threshold,
+                quality=p.report,
+                model=self.model,
+                timings_ms={**p.timings_ms, "inference": inference_ms},
+                image_notes=p.img.notes,
+                cam=None if cam is None else cam[i],
+                batch_size=len(prepared),
+            ))
+        return results
+
+    def triage_image(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+        return self.triage_prepared([self.prepare(img, source, decode_ms)])[0]
 
     def triage_file(self, path: str | os.PathLike[str]) -> tuple[TriageResult, intake.DecodedImage]:
         """The result and the decoded image it was made from.

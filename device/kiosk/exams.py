@@ -20,10 +20,31 @@ from device.kiosk.config import ModelSettings
 from device.kiosk.errors import UnknownExam
 from device.runtime import registry
 from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile
-from device.triage import TriageResult, Triager, default_threads, model_io
+from device.triage import Prepared, TriageResult, Triager, default_threads, model_io
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
 log = logging.getLogger("bedside.kiosk")
+
+
+class _Job:
+    """One prepared study waiting for the model, and what became of it."""
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+        self.done = False
+        self._result: TriageResult | None = None
+        self._error: BaseException | None = None
+
+    def finish(self, result: TriageResult) -> None:
+        self._result, self.done = result, True
+
+    def fail(self, error: BaseException) -> None:
+        self._error, self.done = error, True
+
+    def outcome(self) -> TriageResult:
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 @dataclass
@@ -32,7 +53,9 @@ class Exam:
     choice: Choice | None = None
     gpu_build: Preparation | None = None
     gpu_error: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the model's single owner
+    _waiting: list[_Job] = field(default_factory=list, repr=False)  # prepared studies, oldest first
+    _waiting_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def id(self) -> str:
@@ -48,8 +71,31 @@ class Exam:
         return self.triager.reduced_decode
 
     def triage(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+        """Quality checks and preprocessing on the calling thread, then the model: whoever holds the
+        model runs every study waiting for it as one batch (a DICOM burst, a USB import), so a study
+        that arrives while the model is busy costs a batch slot, not a whole turn. One study alone is
+        run at once, with no waiting for company."""
+        job = _Job(self.triager.prepare(img, source, decode_ms))
+        with self._waiting_lock:
+            self._waiting.append(job)
         with self._lock:
-            return self.triager.triage_image(img, source, decode_ms)
+            while not job.done:
+                self._run_waiting()
+        return job.outcome()
+
+    def _run_waiting(self) -> None:
+        """With the model held: run the oldest waiting studies, at most a batch of them."""
+        triager = self.triager
+        with self._waiting_lock:
+            batch, self._waiting[:] = self._waiting[:triager.max_batch], self._waiting[triager.max_batch:]
+        try:
+            results = triager.triage_prepared([j.prepared for j in batch])
+        except BaseException as exc:  # every study of the batch gets the failure; their threads re-raise it
+            for j in batch:
+                j.fail(exc)
+            return
+        for j, r in zip(batch, results):
+            j.finish(r)
 
     def start_gpu_build(self, backend: str, settings: ModelSettings) -> None:
         """Prepare the GPU variant in the background (a TensorRT engine build takes minutes on a

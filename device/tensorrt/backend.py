@@ -96,6 +96,10 @@ class TensorRTBackend(Backend):
     def _open(self, path: Path) -> "_EngineSession":
         return self._worker.call(_EngineSession, self._trt, self._worker.cuda, path.read_bytes(), self.io)
 
+    @property
+    def max_batch(self) -> int:
+        return self._session.max_batch if self._session is not None else 1
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         session = self._session
         if session is None:
