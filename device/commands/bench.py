@@ -18,6 +18,7 @@ from device.commands.common import add_bundle_argument, resolve_bundle
 from device.runtime import registry
 from device.backend_choice import choose
 from device.runtime.base import RuntimeFailure, VariantFile
+from device.runtime.stage_report import format_trtexec
 from device.triage import default_threads, model_io
 from models.bundle import Bundle
 from optimize.timing import interleaved_latencies, summarise
@@ -30,6 +31,7 @@ class Runner:
     run: Callable[[np.ndarray], object]
     close: Callable[[], None]
     variant: str  # the ONNX file: two INT8 graphs (GPU and CPU recipes) can share a precision
+    profile: Callable[[np.ndarray, int], dict] | None = None  # a trtexec-shaped report, where the backend has one
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -75,7 +77,8 @@ def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch
                 except RuntimeFailure as exc:  # e.g. a precision this CPU cannot pin on that backend
                     skipped.append(f"{name} {variant.precision} ({variant.file}): {exc}")
                     continue
-                runners.append(Runner(name, variant.precision, backend.run, backend.close, variant.file))
+                runners.append(Runner(name, variant.precision, backend.run, backend.close, variant.file,
+                                      getattr(backend, "profile", None)))
     if with_torch:
         runner = _torch_eager_runner(bundle, threads)
         if runner is None:
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = measure(runners, shape, 1, args.iterations, args.rounds, bar)
         results += measure(runners, shape, args.batch, max(args.rounds, args.iterations // 10), args.rounds, bar)
+        stages = stage_reports(runners, shape, (1, args.batch), args.iterations)
     finally:
         bar.close()
         for r in runners:
@@ -130,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         r["served"] = (r["backend"], r["variant"]) == served
     report = {"model": {"id": m.id, "version": m.version}, "threads": threads, "input": list(shape),
               "served": {"backend": served[0], "variant": served[1]}, "results": results,
-              "targets": targets(results), "skipped": skipped}
+              "targets": targets(results), "trtexec": stages, "skipped": skipped}
     if args.json:
         print(json.dumps(report))
         return 0
@@ -139,9 +143,30 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     for line in format_targets(report["targets"]):
         print(line)
+    for stage in stages:
+        print(f"[{stage['backend']} {stage['precision']} {stage['variant']}, batch {stage['batch']}, "
+              f"{stage['iterations']} iterations] as trtexec reports it:")
+        for line in format_trtexec(stage["report"]):
+            print(f"  {line}")
     for note in skipped:
         print(f"skipped {note}")
     return 0
+
+
+def stage_reports(runners: list[Runner], shape: tuple[int, int, int], batches: tuple[int, ...],
+                  iterations: int) -> list[dict]:
+    """trtexec's per-stage report (H2D, compute, D2H, enqueue) of every runner whose backend times
+    its stages on the device."""
+    rng = np.random.default_rng(0)
+    reports = []
+    for r in runners:
+        if r.profile is None:
+            continue
+        for batch in batches:
+            x = rng.standard_normal((batch, *shape)).astype(np.float32)
+            reports.append({"backend": r.backend, "precision": r.precision, "variant": r.variant, "batch": batch,
+                            "iterations": iterations, "report": r.profile(x, iterations)})
+    return reports
 
 
 def served_pair(bundle: Bundle, threads: int) -> tuple[str, str]:
