@@ -1,4 +1,4 @@
-"""Binary classification metrics in plain numpy (used by training, the optimizer gate and `bedside eval`)."""
+"""Classification metrics in plain numpy (used by training, the optimizer gate and `bedside eval`)."""
 
 from __future__ import annotations
 
@@ -137,3 +137,46 @@ def subgroup_report(y_true: np.ndarray, prob: np.ndarray, threshold: float,
             rows.append({"group": name, "n": int(mask.sum()), "n_positive": int(y[mask].sum()),
                          **_point_metrics(y[mask], p[mask], threshold)})
     return rows
+
+
+def multiclass_report(y_true: np.ndarray, prob: np.ndarray, labels: tuple[str, ...] | list[str],
+                      urgent: tuple[str, ...] | list[str], threshold: float, focus: str = "mel") -> dict:
+    """Multi-class metrics: one-vs-rest AUC per class, balanced accuracy and the confusion matrix
+    of the arg-max, and the triage view: P(urgent group) = the sum of the urgent labels'
+    probabilities against `threshold`, its AUC for the urgent group and the sensitivity /
+    specificity for the `focus` class (melanoma: missing one is the costly error)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(prob, dtype=np.float64)
+    k = len(labels)
+    if p.shape != (len(y), k):
+        raise ValueError(f"probabilities must have shape (n, {k})")
+    predicted = p.argmax(1)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y, predicted), 1)
+    recall = [confusion[i, i] / confusion[i].sum() for i in range(k) if confusion[i].sum()]
+    per_class_auc = {}
+    for i, label in enumerate(labels):
+        if 0 < (y == i).sum() < len(y):
+            per_class_auc[label] = roc_auc(y == i, p[:, i])
+    urgent_idx = [list(labels).index(u) for u in urgent]
+    score = p[:, urgent_idx].sum(1)
+    is_urgent = np.isin(y, urgent_idx)
+    report = {
+        "n": int(len(y)), "labels": list(labels), "counts": [int((y == i).sum()) for i in range(k)],
+        "balanced_accuracy": float(np.mean(recall)), "accuracy": float((predicted == y).mean()),
+        "per_class_auc": per_class_auc, "confusion": confusion.tolist(),
+        "urgent_labels": list(urgent), "threshold": float(threshold),
+        "urgent_auc": roc_auc(is_urgent, score) if 0 < is_urgent.sum() < len(y) else float("nan"),
+        "urgent_sensitivity": float((score[is_urgent] >= threshold).mean()) if is_urgent.any() else float("nan"),
+        "urgent_specificity": float((score[~is_urgent] < threshold).mean()) if (~is_urgent).any() else float("nan"),
+        "referred": float((score >= threshold).mean()),
+    }
+    if focus in labels:
+        f = list(labels).index(focus)
+        pos = y == f
+        report[f"{focus}_group_auc"] = roc_auc(pos, score) if 0 < pos.sum() < len(y) else float("nan")
+        report["melanoma_sensitivity" if focus == "mel" else f"{focus}_sensitivity"] = (
+            float((score[pos] >= threshold).mean()) if pos.any() else float("nan"))
+        report["melanoma_specificity" if focus == "mel" else f"{focus}_specificity"] = (
+            float((score[~pos] < threshold).mean()) if (~pos).any() else float("nan"))
+    return report

@@ -1,4 +1,4 @@
-"""A small ResNet-style CNN for 1-channel radiographs, with a class-activation-map output.
+"""A small ResNet-style CNN (1-channel radiographs or RGB photographs), with a class-activation-map output.
 
 Plain 3x3 convolutions + BatchNorm + ReLU in basic residual blocks (no depthwise convs: they
 quantise badly and get slower with INT8 on the appliance CPU), then global average pooling and a
@@ -63,12 +63,13 @@ class ResNetCAM(nn.Module):
     forward(x) -> (logits (N, classes), cam (N, classes, H/16, W/16)).
     """
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), blocks: int = 1, classes: int = 2):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), blocks: int = 1, classes: int = 2,
+                 channels: int = 1):
         super().__init__()
         if any(w % 16 for w in widths):
             raise ValueError("channel widths must be multiples of 16")
-        self.widths, self.blocks = tuple(widths), blocks
-        self.stem = ConvBN(1, widths[0], stride=2)
+        self.widths, self.blocks, self.channels = tuple(widths), blocks, channels
+        self.stem = ConvBN(channels, widths[0], stride=2)
         layers: list[nn.Module] = []
         cin = widths[0]
         for i, width in enumerate(widths):
@@ -112,5 +113,5 @@ class ResNetCAM(nn.Module):
         self.fc.bias.div_(temperature)
 
 
-def build_model(widths: tuple[int, ...], blocks: int) -> ResNetCAM:
-    return ResNetCAM(widths=widths, blocks=blocks, classes=2)
+def build_model(widths: tuple[int, ...], blocks: int, classes: int = 2, channels: int = 1) -> ResNetCAM:
+    return ResNetCAM(widths=widths, blocks=blocks, classes=classes, channels=channels)

@@ -1,0 +1,203 @@
+"""`bedside train --exam skin-lesion-triage`: train the seven-class dermoscopy model from scratch.
+
+    bedside train --exam skin-lesion-triage --out models/bundles/skin-lesion-triage
+
+Seeded and deterministic (one thread by default); the checkpoint goes to runs/ and
+`bedside export --checkpoint` rebuilds the bundle from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.datasets import REPO_ROOT
+from models.metrics import multiclass_report
+from models.training import train as chest_train
+from models.training.architectures import build_model
+from models.training.skin import augment as aug
+from models.training.skin.data import LABELS, MEAN, MELANOMA, STD, URGENT, input_contract, load_images, load_split
+from models.training.skin.tta import DihedralAverage
+
+DEFAULT_ID = "skin-lesion-triage"
+DEFAULT_VERSION = "1.0.0"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=None,
+                        help="folder with one subfolder per diagnosis (default: $BEDSIDE_DATASETS/dermatology/train)")
+    parser.add_argument("--out", type=Path, default=None, help="bundle directory to write")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=112, help="square input side in pixels")
+    parser.add_argument("--widths", default="16,32,64,128", help="channels per stage (multiples of 16)")
+    parser.add_argument("--blocks", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.05)
+    parser.add_argument("--ema", type=float, default=0.995)
+    parser.add_argument("--class-weight-power", type=float, default=0.5,
+                        help="loss weight of a class = (1 / its frequency) ** power (0: none, 1: balanced)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of lesions held out, per class")
+    parser.add_argument("--tta", type=int, default=4, choices=(1, 2, 4, 8),
+                        help="dihedral copies averaged inside the exported graph")
+    parser.add_argument("--target-sensitivity", type=float, default=0.92,
+                        help="melanoma sensitivity the operating point keeps on clean and stressed validation")
+    parser.add_argument("--stress-copies", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=0, help="use only N images (smoke tests)")
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--id", default=DEFAULT_ID)
+    parser.add_argument("--version", default=DEFAULT_VERSION)
+    parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def class_weights(y: torch.Tensor, power: float) -> torch.Tensor:
+    counts = torch.bincount(y, minlength=len(LABELS)).float().clamp(min=1)
+    w = (counts.sum() / counts) ** power
+    return w / (w * counts).sum() * counts.sum()  # mean weight per image is 1
+
+
+def train_model(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(args.seed)
+    model = build_model(tuple(int(w) for w in args.widths.split(",")), args.blocks, classes=len(LABELS), channels=3)
+    n = len(y)
+    steps = args.epochs * math.ceil(n / args.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.2)
+    weights = class_weights(y, args.class_weight_power)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    ema = chest_train.EMA(model, args.ema) if args.ema > 0 else None
+    bar = tqdm(total=steps, desc="train", unit="step", disable=args.no_progress)
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, args.batch_size):
+            idx = order[start : start + args.batch_size]
+            logits, _ = model(aug.augment(x[idx], mean, std, aug.TRAIN, gen))
+            loss = F.cross_entropy(logits, y[idx], weight=weights, label_smoothing=args.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema:
+                ema.update(model)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    bar.close()
+    return (ema.model if ema else model).eval()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, copies: int, batch: int = 128) -> np.ndarray:
+    tta = DihedralAverage(model, copies).eval()
+    return np.concatenate([tta(x[i : i + batch].float())[0].numpy() for i in range(0, len(x), batch)])
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising the multi-class NLL on validation (1-D grid over log T)."""
+    z = logits.astype(np.float64)
+    best, best_t = np.inf, 1.0
+    for t in np.exp(np.linspace(np.log(0.2), np.log(5.0), 401)):
+        s = z / t
+        nll = np.mean(np.log(np.exp(s - s.max(1, keepdims=True)).sum(1)) + s.max(1) - s[np.arange(len(y)), y])
+        if nll < best:
+            best, best_t = nll, float(t)
+    return best_t
+
+
+def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    s = logits.astype(np.float64) / temperature
+    e = np.exp(s - s.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def urgent_probability(p: np.ndarray) -> np.ndarray:
+    return p[:, [LABELS.index(u) for u in URGENT]].sum(1)
+
+
+def melanoma_threshold(y: np.ndarray, urgent: np.ndarray, sensitivity: float) -> float:
+    """Highest threshold on P(urgent group) that still refers >= `sensitivity` of the melanomas."""
+    return chest_train.threshold_for_sensitivity((y == MELANOMA).astype(int), urgent, sensitivity)
+
+
+def stress_inputs(x: torch.Tensor, copies: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed + 1)
+    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    return torch.cat([aug.augment(x, mean, std, aug.STRESS, gen) for _ in range(copies)])
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.time()
+    chest_train.seed_everything(args.seed, args.threads)
+    train, val = load_split(args.data, args.val_fraction, args.seed, args.limit)
+    contract = input_contract(args.size)
+    progress = not args.no_progress
+    train_x = torch.from_numpy(load_images(train, contract, progress))
+    train_y = torch.tensor([s.label for s in train])
+    val_x = torch.from_numpy(load_images(val, contract, progress))
+    val_y = np.array([s.label for s in val])
+    model = train_model(train_x, train_y, args)
+    trained_s = time.time() - started
+
+    by_copies = {}
+    for copies in sorted({1, args.tta}):
+        logits = predict(model, val_x, copies)
+        t = fit_temperature(logits, val_y)
+        by_copies[copies] = (logits, t)
+    logits, temperature = by_copies[args.tta]
+    p = softmax(logits, temperature)
+    stress_y = np.tile(val_y, args.stress_copies)
+    stress_p = softmax(predict(model, stress_inputs(val_x, args.stress_copies, args.seed), args.tta), temperature)
+    threshold = min(melanoma_threshold(val_y, urgent_probability(p), args.target_sensitivity),
+                    melanoma_threshold(stress_y, urgent_probability(stress_p), args.target_sensitivity))
+    report = multiclass_report(val_y, p, LABELS, URGENT, threshold)
+    stress = multiclass_report(stress_y, stress_p, LABELS, URGENT, threshold)
+    single = multiclass_report(val_y, softmax(*by_copies[1]), LABELS, URGENT, threshold)
+    checkpoint = {
+        "exam": DEFAULT_ID, "labels": LABELS, "urgent_labels": URGENT,
+        "widths": tuple(int(w) for w in args.widths.split(",")), "blocks": args.blocks, "size": args.size,
+        "channels": 3, "classes": len(LABELS), "tta": args.tta,
+        "state_dict": model.state_dict(), "temperature": temperature, "threshold": threshold,
+        "report": report, "stress_report": stress, "single_copy_report": single,
+        "val_probabilities": torch.from_numpy(p), "val_labels": torch.from_numpy(val_y),
+        "data": {"n_train": len(train), "n_val": len(val), "val_fraction": args.val_fraction, "limit": args.limit,
+                 "train_counts": [int((train_y == i).sum()) for i in range(len(LABELS))],
+                 "val_counts": [int((val_y == i).sum()) for i in range(len(LABELS))]},
+        "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"},
+        "augment": {k: str(v) for k, v in vars(aug.TRAIN).items()} if hasattr(aug.TRAIN, "__dict__") else {},
+        "training_command": chest_train.command_line(args), "seed": args.seed,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(time.time() - started, 1),
+        "fit_seconds": round(trained_s, 1),
+    }
+    run_dir = Path(args.runs_dir) / f"{args.id}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+    for name, r in (("validation", report), ("stress", stress), ("validation, no TTA", single)):
+        print(f"{name}: balanced accuracy {r['balanced_accuracy']:.4f}  melanoma AUC {r['per_class_auc']['mel']:.4f}  "
+              f"sens {r['melanoma_sensitivity']:.4f} spec {r['melanoma_specificity']:.4f}  "
+              f"urgent AUC {r['urgent_auc']:.4f}  per-class AUC "
+              + " ".join(f"{k} {v:.3f}" for k, v in r["per_class_auc"].items()))
+    print(f"temperature {temperature:.3f}, threshold {threshold:.4f}, trained in {checkpoint['training_seconds']:.0f} s")
+    print(f"checkpoint {run_dir / 'checkpoint.pt'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models.training.skin.train", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Test-time averaging over flips/rotations, as part of the exported graph.
+
+A lesion has no "up", so the model's answer should not depend on how the dermoscope was held.
+Averaging the logits of k dihedral copies (k = 1, 2, 4 or 8) makes it so by construction and
+improves ranking; it is inside the ONNX graph, so the device, the optimizer's gate and the
+benchmarks all run exactly what was validated. Each copy's CAM is turned back before averaging.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# (transpose first, then k quarter turns) covering the dihedral group D4 in an order where the
+# first 2 / 4 entries are useful subsets (identity + half turn; the four rotations).
+_TRANSFORMS = ((False, 0), (False, 2), (False, 1), (False, 3), (True, 0), (True, 2), (True, 1), (True, 3))
+
+
+def forward_transform(x: torch.Tensor, transpose: bool, turns: int) -> torch.Tensor:
+    if transpose:
+        x = x.transpose(2, 3)
+    return torch.rot90(x, turns, dims=(2, 3)) if turns else x
+
+
+def inverse_transform(x: torch.Tensor, transpose: bool, turns: int) -> torch.Tensor:
+    if turns:
+        x = torch.rot90(x, -turns, dims=(2, 3))
+    return x.transpose(2, 3) if transpose else x
+
+
+class DihedralAverage(nn.Module):
+    """forward(x) -> (mean logits, mean CAM) over the first `copies` dihedral transforms."""
+
+    def __init__(self, model: nn.Module, copies: int):
+        super().__init__()
+        if copies not in (1, 2, 4, 8):
+            raise ValueError("copies must be 1, 2, 4 or 8")
+        self.model, self.copies = model, copies
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        transforms = _TRANSFORMS[: self.copies]
+        logits, cam = self.model(torch.cat([forward_transform(x, *t) for t in transforms]))
+        logits = logits.view(self.copies, n, -1).mean(0)
+        cams = [inverse_transform(c, *t) for c, t in zip(cam.split(n), transforms)]
+        return logits, torch.stack(cams).mean(0)
