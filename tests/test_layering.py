@@ -48,6 +48,7 @@ LIBRARIES: dict[str, set[str]] = {
     "onnx": {"training", "optimizer"},
     "tensorrt": {"tensorrt"},
     "pycuda": {"tensorrt"},
+    "openvino": {"appliance"},  # its backend, device/runtime/openvino_backend.py (an optional extra)
 }
 
 
