@@ -50,7 +50,7 @@ def decode_bytes(data: bytes, name: str, budget: DecodeBudget = DEFAULT_BUDGET,
     _check_byte_size(name, len(data))
     fmt = headers.sniff(data)
     if fmt in ("dicom", "dicom-raw"):
-        return decode_dicom(data, name, budget)
+        return decode_dicom(data, name, budget, reduce)
     if fmt is not None:
         return decode_raster(data, name, fmt, budget, reduce)
     other = headers.other_image_format(data)
