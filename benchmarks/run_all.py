@@ -139,6 +139,32 @@ def _memory(r: dict) -> list[tuple[str, str]]:
                                                           ("cached start", r["cached_start"]))]
 
 
+def _http(r: dict) -> list[tuple[str, str]]:
+    rows = [(f"upload over HTTP, {x['clients']} client(s), {x['studies']} studies",
+             f"p50 {x['latency_ms']['p50']:.1f} / p95 {x['latency_ms']['p95']:.1f} ms, {x['studies_per_s']:.1f} studies/s, "
+             f"{x['errors']} errors; outside the server's triage p50 {x['outside_triage_ms']['p50']:.1f} ms")
+            for x in r["runs"]]
+    return rows + [("server peak RSS (one exam)", f"{r['server_peak_rss_mb']:.0f} MB; one fsync {r['fsync_ms']:.1f} ms")]
+
+
+def _banner(r: dict) -> list[tuple[str, str]]:
+    return [("upload to verdict banner in Chromium (target p50 <= 200 ms)",
+             f"banner p50 {r['banner_ms']['p50']:.0f} / p90 {r['banner_ms']['p90']:.0f} ms, preview shown p50 "
+             f"{r['image_ms']['p50']:.0f} ms (n {r['banner_ms']['n']})")]
+
+
+def _live(r: dict) -> list[tuple[str, str]]:
+    return [(f"live {r['stream']}", f"{r['processed_fps']:.1f} fps triaged, {r['dropped']} dropped, frame-to-result p50 "
+             f"{r['latency_ms_p50']:.1f} / p95 {r['latency_ms_p95']:.1f} ms, {r['cpu_this_process']:.2f} of a core")]
+
+
+def _dicom(r: dict) -> list[tuple[str, str]]:
+    b, o = r["bedside"], r["orthanc"]
+    return [(f"C-STORE of {b['instances']} CR instances, Bedside (triaged, durable) against Orthanc (goal <= 1.5x)",
+             f"Orthanc {r['orthanc_over_bedside_rate']:.2f}x as fast: Bedside {b['per_s']:.1f}/s (p50 {b['latency_ms_p50']:.0f} ms), "
+             f"Orthanc {o['per_s']:.1f}/s (p50 {o['latency_ms_p50']:.0f} ms)")]
+
+
 def _generic(name: str) -> Callable[[dict], list[tuple[str, str]]]:
     """Benchmarks from earlier issues: their headline numbers, as they report them."""
     def rows(r: dict) -> list[tuple[str, str]]:
@@ -149,6 +175,7 @@ def _generic(name: str) -> Callable[[dict], list[tuple[str, str]]]:
 
 ROWS: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     "engines": _engines, "pipeline": _pipeline, "burst": _burst, "tails": _tails, "kiosk_memory": _memory,
+    "http_upload": _http, "upload_to_banner": _banner, "live_stream": _live, "dicom_ingest": _dicom,
 }
 
 

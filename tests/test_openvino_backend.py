@@ -74,3 +74,14 @@ def test_declared_output_missing_and_corrupt_file_are_clear_failures(model_path,
     bad.write_bytes(b"not an onnx file")
     with pytest.raises(RuntimeFailure, match="cannot load bad.onnx"):
         OpenVinoBackend(variant_file(bad), IO, 1)
+
+
+def test_availability_does_not_load_openvino():
+    """A kiosk whose cached choice is another backend never pays OpenVINO's ~70 MB."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from device.runtime import registry; s = registry.availability('openvino'); "
+            "print(s.ok, 'openvino' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
