@@ -25,6 +25,9 @@ class Command:
     module: str
     help: str
     extra: str | None = None  # the install extra it needs beyond the appliance's (`pip install .`)
+    # Its options depend on one of them (train: --exam picks the trainer and so its options), so
+    # add_arguments(parser, name, argv) sees the command line.
+    sees_argv: bool = False
 
 
 COMMANDS: dict[str, Command] = {
@@ -35,8 +38,10 @@ COMMANDS: dict[str, Command] = {
                         "'optimize' extra)", "optimize"),
     "serve": Command("device.commands.serve", "run the kiosk: pages for clinicians and the JSON API, on a WSGI server"),
     "doctor": Command("device.commands.doctor", "report versions, backends, CPU features; verify shipped bundles"),
-    "train": Command("models.training.commands", "train a model and write its bundle (needs the 'train' extra)", "train"),
-    "export": Command("models.training.commands", "export a training checkpoint to a bundle (needs the 'train' extra)", "train"),
+    "train": Command("models.training.commands", "train a model and write its bundle (needs the 'train' extra)", "train",
+                     sees_argv=True),
+    "export": Command("models.training.commands", "export a training checkpoint to a bundle (needs the 'train' extra)",
+                      "train", sees_argv=True),
 }
 
 
@@ -59,7 +64,7 @@ def load_command(name: str) -> ModuleType:
         ) from None
 
 
-def build_parser(selected: str | None) -> argparse.ArgumentParser:
+def build_parser(selected: str | None, argv: list[str] | None = None) -> argparse.ArgumentParser:
     """Only the selected subcommand's module is imported and given its arguments."""
     parser = argparse.ArgumentParser(prog="bedside", description="Bedside point-of-care imaging triage")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -67,7 +72,8 @@ def build_parser(selected: str | None) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=command.help, description=command.help,
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         if name == selected:
-            load_command(name).add_arguments(cmd, name)
+            extra = (list(argv or []),) if command.sees_argv else ()
+            load_command(name).add_arguments(cmd, name, *extra)
     return parser
 
 
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     name = _selected_command(argv)
     try:
-        args = build_parser(name).parse_args(argv)
+        args = build_parser(name, argv).parse_args(argv)
         return load_command(args.command).run(args)
     except (CommandUnavailable, BundleError, RuntimeUnavailable, RuntimeFailure) as exc:
         print(f"bedside: {exc}", file=sys.stderr)

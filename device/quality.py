@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from device.intake import DecodedImage
+from device.intake.reduced import SHARPNESS_SIDE
 from models.bundle import DicomHandling, QualityPolicy
 
 _SAMPLE_SIDE = 256
@@ -46,6 +48,8 @@ def assess(img: DecodedImage, policy: QualityPolicy, dicom: DicomHandling) -> Qu
         *_geometry_issues(img.pixels.shape[0], img.pixels.shape[1], policy),
         *_colour_issues(sample, policy),
         *_exposure_issues(_gray(sample), policy),
+        *_sharpness_issues(img.pixels, policy),
+        *_lesion_issues(_gray(sample), policy),
     ]
     return QualityReport(ok=not issues, issues=tuple(issues))
 
@@ -106,28 +110,93 @@ def _geometry_issues(height: int, width: int, policy: QualityPolicy) -> list[Qua
                 "aspect",
                 f"image is {width}x{height} px (aspect {aspect:.2f}); below {policy.min_aspect:.2f} "
                 "it is not the expected view",
-                "Capture the whole radiograph, not a strip or a crop",
+                f"Capture the whole {policy.subject}, not a strip or a crop",
             )
         )
     return issues
 
 
-def _colour_issues(sample: np.ndarray, policy: QualityPolicy) -> list[QualityIssue]:
+def _chroma(sample: np.ndarray) -> float:
     """Mean chroma (max - min channel): 0 for any gray image, however it is stored."""
-    if policy.max_colorfulness is None or sample.ndim != 3:
-        return []
+    if sample.ndim != 3:
+        return 0.0
     # Per-channel maximum/minimum of three planes: numpy's max(axis=2) over a length-3 axis is
     # ~40x slower and made this check the costliest part of triage.
     r, g, b = sample[..., 0], sample[..., 1], sample[..., 2]
-    chroma = float((np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)).mean())
-    if chroma <= policy.max_colorfulness:
+    return float((np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)).mean())
+
+
+def _colour_issues(sample: np.ndarray, policy: QualityPolicy) -> list[QualityIssue]:
+    if policy.max_colorfulness is None and policy.min_colorfulness is None:
+        return []
+    chroma = _chroma(sample)
+    if policy.max_colorfulness is not None and chroma > policy.max_colorfulness:
+        return [
+            QualityIssue(
+                "colour_photo",
+                f"image is in colour (mean chroma {chroma:.2f}, limit {policy.max_colorfulness:.2f}); "
+                f"it is not a grayscale {policy.subject}",
+                f"Use the {policy.subject} itself, not a colour photo, screenshot or other modality",
+            )
+        ]
+    if policy.min_colorfulness is not None and chroma < policy.min_colorfulness:
+        return [
+            QualityIssue(
+                "not_colour",
+                f"image is (nearly) gray (mean chroma {chroma:.2f}, at least {policy.min_colorfulness:.2f} is "
+                f"needed); it is not a colour {policy.subject}",
+                f"Use a colour {policy.subject}; an X-ray or other gray image goes to its own exam",
+            )
+        ]
+    return []
+
+
+def _sharpness_issues(pixels: np.ndarray, policy: QualityPolicy) -> list[QualityIssue]:
+    """Variance of the 4-neighbour Laplacian at SHARPNESS_SIDE px on the long side (area-resized, so
+    the figure does not depend on the camera's resolution): low when out of focus or shaken."""
+    if policy.min_sharpness is None:
+        return []
+    h, w = pixels.shape[:2]
+    scale = SHARPNESS_SIDE / max(h, w)
+    small = pixels if scale >= 1 else cv2.resize(np.ascontiguousarray(pixels), (max(3, round(w * scale)),
+                                                 max(3, round(h * scale))), interpolation=cv2.INTER_AREA)
+    g = _gray(_unit_sample(small)).astype(np.float32, copy=False)
+    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1]
+    sharpness = float(lap.var())
+    if sharpness >= policy.min_sharpness:
         return []
     return [
         QualityIssue(
-            "colour_photo",
-            f"image is in colour (mean chroma {chroma:.2f}, limit {policy.max_colorfulness:.2f}); "
-            "it is not a grayscale radiograph",
-            "Use the radiograph itself, not a colour photo, screenshot or other modality",
+            "blurred",
+            f"image is out of focus (sharpness {sharpness:.5f}, at least {policy.min_sharpness:.5f} is needed)",
+            "Hold the camera still, focus on the lesion and take the picture again",
+        )
+    ]
+
+
+def _lesion_issues(gray: np.ndarray, policy: QualityPolicy) -> list[QualityIssue]:
+    """Whether something darker than the surrounding skin lies in the middle of the picture.
+
+    The skin's brightness is the median of the outer ring (the outer eighth on each side); a
+    lesion is darker than that by `lesion_contrast`. Dermoscopy centres the lesion, so the
+    central half must hold at least `min_lesion_fraction` of such pixels.
+    """
+    if policy.min_lesion_fraction is None:
+        return []
+    h, w = gray.shape[:2]
+    ring = np.ones((h, w), bool)
+    ring[h // 8 : h - h // 8, w // 8 : w - w // 8] = False
+    skin = float(np.median(gray[ring]))
+    centre = gray[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    fraction = float(np.count_nonzero(centre < skin - policy.lesion_contrast)) / max(1, centre.size)
+    if fraction >= policy.min_lesion_fraction:
+        return []
+    return [
+        QualityIssue(
+            "no_lesion",
+            f"no lesion found in the middle of the image ({fraction:.0%} of the centre is darker than the "
+            f"surrounding skin; at least {policy.min_lesion_fraction:.0%} is expected)",
+            "Centre the lesion in the dermoscope's field and take the picture again",
         )
     ]
 

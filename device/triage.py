@@ -72,6 +72,7 @@ class TriageResult:
     source: str
     label: str
     probabilities: dict[str, float]
+    urgent_probability: float  # P(urgent) as the bundle's policy combines the probabilities
     triage: str
     threshold: float
     quality: quality.QualityReport
@@ -90,6 +91,7 @@ class TriageResult:
             "file": self.source,
             "label": self.label,
             "probabilities": self.probabilities,
+            "urgent_probability": self.urgent_probability,
             "triage": self.triage,
             "threshold": self.threshold,
             "quality": self.quality.as_dict(),
@@ -102,14 +104,22 @@ class TriageResult:
 
 
 def decide(probs: np.ndarray, manifest: Manifest, gradable: bool) -> tuple[str, str]:
-    """(label, triage category) for one probability vector under the bundle's policy."""
-    urgent = manifest.urgent_index
-    if probs[urgent] >= manifest.policy.operating_point.threshold:
-        label, category = manifest.labels[urgent], URGENT
+    """(label, triage category) for one probability vector under the bundle's policy: the label is
+    the likeliest of the urgent labels when P(urgent) reaches the threshold, else of the others."""
+    urgent = manifest.urgent_indices
+    if manifest.urgent_probability(probs) >= manifest.policy.operating_point.threshold:
+        group, category = urgent, URGENT
     else:
-        others = [i for i in range(len(manifest.labels)) if i != urgent]
-        label, category = manifest.labels[max(others, key=lambda i: probs[i])], ROUTINE
-    return label, (category if gradable else UNGRADABLE)
+        group, category = [i for i in range(len(manifest.labels)) if i not in urgent], ROUTINE
+    return manifest.labels[max(group, key=lambda i: probs[i])], (category if gradable else UNGRADABLE)
+
+
+def urgent_map(cam: np.ndarray, manifest: Manifest) -> np.ndarray:
+    """(N, labels, h, w) class-activation maps -> (N, h, w) map of the urgent group: the
+    log-sum-exp of its labels' maps (the map itself for a group of one)."""
+    maps = cam[:, manifest.urgent_indices].astype(np.float64)
+    top = maps.max(axis=1)
+    return (top + np.log(np.exp(maps - top[:, None]).sum(axis=1))).astype(np.float32)
 
 
 def model_io(manifest: Manifest) -> ModelIO:
@@ -161,14 +171,14 @@ class Triager:
         return to_model_input(img.pixels, self.manifest.input)
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Probabilities (N, labels) and, if the model has one, the urgent-class activation map (N, h, w)."""
+        """Probabilities (N, labels) and, if the model has one, the urgent group's activation map (N, h, w)."""
         out = self._backend.run(batch)
         probs = softmax(out[self.manifest.outputs.logits].astype(np.float64))
         if not np.isfinite(probs).all():
             # NaN >= threshold is False: without this a broken input or runtime would read ROUTINE.
             raise RuntimeFailure(f"{self.model.backend} returned non-finite scores for {self.model.id}")
         cam_name = self.manifest.outputs.cam
-        cam = out[cam_name][:, self.manifest.urgent_index] if cam_name else None
+        cam = urgent_map(out[cam_name], self.manifest) if cam_name else None
         return probs, cam
 
     @property
@@ -198,6 +208,7 @@ class Triager:
                 source=p.source,
                 label=label,
                 probabilities={name: float(v) for name, v in zip(m.labels, probs[i])},
+                urgent_probability=float(m.urgent_probability(probs[i])),
                 triage=category,
                 threshold=m.policy.operating_point.threshold,
                 quality=p.report,

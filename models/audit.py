@@ -1,9 +1,11 @@
 """Metamorphic shortcut audits: change what must not matter, count how often the triage changes.
 
-Each check applies one transformation that leaves the lungs as they are but changes something a
-model could have learned instead of them (the film's aspect, its borders, a burned-in marker, the
-exposure, the compression), then compares the triage (P(urgent) >= threshold) before and after.
-A model that reads the lungs flips few images; one that learned the shortcut flips many.
+Each check applies one transformation that leaves the finding as it is but changes something a
+model could have learned instead of it (a film's aspect, its borders, a burned-in marker; a
+dermoscope's dark corners, hairs, ink marks, a ruler; the exposure, white balance, compression),
+then compares the triage (P(urgent) >= threshold) before and after. A model that reads the
+finding flips few images; one that learned the shortcut flips many. Each bundle names the checks
+that apply to its exam in its manifest (`audit.checks`).
 
 Runs on decoded images (uint8 or float in [0, 1], gray or RGB) through the bundle's own input
 contract, so training, `bedside optimize` and `bedside eval` audit exactly what the device sees.
@@ -101,37 +103,115 @@ def jpeg(pixels: np.ndarray, quality: int = 60) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB) if decoded.ndim == 3 else decoded
 
 
-CHECKS: tuple[Check, ...] = (
+def _stroke(pixels: np.ndarray, draw: Callable[[np.ndarray, int, int], None]) -> np.ndarray:
+    """Draw on an RGB copy (gray images get three channels) with OpenCV; `draw(img, h, w)`."""
+    u8 = _as_uint8(pixels)
+    img = np.ascontiguousarray(np.repeat(u8[:, :, None], 3, axis=2) if u8.ndim == 2 else u8.copy())
+    draw(img, img.shape[0], img.shape[1])
+    return img
+
+
+def vignette(pixels: np.ndarray) -> np.ndarray:
+    """Black outside the circle inscribed in the image: a dermoscope's circular field."""
+    u8 = _as_uint8(pixels)
+    h, w = u8.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    cv2.circle(mask, (w // 2, h // 2), int(0.55 * min(h, w)), 255, -1, cv2.LINE_AA)
+    keep = (mask.astype(np.float32) / 255.0)
+    out = u8.astype(np.float32) * (keep[:, :, None] if u8.ndim == 3 else keep)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def hairs(pixels: np.ndarray) -> np.ndarray:
+    """Eight thin dark hairs across the image, at the same places for every image."""
+    rng = np.random.default_rng(7)
+    lines = rng.uniform(0.0, 1.0, size=(8, 4))
+
+    def draw(img: np.ndarray, h: int, w: int) -> None:
+        for x0, y0, x1, y1 in lines:
+            cv2.line(img, (int(x0 * w), int(y0 * h)), (int(x1 * w), int(y1 * h)), (40, 30, 25),
+                     max(1, round(min(h, w) / 224)), cv2.LINE_AA)
+    return _stroke(pixels, draw)
+
+
+def ink(pixels: np.ndarray) -> np.ndarray:
+    """A purple surgical-marker stroke near the left edge."""
+    def draw(img: np.ndarray, h: int, w: int) -> None:
+        cv2.line(img, (int(0.1 * w), int(0.3 * h)), (int(0.14 * w), int(0.6 * h)), (110, 50, 140),
+                 max(2, round(min(h, w) / 40)), cv2.LINE_AA)
+    return _stroke(pixels, draw)
+
+
+def ruler(pixels: np.ndarray) -> np.ndarray:
+    """A light ruler along the bottom edge with dark millimetre ticks."""
+    def draw(img: np.ndarray, h: int, w: int) -> None:
+        top = int(0.88 * h)
+        img[top:] = (225, 225, 215)
+        step = max(3, w // 40)
+        for i, x in enumerate(range(step // 2, w, step)):
+            cv2.line(img, (x, top), (x, top + int((0.07 if i % 5 == 0 else 0.04) * h)), (20, 20, 20), 1)
+    return _stroke(pixels, draw)
+
+
+def mirror(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(pixels[:, ::-1])
+
+
+def white_balance(pixels: np.ndarray, gains: tuple[float, float, float] = (1.08, 1.0, 0.9)) -> np.ndarray:
+    """Warmer light (red up, blue down), as under a different lamp or camera."""
+    u8 = _as_uint8(pixels)
+    if u8.ndim == 2:
+        return u8
+    return np.clip(u8.astype(np.float32) * np.array(gains, np.float32) + 0.5, 0, 255).astype(np.uint8)
+
+
+CHECKS: dict[str, Check] = {c.name: c for c in (
     Check("squeeze_0.8", "content squeezed horizontally to 0.8 (a wider film after the stretch), black sides",
           squeeze),
     Check("widen_1.25", "content widened by 1.25 (a narrower film), sides cut", widen),
     Check("border_crop", f"{BORDER:.0%} cut from every edge", crop_border),
     Check("border_pad", f"black border of {BORDER:.0%} of the side on every edge", pad_border),
     Check("marker", "burned-in white text: side letter 'R' and 'PORTABLE'", burn_marker),
+    Check("vignette", "black outside the inscribed circle (a dermoscope's dark corners)", vignette),
+    Check("hair", "eight thin dark hairs drawn across the image", hairs),
+    Check("ink", "a purple skin-marker stroke near the edge", ink),
+    Check("ruler", "a ruler with millimetre ticks along the bottom edge", ruler),
+    Check("mirror", "left-right mirror image", mirror),
+    Check("white_balance", "warmer light: red x1.08, blue x0.9", white_balance),
     Check("gamma_0.75", "exposure: gamma 0.75 (brighter mid-tones)", lambda p: gamma(p, 0.75)),
     Check("gamma_1.33", "exposure: gamma 1.33 (darker mid-tones)", lambda p: gamma(p, 1.33)),
     Check("jpeg_q60", "JPEG re-compression at quality 60", jpeg),
-)
+)}
+RADIOGRAPH_CHECKS = ("squeeze_0.8", "widen_1.25", "border_crop", "border_pad", "marker", "gamma_0.75", "gamma_1.33",
+                     "jpeg_q60")
+DERMOSCOPY_CHECKS = ("vignette", "hair", "ink", "ruler", "mirror", "white_balance", "border_crop", "gamma_0.75",
+                     "gamma_1.33", "jpeg_q60")
 
 
-def policy(data: str, max_flip_rate: float = MAX_FLIP_RATE) -> AuditPolicy:
-    """The limits a bundle declares: every check's flip rate at most `max_flip_rate` on `data`."""
-    return AuditPolicy(max_flip_rate=max_flip_rate, checks=[c.name for c in CHECKS], data=data)
+def policy(data: str, checks: Iterable[str] = RADIOGRAPH_CHECKS, max_flip_rate: float = MAX_FLIP_RATE) -> AuditPolicy:
+    """The limits a bundle declares: each named check's flip rate at most `max_flip_rate` on `data`."""
+    names = list(checks)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown audit checks {unknown} (known: {', '.join(CHECKS)})")
+    return AuditPolicy(max_flip_rate=max_flip_rate, checks=names, data=data)
 
 
 def run_audit(predict: Callable[[np.ndarray], np.ndarray], images: Iterable[np.ndarray], positive: np.ndarray,
-              contract: InputContract, threshold: float) -> list[AuditCheck]:
-    """Every check on every image; `predict` maps model inputs (N, C, H, W) to P(urgent) (N,)."""
+              contract: InputContract, threshold: float, names: Iterable[str] = RADIOGRAPH_CHECKS
+              ) -> list[AuditCheck]:
+    """The named checks on every image; `predict` maps model inputs (N, C, H, W) to P(urgent) (N,)."""
     positive = np.asarray(positive, dtype=bool)
+    checks = [CHECKS[n] for n in names]
     base: list[np.ndarray] = []
-    changed: dict[str, list[np.ndarray]] = {c.name: [] for c in CHECKS}
+    changed: dict[str, list[np.ndarray]] = {c.name: [] for c in checks}
     batch: list[np.ndarray] = []
 
     def flush() -> None:
         if not batch:
             return
         base.append(predict(np.stack([to_model_input(img, contract) for img in batch])))
-        for c in CHECKS:
+        for c in checks:
             changed[c.name].append(predict(np.stack([to_model_input(c.apply(img), contract) for img in batch])))
         batch.clear()
 
@@ -143,7 +223,7 @@ def run_audit(predict: Callable[[np.ndarray], np.ndarray], images: Iterable[np.n
     p0 = np.concatenate(base)
     if len(p0) != len(positive):
         raise ValueError(f"{len(p0)} images but {len(positive)} labels")
-    return [_summary(c, p0, np.concatenate(changed[c.name]), positive, threshold) for c in CHECKS]
+    return [_summary(c, p0, np.concatenate(changed[c.name]), positive, threshold) for c in checks]
 
 
 def _summary(check: Check, p0: np.ndarray, p1: np.ndarray, positive: np.ndarray, threshold: float) -> AuditCheck:

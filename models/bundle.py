@@ -5,7 +5,7 @@ variants to it, the device loads it. Everything the device needs to run a model 
 (input contract, triage policy, quality policy, labels) ships inside it, so nothing in
 device/ knows about a particular model.
 
-Loading never imports torch: this module depends on pydantic and the standard library only.
+Loading never imports torch: this module depends on pydantic, numpy and the standard library only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models import atomic
@@ -111,10 +112,37 @@ class OperatingPoint(_Strict):
 
 
 class TriagePolicy(_Strict):
-    """probability(urgent_label) >= threshold -> URGENT, else ROUTINE; failed quality -> UNGRADABLE."""
+    """P(urgent) >= threshold -> URGENT, else ROUTINE; failed quality -> UNGRADABLE.
 
-    urgent_label: str
+    P(urgent) combines the softmax probabilities of `urgent_labels` (their sum: the probability
+    that the image shows any of them), so a binary exam and a multi-class one with an urgent group
+    follow the same rule, stated as data.
+    """
+
+    urgent_labels: list[str] = Field(min_length=1)
+    combine: Literal["sum"] = "sum"
+    finding: str | None = Field(
+        default=None,
+        description="plain words for what URGENT means on the screen, e.g. 'pneumonia' (default: the "
+        "urgent label in lower case)",
+    )
     operating_point: OperatingPoint
+    focus_label: str | None = Field(
+        default=None,
+        description="the label whose sensitivity the operating point protects (reported on its own by eval "
+        "and the card), when the urgent group has several",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_urgent_label(cls, data: object) -> object:
+        """Bundles written before multi-class exams name one `urgent_label`; read it as a group of one."""
+        if isinstance(data, dict) and "urgent_label" in data:
+            data = dict(data)
+            if "urgent_labels" in data:
+                raise ValueError("give urgent_labels or the older urgent_label, not both")
+            data["urgent_labels"] = [data.pop("urgent_label")]
+        return data
 
 
 class QualityPolicy(_Strict):
@@ -132,6 +160,24 @@ class QualityPolicy(_Strict):
         description="mean chroma (0..1) above which a colour photo is not the expected grayscale image",
     )
     min_aspect: float = Field(gt=0.0, description="height/width (or its inverse) below this is not the expected view")
+    min_colorfulness: float | None = Field(
+        default=None, description="mean chroma (0..1) below which a gray image is not the expected colour photo"
+    )
+    min_sharpness: float | None = Field(
+        default=None,
+        description="variance of the Laplacian of the unit gray image (about 256 px on the long side); below "
+        "it the image is too blurred to grade",
+    )
+    min_lesion_fraction: float | None = Field(
+        default=None,
+        description="share of the central half of the image that must be darker than the surrounding skin (the "
+        "median of the outer ring) by lesion_contrast; below it no lesion is in view",
+    )
+    lesion_contrast: float = Field(default=0.08, ge=0.0, le=1.0)
+    subject: str = Field(
+        default="radiograph",
+        description="what the exam expects, in the words quality messages use (e.g. 'dermoscopy image')",
+    )
 
 
 class SplitMetrics(_Strict):
@@ -147,10 +193,32 @@ class SplitMetrics(_Strict):
     ece: float | None = None
 
 
+class ClassMetrics(_Strict):
+    """Multi-class metrics on one split: one-vs-rest AUC per label, the arg-max confusion matrix
+    (rows: true label, columns: likeliest label), and the urgent group at the operating point."""
+
+    split: str
+    n: int
+    counts: list[int]
+    balanced_accuracy: float
+    accuracy: float
+    per_class_auc: dict[str, float]
+    confusion: list[list[int]]
+    urgent_auc: float
+    urgent_sensitivity: float
+    urgent_specificity: float
+    focus_sensitivity: float | None = Field(default=None, description="share of the focus label's images referred")
+    focus_specificity: float | None = Field(default=None, description="share of the other images not referred")
+
+
 class DataSplit(_Strict):
     """How validation was held out, so later stages (calibration, accuracy gate) can redraw it exactly."""
 
-    method: Literal["by-patient"] = "by-patient"
+    method: Literal["by-patient", "by-lesion-stratified"] = Field(
+        default="by-patient",
+        description="by-patient: the chest X-ray patient-level split (duplicates removed); by-lesion-stratified: "
+        "one image per lesion, a seeded shuffle per class (the dermoscopy split)",
+    )
     val_fraction: float = Field(gt=0.0, lt=1.0)
     seed: int
     train_images: int
@@ -240,8 +308,9 @@ class Manifest(_Strict):
     intended_use: str
     research_only: bool
     disclaimer: str | None = None
-    task: Literal["binary-classification"]
+    task: Literal["binary-classification", "multi-class-classification"]
     labels: list[str] = Field(min_length=2)
+    label_names: dict[str, str] = Field(default={}, description="plain words for a label on screens (e.g. mel: melanoma)")
     input: InputContract
     outputs: Outputs
     policy: TriagePolicy
@@ -250,6 +319,7 @@ class Manifest(_Strict):
         description="how logits were calibrated; the exported graph already includes it"
     )
     metrics: list[SplitMetrics]
+    class_metrics: list[ClassMetrics] = Field(default=[], description="multi-class bundles: per-label metrics")
     provenance: Provenance
     audit: AuditPolicy | None = None
     evaluation: EvaluationPolicy | None = None
@@ -266,8 +336,17 @@ class Manifest(_Strict):
     def _consistent(self) -> "Manifest":
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be unique")
-        if self.policy.urgent_label not in self.labels:
-            raise ValueError(f"policy.urgent_label {self.policy.urgent_label!r} is not one of {self.labels}")
+        unknown = [u for u in self.policy.urgent_labels if u not in self.labels]
+        if unknown or len(set(self.policy.urgent_labels)) != len(self.policy.urgent_labels):
+            raise ValueError(f"policy.urgent_labels {self.policy.urgent_labels} must be distinct labels of {self.labels}")
+        if self.policy.focus_label is not None and self.policy.focus_label not in self.policy.urgent_labels:
+            raise ValueError(f"policy.focus_label {self.policy.focus_label!r} is not one of the urgent labels")
+        if len(self.policy.urgent_labels) == len(self.labels):
+            raise ValueError("policy.urgent_labels cannot be every label: nothing would be ROUTINE")
+        if self.task == "binary-classification" and len(self.labels) != 2:
+            raise ValueError("a binary-classification bundle has exactly two labels")
+        if set(self.label_names) - set(self.labels):
+            raise ValueError(f"label_names names labels the bundle does not have: {sorted(set(self.label_names) - set(self.labels))}")
         if self.research_only and not self.disclaimer:
             raise ValueError("a research-only model needs a disclaimer (e.g. 'not for clinical use')")
         slots = [(v.precision, t) for v in self.variants for t in v.targets]
@@ -291,8 +370,20 @@ class Manifest(_Strict):
         raise BundleError(f"bundle {self.id} has no {precision} variant for {target} (it has: {have})")
 
     @property
-    def urgent_index(self) -> int:
-        return self.labels.index(self.policy.urgent_label)
+    def urgent_indices(self) -> list[int]:
+        return [self.labels.index(u) for u in self.policy.urgent_labels]
+
+    def label_name(self, label: str) -> str:
+        return self.label_names.get(label, label)
+
+    @property
+    def finding(self) -> str:
+        """What URGENT means, in words for the screen."""
+        return self.policy.finding or self.policy.urgent_labels[0].lower()
+
+    def urgent_probability(self, probabilities: np.ndarray) -> np.ndarray:
+        """P(urgent) from softmax probabilities (..., labels), as the policy combines them."""
+        return np.asarray(probabilities)[..., self.urgent_indices].sum(axis=-1)
 
 
 class Bundle:

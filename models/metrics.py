@@ -140,11 +140,12 @@ def subgroup_report(y_true: np.ndarray, prob: np.ndarray, threshold: float,
 
 
 def multiclass_report(y_true: np.ndarray, prob: np.ndarray, labels: tuple[str, ...] | list[str],
-                      urgent: tuple[str, ...] | list[str], threshold: float, focus: str = "mel") -> dict:
+                      urgent: tuple[str, ...] | list[str], threshold: float, focus: str | None = None) -> dict:
     """Multi-class metrics: one-vs-rest AUC per class, balanced accuracy and the confusion matrix
     of the arg-max, and the triage view: P(urgent group) = the sum of the urgent labels'
-    probabilities against `threshold`, its AUC for the urgent group and the sensitivity /
-    specificity for the `focus` class (melanoma: missing one is the costly error)."""
+    probabilities against `threshold`, its AUC for the urgent group, and for the `focus` label
+    (the one whose sensitivity the operating point protects, e.g. melanoma) the share of its
+    images referred (sensitivity) and of the others not referred (specificity)."""
     y = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(prob, dtype=np.float64)
     k = len(labels)
@@ -171,12 +172,12 @@ def multiclass_report(y_true: np.ndarray, prob: np.ndarray, labels: tuple[str, .
         "urgent_specificity": float((score[~is_urgent] < threshold).mean()) if (~is_urgent).any() else float("nan"),
         "referred": float((score >= threshold).mean()),
     }
-    if focus in labels:
-        f = list(labels).index(focus)
-        pos = y == f
-        report[f"{focus}_group_auc"] = roc_auc(pos, score) if 0 < pos.sum() < len(y) else float("nan")
-        report["melanoma_sensitivity" if focus == "mel" else f"{focus}_sensitivity"] = (
-            float((score[pos] >= threshold).mean()) if pos.any() else float("nan"))
-        report["melanoma_specificity" if focus == "mel" else f"{focus}_specificity"] = (
-            float((score[~pos] < threshold).mean()) if (~pos).any() else float("nan"))
+    if focus is not None:
+        pos = y == list(labels).index(focus)
+        report.update(
+            focus=focus,
+            focus_urgent_auc=roc_auc(pos, score) if 0 < pos.sum() < len(y) else float("nan"),
+            focus_sensitivity=float((score[pos] >= threshold).mean()) if pos.any() else float("nan"),
+            focus_specificity=float((score[~pos] < threshold).mean()) if (~pos).any() else float("nan"),
+        )
     return report

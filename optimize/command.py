@@ -13,7 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-from models.training.data import default_data_dir
 from optimize.errors import OptimizeError
 from optimize.quantize import METHODS
 from optimize.variants import add_variant
@@ -36,18 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = args.calibration or default_data_dir()
-    if not data.is_dir():
-        print(f"bedside optimize: no calibration data at {data}: refusing to quantize without it "
-              "(pass --calibration DIR)", file=sys.stderr)
-        return 1
     threads = args.threads or len(os.sched_getaffinity(0))
     # ONNX Runtime's calibrators print() their own progress ("Collecting tensor data and making
     # histogram ..."); this command's own progress goes to stderr through `log`, so their stdout is dropped.
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             outcome = add_variant(
-                args.bundle, args.precision, data, args.calibration_images, args.method, args.seed, threads,
+                args.bundle, args.precision, args.calibration, args.calibration_images, args.method, args.seed, threads,
                 log=lambda line: print(line, file=sys.stderr, flush=True),
             )
     except OptimizeError as exc:

@@ -31,11 +31,14 @@ class GateResult:
 
 
 def gate(
-    variant: str, fp32_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, urgent: int, threshold: float
+    variant: str, fp32_logits: np.ndarray, logits: np.ndarray, y: np.ndarray, urgent: list[int], threshold: float
 ) -> GateResult:
-    """AUC drop <= 0.002 and triage-category agreement >= 99.5% against FP32 on the same images."""
-    p32, p = softmax(fp32_logits)[:, urgent], softmax(logits)[:, urgent]
-    positive = np.asarray(y) == urgent
+    """AUC drop <= 0.002 and triage-category agreement >= 99.5% against FP32 on the same images.
+
+    `urgent`: the label indices whose probabilities make P(urgent) (see models.bundle.TriagePolicy).
+    """
+    p32, p = softmax(fp32_logits)[:, urgent].sum(1), softmax(logits)[:, urgent].sum(1)
+    positive = np.isin(y, urgent)
     auc32, auc = roc_auc(positive, p32), roc_auc(positive, p)
     agreement = float(np.mean((p32 >= threshold) == (p >= threshold)))
     reasons = []

@@ -51,20 +51,20 @@ def _axes(title: str, xlabel: str, ylabel: str, body: str, legend: list[str]) ->
     )
 
 
-def _roc_svg(y: np.ndarray, runs: list[VariantRun], urgent: int) -> str:
+def _roc_svg(y: np.ndarray, runs: list[VariantRun], manifest: Manifest) -> str:
     lines = []
     for i, run in enumerate(runs):
-        fpr, tpr, _ = roc_curve(y, softmax(run.logits)[:, urgent])
+        fpr, tpr, _ = roc_curve(y, manifest.urgent_probability(softmax(run.logits)))
         pts = np.column_stack([fpr, tpr])
         lines.append(f'<polyline fill="none" stroke-width="2" stroke="{COLOURS[i % len(COLOURS)]}" '
                      f'points="{_xy(pts)}"/>')
     return _axes("ROC, validation split", "1 - specificity", "sensitivity", "".join(lines), [r.label for r in runs])
 
 
-def _calibration_svg(y: np.ndarray, runs: list[VariantRun], urgent: int, bins: int = 10) -> str:
+def _calibration_svg(y: np.ndarray, runs: list[VariantRun], manifest: Manifest, bins: int = 10) -> str:
     lines = []
     for i, run in enumerate(runs):
-        p = softmax(run.logits)[:, urgent]
+        p = manifest.urgent_probability(softmax(run.logits))
         idx = np.clip((p * bins).astype(int), 0, bins - 1)
         pts = np.array([[p[idx == b].mean(), y[idx == b].mean()] for b in range(bins) if np.any(idx == b)])
         colour = COLOURS[i % len(COLOURS)]
@@ -80,14 +80,13 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def render(manifest: Manifest, y_labels: np.ndarray, runs: list[VariantRun], cpu: str) -> str:
-    urgent = manifest.urgent_index
-    y = (np.asarray(y_labels) == urgent).astype(float)
+    y = np.isin(y_labels, manifest.urgent_indices).astype(float)
     threshold = manifest.policy.operating_point.threshold
     base = runs[0]
-    p_base = softmax(base.logits)[:, urgent] >= threshold
+    p_base = manifest.urgent_probability(softmax(base.logits)) >= threshold
     metric_rows, agree_rows, latency_rows = [], [], []
     for run in runs:
-        p = softmax(run.logits)[:, urgent]
+        p = manifest.urgent_probability(softmax(run.logits))
         r = binary_report(y, p, threshold)
         c = r.confusion
         metric_rows.append([run.label, f"{r.auc:.4f}", f"{r.accuracy:.4f}", f"{r.sensitivity:.4f}",
@@ -107,10 +106,10 @@ def render(manifest: Manifest, y_labels: np.ndarray, runs: list[VariantRun], cpu
 td,th{{border:1px solid #999;padding:4px 8px;text-align:right}}th{{background:#eee}}
 td:first-child{{text-align:left}}svg{{margin-right:1em}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Model <code>{html.escape(manifest.id)}</code>, validation split of the training data (patient-level,
-n={len(y)}, {int(y.sum())} {html.escape(manifest.policy.urgent_label)}). Operating point: P({html.escape(
-    manifest.policy.urgent_label)}) &ge; {threshold:.4f}. {html.escape(manifest.disclaimer or '')}</p>
-<h2>ROC and calibration</h2>{_roc_svg(y, runs, urgent)}{_calibration_svg(y, runs, urgent)}
+<p>Model <code>{html.escape(manifest.id)}</code>, validation split of the training data ({html.escape(manifest.provenance.split.method if manifest.provenance.split else 'as recorded')},
+n={len(y)}, {int(y.sum())} {html.escape(' / '.join(manifest.policy.urgent_labels))}). Operating point: P({html.escape(
+    ' + '.join(manifest.policy.urgent_labels))}) &ge; {threshold:.4f}. {html.escape(manifest.disclaimer or '')}</p>
+<h2>ROC and calibration</h2>{_roc_svg(y, runs, manifest)}{_calibration_svg(y, runs, manifest)}
 <h2>At the operating point</h2>
 {_table(["variant", "AUC", "accuracy", "sensitivity", "specificity", "confusion", "ECE"], metric_rows)}
 <h2>Agreement with FP32</h2>

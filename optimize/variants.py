@@ -20,8 +20,9 @@ from models.bundle import AuditCheck, Bundle, Manifest, Variant, file_entry, loa
 from models.training.data import decode_rgb
 from models.metrics import softmax
 from optimize import quantize
+from optimize.errors import OptimizeError
 from optimize.gate import GateResult, gate
-from optimize.heldout import calibration_batch, redraw_split, validation_batch
+from optimize.heldout import calibration_batch, default_data_dir, redraw_split, validation_batch
 from optimize.ort_eval import logits, session
 from optimize.report import VariantRun, render
 from optimize.timing import interleaved_latencies, summarise
@@ -79,9 +80,9 @@ def _audit(path: Path, m: Manifest, images: list[np.ndarray], positive: np.ndarr
     sess = session(path, threads)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return softmax(sess.run([m.outputs.logits], {m.input.tensor_name: x})[0].astype(np.float64))[:, m.urgent_index]
+        return m.urgent_probability(softmax(sess.run([m.outputs.logits], {m.input.tensor_name: x})[0].astype(np.float64)))
 
-    return audit.run_audit(predict, images, positive, m.input, m.policy.operating_point.threshold)
+    return audit.run_audit(predict, images, positive, m.input, m.policy.operating_point.threshold, m.audit.checks)
 
 
 def _check(c: Candidate, m: Manifest, path: Path, audit_data: Callable[[], tuple], threads: int) -> list[str]:
@@ -118,7 +119,7 @@ def _assign_targets(passed: list[Candidate]) -> list[Candidate]:
 def add_variant(
     bundle_dir: Path,
     precision: str,
-    data_dir: Path,
+    data_dir: Path | None,
     calibration_images: int = 300,
     method: str = "percentile",
     seed: int = 0,
@@ -127,6 +128,9 @@ def add_variant(
 ) -> Outcome:
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
+    data_dir = data_dir or default_data_dir(bundle)
+    if not data_dir.is_dir():
+        raise OptimizeError(f"no calibration data at {data_dir}: refusing to quantize without it (pass --calibration DIR)")
     held = redraw_split(bundle, data_dir)
     log(f"validation split redrawn: {len(held.val)} images; training side: {len(held.train)}")
     x_val, y_val = validation_batch(bundle, held)
@@ -145,7 +149,7 @@ def add_variant(
 
     def audit_data() -> tuple[list[np.ndarray], np.ndarray]:
         if not audit_cache:
-            audit_cache.append(([decode_rgb(s.path) for s in held.val], np.asarray(y_val) == m.urgent_index))
+            audit_cache.append(([decode_rgb(s.path) for s in held.val], np.isin(y_val, m.urgent_indices)))
         return audit_cache[0]
 
     outcome = Outcome()
@@ -155,7 +159,7 @@ def add_variant(
             tmp = Path(work) / c.file
             _build(c, bundle, tmp, calib, method)
             val_logits[tmp] = logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads)
-            c.result = gate(c.name, fp32_logits, val_logits[tmp], y_val, m.urgent_index,
+            c.result = gate(c.name, fp32_logits, val_logits[tmp], y_val, m.urgent_indices,
                             m.policy.operating_point.threshold)
             c.refused = _check(c, m, tmp, audit_data, threads)
             worst = f", worst audit flip rate {max(a.flip_rate for a in c.audit):.2%}" if c.audit else ""

@@ -41,7 +41,7 @@ def test_widen_cuts_the_sides_and_keeps_the_shape(films):
 
 def test_every_check_gives_an_image_the_contract_accepts(films):
     img = films[0][0]
-    for check in audit.CHECKS:
+    for check in audit.CHECKS.values():
         x = to_model_input(check.apply(img), CONTRACT)
         assert x.shape == (1, 64, 64) and np.isfinite(x).all(), check.name
         assert not np.array_equal(x, to_model_input(img, CONTRACT)), f"{check.name} changed nothing"
@@ -85,9 +85,12 @@ def test_audit_reports_flips_by_class(films):
 
 
 def test_policy_names_every_check():
-    policy = audit.policy("validation", 0.05)
+    policy = audit.policy("validation", max_flip_rate=0.05)
     assert isinstance(policy, AuditPolicy) and policy.max_flip_rate == 0.05
-    assert policy.checks == [c.name for c in audit.CHECKS]
+    assert policy.checks == list(audit.RADIOGRAPH_CHECKS)
+    assert audit.policy("x", audit.DERMOSCOPY_CHECKS).checks == list(audit.DERMOSCOPY_CHECKS)
+    with pytest.raises(ValueError, match="unknown audit checks"):
+        audit.policy("x", ["no_such_check"])
 
 
 @pytest.mark.parametrize("shape, region", [

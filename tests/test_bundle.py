@@ -21,7 +21,7 @@ def tiny(tmp_path):
 def test_tiny_bundle_loads(tiny):
     bundle = load_bundle(tiny)
     assert bundle.manifest.labels == ["NORMAL", "PNEUMONIA"]
-    assert bundle.manifest.urgent_index == 1
+    assert bundle.manifest.urgent_indices == [1]
     assert bundle.manifest.variant("fp32").file == "model.onnx"
 
 
@@ -63,7 +63,11 @@ def test_not_a_bundle(tmp_path):
     [
         ({"policy": {"urgent_label": "COVID", "operating_point": {
             "threshold": 0.5, "sensitivity": 1, "specificity": 1, "chosen_on": "x", "method": "x"}}},
-         "urgent_label"),
+         "urgent_labels"),
+        ({"policy": {"urgent_labels": ["NORMAL", "PNEUMONIA"], "operating_point": {
+            "threshold": 0.5, "sensitivity": 1, "specificity": 1, "chosen_on": "x", "method": "x"}}},
+         "cannot be every label"),
+        ({"labels": ["NORMAL", "PNEUMONIA", "OTHER"]}, "exactly two labels"),
         ({"disclaimer": None}, "disclaimer"),
         ({"labels": ["A", "A"]}, "unique"),
         ({"variants": [{"precision": "fp32", "file": "other.onnx"}]}, "not listed in files"),
@@ -106,4 +110,29 @@ def test_one_variant_per_precision_and_target():
         m.variant("fp16")
     data["variants"][-1]["targets"] = ["cpu", "gpu"]
     with pytest.raises(ValidationError, match="one variant per precision and target"):
+        Manifest.model_validate(data)
+
+
+def test_a_bundle_naming_one_urgent_label_reads_as_a_group_of_one():
+    """Bundles written before multi-class exams (and in the field) say `urgent_label`."""
+    data = manifest_dict({"model.onnx": {"sha256": "0" * 64, "bytes": 1}})
+    data["policy"]["urgent_label"] = data["policy"].pop("urgent_labels")[0]
+    m = Manifest.model_validate(data)
+    assert m.policy.urgent_labels == ["PNEUMONIA"] and m.finding == "pneumonia"
+    data["policy"]["urgent_labels"] = ["PNEUMONIA"]
+    with pytest.raises(ValidationError, match="not both"):
+        Manifest.model_validate(data)
+
+
+def test_urgent_probability_sums_the_urgent_group():
+    import numpy as np
+
+    data = manifest_dict({"model.onnx": {"sha256": "0" * 64, "bytes": 1}})
+    data.update(labels=["akiec", "bcc", "mel", "nv"], task="multi-class-classification")
+    data["policy"].update(urgent_labels=["akiec", "bcc", "mel"], focus_label="mel")
+    m = Manifest.model_validate(data)
+    p = np.array([[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.05, 0.95]])
+    assert m.urgent_probability(p) == pytest.approx([0.6, 0.05])
+    data["policy"]["focus_label"] = "nv"
+    with pytest.raises(ValidationError, match="focus_label"):
         Manifest.model_validate(data)

@@ -28,9 +28,9 @@ def test_gate_passes_identical_and_names_each_failure():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 500)
     fp32 = np.column_stack([np.zeros(500), (y * 2 - 1) * 2 + rng.normal(0, 1.5, 500)])
-    same = gate("v", fp32, fp32.copy(), y, urgent=1, threshold=0.5)
+    same = gate("v", fp32, fp32.copy(), y, urgent=[1], threshold=0.5)
     assert same.passed and same.agreement == 1.0 and same.max_logit_deviation == 0.0
-    noisy = gate("v", fp32, fp32 + rng.normal(0, 1.0, fp32.shape), y, urgent=1, threshold=0.5)
+    noisy = gate("v", fp32, fp32 + rng.normal(0, 1.0, fp32.shape), y, urgent=[1], threshold=0.5)
     assert not noisy.passed
     assert any("AUC drops" in r for r in noisy.reasons) and any("agrees with FP32" in r for r in noisy.reasons)
 

@@ -88,7 +88,7 @@ def test_smoke_train_to_bundle(smoke_run):
 
     bundle = load_bundle(tmp_path / "bundle")
     m = bundle.manifest
-    assert m.labels == ["NORMAL", "PNEUMONIA"] and m.policy.urgent_label == "PNEUMONIA"
+    assert m.labels == ["NORMAL", "PNEUMONIA"] and m.policy.urgent_labels == ["PNEUMONIA"]
     assert m.input == input_contract(64, INPUT_NAME)
     assert {"model.onnx", "roc.png", "MODEL_CARD.md"} <= set(m.files)
     assert [s.split.startswith("validation") for s in m.metrics] == [True, True]

@@ -70,7 +70,7 @@ def manifest_dict(files: dict) -> dict:
         },
         "outputs": {"logits": "logits", "cam": "cam"},
         "policy": {
-            "urgent_label": "PNEUMONIA",
+            "urgent_labels": ["PNEUMONIA"],
             "operating_point": {
                 "threshold": 0.5,
                 "sensitivity": 0.9,

@@ -64,7 +64,6 @@ class LiveResult:
     result: TriageResult
     smoothed: Smoothed | None
     latency_ms: float  # frame complete -> result ready
-    urgent_label: str
 
     @property
     def seq(self) -> int:
@@ -76,7 +75,7 @@ class LiveResult:
 
     @property
     def display_probability(self) -> float:
-        return self.smoothed.probability if self.smoothed else self.result.probabilities[self.urgent_label]
+        return self.smoothed.probability if self.smoothed else self.result.urgent_probability
 
     def as_json(self) -> dict:
         """The newest result; an UNGRADABLE one carries no score (see device.triage.withhold_ungraded)."""
@@ -114,16 +113,12 @@ class Smoother:
             self._probs.clear()
         self._last = captured
         if result.triage == UNGRADABLE:
-            return Smoothed(self.window, 0, result.label, UNGRADABLE, result.probabilities[self._urgent])
+            return Smoothed(self.window, 0, result.label, UNGRADABLE, result.urgent_probability)
         labels = self._manifest.labels
         self._probs.append(np.array([result.probabilities[name] for name in labels]))
         mean = np.mean(self._probs, axis=0)
         label, category = decide(mean, self._manifest, gradable=True)
-        return Smoothed(self.window, len(self._probs), label, category, float(mean[self._manifest.urgent_index]))
-
-    @property
-    def _urgent(self) -> str:
-        return self._manifest.policy.urgent_label
+        return Smoothed(self.window, len(self._probs), label, category, float(self._manifest.urgent_probability(mean)))
 
 
 class LiveTriage:
@@ -220,5 +215,5 @@ class LiveTriage:
         smoothed = self._smoother.add(result, frame.captured)
         latency_ms = (time.monotonic() - frame.captured) * 1e3
         return LiveResult(
-            self.source_id, frame, img, result, smoothed, latency_ms, self._manifest.policy.urgent_label
+            self.source_id, frame, img, result, smoothed, latency_ms
         )

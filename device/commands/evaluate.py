@@ -1,9 +1,13 @@
 """``bedside eval``: a bundle's metrics at its own operating point on a folder of labelled images.
 
 The folder holds one subfolder per label (matched case-insensitively); positive = the
-bundle's urgent label. Besides the metrics: patient-bootstrap confidence intervals, subgroups
-(per label, per file-name group and aspect bucket the bundle declares) and, with --audit, the
-shortcut audits.
+bundle's urgent group, scored by P(urgent) as the policy combines it. Or it is a one-vs-rest
+folder, `<label>/` and `not_<label>/` for one urgent label (external test sets often label only
+melanoma): then `auc` is that of P(label), `sensitivity` the share of `<label>` images triaged
+URGENT and `specificity` the share of the others triaged ROUTINE, in the same JSON shape.
+Besides the metrics: patient-bootstrap confidence intervals, subgroups (per folder, per
+file-name group and aspect bucket the bundle declares), for a multi-class bundle its per-class
+metrics (`multiclass`), and, with --audit, the bundle's shortcut audits.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from device.commands.common import add_bundle_argument, add_runtime_arguments, o
 from device.triage import Triager
 from models import audit
 from models.bundle import AuditCheck, EvaluationPolicy, Manifest
-from models.metrics import binary_report, bootstrap_intervals, subgroup_report
+from models.metrics import binary_report, bootstrap_intervals, multiclass_report, roc_auc, subgroup_report
 
 BATCH = 32
 
@@ -43,21 +47,44 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="patient bootstrap resamples for the confidence intervals (default 1000)")
 
 
-def labelled_files(data: Path, manifest: Manifest) -> list[tuple[Path, int]]:
+NOT = -1  # the label index of files in a one-vs-rest folder's not_<label>/
+
+
+def one_vs_rest_label(names: list[str], manifest: Manifest) -> str | None:
+    """The label of a `<label>/` + `not_<label>/` folder pair, None when the folders are not one."""
+    lower = sorted(n.lower() for n in names)
+    if len(lower) != 2 or lower[1] != f"not_{lower[0]}":
+        return None
+    label = next((l for l in manifest.labels if l.lower() == lower[0]), None)
+    if label is None:
+        return None
+    if label not in manifest.policy.urgent_labels:
+        raise DataFolderError(f"{label} is not an urgent label of {manifest.id} (urgent: "
+                              f"{', '.join(manifest.policy.urgent_labels)}): a one-vs-rest folder must name one")
+    return label
+
+
+def labelled_files(data: Path, manifest: Manifest) -> tuple[list[tuple[Path, int]], str | None]:
+    """(file, label index) pairs (NOT for a not_<label>/ file) and the one-vs-rest label, if it is one."""
     if not data.is_dir():
         raise DataFolderError(f"{data}: not a directory")
+    folders = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
     by_lower = {label.lower(): i for i, label in enumerate(manifest.labels)}
+    single = one_vs_rest_label([f.name for f in folders], manifest)
+    if single is not None:
+        by_lower = {single.lower(): manifest.labels.index(single), f"not_{single.lower()}": NOT}
     items: list[tuple[Path, int]] = []
-    for folder in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for folder in folders:
         if folder.name.lower() not in by_lower:
             raise DataFolderError(
-                f"{folder}: folder name matches no label of {manifest.id} (labels: {', '.join(manifest.labels)})"
+                f"{folder}: folder name matches no label of {manifest.id} (labels: {', '.join(manifest.labels)}; "
+                "or a one-vs-rest pair such as mel/ and not_mel/)"
             )
         index = by_lower[folder.name.lower()]
         items += [(f, index) for f in sorted(folder.iterdir()) if f.is_file() and not f.name.startswith(".")]
     if not items:
         raise DataFolderError(f"{data}: no labelled images (expected subfolders named {manifest.labels})")
-    return items
+    return items, single
 
 
 @dataclass
@@ -65,24 +92,28 @@ class Scored:
     """What the model said about each readable file of the folder."""
 
     files: list[tuple[Path, int]] = field(default_factory=list)  # (path, label index) of each scored file
-    probs: list[np.ndarray] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)  # (batch, labels) softmax probabilities
     aspects: list[float] = field(default_factory=list)  # width / height as received
     ungradable: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
-    def p(self) -> np.ndarray:
-        return np.concatenate(self.probs) if self.probs else np.empty(0)
+    def probabilities(self) -> np.ndarray:
+        return np.concatenate(self.probs) if self.probs else np.empty((0, 0))
+
+    @property
+    def indices(self) -> np.ndarray:
+        return np.array([index for _, index in self.files], dtype=np.int64)
 
 
 def predict_all(triager: Triager, items: list[tuple[Path, int]]) -> Scored:
-    """Urgent-class probabilities of every readable file, its aspect, the ungradable count and errors."""
+    """Probabilities of every readable file, its aspect, the ungradable count and errors."""
     m = triager.manifest
     scored, batch = Scored(), []
 
     def flush():
         if batch:
-            scored.probs.append(triager.predict(np.stack(batch))[0][:, m.urgent_index])
+            scored.probs.append(triager.predict(np.stack(batch))[0])
             batch.clear()
 
     for path, index in tqdm(items, desc="evaluating", unit="img", file=sys.stderr, leave=False):
@@ -114,8 +145,10 @@ def patient_ids(files: list[tuple[Path, int]], policy: EvaluationPolicy | None) 
 def subgroup_masks(scored: Scored, manifest: Manifest) -> dict[str, np.ndarray]:
     """Per label folder, per subgroup the bundle declares (file name patterns), per aspect bucket."""
     names = [path.name for path, _ in scored.files]
-    labels = np.array([index for _, index in scored.files])
-    masks = {f"label {label}": labels == i for i, label in enumerate(manifest.labels)}
+    labels = scored.indices
+    masks = {f"label {label}": labels == i for i, label in enumerate(manifest.labels) if (labels == i).any()}
+    if (labels == NOT).any():
+        masks["not labelled urgent"] = labels == NOT
     policy = manifest.evaluation
     if policy is None:
         return masks
@@ -136,36 +169,52 @@ def audit_folder(triager: Triager, scored: Scored, y: np.ndarray) -> list[AuditC
     images = (intake.decode_file(path).pixels for path, _ in scored.files)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        return triager.predict(x)[0][:, m.urgent_index]
+        return m.urgent_probability(triager.predict(x)[0])
 
-    return audit.run_audit(predict, images, y, m.input, m.policy.operating_point.threshold)
+    names = m.audit.checks if m.audit is not None else list(audit.CHECKS)
+    return audit.run_audit(predict, images, y, m.input, m.policy.operating_point.threshold, names)
+
+
+def folder_report(scored: Scored, m: Manifest, single: str | None, bootstrap: int) -> dict:
+    """The binary report of the urgent group (or of the one-vs-rest label), and its extras."""
+    probs, threshold = scored.probabilities, m.policy.operating_point.threshold
+    p = m.urgent_probability(probs)
+    if single is not None:
+        y = scored.indices == m.labels.index(single)
+    else:
+        y = np.isin(scored.indices, m.urgent_indices)
+    if y.all() or not y.any():
+        raise DataFolderError("need images of both the urgent class and another class")
+    report = binary_report(y, p, threshold).as_dict()
+    if single is not None:
+        report.update(auc=roc_auc(y, probs[:, m.labels.index(single)]), auc_of=f"P({single})")
+    report.update(
+        positive_label=single or " + ".join(m.policy.urgent_labels),
+        intervals=bootstrap_intervals(y, p, threshold, patient_ids(scored.files, m.evaluation), bootstrap),
+        subgroups=subgroup_report(y, p, threshold, subgroup_masks(scored, m)),
+    )
+    if single is not None:
+        report["intervals"].pop("auc", None)  # resampled on P(urgent), not on P(label)
+    if len(m.labels) > 2 and single is None:
+        report["multiclass"] = multiclass_report(scored.indices, probs, m.labels, m.policy.urgent_labels, threshold,
+                                                 m.policy.focus_label)
+    return report
 
 
 def run(args: argparse.Namespace) -> int:
     triager = open_triager(args)
     m = triager.manifest
     try:
-        items = labelled_files(args.data, m)
+        items, single = labelled_files(args.data, m)
+        scored = predict_all(triager, items)
+        for err in scored.errors:
+            print(f"skipped {err}", file=sys.stderr)
+        report = folder_report(scored, m, single, args.bootstrap)
     except DataFolderError as exc:
         print(f"bedside eval: {exc}", file=sys.stderr)
         return 1
-    scored = predict_all(triager, items)
-    for err in scored.errors:
-        print(f"skipped {err}", file=sys.stderr)
-    y = np.array([index == m.urgent_index for _, index in scored.files], dtype=bool)
-    if y.all() or not y.any():
-        print("bedside eval: need images of both the urgent class and another class", file=sys.stderr)
-        return 1
-    p, threshold = scored.p, m.policy.operating_point.threshold
-    report = binary_report(y, p, threshold).as_dict()
-    report.update(
-        ungradable=scored.ungradable,
-        errors=len(scored.errors),
-        positive_label=m.policy.urgent_label,
-        model=triager.model.as_dict(),
-        intervals=bootstrap_intervals(y, p, threshold, patient_ids(scored.files, m.evaluation), args.bootstrap),
-        subgroups=subgroup_report(y, p, threshold, subgroup_masks(scored, m)),
-    )
+    report.update(ungradable=scored.ungradable, errors=len(scored.errors), model=triager.model.as_dict())
+    y = np.isin(scored.indices, [m.labels.index(single)] if single else m.urgent_indices)
     checks = audit_folder(triager, scored, y) if args.audit else None
     if checks is not None:
         report["audit"] = [c.model_dump() for c in checks]
@@ -192,8 +241,10 @@ def print_report(report: dict, m: Manifest, triager: Triager, data: Path) -> Non
 
     print(f"{m.id} {m.version} ({triager.model.precision}, {triager.model.backend}) on {data}")
     print(f"n={report['n']} (positive {report['n_positive']})  AUC {with_ci('auc')}  accuracy {with_ci('accuracy')}")
-    print(f"at P({m.policy.urgent_label}) >= {report['threshold']:.3f}: sensitivity {with_ci('sensitivity')}  "
-          f"specificity {with_ci('specificity')}")
+    auc_of = f" ({report['auc_of']})" if "auc_of" in report else ""
+    print(f"positive: {report['positive_label']}{auc_of}")
+    print(f"at P({' + '.join(m.policy.urgent_labels)}) >= {report['threshold']:.3f}: sensitivity "
+          f"{with_ci('sensitivity')}  specificity {with_ci('specificity')}")
     print(f"confusion: TP {c['tp']}  FN {c['fn']}  TN {c['tn']}  FP {c['fp']}   "
           f"ungradable {report['ungradable']}  unreadable {report['errors']}")
     print("intervals: bootstrap of whole patients")
@@ -201,3 +252,21 @@ def print_report(report: dict, m: Manifest, triager: Triager, data: Path) -> Non
     for g in report["subgroups"]:
         cells = [f"{g[k]:.4f}" if k in g else "-" for k in ("auc", "sensitivity", "specificity")]
         print(f"{g['group']:<24} {g['n']:>5} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7} {g['flagged']:>8.1%}")
+    if "multiclass" in report:
+        print("\n".join(multiclass_lines(report["multiclass"])))
+
+
+def multiclass_lines(mc: dict) -> list[str]:
+    """Per-class AUC, balanced accuracy and the confusion matrix (rows: truth, columns: arg-max)."""
+    labels = mc["labels"]
+    lines = [f"\nbalanced accuracy {mc['balanced_accuracy']:.4f}  accuracy {mc['accuracy']:.4f}  "
+             f"urgent-group AUC {mc['urgent_auc']:.4f}"]
+    if mc.get("focus"):
+        lines.append(f"{mc['focus']}: referred {mc['focus_sensitivity']:.4f} of them (sensitivity), "
+                     f"{mc['focus_specificity']:.4f} of the others not referred (specificity)")
+    lines.append("one-vs-rest AUC: " + "  ".join(f"{k} {v:.4f}" for k, v in mc["per_class_auc"].items()))
+    lines.append("confusion (rows: true label, columns: likeliest label)")
+    lines.append(f"{'':>8}" + "".join(f"{label:>7}" for label in labels))
+    for label, row in zip(labels, mc["confusion"]):
+        lines.append(f"{label:>8}" + "".join(f"{v:>7}" for v in row))
+    return lines

@@ -26,10 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
 
 
-def _table_row(result: TriageResult, urgent_label: str) -> str:
+def _table_row(result: TriageResult) -> str:
     reasons = "; ".join(i.message for i in result.quality.issues) or "ok"
-    p = result.probabilities[urgent_label]
-    return f"{result.triage:<10} {result.label:<10} {p:>6.3f} {result.latency_ms:>8.1f}  {result.source}  [{reasons}]"
+    top = ""
+    if len(result.probabilities) > 2:
+        best = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        top = "  top " + ", ".join(f"{name} {p:.2f}" for name, p in best)
+    return (f"{result.triage:<10} {result.label:<10} {result.urgent_probability:>6.3f} {result.latency_ms:>8.1f}  "
+            f"{result.source}  [{reasons}]{top}")
 
 
 def _write_heatmap(directory: Path, path: Path, result: TriageResult, img: intake.DecodedImage,
@@ -48,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     m = triager.manifest
     if not args.json:
         print(f"model {m.id} {m.version} ({triager.model.precision}, {triager.model.backend}), "
-              f"threshold P({m.policy.urgent_label}) >= {m.policy.operating_point.threshold:.3f}")
-        print(f"{'TRIAGE':<10} {'LABEL':<10} {'P(' + m.policy.urgent_label[:3] + ')':>6} {'ms':>8}  FILE")
+              f"threshold P({' + '.join(m.policy.urgent_labels)}) >= {m.policy.operating_point.threshold:.3f}")
+        short = m.policy.urgent_labels[0][:3] if len(m.policy.urgent_labels) == 1 else "urg"
+        print(f"{'TRIAGE':<10} {'LABEL':<10} {'P(' + short + ')':>6} {'ms':>8}  FILE")
     failed = 0
     for path in args.files:
         try:
@@ -66,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.as_json()), flush=True)
         else:
-            print(_table_row(result, m.policy.urgent_label), flush=True)
+            print(_table_row(result), flush=True)
     if failed:
         print(f"{failed} of {len(args.files)} files could not be triaged", file=sys.stderr)
     return EXIT_SOME_FAILED if failed else 0

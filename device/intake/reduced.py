@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from models.bundle import Manifest
 
 FACTORS = (8, 4, 2)
+# The long side at which device/quality.py judges sharpness (area-resized there): an image decoded
+# for a bundle with a sharpness check keeps at least this much, so the figure is the full image's.
+SHARPNESS_SIDE = 224
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class ReducedDecode:
     @classmethod
     def for_manifest(cls, manifest: Manifest) -> "ReducedDecode":
         contract = manifest.input
-        min_side = max(contract.height, contract.width, manifest.quality.min_side_px)
+        min_side = max(contract.height, contract.width, manifest.quality.min_side_px,
+                       SHARPNESS_SIDE if manifest.quality.min_sharpness is not None else 0)
         # A colour photo is refused by max_colorfulness: a grayscale decode would hide the colour.
         gray = contract.color == "grayscale" and manifest.quality.max_colorfulness is None
         return cls(min_side, gray)

@@ -315,8 +315,7 @@ class Kiosk:
         Uploads and imports come through create_study; other sources (a captured camera frame)
         store their encoded frame with put_image and call this directly.
         """
-        kept = StudyResult(result, result.probabilities[exam.bundle.manifest.policy.urgent_label],
-                           extra_timings_ms or {}, capture)
+        kept = StudyResult(result, result.urgent_probability, extra_timings_ms or {}, capture)
         study = self.store.add_study(
             image_sha256,
             image_bytes,

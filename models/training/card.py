@@ -64,8 +64,10 @@ INTENDED_USE = ("Research prototype: flags frontal pediatric chest radiographs (
                 "a reader.")
 # Chest radiographs in the training data: p99-p1 >= 0.47 and <= 29% pure black/white pixels
 # (measured on every 10th train image and the full-resolution samples); limits keep a wide margin.
+# Colour: every radiograph has chroma 0.00; the dermoscopy images of the skin exam go down to
+# 0.049, so 0.03 sends each exam's images away from the other.
 QUALITY = QualityPolicy(
-    min_side_px=128, min_dynamic_range=0.25, max_clipped_fraction=0.5, max_colorfulness=0.08, min_aspect=0.5
+    min_side_px=128, min_dynamic_range=0.25, max_clipped_fraction=0.5, max_colorfulness=0.03, min_aspect=0.5
 )
 # How `bedside eval` groups a folder of these images: the Kermany file names carry the patient and
 # the acquisition group (two batches of normals, bacterial and viral pneumonia).
@@ -146,7 +148,8 @@ def build_manifest(checkpoint: dict, bundle_id: str, version: str, files: dict,
         input=input_contract(size, INPUT_NAME),
         outputs=Outputs(logits="logits", cam="cam"),
         policy=TriagePolicy(
-            urgent_label="PNEUMONIA",
+            urgent_labels=["PNEUMONIA"],
+            finding="pneumonia",
             operating_point=OperatingPoint(
                 threshold=float(checkpoint["threshold"]),
                 sensitivity=stress.sensitivity,
@@ -191,7 +194,7 @@ def build_manifest(checkpoint: dict, bundle_id: str, version: str, files: dict,
 
 def audit_policy(checkpoint: dict) -> AuditPolicy:
     clean = checkpoint["metrics"][0]["split"]
-    return audit.policy(clean, float(checkpoint.get("max_flip_rate", audit.MAX_FLIP_RATE)))
+    return audit.policy(clean, max_flip_rate=float(checkpoint.get("max_flip_rate", audit.MAX_FLIP_RATE)))
 
 
 def redraw_validation(checkpoint: dict, data_dir: Path | None) -> list[Sample]:

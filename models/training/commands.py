@@ -1,6 +1,10 @@
 """``bedside train`` and ``bedside export``: the training floor's two commands, in the shape
 device/cli.py dispatches to. Importing this module imports torch: the appliance never does; where
-torch is missing, ``bedside`` names the 'train' extra instead."""
+torch is missing, ``bedside`` names the 'train' extra instead.
+
+Each exam has its own trainer with its own options: ``bedside train --exam skin-lesion-triage``
+(default: the chest X-ray exam). ``bedside export`` reads the exam from the checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,11 @@ import torch
 
 from models.training import train
 from models.training.card import AuditFailed, group_shift_folds, write_bundle
+from models.training.skin import card as skin_card
+from models.training.skin import train as skin_train
+
+# exam (bundle id) -> its trainer module (add_arguments(parser), run(args))
+TRAINERS = {train.DEFAULT_ID: train, skin_train.DEFAULT_ID: skin_train}
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +46,15 @@ def run_export(args: argparse.Namespace) -> int:
     checkpoint = load(args.checkpoint)
     if args.max_flip_rate is not None:
         checkpoint["max_flip_rate"] = args.max_flip_rate
+    if checkpoint.get("exam") == skin_train.DEFAULT_ID:
+        bundle_id = skin_train.DEFAULT_ID if args.id == train.DEFAULT_ID else args.id
+        version = skin_train.DEFAULT_VERSION if args.version == train.DEFAULT_VERSION else args.version
+        try:
+            print(f"bundle {skin_card.write_bundle(checkpoint, Path(args.out), bundle_id, version, args.data)}")
+        except AuditFailed as exc:
+            print(f"bedside export: {exc}", file=sys.stderr)
+            return 1
+        return 0
     folds = group_shift_folds([load(p) for p in args.group_shift])
     try:
         bundle = write_bundle(checkpoint, Path(args.out), args.id, args.version, data_dir=args.data, group_shift=folds,
@@ -48,13 +66,28 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": (train.add_arguments, train.run), "export": (add_export_arguments, run_export)}
+def exam_of(argv: list[str]) -> str:
+    """The --exam value on a command line (default: the chest exam); the trainer is chosen by it."""
+    for i, arg in enumerate(argv):
+        if arg == "--exam" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--exam="):
+            return arg.split("=", 1)[1]
+    return train.DEFAULT_ID
 
 
-def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.set_defaults(_training_command=name)
-    COMMANDS[name][0](parser)
+def add_arguments(parser: argparse.ArgumentParser, name: str, argv: list[str]) -> None:
+    if name == "export":
+        parser.set_defaults(_run=run_export)
+        add_export_arguments(parser)
+        return
+    exam = exam_of(argv)
+    parser.add_argument("--exam", choices=sorted(TRAINERS), default=train.DEFAULT_ID,
+                        help="which exam's model to train; its options follow")
+    trainer = TRAINERS.get(exam, train)  # an unknown --exam is refused by the choices above
+    parser.set_defaults(_run=trainer.run)
+    trainer.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    return COMMANDS[args._training_command][1](args)
+    return args._run(args)

@@ -23,14 +23,15 @@ OUTPUT_NAMES = ("logits", "cam")
 
 def deployable_model(checkpoint: dict) -> ResNetCAM:
     """The checkpoint's (EMA) weights with the calibration temperature baked in and BN folded."""
-    model = build_model(tuple(checkpoint["widths"]), int(checkpoint["blocks"]))
+    model = build_model(tuple(checkpoint["widths"]), int(checkpoint["blocks"]), int(checkpoint.get("classes", 2)),
+                        int(checkpoint.get("channels", 1)))
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
     model.bake_temperature(float(checkpoint["temperature"]))
     return model.fuse()
 
 
-def export_onnx(model: ResNetCAM, size: int, path: Path) -> Path:
+def export_onnx(model: torch.nn.Module, size: int, path: Path, channels: int = 1) -> Path:
     """Single-file ONNX (opset 18) with a dynamic batch axis, via the dynamo exporter.
 
     The dynamo path (torch's default since 2.9) gives a clean graph for this plain model; the
@@ -46,7 +47,7 @@ def export_onnx(model: ResNetCAM, size: int, path: Path) -> Path:
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         program = torch.onnx.export(
             model,
-            (torch.zeros(1, 1, size, size),),
+            (torch.zeros(1, channels, size, size),),
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=list(OUTPUT_NAMES),
@@ -70,7 +71,7 @@ def onnx_session(path: Path):
 
 
 @torch.no_grad()
-def max_abs_diff(model: ResNetCAM, path: Path, x: torch.Tensor) -> dict[str, float]:
+def max_abs_diff(model: torch.nn.Module, path: Path, x: torch.Tensor) -> dict[str, float]:
     """Largest |onnxruntime - torch| over `x`, per output."""
     session = onnx_session(path)
     got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.float().numpy()})

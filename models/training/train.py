@@ -266,7 +266,7 @@ def command_line(args: argparse.Namespace) -> str:
     program = ["bedside", "train"] if Path(sys.argv[0]).name == "bedside" else ["python", "-m", "models.training.train"]
     options: list[str] = []
     for action_name, value in sorted(vars(args).items()):
-        if action_name in ("func", "command", "no_progress") or value is None:
+        if action_name in ("func", "command", "no_progress") or action_name.startswith("_") or value is None:
             continue
         flag = "--" + action_name.replace("_", "-")
         options += [flag, str(value)]
@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
                  "n_duplicates_removed": data.n_duplicates, "n_unknown_aspect": data.n_unknown_aspect,
                  "n_held_out": len(data.held_out), "held_out": args.hold_out, "limit": args.limit,
                  "n_train_positive": int(data.train_y.sum()), "val_fraction": args.val_fraction},
-        "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"},
+        "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func" and not k.startswith("_")},
         "augment": {k: str(v) for k, v in dataclasses.asdict(aug.TRAIN).items()},
         "training_command": command_line(args),
         "seed": args.seed,

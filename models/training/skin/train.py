@@ -9,6 +9,7 @@ Seeded and deterministic (one thread by default); the checkpoint goes to runs/ a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -19,12 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from models import audit
 from models.datasets import REPO_ROOT
 from models.metrics import multiclass_report
 from models.training import train as chest_train
 from models.training.architectures import build_model
 from models.training.skin import augment as aug
-from models.training.skin.data import LABELS, MEAN, MELANOMA, STD, URGENT, input_contract, load_images, load_split
+from models.training.skin.data import FOCUS, LABELS, MEAN, MELANOMA, STD, URGENT, input_contract, load_images, load_split
 from models.training.skin.tta import DihedralAverage
 
 DEFAULT_ID = "skin-lesion-triage"
@@ -54,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="melanoma sensitivity the operating point keeps on clean and stressed validation")
     parser.add_argument("--stress-copies", type=int, default=2)
     parser.add_argument("--limit", type=int, default=0, help="use only N images (smoke tests)")
-    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--max-flip-rate", type=float, default=audit.MAX_FLIP_RATE,
+                        help="the audit limit the bundle declares; export refuses a model over it")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--id", default=DEFAULT_ID)
     parser.add_argument("--version", default=DEFAULT_VERSION)
@@ -161,9 +164,9 @@ def run(args: argparse.Namespace) -> int:
     stress_p = softmax(predict(model, stress_inputs(val_x, args.stress_copies, args.seed), args.tta), temperature)
     threshold = min(melanoma_threshold(val_y, urgent_probability(p), args.target_sensitivity),
                     melanoma_threshold(stress_y, urgent_probability(stress_p), args.target_sensitivity))
-    report = multiclass_report(val_y, p, LABELS, URGENT, threshold)
-    stress = multiclass_report(stress_y, stress_p, LABELS, URGENT, threshold)
-    single = multiclass_report(val_y, softmax(*by_copies[1]), LABELS, URGENT, threshold)
+    report = multiclass_report(val_y, p, LABELS, URGENT, threshold, FOCUS)
+    stress = multiclass_report(stress_y, stress_p, LABELS, URGENT, threshold, FOCUS)
+    single = multiclass_report(val_y, softmax(*by_copies[1]), LABELS, URGENT, threshold, FOCUS)
     checkpoint = {
         "exam": DEFAULT_ID, "labels": LABELS, "urgent_labels": URGENT,
         "widths": tuple(int(w) for w in args.widths.split(",")), "blocks": args.blocks, "size": args.size,
@@ -174,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
         "data": {"n_train": len(train), "n_val": len(val), "val_fraction": args.val_fraction, "limit": args.limit,
                  "train_counts": [int((train_y == i).sum()) for i in range(len(LABELS))],
                  "val_counts": [int((val_y == i).sum()) for i in range(len(LABELS))]},
-        "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func"},
-        "augment": {k: str(v) for k, v in vars(aug.TRAIN).items()} if hasattr(aug.TRAIN, "__dict__") else {},
-        "training_command": chest_train.command_line(args), "seed": args.seed,
+        "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func" and not k.startswith("_")},
+        "augment": {k: str(v) for k, v in dataclasses.asdict(aug.TRAIN).items()},
+        "training_command": chest_train.command_line(args), "seed": args.seed, "max_flip_rate": args.max_flip_rate,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(time.time() - started, 1),
         "fit_seconds": round(trained_s, 1),
     }
@@ -185,11 +188,20 @@ def run(args: argparse.Namespace) -> int:
     torch.save(checkpoint, run_dir / "checkpoint.pt")
     for name, r in (("validation", report), ("stress", stress), ("validation, no TTA", single)):
         print(f"{name}: balanced accuracy {r['balanced_accuracy']:.4f}  melanoma AUC {r['per_class_auc']['mel']:.4f}  "
-              f"sens {r['melanoma_sensitivity']:.4f} spec {r['melanoma_specificity']:.4f}  "
+              f"sens {r['focus_sensitivity']:.4f} spec {r['focus_specificity']:.4f}  "
               f"urgent AUC {r['urgent_auc']:.4f}  per-class AUC "
               + " ".join(f"{k} {v:.3f}" for k, v in r["per_class_auc"].items()))
     print(f"temperature {temperature:.3f}, threshold {threshold:.4f}, trained in {checkpoint['training_seconds']:.0f} s")
     print(f"checkpoint {run_dir / 'checkpoint.pt'}")
+    if args.out is not None:
+        from models.training.card import AuditFailed
+        from models.training.skin.card import write_bundle  # matplotlib side; imported late
+
+        try:
+            print(f"bundle {write_bundle(checkpoint, Path(args.out), args.id, args.version, args.data)}")
+        except AuditFailed as exc:
+            print(f"bedside train: {exc} (the checkpoint is kept)", file=sys.stderr)
+            return 1
     return 0
 
 

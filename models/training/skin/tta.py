@@ -38,9 +38,9 @@ class DihedralAverage(nn.Module):
         self.model, self.copies = model, copies
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[0]
         transforms = _TRANSFORMS[: self.copies]
         logits, cam = self.model(torch.cat([forward_transform(x, *t) for t in transforms]))
-        logits = logits.view(self.copies, n, -1).mean(0)
-        cams = [inverse_transform(c, *t) for c, t in zip(cam.split(n), transforms)]
+        logits = logits.reshape(self.copies, -1, logits.shape[1]).mean(0)
+        cam = cam.reshape(self.copies, -1, *cam.shape[1:])
+        cams = [inverse_transform(cam[i], *t) for i, t in enumerate(transforms)]
         return logits, torch.stack(cams).mean(0)

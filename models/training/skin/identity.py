@@ -1,0 +1,20 @@
+"""What the skin-lesion bundle says about itself: its data, licence, citation and intended use."""
+
+LICENCE = "CC BY-NC 4.0"
+DISCLAIMER = ("Research use only - not for diagnosis. Non-commercial: trained on HAM10000 (CC BY-NC 4.0); "
+              "not for commercial use.")
+DATASET = ("HAM10000 (Tschandl et al. 2018), the ISIC 2018 Task 3 training set, one image per lesion "
+           "(5,984 of its 10,015 images), 224x224 RGB as distributed")
+CITATION = ("Tschandl P, Rosendahl C, Kittler H. The HAM10000 dataset, a large collection of multi-source "
+            "dermatoscopic images of common pigmented skin lesions. Sci Data 5:180161, 2018. "
+            "doi:10.1038/sdata.2018.161; Codella N et al. Skin Lesion Analysis Toward Melanoma Detection 2018 "
+            "(ISIC). arXiv:1902.03368")
+INTENDED_USE = ("Research prototype, non-commercial: orders dermoscopy images of pigmented skin lesions for "
+                "review, flagging those that look like melanoma, basal cell carcinoma or actinic keratosis / "
+                "intraepithelial carcinoma for referral. It does not diagnose and does not replace a "
+                "dermatologist or a biopsy.")
+LABEL_NAMES = {
+    "akiec": "actinic keratosis / intraepithelial carcinoma", "bcc": "basal cell carcinoma",
+    "bkl": "benign keratosis", "df": "dermatofibroma", "mel": "melanoma", "nv": "melanocytic nevus",
+    "vasc": "vascular lesion",
+}

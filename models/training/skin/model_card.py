@@ -1,0 +1,147 @@
+"""MODEL_CARD.md of the skin-lesion bundle: what it is for, how it was made, what it scored."""
+
+from __future__ import annotations
+
+from models.bundle import AuditCheck, QualityPolicy
+from models.training.skin import augment as aug
+from models.training.skin.data import FOCUS, LABELS, URGENT
+from models.training.skin.identity import CITATION, DATASET, DISCLAIMER, INTENDED_USE, LABEL_NAMES, LICENCE
+
+
+def _f(value: float | None, spec: str = ".4f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def _summary_table(rep: dict) -> str:
+    rows = ["| split | n | balanced accuracy | melanoma AUC | refer-group AUC | melanoma referred | "
+            "others not referred (vs melanoma) |", "|---|---|---|---|---|---|---|"]
+    for name, key in (("validation", "clean"), ("validation, stressed", "stress"),
+                      ("validation, one copy (no averaging)", "single")):
+        r = rep[key][2]
+        rows.append(f"| {name} | {r['n']} | {_f(r['balanced_accuracy'])} | {_f(r['per_class_auc'][FOCUS])} | "
+                    f"{_f(r['urgent_auc'])} | {_f(r['focus_sensitivity'])} | {_f(r['focus_specificity'])} |")
+    return "\n".join(rows)
+
+
+def _per_class_table(rep: dict) -> str:
+    clean, stress = rep["clean"][2], rep["stress"][2]
+    rows = ["| label | meaning | validation images | one-vs-rest AUC | stressed AUC | recall (arg-max) |",
+            "|---|---|---|---|---|---|"]
+    for i, label in enumerate(LABELS):
+        conf = clean["confusion"][i]
+        recall = conf[i] / sum(conf) if sum(conf) else float("nan")
+        rows.append(f"| {label}{' (refer)' if label in URGENT else ''} | {LABEL_NAMES[label]} | {clean['counts'][i]} | "
+                    f"{_f(clean['per_class_auc'].get(label))} | {_f(stress['per_class_auc'].get(label))} | {_f(recall, '.3f')} |")
+    return "\n".join(rows)
+
+
+def _confusion_table(rep: dict) -> str:
+    conf = rep["clean"][2]["confusion"]
+    rows = ["| true \\ likeliest | " + " | ".join(LABELS) + " |", "|---" * (len(LABELS) + 1) + "|"]
+    rows += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(LABELS, conf)]
+    return "\n".join(rows)
+
+
+def _audit_table(checks: list[AuditCheck]) -> str:
+    rows = ["| check | what changes | flip rate | refer-group flipped | others flipped | mean change of P(refer) |",
+            "|---|---|---|---|---|---|"]
+    for c in checks:
+        rows.append(f"| {c.name} | {c.description} | {c.flip_rate:.2%} | {_f(c.flip_rate_positive, '.2%')} | "
+                    f"{_f(c.flip_rate_negative, '.2%')} | {c.mean_delta:+.4f} |")
+    return "\n".join(rows)
+
+
+def model_card(checkpoint: dict, rep: dict, checks: list[AuditCheck], diff: dict[str, float],
+               quality: QualityPolicy) -> str:
+    cfg, data = checkpoint["train_config"], checkpoint["data"]
+    size, thr = int(checkpoint["size"]), float(checkpoint["threshold"])
+    counts = ", ".join(f"{label} {n}" for label, n in zip(LABELS, data["train_counts"]))
+    t = aug.TRAIN
+    return f"""\
+# Skin lesion triage from dermoscopy (research, non-commercial)
+
+**{DISCLAIMER}** This model is a research prototype. It has not been cleared or validated for any
+clinical purpose and must not be used to diagnose, rule out or treat anyone. Licence of the
+training data: **{LICENCE}** - this bundle, its outputs and derived works are for non-commercial
+research only.
+
+## Intended use
+{INTENDED_USE}
+
+Input: one dermoscopy image of one lesion, centred (a dermatoscope camera frame, a JPEG/PNG, or
+a DICOM VL photographic / dermoscopy image), in colour. Output: the probability of each of seven
+diagnoses, the triage (**URGENT = refer** when P({' + '.join(URGENT)}) >= {thr:.4f}, else
+ROUTINE), the three likeliest diagnoses, and a class-activation heatmap of the refer group.
+**UNGRADABLE** (no score shown) when the image fails the quality checks: gray (an X-ray or other
+non-skin image: chroma under {quality.min_colorfulness}), blurred (Laplacian variance under
+{quality.min_sharpness} at 224 px), no lesion in the middle of the field, blank, badly exposed,
+too small.
+
+Not for: clinical photographs without a dermatoscope, mucosa, nails, children's lesions,
+non-pigmented lesions outside these seven classes, or darker skin types (HAM10000 comes from
+Austrian and Australian practices; skin types V-VI are barely represented).
+
+## Data
+{DATASET}. Citation: {CITATION}.
+
+Split: one image per lesion here (checked at load), so a per-class seeded shuffle
+({data['val_fraction']:.0%} of each class, seed {checkpoint['seed']}) is a lesion-level split:
+{data['n_train']} training images ({counts}) and {data['n_val']} validation images. No test set
+is used: the official ISIC 2018 Task 3 test images are evaluated separately by the project's
+owners.
+
+## Model
+A small ResNet written in this project (plain 3x3 convolutions, one basic block per stage, widths
+{', '.join(map(str, checkpoint['widths']))}), {size}x{size} RGB input (the 224x224 images area-resized, as on the
+device), seven-way softmax head applied per location as a class-activation map (its mean is the
+logits). Trained from scratch (no pretrained weights): {cfg['epochs']} epochs of AdamW with a one-cycle
+schedule (peak {cfg['lr']}), batch {cfg['batch_size']}, weight decay {cfg['weight_decay']}, label smoothing
+{cfg['label_smoothing']}, weight EMA {cfg['ema']}, loss weights (1/class frequency)^{cfg['class_weight_power']}.
+**Test-time averaging inside the graph**: the exported ONNX averages the logits (and the turned-back
+CAMs) of {checkpoint['tta']} rotations of the input, so every consumer (device, optimizer gate,
+benchmarks) runs exactly what was validated; the temperature {float(checkpoint['temperature']):.3f} (fitted on
+validation, multi-class NLL) is baked in. ONNX opset 18 vs torch: max |difference| logits
+{diff['logits']:.2e}, CAM {diff['cam']:.2e}.
+
+Augmentation (seeded): any of the 8 flips/rotations, any rotation angle, zoom {t.scale[0]}-{t.scale[1]},
+shift, white balance (per-channel gain), brightness, contrast, saturation, gamma, blur, noise; and the
+known shortcuts of dermoscopy datasets painted on random images *of every class*, so none of them tells
+the class: dark dermoscope corners (p {t.p_vignette}), hairs ({t.p_hair}), skin-marker ink ({t.p_ink}),
+a ruler ({t.p_ruler}).
+
+Reproduce: `{checkpoint['training_command']}`
+(seed {checkpoint['seed']}, {checkpoint['training_seconds']:.0f} s on this 2-core x86-64 machine, shared with
+other work; one torch thread, deterministic algorithms).
+
+## Validation
+{_summary_table(rep)}
+
+The operating point: {_f(thr)} on P({' + '.join(URGENT)}), the highest threshold that refers >=
+{float(cfg.get('target_sensitivity', 0.92)):.2f} of the validation melanomas both as they are and under simulated
+acquisition shift (white balance, exposure, saturation, blur, zoom). Melanoma is the costly miss; basal
+cell carcinoma and actinic keratosis ride in the same refer group. With ~100 validation melanomas a
+sensitivity carries about +-0.05 of sampling error (95%); expect less on images from other clinics.
+
+Per class (one-vs-rest, validation; stressed = under simulated shift):
+
+{_per_class_table(rep)}
+
+Confusion of the likeliest label (validation counts):
+
+{_confusion_table(rep)}
+
+![ROC](roc.png) ![confusion](confusion.png)
+
+## Shortcut audits
+Each check changes something that must not matter and counts how often the triage changes on the
+validation images (limit {float(checkpoint.get('max_flip_rate', 0.02)):.0%} per check; the export refuses a model over it):
+
+{_audit_table(checks)}
+
+## Limits
+- Validation is from the same sources as training (HAM10000); the owners' ISIC 2018 test set adds
+  images from other sites. Expect lower figures there.
+- Dermoscopy of pigmented lesions only; the quality checks refuse gray images and images with no
+  dark lesion in the centre, not every wrong input.
+- The heatmap shows where the model looked, not the lesion's outline.
+"""
