@@ -18,7 +18,7 @@ from device.triage import ModelRef, TriageResult
 
 def new_study(triage: str = "ROUTINE", reference: str = "") -> NewStudy:
     result = TriageResult(
-        source="f.png", label="NORMAL", probabilities={"NORMAL": 0.8, "PNEUMONIA": 0.2}, triage=triage,
+        source="f.png", label="NORMAL", probabilities={"NORMAL": 0.8, "PNEUMONIA": 0.2}, urgent_probability=0.2, triage=triage,
         threshold=0.5, quality=QualityReport(True, ()), timings_ms={"inference": 1.0},
         model=ModelRef("m", "1.0.0", "ab" * 32, "fp32", "onnxruntime"),
         cam=np.arange(12, dtype=np.float32).reshape(3, 4),
