@@ -81,6 +81,12 @@ class InputContract(_Strict):
         description="unit: 8-bit values / 255; deeper data is mapped to [0, 1] by its DICOM VOI LUT or "
         "window (as a viewer shows it), or min-max scaled where it has none; 16-bit rasters / 65535",
     )
+    color_constancy: Literal["shades_of_gray_p6"] | None = Field(
+        default=None,
+        description="shades_of_gray_p6: after the resize, each colour channel is divided by its Minkowski "
+        "p=6 mean and multiplied by the mean of the three, so the light's colour (white balance) drops out "
+        "(Finlayson & Trezzi 2004); None: colours as received",
+    )
     mean: list[float]
     std: list[float]
     dicom: DicomHandling
@@ -91,6 +97,8 @@ class InputContract(_Strict):
             raise ValueError("mean and std need one value per channel")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
+        if self.color_constancy is not None and self.channels != 3:
+            raise ValueError("color_constancy needs an RGB (3-channel) input")
         if self.aspect_range is not None and not 0 < self.aspect_range[0] < self.aspect_range[1]:
             raise ValueError("aspect_range must be (low, high) with 0 < low < high")
         return self

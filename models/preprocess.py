@@ -68,10 +68,24 @@ def resize(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(pixels), (contract.width, contract.height), interpolation=interp)
 
 
+CONSTANCY_POWER = 6.0
+
+
+def shades_of_gray(img: np.ndarray, power: float = CONSTANCY_POWER) -> np.ndarray:
+    """HxWx3 unit RGB with the illuminant's colour removed: channel c is scaled by mean(e) / e_c,
+    e_c = (mean of x_c ** power) ** (1 / power), clipped to [0, 1]. The same formula runs in the
+    training augmentation (models/training/skin/augment.py), after its colour changes."""
+    e = np.power(np.mean(np.power(img, power, dtype=np.float32), axis=(0, 1)), 1.0 / power).astype(np.float32)
+    gains = e.mean() / np.maximum(e, 1e-6)
+    return np.clip(img * gains, 0.0, 1.0).astype(np.float32, copy=False)
+
+
 def to_model_input(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
     """Image (uint8, or float in [0, 1]; gray or RGB) -> float32 array (C, H, W), normalised."""
     img = resize(convert_color(pixels, contract.color), contract)
     img = to_unit_float(img)
+    if contract.color_constancy is not None:
+        img = shades_of_gray(img)
     if img.ndim == 2:
         img = img[None, :, :]
     else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.bundle import Manifest
-from models.metrics import binary_report, roc_curve, softmax
+from models.metrics import binary_report, multiclass_report, roc_curve, softmax
 
 COLOURS = ("#1f4e9c", "#c2410c", "#15803d", "#7e22ce", "#a16207")
 SIZE, PAD = 320, 40
@@ -79,6 +79,25 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _per_class(manifest: Manifest, y_labels: np.ndarray, runs: list[VariantRun]) -> str:
+    """Multi-class bundles: balanced accuracy, one-vs-rest AUC per label and the focus label's
+    referral rates of every variant (empty for a binary bundle)."""
+    if len(manifest.labels) <= 2:
+        return ""
+    m, threshold = manifest, manifest.policy.operating_point.threshold
+    rows = []
+    for run in runs:
+        r = multiclass_report(np.asarray(y_labels), softmax(run.logits), m.labels, m.policy.urgent_labels, threshold,
+                              m.policy.focus_label)
+        focus = [f"{r['focus_sensitivity']:.4f}", f"{r['focus_specificity']:.4f}"] if m.policy.focus_label else []
+        rows.append([run.label, f"{r['balanced_accuracy']:.4f}",
+                     *(f"{r['per_class_auc'].get(label, float('nan')):.4f}" for label in m.labels), *focus])
+    focus_heads = ([f"{m.policy.focus_label} referred", f"others (vs {m.policy.focus_label}) not referred"]
+                   if m.policy.focus_label else [])
+    return ("<h2>Per class</h2><p>One-vs-rest AUC of each label's probability; balanced accuracy of the "
+            "likeliest label.</p>" + _table(["variant", "balanced accuracy", *m.labels, *focus_heads], rows))
+
+
 def render(manifest: Manifest, y_labels: np.ndarray, runs: list[VariantRun], cpu: str) -> str:
     y = np.isin(y_labels, manifest.urgent_indices).astype(float)
     threshold = manifest.policy.operating_point.threshold
@@ -112,6 +131,7 @@ n={len(y)}, {int(y.sum())} {html.escape(' / '.join(manifest.policy.urgent_labels
 <h2>ROC and calibration</h2>{_roc_svg(y, runs, manifest)}{_calibration_svg(y, runs, manifest)}
 <h2>At the operating point</h2>
 {_table(["variant", "AUC", "accuracy", "sensitivity", "specificity", "confusion", "ECE"], metric_rows)}
+{_per_class(manifest, y_labels, runs)}
 <h2>Agreement with FP32</h2>
 {_table(["variant", "same triage category", "max |logit - FP32 logit|"], agree_rows)}
 <h2>Latency, ONNX Runtime CPU, batch 1</h2><p>{html.escape(cpu)}; measured side by side in interleaved

@@ -229,3 +229,20 @@ def test_kiosk_offers_both_exams_and_shows_the_likeliest_diagnoses(tmp_path):
             assert "data-likeliest" not in page and "Model score" not in page
     finally:
         kiosk_of(app).close()
+
+
+def test_colour_constancy_removes_the_colour_of_the_light():
+    """The skin contract's shades-of-gray step: a warmer or cooler light gives (nearly) the same input."""
+    from models.audit import white_balance
+    from models.preprocess import to_model_input
+
+    contract = load_bundle(SKIN).manifest.input
+    plain = contract.model_copy(update={"color_constancy": None})
+    for path in images("mel", 3) + images("nv", 3):
+        img = rgb(path)
+        warm = white_balance(img, (1.08, 1.0, 0.9))
+        cool = white_balance(img, (0.92, 1.0, 1.1))
+        with_constancy = [to_model_input(x, contract) for x in (img, warm, cool)]
+        without = [to_model_input(x, plain) for x in (img, warm, cool)]
+        for i in (1, 2):
+            assert np.abs(with_constancy[i] - with_constancy[0]).mean() < 0.25 * np.abs(without[i] - without[0]).mean()

@@ -261,16 +261,18 @@ def split_metrics(name: str, y: np.ndarray, p: np.ndarray, threshold: float) -> 
                 brier=r.brier, ece=r.ece)
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The full command with every option spelled out, so the record does not depend on defaults."""
-    program = ["bedside", "train"] if Path(sys.argv[0]).name == "bedside" else ["python", "-m", "models.training.train"]
+def command_line(args: argparse.Namespace | dict, exam: str = DEFAULT_ID) -> str:
+    """The full `bedside train` command with every option spelled out, so the record does not
+    depend on defaults (the same whether the run was started as `bedside train` or `python -m`)."""
+    values = dict(vars(args) if isinstance(args, argparse.Namespace) else args)
+    values["exam"] = exam
     options: list[str] = []
-    for action_name, value in sorted(vars(args).items()):
-        if action_name in ("func", "command", "no_progress") or action_name.startswith("_") or value is None:
+    for action_name, value in sorted(values.items()):
+        if action_name in ("func", "command", "no_progress") or action_name.startswith("_") or value in (None, "None"):
             continue
         flag = "--" + action_name.replace("_", "-")
         options += [flag, str(value)]
-    return shlex.join(program + options)
+    return shlex.join(["bedside", "train", *options])
 
 
 def aspect_bucket(aspect: float | None) -> str:

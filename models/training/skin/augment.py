@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from models.preprocess import CONSTANCY_POWER
 from models.training.augment import _chance, _uniform, gaussian_blur
 
 
@@ -27,7 +28,8 @@ class SkinAugment:
     contrast: tuple[float, float] = (0.8, 1.25)
     saturation: tuple[float, float] = (0.7, 1.3)
     channel_gain: float = 0.08  # white balance: per-channel gain exp(U(-g, g))
-    log_gamma: float = 0.2
+    log_gamma: float = 0.35  # covers the audits' gamma 0.75 / 1.33
+    constancy: bool = True  # re-apply the device's colour constancy after the colour changes
     p_blur: float = 0.2
     blur_sigma: tuple[float, float] = (0.3, 1.2)
     noise_std: float = 0.02
@@ -64,6 +66,12 @@ def rotate_zoom(x: torch.Tensor, cfg: SkinAugment, gen: torch.Generator) -> torc
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def shades_of_gray(x: torch.Tensor, power: float = CONSTANCY_POWER) -> torch.Tensor:
+    """models.preprocess.shades_of_gray on a batch (N, 3, H, W): the device's colour constancy."""
+    e = x.clamp(min=0).pow(power).mean(dim=(2, 3), keepdim=True).pow(1.0 / power)
+    return (x * (e.mean(dim=1, keepdim=True) / e.clamp(min=1e-6))).clamp(0, 1)
+
+
 def colour(x: torch.Tensor, cfg: SkinAugment, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     gain = torch.exp(_uniform(3 * n, -cfg.channel_gain, cfg.channel_gain, gen)).view(n, 3, 1, 1)
@@ -73,7 +81,8 @@ def colour(x: torch.Tensor, cfg: SkinAugment, gen: torch.Generator) -> torch.Ten
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * _uniform(n, *cfg.contrast, gen).view(n, 1, 1, 1) + mean
     gamma = torch.exp(_uniform(n, -cfg.log_gamma, cfg.log_gamma, gen)).view(n, 1, 1, 1)
-    return x.clamp(0, 1) ** gamma
+    x = x.clamp(0, 1) ** gamma
+    return shades_of_gray(x) if cfg.constancy else x
 
 
 def _coords(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,6 +46,7 @@ from models.training.skin.identity import CITATION, DATASET, DISCLAIMER, INTENDE
 from models.training.skin.model_card import model_card
 from models.training.skin.train import predict, stress_inputs, urgent_probability
 from models.training.skin.tta import DihedralAverage
+from models.training.train import command_line
 
 CONFUSION_FILE = "confusion.png"
 GOLDEN_PER_CLASS = 3
@@ -202,7 +203,7 @@ def build_manifest(checkpoint: dict, bundle_id: str, version: str, files: dict, 
         class_metrics=[_class_metrics(label["clean"], clean), _class_metrics(label["stress"], stress)],
         provenance=Provenance(
             dataset=DATASET, dataset_licence=LICENCE, citation=CITATION,
-            training_command=checkpoint["training_command"], seed=int(checkpoint["seed"]),
+            training_command=command_line(checkpoint["train_config"], checkpoint["exam"]), seed=int(checkpoint["seed"]),
             code_revision=code_revision(), trained_at=checkpoint["trained_at"],
             training_seconds=float(checkpoint["training_seconds"]), framework=framework_versions(),
             split=DataSplit(method="by-lesion-stratified", val_fraction=float(checkpoint["data"]["val_fraction"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from models.bundle import AuditCheck, QualityPolicy
 from models.training.skin import augment as aug
+from models.training.train import command_line
 from models.training.skin.data import FOCUS, LABELS, URGENT
 from models.training.skin.identity import CITATION, DATASET, DISCLAIMER, INTENDED_USE, LABEL_NAMES, LICENCE
 
@@ -109,7 +110,7 @@ known shortcuts of dermoscopy datasets painted on random images *of every class*
 the class: dark dermoscope corners (p {t.p_vignette}), hairs ({t.p_hair}), skin-marker ink ({t.p_ink}),
 a ruler ({t.p_ruler}).
 
-Reproduce: `{checkpoint['training_command']}`
+Reproduce: `{command_line(cfg, checkpoint['exam'])}`
 (seed {checkpoint['seed']}, {checkpoint['training_seconds']:.0f} s on this 2-core x86-64 machine, shared with
 other work; one torch thread, deterministic algorithms).
 

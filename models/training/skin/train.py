@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="folder with one subfolder per diagnosis (default: $BEDSIDE_DATASETS/dermatology/train)")
     parser.add_argument("--out", type=Path, default=None, help="bundle directory to write")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=112, help="square input side in pixels")
     parser.add_argument("--widths", default="16,32,64,128", help="channels per stage (multiples of 16)")
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                  "val_counts": [int((val_y == i).sum()) for i in range(len(LABELS))]},
         "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func" and not k.startswith("_")},
         "augment": {k: str(v) for k, v in dataclasses.asdict(aug.TRAIN).items()},
-        "training_command": chest_train.command_line(args), "seed": args.seed, "max_flip_rate": args.max_flip_rate,
+        "training_command": chest_train.command_line(args, DEFAULT_ID), "seed": args.seed, "max_flip_rate": args.max_flip_rate,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(time.time() - started, 1),
         "fit_seconds": round(trained_s, 1),
     }
