@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from device import intake
-from device.triage import Triager
+from device.backend_choice import choose
+from device.triage import Triager, default_threads
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir
 
@@ -44,15 +45,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process_ms(bundle: Path, images: list[tuple[str, bytes]], rounds: int) -> dict[str, float]:
-    """Median decode + triage time per image, in this process, in the same order as the uploads
+    """Median decode + triage time per image, in this process, on the path the kiosk serves (its
+    backend choice, the model-scale decode), in the same order as the uploads
     (round after round through all images, so no image is decoded twice in a row with warm caches)."""
-    triager = Triager(load_bundle(bundle))
+    loaded = load_bundle(bundle)
+    threads = default_threads()
+    choice, backend = choose(loaded, "auto", "auto", threads, {}, None)  # what the kiosk serves on
+    triager = Triager(loaded, choice.backend, choice.precision, threads, None, backend)
     try:
         times: dict[str, list[float]] = {name: [] for name, _ in images}
         for _ in range(rounds + 1):
             for name, data in images:
                 t0 = time.perf_counter()
-                img = intake.decode_bytes(data, name)
+                img = intake.decode_bytes(data, name, reduce=triager.reduced_decode)
                 triager.triage_image(img, name)
                 times[name].append((time.perf_counter() - t0) * 1e3)
         return {name: float(np.median(t[1:])) for name, t in times.items()}

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 
 from device.intake import DecodedImage
+from device.intake.reduced import SHARPNESS_SIDE
 from models.bundle import DicomHandling, QualityPolicy
 
 _SAMPLE_SIDE = 256
-SHARPNESS_SIDE = 224
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as models/preprocess.py
 # A pixel within half an 8-bit step of the end of the range counts as clipped.
 _CLIP_EPS = 0.5 / 255.0

@@ -57,6 +57,17 @@ class ModelRef:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """An image checked and turned into the model's input: what waits for the model."""
+
+    img: intake.DecodedImage
+    source: str
+    report: quality.QualityReport
+    tensor: np.ndarray
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True)
 class TriageResult:
     source: str
     label: str
@@ -69,6 +80,7 @@ class TriageResult:
     timings_ms: dict[str, float]
     image_notes: tuple[str, ...] = ()
     cam: np.ndarray | None = field(default=None, repr=False, compare=False)
+    batch_size: int = 1  # studies run through the model together with this one (a burst)
 
     @property
     def latency_ms(self) -> float:
@@ -87,6 +99,7 @@ class TriageResult:
             "latency_ms": round(self.latency_ms, 3),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
             "image_notes": list(self.image_notes),
+            "batch_size": self.batch_size,
         }
 
 
@@ -129,20 +142,30 @@ class Triager:
         precision: str = "fp32",
         threads: int | None = None,
         backend_settings: object | None = None,
+        loaded: Backend | None = None,
     ):
-        """``backend_settings``: the backend's own settings (e.g. TensorRT's), None for its defaults."""
+        """``backend_settings``: the backend's own settings (e.g. TensorRT's), None for its defaults.
+        ``loaded``: that backend already loaded on that variant (by device.backend_choice); the
+        Triager owns it from here."""
         self.bundle = bundle
         m = bundle.manifest
         backend_cls = registry.require(backend)
         variant = m.variant(precision, backend_cls.target)
-        self._backend: Backend = backend_cls(VariantFile.of(bundle, variant), model_io(m), threads or default_threads(),
-                                             backend_settings)
+        if loaded is None:
+            loaded = backend_cls(VariantFile.of(bundle, variant), model_io(m), threads or default_threads(),
+                                 backend_settings)
+        self._backend: Backend = loaded
         self._backend.warm_up()
         self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
 
     @property
     def manifest(self) -> Manifest:
         return self.bundle.manifest
+
+    @property
+    def reduced_decode(self) -> intake.ReducedDecode:
+        """How small an image may be decoded for this model and its quality checks."""
+        return intake.ReducedDecode.for_manifest(self.manifest)
 
     def preprocess(self, img: intake.DecodedImage) -> np.ndarray:
         return to_model_input(img.pixels, self.manifest.input)
@@ -158,32 +181,47 @@ class Triager:
         cam = urgent_map(out[cam_name], self.manifest) if cam_name else None
         return probs, cam
 
-    def triage_image(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+    @property
+    def max_batch(self) -> int:
+        return self._backend.max_batch
+
+    def prepare(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> Prepared:
+        """Quality checks and preprocessing: the per-image work before the model (any thread)."""
         m = self.manifest
         t0 = time.perf_counter()
         report = quality.assess(img, m.quality, m.input.dicom)
         tensor = self.preprocess(img)
+        prep_ms = (time.perf_counter() - t0) * 1e3
+        return Prepared(img, source, report, tensor, {"decode": decode_ms, "preprocess": prep_ms})
+
+    def triage_prepared(self, prepared: list[Prepared]) -> list[TriageResult]:
+        """One model run over several prepared images (at most ``max_batch``), one result each; each
+        result's inference time is the whole run's, what each of them waited for."""
+        m = self.manifest
         t1 = time.perf_counter()
-        probs, cam = self.predict(tensor[None])
-        t2 = time.perf_counter()
-        label, category = decide(probs[0], m, report.ok)
-        return TriageResult(
-            source=source,
-            label=label,
-            probabilities={name: float(p) for name, p in zip(m.labels, probs[0])},
-            urgent_probability=float(m.urgent_probability(probs[0])),
-            triage=category,
-            threshold=m.policy.operating_point.threshold,
-            quality=report,
-            model=self.model,
-            timings_ms={
-                "decode": decode_ms,
-                "preprocess": (t1 - t0) * 1e3,
-                "inference": (t2 - t1) * 1e3,
-            },
-            image_notes=img.notes,
-            cam=None if cam is None else cam[0],
-        )
+        probs, cam = self.predict(np.stack([p.tensor for p in prepared]))
+        inference_ms = (time.perf_counter() - t1) * 1e3
+        results = []
+        for i, p in enumerate(prepared):
+            label, category = decide(probs[i], m, p.report.ok)
+            results.append(TriageResult(
+                source=p.source,
+                label=label,
+                probabilities={name: float(v) for name, v in zip(m.labels, probs[i])},
+                urgent_probability=float(m.urgent_probability(probs[i])),
+                triage=category,
+                threshold=m.policy.operating_point.threshold,
+                quality=p.report,
+                model=self.model,
+                timings_ms={**p.timings_ms, "inference": inference_ms},
+                image_notes=p.img.notes,
+                cam=None if cam is None else cam[i],
+                batch_size=len(prepared),
+            ))
+        return results
+
+    def triage_image(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+        return self.triage_prepared([self.prepare(img, source, decode_ms)])[0]
 
     def triage_file(self, path: str | os.PathLike[str]) -> tuple[TriageResult, intake.DecodedImage]:
         """The result and the decoded image it was made from.
@@ -191,7 +229,7 @@ class Triager:
         Raises intake.IntakeError (naming the file and the reason) for input it cannot read.
         """
         t0 = time.perf_counter()
-        img = intake.decode_file(path)
+        img = intake.decode_file(path, reduce=self.reduced_decode)
         decode_ms = (time.perf_counter() - t0) * 1e3
         return self.triage_image(img, str(Path(path)), decode_ms), img
 

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from device.capture.analysis import jpeg_size, reduction
+from device.capture.analysis import jpeg_size
+from device.intake.reduced import reduction
 from device.capture.devices import list_video_devices
 from device.capture.errors import CaptureError
 from device.capture.readers import open_reader

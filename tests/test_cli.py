@@ -119,13 +119,36 @@ def test_eval_rejects_a_folder_that_matches_no_label(small_eval_set, tmp_path):
 
 def test_bench_json_side_by_side():
     proc = bedside("bench", "--json", "--iterations", "20", "--rounds", "2", "--batch", "4")
-    results = json.loads(proc.stdout)["results"]
+    report = json.loads(proc.stdout)
+    results = report["results"]
+    # The row the kiosk serves (backend = "auto") is marked, once per batch size, and is what the kiosk picks.
+    for batch in (1, 4):
+        served = [r for r in results if r["batch"] == batch and r["served"]]
+        assert len(served) == 1
+        assert (served[0]["backend"], served[0]["variant"]) == (report["served"]["backend"], report["served"]["variant"])
+    assert {t["target"] for t in report["targets"]} >= {"served p50 / fastest p50 (batch 1)",
+                                                          "served p99 / its own p50 (batch 1)"}
     keys = {(r["backend"], r["precision"], r["batch"]) for r in results}
     assert {("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 4)} <= keys
     assert ("pytorch-eager", "fp32", 1) in keys  # torch is installed in the test environment
     for r in results:
         assert set(r) >= {"backend", "precision", "variant", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips"}
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["throughput_ips"] > 0
+
+
+def test_bench_pipeline_splits_the_served_path_beside_libjpeg(samples, datasets):
+    dicom = datasets / "dicom" / "ct_mr_other" / "693_J2KR.dcm"
+    proc = bedside("bench", "--pipeline", str(samples[0]), str(dicom), "--json", "--iterations", "10")
+    report = json.loads(proc.stdout)
+    jpeg, j2k = report["files"]
+    for row in (jpeg, j2k):
+        assert set(row["ms"]) >= {"decode", "quality", "preprocess", "model"} and all(v > 0 for v in row["ms"].values())
+        assert row["study_ms"] == pytest.approx(sum(row["ms"][s] for s in ("decode", "quality", "preprocess", "model")),
+                                                abs=1e-2)
+    # A full-resolution radiograph is decoded at reduced scale, and compared with libjpeg at that scale.
+    assert min(jpeg["decoded"]) < min(jpeg["size"]) and jpeg["study_vs_libjpeg"] > 0
+    assert "study_vs_libjpeg" not in j2k and j2k["format"] == "dicom"
+    assert report["served"]["backend"] in json.loads(bedside("doctor", "--json", check_rc=None).stdout)["backends"]
 
 
 def test_torch_eager_runs_the_same_weights_as_onnxruntime():
@@ -146,11 +169,17 @@ def test_torch_eager_runs_the_same_weights_as_onnxruntime():
     np.testing.assert_allclose(eager[m.outputs.logits], ort[m.outputs.logits], rtol=1e-3, atol=1e-3)
 
 
-def test_doctor_verifies_shipped_bundles():
-    report = json.loads(bedside("doctor", "--json").stdout)
+def test_doctor_verifies_shipped_bundles(tmp_path):
+    report = json.loads(bedside("doctor", "--json", "--data-dir", str(tmp_path)).stdout)
     assert report["backends"]["onnxruntime"]["ok"]
     assert [b["id"] for b in report["bundles"] if b["ok"]] == ["chest-xray-pneumonia"]
-    assert "python" in report and "features" in report["cpu"] and "openvino" in report["bench_peers"]
+    assert "python" in report and "features" in report["cpu"]
+    # What backend = auto serves on, with every candidate's figures, cached for the kiosk in its data dir.
+    choice = report["backend_choice"]["chest-xray-pneumonia"]
+    assert report["backends"][choice["backend"]]["ok"] and len(choice["measured"]) >= 2
+    assert (tmp_path / "backend-choice" / "chest-xray-pneumonia.json").is_file()
+    again = json.loads(bedside("doctor", "--json", "--data-dir", str(tmp_path)).stdout)["backend_choice"]
+    assert again["chest-xray-pneumonia"]["cached"] and again["chest-xray-pneumonia"]["served"] == choice["served"]
     shipped = next(b for b in report["bundles"] if b["id"] == "chest-xray-pneumonia")
     checked = {(c["precision"], c["file"]) for c in shipped["variant_checks"] if c["ok"]}
     assert ("fp32", "model.onnx") in checked and any(p == "int8" for p, _ in checked)

@@ -14,6 +14,8 @@ from datetime import date
 
 import pytest
 
+from device.runtime import registry
+
 from kiosk_support import (  # noqa: F401  (fixtures)
     app,
     client,
@@ -50,7 +52,8 @@ def test_upload_returns_201_with_the_study_and_its_full_result(client):
     assert result["threshold"] == 0.5
     model = result["model"]
     assert model["id"] == "tiny-test" and model["version"] == "0.0.1" and len(model["sha256"]) == 64
-    assert model["backend"] == "onnxruntime" and model["precision"] == "fp32"
+    # backend = "auto" (the default) serves on whichever CPU backend timed fastest; the tiny bundle has only fp32
+    assert model["backend"] in registry.available("cpu") and model["precision"] == "fp32"
     assert {"decode", "preprocess", "inference", "store_image_wait"} <= set(result["timings_ms"])
     assert s["review"] == {"reviewed": False, "at": None, "by": None, "note": None}
 
@@ -229,6 +232,11 @@ def test_health_and_metrics(client):
     assert total == 1
     assert 'bedside_errors_total{kind="empty"} 1' in text
     assert "bedside_inference_seconds_count 1" in text and 'bedside_inference_seconds_bucket{le="+Inf"} 1' in text
+    served = health["models"][0]["backend_choice"]["served"]
+    assert f'bedside_backend_served{{backend="{served["backend"]}",exam="tiny-test",file="model.onnx",precision="fp32"}} 1.0' in text
+    measured = health["models"][0]["backend_choice"]["measured"]
+    assert len(measured) == len(registry.available("cpu")) and all(m["selftest_ok"] for m in measured)
+    assert text.count("bedside_backend_latency_p50_seconds{") == len(measured)
 
 
 def test_every_response_carries_a_strict_content_security_policy(client):
@@ -345,9 +353,9 @@ def test_every_rendering_of_a_study_comes_from_one_decode(app, client, drives, m
     names = []
     real_decode = decoder.decode
 
-    def counted(data, name):
+    def counted(data, name, reduce=None):
         names.append(name)
-        return real_decode(data, name)
+        return real_decode(data, name, reduce)
 
     monkeypatch.setattr(decoder, "decode", counted)
     for part in ("preview", "heatmap", "full"):

@@ -51,6 +51,7 @@ LIBRARIES: dict[str, set[str]] = {
     "tensorrt": {"tensorrt"},
     "pycuda": {"tensorrt"},
     "cryptography": {"updates"},  # signatures are checked in one place
+    "openvino": {"appliance"},  # its backend, device/runtime/openvino_backend.py (an optional extra)
 }
 
 

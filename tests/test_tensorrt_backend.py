@@ -196,3 +196,59 @@ def test_doctor_selftest_checks_every_variant_against_ort(gpu, tmp_path, capsys,
 def test_doctor_selftest_skips_without_tensorrt(tmp_path, capsys):
     rc, selftest = _doctor_selftest(tmp_path, capsys)
     assert rc == 0 and selftest["skipped"] and "TensorRT unavailable" in selftest["reason"]
+
+
+def test_profile_reports_trtexecs_shape_from_cuda_events(gpu, bundle, settings):
+    b = backend(bundle, settings)
+    try:
+        report = b.profile(batch(2), 20)
+    finally:
+        b.close()
+    assert set(report) == {"h2d", "compute", "d2h", "latency", "enqueue"}
+    for stats in report.values():
+        assert list(stats) == ["min", "mean", "median", "p90", "p95", "p99", "max"]
+        assert 0 <= stats["min"] <= stats["median"] <= stats["p90"] <= stats["p95"] <= stats["p99"] <= stats["max"]
+    # The fake's "GPU" really computes (ORT on the engine's ONNX), so compute dominates the copies.
+    assert report["compute"]["median"] > 0 and report["compute"]["median"] > report["h2d"]["median"]
+    assert report["latency"]["min"] >= report["compute"]["min"]
+
+
+def test_the_fake_refuses_event_times_before_the_host_waited(gpu):
+    _, cuda = gpu
+    from device.tensorrt.cuda_worker import CudaWorker
+
+    worker = CudaWorker()
+    try:
+        def unsynchronised():
+            stream = cuda.Stream()
+            start, end = cuda.Event().record(stream), cuda.Event().record(stream)
+            with pytest.raises(cuda.LogicError, match="CUDA_ERROR_NOT_READY"):
+                end.time_since(start)
+            stream.synchronize()
+            return end.time_since(start)
+
+        assert worker.call(unsynchronised) >= 0
+    finally:
+        worker.close()
+
+
+def test_bench_prints_the_trtexec_report_for_tensorrt(gpu, bundle, tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from device.commands import bench
+
+    monkeypatch.setenv("BEDSIDE_ENGINE_CACHE", str(tmp_path / "engines"))
+    monkeypatch.setattr(bench, "served_pair", lambda b, threads: ("onnxruntime", "model.onnx"))
+    args = argparse.Namespace(bundle=bundle, json=True, batch=2, iterations=10, rounds=2, threads=1, no_torch=True,
+                              pipeline=None)
+    assert bench.run(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    stages = report["trtexec"]
+    assert [(s["backend"], s["batch"]) for s in stages] == [("tensorrt", 1), ("tensorrt", 2)]
+    assert all(s["report"]["compute"]["median"] > 0 for s in stages)
+    args.json = False
+    assert bench.run(args) == 0
+    text = capsys.readouterr().out
+    assert "[tensorrt fp32 model.onnx, batch 1, 10 iterations] as trtexec reports it:" in text
+    for title in ("H2D Latency", "GPU Compute Time", "D2H Latency", "Latency", "Enqueue Time"):
+        assert f"  {title}: min = " in text and "percentile(99%) = " in text

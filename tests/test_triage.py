@@ -59,10 +59,14 @@ def test_dicom_and_jpeg_of_one_radiograph_give_the_same_answer(chest_jpeg, tmp_p
     dcm = _dicom(gray, tmp_path / "chest.dcm", bits=bits, monochrome1=monochrome1)
     from_dicom, img = triager.triage_file(dcm)
     assert img.modality == "CR" and from_dicom.quality.ok
-    # The model input itself must match (MONOCHROME1 inverted, bit depth and window undone).
-    jpeg_img = decode_file(chest_jpeg)
-    assert jpeg_img.pixels.shape == img.pixels.shape
-    assert np.abs(triager.preprocess(img) - triager.preprocess(jpeg_img)).max() < 0.05
+    # The model input itself must match (MONOCHROME1 inverted, bit depth and window undone), at full
+    # resolution and at the model's scale (the JPEG by libjpeg's DCT scaling, the DICOM frame by an
+    # area average before its window), which is what triage_file decodes.
+    for reduce in (None, triager.reduced_decode):
+        jpeg_img, dicom_img = decode_file(chest_jpeg, reduce=reduce), decode_file(dcm, reduce=reduce)
+        assert jpeg_img.pixels.shape == dicom_img.pixels.shape
+        assert np.abs(triager.preprocess(dicom_img) - triager.preprocess(jpeg_img)).max() < 0.05
+    assert img.pixels.shape == dicom_img.pixels.shape and any("scale" in n for n in img.notes)
     p_jpeg, p_dicom = from_jpeg.probabilities["PNEUMONIA"], from_dicom.probabilities["PNEUMONIA"]
     assert p_dicom == pytest.approx(p_jpeg, abs=0.01), img.notes
     if monochrome1:
@@ -78,3 +82,71 @@ def test_result_names_the_exact_model_file(tmp_path, chest_jpeg):
         "precision": "fp32", "backend": "onnxruntime",
     }
     assert result.cam is not None and result.cam.ndim == 2
+
+
+@pytest.fixture(scope="module")
+def shipped_triager():
+    from kiosk_support import shipped_bundle
+
+    path = shipped_bundle()
+    if path is None:
+        pytest.skip("the chest X-ray bundle is not shipped in this checkout")
+    triager = Triager(load_bundle(path), threads=1)
+    yield triager
+    triager.close()
+
+
+def test_a_jpeg_decoded_at_the_models_scale_gets_the_full_decodes_answer(datasets, shipped_triager):
+    """The served path decodes JPEGs at 1/2..1/8 scale (libjpeg's DCT-domain scaling), never below
+    what the model and the quality gate need; on the real full-resolution radiographs it must give
+    the same triage and nearly the same score as a full decode."""
+    files = sorted((datasets / "chest-xray" / "fullres-samples").glob("*/*.jpeg"))
+    if not files:
+        pytest.skip("no full-resolution chest X-ray samples")
+    t, reduce = shipped_triager, shipped_triager.reduced_decode
+    factors = set()
+    for path in files:
+        reduced, img = t.triage_file(path)
+        full = t.triage_image(decode_file(path), str(path))
+        factor = img.original_size[0] / img.pixels.shape[0]
+        factors.add(round(factor))
+        assert min(img.pixels.shape[:2]) >= reduce.min_side and any("scale" in n for n in img.notes), path.name
+        assert reduced.triage == full.triage and reduced.quality.ok == full.quality.ok, path.name
+        assert reduced.probabilities["PNEUMONIA"] == pytest.approx(full.probabilities["PNEUMONIA"], abs=0.03), path.name
+    assert factors & {4, 8}  # these 1000-2900 px radiographs are decoded at 1/4 or 1/8
+
+
+def test_a_dicom_radiograph_reduced_before_its_window_gets_the_full_decodes_answer(datasets, shipped_triager):
+    """Grayscale DICOM frames are area-averaged to the model's scale before rescale and window (a
+    64th of the pixels to window); on the real CR/DX files the shipped model must answer as from
+    the full frame."""
+    files = sorted((datasets / "dicom" / "cr_dx").glob("RG*.dcm"))
+    if not files:
+        pytest.skip("no CR/DX samples")
+    t = shipped_triager
+    for path in files:
+        full_img = decode_file(path)
+        reduced, img = t.triage_file(path)
+        full = t.triage_image(full_img, str(path))
+        assert img.pixels.shape[0] < full_img.pixels.shape[0] and min(img.pixels.shape) >= t.reduced_decode.min_side
+        assert reduced.triage == full.triage, path.name
+        assert reduced.probabilities["PNEUMONIA"] == pytest.approx(full.probabilities["PNEUMONIA"], abs=0.03), path.name
+
+
+def test_a_dicom_with_a_voi_lut_table_is_not_reduced_before_it(tmp_path, shipped_triager):
+    """LUT tables are indexed by exact stored values: averaging first would look up values that
+    were never stored. Such a frame is windowed at full resolution, then preprocessed as before."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    stored = (np.tile(np.linspace(0, 4095, 1200), (1000, 1))).astype(np.uint16)
+    path = tmp_path / "lut.dcm"
+    path.write_bytes(grayscale_dicom(stored, bits=12, modality="CR", body_part="CHEST"))
+    ds = pydicom.dcmread(path)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new("LUTData", "OW", (np.arange(4096, dtype=np.uint16) * 16).tobytes())
+    ds.VOILUTSequence = [item]
+    ds.save_as(path)
+    img = decode_file(path, reduce=shipped_triager.reduced_decode)
+    assert img.pixels.shape == stored.shape and "VOI LUT applied" in img.notes

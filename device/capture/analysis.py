@@ -16,14 +16,13 @@ decode would save about 0.1 ms). The stored captured frame is always the full-re
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from device.capture.frames import Frame
 from device.intake import DecodedImage
-from models.bundle import Manifest
+from device.intake.reduced import ReducedDecode, reduction
 
 # Decode flags by scale-down factor (the live view's picture uses the colour ones too).
 REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
@@ -39,29 +38,6 @@ _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 
 
 class FrameDecodeError(ValueError):
     """The frame's bytes are not a decodable image (a corrupt part from a flaky camera)."""
-
-
-@dataclass(frozen=True)
-class AnalysisPlan:
-    """What the bundle needs from a frame: the smallest short side, and whether colour matters."""
-
-    min_side: int
-    gray: bool
-
-    @classmethod
-    def for_manifest(cls, manifest: Manifest) -> "AnalysisPlan":
-        contract = manifest.input
-        min_side = max(contract.height, contract.width, manifest.quality.min_side_px)
-        gray = contract.color == "grayscale" and manifest.quality.max_colorfulness is None
-        return cls(min_side, gray)
-
-
-def reduction(height: int, width: int, min_side: int) -> int:
-    """The largest JPEG scale-down factor (8, 4, 2) keeping the short side >= min_side, else 1."""
-    for factor in (8, 4, 2):
-        if min(height, width) // factor >= min_side:
-            return factor
-    return 1
 
 
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
@@ -86,7 +62,7 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def analysis_image(frame: Frame, plan: AnalysisPlan) -> tuple[DecodedImage, float]:
+def analysis_image(frame: Frame, plan: ReducedDecode) -> tuple[DecodedImage, float]:
     """The frame reduced for the model (RGB or gray, uint8) and the decode time in ms.
 
     Raises FrameDecodeError for a frame that cannot be decoded.

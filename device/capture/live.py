@@ -22,12 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.capture.analysis import AnalysisPlan, FrameDecodeError, analysis_image
+from device.capture.analysis import FrameDecodeError, analysis_image
 from device.capture.frame_quality import FrameQualityPolicy, frame_issues, frame_stats, gate
 from device.capture.frames import Frame, FrameSlot, NewestSlot
 from device.capture.stats import LatencyWindow, RateMeter
 from device.clock import utc_iso
 from device.intake import DecodedImage
+from device.intake.reduced import ReducedDecode
 from device.triage import UNGRADABLE, TriageResult, decide, withhold_ungraded
 from models.bundle import Manifest
 
@@ -134,7 +135,7 @@ class LiveTriage:
         self._slot = slot
         self._triage = triage
         self._manifest = manifest
-        self._plan = AnalysisPlan.for_manifest(manifest)
+        self._plan = ReducedDecode.for_manifest(manifest)
         self._policy = frame_policy
         self._smoother = Smoother(smoothing_frames, manifest)
         self._stop = threading.Event()

@@ -7,6 +7,7 @@ import argparse
 import importlib.util
 import json
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,7 +16,9 @@ from tqdm import tqdm
 
 from device.commands.common import add_bundle_argument, resolve_bundle
 from device.runtime import registry
-from device.runtime.base import VariantFile
+from device.backend_choice import choose
+from device.runtime.base import RuntimeFailure, VariantFile
+from device.runtime.stage_report import format_trtexec
 from device.triage import default_threads, model_io
 from models.bundle import Bundle
 from optimize.timing import interleaved_latencies, summarise
@@ -28,6 +31,7 @@ class Runner:
     run: Callable[[np.ndarray], object]
     close: Callable[[], None]
     variant: str  # the ONNX file: two INT8 graphs (GPU and CPU recipes) can share a precision
+    profile: Callable[[np.ndarray, int], dict] | None = None  # a trtexec-shaped report, where the backend has one
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -38,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--rounds", type=int, default=10, help="interleaving rounds")
     parser.add_argument("--threads", type=int, default=None, help="threads for every runner (default: all cores)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager baseline")
+    parser.add_argument("--pipeline", nargs="+", type=Path, metavar="FILE",
+                        help="instead: time the served path on these images (decode, quality, preprocess, model) "
+                        "beside libjpeg's own decode at the same scale")
 
 
 def build_runners(bundle: Bundle, threads: int, with_torch: bool) -> tuple[list[Runner], list[str]]:
@@ -62,16 +69,16 @@ def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch
             continue
         cls = registry.backend_class(name)
         for variant in m.variants:
-            # ONNX Runtime on the CPU runs any graph, so GPU-only variants are measured there too
-            # (for reference); a GPU backend runs only the graphs made for it.
+            # A CPU backend runs any graph, so GPU-only variants are measured there too (for
+            # reference); a GPU backend runs only the graphs made for it.
             if cls.target in variant.targets or cls.target == "cpu":
-                backend = cls(VariantFile.of(bundle, variant), io, threads)
-                runners.append(Runner(name, variant.precision, backend.run, backend.close, variant.file))
-    openvino = _openvino_runners(bundle, threads)
-    if openvino is None:
-        skipped.append("openvino: not installed")
-    else:
-        runners += openvino
+                try:
+                    backend = cls(VariantFile.of(bundle, variant), io, threads)
+                except RuntimeFailure as exc:  # e.g. a precision this CPU cannot pin on that backend
+                    skipped.append(f"{name} {variant.precision} ({variant.file}): {exc}")
+                    continue
+                runners.append(Runner(name, variant.precision, backend.run, backend.close, variant.file,
+                                      getattr(backend, "profile", None)))
     if with_torch:
         runner = _torch_eager_runner(bundle, threads)
         if runner is None:
@@ -79,26 +86,6 @@ def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch
         else:
             runners.append(runner)
     return skipped
-
-
-def _openvino_runners(bundle: Bundle, threads: int) -> list[Runner] | None:
-    """OpenVINO on the same ONNX files, precision pinned: f32 everywhere, int8 only where the graph's
-    Q/DQ nodes say so (its default on CPUs with bf16 support would silently run bf16)."""
-    if importlib.util.find_spec("openvino") is None:
-        return None
-    import openvino
-
-    core = openvino.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-    runners = []
-    for variant in bundle.manifest.variants:
-        if variant.precision == "fp16":
-            continue  # a CPU pinned to f32 would only upcast it: nothing to compare
-        request = core.compile_model(str(bundle.path_of(variant.file)), "CPU", config).create_infer_request()
-        runners.append(Runner("openvino", variant.precision, lambda x, r=request: r.infer([x]), lambda: None,
-                              variant.file))
-    return runners
 
 
 def _torch_eager_runner(bundle: Bundle, threads: int) -> Runner | None:
@@ -123,9 +110,14 @@ def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, call
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pipeline:
+        from device.commands.bench_pipeline import run_pipeline
+
+        return run_pipeline(args)
     bundle = resolve_bundle(args.bundle)
     m = bundle.manifest
     threads = args.threads or default_threads()
+    served = served_pair(bundle, threads)
     runners, skipped = build_runners(bundle, threads, not args.no_torch)
     shape = (m.input.channels, m.input.height, m.input.width)
     bar = tqdm(total=2 * args.rounds, desc=f"measuring {len(runners)} runners", unit="round", file=sys.stderr,
@@ -133,20 +125,88 @@ def run(args: argparse.Namespace) -> int:
     try:
         results = measure(runners, shape, 1, args.iterations, args.rounds, bar)
         results += measure(runners, shape, args.batch, max(args.rounds, args.iterations // 10), args.rounds, bar)
+        stages = stage_reports(runners, shape, (1, args.batch), args.iterations)
     finally:
         bar.close()
         for r in runners:
             r.close()
+    for r in results:
+        r["served"] = (r["backend"], r["variant"]) == served
+    report = {"model": {"id": m.id, "version": m.version}, "threads": threads, "input": list(shape),
+              "served": {"backend": served[0], "variant": served[1]}, "results": results,
+              "targets": targets(results), "trtexec": stages, "skipped": skipped}
     if args.json:
-        print(json.dumps({"model": {"id": m.id, "version": m.version}, "threads": threads,
-                          "input": list(shape), "results": results, "skipped": skipped}))
+        print(json.dumps(report))
         return 0
     print(f"{m.id} {m.version}, input {'x'.join(map(str, shape))}, {threads} thread{'s' if threads != 1 else ''}, "
-          f"interleaved over {args.rounds} rounds")
+          f"interleaved over {args.rounds} rounds; * = what the kiosk serves (backend = auto)")
     print(format_table(results))
+    for line in format_targets(report["targets"]):
+        print(line)
+    for stage in stages:
+        print(f"[{stage['backend']} {stage['precision']} {stage['variant']}, batch {stage['batch']}, "
+              f"{stage['iterations']} iterations] as trtexec reports it:")
+        for line in format_trtexec(stage["report"]):
+            print(f"  {line}")
     for note in skipped:
         print(f"skipped {note}")
     return 0
+
+
+def stage_reports(runners: list[Runner], shape: tuple[int, int, int], batches: tuple[int, ...],
+                  iterations: int) -> list[dict]:
+    """trtexec's per-stage report (H2D, compute, D2H, enqueue) of every runner whose backend times
+    its stages on the device."""
+    rng = np.random.default_rng(0)
+    reports = []
+    for r in runners:
+        if r.profile is None:
+            continue
+        for batch in batches:
+            x = rng.standard_normal((batch, *shape)).astype(np.float32)
+            reports.append({"backend": r.backend, "precision": r.precision, "variant": r.variant, "batch": batch,
+                            "iterations": iterations, "report": r.profile(x, iterations)})
+    return reports
+
+
+def served_pair(bundle: Bundle, threads: int) -> tuple[str, str]:
+    """(backend, variant file) the kiosk's ``backend = "auto"`` picks here, by the kiosk's own
+    procedure (self-test, then its bounded timing; not read from any cache)."""
+    choice, backend = choose(bundle, "auto", "auto", threads, {}, None)
+    backend.close()
+    return choice.backend, choice.file
+
+
+def targets(results: list[dict]) -> list[dict]:
+    """The issue's targets as ratios of rows measured side by side in this run."""
+    b1 = [r for r in results if r["batch"] == 1]
+    served = next((r for r in b1 if r["served"]), None)
+    if served is None:
+        return []
+    fastest = min(b1, key=lambda r: r["p50_ms"])
+    rows = [
+        _target("served p50 / fastest p50 (batch 1)", served["p50_ms"] / fastest["p50_ms"], "<=", 1.05),
+        _target("served p99 / its own p50 (batch 1)", served["p99_ms"] / served["p50_ms"], "<=", 2.0),
+    ]
+    eager = next((r for r in b1 if r["backend"] == "pytorch-eager"), None)
+    if eager is not None:
+        rows.append(_target("pytorch eager fp32 p50 / served p50", eager["p50_ms"] / served["p50_ms"], ">=", 6.0))
+    engine = [r for r in b1 if r["backend"] == served["backend"]]
+    int8 = min((r for r in engine if r["precision"] == "int8"), key=lambda r: r["p50_ms"], default=None)
+    fp32 = next((r for r in engine if r["precision"] == "fp32"), None)
+    if int8 is not None and fp32 is not None:
+        rows.append(_target(f"{served['backend']} fp32 p50 / int8 p50", fp32["p50_ms"] / int8["p50_ms"], ">=", 2.0))
+    return rows
+
+
+def _target(name: str, value: float, op: str, bound: float) -> dict:
+    met = value <= bound if op == "<=" else value >= bound
+    return {"target": name, "value": round(value, 3), "op": op, "bound": bound, "met": met}
+
+
+def format_targets(rows: list[dict]) -> list[str]:
+    return [f"target {r['target']}: {r['value']:.2f} ({'met' if r['met'] else 'NOT met'}: {r['op']} {r['bound']:g})"
+            for r in rows]
 
 
 def format_table(results: list[dict]) -> str:
@@ -157,7 +217,7 @@ def format_table(results: list[dict]) -> str:
         rows.append((f"batch {batch}",) + ("",) * 6)
         for r in block:
             rows.append((
-                f"{r['backend']} {r['precision']}", _variant_label(r), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                f"{'* ' if r.get('served') else ''}{r['backend']} {r['precision']}", _variant_label(r), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
                 f"{r['p99_ms']:.3f}", f"{r['throughput_ips']:,.0f}", f"{r['p50_ms'] / block[0]['p50_ms']:.2f}x",
             ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

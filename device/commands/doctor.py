@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from importlib import metadata
 from pathlib import Path
 
-
+from device.machine import cpu_features, package_versions_of
+from device.backend_choice import choose
+from device.kiosk.config import default_data_dir
 from device.runtime import registry
+from device.runtime.base import RuntimeFailure, RuntimeUnavailable
+from device.triage import default_threads
 from device.variant_check import selftest_variants
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
@@ -19,16 +22,13 @@ PACKAGES = (
     "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pydantic", "flask", "waitress",
     "prometheus-client", "python-multipart", "torch", "onnx", "openvino", "tensorrt", "pycuda",
 )
-# Instruction-set extensions that decide CNN speed on the CPU (x86 names, then Arm's).
-CPU_FEATURES = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
-    "avx512_bf16", "amx_int8", "asimd", "asimddp", "fphp", "asimdhp", "sve", "i8mm",
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--bundles", type=Path, help="directory of bundles to verify (default: the shipped ones)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir(),
+                        help="the kiosk's data dir, whose backend choice cache is read (default: %(default)s)")
     parser.add_argument("--selftest", action="store_true",
                         help="build (or load) a TensorRT engine for every variant and check it against "
                         "ONNX Runtime FP32 (skipped where TensorRT is unavailable)")
@@ -36,32 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def package_versions() -> dict[str, str | None]:
     return package_versions_of(PACKAGES)
-
-
-def package_versions_of(names: tuple[str, ...]) -> dict[str, str | None]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def cpu_features() -> dict[str, object]:
-    flags: set[str] = set()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("flags", "features"):
-                flags.update(value.split())
-            elif key == "model name":
-                model = value.strip()
-    except OSError:
-        pass
-    return {"model": model, "machine": platform.machine(), "features": [f for f in CPU_FEATURES if f in flags]}
 
 
 def check_bundle(path: Path) -> tuple[dict[str, object], Bundle | None]:
@@ -88,9 +62,19 @@ def check_bundle(path: Path) -> tuple[dict[str, object], Bundle | None]:
     }, (None if failed else bundle)
 
 
-def bench_peers() -> dict[str, str | None]:
-    """Engines `bedside bench` measures beside the serving backends, with their versions (None: not installed)."""
-    return {"openvino": package_versions_of(("openvino",))["openvino"]}
+def backend_choices(bundles: list[Bundle], data_dir: Path) -> dict[str, dict]:
+    """What the kiosk's ``backend = "auto"`` serves each bundle on here, by its own procedure and
+    cache (the data dir's; timed now, and cached for the kiosk, where it holds nothing for this box)."""
+    choices = {}
+    for bundle in bundles:
+        try:
+            choice, backend = choose(bundle, "auto", "auto", default_threads(), {}, data_dir)
+        except (RuntimeFailure, RuntimeUnavailable) as exc:
+            choices[bundle.manifest.id] = {"error": str(exc)}
+            continue
+        backend.close()
+        choices[bundle.manifest.id] = choice.as_json()
+    return choices
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
         "packages": package_versions(),
         "cpu": cpu_features(),
         "backends": {n: vars(a) for n, a in registry.all_availability().items()},
-        "bench_peers": bench_peers(),
         "bundles": [entry for entry, _ in checked],
+        "backend_choice": backend_choices([b for _, b in checked if b is not None], args.data_dir),
     }
     healthy = bool(report["bundles"]) and all(b["ok"] for b in report["bundles"])
     if args.selftest:
@@ -129,9 +113,6 @@ def _print_text(report: dict) -> None:
     for name, a in report["backends"].items():
         print(f"  {name:<12} {'available' if a['ok'] else 'UNAVAILABLE'}: {a['reason']}"
               + (f" ({a['version']})" if a["version"] else ""))
-    for name, version in report["bench_peers"].items():
-        print(f"  {name:<12} {'installed' if version else 'not installed'}: measured by `bedside bench`, "
-              f"not a serving backend" + (f" ({version})" if version else " (the 'bench' extra)"))
     print("bundles (each CPU variant self-tested on onnxruntime: golden inputs against the stored FP32 outputs, "
           "or synthetic inputs against FP32 where a bundle ships none):")
     for b in report["bundles"]:
@@ -142,9 +123,25 @@ def _print_text(report: dict) -> None:
         for v in b.get("gpu_variants", []):
             if v["file"] not in checked:
                 print(f"         {v['precision']:<5} for {'gpu':<8} {v['file']}  (checked on TensorRT by --selftest)")
+    _print_choices(report["backend_choice"])
     selftest = report.get("tensorrt_selftest")
     if selftest is not None:
         _print_selftest(selftest)
+
+
+def _print_choices(choices: dict[str, dict]) -> None:
+    print("backend = auto (what the kiosk serves on; batch-1 latency, self-test on the golden inputs):")
+    for bundle_id, c in choices.items():
+        if "error" in c:
+            print(f"  {bundle_id}: NONE: {c['error']}")
+            continue
+        print(f"  {bundle_id}: serves on {c['backend']} {c['precision']} ({c['file']})"
+              + (f", timed {c['timed_at']}, from the cache" if c["cached"] else f", timed {c['timed_at']}"))
+        for m in c["measured"]:
+            mark = "*" if (m["backend"], m["file"]) == (c["backend"], c["file"]) else " "
+            figures = (f"p50 {m['p50_ms']:.3f} ms, p99 {m['p99_ms']:.3f} ms" if m["p50_ms"] is not None
+                       else f"not timed: {m['error']}")
+            print(f"   {mark} {m['backend']:<12} {m['precision']:<5} {m['file']:<40} {figures}")
 
 
 def _print_variant_checks(checks: list[dict]) -> None:

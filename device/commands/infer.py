@@ -41,6 +41,8 @@ def _write_heatmap(directory: Path, path: Path, result: TriageResult, img: intak
     if result.cam is None:
         return
     directory.mkdir(parents=True, exist_ok=True)
+    if img.pixels.shape[:2] != img.original_size:  # decoded at the model's scale: draw on the full image
+        img = intake.decode_file(path)
     overlay = heatmap.overlay(img.pixels, result.cam, contract=contract)
     heatmap.write_png(directory / f"{path.name}.heatmap.png", overlay)
 

@@ -15,6 +15,7 @@ from device.intake.dicom import decode_dicom
 from device.intake.dicom_window import ModalityValues, as_uint16, modality_values
 from device.intake.errors import EMPTY, NOT_AN_IMAGE, TOO_LARGE, UNREADABLE, UNSUPPORTED, IntakeError
 from device.intake.raster import decode_raster
+from device.intake.reduced import ReducedDecode
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -25,13 +26,15 @@ __all__ = [
     "IntakeError",
     "ModalityValues",
     "as_uint16",
+    "ReducedDecode",
     "decode_bytes",
     "decode_file",
     "modality_values",
 ]
 
 
-def decode_file(path: str | os.PathLike, budget: DecodeBudget = DEFAULT_BUDGET) -> DecodedImage:
+def decode_file(path: str | os.PathLike, budget: DecodeBudget = DEFAULT_BUDGET,
+                reduce: ReducedDecode | None = None) -> DecodedImage:
     source = os.fspath(path)
     try:
         size = os.stat(source).st_size
@@ -40,17 +43,20 @@ def decode_file(path: str | os.PathLike, budget: DecodeBudget = DEFAULT_BUDGET) 
             data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise IntakeError(source, f"cannot read the file: {exc.strerror or exc}", UNREADABLE) from None
-    return decode_bytes(data, source, budget)
+    return decode_bytes(data, source, budget, reduce)
 
 
-def decode_bytes(data: bytes, name: str, budget: DecodeBudget = DEFAULT_BUDGET) -> DecodedImage:
-    """Decode an upload; `name` is only used in messages. Refused (too_large) beyond `budget`."""
+def decode_bytes(data: bytes, name: str, budget: DecodeBudget = DEFAULT_BUDGET,
+                 reduce: ReducedDecode | None = None) -> DecodedImage:
+    """Decode an upload; `name` is only used in messages. Refused (too_large) beyond `budget`.
+    ``reduce``: only as large as a model needs (see device/intake/reduced.py), where the format
+    can decode at reduced scale."""
     _check_byte_size(name, len(data))
     fmt = headers.sniff(data)
     if fmt in ("dicom", "dicom-raw"):
-        return decode_dicom(data, name, budget)
+        return decode_dicom(data, name, budget, reduce)
     if fmt is not None:
-        return decode_raster(data, name, fmt, budget)
+        return decode_raster(data, name, fmt, budget, reduce)
     other = headers.other_image_format(data)
     if other:
         raise IntakeError(name, f"{other} images are not supported (use JPEG, PNG, TIFF or DICOM)", UNSUPPORTED)

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import FileMetaDataset
@@ -23,6 +24,7 @@ from pydicom.uid import (
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, as_pixel_options, get_decoder
 
 from device.intake.budget import DecodeBudget
+from device.intake.reduced import ReducedDecode, reduced_size, reduction
 from device.intake.decoded import DecodedImage, check_dimensions
 from device.intake.errors import NO_PIXEL_DATA, TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError, first_line
 
@@ -45,7 +47,9 @@ def pydicom_warnings_recorded() -> Iterator[list[warnings.WarningMessage]]:
         yield caught
 
 
-def decode_dicom(data: bytes, source: str, budget: DecodeBudget) -> DecodedImage:
+def decode_dicom(data: bytes, source: str, budget: DecodeBudget, reduce: ReducedDecode | None = None) -> DecodedImage:
+    """``reduce``: for a model only; a grayscale frame is area-averaged to the model's scale before its
+    LUTs (see _reduced)."""
     # The warnings become notes (an audit trail).
     with pydicom_warnings_recorded() as caught:
         ds = _read(data, source, budget)
@@ -53,7 +57,9 @@ def decode_dicom(data: bytes, source: str, budget: DecodeBudget) -> DecodedImage
         index = frames // 2
         had_syntax = bool(ds.file_meta.get("TransferSyntaxUID"))
         arr, photometric = _decode_frame(ds, source, index)
+        arr, reduced = _reduced(arr, ds, photometric, reduce)
         pixels, notes = _display_values(arr, ds, photometric, bits_stored, source)
+        notes += reduced
     if not had_syntax:
         notes.insert(0, f"no file meta: read as {ds.file_meta.TransferSyntaxUID.name}")
     stored = str(ds.get("PhotometricInterpretation", "")) or None
@@ -162,6 +168,27 @@ def _decode_frame(ds: pydicom.Dataset, source: str, index: int) -> tuple[np.ndar
             source, f"cannot decode the {tsyntax.name} pixel data: {_describe(exc)}", _kind_of(exc)
         ) from None
     return arr, str(properties.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
+
+
+def _reduced(arr: np.ndarray, ds: pydicom.Dataset, photometric: str,
+             reduce: ReducedDecode | None) -> tuple[np.ndarray, list[str]]:
+    """A grayscale frame shrunk by the JPEG factors' rule (device/intake/reduced.py) with an area
+    average (what libjpeg's DCT scaling computes), before the rescale and window: those then run on
+    a 64th of the pixels. Only where they are linear maps and a clip (rescale slope/intercept, a
+    window), never before LUT tables, whose entries are indexed by exact stored values. The codecs
+    shipped here decode whole (pylibjpeg-openjpeg exposes no reduced-resolution JPEG 2000 decode),
+    so this saves the LUT and preprocessing work, not the codec's."""
+    if reduce is None or arr.ndim != 2 or photometric not in _MONOCHROME:
+        return arr, []
+    if _lut_item(ds, "ModalityLUTSequence") is not None or _lut_item(ds, "VOILUTSequence") is not None:
+        return arr, []
+    factor = reduction(*arr.shape, reduce.min_side)
+    if factor == 1:
+        return arr, []
+    height, width = reduced_size(*arr.shape, factor)
+    kept = arr if arr.dtype in (np.uint8, np.uint16, np.int16) else arr.astype(np.float32)
+    small = cv2.resize(np.ascontiguousarray(kept), (width, height), interpolation=cv2.INTER_AREA)
+    return small, [f"analysed at 1/{factor} scale ({width}x{height}) for the model"]
 
 
 def _display_values(

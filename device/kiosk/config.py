@@ -68,9 +68,16 @@ class DecodeSettings(_Strict):
 class ModelSettings(_Strict):
     bundles_dir: Path = Field(default_factory=default_bundles_dir, description="every bundle in it is an exam")
     bundles: list[Path] = Field(default=[], description="explicit bundle directories; replace bundles_dir")
-    backend: str = "onnxruntime"
-    precision: Literal["fp32", "fp16", "int8"] = Field(
-        default="fp32", description="preferred variant; a bundle without it runs its fp32 variant"
+    backend: str = Field(
+        default="auto",
+        description="auto: at start, time every available CPU backend on every variant whose gate passed "
+        "(self-tested first; cached in the data dir per CPU and library versions) and serve on the fastest; "
+        "or a backend's name (bedside doctor lists them) to serve on it untimed",
+    )
+    precision: Literal["auto", "fp32", "fp16", "int8"] = Field(
+        default="auto",
+        description="auto: whichever gated variant is fastest here; else the preferred variant "
+        "(a bundle without it runs its fp32 variant)",
     )
     inference_threads: int | None = Field(default=None, ge=1, le=64, description="default: all usable cores")
     gpu: Literal["auto", "off"] = Field(

@@ -23,11 +23,13 @@ class Decoder:
         self._slots = threading.BoundedSemaphore(settings.concurrent)
         self._settings = settings
 
-    def decode(self, data: bytes, name: str) -> tuple[intake.DecodedImage, float]:
-        """The decoded image and the milliseconds decoding took (waiting for a slot not counted)."""
+    def decode(self, data: bytes, name: str, reduce: intake.ReducedDecode | None = None
+               ) -> tuple[intake.DecodedImage, float]:
+        """The decoded image and the milliseconds decoding took (waiting for a slot not counted).
+        ``reduce``: for a model only, no larger than it needs (renderings decode in full)."""
         with self._slot():
             t0 = time.perf_counter()
-            img = intake.decode_bytes(data, name, self.budget)
+            img = intake.decode_bytes(data, name, self.budget, reduce)
             return img, (time.perf_counter() - t0) * 1e3
 
     @contextmanager

@@ -16,24 +16,49 @@ from pathlib import Path
 import numpy as np
 
 from device import intake
+from device.backend_choice import AUTO, Choice, choose
 from device.kiosk.config import ModelSettings
 from device.kiosk.errors import UnknownExam
 from device.runtime import registry
 from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile
-from device.triage import TriageResult, Triager, model_io
-from device.updates.selftest import live_check, served_precision
+from device.triage import Prepared, TriageResult, Triager, default_threads, model_io
+from device.updates.selftest import live_check
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
 log = logging.getLogger("bedside.kiosk")
 
 
+class _Job:
+    """One prepared study waiting for the model, and what became of it."""
+
+    def __init__(self, prepared: Prepared):
+        self.prepared = prepared
+        self.done = False
+        self._result: TriageResult | None = None
+        self._error: BaseException | None = None
+
+    def finish(self, result: TriageResult) -> None:
+        self._result, self.done = result, True
+
+    def fail(self, error: BaseException) -> None:
+        self._error, self.done = error, True
+
+    def outcome(self) -> TriageResult:
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 @dataclass
 class Exam:
     triager: Triager
+    choice: Choice | None = None
     gpu_build: Preparation | None = None
     gpu_error: str | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the model's single owner
     _busy_since: float | None = field(default=None, repr=False)
+    _waiting: list[_Job] = field(default_factory=list, repr=False)  # prepared studies, oldest first
+    _waiting_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def id(self) -> str:
@@ -43,19 +68,47 @@ class Exam:
     def bundle(self) -> Bundle:
         return self.triager.bundle
 
+    @property
+    def reduced_decode(self) -> intake.ReducedDecode:
+        """How small an upload may be decoded for this exam's model and quality checks."""
+        return self.triager.reduced_decode
+
     def triage(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+        """Quality checks and preprocessing on the calling thread, then the model: whoever holds the
+        model runs every study waiting for it as one batch (a DICOM burst, a USB import), so a study
+        that arrives while the model is busy costs a batch slot, not a whole turn. One study alone is
+        run at once, with no waiting for company."""
+        job = _Job(self.triager.prepare(img, source, decode_ms))
+        with self._waiting_lock:
+            self._waiting.append(job)
         with self._lock:
-            self._busy_since = time.monotonic()
-            try:
-                return self.triager.triage_image(img, source, decode_ms)
-            finally:
-                self._busy_since = None
+            while not job.done:
+                self._busy_since = time.monotonic()
+                try:
+                    self._run_waiting()
+                finally:
+                    self._busy_since = None
+        return job.outcome()
 
     def busy_s(self) -> float:
-        """How long the model has been busy with its current image (0 when idle): a model stuck in
+        """How long the model has been busy with its current batch (0 when idle): a model stuck in
         one call (a hung runtime, a wedged GPU) shows here, and health then answers 503."""
         since = self._busy_since
         return 0.0 if since is None else time.monotonic() - since
+
+    def _run_waiting(self) -> None:
+        """With the model held: run the oldest waiting studies, at most a batch of them."""
+        triager = self.triager
+        with self._waiting_lock:
+            batch, self._waiting[:] = self._waiting[:triager.max_batch], self._waiting[triager.max_batch:]
+        try:
+            results = triager.triage_prepared([j.prepared for j in batch])
+        except BaseException as exc:  # every study of the batch gets the failure; their threads re-raise it
+            for j in batch:
+                j.fail(exc)
+            return
+        for j, r in zip(batch, results):
+            j.finish(r)
 
     def start_gpu_build(self, backend: str, settings: ModelSettings) -> None:
         """Prepare the GPU variant in the background (a TensorRT engine build takes minutes on a
@@ -147,25 +200,29 @@ class Exam:
             "finding": m.finding,
             "threshold": m.policy.operating_point.threshold,
             "model": self.triager.model.as_dict(),
+            "backend_choice": None if self.choice is None else self.choice.as_json(),
             "gpu_engine": self.gpu_status(),
         }
 
 
 class ExamRegistry:
-    def __init__(self, exams: list[Exam]):
+    def __init__(self, exams: list[Exam], cache_dir: Path | None = None):
         self._exams = {e.id: e for e in exams}
+        self._cache_dir = cache_dir  # where backend choices are cached, for exams loaded later
 
     @classmethod
-    def load(cls, settings: ModelSettings, paths: list[Path] | None = None) -> "ExamRegistry":
-        """Load and warm up every bundle in ``paths`` (default: the configured ones). Raises BundleError
-        when there is none to serve."""
+    def load(cls, settings: ModelSettings, paths: list[Path] | None = None,
+             cache_dir: Path | None = None) -> "ExamRegistry":
+        """Load and warm up every bundle in ``paths`` (default: the configured ones), each on the
+        backend device.backend_choice picks (its timings cached under ``cache_dir``). Raises
+        BundleError when there is none to serve."""
         paths = paths if paths is not None else list(settings.bundles) or find_bundles(settings.bundles_dir)
         if not paths:
             raise BundleError(f"no model bundles in {settings.bundles_dir}: nothing to triage with")
         exams: list[Exam] = []
         try:
             for path in paths:
-                exams.append(_open_exam(Path(path), settings))
+                exams.append(_open_exam(Path(path), settings, cache_dir))
             ids = [e.id for e in exams]
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
@@ -178,13 +235,13 @@ class ExamRegistry:
             raise
         for exam in exams:
             _start_gpu(exam, settings)
-        return cls(exams)
+        return cls(exams, cache_dir)
 
     def replace(self, path: Path, settings: ModelSettings) -> Exam:
         """Load the bundle at ``path`` and serve it in place of the exam of the same id (or as a new exam);
         the one it replaces is closed once its current inference ends. Raises what loading raises, and
         then nothing changed."""
-        exam = _open_exam(path, settings)
+        exam = _open_exam(path, settings, self._cache_dir)
         try:
             exam.warm_up()
         except BaseException:
@@ -215,6 +272,10 @@ class ExamRegistry:
     def ids(self) -> list[str]:
         return list(self._exams)
 
+    def choices(self) -> dict[str, dict]:
+        """exam id -> its backend choice (device/backend_choice.py), for health and the metrics."""
+        return {e.id: e.choice.as_json() for e in self._exams.values() if e.choice is not None}
+
     def resolve(self, exam_id: str | None) -> Exam:
         """The named exam; with no name, the only one installed."""
         if not exam_id:
@@ -234,16 +295,24 @@ class ExamRegistry:
 
 
 def _start_gpu(exam: Exam, settings: ModelSettings) -> None:
+    """Where a GPU backend runs and the exam serves on the CPU, prepare its GPU variant meanwhile."""
     gpu = registry.available("gpu")
-    if settings.gpu == "auto" and gpu and registry.backend_class(settings.backend).target != "gpu":
+    serving_cpu = settings.backend == AUTO or registry.backend_class(settings.backend).target != "gpu"
+    if settings.gpu == "auto" and gpu and serving_cpu:
         exam.start_gpu_build(gpu[0], settings)
 
 
-def _open_exam(path: Path, settings: ModelSettings) -> Exam:
+def _open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> Exam:
     bundle = load_bundle(path)
-    target = registry.require(settings.backend).target
-    precision = served_precision(bundle, settings.backend, settings.precision)
-    if precision != settings.precision:
-        log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision, target, precision)
-    return Exam(Triager(bundle, settings.backend, precision, settings.inference_threads,
-                        settings.backend_settings(settings.backend)))
+    threads = settings.inference_threads or default_threads()
+    options = {name: settings.backend_settings(name) for name in registry.BACKENDS}
+    choice, loaded = choose(bundle, settings.backend, settings.precision, threads, options, cache_dir)
+    if settings.precision not in (AUTO, choice.precision):
+        log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision,
+                    choice.backend, choice.precision)
+    try:
+        triager = Triager(bundle, choice.backend, choice.precision, threads, options[choice.backend], loaded)
+    except BaseException:
+        loaded.close()
+        raise
+    return Exam(triager, choice)

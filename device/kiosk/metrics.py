@@ -17,7 +17,7 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus read
 
 class Metrics:
     def __init__(self, exams: Iterable[str], triage_categories: Iterable[str],
-                 sources: Callable[[], list[dict]] = list):
+                 sources: Callable[[], list[dict]] = list, choices: Callable[[], dict[str, dict]] = dict):
         self.registry = CollectorRegistry()
         self._is_ready = False
         self._ready = Gauge("bedside_ready", "1 when the models are loaded and warmed up and the store is open",
@@ -38,6 +38,7 @@ class Metrics:
             for triage in triage_categories:
                 self._studies.labels(exam, triage)
         self.registry.register(SourceCollector(sources))
+        self.registry.register(BackendChoiceCollector(choices))
 
     @property
     def ready(self) -> bool:
@@ -100,3 +101,31 @@ class SourceCollector(Collector):
                 if v is not None:
                     family.add_metric([s["id"]], v)
             yield family
+
+
+class BackendChoiceCollector(Collector):
+    """Each exam's backend choice (device/backend_choice.py): which candidate it serves on, and the
+    batch-1 latency measured for every candidate that passed its self-test."""
+
+    def __init__(self, choices: Callable[[], dict[str, dict]]):
+        self._choices = choices
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["exam", "backend", "precision", "file"]
+        served = GaugeMetricFamily("bedside_backend_served", "1 for the backend and variant an exam serves on, "
+                                   "0 for the other candidates measured at start", labels=labels)
+        p50 = GaugeMetricFamily("bedside_backend_latency_p50_seconds",
+                                "Batch-1 model latency measured at start (median), by candidate", labels=labels)
+        p99 = GaugeMetricFamily("bedside_backend_latency_p99_seconds",
+                                "Batch-1 model latency measured at start (99th percentile), by candidate",
+                                labels=labels)
+        for exam, choice in self._choices().items():
+            chosen = choice["served"]
+            rows = choice["measured"] or [{**chosen, "p50_ms": None, "p99_ms": None}]
+            for m in rows:
+                key = [exam, m["backend"], m["precision"], m["file"]]
+                served.add_metric(key, int((m["backend"], m["file"]) == (chosen["backend"], chosen["file"])))
+                if m["p50_ms"] is not None:
+                    p50.add_metric(key, m["p50_ms"] / 1e3)
+                    p99.add_metric(key, m["p99_ms"] / 1e3)
+        yield from (served, p50, p99)

@@ -195,7 +195,7 @@ class Kiosk:
         self.store = store
         self.exams = exams
         self._closers: list[Callable[[], None]] = []
-        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status())
+        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status(), exams.choices)
         self.decoder = Decoder(config.decode)
         self.renders = Renderer(store, self._input_contract, self.decoder)
         self.reserve = Reserve(config.store.data_dir, config.store.reserve_mb)
@@ -218,7 +218,7 @@ class Kiosk:
         store = Store.open(config.store.data_dir)
         try:
             updates.recover(config)  # a bundle switch that was not committed is undone before loading
-            exams = ExamRegistry.load(config.models, updates.served_paths(config))
+            exams = ExamRegistry.load(config.models, updates.served_paths(config), config.store.data_dir)
         except BaseException:
             store.close()
             raise
@@ -330,7 +330,7 @@ class Kiosk:
         except KioskError as exc:
             self.metrics.error(exc.code)
             raise
-        img, decode_ms = self._decoded(data, filename)
+        img, decode_ms = self._decoded(data, filename, exam.reduced_decode)
         # The image is known to be good: make it durable while the model runs (an fsync costs
         # milliseconds; overlapping it with inference keeps it off the study's latency).
         written = self._writer.submit(self.store.put_image, data)
@@ -342,12 +342,14 @@ class Kiosk:
         waited = {"store_image_wait": (time.perf_counter() - t_wait) * 1e3}
         return self.save_triaged(exam, sha, len(data), img, result, filename, reference, operator, source, t0, waited)
 
-    def _decoded(self, data: bytes, filename: str) -> tuple[intake.DecodedImage, float]:
-        """The image and its decode time, if there is room to keep it and it decodes; else KioskError (counted)."""
+    def _decoded(self, data: bytes, filename: str, reduce: intake.ReducedDecode | None = None
+                 ) -> tuple[intake.DecodedImage, float]:
+        """The image and its decode time, if there is room to keep it and it decodes; else KioskError
+        (counted). ``reduce``: decoded no larger than the exam's model and quality checks need."""
         try:
             self.reserve.require(len(data))
             try:
-                return self.decoder.decode(data, filename)
+                return self.decoder.decode(data, filename, reduce)
             except intake.IntakeError as exc:
                 raise ImageRejected(exc, filename) from None
         except KioskError as exc:

@@ -91,6 +91,11 @@ class Backend(ABC):
         keep serving on another backend meanwhile; ``on_done`` is called at the end. None: nothing to do."""
         return None
 
+    @property
+    def max_batch(self) -> int:
+        """The largest batch this backend takes at once (a burst of studies is run in batches of it)."""
+        return 16
+
     @abstractmethod
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a float32 (N, C, H, W) batch; returns every declared output by name."""

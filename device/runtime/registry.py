@@ -10,6 +10,7 @@ from device.runtime.base import Availability, Backend, RuntimeUnavailable
 # makes its own backend unavailable.
 BACKENDS: dict[str, str] = {
     "onnxruntime": "device.runtime.onnxruntime_backend:OnnxRuntimeBackend",
+    "openvino": "device.runtime.openvino_backend:OpenVinoBackend",
     "tensorrt": "device.tensorrt.backend:TensorRTBackend",
 }
 

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
+from device.runtime.stage_report import trtexec_report
 from device.tensorrt.api import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
 from device.tensorrt.build import EngineBuildError
 from device.tensorrt.cuda_io import StreamBuffers
@@ -96,7 +97,22 @@ class TensorRTBackend(Backend):
     def _open(self, path: Path) -> "_EngineSession":
         return self._worker.call(_EngineSession, self._trt, self._worker.cuda, path.read_bytes(), self.io)
 
+    @property
+    def max_batch(self) -> int:
+        return self._session.max_batch if self._session is not None else 1
+
+    def profile(self, batch: np.ndarray, iterations: int) -> dict[str, dict[str, float]]:
+        """trtexec's report of ``iterations`` runs of ``batch``: H2D latency, GPU compute, D2H
+        latency, their sum (latency) and the enqueue time, each as min/mean/median/p90/p95/p99/max ms."""
+        session = self._checked(batch)
+        runs = [self._worker.call(session.infer_timed, np.ascontiguousarray(batch)) for _ in range(iterations)]
+        return trtexec_report(runs)
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        session = self._checked(batch)
+        return self._worker.call(session.infer, np.ascontiguousarray(batch))
+
+    def _checked(self, batch: np.ndarray) -> "_EngineSession":
         session = self._session
         if session is None:
             raise RuntimeFailure("backend was closed")
@@ -110,7 +126,7 @@ class TensorRTBackend(Backend):
                 f"batch of {batch.shape[0]} is outside the engine's profile 1..{session.max_batch} "
                 "([models.tensorrt] max_batch or BEDSIDE_TRT_MAX_BATCH sets the maximum; the engine is rebuilt for a new one)"
             )
-        return self._worker.call(session.infer, np.ascontiguousarray(batch))
+        return session
 
     def close(self) -> None:
         """Free buffers and TensorRT objects on the worker thread, then stop it. Idempotent."""
@@ -171,9 +187,14 @@ class _EngineSession:
             self._ok(self.context.set_tensor_address(name, address), f"set_tensor_address({name})")
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        return self.buffers.run({self.io.input_name: batch}, self._shapes(batch), self._execute)
+
+    def infer_timed(self, batch: np.ndarray) -> dict[str, float]:
+        return self.buffers.run_timed({self.io.input_name: batch}, self._shapes(batch), self._execute)[1]
+
+    def _shapes(self, batch: np.ndarray) -> dict[str, tuple[int, ...]]:
         self._ok(self.context.set_input_shape(self.io.input_name, batch.shape), "set_input_shape")
-        shapes = {n: tuple(self.context.get_tensor_shape(n)) for n in self.io.output_names}
-        return self.buffers.run({self.io.input_name: batch}, shapes, self._execute)
+        return {n: tuple(self.context.get_tensor_shape(n)) for n in self.io.output_names}
 
     def _execute(self, stream_handle: int) -> None:
         self._ok(self.context.execute_async_v3(stream_handle), "execute_async_v3")

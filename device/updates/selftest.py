@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from device.backend_choice import AUTO, choose
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.triage import Triager
@@ -35,14 +36,6 @@ class SelfTestResult:
         return {"exam": self.exam_id, "version": self.version, "ok": self.ok, "checks": self.checks}
 
 
-def served_precision(bundle: Bundle, backend: str, preferred: str) -> str:
-    """The precision the kiosk serves a bundle in: the preferred one where the bundle has it for the
-    backend's target, else fp32."""
-    target = registry.require(backend).target
-    have = {v.precision for v in bundle.manifest.variants if target in v.targets}
-    return preferred if preferred in have else "fp32"
-
-
 def live_check(triager: Triager) -> dict:
     """The golden inputs through a loaded model, against the stored outputs."""
     bundle = triager.bundle
@@ -58,17 +51,19 @@ def selftest(bundle: Bundle, backend: str, precision: str, threads: int | None =
              backend_settings: object | None = None) -> SelfTestResult:
     """Run every check; a runtime that cannot load the served variant is a failed check, not a crash."""
     checks = [{**c, "backend": "onnxruntime"} for c in selftest_variants(bundle)]
-    checks.append(_served_check(bundle, backend, served_precision(bundle, backend, precision), threads,
-                                backend_settings))
+    checks.append(_served_check(bundle, backend, precision, threads, backend_settings))
     m = bundle.manifest
     return SelfTestResult(m.id, m.version, all(c["ok"] for c in checks), checks)
 
 
 def _served_check(bundle: Bundle, backend: str, precision: str, threads: int | None,
                   backend_settings: object | None) -> dict:
-    """The served variant loaded as the kiosk loads it (engines built or loaded), then checked."""
+    """The served variant chosen and loaded as the kiosk does (device.backend_choice: "auto" picks,
+    engines are built or loaded), then checked."""
     try:
-        triager = Triager(bundle, backend, precision, threads or 1, backend_settings)
+        choice, loaded = choose(bundle, backend, precision, threads or 1,
+                                {} if backend == AUTO else {backend: backend_settings}, None)
+        triager = Triager(bundle, choice.backend, choice.precision, threads or 1, backend_settings, loaded)
     except (RuntimeFailure, RuntimeUnavailable) as exc:
         return {"file": "", "precision": precision, "backend": backend, "ok": False, "error": str(exc)}
     try:

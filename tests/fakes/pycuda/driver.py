@@ -12,6 +12,8 @@ What each check mirrors (pycuda 2026.1 src/cpp/cuda.hpp; CUDA Driver API referen
 - Freed memory cannot be used or freed again (real: use-after-free is undefined, double free
   raises CUDA_ERROR_INVALID_VALUE/INVALID_HANDLE).
 - Copies must fit their allocation (real: out-of-bounds copies fail or corrupt memory).
+- Events time only what has completed: elapsed time between events not yet reached by the host
+  fails with CUDA_ERROR_NOT_READY (a report that forgot to synchronize would read garbage).
 - STRICTER than real: async copies require page-locked host memory. Real CUDA silently degrades a
   pageable copy to a synchronous one; our backend promises overlap, so the fake refuses it.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 
 import numpy as np
 
@@ -241,11 +244,69 @@ class Stream:
     def __init__(self, flags: int = 0):
         self.context = _current("cuStreamCreate")
         self.handle = next(STATE.handles)
+        self.recorded: list["Event"] = []  # events recorded on it, complete at the next synchronize
         with STATE.lock:
             STATE.streams[self.handle] = self
 
     def synchronize(self) -> None:
         _activate(self, "cuStreamSynchronize")
+        for event in self.recorded:
+            event.complete = True
+        self.recorded.clear()
+
+
+class event_flags:  # noqa: N801 (pycuda's name)
+    DEFAULT = 0
+    BLOCKING_SYNC = 1
+    DISABLE_TIMING = 2
+    INTERPROCESS = 4
+
+
+class Event:
+    """cuEvent*: recorded on a stream, complete once the work before it is done (here: once its
+    stream or the event is synchronized, as a host can only know then); cuEventElapsedTime needs
+    both events complete (else CUDA_ERROR_NOT_READY), recorded (else CUDA_ERROR_INVALID_HANDLE),
+    made with timing enabled, and of one context. The fake's work runs synchronously, so the
+    host time at record is when the stream reached the event."""
+
+    def __init__(self, flags: int = 0):
+        self.context = _current("cuEventCreate")
+        self.flags = flags
+        self.at: float | None = None
+        self.complete = False
+
+    def record(self, stream: Stream | None = None) -> "Event":
+        ctx = _current("cuEventRecord")
+        if self.context is not ctx or (stream is not None and stream.context is not ctx):
+            raise LogicError("cuEventRecord: event or stream belongs to another context (CUDA_ERROR_INVALID_HANDLE)")
+        self.at, self.complete = time.perf_counter(), False
+        if stream is not None:
+            stream.recorded.append(self)
+        return self
+
+    def synchronize(self) -> "Event":
+        _activate(self, "cuEventSynchronize")
+        if self.at is None:
+            raise LogicError("cuEventSynchronize: the event was never recorded (CUDA_ERROR_INVALID_HANDLE)")
+        self.complete = True
+        return self
+
+    def query(self) -> bool:
+        return self.complete
+
+    def time_since(self, earlier: "Event") -> float:
+        """Milliseconds from ``earlier`` to this event."""
+        ctx = _current("cuEventElapsedTime")
+        for event in (self, earlier):
+            if event.context is not ctx:
+                raise LogicError("cuEventElapsedTime: event belongs to another context (CUDA_ERROR_INVALID_HANDLE)")
+            if event.flags & event_flags.DISABLE_TIMING:
+                raise LogicError("cuEventElapsedTime: event created with DISABLE_TIMING (CUDA_ERROR_INVALID_HANDLE)")
+            if event.at is None:
+                raise LogicError("cuEventElapsedTime: event was never recorded (CUDA_ERROR_INVALID_HANDLE)")
+            if not event.complete:
+                raise LogicError("cuEventElapsedTime: event has not completed (CUDA_ERROR_NOT_READY)")
+        return (self.at - earlier.at) * 1e3
 
 
 def _pinned(array: np.ndarray, what: str) -> None:

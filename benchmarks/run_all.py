@@ -1,0 +1,245 @@
+"""Run every benchmark and write one JSON report and the Markdown table the README includes.
+
+    nice -n 19 .venv/bin/python benchmarks/run_all.py [--only NAME ...] [--quick]
+
+Each benchmark runs as its own process with ``--json`` (its own documentation says what it
+measures); a benchmark whose peer is missing here (Chromium, dcmtk, Orthanc) is recorded with its
+error instead of stopping the others. The report carries the machine (CPU model, usable cores, load
+average before and after, library versions) so that a number is never read without its box.
+With ``--only``, the other benchmarks keep their results from the last run (each entry carries
+when it ran and the load then). Written: benchmarks/results/latest.json, benchmarks/results/latest.md, and the table between the
+README's ``<!-- benchmarks:begin -->`` and ``<!-- benchmarks:end -->`` markers. No number in that
+README section is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from device.clock import utc_iso
+from device.machine import cpu_features, package_versions_of, usable_cores
+from models.datasets import datasets_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+BEGIN, END = "<!-- benchmarks:begin -->", "<!-- benchmarks:end -->"
+LIBRARIES = ("bedside", "numpy", "onnxruntime", "openvino", "opencv-python-headless", "torch", "pydicom")
+TIMEOUT_S = 900
+
+
+def samples() -> list[str]:
+    return [str(p) for p in sorted((datasets_dir() / "chest-xray" / "fullres-samples").glob("*/*.jpeg"))]
+
+
+def bedside(*args: str) -> list[str]:
+    return [sys.executable, "-m", "device.cli", *args]
+
+
+def script(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args]
+
+
+# name -> (command (full, quick), how its JSON becomes table rows)
+def benchmarks(quick: bool) -> dict[str, list[str]]:
+    n = "100" if quick else "400"
+    return {
+        "engines": bedside("bench", "--json", "--iterations", n, "--rounds", "10" if quick else "20"),
+        "pipeline": bedside("bench", "--json", "--iterations", "50" if quick else "200", "--pipeline", *samples()),
+        "burst": script("burst", "--json", "--rounds", "5" if quick else "10"),
+        "tails": script("tails", "--json", "--calls", "200" if quick else "400"),
+        "kiosk_memory": script("kiosk_memory", "--json"),
+        "http_upload": script("http_upload", "--json", "--rounds", "2" if quick else "5"),
+        "upload_to_banner": script("upload_to_banner", "--json", "--rounds", "1" if quick else "3"),
+        "live_stream": script("live_stream", "--json", "--seconds", "10" if quick else "20"),
+        "dicom_ingest": script("dicom_ingest", "--json", "--count", "50" if quick else "200"),
+    }
+
+
+def run_one(name: str, command: list[str]) -> dict:
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"did not finish within {TIMEOUT_S} s", "seconds": TIMEOUT_S}
+    seconds = round(time.perf_counter() - t0, 1)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {proc.returncode}: {tail[0]}", "seconds": seconds}
+    try:
+        return {"result": json.loads(proc.stdout), "seconds": seconds}
+    except json.JSONDecodeError:
+        return {"error": "its output is not JSON", "seconds": seconds}
+
+
+def machine() -> dict:
+    cpu = cpu_features()
+    return {"cpu": cpu["model"], "features": cpu["features"], "cores": usable_cores(),
+            "load_average": list(os.getloadavg()), "libraries": package_versions_of(LIBRARIES)}
+
+
+# ---- the Markdown table ----------------------------------------------------------------------------
+
+
+def _engines(r: dict) -> list[tuple[str, str]]:
+    b1 = sorted((x for x in r["results"] if x["batch"] == 1), key=lambda x: x["p50_ms"])
+    rows = [("batch 1 p50 / p99 ms, fastest first (* served)",
+             "; ".join(f"{'*' if x['served'] else ''}{x['backend']} {x['precision']} ({x['variant']}) "
+                       f"{x['p50_ms']:.3f} / {x['p99_ms']:.3f}" for x in b1))]
+    big = max(x["batch"] for x in r["results"])
+    bn = sorted((x for x in r["results"] if x["batch"] == big), key=lambda x: -x["throughput_ips"])[:4]
+    rows.append((f"batch {big} images/s, best 4", "; ".join(
+        f"{'*' if x['served'] else ''}{x['backend']} {x['precision']} {x['throughput_ips']:,.0f}" for x in bn)))
+    rows += [(f"target: {t['target']}", f"{t['value']:.2f} ({'met' if t['met'] else 'NOT met'}, {t['op']} {t['bound']:g})")
+             for t in r["targets"]]
+    return rows
+
+
+def _pipeline(r: dict) -> list[tuple[str, str]]:
+    import numpy as np
+
+    files = r["files"]
+    med = {k: float(np.median([f["ms"][k] for f in files])) for k in ("decode", "quality", "preprocess", "model", "libjpeg")}
+    ratios = [f["study_vs_libjpeg"] for f in files if "study_vs_libjpeg" in f]
+    return [
+        (f"full-resolution JPEG study, {len(files)} radiographs, medians ms",
+         f"decode {med['decode']:.2f}, quality {med['quality']:.2f}, preprocess {med['preprocess']:.2f}, "
+         f"model {med['model']:.2f}; libjpeg alone at that scale {med['libjpeg']:.2f}"),
+        ("target: study / libjpeg at that scale (<= 1.5x)",
+         f"median {np.median(ratios):.2f}x, best {min(ratios):.2f}x, worst {max(ratios):.2f}x"),
+        ("target: quality + preprocess (<= 1 ms)", f"median {med['quality'] + med['preprocess']:.2f} ms"),
+    ]
+
+
+def _burst(r: dict) -> list[tuple[str, str]]:
+    m, w = r["model_stage"], r["whole_studies"]
+    return [(f"target: {r['queued']} queued, batched / one by one (>= 2x), model stage",
+             f"{m['ratio']:.2f}x ({m['one_by_one_ips']:.0f} -> {m['batched_ips']:.0f} studies/s)"),
+            (f"{r['queued']} concurrent whole studies (decode + triage) / one by one",
+             f"{w['ratio']:.2f}x ({w['one_by_one_ips']:.0f} -> {w['batched_ips']:.0f}/s, mean batch {w['mean_batch_size']})")]
+
+
+def _tails(r: dict) -> list[tuple[str, str]]:
+    return [(f"target: {r['clients']} concurrent clients, p99 / p50 (<= 2x), {x['inference_threads']} thread(s)",
+             f"{x['p99_over_p50']:.2f}x (p50 {x['p50_ms']:.2f} ms, p99 {x['p99_ms']:.2f} ms, {x['backend']} {x['precision']})")
+            for x in r["rows"]]
+
+
+def _memory(r: dict) -> list[tuple[str, str]]:
+    return [(f"target: kiosk with two exams, {name.replace('_', ' ')}: ready (<= 5 s), RSS (<= 300 MB)",
+             f"ready {s['ready_s']:.2f} s, RSS {s['rss_ready_mb']:.0f} MB, peak {s['peak_rss_after_uploads_mb']:.0f} MB "
+             f"after an upload to each") for name, s in (("first start", r["first_start"]),
+                                                          ("cached start", r["cached_start"]))]
+
+
+def _http(r: dict) -> list[tuple[str, str]]:
+    rows = [(f"upload over HTTP, {x['clients']} client(s), {x['studies']} studies",
+             f"p50 {x['latency_ms']['p50']:.1f} / p95 {x['latency_ms']['p95']:.1f} ms, {x['studies_per_s']:.1f} studies/s, "
+             f"{x['errors']} errors; outside the server's triage p50 {x['outside_triage_ms']['p50']:.1f} ms")
+            for x in r["runs"]]
+    return rows + [("server peak RSS (one exam)", f"{r['server_peak_rss_mb']:.0f} MB; one fsync {r['fsync_ms']:.1f} ms")]
+
+
+def _banner(r: dict) -> list[tuple[str, str]]:
+    return [("upload to verdict banner in Chromium (target p50 <= 200 ms)",
+             f"banner p50 {r['banner_ms']['p50']:.0f} / p90 {r['banner_ms']['p90']:.0f} ms, preview shown p50 "
+             f"{r['image_ms']['p50']:.0f} ms (n {r['banner_ms']['n']})")]
+
+
+def _live(r: dict) -> list[tuple[str, str]]:
+    return [(f"live {r['stream']}", f"{r['processed_fps']:.1f} fps triaged, {r['dropped']} dropped, frame-to-result p50 "
+             f"{r['latency_ms_p50']:.1f} / p95 {r['latency_ms_p95']:.1f} ms, {r['cpu_this_process']:.2f} of a core")]
+
+
+def _dicom(r: dict) -> list[tuple[str, str]]:
+    b, o = r["bedside"], r["orthanc"]
+    return [(f"C-STORE of {b['instances']} CR instances, Bedside (triaged, durable) against Orthanc (goal <= 1.5x)",
+             f"Orthanc {r['orthanc_over_bedside_rate']:.2f}x as fast: Bedside {b['per_s']:.1f}/s (p50 {b['latency_ms_p50']:.0f} ms), "
+             f"Orthanc {o['per_s']:.1f}/s (p50 {o['latency_ms_p50']:.0f} ms)")]
+
+
+def _generic(name: str) -> Callable[[dict], list[tuple[str, str]]]:
+    """Benchmarks from earlier issues: their headline numbers, as they report them."""
+    def rows(r: dict) -> list[tuple[str, str]]:
+        flat = {k: v for k, v in r.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        return [(name, ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in flat.items()))]
+    return rows
+
+
+ROWS: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
+    "engines": _engines, "pipeline": _pipeline, "burst": _burst, "tails": _tails, "kiosk_memory": _memory,
+    "http_upload": _http, "upload_to_banner": _banner, "live_stream": _live, "dicom_ingest": _dicom,
+}
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
+    lines = [
+        f"Written by `benchmarks/run_all.py` on {report['finished_at']} ({report['mode']} run): {m['cpu']}, "
+        f"{m['cores']} usable cores, load average (1 min) {m['load_average'][0]:.1f} at the start and "
+        f"{report['load_average_after'][0]:.1f} at the end, each benchmark's own beside it "
+        f"(other work shares this machine); {libs}.",
+        "",
+        "| benchmark | what | result |",
+        "| --- | --- | --- |",
+    ]
+    for name, entry in report["benchmarks"].items():
+        when = f"{name} ({entry['started_at'][:16].replace('T', ' ')}, load {entry['load_average_before'][0]:.1f})"
+        if "error" in entry:
+            lines.append(f"| {when} | not measured | {entry['error'].replace('|', '/')} |")
+            continue
+        for what, result in ROWS.get(name, _generic(name))(entry["result"]):
+            lines.append(f"| {when} | {what} | {result.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str) -> bool:
+    text = README.read_text()
+    if BEGIN not in text or END not in text:
+        return False
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these (names as in the report)")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, not for the README)")
+    args = parser.parse_args()
+    chosen = benchmarks(args.quick)
+    if args.only:
+        unknown = set(args.only) - set(chosen)
+        if unknown:
+            parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(chosen)}")
+        chosen = {k: v for k, v in chosen.items() if k in args.only}
+    report = {"machine": machine(), "mode": "quick" if args.quick else "full", "benchmarks": {}}
+    if args.only and (RESULTS / "latest.json").is_file():  # the others keep their last results
+        report["benchmarks"] = json.loads((RESULTS / "latest.json").read_text())["benchmarks"]
+    for name, command in chosen.items():
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        started = {"started_at": utc_iso(time.time()), "load_average_before": list(os.getloadavg())}
+        report["benchmarks"][name] = {**started, **run_one(name, command), "mode": report["mode"]}
+    report["load_average_after"] = list(os.getloadavg())
+    report["finished_at"] = utc_iso(time.time())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (RESULTS / "latest.md").write_text(table)
+    print(table)
+    if not update_readme(table):
+        print(f"README.md has no {BEGIN} ... {END} section; the table is in {RESULTS / 'latest.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

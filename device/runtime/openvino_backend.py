@@ -1,0 +1,98 @@
+"""OpenVINO on the CPU: the x86 edge boxes many clinic carts are (the `openvino` extra).
+
+Precision is pinned to the variant's. OpenVINO's CPU plugin otherwise picks its own inference
+precision: bf16 on CPUs with AVX-512 BF16 or AMX, which would silently run an FP32 variant at
+reduced precision, a model nobody gated. An INT8 variant is pinned to f32 too: its quantized
+operators run int8 as the graph's Q/DQ nodes say; the f32 pin is for everything between them, as on
+ONNX Runtime. After compiling, the precision is read back and a plugin that did not take it is
+refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib import metadata
+
+import numpy as np
+
+from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
+
+DEVICE = "CPU"
+# variant precision -> OpenVINO inference precision on the CPU
+INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
+
+
+def _import_openvino():
+    try:
+        import openvino
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"openvino is not installed ({exc}); install the 'openvino' extra") from None
+    return openvino
+
+
+def compile_config(precision: str, threads: int) -> dict[str, object]:
+    """Latency-shaped settings for a small shared box: one stream, explicit threads, no core pinning
+    (the web server and capture threads share these cores)."""
+    return {
+        "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision],
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+        "ENABLE_CPU_PINNING": False,
+    }
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    target = "cpu"
+
+    @classmethod
+    def availability(cls) -> Availability:
+        """Whether the package is installed, without importing it: importing OpenVINO and starting
+        its Core costs about 70 MB of resident memory, which a kiosk whose cached backend choice is
+        another backend never pays. A missing CPU plugin shows when a variant is loaded."""
+        if importlib.util.find_spec("openvino") is None:
+            return Availability(False, "openvino is not installed (the 'openvino' extra)")
+        try:
+            version = metadata.version("openvino")
+        except metadata.PackageNotFoundError:
+            version = None
+        return Availability(True, "CPU plugin, precision pinned to the variant's", version)
+
+    def __init__(self, model: VariantFile, io: ModelIO, threads: int, settings: object | None = None):
+        ov = _import_openvino()
+        self.io = io
+        wanted = INFERENCE_PRECISION[model.precision]
+        try:
+            compiled = ov.Core().compile_model(str(model.path), DEVICE, compile_config(model.precision, threads))
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise RuntimeFailure(f"openvino cannot load {model.path.name}: {exc}") from None
+        got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # an ov.Type: "f32", "bf16"
+        if got != wanted:
+            raise RuntimeFailure(
+                f"openvino runs {model.path.name} at {got}, not the variant's {wanted}; this CPU cannot run "
+                f"the {model.precision} variant on OpenVINO (use onnxruntime)"
+            )
+        self.inference_precision = got
+        self._outputs = {}
+        names = {n for port in compiled.outputs for n in port.get_names()}
+        missing = [n for n in io.output_names if n not in names]
+        if missing:
+            raise RuntimeFailure(f"model lacks outputs {missing} (it has {sorted(names)})")
+        inputs = {n for port in compiled.inputs for n in port.get_names()}
+        if io.input_name not in inputs:
+            raise RuntimeFailure(f"model has no input {io.input_name!r} (it has {sorted(inputs)})")
+        self._outputs = {name: compiled.output(name) for name in io.output_names}
+        self._request = compiled.create_infer_request()
+        self._compiled = compiled
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._request is None:
+            raise RuntimeFailure("backend was closed")
+        # share_outputs=False: the request's buffers are reused by the next run, results must not be.
+        results = self._request.infer({self.io.input_name: batch}, share_inputs=True, share_outputs=False)
+        return {name: results[port] for name, port in self._outputs.items()}
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
