@@ -71,11 +71,11 @@ research only.
 
 Input: one dermoscopy image of one lesion, centred (a dermatoscope camera frame, a JPEG/PNG, or
 a DICOM VL photographic / dermoscopy image), in colour. Output: the probability of each of seven
-diagnoses, the triage (**URGENT = refer** when P({' + '.join(URGENT)}) >= {thr:.4f}, else
+diagnoses, the triage (**URGENT = refer** when {' + '.join(f'P({u})' for u in URGENT)} >= {thr:.4f}, else
 ROUTINE), the three likeliest diagnoses, and a class-activation heatmap of the refer group.
 **UNGRADABLE** (no score shown) when the image fails the quality checks: gray (an X-ray or other
 non-skin image: chroma under {quality.min_colorfulness}), blurred (Laplacian variance under
-{quality.min_sharpness} at 224 px), no lesion in the middle of the field, blank, badly exposed,
+{quality.min_sharpness:.5f} at 224 px), no lesion in the middle of the field, blank, badly exposed,
 too small.
 
 Not for: clinical photographs without a dermatoscope, mucosa, nails, children's lesions,
@@ -117,7 +117,7 @@ other work; one torch thread, deterministic algorithms).
 ## Validation
 {_summary_table(rep)}
 
-The operating point: {_f(thr)} on P({' + '.join(URGENT)}), the highest threshold that refers >=
+The operating point: {_f(thr)} on {' + '.join(f'P({u})' for u in URGENT)}, the highest threshold that refers >=
 {float(cfg.get('target_sensitivity', 0.92)):.2f} of the validation melanomas both as they are and under simulated
 acquisition shift (white balance, exposure, saturation, blur, zoom). Melanoma is the costly miss; basal
 cell carcinoma and actinic keratosis ride in the same refer group. With ~100 validation melanomas a
@@ -143,6 +143,6 @@ validation images (limit {float(checkpoint.get('max_flip_rate', 0.02)):.0%} per 
 - Validation is from the same sources as training (HAM10000); the owners' ISIC 2018 test set adds
   images from other sites. Expect lower figures there.
 - Dermoscopy of pigmented lesions only; the quality checks refuse gray images and images with no
-  dark lesion in the centre, not every wrong input.
+  lesion in the centre, not every wrong input.
 - The heatmap shows where the model looked, not the lesion's outline.
 """
