@@ -16,6 +16,7 @@ import pytest
 from kiosk_support import start_server, stop_server
 
 ROOT = Path(__file__).resolve().parent.parent
+CHEST = ROOT / "models" / "bundles" / "chest-xray-pneumonia"
 pytestmark = pytest.mark.slow
 
 
@@ -49,18 +50,18 @@ def test_no_torch_or_onnx_in_the_appliance(appliance):
 
 def test_doctor_infer_eval_and_bench_work(appliance, datasets, tmp_path):
     report = json.loads(run(appliance, "doctor", "--json").stdout)
-    assert [b["id"] for b in report["bundles"] if b["ok"]] == ["chest-xray-pneumonia"]
+    assert [b["id"] for b in report["bundles"] if b["ok"]] == ["chest-xray-pneumonia", "skin-lesion-triage"]
     samples = datasets / "chest-xray" / "fullres-samples"
     images = {label: sorted((samples / label).glob("*.jpeg"))[:2] for label in ("NORMAL", "PNEUMONIA")}
-    line = json.loads(run(appliance, "infer", "--json", images["PNEUMONIA"][0]).stdout.splitlines()[0])
+    line = json.loads(run(appliance, "infer", "--bundle", CHEST, "--json", images["PNEUMONIA"][0]).stdout.splitlines()[0])
     assert line["triage"] in ("URGENT", "ROUTINE", "UNGRADABLE") and line["model"]["id"] == "chest-xray-pneumonia"
     for label, files in images.items():
         (tmp_path / "data" / label).mkdir(parents=True)
         for f in files:
             (tmp_path / "data" / label / f.name).symlink_to(f)
-    evaluation = json.loads(run(appliance, "eval", "--data", tmp_path / "data", "--json").stdout)
+    evaluation = json.loads(run(appliance, "eval", "--bundle", CHEST, "--data", tmp_path / "data", "--json").stdout)
     assert evaluation["n"] == 4
-    bench = json.loads(run(appliance, "bench", "--json", "--iterations", "4", "--rounds", "1", "--batch", "2").stdout)
+    bench = json.loads(run(appliance, "bench", "--bundle", CHEST, "--json", "--iterations", "4", "--rounds", "1", "--batch", "2").stdout)
     assert any(r["backend"] == "onnxruntime" for r in bench["results"])
     assert any(s.startswith("pytorch-eager: torch is not installed") for s in bench["skipped"])
 

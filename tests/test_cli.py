@@ -46,7 +46,7 @@ def test_infer_json_lines_and_exit_2_when_a_file_fails(samples, tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     chosen = [samples[0], samples[-1]]
-    proc = bedside("infer", "--json", *chosen, empty, check_rc=2)
+    proc = bedside("infer", "--bundle", SHIPPED, "--json", *chosen, empty, check_rc=2)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == 3
     for line, path in zip(lines, chosen):
@@ -63,13 +63,13 @@ def test_infer_json_lines_and_exit_2_when_a_file_fails(samples, tmp_path):
 
 
 def test_infer_table_for_people(samples):
-    proc = bedside("infer", *samples[:2])
+    proc = bedside("infer", "--bundle", SHIPPED, *samples[:2])
     assert "threshold" in proc.stdout
     assert sum(("URGENT" in line or "ROUTINE" in line) for line in proc.stdout.splitlines()) == 2
 
 
 def test_infer_writes_heatmap_overlays_at_image_size(samples, tmp_path):
-    bedside("infer", "--heatmap-dir", tmp_path, samples[-1])
+    bedside("infer", "--bundle", SHIPPED, "--heatmap-dir", tmp_path, samples[-1])
     overlay = cv2.imread(str(tmp_path / f"{samples[-1].name}.heatmap.png"))
     original = cv2.imread(str(samples[-1]))
     assert overlay is not None and overlay.shape[:2] == original.shape[:2]
@@ -87,7 +87,7 @@ def small_eval_set(datasets, tmp_path_factory):
 
 
 def test_eval_json(small_eval_set):
-    report = json.loads(bedside("eval", "--json", "--audit", "--bootstrap", "200", "--data", small_eval_set).stdout)
+    report = json.loads(bedside("eval", "--bundle", SHIPPED, "--json", "--audit", "--bootstrap", "200", "--data", small_eval_set).stdout)
     assert report["n"] == 40 and report["n_positive"] == 20
     assert set(report) >= {"n", "auc", "accuracy", "sensitivity", "specificity", "confusion", "intervals",
                            "subgroups", "audit"}
@@ -105,7 +105,7 @@ def test_eval_json(small_eval_set):
 
 
 def test_eval_text_prints_intervals_subgroups_and_audits(small_eval_set):
-    out = bedside("eval", "--audit", "--bootstrap", "100", "--data", small_eval_set).stdout
+    out = bedside("eval", "--bundle", SHIPPED, "--audit", "--bootstrap", "100", "--data", small_eval_set).stdout
     assert "95% CI" in out and "subgroup" in out and "squeeze_0.8" in out
     assert "the bundle's limit" in out
 
@@ -113,12 +113,12 @@ def test_eval_text_prints_intervals_subgroups_and_audits(small_eval_set):
 def test_eval_rejects_a_folder_that_matches_no_label(small_eval_set, tmp_path):
     (tmp_path / "normal").symlink_to(small_eval_set / "normal")
     (tmp_path / "covid").mkdir()
-    proc = bedside("eval", "--data", tmp_path, check_rc=1)
+    proc = bedside("eval", "--bundle", SHIPPED, "--data", tmp_path, check_rc=1)
     assert "covid" in proc.stderr and "matches no label" in proc.stderr
 
 
 def test_bench_json_side_by_side():
-    proc = bedside("bench", "--json", "--iterations", "20", "--rounds", "2", "--batch", "4")
+    proc = bedside("bench", "--bundle", SHIPPED, "--json", "--iterations", "20", "--rounds", "2", "--batch", "4")
     report = json.loads(proc.stdout)
     results = report["results"]
     # The row the kiosk serves (backend = "auto") is marked, once per batch size, and is what the kiosk picks.
@@ -138,7 +138,7 @@ def test_bench_json_side_by_side():
 
 def test_bench_pipeline_splits_the_served_path_beside_libjpeg(samples, datasets):
     dicom = datasets / "dicom" / "ct_mr_other" / "693_J2KR.dcm"
-    proc = bedside("bench", "--pipeline", str(samples[0]), str(dicom), "--json", "--iterations", "10")
+    proc = bedside("bench", "--bundle", SHIPPED, "--pipeline", str(samples[0]), str(dicom), "--json", "--iterations", "10")
     report = json.loads(proc.stdout)
     jpeg, j2k = report["files"]
     for row in (jpeg, j2k):
@@ -172,7 +172,7 @@ def test_torch_eager_runs_the_same_weights_as_onnxruntime():
 def test_doctor_verifies_shipped_bundles(tmp_path):
     report = json.loads(bedside("doctor", "--json", "--data-dir", str(tmp_path)).stdout)
     assert report["backends"]["onnxruntime"]["ok"]
-    assert [b["id"] for b in report["bundles"] if b["ok"]] == ["chest-xray-pneumonia"]
+    assert [b["id"] for b in report["bundles"] if b["ok"]] == ["chest-xray-pneumonia", "skin-lesion-triage"]
     assert "python" in report and "features" in report["cpu"]
     # What backend = auto serves on, with every candidate's figures, cached for the kiosk in its data dir.
     choice = report["backend_choice"]["chest-xray-pneumonia"]

@@ -31,7 +31,7 @@ def slow_app(config):
 def _hold_the_model(appliance) -> tuple[threading.Event, threading.Event]:
     """Make the exam's next inference block until `release` is set (`entered` when it starts)."""
     exam = next(iter(appliance.exams))
-    real = exam.triager.triage_image
+    real = exam.triager.triage_prepared
     entered, release = threading.Event(), threading.Event()
 
     def stuck(*args, **kwargs):
@@ -39,7 +39,7 @@ def _hold_the_model(appliance) -> tuple[threading.Event, threading.Event]:
         release.wait(120)
         return real(*args, **kwargs)
 
-    exam.triager.triage_image = stuck
+    exam.triager.triage_prepared = stuck
     return entered, release
 
 
