@@ -241,12 +241,18 @@ def write_bundle(checkpoint: dict, out: Path, bundle_id: str, version: str,
     Built in a temporary folder beside `out` and moved into place only once complete, so a refused
     or interrupted export never leaves a half-replaced bundle (`out` is replaced as a whole).
     """
+    return build_in_place(out, lambda work: _write_bundle_files(
+        checkpoint, work, bundle_id, version, check_inputs, data_dir, group_shift or [], log, group_shift_note))
+
+
+def build_in_place(out: Path, build: Callable[[Path], None]) -> Path:
+    """Run `build(folder)` in a hidden temporary folder beside `out`, then replace `out` with it as
+    a whole; a refused or interrupted build leaves `out` as it was. Returns `out`."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        _write_bundle_files(checkpoint, work, bundle_id, version, check_inputs, data_dir, group_shift or [], log,
-                            group_shift_note)
+        build(work)
         if out.exists():
             shutil.rmtree(out)
         os.replace(work, out)

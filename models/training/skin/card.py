@@ -7,9 +7,6 @@ what the card and manifest say is what the exported graph does.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +34,8 @@ from models.bundle import (
 )
 from models.metrics import binary_report, multiclass_report, roc_curve, softmax
 from models.preprocess import to_model_input
-from models.training.card import AuditFailed, CARD_FILE, GOLDEN_FILE, MODEL_FILE, ROC_FILE, code_revision, framework_versions
+from models.training.card import (AuditFailed, CARD_FILE, GOLDEN_FILE, MODEL_FILE, ROC_FILE, build_in_place,
+                                  code_revision, framework_versions)
 from models.training.data import decode_rgb
 from models.training.export import INPUT_NAME, OPSET, deployable_model, export_onnx, max_abs_diff, onnx_session
 from models.training.skin import augment as aug
@@ -224,17 +222,7 @@ def build_manifest(checkpoint: dict, bundle_id: str, version: str, files: dict, 
 def write_bundle(checkpoint: dict, out: Path, bundle_id: str, version: str, data_dir: Path | None = None,
                  log: Callable[[str], None] = print) -> Path:
     """Like models.training.card.write_bundle: built beside `out`, moved into place when complete."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        _write_files(checkpoint, work, bundle_id, version, data_dir, log)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
+    return build_in_place(out, lambda work: _write_files(checkpoint, work, bundle_id, version, data_dir, log))
 
 
 def _write_files(checkpoint: dict, out: Path, bundle_id: str, version: str, data_dir: Path | None,

@@ -151,7 +151,6 @@ def run(args: argparse.Namespace) -> int:
     val_x = torch.from_numpy(load_images(val, contract, progress))
     val_y = np.array([s.label for s in val])
     model = train_model(train_x, train_y, args)
-    trained_s = time.time() - started
 
     by_copies = {}
     for copies in sorted({1, args.tta}):
@@ -172,8 +171,6 @@ def run(args: argparse.Namespace) -> int:
         "widths": tuple(int(w) for w in args.widths.split(",")), "blocks": args.blocks, "size": args.size,
         "channels": 3, "classes": len(LABELS), "tta": args.tta,
         "state_dict": model.state_dict(), "temperature": temperature, "threshold": threshold,
-        "report": report, "stress_report": stress, "single_copy_report": single,
-        "val_probabilities": torch.from_numpy(p), "val_labels": torch.from_numpy(val_y),
         "data": {"n_train": len(train), "n_val": len(val), "val_fraction": args.val_fraction, "limit": args.limit,
                  "train_counts": [int((train_y == i).sum()) for i in range(len(LABELS))],
                  "val_counts": [int((val_y == i).sum()) for i in range(len(LABELS))]},
@@ -181,7 +178,6 @@ def run(args: argparse.Namespace) -> int:
         "augment": {k: str(v) for k, v in dataclasses.asdict(aug.TRAIN).items()},
         "training_command": chest_train.command_line(args, DEFAULT_ID), "seed": args.seed, "max_flip_rate": args.max_flip_rate,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(time.time() - started, 1),
-        "fit_seconds": round(trained_s, 1),
     }
     run_dir = Path(args.runs_dir) / f"{args.id}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
