@@ -89,7 +89,7 @@ def _ratio(n: int, one: list[float], batched: list[float]) -> dict:
 def run(bundle: Path, queued: int, rounds: int) -> dict:
     images = load_images(queued)
     with tempfile.TemporaryDirectory() as cache:
-        exams = ExamRegistry.load(ModelSettings(bundles=[bundle]), Path(cache))
+        exams = ExamRegistry.load(ModelSettings(bundles=[bundle]), cache_dir=Path(cache))
     try:
         exam = next(iter(exams))
         reduce = exam.reduced_decode

@@ -61,7 +61,7 @@ def run(bundle: Path, calls: int) -> dict:
         for threads in counts:
             with tempfile.TemporaryDirectory() as cache:
                 loaded[threads] = ExamRegistry.load(ModelSettings(bundles=[bundle], inference_threads=threads),
-                                                    Path(cache))
+                                                    cache_dir=Path(cache))
         samples: dict[int, list[float]] = {t: [] for t in counts}
         for _ in range(ROUNDS):
             for threads, exams in loaded.items():
