@@ -16,6 +16,11 @@ WARMUP_CALLS = 3
 # Pause between one runner's block and the next: ONNX Runtime's pool threads spin-wait after a
 # run, and on a 2-core machine that spinning would be charged to whichever runner comes next.
 SETTLE_S = 0.02
+# Untimed calls at the start of each runner's block: its first call after the others ran finds its
+# weights out of the cache and its threads asleep. That cost belongs to the interleaving (a kiosk
+# serves one model, not eight in turn); left in, it is 1 call in every block and set each runner's
+# p99 (4x its p50 on an idle 2-core box, against 1.4x in one continuous run).
+BLOCK_WARMUP_CALLS = 2
 
 
 def interleaved_latencies(
@@ -33,6 +38,8 @@ def interleaved_latencies(
     for _ in range(rounds):
         for i, run in enumerate(runs):
             time.sleep(SETTLE_S)
+            for _ in range(BLOCK_WARMUP_CALLS):
+                run(x)
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 run(x)
