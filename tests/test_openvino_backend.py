@@ -60,6 +60,30 @@ def test_results_are_not_overwritten_by_the_next_run(model_path):
     ov.close()
 
 
+def test_a_batch_is_split_across_one_stream_per_thread_and_matches_one_run(model_path):
+    """Two threads make two streams of one thread each; a batch runs as one part per stream, side
+    by side, and its results (odd sizes included, batches of one on a single stream) are those of
+    ONNX Runtime on the whole batch, in order, and not overwritten by the next run."""
+    ov = OpenVinoBackend(variant_file(model_path), IO, threads=2)
+    ort = OnnxRuntimeBackend(variant_file(model_path), IO, threads=1)
+    try:
+        assert int(ov._compiled.get_property("NUM_STREAMS")) == 2 and len(ov._requests) == 2
+        assert int(ov._compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+        rng = np.random.default_rng(3)
+        for n in (1, 2, 5):
+            x = rng.standard_normal((n, 1, SIZE, SIZE)).astype(np.float32)
+            got, want = ov.run(x), ort.run(x)
+            kept = {k: v.copy() for k, v in got.items()}
+            ov.run(rng.standard_normal((4, 1, SIZE, SIZE)).astype(np.float32))
+            for name in ("logits", "cam"):
+                assert got[name].shape == want[name].shape
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
+                np.testing.assert_array_equal(got[name], kept[name])
+    finally:
+        ov.close()
+        ort.close()
+
+
 @pytest.mark.skipif(bool({"avx512_fp16", "amx_fp16"} & set(cpu_features()["features"])),
                     reason="this CPU computes in f16: OpenVINO takes the pin")
 def test_fp16_variant_that_the_cpu_would_upcast_is_refused(model_path):

@@ -52,6 +52,32 @@ def test_outputs_by_name_and_dynamic_batch(model_path):
         backend.run(np.zeros((1, 1, SIZE, SIZE), np.float32))
 
 
+def test_a_batch_runs_as_one_single_threaded_part_per_thread_in_order(model_path):
+    """threads=2: one study runs on the calling thread alone; a batch is cut in two parts, the second
+    run on the backend's own worker thread, and the results are those of one run, in order."""
+    import threading
+
+    def workers() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("ort-part")]
+
+    rng = np.random.default_rng(4)
+    one = OnnxRuntimeBackend(variant_file(model_path), IO, threads=1)
+    two = OnnxRuntimeBackend(variant_file(model_path), IO, threads=2)
+    try:
+        two.run(rng.standard_normal((1, 1, SIZE, SIZE)).astype(np.float32))
+        assert workers() == []  # a single study never waits for a hand-over
+        for n in (2, 5):
+            x = rng.standard_normal((n, 1, SIZE, SIZE)).astype(np.float32)
+            got, want = two.run(x), one.run(x)
+            for name in ("logits", "cam"):
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+        assert len(workers()) == 1
+    finally:
+        one.close()
+        two.close()
+    assert workers() == []
+
+
 def test_declared_output_missing_from_model_is_refused(model_path):
     with pytest.raises(RuntimeFailure, match=r"lacks outputs \['heatmap'\]"):
         OnnxRuntimeBackend(variant_file(model_path), ModelIO("image", ("logits", "heatmap"), (1, SIZE, SIZE)), 1)

@@ -58,6 +58,13 @@ class VariantFile:
         return self.variant.precision
 
 
+def split_batch(batch: np.ndarray, parts: int) -> list[np.ndarray]:
+    """A batch cut into at most ``parts`` contiguous pieces of near-equal size, in order: how the
+    CPU backends run a batch as one single-threaded run per core, side by side."""
+    size = -(-len(batch) // max(1, parts))
+    return [np.ascontiguousarray(batch[i:i + size]) for i in range(0, len(batch), size)]
+
+
 class Preparation(Protocol):
     """Slow one-time work a backend needs before it can load a variant (a TensorRT engine build),
     running in the background."""
