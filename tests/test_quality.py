@@ -115,3 +115,23 @@ def test_fast_on_a_large_image() -> None:
     for _ in range(5):
         assess(img, POLICY, CHEST)
     assert (time.perf_counter() - start) / 5 < 0.02
+
+
+def test_exposure_from_the_histogram_equals_the_sorted_figures(datasets: Path) -> None:
+    """8-bit gray images take the histogram path; its percentiles and clipped fractions are those of
+    np.percentile and counting on the float sample, on real radiographs and on the edge cases."""
+    from device.quality import _exposure_stats, _unit_sample
+
+    files = sorted((datasets / "chest-xray").rglob("*.jpeg"))[:12]
+    images = [decode_file(f).pixels for f in files]
+    rng = np.random.default_rng(5)
+    images += [np.zeros((300, 200), np.uint8), np.full((1, 1), 255, np.uint8), np.full((40, 50), 7, np.uint8),
+               rng.integers(0, 256, (333, 517), dtype=np.uint8), np.where(rng.random((64, 64)) < 0.5, 0, 255).astype(np.uint8)]
+    for pixels in images:
+        gray = pixels if pixels.ndim == 2 else pixels[..., 0]
+        sample = _unit_sample(gray)
+        got = _exposure_stats(gray, sample)
+        low, high = np.percentile(sample, [1, 99])
+        assert got.low == pytest.approx(low, abs=1e-6) and got.high == pytest.approx(high, abs=1e-6)
+        assert got.black == np.count_nonzero(sample <= 0.5 / 255) / sample.size
+        assert got.white == np.count_nonzero(sample >= 1 - 0.5 / 255) / sample.size
