@@ -1,0 +1,35 @@
+"""The benchmarks that write the README's table still run: each of the model-side ones is run
+exactly as ``benchmarks/run_all.py --quick`` runs it (its own process, its JSON read back), and
+the table's rows are rendered from what it printed. A benchmark broken by a change elsewhere
+(a renamed argument, a second bundle shipped) fails here, not on the day numbers are wanted."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def run_all():
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_all"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["engines", "pipeline", "burst", "tails"])
+def test_model_benchmark_runs_as_run_all_runs_it(run_all, name):
+    command = run_all.benchmarks(quick=True)[name]
+    entry = run_all.run_one(name, command)
+    assert "error" not in entry, entry.get("error")
+    rows = run_all.ROWS[name](entry["result"])
+    assert rows and all(what and result for what, result in rows)
+    if name == "engines":
+        assert any(r["served"] for r in entry["result"]["results"])  # the kiosk's choice is marked
+        assert {t["target"] for t in entry["result"]["targets"]} >= {"served p50 / fastest p50 (batch 1)"}
