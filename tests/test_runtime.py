@@ -53,20 +53,22 @@ def test_outputs_by_name_and_dynamic_batch(model_path):
 
 
 def test_a_batch_runs_as_one_single_threaded_part_per_thread_in_order(model_path):
-    """threads=2: one study runs on the calling thread alone; a batch is cut in two parts, the second
-    run on the backend's own worker thread, and the results are those of one run, in order."""
+    """threads=2: one study, and a batch too small to share, run on the calling thread alone; a
+    larger batch is cut in two parts, the second run on the backend's own worker thread, and the
+    results are those of one run, in order."""
     import threading
 
     def workers() -> list[str]:
-        return [t.name for t in threading.enumerate() if t.name.startswith("ort-part")]
+        return [t.name for t in threading.enumerate() if t.name.startswith("model-part")]
 
     rng = np.random.default_rng(4)
     one = OnnxRuntimeBackend(variant_file(model_path), IO, threads=1)
     two = OnnxRuntimeBackend(variant_file(model_path), IO, threads=2)
     try:
-        two.run(rng.standard_normal((1, 1, SIZE, SIZE)).astype(np.float32))
-        assert workers() == []  # a single study never waits for a hand-over
-        for n in (2, 5):
+        for n in (1, 2, 7):
+            two.run(rng.standard_normal((n, 1, SIZE, SIZE)).astype(np.float32))
+        assert workers() == []  # no hand-over below two parts of SideBySide.MIN_PART studies
+        for n in (8, 11):
             x = rng.standard_normal((n, 1, SIZE, SIZE)).astype(np.float32)
             got, want = two.run(x), one.run(x)
             for name in ("logits", "cam"):

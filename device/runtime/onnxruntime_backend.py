@@ -1,20 +1,17 @@
 """ONNX Runtime on the CPU: the backend every Bedside device has.
 
-Each run is single-threaded, and ``threads`` runs go side by side: one study runs on one core and
-leaves the others to the request and capture threads (so two clients do not preempt each other's
-pool threads), while a batch (a burst) is cut into one part per thread, each run on the same
-session from its own thread (``InferenceSession.run`` is thread-safe and releases the GIL). On this
-model INT8 gains almost nothing from a second intra-op thread (0.57 against 0.56 ms at batch 1).
+Each run is single-threaded and a batch runs as ``threads`` parts side by side (device.runtime.base.
+SideBySide), all on the one session (``InferenceSession.run`` is thread-safe and releases the GIL).
+On this model INT8 gains almost nothing from a second intra-op thread (0.57 against 0.56 ms at
+batch 1), and two clients no longer preempt each other's pool threads.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from concurrent.futures import ThreadPoolExecutor
-
 from device.runtime.base import (
-    Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile, split_batch,
+    Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile, SideBySide,
 )
 
 PROVIDER = "CPUExecutionProvider"
@@ -62,8 +59,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
             raise RuntimeFailure(f"onnxruntime cannot load {model.path.name}: {exc}") from None
         self._check_io()
-        self._parts = max(1, threads)
-        self._pool = ThreadPoolExecutor(self._parts - 1, thread_name_prefix="ort-part") if self._parts > 1 else None
+        self._side_by_side = SideBySide(threads)
 
     def _check_io(self) -> None:
         inputs = {i.name for i in self._session.get_inputs()}
@@ -77,18 +73,14 @@ class OnnxRuntimeBackend(Backend):
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         if self._session is None:
             raise RuntimeFailure("backend was closed")
-        parts = split_batch(batch, self._parts)
-        if len(parts) == 1:
-            return dict(zip(self.io.output_names, self._run_part(batch)))
-        others = [self._pool.submit(self._run_part, part) for part in parts[1:]]
-        results = [self._run_part(parts[0])] + [f.result() for f in others]
-        return {name: np.concatenate([r[i] for r in results]) for i, name in enumerate(self.io.output_names)}
+        return dict(zip(self.io.output_names, self._side_by_side.run(batch, self._run_part)))
 
-    def _run_part(self, part: np.ndarray) -> list[np.ndarray]:
+    def _run_part(self, _: int, part: np.ndarray) -> list[np.ndarray]:
         return self._session.run(list(self.io.output_names), {self.io.input_name: part})
 
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        super().warm_up(self._side_by_side.warm_up_sizes(batch_sizes))
+
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        self._side_by_side.close()
         self._session = None
