@@ -53,14 +53,16 @@ def script(name: str, *args: str) -> list[str]:
     return [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *args]
 
 
-# name -> (command (full, quick), how its JSON becomes table rows)
 def benchmarks(quick: bool) -> dict[str, list[str]]:
-    n = "100" if quick else "400"
+    """Full runs take enough samples that one hiccup of a shared virtual machine does not decide a
+    p99 or a ratio (its rounds vary by a third from one to the next); quick runs are smoke tests."""
     return {
-        "engines": bedside("bench", "--bundle", chest_bundle(), "--json", "--iterations", n, "--rounds", "10" if quick else "20"),
-        "pipeline": bedside("bench", "--bundle", chest_bundle(), "--json", "--iterations", "50" if quick else "200", "--pipeline", *samples()),
-        "burst": script("burst", "--json", "--rounds", "5" if quick else "10"),
-        "tails": script("tails", "--json", "--calls", "200" if quick else "400"),
+        "engines": bedside("bench", "--bundle", chest_bundle(), "--json", "--iterations", "50" if quick else "1000",
+                           "--rounds", "5" if quick else "20"),
+        "pipeline": bedside("bench", "--bundle", chest_bundle(), "--json", "--iterations", "20" if quick else "200",
+                            "--pipeline", *samples()),
+        "burst": script("burst", "--json", "--rounds", "2" if quick else "30"),
+        "tails": script("tails", "--json", "--calls", "50" if quick else "1000"),
         "kiosk_memory": script("kiosk_memory", "--json"),
         "http_upload": script("http_upload", "--json", "--rounds", "2" if quick else "5"),
         "upload_to_banner": script("upload_to_banner", "--json", "--rounds", "1" if quick else "3"),
