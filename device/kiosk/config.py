@@ -79,7 +79,11 @@ class ModelSettings(_Strict):
         description="auto: whichever gated variant is fastest here; else the preferred variant "
         "(a bundle without it runs its fp32 variant)",
     )
-    inference_threads: int | None = Field(default=None, ge=1, le=64, description="default: all usable cores")
+    inference_threads: int | None = Field(
+        default=None, ge=1, le=64,
+        description="model threads (default: all usable cores); each study runs on one of them, and a burst "
+        "is cut into this many parts run side by side",
+    )
     gpu: Literal["auto", "off"] = Field(
         default="auto",
         description="auto: where a GPU backend runs, prepare each exam's GPU variant in the background "
