@@ -97,10 +97,15 @@ def machine() -> dict:
 
 
 def _engines(r: dict) -> list[tuple[str, str]]:
-    b1 = sorted((x for x in r["results"] if x["batch"] == 1), key=lambda x: x["p50_ms"])
+    b1 = sorted((x for x in r["results"] if x["batch"] == 1 and not x.get("as_served")), key=lambda x: x["p50_ms"])
+    served_path = sorted((x for x in r["results"] if x.get("as_served")), key=lambda x: x["p50_ms"])
     rows = [("batch 1 p50 / p99 ms, fastest first (* served)",
              "; ".join(f"{'*' if x['served'] else ''}{x['backend']} {x['precision']} ({x['variant']}) "
                        f"{x['p50_ms']:.3f} / {x['p99_ms']:.3f}" for x in b1))]
+    if served_path:
+        rows.append(("batch 1 p50 / p99 ms, each run after a study's decode (as the kiosk times its choice), fastest 4",
+                     "; ".join(f"{'*' if x['served'] else ''}{x['backend']} {x['precision']} ({x['variant']}) "
+                               f"{x['p50_ms']:.3f} / {x['p99_ms']:.3f}" for x in served_path[:4])))
     big = max(x["batch"] for x in r["results"])
     bn = sorted((x for x in r["results"] if x["batch"] == big), key=lambda x: -x["throughput_ips"])[:4]
     rows.append((f"batch {big} images/s, best 4", "; ".join(

@@ -1,7 +1,8 @@
 """Which backend and variant an exam serves on: with ``backend = "auto"`` (and/or ``precision =
 "auto"``) the kiosk loads every CPU backend on every variant the bundle's gate passed, self-tests
 each on the bundle's golden inputs (device/variant_check.py), times those that pass side by side
-(interleaved rounds, bounded by a time budget) and serves on the fastest. A variant that fails the
+(interleaved rounds, bounded by a time budget; each timed run after a study's decode, as served:
+device/study_gap.py) and serves on the fastest. A variant that fails the
 self-test on a backend is never served there, however fast.
 
 The timing is cached in the data dir per bundle, keyed by the CPU model, the usable cores, the
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from device.clock import utc_iso
 from device.machine import cpu_features, package_versions_of, usable_cores
 from device.runtime import registry
 from device.runtime.base import Backend, RuntimeFailure, RuntimeUnavailable, VariantFile
+from device.study_gap import between_studies
 from device.triage import model_io
 from device.variant_check import compare, golden_set
 from models.bundle import Bundle, Variant
@@ -37,7 +40,9 @@ AUTO = "auto"
 GPU_PREFERENCE = ("fp16", "int8", "fp32")
 CACHE_FOLDER = "backend-choice"
 TIMING_BUDGET_S = 1.0  # per bundle, after loading: what start-up may spend on choosing
-MIN_ROUNDS, MAX_ROUNDS, CALLS_PER_ROUND = 2, 8, 16
+MIN_ROUNDS, MAX_ROUNDS, CALLS_PER_ROUND = 2, 8, 8
+# How candidates are timed; part of the cache key, so a box timed the old way is timed again.
+TIMING_METHOD = "batch 1, each run after a study's decode and preprocessing (device/study_gap.py)"
 # Libraries whose version changes what is fastest (the cache is dropped when one changes).
 SPEED_LIBRARIES = ("numpy", "onnxruntime", "openvino", "bedside")
 
@@ -190,7 +195,7 @@ def _time_all(bundle: Bundle, backend: str, precision: str, pairs: list[tuple[st
             why = "; ".join(f"{e.measured.backend} {e.measured.precision}: {e.measured.error}" for e in loaded)
             raise RuntimeFailure(f"{bundle.manifest.id}: no backend and variant pass the self-test ({why})")
         x = golden_set(bundle)[0][:1]
-        _time(passing, x)
+        _time(passing, x, between_studies(bundle.manifest))
         best = min(passing, key=lambda e: e.measured.p50_ms)
     finally:
         for entry in loaded:
@@ -204,9 +209,10 @@ def _time_all(bundle: Bundle, backend: str, precision: str, pairs: list[tuple[st
     return choice, best.backend
 
 
-def _time(entries: list[_Loaded], x: np.ndarray) -> None:
-    """Batch-1 latency of each, in interleaved rounds (so load on the box hits all alike), stopping
-    after the budget once MIN_ROUNDS are done."""
+def _time(entries: list[_Loaded], x: np.ndarray, gap: Callable[[], None]) -> None:
+    """Batch-1 latency of each as the served path runs it (``gap``, a study's decode and
+    preprocessing, before every timed run), in interleaved rounds (so load on the box hits all
+    alike), stopping after the budget once MIN_ROUNDS are done."""
     samples: list[list[float]] = [[] for _ in entries]
     deadline = time.perf_counter() + TIMING_BUDGET_S
     for r in range(MAX_ROUNDS):
@@ -215,6 +221,7 @@ def _time(entries: list[_Loaded], x: np.ndarray) -> None:
         for entry, times in zip(entries, samples):
             run = entry.backend.run
             for _ in range(CALLS_PER_ROUND):
+                gap()
                 t0 = time.perf_counter()
                 run(x)
                 times.append((time.perf_counter() - t0) * 1e3)
@@ -227,6 +234,7 @@ def cache_key(bundle: Bundle, pairs: list[tuple[str, Variant]], threads: int) ->
     cpu = cpu_features()
     facts = {
         "cpu": cpu["model"], "features": cpu["features"], "cores": usable_cores(), "threads": threads,
+        "timing": TIMING_METHOD,
         "libraries": package_versions_of(SPEED_LIBRARIES),
         "candidates": [[name, v.file, bundle.sha256_of(v.file)] for name, v in pairs],
     }

@@ -25,11 +25,12 @@ BLOCK_WARMUP_CALLS = 2
 
 def interleaved_latencies(
     runs: Sequence[Callable[[np.ndarray], object]], x: np.ndarray, calls: int, rounds: int,
-    on_round: Callable[[], None] | None = None,
+    on_round: Callable[[], None] | None = None, before_call: Callable[[], None] | None = None,
 ) -> list[np.ndarray]:
     """Per-call wall times in ms for each runner on the same input, measured in interleaved rounds.
 
-    ``on_round`` is called after each round (a progress bar's tick)."""
+    ``on_round`` is called after each round (a progress bar's tick); ``before_call``, untimed,
+    before every timed call (the work a served path does between two model runs)."""
     for run in runs:
         for _ in range(WARMUP_CALLS):
             run(x)
@@ -41,6 +42,8 @@ def interleaved_latencies(
             for _ in range(BLOCK_WARMUP_CALLS):
                 run(x)
             for _ in range(per_round):
+                if before_call is not None:
+                    before_call()
                 t0 = time.perf_counter()
                 run(x)
                 samples[i].append((time.perf_counter() - t0) * 1e3)

@@ -81,7 +81,7 @@ class Liar(OnnxRuntimeBackend):
 
 def test_a_candidate_failing_its_self_test_is_never_served(chest, tmp_path, monkeypatch):
     monkeypatch.setitem(registry.BACKENDS, "liar", f"{__name__}:Liar")
-    def liar_fastest(entries, x):
+    def liar_fastest(entries, x, gap):
         for e in entries:
             e.measured.p50_ms = e.measured.p99_ms = 0.01 if e.measured.backend == "liar" else 1.0
 
@@ -109,3 +109,34 @@ def test_an_explicit_backend_with_auto_precision_times_only_that_backends_varian
     choice, backend = choose(chest, "onnxruntime", "auto", 1, SETTINGS, tmp_path)
     backend.close()
     assert {m.backend for m in choice.measured} == {"onnxruntime"} and len(choice.measured) >= 2
+
+
+def test_every_timed_run_follows_a_study_decode_and_the_method_keys_the_cache(chest, tmp_path, monkeypatch):
+    """Candidates are timed as the served path runs them: a study's decode and preprocessing before
+    each timed run (the gap's JPEG is a radiograph-sized one, decoded at the served scale); a cache
+    written by another timing method is not trusted."""
+    from device import study_gap
+
+    gaps, runs = [], []
+    real_gap = study_gap.between_studies(chest.manifest)
+
+    def counted(manifest):
+        def gap():
+            gaps.append(len(runs))
+            real_gap()
+        return gap
+
+    real_run = OnnxRuntimeBackend.run
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", lambda self, x: runs.append(1) or real_run(self, x))
+    monkeypatch.setattr(backend_choice, "between_studies", counted)
+    choose(chest, "onnxruntime", "auto", 1, SETTINGS, tmp_path)[1].close()
+    timed = len(gaps)
+    assert timed >= backend_choice.MIN_ROUNDS * backend_choice.CALLS_PER_ROUND * 2
+    assert all(b - a == 1 for a, b in zip(gaps, gaps[1:]))  # exactly one run after each gap
+
+    pairs = backend_choice.candidates(chest, "onnxruntime", "auto")
+    key = backend_choice.cache_key(chest, pairs, 1)
+    monkeypatch.setattr(backend_choice, "TIMING_METHOD", "batch 1, back to back")
+    assert backend_choice.cache_key(chest, pairs, 1) != key
+    img = study_gap.study_jpeg(False)
+    assert 100_000 < len(img) < 400_000

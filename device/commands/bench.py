@@ -19,6 +19,7 @@ from device.runtime import registry
 from device.backend_choice import choose
 from device.runtime.base import RuntimeFailure, VariantFile
 from device.runtime.stage_report import format_trtexec
+from device.study_gap import between_studies
 from device.triage import default_threads, model_io
 from models.bundle import Bundle
 from optimize.timing import interleaved_latencies, summarise
@@ -99,12 +100,15 @@ def _torch_eager_runner(bundle: Bundle, threads: int) -> Runner | None:
 
 
 def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, calls: int, rounds: int,
-            progress: tqdm) -> list[dict]:
+            progress: tqdm, between: Callable[[], None] | None = None) -> list[dict]:
+    """One row per runner; with ``between`` (a study's decode and preprocessing) before each timed
+    call, the rows say ``"as_served": true``: how the kiosk's backend choice times them."""
     x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-    samples = interleaved_latencies([r.run for r in runners], x, calls, rounds, on_round=progress.update)
+    samples = interleaved_latencies([r.run for r in runners], x, calls, rounds, on_round=progress.update,
+                                    before_call=between)
     return [
         {"backend": r.backend, "precision": r.precision, "variant": r.variant, "batch": batch,
-         **summarise(s, batch)}
+         "as_served": between is not None, **summarise(s, batch)}
         for r, s in zip(runners, samples)
     ]
 
@@ -120,11 +124,13 @@ def run(args: argparse.Namespace) -> int:
     served = served_pair(bundle, threads)
     runners, skipped = build_runners(bundle, threads, not args.no_torch)
     shape = (m.input.channels, m.input.height, m.input.width)
-    bar = tqdm(total=2 * args.rounds, desc=f"measuring {len(runners)} runners", unit="round", file=sys.stderr,
+    bar = tqdm(total=3 * args.rounds, desc=f"measuring {len(runners)} runners", unit="round", file=sys.stderr,
                leave=False, disable=None)
     try:
         results = measure(runners, shape, 1, args.iterations, args.rounds, bar)
         results += measure(runners, shape, args.batch, max(args.rounds, args.iterations // 10), args.rounds, bar)
+        results += measure(runners, shape, 1, max(args.rounds, args.iterations // 4), args.rounds, bar,
+                           between_studies(m))
         stages = stage_reports(runners, shape, (1, args.batch), args.iterations)
     finally:
         bar.close()
@@ -179,7 +185,7 @@ def served_pair(bundle: Bundle, threads: int) -> tuple[str, str]:
 
 def targets(results: list[dict]) -> list[dict]:
     """The issue's targets as ratios of rows measured side by side in this run."""
-    b1 = [r for r in results if r["batch"] == 1]
+    b1 = [r for r in results if r["batch"] == 1 and not r.get("as_served")]
     served = next((r for r in b1 if r["served"]), None)
     if served is None:
         return []
@@ -188,6 +194,12 @@ def targets(results: list[dict]) -> list[dict]:
         _target("served p50 / fastest p50 (batch 1)", served["p50_ms"] / fastest["p50_ms"], "<=", 1.05),
         _target("served p99 / its own p50 (batch 1)", served["p99_ms"] / served["p50_ms"], "<=", 2.0),
     ]
+    as_served = [r for r in results if r.get("as_served")]
+    served_there = next((r for r in as_served if r["served"]), None)
+    if served_there is not None:
+        quickest = min(as_served, key=lambda r: r["p50_ms"])
+        rows.append(_target("as served (each run after a study's decode): served p50 / fastest p50",
+                            served_there["p50_ms"] / quickest["p50_ms"], "<=", 1.05))
     eager = next((r for r in b1 if r["backend"] == "pytorch-eager"), None)
     if eager is not None:
         rows.append(_target("pytorch eager fp32 p50 / served p50", eager["p50_ms"] / served["p50_ms"], ">=", 6.0))
@@ -210,19 +222,26 @@ def format_targets(rows: list[dict]) -> list[str]:
 
 
 def format_table(results: list[dict]) -> str:
-    """One block per batch size, fastest first, each row's p50 as a multiple of the fastest row's."""
+    """One block per batch size (then batch 1 as served), fastest first, each row's p50 as a multiple
+    of the fastest row's."""
     rows = [("runner", "variant", "p50 ms", "p90 ms", "p99 ms", "img/s", "p50 vs fastest")]
-    for batch in sorted({r["batch"] for r in results}):
-        block = sorted((r for r in results if r["batch"] == batch), key=lambda r: r["p50_ms"])
-        rows.append((f"batch {batch}",) + ("",) * 6)
+    blocks = sorted({(bool(r.get("as_served")), r["batch"]) for r in results})
+    for as_served, batch in blocks:
+        block = sorted((r for r in results if r["batch"] == batch and bool(r.get("as_served")) == as_served),
+                       key=lambda r: r["p50_ms"])
+        title = f"batch {batch}" + (", each run after a study's decode (as served)" if as_served else "")
+        rows.append((title,))  # a block's title line, not a row of the table
         for r in block:
             rows.append((
                 f"{'* ' if r.get('served') else ''}{r['backend']} {r['precision']}", _variant_label(r), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
                 f"{r['p99_ms']:.3f}", f"{r['throughput_ips']:,.0f}", f"{r['p50_ms'] / block[0]['p50_ms']:.2f}x",
             ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths = [max(len(row[i]) for row in rows if len(row) > 1) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
+        if len(row) == 1:
+            lines.append(row[0])
+            continue
         left = [cell.ljust(w) for cell, w in zip(row[:2], widths)]
         right = [cell.rjust(w) for cell, w in zip(row[2:], widths[2:])]
         lines.append("  ".join(left + right).rstrip())
