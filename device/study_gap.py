@@ -1,10 +1,9 @@
 """What happens on the CPU between two model runs of the served path: a study's decode and
 preprocessing. Backends are timed with it in between calls (the kiosk's backend choice, `bedside
 bench`'s as-served block), because that is how a kiosk runs its model, and it changes the ranking:
-on this 2-core box OpenVINO INT8 is faster than ONNX Runtime INT8 when one run follows another
-(0.58 against 0.69 ms), but slower after each study's decode (1.3 against 0.9 ms: OpenVINO hands the
-run to its stream's thread, ONNX Runtime runs it on the caller's, whose caches and clock the decode
-left warm).
+on this 2-core box OpenVINO INT8 was faster than ONNX Runtime INT8 when one run follows another
+(0.58-0.61 against 0.69-0.73 ms), but slower after each study's decode (1.25 against 0.85 ms;
+OpenVINO hands the run to its stream's thread, ONNX Runtime runs it on the caller's).
 
 The study is synthetic and deterministic (no patient image ships with the appliance): a gray or
 colour picture as the bundle takes, of a radiograph's size, JPEG-encoded once per process and

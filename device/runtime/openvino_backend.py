@@ -38,10 +38,10 @@ def compile_config(precision: str, threads: int) -> dict[str, object]:
 
     Why streams rather than one stream on every thread: a single study then runs on one core and
     leaves the others to the request and capture threads, so two clients do not preempt each
-    other's model threads (on 2 cores, two clients' p99 went from 3.9x their p50 with one 2-thread
-    stream to 1.7x with one thread per model run); a batch (a burst) is split across the streams
-    and still uses every core, faster than one stream does (batch 16: about 4,400 against 3,600
-    images/s here)."""
+    other's model threads (on 2 cores, two clients' p99 was 3.9x their p50 with one 2-thread
+    stream, 1.7-2.3x in repeated runs with one thread per model run); a large batch (a burst) is
+    split across the streams and still uses every core, faster than one stream does (batch 16:
+    about 4,400 against 3,600 images/s here)."""
     return {
         "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[precision],
         "INFERENCE_NUM_THREADS": threads,
@@ -97,9 +97,8 @@ class OpenVinoBackend(Backend):
         self._compiled = compiled
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """One study on one stream; a batch as one part per stream, side by side (each part's
-        synchronous run on its own thread: the asynchronous API's completion needs the GIL back,
-        and another request thread holding it stretched a batch of two to 5 ms)."""
+        """One study on one stream; a large batch as one part per stream, side by side, each part a
+        synchronous run on its own thread (device.runtime.base.SideBySide)."""
         if self._requests is None:
             raise RuntimeFailure("backend was closed")
         return dict(zip(self._outputs, self._side_by_side.run(batch, self._run_part)))
