@@ -43,8 +43,8 @@ class QualityReport:
 def assess(img: DecodedImage, policy: QualityPolicy, dicom: DicomHandling) -> QualityReport:
     # An 8-bit gray image needs no float sample unless a lesion is looked for: it has no colour,
     # and its exposure comes from a histogram.
-    gray_u8 = img.pixels.dtype == np.uint8 and img.pixels.ndim == 2
-    sample = None if gray_u8 and policy.min_lesion_fraction is None else _unit_sample(img.pixels)
+    needs_sample = not _is_gray_u8(img.pixels) or policy.min_lesion_fraction is not None
+    sample = _unit_sample(img.pixels) if needs_sample else None
     issues = [
         *_modality_issues(img, dicom.modalities),
         *_body_part_issues(img, dicom.body_parts),
@@ -219,15 +219,18 @@ def _exposure_stats(pixels: np.ndarray, sample: np.ndarray | None) -> _Exposure:
     """On an 8-bit gray image (a JPEG or PNG radiograph, the common case) from a 256-bin histogram:
     the same figures as ``np.percentile`` (linear interpolation between order statistics) at a
     fraction of its cost (OpenCV's histogram, without the GIL), since sorting was the costliest
-    quality check. Colour and DICOM images
-    (float after windowing) use the strided float sample."""
-    if pixels.dtype == np.uint8 and pixels.ndim == 2:
+    quality check. Colour and DICOM images (float after windowing) use the strided float sample."""
+    if _is_gray_u8(pixels):
         strided = np.ascontiguousarray(_strided(pixels))
         return _exposure_of_histogram(cv2.calcHist([strided], [0], None, [256], [0, 256]).ravel())
     gray = _gray(sample)
     low, high = np.percentile(gray, [1, 99])
     return _Exposure(float(low), float(high), float(np.count_nonzero(gray <= _CLIP_EPS)) / gray.size,
                      float(np.count_nonzero(gray >= 1.0 - _CLIP_EPS)) / gray.size)
+
+
+def _is_gray_u8(pixels: np.ndarray) -> bool:
+    return pixels.dtype == np.uint8 and pixels.ndim == 2
 
 
 def _strided(pixels: np.ndarray) -> np.ndarray:
