@@ -320,17 +320,18 @@ def _operating_point_table(checkpoint: dict) -> str:
     return "\n".join(rows)
 
 
-def _fmt(value, spec: str = ".4f") -> str:
-    return "-" if value is None else format(value, spec)
+def fmt(value: float | None, spec: str = ".4f") -> str:
+    """A card's number; "-" where there is none (None or NaN: an AUC of a group with one class)."""
+    return "-" if value is None or value != value else format(value, spec)
 
 
 def _metrics_table(metrics: list[dict]) -> str:
     rows = ["| split | n | pneumonia | AUC | accuracy | sensitivity | specificity | Brier | ECE |",
             "|---|---|---|---|---|---|---|---|---|"]
     for m in metrics:
-        rows.append(f"| {m['split']} | {m['n']} | {m['n_positive']} | {_fmt(m.get('auc'))} | "
-                    f"{_fmt(m.get('accuracy'))} | {_fmt(m.get('sensitivity'))} | {_fmt(m.get('specificity'))} | "
-                    f"{_fmt(m.get('brier'))} | {_fmt(m.get('ece'))} |")
+        rows.append(f"| {m['split']} | {m['n']} | {m['n_positive']} | {fmt(m.get('auc'))} | "
+                    f"{fmt(m.get('accuracy'))} | {fmt(m.get('sensitivity'))} | {fmt(m.get('specificity'))} | "
+                    f"{fmt(m.get('brier'))} | {fmt(m.get('ece'))} |")
     return "\n".join(rows)
 
 
@@ -343,8 +344,8 @@ def _intervals_table(intervals: dict[str, list[float]]) -> str:
 def _subgroup_table(groups: list[dict]) -> str:
     rows = ["| subgroup | n | pneumonia | AUC | sensitivity | specificity | flagged URGENT |", "|---|---|---|---|---|---|---|"]
     for g in groups:
-        rows.append(f"| {g['group']} | {g['n']} | {g['n_positive']} | {_fmt(g.get('auc'))} | "
-                    f"{_fmt(g.get('sensitivity'))} | {_fmt(g.get('specificity'))} | {g['flagged']:.1%} |")
+        rows.append(f"| {g['group']} | {g['n']} | {g['n_positive']} | {fmt(g.get('auc'))} | "
+                    f"{fmt(g.get('sensitivity'))} | {fmt(g.get('specificity'))} | {g['flagged']:.1%} |")
     return "\n".join(rows)
 
 
@@ -355,17 +356,19 @@ def _group_shift_table(folds: list[dict]) -> str:
             "held-out sensitivity | held-out specificity |", "|---|---|---|---|---|---|"]
     for f in folds:
         val, held = f["validation"], f["held_out"]
-        rows.append(f"| {f['name']} | {held['n']} | {_fmt(val.get('auc'))} | {_fmt(held.get('auc'))} | "
-                    f"{_fmt(held.get('sensitivity'))} | {_fmt(held.get('specificity'))} |")
+        rows.append(f"| {f['name']} | {held['n']} | {fmt(val.get('auc'))} | {fmt(held.get('auc'))} | "
+                    f"{fmt(held.get('sensitivity'))} | {fmt(held.get('specificity'))} |")
     return "\n".join(rows)
 
 
-def _audit_table(checks: list[AuditCheck]) -> str:
-    rows = ["| check | what changes | flip rate | pneumonia flipped | normal flipped | mean change of P |",
+def audit_table(checks: list[AuditCheck], positive: str = "pneumonia", negative: str = "normal",
+                probability: str = "P") -> str:
+    """The audits as a card's table: each check's flip rate, per side of the urgent group."""
+    rows = [f"| check | what changes | flip rate | {positive} flipped | {negative} flipped | mean change of {probability} |",
             "|---|---|---|---|---|---|"]
     for c in checks:
-        rows.append(f"| {c.name} | {c.description} | {c.flip_rate:.2%} | {_fmt(c.flip_rate_positive, '.2%')} | "
-                    f"{_fmt(c.flip_rate_negative, '.2%')} | {c.mean_delta:+.4f} |")
+        rows.append(f"| {c.name} | {c.description} | {c.flip_rate:.2%} | {fmt(c.flip_rate_positive, '.2%')} | "
+                    f"{fmt(c.flip_rate_negative, '.2%')} | {c.mean_delta:+.4f} |")
     return "\n".join(rows)
 
 
@@ -400,7 +403,7 @@ def model_card(checkpoint: dict, onnx_diff: dict[str, float], checks: list[Audit
         copies=cfg["stress_copies"], seconds=checkpoint["training_seconds"],
         command=checkpoint["training_command"], metrics=_metrics_table(checkpoint["metrics"]),
         intervals=_intervals_table(intervals), subgroups=_subgroup_table(checkpoint.get("subgroups", [])),
-        group_shift=_group_shift_table(group_shift), audits=_audit_table(checks),
+        group_shift=_group_shift_table(group_shift), audits=audit_table(checks),
         group_shift_note=f"\n\n{group_shift_note}" if group_shift_note else "",
         zoom_lo=aug.TRAIN.scale[0], zoom_hi=aug.TRAIN.scale[1], rotate=aug.TRAIN.rotate_deg,
         shift=aug.TRAIN.translate, p_border=aug.TRAIN.p_border, border_max=aug.TRAIN.border_max,

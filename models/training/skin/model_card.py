@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from models.bundle import AuditCheck, QualityPolicy
 from models.training.skin import augment as aug
+from models.training.card import audit_table, fmt
 from models.training.train import command_line
 from models.training.skin.data import FOCUS, LABELS, URGENT
 from models.training.skin.identity import CITATION, DATASET, DISCLAIMER, INTENDED_USE, LABEL_NAMES, LICENCE
-
-
-def _f(value: float | None, spec: str = ".4f") -> str:
-    return "-" if value is None or value != value else format(value, spec)
 
 
 def _summary_table(rep: dict) -> str:
@@ -19,8 +16,8 @@ def _summary_table(rep: dict) -> str:
     for name, key in (("validation", "clean"), ("validation, stressed", "stress"),
                       ("validation, one copy (no averaging)", "single")):
         r = rep[key][2]
-        rows.append(f"| {name} | {r['n']} | {_f(r['balanced_accuracy'])} | {_f(r['per_class_auc'][FOCUS])} | "
-                    f"{_f(r['urgent_auc'])} | {_f(r['focus_sensitivity'])} | {_f(r['focus_specificity'])} |")
+        rows.append(f"| {name} | {r['n']} | {fmt(r['balanced_accuracy'])} | {fmt(r['per_class_auc'][FOCUS])} | "
+                    f"{fmt(r['urgent_auc'])} | {fmt(r['focus_sensitivity'])} | {fmt(r['focus_specificity'])} |")
     return "\n".join(rows)
 
 
@@ -32,7 +29,7 @@ def _per_class_table(rep: dict) -> str:
         conf = clean["confusion"][i]
         recall = conf[i] / sum(conf) if sum(conf) else float("nan")
         rows.append(f"| {label}{' (refer)' if label in URGENT else ''} | {LABEL_NAMES[label]} | {clean['counts'][i]} | "
-                    f"{_f(clean['per_class_auc'].get(label))} | {_f(stress['per_class_auc'].get(label))} | {_f(recall, '.3f')} |")
+                    f"{fmt(clean['per_class_auc'].get(label))} | {fmt(stress['per_class_auc'].get(label))} | {fmt(recall, '.3f')} |")
     return "\n".join(rows)
 
 
@@ -40,15 +37,6 @@ def _confusion_table(rep: dict) -> str:
     conf = rep["clean"][2]["confusion"]
     rows = ["| true \\ likeliest | " + " | ".join(LABELS) + " |", "|---" * (len(LABELS) + 1) + "|"]
     rows += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(LABELS, conf)]
-    return "\n".join(rows)
-
-
-def _audit_table(checks: list[AuditCheck]) -> str:
-    rows = ["| check | what changes | flip rate | refer-group flipped | others flipped | mean change of P(refer) |",
-            "|---|---|---|---|---|---|"]
-    for c in checks:
-        rows.append(f"| {c.name} | {c.description} | {c.flip_rate:.2%} | {_f(c.flip_rate_positive, '.2%')} | "
-                    f"{_f(c.flip_rate_negative, '.2%')} | {c.mean_delta:+.4f} |")
     return "\n".join(rows)
 
 
@@ -117,7 +105,7 @@ other work; one torch thread, deterministic algorithms).
 ## Validation
 {_summary_table(rep)}
 
-The operating point: {_f(thr)} on {' + '.join(f'P({u})' for u in URGENT)}, the highest threshold that refers >=
+The operating point: {fmt(thr)} on {' + '.join(f'P({u})' for u in URGENT)}, the highest threshold that refers >=
 {float(cfg.get('target_sensitivity', 0.92)):.2f} of the validation melanomas both as they are and under simulated
 acquisition shift (white balance, exposure, saturation, blur, zoom). Melanoma is the costly miss; basal
 cell carcinoma and actinic keratosis ride in the same refer group. With ~100 validation melanomas a
@@ -137,7 +125,7 @@ Confusion of the likeliest label (validation counts):
 Each check changes something that must not matter and counts how often the triage changes on the
 validation images (limit {float(checkpoint.get('max_flip_rate', 0.02)):.0%} per check; the export refuses a model over it):
 
-{_audit_table(checks)}
+{audit_table(checks, "refer-group", "others", "P(refer)")}
 
 ## Limits
 - Validation is from the same sources as training (HAM10000); the owners' ISIC 2018 test set adds
