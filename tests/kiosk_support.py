@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import http.client
 import io
 import json
 import os
 import queue
 import re
+import shutil
 import signal
 import struct
 import subprocess
@@ -27,6 +29,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from device.backend_choice import CACHE_FOLDER as CHOICE_FOLDER
 from device.kiosk.config import KioskConfig
 from models.bundle import default_bundles_dir, find_bundles
 from models.datasets import datasets_dir
@@ -147,6 +150,29 @@ class Server:
         return self.stderr.read()[-chars:]
 
 
+_CHOICE_SEEDS: dict[tuple[str, ...], Path] = {}  # bundles -> a folder holding the backend choice a server timed
+
+
+def _seed_choice(data_dir: Path, bundles: list[Path]) -> None:
+    """A fresh data dir gets the backend choice an earlier server of these bundles timed, so a test
+    kiosk starts as a second boot does (self-test only) instead of timing every candidate again
+    (seconds with the shipped bundles). Harmless where it does not fit: the kiosk checks the
+    cache's key (CPU, threads, libraries, files) and times again on a mismatch."""
+    seed = _CHOICE_SEEDS.get(tuple(str(b) for b in bundles))
+    if seed is not None and not (data_dir / CHOICE_FOLDER).exists():
+        shutil.copytree(seed, data_dir / CHOICE_FOLDER)
+
+
+def _keep_choice(data_dir: Path, bundles: list[Path]) -> None:
+    key = tuple(str(b) for b in bundles)
+    if key in _CHOICE_SEEDS or not (data_dir / CHOICE_FOLDER).is_dir():
+        return
+    seeds = Path(tempfile.mkdtemp(prefix="bedside-choice-seed-"))
+    atexit.register(shutil.rmtree, seeds, True)
+    shutil.copytree(data_dir / CHOICE_FOLDER, seeds / CHOICE_FOLDER)
+    _CHOICE_SEEDS[key] = seeds / CHOICE_FOLDER
+
+
 def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: float = 120,
                  bedside: tuple[str, ...] = (sys.executable, "-m", "device.cli"), cwd: Path = ROOT,
                  check_health: bool = True) -> Server:
@@ -154,6 +180,7 @@ def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: floa
     Raises RuntimeError, with the end of the server's log, when it does not within `timeout` seconds.
     ``bedside`` is the command that runs the CLI (another installation's console script, say).
     ``check_health=False``: only the ready line (a kiosk that needs a login, or in safe mode)."""
+    _seed_choice(data_dir, bundles)
     cmd = [*bedside, "serve", "--port", "0", "--data-dir", str(data_dir)]
     for b in bundles:
         cmd += ["--bundle", str(b)]
@@ -168,6 +195,7 @@ def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: floa
             f"bedside serve did not become ready in {timeout:g} s (exit status {proc.returncode}):\n"
             + server.log_tail()
         )
+    _keep_choice(data_dir, bundles)
     if not check_health:
         return server
     client = Client(url, timeout=30)
@@ -221,9 +249,22 @@ def running_server(data_dir: Path, bundles: list[Path], *extra: str):
 # ---- fixtures shared by the kiosk test modules (import them by name) ---------------------------
 
 
+TINY_MODELS = {"inference_threads": 1}
+CHOICE_SEED = "choice-seed"  # beside the tiny bundle: a data dir holding its timed backend choice
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory) -> Path:
-    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+    """The tiny bundle, with its backend choice timed once for the session: every kiosk of the
+    ``config`` fixture starts from that cache, as a kiosk's second boot does (self-test only), instead
+    of timing each candidate again (about 0.4 s a kiosk). The timing itself is tested in
+    test_backend_choice."""
+    from device.kiosk.config import ModelSettings
+    from device.kiosk.exams import ExamRegistry
+
+    bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+    ExamRegistry.load(ModelSettings(bundles=[bundle], **TINY_MODELS), cache_dir=bundle.parent / CHOICE_SEED).close()
+    return bundle
 
 
 @pytest.fixture
@@ -238,10 +279,11 @@ def drives(tmp_path) -> dict[str, Path]:
 
 @pytest.fixture
 def config(tmp_path, tiny_bundle, drives) -> KioskConfig:
+    shutil.copytree(tiny_bundle.parent / CHOICE_SEED, tmp_path / "data")
     return KioskConfig.model_validate(
         {
             "store": {"data_dir": str(tmp_path / "data")},
-            "models": {"bundles": [str(tiny_bundle)], "inference_threads": 1},
+            "models": {"bundles": [str(tiny_bundle)], **TINY_MODELS},
             "media": {"import_folders": [str(drives["import"])], "export_folders": [str(drives["export"])]},
             "server": {"max_upload_mb": 4},
         }
