@@ -11,6 +11,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from device.drive_walk import existing_folders, files_under
 from device.intake import headers
 from device.kiosk.errors import BadRequest
 
@@ -52,31 +53,24 @@ def sniff_file(path: Path) -> str | None:
 def find_importable(folders: list[Path], max_files: int, max_depth: int) -> list[Importable]:
     """Images and DICOM files under the folders (hidden entries skipped), sorted by folder and name."""
     found: list[Importable] = []
-    for folder in _existing(folders):
-        root_depth = len(folder.parts)
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-            here = Path(dirpath)
-            deeper = len(here.parts) - root_depth < max_depth
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if deeper else []
-            for name in sorted(filenames):
-                path = here / name
-                fmt = None if name.startswith(".") else sniff_file(path)
-                if fmt is None:
-                    continue
-                try:
-                    size = path.stat().st_size
-                except OSError:  # removed or unreadable since listed (a drive pulled out)
-                    continue
-                found.append(Importable(path, folder, fmt, size))
-                if len(found) >= max_files:
-                    return found
+    for folder, path in files_under(folders, max_depth):
+        fmt = sniff_file(path)
+        if fmt is None:
+            continue
+        try:
+            size = path.stat().st_size
+        except OSError:  # removed or unreadable since listed (a drive pulled out)
+            continue
+        found.append(Importable(path, folder, fmt, size))
+        if len(found) >= max_files:
+            break
     return found
 
 
 def resolve_import(path: str, folders: list[Path]) -> Path:
     """The file, if it lies inside one of the import folders; BadRequest otherwise."""
     resolved = _resolve(path)
-    if not any(resolved.is_relative_to(f) for f in _existing(folders)):
+    if not any(resolved.is_relative_to(f) for f in existing_folders(folders)):
         raise BadRequest(f"{path} is not inside an import folder ({', '.join(map(str, folders))})")
     try:
         regular = resolved.is_file()
@@ -91,7 +85,7 @@ def export_targets(folders: list[Path], default: Path) -> list[Path]:
     """Where exports may go: <data_dir>/exports, each writable configured folder, and the writable
     mount points (USB drives) up to two levels below them (/media/<user>/<drive>)."""
     targets = [default]
-    for folder in _existing(folders):
+    for folder in existing_folders(folders):
         candidates = [folder]
         for child in _subdirs(folder):
             candidates += [child, *_subdirs(child)]
@@ -126,10 +120,6 @@ def _resolve(path: str) -> Path:
         raise BadRequest(f"{path!r} is not a usable path: its links form a loop") from None
     except OSError as exc:  # a name too long, a component that cannot be read
         raise BadRequest(f"{path!r} is not a usable path: {exc.strerror or exc}") from None
-
-
-def _existing(folders: list[Path]) -> list[Path]:
-    return [f.resolve() for f in folders if f.is_dir()]
 
 
 def _subdirs(folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from device.drive_walk import files_under
 from device.updates.archive import SUFFIX
 
 
@@ -23,21 +24,15 @@ class DriveArchive:
 def find_archives(folders: list[Path], max_depth: int = 4, max_found: int = 100) -> list[DriveArchive]:
     """``*.bedside`` regular files under the folders, sorted by path."""
     found: list[DriveArchive] = []
-    for folder in (f.resolve() for f in folders if f.is_dir()):
-        root_depth = len(folder.parts)
-        for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-            here = Path(dirpath)
-            deeper = len(here.parts) - root_depth < max_depth
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if deeper else []
-            for name in sorted(filenames):
-                if name.startswith(".") or not name.endswith(SUFFIX):
-                    continue
-                try:
-                    info = os.lstat(here / name)
-                except OSError:  # the drive was pulled out
-                    continue
-                if stat.S_ISREG(info.st_mode):
-                    found.append(DriveArchive(here / name, info.st_size))
-                if len(found) >= max_found:
-                    return found
+    for _, path in files_under(folders, max_depth):
+        if not path.name.endswith(SUFFIX):
+            continue
+        try:
+            info = os.lstat(path)
+        except OSError:  # the drive was pulled out
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.append(DriveArchive(path, info.st_size))
+        if len(found) >= max_found:
+            break
     return found
