@@ -10,19 +10,10 @@ from device.machine import cpu_features
 from device.runtime import registry
 from device.runtime.base import ModelIO, RuntimeFailure
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from tiny_bundle import SIZE, tiny_onnx, variant_file
+from tiny_bundle import IO, SIZE, model_path, variant_file  # noqa: F401 (model_path: a fixture)
 
 pytest.importorskip("openvino")
 from device.runtime.openvino_backend import OpenVinoBackend  # noqa: E402
-
-IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    path = tmp_path / "model.onnx"
-    tiny_onnx(path)
-    return path
 
 
 def test_openvino_is_registered_and_available():

@@ -8,16 +8,7 @@ import pytest
 from device.runtime import registry
 from device.runtime.base import ModelIO, RuntimeFailure, RuntimeUnavailable
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from tiny_bundle import SIZE, tiny_onnx, variant_file
-
-IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))
-
-
-@pytest.fixture
-def model_path(tmp_path):
-    path = tmp_path / "model.onnx"
-    tiny_onnx(path)
-    return path
+from tiny_bundle import IO, SIZE, model_path, variant_file  # noqa: F401 (model_path: a fixture)
 
 
 def test_onnxruntime_is_available_here():

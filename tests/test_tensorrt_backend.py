@@ -12,13 +12,11 @@ import pytest
 
 import fakes
 from device.runtime import registry
-from device.runtime.base import ModelIO, RuntimeFailure
+from device.runtime.base import RuntimeFailure
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from models.bundle import sha256_file
 from device.tensorrt.settings import EngineSettings
-from tiny_bundle import SIZE, make_tiny_bundle, variant_file
-
-IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))
+from tiny_bundle import IO, SIZE, make_tiny_bundle, variant_file
 
 
 @pytest.fixture

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from device.runtime.base import VariantFile
+from device.runtime.base import ModelIO, VariantFile
 from models.bundle import Manifest, Variant, file_entry, write_manifest
 
 SIZE = 32
+IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))  # what a backend is told of the tiny model
 
 
 def tiny_onnx(path: Path, seed: int = 0) -> None:
@@ -123,3 +125,11 @@ def edit_manifest(root: Path, **changes) -> None:
 def variant_file(path: Path, precision: str = "fp32") -> VariantFile:
     """An ONNX file as a backend is handed it: the file and its variant's manifest entry."""
     return VariantFile(Path(path), Variant(precision=precision, file=Path(path).name))
+
+
+@pytest.fixture
+def model_path(tmp_path) -> Path:
+    """The tiny model's ONNX file alone, for the backends' own tests."""
+    path = tmp_path / "model.onnx"
+    tiny_onnx(path)
+    return path
