@@ -18,8 +18,6 @@ import argparse
 import http.client
 import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,13 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from device import intake
+from kiosk_process import served_kiosk
 from device.backend_choice import choose
 from device.triage import Triager, default_threads
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"Bedside kiosk ready at http://([^:/]+):(\d+)/")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -149,22 +146,7 @@ def main() -> int:
     baseline = in_process_ms(args.bundle, images, args.rounds)
 
     with tempfile.TemporaryDirectory(prefix="bedside-bench-") as tmp:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", tmp,
-             "--bundle", str(args.bundle)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-        try:
-            found = None
-            for line in proc.stdout:
-                found = READY.search(line)
-                if found:
-                    break
-            if not found:
-                print("the server did not start", file=sys.stderr)
-                return 1
-            host, port = found.group(1), int(found.group(2))
+        with served_kiosk(Path(tmp), [args.bundle]) as (proc, host, port):
             report = {"images": len(images), "rounds": args.rounds, "bundle": str(args.bundle),
                       "in_process_ms": {"p50": percentile(list(baseline.values()), 50),
                                         "p95": percentile(list(baseline.values()), 95)},
@@ -187,10 +169,6 @@ def main() -> int:
                     "studies_per_s": len(results) / wall,
                 })
             report["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            proc.stdout.close()
 
     if args.json:
         print(json.dumps(report, indent=2))

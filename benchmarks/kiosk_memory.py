@@ -17,21 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from kiosk_process import served_kiosk
 from models.bundle import default_bundles_dir
 from models.datasets import datasets_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"Bedside kiosk ready at http://([^:/]+):(\d+)/")
 
 
 def second_exam(bundle: Path, where: Path) -> Path:
@@ -69,29 +64,13 @@ def upload(host: str, port: int, exam: str, name: str, data: bytes) -> int:
 
 
 def start(data_dir: Path, bundles: list[Path], image: Path, exams: list[str]) -> dict:
-    args = [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", str(data_dir)]
-    for b in bundles:
-        args += ["--bundle", str(b)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    try:
-        found = None
-        for line in proc.stdout:
-            found = READY.search(line)
-            if found:
-                break
-        if not found:
-            raise RuntimeError("the kiosk did not start")
+    with served_kiosk(data_dir, bundles) as (proc, host, port):
         ready_s = time.perf_counter() - t0
         rss_ready = proc_status(proc.pid, "VmRSS")
-        statuses = [upload(found.group(1), int(found.group(2)), exam, image.name, image.read_bytes()) for exam in exams]
+        statuses = [upload(host, port, exam, image.name, image.read_bytes()) for exam in exams]
         return {"ready_s": round(ready_s, 2), "rss_ready_mb": round(rss_ready, 1),
                 "peak_rss_after_uploads_mb": round(proc_status(proc.pid, "VmHWM"), 1), "upload_statuses": statuses}
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        proc.stdout.close()
 
 
 def run(bundle: Path) -> dict:
