@@ -29,7 +29,7 @@ QUALITY = 90
 @lru_cache(maxsize=2)
 def study_jpeg(colour: bool) -> bytes:
     """A smooth gradient with fine blurred texture, as JPEG: about 210 KB, decoded at 1/8 in about
-    2.3 ms here, as the shipped samples' radiographs (2.5-2.8 ms median in `bench --pipeline`)."""
+    2.2 ms here, as the shipped samples' radiographs (2.5-2.8 ms median in `bench --pipeline`)."""
     h, w = STUDY_SIDE
     rng = np.random.default_rng(0)
     ramp = np.linspace(40, 215, h * w, dtype=np.float32).reshape(h, w)
