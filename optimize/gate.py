@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -10,6 +10,10 @@ from models.metrics import roc_auc, softmax
 
 MAX_AUC_DROP = 0.002
 MIN_AGREEMENT = 0.995
+# How far this CPU's fused INT8 kernels may stray from the graph as written, in logits: rounding
+# moves them by up to about 0.013 on the chest and skin models; 16-bit overflow on a CPU without
+# VNNI moved them by 2.6-2.8.
+MAX_KERNEL_DEVIATION = 0.05
 
 
 @dataclass(frozen=True)
@@ -23,10 +27,13 @@ class GateResult:
     max_logit_deviation: float
     passed: bool
     reasons: tuple[str, ...]
+    kernel_deviation: float | None = None  # CPU variants: this CPU's fused kernels against the graph
 
     def manifest_entry(self) -> dict[str, float | int | str | bool]:
-        entry = {k: v for k, v in asdict(self).items() if k not in ("reasons", "variant")}
+        entry = {k: v for k, v in asdict(self).items() if k not in ("reasons", "variant") and v is not None}
         entry.update(max_auc_drop=MAX_AUC_DROP, min_agreement=MIN_AGREEMENT, data="validation split")
+        if self.kernel_deviation is not None:
+            entry.update(max_kernel_deviation=MAX_KERNEL_DEVIATION)
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}
 
 
@@ -57,3 +64,14 @@ def gate(
         passed=not reasons,
         reasons=tuple(reasons),
     )
+
+
+def kernel_check(result: GateResult, as_written: np.ndarray, fused: np.ndarray) -> GateResult:
+    """``result`` (judged on the graph as written) with the check that ONNX Runtime's fused kernels
+    on this CPU, which a CPU device serves with, compute that same graph on the same images."""
+    deviation = float(np.abs(fused - as_written).max())
+    if deviation <= MAX_KERNEL_DEVIATION:
+        return replace(result, kernel_deviation=deviation)
+    why = (f"ONNX Runtime's INT8 kernels on this CPU do not compute this graph: logits up to {deviation:.2f} "
+           f"from the graph as written (allowed {MAX_KERNEL_DEVIATION})")
+    return replace(result, kernel_deviation=deviation, passed=False, reasons=(*result.reasons, why))
