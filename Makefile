@@ -45,7 +45,8 @@ test: install $(AXE)
 # Retrain the shipped chest X-ray bundle from scratch, reproducibly (seed 0, one CPU thread each):
 # three group-shift runs (whole acquisition groups held out), the model itself, the operating point
 # chosen from the group-shift runs, the export with the shortcut audits (refused over the limit),
-# then the gated INT8 and FP16 variants.
+# then the gated INT8 (minmax ranges: the CPU graph agrees with FP32 on 99.77% of validation triages
+# with them, 99.65% with percentile ranges) and FP16 variants.
 BUNDLE ?= models/bundles/chest-xray-pneumonia
 RUNS   ?= runs/chest-xray-pneumonia
 model: install
@@ -58,7 +59,7 @@ model: install
 	  --group-shift $(RUNS)/fold-*/*/checkpoint.pt --out $(RUNS)/shifted.pt
 	$(BEDSIDE) export --checkpoint $(RUNS)/shifted.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --max-flip-rate 0.03 \
 	  --out $(BUNDLE)
-	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision int8
+	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision int8 --method minmax
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision fp16
 
 clean:

@@ -16,12 +16,15 @@ from device.triage import Triager
 from models.bundle import load_bundle
 from optimize import gate as gate_module
 from optimize.errors import OptimizeError
-from optimize.gate import gate
-from optimize.quantize import check_symmetric
+from optimize.gate import MAX_KERNEL_DEVIATION, gate, kernel_check
+from optimize.heldout import default_data_dir, redraw_split, validation_batch
+from optimize.ort_eval import logits
+from optimize.quantize import check_seven_bit_weights, check_symmetric
 from optimize.variants import add_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "bundles" / "chest-xray-pneumonia"
+BUNDLES = ROOT / "models" / "bundles"
 
 
 def test_gate_passes_identical_and_names_each_failure():
@@ -52,15 +55,72 @@ def train_dir(datasets):
     return path
 
 
+def test_kernel_check_refuses_kernels_that_do_not_compute_the_graph():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    as_written = np.column_stack([np.zeros(200), rng.normal(0, 2, 200)])
+    judged = gate("v", as_written, as_written, y, urgent=[1], threshold=0.5)
+    rounding = kernel_check(judged, as_written, as_written + 0.01)
+    assert rounding.passed and rounding.kernel_deviation == pytest.approx(0.01)
+    assert rounding.manifest_entry()["max_kernel_deviation"] == MAX_KERNEL_DEVIATION
+    overflow = as_written.copy()
+    overflow[3, 1] += 2.6  # what 16-bit overflow did to the 8-bit CPU graph on an AVX2 CPU
+    refused = kernel_check(judged, as_written, overflow)
+    assert not refused.passed and refused.kernel_deviation == pytest.approx(2.6)
+    assert "do not compute this graph" in refused.reasons[0] and "2.60" in refused.reasons[0]
+    assert "kernel_deviation" not in judged.manifest_entry()  # a GPU graph is judged as written only
+
+
+@pytest.mark.parametrize("exam", ["chest-xray-pneumonia", "skin-lesion-triage"])
+def test_shipped_int8_gates_reproduce_on_this_cpu(exam, datasets):
+    """The gate judges a Q/DQ graph as written (quantize, dequantize, float convolution), the
+    arithmetic TensorRT and int32 (VNNI) kernels compute: the manifest's figures, measured when the
+    variant was made, come out the same here whatever this CPU's integer kernels do."""
+    bundle = load_bundle(BUNDLES / exam)
+    m = bundle.manifest
+    data_dir = default_data_dir(bundle)
+    if not data_dir.is_dir():
+        pytest.skip(f"no training images at {data_dir}")
+    x, y = validation_batch(bundle, redraw_split(bundle, data_dir))
+    fp32 = logits(bundle.path_of(m.variant("fp32").file), m.input.tensor_name, m.outputs.logits, x, 2)
+    for v in (v for v in m.variants if v.precision == "int8"):
+        result = gate(v.file, fp32, logits(bundle.path_of(v.file), m.input.tensor_name, m.outputs.logits, x, 2), y,
+                      m.urgent_indices, m.policy.operating_point.threshold)
+        assert result.n == v.gate["n"] and result.agreement == pytest.approx(v.gate["agreement"], abs=1e-6)
+        assert result.max_logit_deviation == pytest.approx(v.gate["max_logit_deviation"], abs=1e-3)
+        assert result.auc_variant == pytest.approx(v.gate["auc_variant"], abs=1e-6)
+
+
+@pytest.mark.parametrize("exam", ["chest-xray-pneumonia", "skin-lesion-triage"])
+def test_shipped_cpu_int8_uses_seven_bit_weights(exam):
+    """x86 CPUs without VNNI add pairs of uint8 x int8 products in 16 bits: the CPU graph's weights
+    stay within +-64 so that the sum always fits; the GPU graph (TensorRT adds in 32 bits) uses 8."""
+    m = load_bundle(BUNDLES / exam).manifest
+    cpu = BUNDLES / exam / m.variant("int8", "cpu").file
+    check_seven_bit_weights(cpu)
+    graph = onnx.load(str(cpu)).graph
+    initializers = {t.name for t in graph.initializer}
+    float_weights = [n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in initializers]
+    assert float_weights == [next(n.name for n in graph.node if n.op_type == "Conv")]  # the first convolution only
+    gpu = m.variant("int8", "gpu")
+    assert gpu.targets == ["gpu"]
+    with pytest.raises(OptimizeError, match="more than 7 bits"):
+        check_seven_bit_weights(BUNDLES / exam / gpu.file)
+
+
 def test_int8_and_fp16_variants_pass_the_gate_and_run(bundle_copy, train_dir):
-    outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=100)
+    outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=100, method="minmax")
     assert outcome.accepted and not outcome.rejected
+    assert sorted(tuple(c.targets) for c in outcome.accepted) == [("cpu",), ("gpu",)]
     outcome = add_variant(bundle_copy, "fp16", train_dir, calibration_images=100)
     assert [c.precision for c in outcome.accepted] == ["fp16"]
     bundle = load_bundle(bundle_copy)  # every file hash verifies
     m = bundle.manifest
     gpu_int8 = m.variant("int8", "gpu")
     check_symmetric(bundle.path_of(gpu_int8.file))  # TensorRT-compatible
+    cpu_int8 = m.variant("int8", "cpu")
+    check_seven_bit_weights(bundle.path_of(cpu_int8.file))  # no 16-bit overflow on x86 without VNNI
+    assert cpu_int8.gate["kernel_deviation"] <= MAX_KERNEL_DEVIATION  # this CPU's kernels compute the graph
     for v in m.variants:
         if v.precision != "fp32":
             assert v.gate["passed"] is True and v.gate["auc_drop"] <= 0.002 and v.gate["agreement"] >= 0.995
@@ -94,7 +154,7 @@ def test_a_variant_over_the_audit_limit_is_not_added(bundle_copy, train_dir):
     data["audit"]["max_flip_rate"] = 0.0
     path.write_text(json.dumps(data))
     before = path.read_text()
-    outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=50)
+    outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=50, method="minmax")
     assert not outcome.accepted and outcome.rejected
     assert all(c.result.passed and max(a.flip_rate for a in c.audit) > 0 for c in outcome.rejected)
     assert all(c.refused and all("(allowed 0.0%)" in r for r in c.refused) for c in outcome.rejected)
