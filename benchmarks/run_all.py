@@ -96,20 +96,23 @@ def machine() -> dict:
 # ---- the Markdown table ----------------------------------------------------------------------------
 
 
+def _runner(x: dict) -> str:
+    """* served; ! fails the bundle's self-test on this CPU (timed, never served, in no target)."""
+    return f"{'*' if x['served'] else ''}{'' if x['selftest_ok'] else '!'}{x['backend']} {x['precision']}"
+
+
 def _engines(r: dict) -> list[tuple[str, str]]:
     b1 = sorted((x for x in r["results"] if x["batch"] == 1 and not x.get("as_served")), key=lambda x: x["p50_ms"])
     served_path = sorted((x for x in r["results"] if x.get("as_served")), key=lambda x: x["p50_ms"])
-    rows = [("batch 1 p50 / p99 ms, fastest first (* served)",
-             "; ".join(f"{'*' if x['served'] else ''}{x['backend']} {x['precision']} ({x['variant']}) "
-                       f"{x['p50_ms']:.3f} / {x['p99_ms']:.3f}" for x in b1))]
+    rows = [("batch 1 p50 / p99 ms, fastest first (* served, ! fails the self-test on this CPU)",
+             "; ".join(f"{_runner(x)} ({x['variant']}) {x['p50_ms']:.3f} / {x['p99_ms']:.3f}" for x in b1))]
     if served_path:
         rows.append(("batch 1 p50 / p99 ms, each run after a study's decode (as the kiosk times its choice), fastest 4",
-                     "; ".join(f"{'*' if x['served'] else ''}{x['backend']} {x['precision']} ({x['variant']}) "
-                               f"{x['p50_ms']:.3f} / {x['p99_ms']:.3f}" for x in served_path[:4])))
+                     "; ".join(f"{_runner(x)} ({x['variant']}) {x['p50_ms']:.3f} / {x['p99_ms']:.3f}"
+                               for x in served_path[:4])))
     big = max(x["batch"] for x in r["results"])
     bn = sorted((x for x in r["results"] if x["batch"] == big), key=lambda x: -x["throughput_ips"])[:4]
-    rows.append((f"batch {big} images/s, best 4", "; ".join(
-        f"{'*' if x['served'] else ''}{x['backend']} {x['precision']} {x['throughput_ips']:,.0f}" for x in bn)))
+    rows.append((f"batch {big} images/s, best 4", "; ".join(f"{_runner(x)} {x['throughput_ips']:,.0f}" for x in bn)))
     rows += [(f"target: {t['target']}", f"{t['value']:.2f} ({'met' if t['met'] else 'NOT met'}, {t['op']} {t['bound']:g})")
              for t in r["targets"]]
     return rows
@@ -196,8 +199,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
     lines = [
-        f"Written by `benchmarks/run_all.py` on {report['finished_at']} ({report['mode']} run): {m['cpu']}, "
-        f"{m['cores']} usable cores, load average (1 min) {m['load_average'][0]:.1f} at the start and "
+        f"Written by `benchmarks/run_all.py` on {report['finished_at']} ({report['mode']} run): {m['cpu']} "
+        f"({' '.join(m['features']) or 'no SIMD features read'}), {m['cores']} usable cores, load average (1 min) {m['load_average'][0]:.1f} at the start and "
         f"{report['load_average_after'][0]:.1f} at the end, each benchmark's own beside it "
         f"(other work shares this machine); {libs}.",
         "",

@@ -12,6 +12,7 @@ import pytest
 from tiny_bundle import make_tiny_bundle
 
 from models import audit
+from models.bundle import load_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "models" / "bundles" / "chest-xray-pneumonia"
@@ -134,8 +135,33 @@ def test_bench_json_side_by_side():
     assert {("onnxruntime", "fp32", 1), ("onnxruntime", "fp32", 4)} <= keys
     assert ("pytorch-eager", "fp32", 1) in keys  # torch is installed in the test environment
     for r in results:
-        assert set(r) >= {"backend", "precision", "variant", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips"}
+        assert set(r) >= {"backend", "precision", "variant", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput_ips",
+                          "selftest_ok"}
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] and r["throughput_ips"] > 0
+    # Every variant made for the CPU computes the bundle's answers here, whatever this CPU's INT8 kernels
+    # (8-bit weights overflow on x86 without VNNI; the CPU graph's 7-bit weights do not).
+    cpu_files = {v.file for v in load_bundle(SHIPPED).manifest.variants if "cpu" in v.targets}
+    assert all(r["selftest_ok"] for r in results if r["backend"] in ("onnxruntime", "openvino")
+               and r["variant"] in cpu_files)
+
+
+def test_bench_counts_no_row_that_fails_the_self_test():
+    """A runner that computes wrong answers here is shown, marked, and left out of every target."""
+    from device.commands import bench
+
+    def row(backend, precision, p50, served=False, ok=True):
+        return {"backend": backend, "precision": precision, "variant": f"{backend}-{precision}", "batch": 1,
+                "as_served": False, "served": served, "selftest_ok": ok, "p50_ms": p50, "p90_ms": p50, "p99_ms": p50,
+                "throughput_ips": 1e3 / p50}
+
+    results = [row("onnxruntime", "int8", 0.5, ok=False), row("openvino", "int8", 1.0, served=True),
+               row("openvino", "fp32", 2.5), row("onnxruntime", "fp32", 1.5)]
+    targets = {t["target"]: t["value"] for t in bench.targets(results)}
+    assert targets["served p50 / fastest p50 (batch 1)"] == 1.0  # not 2.0 against the wrong-answer row
+    assert targets["openvino fp32 p50 / int8 p50"] == 2.5
+    table = bench.format_table(results)
+    assert "! onnxruntime int8" in table and "* openvino int8" in table
+    assert "0.50x" in table  # the marked row's p50 against the fastest row that passes
 
 
 def test_bench_pipeline_splits_the_served_path_beside_libjpeg(samples, datasets):

@@ -1,5 +1,10 @@
 """``bedside bench``: every variant on every available backend, measured side by side in one run
-(interleaved rounds, see optimize.timing)."""
+(interleaved rounds, see optimize.timing).
+
+Each runner first runs the bundle's self-test (device/variant_check.py, as the kiosk does before it
+serves). A row that fails it computes wrong answers on this CPU (an INT8 graph with 8-bit weights
+in ONNX Runtime's kernels on x86 without VNNI, say): it is timed and shown, marked, but never counted
+as the fastest nor in a target's ratio."""
 
 from __future__ import annotations
 
@@ -21,7 +26,9 @@ from device.runtime.base import RuntimeFailure, VariantFile
 from device.runtime.stage_report import format_trtexec
 from device.study_gap import between_studies
 from device.triage import default_threads, model_io
+from device.variant_check import compare, reference_outputs
 from models.bundle import Bundle
+from models.metrics import softmax
 from optimize.timing import interleaved_latencies, summarise
 
 
@@ -33,6 +40,7 @@ class Runner:
     close: Callable[[], None]
     variant: str  # the ONNX file: two INT8 graphs (GPU and CPU recipes) can share a precision
     profile: Callable[[np.ndarray, int], dict] | None = None  # a trtexec-shaped report, where the backend has one
+    selftest_ok: bool = True  # set by self_test(): whether this runner computes the bundle's answers here
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
@@ -53,6 +61,7 @@ def build_runners(bundle: Bundle, threads: int, with_torch: bool) -> tuple[list[
     runners: list[Runner] = []
     try:
         skipped = _add_runners(runners, bundle, threads, with_torch)
+        self_test(runners, bundle)
     except BaseException:
         for r in runners:
             r.close()
@@ -99,6 +108,15 @@ def _torch_eager_runner(bundle: Bundle, threads: int) -> Runner | None:
     return Runner("pytorch-eager", "fp32", eager_graph(bundle.path_of(fp32), threads), lambda: None, fp32)
 
 
+def self_test(runners: list[Runner], bundle: Bundle) -> None:
+    """Each runner on the bundle's golden inputs against the stored FP32 answers (variant_check)."""
+    m = bundle.manifest
+    x, want = reference_outputs(bundle)
+    for r in runners:
+        got = softmax(np.asarray(r.run(x)[m.outputs.logits], dtype=np.float64))
+        r.selftest_ok = compare(got, want, m, r.precision)["ok"]
+
+
 def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, calls: int, rounds: int,
             progress: tqdm, between: Callable[[], None] | None = None) -> list[dict]:
     """One row per runner; with ``between`` (a study's decode and preprocessing) before each timed
@@ -108,7 +126,7 @@ def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, call
                                     before_call=between)
     return [
         {"backend": r.backend, "precision": r.precision, "variant": r.variant, "batch": batch,
-         "as_served": between is not None, **summarise(s, batch)}
+         "as_served": between is not None, "selftest_ok": r.selftest_ok, **summarise(s, batch)}
         for r, s in zip(runners, samples)
     ]
 
@@ -154,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
               f"{stage['iterations']} iterations] as trtexec reports it:")
         for line in format_trtexec(stage["report"]):
             print(f"  {line}")
+    if not all(r["selftest_ok"] for r in results):
+        print("! fails the bundle's self-test on this CPU (wrong answers here): timed, never served, not in the targets")
     for note in skipped:
         print(f"skipped {note}")
     return 0
@@ -184,7 +204,9 @@ def served_pair(bundle: Bundle, threads: int) -> tuple[str, str]:
 
 
 def targets(results: list[dict]) -> list[dict]:
-    """The issue's targets as ratios of rows measured side by side in this run."""
+    """The issue's targets as ratios of rows measured side by side in this run, among the rows that
+    pass the self-test here."""
+    results = [r for r in results if r["selftest_ok"]]
     b1 = [r for r in results if r["batch"] == 1 and not r.get("as_served")]
     served = next((r for r in b1 if r["served"]), None)
     if served is None:
@@ -223,18 +245,19 @@ def format_targets(rows: list[dict]) -> list[str]:
 
 def format_table(results: list[dict]) -> str:
     """One block per batch size (then batch 1 as served), fastest first, each row's p50 as a multiple
-    of the fastest row's."""
+    of the fastest row's that passes the self-test here; ``!`` marks a row that fails it."""
     rows = [("runner", "variant", "p50 ms", "p90 ms", "p99 ms", "img/s", "p50 vs fastest")]
     blocks = sorted({(bool(r.get("as_served")), r["batch"]) for r in results})
     for as_served, batch in blocks:
         block = sorted((r for r in results if r["batch"] == batch and bool(r.get("as_served")) == as_served),
                        key=lambda r: r["p50_ms"])
+        fastest = min((r["p50_ms"] for r in block if r["selftest_ok"]), default=block[0]["p50_ms"])
         title = f"batch {batch}" + (", each run after a study's decode (as served)" if as_served else "")
         rows.append((title,))  # a block's title line, not a row of the table
         for r in block:
             rows.append((
-                f"{'* ' if r.get('served') else ''}{r['backend']} {r['precision']}", _variant_label(r), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                f"{r['p99_ms']:.3f}", f"{r['throughput_ips']:,.0f}", f"{r['p50_ms'] / block[0]['p50_ms']:.2f}x",
+                f"{_mark(r)}{r['backend']} {r['precision']}", _variant_label(r), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                f"{r['p99_ms']:.3f}", f"{r['throughput_ips']:,.0f}", f"{r['p50_ms'] / fastest:.2f}x",
             ))
     widths = [max(len(row[i]) for row in rows if len(row) > 1) for i in range(len(rows[0]))]
     lines = []
@@ -246,6 +269,10 @@ def format_table(results: list[dict]) -> str:
         right = [cell.rjust(w) for cell, w in zip(row[2:], widths[2:])]
         lines.append("  ".join(left + right).rstrip())
     return "\n".join(lines)
+
+
+def _mark(result: dict) -> str:
+    return ("* " if result.get("served") else "") + ("" if result["selftest_ok"] else "! ")
 
 
 def _variant_label(result: dict) -> str:
