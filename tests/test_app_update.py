@@ -166,7 +166,7 @@ def test_install_switches_restarts_and_a_release_that_cannot_start_is_rolled_bac
     try:
         done = subprocess.run([*app, "install", str(wheel_releases["0.1.1"]), "--config", str(config)],
                               capture_output=True, text=True, timeout=1800, cwd=tmp_path)
-        assert done.returncode == 0, done.stderr + log.read_text()
+        assert done.returncode == 0, done.stderr + (log.read_text() if log.exists() else "(the kiosk never started)")
         assert "bedside 0.1.1 is running from slot a (was 0.1.0)" in done.stdout
         assert _health(port)["appliance"]["version"] == "0.1.1"
         failed = subprocess.run([*app, "install", str(wheel_releases["0.1.2"]), "--config", str(config)],
