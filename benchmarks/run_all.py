@@ -200,7 +200,8 @@ def markdown(report: dict) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items() if v)
     lines = [
         f"Written by `benchmarks/run_all.py` on {report['finished_at']} ({report['mode']} run): {m['cpu']} "
-        f"({' '.join(m['features']) or 'no SIMD features read'}), {m['cores']} usable cores, load average (1 min) {m['load_average'][0]:.1f} at the start and "
+        f"({' '.join(m['features']) or 'no SIMD features read'}), {m['cores']} usable cores, "
+        f"load average (1 min) {m['load_average'][0]:.1f} at the start and "
         f"{report['load_average_after'][0]:.1f} at the end, each benchmark's own beside it "
         f"(other work shares this machine); {libs}.",
         "",

@@ -2,8 +2,8 @@
 
 Two ways to run a graph. *As written* (no graph optimizations): every node as the ONNX standard
 defines it, so a Q/DQ graph's arithmetic is quantize, dequantize, then a float convolution. That is
-what TensorRT and the int32 (VNNI) kernels compute, and the same on every CPU, so the gate judges
-accuracy that way. *Fused* (as a device serves it): ONNX Runtime's integer kernels for this CPU,
+what TensorRT and the int32 (VNNI) kernels compute, the same on every CPU up to float rounding, so
+the gate judges accuracy that way. *Fused* (as a device serves it): ONNX Runtime's integer kernels for this CPU,
 which on x86 without VNNI add pairs of products in 16 bits; the optimizer checks that they still
 compute the graph as written, and times them.
 """
