@@ -23,7 +23,7 @@ from optimize import quantize
 from optimize.errors import OptimizeError
 from optimize.gate import GateResult, gate, kernel_check
 from optimize.heldout import calibration_batch, default_data_dir, redraw_split, validation_batch
-from optimize.ort_eval import logits, session
+from optimize.ort_eval import judged_fused, logits, session
 from optimize.report import VariantRun, render
 from optimize.timing import interleaved_latencies, summarise
 
@@ -73,9 +73,10 @@ def _build(c: Candidate, bundle: Bundle, tmp: Path, calib: Callable[[], np.ndarr
     quantize.quantize_int8(fp32, tmp, bundle.manifest.input.tensor_name, calib(), recipe, method)
 
 
-def _audit(path: Path, m: Manifest, images: list[np.ndarray], positive: np.ndarray, threads: int) -> list[AuditCheck]:
-    """The bundle's shortcut audits on one candidate file, at the bundle's threshold."""
-    sess = session(path, threads, fused=False)  # as the gate runs it: the graph as written
+def _audit(path: Path, precision: str, m: Manifest, images: list[np.ndarray], positive: np.ndarray,
+           threads: int) -> list[AuditCheck]:
+    """The bundle's shortcut audits on one candidate file, at the bundle's threshold, run as the gate runs it."""
+    sess = session(path, threads, fused=judged_fused(precision))
 
     def predict(x: np.ndarray) -> np.ndarray:
         return m.urgent_probability(softmax(sess.run([m.outputs.logits], {m.input.tensor_name: x})[0].astype(np.float64)))
@@ -89,7 +90,7 @@ def _check(c: Candidate, m: Manifest, path: Path, audit_data: Callable[[], tuple
         return list(c.result.reasons)
     if m.audit is None:
         return []
-    c.audit = _audit(path, m, *audit_data(), threads)
+    c.audit = _audit(path, c.precision, m, *audit_data(), threads)
     return audit.failures(c.audit, m.audit)
 
 
@@ -144,7 +145,8 @@ def add_variant(
         for c in candidates_for(precision):
             tmp = Path(work) / c.file
             _build(c, bundle, tmp, calib, method)
-            val_logits[tmp] = logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads)
+            val_logits[tmp] = logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads,
+                                     fused=judged_fused(c.precision))
             c.result = gate(c.name, fp32_logits, val_logits[tmp], y_val, m.urgent_indices,
                             m.policy.operating_point.threshold)
             if "cpu" in c.targets and c.precision == "int8":
@@ -202,7 +204,8 @@ def _documents(bundle: Bundle, manifest: Manifest, staged: dict[str, Path], x_va
     runs = [
         VariantRun(f"{v.precision} ({'/'.join(v.targets)})",
                    val_logits[p] if p in val_logits
-                   else logits(p, manifest.input.tensor_name, manifest.outputs.logits, x_val, threads), lat)
+                   else logits(p, manifest.input.tensor_name, manifest.outputs.logits, x_val, threads,
+                               fused=judged_fused(v.precision)), lat)
         for v, p, lat in zip(variants, paths, latencies)
     ]
     cpu = f"{platform.processor() or platform.machine()}, {threads} threads"
