@@ -38,7 +38,8 @@ def test_echo_each_destination(pacs, config):
             page = c.get("/technician/dicom")
             assert page.status_code == 200 and b"BEDSIDE" in page.data and f":{pacs.dicom_port}".encode() in page.data
             text = c.post("/technician/dicom/echo").data.decode()
-        lines = {name: next(line for line in text.splitlines() if f"<strong>{name} (" in line)
+        # One <li> per destination (the list may be on one line): an assertion then shows that one's words.
+        lines = {name: next(item for item in text.split("<li") if f"<strong>{name} (" in item)
                  for name in ("pacs", "wrong-title", "down")}
         assert "C-ECHO answered: success" in lines["pacs"] and "tech-ok" in lines["pacs"]
         assert "no association: rejected" in lines["wrong-title"] and "tech-bad" in lines["wrong-title"]
