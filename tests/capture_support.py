@@ -65,9 +65,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def listening(port: int) -> bool:
-    """Whether a socket listens on 127.0.0.1:port, read from /proc so as not to connect: ffmpeg's
-    ``-listen 1`` serves exactly one client and would serve (and then lose) a probe."""
+def serving(port: int) -> bool:
+    """Whether a socket on 127.0.0.1:port listens or already serves a client, read from /proc so as
+    not to connect: ffmpeg's ``-listen 1`` serves exactly one client and would serve (and then lose)
+    a probe, and it stops listening once it has one, which a capture client that keeps reconnecting
+    can be within a poll's interval."""
     suffix = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -76,7 +78,7 @@ def listening(port: int) -> bool:
             continue
         for line in lines:
             fields = line.split()
-            if fields[1].endswith(suffix) and fields[3] == "0A":  # 0A: LISTEN
+            if fields[1].endswith(suffix) and fields[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
                 return True
     return False
 
@@ -114,7 +116,7 @@ class MjpegServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        if wait and not wait_for(lambda: listening(self.port) or self.proc.poll() is not None, 10):
+        if wait and not wait_for(lambda: serving(self.port) or self.proc.poll() is not None, 10):
             raise RuntimeError(f"ffmpeg did not listen on port {self.port}")
         return self
 
