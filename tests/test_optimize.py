@@ -72,10 +72,11 @@ def test_kernel_check_refuses_kernels_that_do_not_compute_the_graph():
 
 
 @pytest.mark.parametrize("exam", ["chest-xray-pneumonia", "skin-lesion-triage"])
-def test_shipped_int8_gates_reproduce_on_this_cpu(exam, datasets):
+def test_shipped_cpu_int8_gate_reproduces_on_this_cpu(exam, datasets):
     """The gate judges a Q/DQ graph as written (quantize, dequantize, float convolution), the
-    arithmetic TensorRT and int32 (VNNI) kernels compute: the manifest's figures, measured when the
-    variant was made, come out the same here whatever this CPU's integer kernels do."""
+    arithmetic TensorRT and int32 (VNNI) kernels compute: the CPU graph's figures in the manifest,
+    measured when it was made, come out the same here whatever this CPU's integer kernels do (the
+    TensorRT graph's are computed the same way)."""
     bundle = load_bundle(BUNDLES / exam)
     m = bundle.manifest
     data_dir = default_data_dir(bundle)
@@ -83,12 +84,12 @@ def test_shipped_int8_gates_reproduce_on_this_cpu(exam, datasets):
         pytest.skip(f"no training images at {data_dir}")
     x, y = validation_batch(bundle, redraw_split(bundle, data_dir))
     fp32 = logits(bundle.path_of(m.variant("fp32").file), m.input.tensor_name, m.outputs.logits, x, 2)
-    for v in (v for v in m.variants if v.precision == "int8"):
-        as_written = logits(bundle.path_of(v.file), m.input.tensor_name, m.outputs.logits, x, 2, fused=False)
-        result = gate(v.file, fp32, as_written, y, m.urgent_indices, m.policy.operating_point.threshold)
-        assert result.n == v.gate["n"] and result.agreement == pytest.approx(v.gate["agreement"], abs=1e-6)
-        assert result.max_logit_deviation == pytest.approx(v.gate["max_logit_deviation"], abs=1e-3)
-        assert result.auc_variant == pytest.approx(v.gate["auc_variant"], abs=1e-6)
+    v = m.variant("int8", "cpu")
+    as_written = logits(bundle.path_of(v.file), m.input.tensor_name, m.outputs.logits, x, 2, fused=False)
+    result = gate(v.file, fp32, as_written, y, m.urgent_indices, m.policy.operating_point.threshold)
+    assert result.n == v.gate["n"] and result.agreement == pytest.approx(v.gate["agreement"], abs=1e-6)
+    assert result.max_logit_deviation == pytest.approx(v.gate["max_logit_deviation"], abs=1e-3)
+    assert result.auc_variant == pytest.approx(v.gate["auc_variant"], abs=1e-4)  # float rounding may swap a tie
 
 
 @pytest.mark.parametrize("exam", ["chest-xray-pneumonia", "skin-lesion-triage"])
