@@ -185,7 +185,11 @@ def test_bundle_without_a_recorded_split_is_refused(bundle_copy, train_dir):
 
 
 def test_an_interrupted_run_leaves_the_previous_bundle_valid(bundle_copy, train_dir, monkeypatch):
-    before = (bundle_copy / "manifest.json").read_text()
+    path = bundle_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["audit"] = None  # the audits' half minute has nothing to do with the write phase this test interrupts
+    path.write_text(json.dumps(data))
+    before = path.read_text()
     files_before = sorted(p.name for p in bundle_copy.iterdir())
 
     def crash(*args, **kwargs):
