@@ -30,9 +30,8 @@ from device.runtime import registry
 from device.runtime.base import Backend, RuntimeFailure, RuntimeUnavailable, VariantFile
 from device.study_gap import between_studies
 from device.triage import model_io
-from device.variant_check import compare, golden_set
+from device.variant_check import compare, golden_set, probabilities
 from models.bundle import Bundle, Variant
-from models.metrics import softmax
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +162,7 @@ def _try_load(bundle: Bundle, name: str, variant: Variant, threads: int, setting
         measured.error = str(exc)
         return _Loaded(measured, None, variant)
     x, want = golden_set(bundle)
-    got = _probabilities(backend, bundle, x)
+    got = probabilities(backend.run, bundle.manifest, x)
     if want is None:  # a bundle without golden outputs: judged against its FP32 variant on the same backend
         fp32 = bundle.manifest.variant("fp32")
         want = got if variant.file == fp32.file else _reference(bundle, name, fp32, threads, settings, x)
@@ -175,15 +174,11 @@ def _try_load(bundle: Bundle, name: str, variant: Variant, threads: int, setting
     return _Loaded(measured, backend, variant)
 
 
-def _probabilities(backend: Backend, bundle: Bundle, x: np.ndarray) -> np.ndarray:
-    return softmax(backend.run(x)[bundle.manifest.outputs.logits].astype(np.float64))
-
-
 def _reference(bundle: Bundle, name: str, fp32: Variant, threads: int, settings: dict[str, object],
                x: np.ndarray) -> np.ndarray:
     backend = _load(bundle, name, fp32, threads, settings.get(name))
     try:
-        return _probabilities(backend, bundle, x)
+        return probabilities(backend.run, bundle.manifest, x)
     finally:
         backend.close()
 

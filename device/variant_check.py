@@ -8,6 +8,7 @@ deterministic, image-like inputs against its FP32 variant run here."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 
@@ -75,10 +76,17 @@ def reference_outputs(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     return x, stored if stored is not None else _probabilities(bundle, bundle.manifest.variant("fp32"), x)
 
 
+def probabilities(run: Callable[[np.ndarray], dict[str, np.ndarray]], manifest: Manifest,
+                  x: np.ndarray) -> np.ndarray:
+    """What a runner (a backend's ``run``, or any callable returning its outputs by name) gives on ``x``,
+    as the probabilities ``compare`` takes."""
+    return softmax(np.asarray(run(x)[manifest.outputs.logits], dtype=np.float64))
+
+
 def _probabilities(bundle: Bundle, variant: Variant, x: np.ndarray) -> np.ndarray:
     m = bundle.manifest
     backend = registry.require("onnxruntime")(VariantFile.of(bundle, variant), model_io(m), 1)
     try:
-        return softmax(backend.run(x)[m.outputs.logits].astype(np.float64))
+        return probabilities(backend.run, m, x)
     finally:
         backend.close()

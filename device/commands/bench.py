@@ -26,9 +26,8 @@ from device.runtime.base import RuntimeFailure, VariantFile
 from device.runtime.stage_report import format_trtexec
 from device.study_gap import between_studies
 from device.triage import default_threads, model_io
-from device.variant_check import compare, reference_outputs
+from device.variant_check import compare, probabilities, reference_outputs
 from models.bundle import Bundle
-from models.metrics import softmax
 from optimize.timing import interleaved_latencies, summarise
 
 
@@ -113,8 +112,7 @@ def self_test(runners: list[Runner], bundle: Bundle) -> None:
     m = bundle.manifest
     x, want = reference_outputs(bundle)
     for r in runners:
-        got = softmax(np.asarray(r.run(x)[m.outputs.logits], dtype=np.float64))
-        r.selftest_ok = compare(got, want, m, r.precision)["ok"]
+        r.selftest_ok = compare(probabilities(r.run, m, x), want, m, r.precision)["ok"]
 
 
 def measure(runners: list[Runner], shape: tuple[int, int, int], batch: int, calls: int, rounds: int,
