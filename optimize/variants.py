@@ -141,7 +141,6 @@ def add_variant(
 
     outcome = Outcome()
     with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".optimize-") as work:
-        built = []
         for c in candidates_for(precision):
             tmp = Path(work) / c.file
             _build(c, bundle, tmp, calib, method)
@@ -159,12 +158,12 @@ def add_variant(
             log(f"{c.name}: AUC {c.result.auc_variant:.4f} (FP32 {c.result.auc_fp32:.4f}), agreement "
                 f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}{kernels}{worst}: "
                 f"{'FAIL: ' + '; '.join(c.refused) if c.refused else 'PASS'}")
-            (outcome.rejected if c.refused else built).append(c)
-        if not built:
+            (outcome.rejected if c.refused else outcome.accepted).append(c)
+        if not outcome.accepted:
             return outcome
-        for c, lat in zip(built, _cpu_latencies([Path(work) / c.file for c in built], m, threads)):
+        paths = [Path(work) / c.file for c in outcome.accepted]
+        for c, lat in zip(outcome.accepted, _cpu_latencies(paths, m, threads)):
             c.latency = lat
-        outcome.accepted = built
         staged = {}
         for c in outcome.accepted:
             tmp = Path(work) / c.file
@@ -257,7 +256,8 @@ def _card_text(text: str, variants: list[Variant], latencies: list[dict[str, flo
         "Each variant passed the accuracy gate against FP32 on the validation split (AUC drop <= 0.002, "
         "triage agreement >= 99.5%) and the bundle's shortcut audits (manifest `audit`); `report.html` has "
         "the ROC, calibration and confusion details. The INT8 graphs are judged as written (quantize, "
-        "dequantize, float convolution: what TensorRT and VNNI kernels compute, the same on every CPU). "
+        "dequantize, float convolution: what TensorRT and VNNI kernels compute, the same on every CPU up "
+        "to float rounding). "
         "The CPU graph's weights use 7 bits, so that x86 CPUs without VNNI, which add pairs of products "
         "in 16 bits, compute it as written too; ONNX Runtime's kernels on the CPU that made it stayed "
         "within 0.05 logits of it (`kernel_deviation` in the manifest).",
