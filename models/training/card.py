@@ -40,6 +40,7 @@ from models.training.data import (
     Sample,
     checkpoint_split,
     decode_rgb,
+    split_seed,
     input_contract,
 )
 from models.datasets import REPO_ROOT
@@ -179,7 +180,7 @@ def build_manifest(checkpoint: dict, bundle_id: str, version: str, files: dict,
             trained_at=checkpoint["trained_at"],
             training_seconds=float(checkpoint["training_seconds"]),
             framework=framework_versions(),
-            split=DataSplit(val_fraction=float(checkpoint["data"]["val_fraction"]), seed=int(checkpoint["seed"]),
+            split=DataSplit(val_fraction=float(checkpoint["data"]["val_fraction"]), seed=split_seed(checkpoint),
                             train_images=int(checkpoint["data"]["n_train"]),
                             val_images=int(checkpoint["data"]["n_val"])),
         ),

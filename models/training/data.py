@@ -194,8 +194,13 @@ def load_split(data_dir: Path | None, val_fraction: float, seed: int, hold_out: 
 def checkpoint_split(checkpoint: dict, data_dir: Path | None) -> Split:
     """The split a training checkpoint records, redrawn exactly from the training folder."""
     data = checkpoint["data"]
-    return load_split(data_dir, float(data["val_fraction"]), int(checkpoint["seed"]), data.get("held_out", ""),
+    return load_split(data_dir, float(data["val_fraction"]), split_seed(checkpoint), data.get("held_out", ""),
                       int(data.get("limit", 0)))
+
+
+def split_seed(checkpoint: dict) -> int:
+    """The seed of a checkpoint's validation split (runs before --split-seed used --seed for both)."""
+    return int(checkpoint["data"].get("split_seed", checkpoint["seed"]))
 
 
 def decode_rgb(path: Path) -> np.ndarray:

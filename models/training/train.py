@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bundle directory to write (default: only the checkpoint in --runs-dir)")
     parser.add_argument("--epochs", type=int, default=36, help="passes over the training images (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="seeds the split, the initialisation and the augmentation (default: %(default)s)")
+                        help="seeds the initialisation and the augmentation (default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seeds the patient-level validation split; ensemble members share it "
+                             "(default: %(default)s)")
     parser.add_argument("--size", type=int, default=128, help="square input side in pixels")
     parser.add_argument("--widths", default="16,32,64,128", help="channels per stage (multiples of 16)")
     parser.add_argument("--blocks", type=int, default=1, help="residual blocks per stage")
@@ -67,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-smoothing", type=float, default=0.05,
                         help="cross-entropy label smoothing (default: %(default)s)")
     parser.add_argument("--ema", type=float, default=0.995, help="EMA decay of the weights (0: off)")
+    parser.add_argument("--consistency", type=float, default=0.0,
+                        help="weight of the consistency loss between two independently augmented views of each "
+                             "film (other aspect, crop, exposure): 0 trains on one view (default: %(default)s)")
     parser.add_argument("--val-fraction", type=float, default=0.17, help="share of patients held out")
     parser.add_argument("--stress-copies", type=int, default=4,
                         help="perturbed copies of each validation image for the stress validation")
@@ -117,7 +123,7 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 def load_dataset(args: argparse.Namespace) -> Dataset:
-    split = load_split(args.data, args.val_fraction, args.seed, args.hold_out, args.limit)
+    split = load_split(args.data, args.val_fraction, args.split_seed, args.hold_out, args.limit)
     medians = group_median_aspects(split.train + split.val)
 
     def aspects(part: list[Sample]) -> torch.Tensor:
@@ -170,6 +176,29 @@ def class_weights(y: torch.Tensor) -> torch.Tensor:
     return counts.sum() / (len(LABELS) * counts.clamp(min=1))
 
 
+def consistency_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence between the class distributions of two views of the same films."""
+    p, q = F.softmax(first, dim=1), F.softmax(second, dim=1)
+    mean = ((p + q) / 2).clamp_min(1e-7).log()
+    return (F.kl_div(mean, p, reduction="batchmean") + F.kl_div(mean, q, reduction="batchmean")) / 2
+
+
+def batch_loss(model: ResNetCAM, data: Dataset, idx: torch.Tensor, weights: torch.Tensor, gen: torch.Generator,
+               args: argparse.Namespace) -> torch.Tensor:
+    """Cross-entropy on an augmented view of each film; with --consistency, on two independent views
+    (each at its own drawn aspect, crop and exposure) plus the divergence between their answers, so the
+    net is taught directly that a film re-aspected or cropped is the same film."""
+    views = 2 if args.consistency > 0 else 1
+    x = torch.cat([aug.augment(data.train_x[idx], MEAN, STD, aug.TRAIN, gen, data.train_aspect[idx], data.sampler,
+                               args.size) for _ in range(views)])
+    logits, _ = model(x)
+    y = data.train_y[idx].repeat(views)
+    loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=args.label_smoothing)
+    if views == 2:
+        loss = loss + args.consistency * consistency_loss(*logits.chunk(2))
+    return loss
+
+
 def train(model: ResNetCAM, data: Dataset, args: argparse.Namespace) -> ResNetCAM:
     """One-cycle AdamW on augmented batches; returns the EMA model (or the model if EMA is off)."""
     gen = torch.Generator().manual_seed(args.seed)
@@ -187,10 +216,7 @@ def train(model: ResNetCAM, data: Dataset, args: argparse.Namespace) -> ResNetCA
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, args.batch_size):
             idx = order[start : start + args.batch_size]
-            x = aug.augment(data.train_x[idx], MEAN, STD, aug.TRAIN, gen, data.train_aspect[idx], data.sampler,
-                            args.size)
-            logits, _ = model(x)
-            loss = F.cross_entropy(logits, data.train_y[idx], weight=weights, label_smoothing=args.label_smoothing)
+            loss = batch_loss(model, data, idx, weights, gen, args)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -354,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
         "data": {"n_train": len(data.train_y), "n_val": n_val, "n_val_patients": n_pat,
                  "n_duplicates_removed": data.n_duplicates, "n_unknown_aspect": data.n_unknown_aspect,
                  "n_held_out": len(data.held_out), "held_out": args.hold_out, "limit": args.limit,
+                 "split_seed": args.split_seed,
                  "n_train_positive": int(data.train_y.sum()), "val_fraction": args.val_fraction},
         "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func" and not k.startswith("_")},
         "augment": {k: str(v) for k, v in dataclasses.asdict(aug.TRAIN).items()},

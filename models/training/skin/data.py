@@ -95,7 +95,8 @@ def load_split(data_dir: Path | None, val_fraction: float, seed: int, limit: int
 
 def checkpoint_split(checkpoint: dict, data_dir: Path | None) -> tuple[list[Sample], list[Sample]]:
     data = checkpoint["data"]
-    return load_split(data_dir, float(data["val_fraction"]), int(checkpoint["seed"]), int(data.get("limit", 0)))
+    return load_split(data_dir, float(data["val_fraction"]), int(data.get("split_seed", checkpoint["seed"])),
+                      int(data.get("limit", 0)))
 
 
 def load_images(samples: list[Sample], contract: InputContract, progress: bool = True) -> np.ndarray:

@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with one subfolder per diagnosis (default: $BEDSIDE_DATASETS/dermatology/train)")
     parser.add_argument("--out", type=Path, default=None, help="bundle directory to write")
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the initialisation and the augmentation")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seeds the by-lesion validation split; ensemble members share it (default: %(default)s)")
     parser.add_argument("--size", type=int, default=112, help="square input side in pixels")
     parser.add_argument("--widths", default="16,32,64,128", help="channels per stage (multiples of 16)")
     parser.add_argument("--blocks", type=int, default=1)
@@ -49,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ema", type=float, default=0.995)
     parser.add_argument("--class-weight-power", type=float, default=0.5,
                         help="loss weight of a class = (1 / its frequency) ** power (0: none, 1: balanced)")
+    parser.add_argument("--sample-power", type=float, default=0.0,
+                        help="draw each training image with weight (1 / its class frequency) ** power, with "
+                             "replacement (0: every image once per epoch; 1: class-balanced batches)")
+    parser.add_argument("--consistency", type=float, default=0.0,
+                        help="weight of the consistency loss between two independently augmented views of each "
+                             "image (0: one view)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of lesions held out, per class")
     parser.add_argument("--tta", type=int, default=4, choices=(1, 2, 4, 8),
                         help="dihedral copies averaged inside the exported graph")
@@ -71,6 +79,14 @@ def class_weights(y: torch.Tensor, power: float) -> torch.Tensor:
     return w / (w * counts).sum() * counts.sum()  # mean weight per image is 1
 
 
+def sampling_weights(y: torch.Tensor, power: float) -> torch.Tensor | None:
+    """Per-image draw weights (1 / class frequency) ** power; None for plain epochs (power 0)."""
+    if power == 0:
+        return None
+    counts = torch.bincount(y, minlength=len(LABELS)).double().clamp(min=1)
+    return (1.0 / counts[y]) ** power
+
+
 def train_model(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> torch.nn.Module:
     gen = torch.Generator().manual_seed(args.seed)
     model = build_model(tuple(int(w) for w in args.widths.split(",")), args.blocks, classes=len(LABELS), channels=3)
@@ -82,13 +98,17 @@ def train_model(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> t
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
     ema = chest_train.EMA(model, args.ema) if args.ema > 0 else None
     bar = tqdm(total=steps, desc="train", unit="step", disable=args.no_progress)
+    draw = sampling_weights(y, args.sample_power)
+    views = 2 if args.consistency > 0 else 1
     for epoch in range(args.epochs):
         model.train()
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen) if draw is None else torch.multinomial(draw, n, True, generator=gen)
         for start in range(0, n, args.batch_size):
             idx = order[start : start + args.batch_size]
-            logits, _ = model(aug.augment(x[idx], mean, std, aug.TRAIN, gen))
-            loss = F.cross_entropy(logits, y[idx], weight=weights, label_smoothing=args.label_smoothing)
+            logits, _ = model(torch.cat([aug.augment(x[idx], mean, std, aug.TRAIN, gen) for _ in range(views)]))
+            loss = F.cross_entropy(logits, y[idx].repeat(views), weight=weights, label_smoothing=args.label_smoothing)
+            if views == 2:
+                loss = loss + args.consistency * chest_train.consistency_loss(*logits.chunk(2))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -143,7 +163,7 @@ def stress_inputs(x: torch.Tensor, copies: int, seed: int) -> torch.Tensor:
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     chest_train.seed_everything(args.seed, args.threads)
-    train, val = load_split(args.data, args.val_fraction, args.seed, args.limit)
+    train, val = load_split(args.data, args.val_fraction, args.split_seed, args.limit)
     contract = input_contract(args.size)
     progress = not args.no_progress
     train_x = torch.from_numpy(load_images(train, contract, progress))
@@ -172,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         "channels": 3, "classes": len(LABELS), "tta": args.tta,
         "state_dict": model.state_dict(), "temperature": temperature, "threshold": threshold,
         "data": {"n_train": len(train), "n_val": len(val), "val_fraction": args.val_fraction, "limit": args.limit,
+                 "split_seed": args.split_seed,
                  "train_counts": [int((train_y == i).sum()) for i in range(len(LABELS))],
                  "val_counts": [int((val_y == i).sum()) for i in range(len(LABELS))]},
         "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func" and not k.startswith("_")},
