@@ -11,6 +11,7 @@ refused.
 from __future__ import annotations
 
 import importlib.util
+import threading
 from importlib import metadata
 
 import numpy as np
@@ -24,12 +25,28 @@ DEVICE = "CPU"
 INFERENCE_PRECISION = {"fp32": "f32", "int8": "f32", "fp16": "f16"}
 
 
-def _import_openvino():
-    try:
-        import openvino
-    except ImportError as exc:
-        raise RuntimeUnavailable(f"openvino is not installed ({exc}); install the 'openvino' extra") from None
-    return openvino
+_core = None
+_core_lock = threading.Lock()
+
+
+def shared_core():
+    """The process's one OpenVINO Core, made at the first load and kept until the process ends.
+
+    One Core, as OpenVINO advises, and here for a reason of our own: each Core's CPU plugin installs
+    an alternate signal stack on the thread that creates it, remembering the one before, and puts
+    that one back when it is destroyed. Two Cores destroyed in the order they were made (the
+    backend choice loads several variants, then closes them) leave the thread on the first one's
+    freed stack, and the next signal that thread handles (SIGTERM from systemd) kills the process
+    with SIGSEGV. One Core installs one stack, which stays valid for as long as the process runs."""
+    global _core
+    with _core_lock:
+        if _core is None:
+            try:
+                import openvino
+            except ImportError as exc:
+                raise RuntimeUnavailable(f"openvino is not installed ({exc}); install the 'openvino' extra") from None
+            _core = openvino.Core()
+        return _core
 
 
 def compile_config(precision: str, threads: int) -> dict[str, object]:
@@ -68,11 +85,11 @@ class OpenVinoBackend(Backend):
         return Availability(True, "CPU plugin, precision pinned to the variant's", version)
 
     def __init__(self, model: VariantFile, io: ModelIO, threads: int, settings: object | None = None):
-        ov = _import_openvino()
+        core = shared_core()
         self.io = io
         wanted = INFERENCE_PRECISION[model.precision]
         try:
-            compiled = ov.Core().compile_model(str(model.path), DEVICE, compile_config(model.precision, threads))
+            compiled = core.compile_model(str(model.path), DEVICE, compile_config(model.precision, threads))
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
             raise RuntimeFailure(f"openvino cannot load {model.path.name}: {exc}") from None
         got = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # an ov.Type: "f32", "bf16"
@@ -115,4 +132,5 @@ class OpenVinoBackend(Backend):
         if self._requests is not None:
             self._side_by_side.close()
         self._requests = None
+        self._outputs = {}  # its ports hold the compiled model too
         self._compiled = None
