@@ -30,8 +30,8 @@ import numpy as np
 
 from device import intake
 from kiosk_process import served_kiosk
-from device.backend_choice import choose
-from device.triage import Triager, default_threads
+from device.runtime.backend_choice import choose
+from device.decision.triage import Triager, default_threads
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir
 

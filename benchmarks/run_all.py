@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from device.clock import utc_iso
-from device.machine import cpu_features, package_versions_of, usable_cores
+from device.machine.clock import utc_iso
+from device.machine.facts import cpu_features, package_versions_of, usable_cores
 from models.bundle import default_bundles_dir
 from models.datasets import datasets_dir
 

@@ -25,7 +25,7 @@ import numpy as np
 from device import intake
 from device.kiosk.config import ModelSettings
 from device.kiosk.exams import ExamRegistry
-from device.machine import usable_cores
+from device.machine.facts import usable_cores
 from models.bundle import default_bundles_dir
 from models.datasets import datasets_dir
 

@@ -29,7 +29,7 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from device.backend_choice import CACHE_FOLDER as CHOICE_FOLDER
+from device.runtime.backend_choice import CACHE_FOLDER as CHOICE_FOLDER
 from device.kiosk.config import KioskConfig
 from models.bundle import default_bundles_dir, find_bundles
 from models.datasets import datasets_dir

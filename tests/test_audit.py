@@ -114,7 +114,7 @@ def test_wide_film_is_cropped_not_squeezed_beyond_the_range():
 
 
 def test_heatmap_lies_on_the_part_the_model_saw():
-    from device import heatmap
+    from device.decision import heatmap
 
     img = np.full((300, 900), 100, np.uint8)  # 3:1, the model sees the centre 690 px
     out = heatmap.overlay(img, np.ones((4, 4), np.float32), contract=CONTRACT)

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from device import backend_choice
-from device.backend_choice import CACHE_FOLDER, choose
+from device.runtime import backend_choice
+from device.runtime.backend_choice import CACHE_FOLDER, choose
 from device.runtime import registry
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from kiosk_support import SHIPPED
@@ -115,7 +115,7 @@ def test_every_timed_run_follows_a_study_decode_and_the_method_keys_the_cache(ch
     """Candidates are timed as the served path runs them: a study's decode and preprocessing before
     each timed run (the gap's JPEG is a radiograph-sized one, decoded at the served scale); a cache
     written by another timing method is not trusted."""
-    from device import study_gap
+    from device.runtime import study_gap
 
     gaps, runs = [], []
     real_gap = study_gap.between_studies(chest.manifest)

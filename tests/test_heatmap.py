@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from device import heatmap
+from device.decision import heatmap
 from device.kiosk.config import KioskConfig
 from kiosk_support import form_client
 from test_kiosk_pages import post_upload

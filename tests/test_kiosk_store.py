@@ -12,8 +12,8 @@ import pytest
 
 from device.kiosk.store import DB_NAME, MIGRATIONS, NewStudy, Store, StoreError, StudyFilter
 from device.kiosk.study_result import StudyResult
-from device.quality import QualityReport
-from device.triage import ModelRef, TriageResult
+from device.decision.quality import QualityReport
+from device.decision.triage import ModelRef, TriageResult
 
 
 def new_study(triage: str = "ROUTINE", reference: str = "") -> NewStudy:

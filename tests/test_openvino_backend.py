@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from device.machine import cpu_features
+from device.machine.facts import cpu_features
 from device.runtime import registry
 from device.runtime.base import ModelIO, RuntimeFailure
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend

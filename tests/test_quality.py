@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from device.intake import DecodedImage, decode_file
-from device.quality import assess
+from device.decision.quality import assess
 from models.bundle import DicomHandling, QualityPolicy
 
 POLICY = QualityPolicy(
@@ -120,7 +120,7 @@ def test_fast_on_a_large_image() -> None:
 def test_exposure_from_the_histogram_equals_the_sorted_figures(datasets: Path) -> None:
     """8-bit gray images take the histogram path; its percentiles and clipped fractions are those of
     np.percentile and counting on the float sample, on real radiographs and on the edge cases."""
-    from device.quality import _exposure_stats, _unit_sample
+    from device.decision.quality import _exposure_stats, _unit_sample
 
     files = sorted((datasets / "chest-xray").rglob("*.jpeg"))[:12]
     images = [decode_file(f).pixels for f in files]

@@ -149,7 +149,7 @@ def test_bundle_ships_golden_inputs_that_the_self_test_checks(smoke_run, tmp_pat
     every variant on them, and stored outputs that no longer match are a failure."""
     import shutil
 
-    from device.variant_check import selftest_variants
+    from device.runtime.variant_check import selftest_variants
     from models.bundle import file_entry, write_manifest
     from models.metrics import softmax
     from models.training.export import INPUT_NAME, onnx_session

@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 
 from device.intake import DecodedImage
-from device.quality import QualityIssue, QualityReport
-from device.triage import UNGRADABLE, TriageResult
+from device.decision.quality import QualityIssue, QualityReport
+from device.decision.triage import UNGRADABLE, TriageResult
 
 WORK_SIDE = 320
 

@@ -26,10 +26,10 @@ from device.capture.analysis import FrameDecodeError, analysis_image
 from device.capture.frame_quality import FrameQualityPolicy, frame_issues, frame_stats, gate
 from device.capture.frames import Frame, FrameSlot, NewestSlot
 from device.capture.stats import LatencyWindow, RateMeter
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 from device.intake import DecodedImage
 from device.intake.reduced import ReducedDecode
-from device.triage import UNGRADABLE, TriageResult, decide, withhold_ungraded
+from device.decision.triage import UNGRADABLE, TriageResult, decide, withhold_ungraded
 from models.bundle import Manifest
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class LiveResult:
         return self.smoothed.probability if self.smoothed else self.result.urgent_probability
 
     def as_json(self) -> dict:
-        """The newest result; an UNGRADABLE one carries no score (see device.triage.withhold_ungraded)."""
+        """The newest result; an UNGRADABLE one carries no score (see device.decision.triage.withhold_ungraded)."""
         out = {
             "source": self.source_id,
             "frame": {

@@ -12,7 +12,7 @@ import numpy as np
 from device.capture.analysis import REDUCED_COLOR, jpeg_size
 from device.capture.frames import Frame
 from device.capture.live import LiveResult
-from device.triage import ROUTINE, UNGRADABLE, URGENT
+from device.decision.triage import ROUTINE, UNGRADABLE, URGENT
 
 # BGR. The category is always written out too: colour alone is not enough.
 _BANNER = {URGENT: (40, 40, 200), ROUTINE: (60, 140, 40), UNGRADABLE: (0, 150, 220)}

@@ -1,7 +1,7 @@
 """``bedside bench``: every variant on every available backend, measured side by side in one run
 (interleaved rounds, see optimize.timing).
 
-Each runner first runs the bundle's self-test (device/variant_check.py, as the kiosk does before it
+Each runner first runs the bundle's self-test (device/runtime/variant_check.py, as the kiosk does before it
 serves). A row that fails it computes wrong answers on this CPU (an INT8 graph with 8-bit weights
 in ONNX Runtime's kernels on x86 without VNNI, say): it is timed and shown, marked, but never counted
 as the fastest nor in a target's ratio."""
@@ -21,12 +21,12 @@ from tqdm import tqdm
 
 from device.commands.common import add_bundle_argument, resolve_bundle
 from device.runtime import registry
-from device.backend_choice import choose
+from device.runtime.backend_choice import choose
 from device.runtime.base import RuntimeFailure, VariantFile
 from device.runtime.stage_report import format_trtexec
-from device.study_gap import between_studies
-from device.triage import default_threads, model_io
-from device.variant_check import compare, probabilities, reference_outputs
+from device.runtime.study_gap import between_studies
+from device.decision.triage import default_threads, model_io
+from device.runtime.variant_check import compare, probabilities, reference_outputs
 from models.bundle import Bundle
 from optimize.timing import interleaved_latencies, summarise
 

@@ -13,12 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from device import intake, quality
-from device.backend_choice import choose
+from device import intake
+from device.decision import quality
+from device.runtime.backend_choice import choose
 from device.commands.common import resolve_bundle
 from device.intake import headers
 from device.intake.raster import jpeg_flags
-from device.triage import Triager, default_threads
+from device.decision.triage import Triager, default_threads
 
 STAGES = ("decode", "quality", "preprocess", "model")
 ROUNDS = 5

@@ -8,13 +8,13 @@ import json
 import platform
 from pathlib import Path
 
-from device.machine import cpu_features, package_versions_of
-from device.backend_choice import choose
+from device.machine.facts import cpu_features, package_versions_of
+from device.runtime.backend_choice import choose
 from device.kiosk.config import default_data_dir
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
-from device.triage import default_threads
-from device.variant_check import selftest_variants
+from device.decision.triage import default_threads
+from device.runtime.variant_check import selftest_variants
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
 PACKAGES = (
@@ -40,7 +40,7 @@ def package_versions() -> dict[str, str | None]:
 
 def check_bundle(path: Path) -> tuple[dict[str, object], Bundle | None]:
     """Hashes verified, then every CPU variant run on ONNX Runtime on the deterministic self-test
-    inputs and checked against the FP32 variant with the tolerances of device/variant_check.py: a
+    inputs and checked against the FP32 variant with the tolerances of device/runtime/variant_check.py: a
     variant that computes something else makes the bundle broken. GPU variants are checked where
     they run, on TensorRT, by ``--selftest``.
 

@@ -10,9 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from device import heatmap, intake
+from device import intake
+from device.decision import heatmap
 from device.commands.common import add_bundle_argument, add_runtime_arguments, open_triager
-from device.triage import TriageResult
+from device.decision.triage import TriageResult
 from models.bundle import InputContract
 
 EXIT_SOME_FAILED = 2

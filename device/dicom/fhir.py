@@ -24,7 +24,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
 from device.dicom.settings import FhirDestination
-from device.triage import UNGRADABLE
+from device.decision.triage import UNGRADABLE
 from models import atomic
 from models.bundle import Manifest
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 from models import atomic
 
 DB_NAME = "outbox.sqlite3"

@@ -23,7 +23,7 @@ from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from device import heatmap
+from device.decision import heatmap
 from models.bundle import Manifest
 
 if TYPE_CHECKING:  # the kiosk package imports this one

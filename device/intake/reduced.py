@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from models.bundle import Manifest
 
 FACTORS = (8, 4, 2)
-# The long side at which device/quality.py judges sharpness (area-resized there): an image decoded
+# The long side at which device/decision/quality.py judges sharpness (area-resized there): an image decoded
 # for a bundle with a sharpness check keeps at least this much, so the figure is the full image's.
 SHARPNESS_SIDE = 224
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from device import intake
-from device.backend_choice import AUTO, Choice, choose
+from device.runtime.backend_choice import AUTO, Choice, choose
 from device.kiosk.config import ModelSettings
 from device.kiosk.errors import UnknownExam
 from device.runtime import registry
 from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile
-from device.triage import Prepared, TriageResult, Triager, default_threads, model_io
+from device.decision.triage import Prepared, TriageResult, Triager, default_threads, model_io
 from device.updates.selftest import live_check
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
@@ -214,7 +214,7 @@ class ExamRegistry:
     def load(cls, settings: ModelSettings, paths: list[Path] | None = None,
              cache_dir: Path | None = None) -> "ExamRegistry":
         """Load and warm up every bundle in ``paths`` (default: the configured ones), each on the
-        backend device.backend_choice picks (its timings cached under ``cache_dir``). Raises
+        backend device.runtime.backend_choice picks (its timings cached under ``cache_dir``). Raises
         BundleError when there is none to serve."""
         paths = paths if paths is not None else list(settings.bundles) or find_bundles(settings.bundles_dir)
         if not paths:
@@ -273,7 +273,7 @@ class ExamRegistry:
         return list(self._exams)
 
     def choices(self) -> dict[str, dict]:
-        """exam id -> its backend choice (device/backend_choice.py), for health and the metrics."""
+        """exam id -> its backend choice (device/runtime/backend_choice.py), for health and the metrics."""
         return {e.id: e.choice.as_json() for e in self._exams.values() if e.choice is not None}
 
     def resolve(self, exam_id: str | None) -> Exam:

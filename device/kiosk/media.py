@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.drive_walk import existing_folders, files_under
+from device.machine.drive_walk import existing_folders, files_under
 from device.intake import headers
 from device.kiosk.errors import BadRequest
 

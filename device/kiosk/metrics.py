@@ -104,7 +104,7 @@ class SourceCollector(Collector):
 
 
 class BackendChoiceCollector(Collector):
-    """Each exam's backend choice (device/backend_choice.py): which candidate it serves on, and the
+    """Each exam's backend choice (device/runtime/backend_choice.py): which candidate it serves on, and the
     batch-1 latency measured for every candidate that passed its self-test."""
 
     def __init__(self, choices: Callable[[], dict[str, dict]]):

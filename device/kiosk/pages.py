@@ -16,7 +16,7 @@ from device.dicom.shown import facts_of
 from device.kiosk.context import kiosk
 from device.kiosk.errors import BadRequest, KioskError
 from device.kiosk.service import study_filter
-from device.triage import TRIAGE_ORDER
+from device.decision.triage import TRIAGE_ORDER
 
 pages = Blueprint("pages", __name__)
 MAX_OFFSET = 2**62

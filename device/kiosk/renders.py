@@ -21,7 +21,8 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from device import heatmap, intake
+from device import intake
+from device.decision import heatmap
 from device.kiosk.decoding import Decoder
 from device.kiosk.errors import NotFound
 from device.kiosk.store import Store, StudyRecord

@@ -22,7 +22,7 @@ from device.capture.manager import CaptureManager, Inference, LiveSource, frame_
 from device.capture.sources import redact
 from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 from device.dicom.import_paths import expand_dicomdirs
 from device.dicom.node import open_node
 from device.dicom.shown import DicomFacts
@@ -40,7 +40,7 @@ from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.kiosk.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
-from device.triage import TRIAGE_ORDER, TriageResult
+from device.decision.triage import TRIAGE_ORDER, TriageResult
 from device.updates.verify import appliance_version
 from models.bundle import BundleError, InputContract, read_manifest
 
@@ -101,7 +101,7 @@ def _local_day_start(text: str, name: str, days: int = 0) -> str:
 
 
 def local_time(stamp: str | None) -> str:
-    """'2025-01-31 14:05' in the kiosk's local time, for people, from a stored UTC time (device.clock)."""
+    """'2025-01-31 14:05' in the kiosk's local time, for people, from a stored UTC time (device.machine.clock)."""
     if not stamp:
         return ""
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")

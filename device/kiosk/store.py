@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 from device.kiosk.study_result import StudyResult
-from device.triage import TRIAGE_ORDER, UNGRADABLE, ModelRef
+from device.decision.triage import TRIAGE_ORDER, UNGRADABLE, ModelRef
 from models import atomic
 from models.atomic import fsync_directory
 

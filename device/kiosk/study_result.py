@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from device.capture.live import Smoothed
-from device.triage import UNGRADABLE, TriageResult, withhold_ungraded
+from device.decision.triage import UNGRADABLE, TriageResult, withhold_ungraded
 
 
 @dataclass(frozen=True)

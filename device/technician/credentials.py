@@ -21,7 +21,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 
 DB_NAME = "technician.db"
 MIN_PASSWORD = 10

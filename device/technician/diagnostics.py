@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 
 from device.capture.sources import redact
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 from device.kiosk.store import DB_NAME as STORE_DB
 
 UID = re.compile(r"\b[0-2](?:\.\d+){3,}\b")

@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 
 LOG_FILE = "bedside.log"
 MAX_BYTES = 5 * 2**20

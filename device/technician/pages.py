@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 from device.kiosk.errors import BadRequest, NotFound
 from device.technician import checks, diagnostics, status
 from device.technician.area import area, is_loopback

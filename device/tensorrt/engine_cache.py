@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from device.clock import utc_iso
+from device.machine.clock import utc_iso
 from device.tensorrt.api import Platform
 from device.tensorrt.build import BuildCancelled, BuildOptions, build_engine
 from device.tensorrt.progress import BuildProgress, ProgressCallback

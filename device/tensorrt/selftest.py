@@ -2,7 +2,7 @@
 
 For each variant the engine is built (or loaded from the engine cache), run on the deterministic
 self-test inputs, and its triage probabilities compared with ONNX Runtime running the FP32
-variant (device/variant_check.py). Where TensorRT is unavailable the check is skipped with the reason.
+variant (device/runtime/variant_check.py). Where TensorRT is unavailable the check is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from device.runtime import registry
-from device.triage import Triager
-from device.variant_check import compare, golden_set
+from device.decision.triage import Triager
+from device.runtime.variant_check import compare, golden_set
 from models.bundle import Bundle
 
 

@@ -8,7 +8,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.drive_walk import files_under
+from device.machine.drive_walk import files_under
 from device.updates.archive import SUFFIX
 
 

@@ -1,5 +1,5 @@
 """A bundle's self-test on this device: its golden inputs must reproduce the stored outputs within
-the per-precision tolerances of device/variant_check.py, both on every CPU variant (what ``bedside
+the per-precision tolerances of device/runtime/variant_check.py, both on every CPU variant (what ``bedside
 doctor`` checks) and on the variant this appliance serves, loaded on its configured backend the way
 the kiosk loads it (a TensorRT engine is built or loaded there)."""
 
@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from device.backend_choice import AUTO, choose
+from device.runtime.backend_choice import AUTO, choose
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
-from device.triage import Triager
-from device.variant_check import compare, reference_outputs, selftest_variants
+from device.decision.triage import Triager
+from device.runtime.variant_check import compare, reference_outputs, selftest_variants
 from models.bundle import Bundle
 
 
@@ -58,7 +58,7 @@ def selftest(bundle: Bundle, backend: str, precision: str, threads: int | None =
 
 def _served_check(bundle: Bundle, backend: str, precision: str, threads: int | None,
                   backend_settings: object | None) -> dict:
-    """The served variant chosen and loaded as the kiosk does (device.backend_choice: "auto" picks,
+    """The served variant chosen and loaded as the kiosk does (device.runtime.backend_choice: "auto" picks,
     engines are built or loaded), then checked."""
     try:
         choice, loaded = choose(bundle, backend, precision, threads or 1,

@@ -14,7 +14,7 @@ import numpy as np
 
 from device.runtime import registry
 from device.runtime.base import VariantFile
-from device.triage import decide, model_io
+from device.decision.triage import decide, model_io
 from models.bundle import Bundle, Manifest, Variant
 from models.metrics import softmax
 

@@ -1,8 +1,8 @@
 """Which backend and variant an exam serves on: with ``backend = "auto"`` (and/or ``precision =
 "auto"``) the kiosk loads every CPU backend on every variant the bundle's gate passed, self-tests
-each on the bundle's golden inputs (device/variant_check.py), times those that pass side by side
+each on the bundle's golden inputs (device/runtime/variant_check.py), times those that pass side by side
 (interleaved rounds, bounded by a time budget; each timed run after a study's decode, as served:
-device/study_gap.py) and serves on the fastest. A variant that fails the
+device/runtime/study_gap.py) and serves on the fastest. A variant that fails the
 self-test on a backend is never served there, however fast.
 
 The timing is cached in the data dir per bundle, keyed by the CPU model, the usable cores, the
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from device.clock import utc_iso
-from device.machine import cpu_features, package_versions_of, usable_cores
+from device.machine.clock import utc_iso
+from device.machine.facts import cpu_features, package_versions_of, usable_cores
 from device.runtime import registry
 from device.runtime.base import Backend, RuntimeFailure, RuntimeUnavailable, VariantFile
-from device.study_gap import between_studies
-from device.triage import model_io
-from device.variant_check import compare, golden_set, probabilities
+from device.runtime.study_gap import between_studies
+from device.decision.triage import model_io
+from device.runtime.variant_check import compare, golden_set, probabilities
 from models.bundle import Bundle, Variant
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ CACHE_FOLDER = "backend-choice"
 TIMING_BUDGET_S = 0.6
 MIN_ROUNDS, MAX_ROUNDS, CALLS_PER_ROUND = 2, 4, 8
 # How candidates are timed; part of the cache key, so a box timed the old way is timed again.
-TIMING_METHOD = "batch 1, each run after a study's decode and preprocessing (device/study_gap.py)"
+TIMING_METHOD = "batch 1, each run after a study's decode and preprocessing (device/runtime/study_gap.py)"
 # Libraries whose version changes what is fastest (the cache is dropped when one changes).
 SPEED_LIBRARIES = ("numpy", "onnxruntime", "openvino", "bedside")
 

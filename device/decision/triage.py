@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device import intake, quality
+from device import intake
+from device.decision import quality
 from device.runtime import registry
 from device.runtime.base import Backend, ModelIO, RuntimeFailure, VariantFile
 from models.bundle import Bundle, Manifest
@@ -145,7 +146,7 @@ class Triager:
         loaded: Backend | None = None,
     ):
         """``backend_settings``: the backend's own settings (e.g. TensorRT's), None for its defaults.
-        ``loaded``: that backend already loaded on that variant (by device.backend_choice); the
+        ``loaded``: that backend already loaded on that variant (by device.runtime.backend_choice); the
         Triager owns it from here."""
         self.bundle = bundle
         m = bundle.manifest
