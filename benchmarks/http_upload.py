@@ -31,7 +31,8 @@ import numpy as np
 from device import intake
 from kiosk_process import served_kiosk
 from device.runtime.backend_choice import choose
-from device.decision.triage import Triager, default_threads
+from device.machine.facts import usable_cores
+from device.runtime.triager import Triager
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir
 
@@ -46,7 +47,7 @@ def in_process_ms(bundle: Path, images: list[tuple[str, bytes]], rounds: int) ->
     backend choice, the model-scale decode), in the same order as the uploads
     (round after round through all images, so no image is decoded twice in a row with warm caches)."""
     loaded = load_bundle(bundle)
-    threads = default_threads()
+    threads = usable_cores()
     choice, backend = choose(loaded, "auto", "auto", threads, {}, None)  # what the kiosk serves on
     triager = Triager(loaded, choice.backend, choice.precision, threads, None, backend)
     try:

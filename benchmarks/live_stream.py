@@ -36,7 +36,7 @@ from device.capture.live import LiveTriage  # noqa: E402
 from device.capture.sources import parse_source  # noqa: E402
 from device.capture.stream import STREAMING, CaptureStream  # noqa: E402
 from device.capture.watchdog import Watchdog  # noqa: E402
-from device.decision.triage import Triager  # noqa: E402
+from device.runtime.triager import Triager  # noqa: E402
 from models.bundle import default_bundles_dir, load_bundle  # noqa: E402
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from device.decision.triage import Triager
+from device.runtime.triager import Triager
 from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
 

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from device.decision.triage import Triager
+from device.runtime.triager import Triager
 from models.bundle import load_bundle
 from optimize import gate as gate_module
 from optimize.errors import OptimizeError

@@ -15,7 +15,8 @@ import pytest
 from capture_support import ffmpeg  # noqa: F401  (fixture)
 from device import intake
 from device.cli import main as bedside
-from device.decision.triage import UNGRADABLE, URGENT, Triager
+from device.decision.triage import UNGRADABLE, URGENT
+from device.runtime.triager import Triager
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir
 

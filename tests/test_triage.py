@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from device.intake import decode_file
-from device.decision.triage import ROUTINE, UNGRADABLE, URGENT, Triager, decide
+from device.decision.triage import ROUTINE, UNGRADABLE, URGENT, decide
+from device.runtime.triager import Triager
 from models.bundle import Manifest, load_bundle
 from dicom_factory import grayscale_dicom
 from tiny_bundle import make_tiny_bundle, manifest_dict

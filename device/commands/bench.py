@@ -22,10 +22,10 @@ from tqdm import tqdm
 from device.commands.common import add_bundle_argument, resolve_bundle
 from device.runtime import registry
 from device.runtime.backend_choice import choose
-from device.runtime.base import RuntimeFailure, VariantFile
+from device.machine.facts import usable_cores
+from device.runtime.base import RuntimeFailure, VariantFile, model_io
 from device.runtime.stage_report import format_trtexec
 from device.runtime.study_gap import between_studies
-from device.decision.triage import default_threads, model_io
 from device.runtime.variant_check import compare, probabilities, reference_outputs
 from models.bundle import Bundle
 from optimize.timing import interleaved_latencies, summarise
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         return run_pipeline(args)
     bundle = resolve_bundle(args.bundle)
     m = bundle.manifest
-    threads = args.threads or default_threads()
+    threads = args.threads or usable_cores()
     served = served_pair(bundle, threads)
     runners, skipped = build_runners(bundle, threads, not args.no_torch)
     shape = (m.input.channels, m.input.height, m.input.width)

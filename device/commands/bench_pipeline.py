@@ -19,7 +19,8 @@ from device.runtime.backend_choice import choose
 from device.commands.common import resolve_bundle
 from device.intake import headers
 from device.intake.raster import jpeg_flags
-from device.decision.triage import Triager, default_threads
+from device.machine.facts import usable_cores
+from device.runtime.triager import Triager
 
 STAGES = ("decode", "quality", "preprocess", "model")
 ROUNDS = 5
@@ -27,7 +28,7 @@ ROUNDS = 5
 
 def run_pipeline(args: argparse.Namespace) -> int:
     bundle = resolve_bundle(args.bundle)
-    threads = args.threads or default_threads()
+    threads = args.threads or usable_cores()
     choice, loaded = choose(bundle, "auto", "auto", threads, {}, None)
     triager = Triager(bundle, choice.backend, choice.precision, threads, None, loaded)
     try:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from device.runtime.registry import BACKENDS
-from device.decision.triage import Triager
+from device.runtime.triager import Triager
 from models.bundle import Bundle, BundleError, default_bundles_dir, find_bundles, load_bundle
 
 

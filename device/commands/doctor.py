@@ -8,12 +8,11 @@ import json
 import platform
 from pathlib import Path
 
-from device.machine.facts import cpu_features, package_versions_of
+from device.machine.facts import cpu_features, package_versions_of, usable_cores
 from device.runtime.backend_choice import choose
 from device.kiosk.config import default_data_dir
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
-from device.decision.triage import default_threads
 from device.runtime.variant_check import selftest_variants
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
@@ -68,7 +67,7 @@ def backend_choices(bundles: list[Bundle], data_dir: Path) -> dict[str, dict]:
     choices = {}
     for bundle in bundles:
         try:
-            choice, backend = choose(bundle, "auto", "auto", default_threads(), {}, data_dir)
+            choice, backend = choose(bundle, "auto", "auto", usable_cores(), {}, data_dir)
         except (RuntimeFailure, RuntimeUnavailable) as exc:
             choices[bundle.manifest.id] = {"error": str(exc)}
             continue

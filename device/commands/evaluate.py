@@ -25,7 +25,7 @@ from tqdm import tqdm
 from device import intake
 from device.decision import quality
 from device.commands.common import add_bundle_argument, add_runtime_arguments, open_triager
-from device.decision.triage import Triager
+from device.runtime.triager import Triager
 from models import audit
 from models.bundle import AuditCheck, EvaluationPolicy, Manifest
 from models.metrics import binary_report, bootstrap_intervals, multiclass_report, roc_auc, subgroup_report

@@ -20,8 +20,10 @@ from device.runtime.backend_choice import AUTO, Choice, choose
 from device.kiosk.config import ModelSettings
 from device.kiosk.errors import UnknownExam
 from device.runtime import registry
-from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile
-from device.decision.triage import Prepared, TriageResult, Triager, default_threads, model_io
+from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile, model_io
+from device.runtime.triager import Prepared, Triager
+from device.decision.triage import TriageResult
+from device.machine.facts import usable_cores
 from device.updates.selftest import live_check
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
@@ -304,7 +306,7 @@ def _start_gpu(exam: Exam, settings: ModelSettings) -> None:
 
 def _open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> Exam:
     bundle = load_bundle(path)
-    threads = settings.inference_threads or default_threads()
+    threads = settings.inference_threads or usable_cores()
     options = {name: settings.backend_settings(name) for name in registry.BACKENDS}
     choice, loaded = choose(bundle, settings.backend, settings.precision, threads, options, cache_dir)
     if settings.precision not in (AUTO, choice.precision):

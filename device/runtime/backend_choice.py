@@ -27,9 +27,8 @@ import numpy as np
 from device.machine.clock import utc_iso
 from device.machine.facts import cpu_features, package_versions_of, usable_cores
 from device.runtime import registry
-from device.runtime.base import Backend, RuntimeFailure, RuntimeUnavailable, VariantFile
+from device.runtime.base import Backend, RuntimeFailure, RuntimeUnavailable, VariantFile, model_io
 from device.runtime.study_gap import between_studies
-from device.decision.triage import model_io
 from device.runtime.variant_check import compare, golden_set, probabilities
 from models.bundle import Bundle, Variant
 

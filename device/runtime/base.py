@@ -15,7 +15,7 @@ from typing import Callable, ClassVar, Literal, Protocol
 
 import numpy as np
 
-from models.bundle import Bundle, Variant
+from models.bundle import Bundle, Manifest, Variant
 
 
 class RuntimeUnavailable(Exception):
@@ -40,6 +40,13 @@ class ModelIO:
     input_name: str
     output_names: tuple[str, ...]
     input_shape: tuple[int, int, int]  # (C, H, W); the batch axis is dynamic
+
+
+def model_io(manifest: Manifest) -> ModelIO:
+    """The I/O a bundle declares: its input tensor, the logits and (if it has one) the CAM output."""
+    m = manifest
+    outputs = (m.outputs.logits,) + ((m.outputs.cam,) if m.outputs.cam else ())
+    return ModelIO(m.input.tensor_name, outputs, (m.input.channels, m.input.height, m.input.width))
 
 
 @dataclass(frozen=True)

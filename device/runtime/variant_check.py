@@ -13,8 +13,8 @@ from collections.abc import Callable
 import numpy as np
 
 from device.runtime import registry
-from device.runtime.base import VariantFile
-from device.decision.triage import decide, model_io
+from device.runtime.base import VariantFile, model_io
+from device.decision.triage import decide
 from models.bundle import Bundle, Manifest, Variant
 from models.metrics import softmax
 

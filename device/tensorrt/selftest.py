@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from device.runtime import registry
-from device.decision.triage import Triager
+from device.runtime.triager import Triager
 from device.runtime.variant_check import compare, golden_set
 from models.bundle import Bundle
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from device.runtime.backend_choice import AUTO, choose
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
-from device.decision.triage import Triager
+from device.runtime.triager import Triager
 from device.runtime.variant_check import compare, reference_outputs, selftest_variants
 from models.bundle import Bundle
 

@@ -1,0 +1,140 @@
+"""From an image to a triage result: check quality, preprocess, run the bundle's model on a
+backend, apply its policy (device/decision).
+
+Everything model-specific (labels, input contract, threshold, quality limits) comes from the
+bundle manifest; this module only knows the shape of the contract.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from device import intake
+from device.decision import quality
+from device.decision.triage import ModelRef, TriageResult, decide, urgent_map
+from device.machine.facts import usable_cores
+from device.runtime import registry
+from device.runtime.base import Backend, RuntimeFailure, VariantFile, model_io
+from models.bundle import Bundle, Manifest
+from models.metrics import softmax
+from models.preprocess import to_model_input
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image checked and turned into the model's input: what waits for the model."""
+
+    img: intake.DecodedImage
+    source: str
+    report: quality.QualityReport
+    tensor: np.ndarray
+    timings_ms: dict[str, float]
+
+class Triager:
+    """One loaded model of one bundle on one backend; create it once per process and reuse it."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: str = "onnxruntime",
+        precision: str = "fp32",
+        threads: int | None = None,
+        backend_settings: object | None = None,
+        loaded: Backend | None = None,
+    ):
+        """``backend_settings``: the backend's own settings (e.g. TensorRT's), None for its defaults.
+        ``loaded``: that backend already loaded on that variant (by device.runtime.backend_choice); the
+        Triager owns it from here."""
+        self.bundle = bundle
+        m = bundle.manifest
+        backend_cls = registry.require(backend)
+        variant = m.variant(precision, backend_cls.target)
+        if loaded is None:
+            loaded = backend_cls(VariantFile.of(bundle, variant), model_io(m), threads or usable_cores(),
+                                 backend_settings)
+        self._backend: Backend = loaded
+        self._backend.warm_up()
+        self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def reduced_decode(self) -> intake.ReducedDecode:
+        """How small an image may be decoded for this model and its quality checks."""
+        return intake.ReducedDecode.for_manifest(self.manifest)
+
+    def preprocess(self, img: intake.DecodedImage) -> np.ndarray:
+        return to_model_input(img.pixels, self.manifest.input)
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities (N, labels) and, if the model has one, the urgent group's activation map (N, h, w)."""
+        out = self._backend.run(batch)
+        probs = softmax(out[self.manifest.outputs.logits].astype(np.float64))
+        if not np.isfinite(probs).all():
+            # NaN >= threshold is False: without this a broken input or runtime would read ROUTINE.
+            raise RuntimeFailure(f"{self.model.backend} returned non-finite scores for {self.model.id}")
+        cam_name = self.manifest.outputs.cam
+        cam = urgent_map(out[cam_name], self.manifest) if cam_name else None
+        return probs, cam
+
+    @property
+    def max_batch(self) -> int:
+        return self._backend.max_batch
+
+    def prepare(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> Prepared:
+        """Quality checks and preprocessing: the per-image work before the model (any thread)."""
+        m = self.manifest
+        t0 = time.perf_counter()
+        report = quality.assess(img, m.quality, m.input.dicom)
+        tensor = self.preprocess(img)
+        prep_ms = (time.perf_counter() - t0) * 1e3
+        return Prepared(img, source, report, tensor, {"decode": decode_ms, "preprocess": prep_ms})
+
+    def triage_prepared(self, prepared: list[Prepared]) -> list[TriageResult]:
+        """One model run over several prepared images (at most ``max_batch``), one result each; each
+        result's inference time is the whole run's, what each of them waited for."""
+        m = self.manifest
+        t1 = time.perf_counter()
+        probs, cam = self.predict(np.stack([p.tensor for p in prepared]))
+        inference_ms = (time.perf_counter() - t1) * 1e3
+        results = []
+        for i, p in enumerate(prepared):
+            label, category = decide(probs[i], m, p.report.ok)
+            results.append(TriageResult(
+                source=p.source,
+                label=label,
+                probabilities={name: float(v) for name, v in zip(m.labels, probs[i])},
+                urgent_probability=float(m.urgent_probability(probs[i])),
+                triage=category,
+                threshold=m.policy.operating_point.threshold,
+                quality=p.report,
+                model=self.model,
+                timings_ms={**p.timings_ms, "inference": inference_ms},
+                image_notes=p.img.notes,
+                cam=None if cam is None else cam[i],
+                batch_size=len(prepared),
+            ))
+        return results
+
+    def triage_image(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> TriageResult:
+        return self.triage_prepared([self.prepare(img, source, decode_ms)])[0]
+
+    def triage_file(self, path: str | os.PathLike[str]) -> tuple[TriageResult, intake.DecodedImage]:
+        """The result and the decoded image it was made from.
+
+        Raises intake.IntakeError (naming the file and the reason) for input it cannot read.
+        """
+        t0 = time.perf_counter()
+        img = intake.decode_file(path, reduce=self.reduced_decode)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        return self.triage_image(img, str(Path(path)), decode_ms), img
+
+    def close(self) -> None:
+        self._backend.close()
