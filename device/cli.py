@@ -41,7 +41,7 @@ COMMANDS: dict[str, Command] = {
     "doctor": Command("device.commands.doctor", "report versions, backends, CPU features; verify shipped bundles"),
     "keys": Command("device.commands.keys", "make an Ed25519 key pair for signing model bundles"),
     "bundle": Command("device.commands.bundle", "pack, sign, verify, install, list and roll back signed model bundles"),
-    "app": Command("device.commands.app", "install, roll back and recover signed application updates (venv slots)"),
+    "app": Command("device.commands.app_updates", "install, roll back and recover signed application updates (venv slots)"),
     "train": Command("models.training.commands", "train a model and write its bundle (needs the 'train' extra)", "train",
                      sees_argv=True),
     "export": Command("models.training.commands", "export a training checkpoint to a bundle (needs the 'train' extra)",

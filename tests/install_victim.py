@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from device import updates
-from device.kiosk.config import load_config
+from device.core.settings import load_config
 
 WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 EVENTS = {"os.rename", "os.symlink", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.chmod", "os.truncate"}

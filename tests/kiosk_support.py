@@ -30,7 +30,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from device.runtime.backend_choice import CACHE_FOLDER as CHOICE_FOLDER
-from device.kiosk.config import KioskConfig
+from device.core.settings import KioskConfig
 from models.bundle import default_bundles_dir, find_bundles
 from models.datasets import datasets_dir
 from tiny_bundle import make_tiny_bundle
@@ -259,8 +259,8 @@ def tiny_bundle(tmp_path_factory) -> Path:
     ``config`` fixture starts from that cache, as a kiosk's second boot does (self-test only), instead
     of timing each candidate again (about 0.4 s a kiosk). The timing itself is tested in
     test_backend_choice."""
-    from device.kiosk.config import ModelSettings
-    from device.kiosk.exams import ExamRegistry
+    from device.core.settings import ModelSettings
+    from device.core.exams import ExamRegistry
 
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
     ExamRegistry.load(ModelSettings(bundles=[bundle], **TINY_MODELS), cache_dir=bundle.parent / CHOICE_SEED).close()
@@ -293,7 +293,7 @@ def config(tmp_path, tiny_bundle, drives) -> KioskConfig:
 @pytest.fixture
 def app(config):
     from device.kiosk import create_app
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     application = create_app(config)
     application.config["TESTING"] = True
@@ -320,7 +320,7 @@ def client(app):
 def kiosk_client(config):
     """A form client of a kiosk made from ``config`` (a KioskConfig), closed afterwards."""
     from device.kiosk import create_app
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     application = create_app(config)
     application.config["TESTING"] = True

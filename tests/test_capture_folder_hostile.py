@@ -59,7 +59,7 @@ def test_a_folder_of_nothing_but_bad_files_stalls_with_the_reason(tmp_path):
 
 def _kiosk_with_folder(config, folder):
     """A form client of a kiosk whose one capture source plays `folder` in a loop."""
-    from device.kiosk.config import KioskConfig
+    from device.core.settings import KioskConfig
 
     data = config.model_dump(mode="json")
     data["capture"] = {"sources": [{"uri": f"file://{folder}?fps=20&loop=1", "name": "Folder"}]}

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from capture_support import MjpegServer, ffmpeg, free_port, make_frames, sample_xrays, wait_for, xray_video  # noqa: F401
-from device.kiosk.config import ConfigError, KioskConfig, load_config
+from device.core.settings import ConfigError, KioskConfig, load_config
 from kiosk_support import SHIPPED, config, drives, form_client, running_server, shipped_bundle, tiny_bundle  # noqa: F401
 
 
@@ -31,7 +31,7 @@ def frames_dir(tmp_path_factory) -> Path:
 def live_client(config: KioskConfig, frames_dir: Path):
     """The kiosk with two sources: a looping folder of JPEG frames, and a camera that is not there."""
     from device.kiosk import create_app
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     data = config.model_dump(mode="json")
     data["capture"] = {
@@ -107,7 +107,7 @@ def test_capture_refuses_a_malformed_body_or_a_wrong_type(live_client):
 
 def test_capture_refuses_a_stale_frame(live_client, monkeypatch):
     """Streaming, but the newest triaged frame is older than stall_timeout_s (triage fell behind)."""
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     live = kiosk_of(live_client.application).capture.get("cam0").live
     fresh = live.latest()
@@ -159,7 +159,7 @@ def test_live_views_are_capped_so_the_server_keeps_threads_free(live_client):
 @pytest.mark.parametrize("threads, max_viewers, limit", [(3, 4, 1), (8, 4, 4), (2, 2, 0)])
 def test_live_views_always_leave_two_server_threads_free(config: KioskConfig, threads, max_viewers, limit):
     from device.kiosk import create_app
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     data = config.model_dump(mode="json")
     data["server"]["threads"], data["capture"] = threads, {"max_viewers": max_viewers}

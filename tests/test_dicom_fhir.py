@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from device.kiosk.context import kiosk_of
+from device.appliance.context import kiosk_of
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 
@@ -152,7 +152,7 @@ def test_bundle_written_to_a_folder(config, tmp_path):  # noqa: F811
     ({"name": "pacs", "folder": "/tmp/x"}, "used more than once: pacs"),
 ])
 def test_fhir_settings_are_checked(config, fhir, message):  # noqa: F811
-    from device.kiosk.config import ConfigError
+    from device.core.settings import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         config.with_overrides(**{"dicom.fhir_destinations": [fhir], "dicom.destinations": [

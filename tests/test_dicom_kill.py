@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pydicom
 
-from device.kiosk.store import Store
+from device.core.store import Store
 from dicom_factory import grayscale_dicom
 from dicom_peers import free_port, need_dcmtk, storescu_config, wait_until
 from kiosk_support import start_server, stop_server, tiny_bundle  # noqa: F401 (fixture)

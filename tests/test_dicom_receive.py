@@ -9,8 +9,8 @@ import pydicom
 import pytest
 
 from device.dicom.contexts import TRANSFER_SYNTAXES
-from device.kiosk.context import kiosk_of
-from device.kiosk.store import StudyFilter
+from device.appliance.context import kiosk_of
+from device.core.store import StudyFilter
 from dicom_peers import SAMPLES, echoscu, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import app, config, drives, running_server, tiny_bundle  # noqa: F401 (fixtures)
 
@@ -119,7 +119,7 @@ def test_serve_with_dicom_port_receives_while_http_keeps_serving(tmp_path, tiny_
 
 def test_dicom_settings_are_checked_and_a_taken_port_is_a_config_error(config):
     from device.kiosk import create_app
-    from device.kiosk.config import ConfigError, validate
+    from device.core.settings import ConfigError, validate
 
     with pytest.raises(ConfigError, match="dicom.ae_title"):
         validate({"dicom": {"ae_title": "A TITLE LONGER THAN 16"}}, "test.toml")

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
-from device.kiosk.context import kiosk_of
+from device.appliance.context import kiosk_of
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 from orthanc_peer import AE_TITLE, Orthanc, need_orthanc

@@ -13,8 +13,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from device.dicom.series import pick
-from device.kiosk.context import kiosk_of
-from device.kiosk.store import StudyFilter
+from device.appliance.context import kiosk_of
+from device.core.store import StudyFilter
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 
@@ -134,7 +134,7 @@ def test_held_instances_are_triaged_after_a_restart(config, tmp_path):  # noqa: 
 
 @pytest.mark.parametrize("setting", [{"triage": "sometimes"}, {"stable_s": 0}, {"prefer": ["PA"]}])
 def test_series_settings_are_checked(config, setting):  # noqa: F811
-    from device.kiosk.config import ConfigError
+    from device.core.settings import ConfigError
 
     with pytest.raises(ConfigError, match="dicom.series"):
         config.with_overrides(**{"dicom.series": setting})

@@ -12,7 +12,7 @@ import pytest
 
 from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey
 from device.tensorrt.settings import EngineSettings
-from device.tensorrt.api import Platform
+from device.tensorrt.library import Platform
 from device.tensorrt.build import BuildCancelled
 from device.tensorrt.progress import BuildProgress
 

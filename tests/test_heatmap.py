@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from device.decision import heatmap
-from device.kiosk.config import KioskConfig
+from device.core.settings import KioskConfig
 from kiosk_support import form_client
 from test_kiosk_pages import post_upload
 from tiny_bundle import edit_manifest, make_tiny_bundle
@@ -48,7 +48,7 @@ def test_ringing_never_wraps_the_blend():
 def test_kiosk_heatmap_is_placed_by_the_exams_input_contract(tmp_path):
     """A 2.4:1 film under a model that sees at most 2:1: the heatmap covers only the centre 2:1 crop."""
     from device.kiosk import create_app
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     root = make_tiny_bundle(tmp_path / "wide")
     contract = json.loads((root / "manifest.json").read_text())["input"]

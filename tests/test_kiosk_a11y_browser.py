@@ -200,7 +200,7 @@ def test_look_closer_windows_a_dicom_from_its_own_window(tmp_path, sync_playwrig
     pixel as intake displayed it; dragging in Window / level mode changes width and level, Reset
     puts the file's window back."""
     from device.intake import decode_bytes
-    from device.kiosk.renders import to_uint8
+    from device.core.renders import to_uint8
     from dicom_peers import SAMPLES, need_samples
 
     need_samples()

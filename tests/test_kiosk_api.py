@@ -298,7 +298,7 @@ def test_export_to_a_file_is_a_clear_error_and_the_study_is_kept(client, drives)
 
 
 def test_a_full_drive_is_507_and_leaves_no_partial_export(client, drives, monkeypatch):
-    from device.kiosk import exports
+    from device.core import exports
 
     sid = upload(client, png_bytes(33)).json["id"]
     write = exports._write
@@ -315,7 +315,7 @@ def test_a_full_drive_is_507_and_leaves_no_partial_export(client, drives, monkey
 
 
 def test_an_unexpected_error_outside_study_creation_claims_nothing_about_studies(client, app, monkeypatch):
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     sid = upload(client, png_bytes(34)).json["id"]
     monkeypatch.setattr(kiosk_of(app), "review", lambda *a: (_ for _ in ()).throw(RuntimeError("bug")))
@@ -346,7 +346,7 @@ def test_each_request_is_logged_without_its_query_string(client, caplog):
 
 def test_every_rendering_of_a_study_comes_from_one_decode(app, client, drives, monkeypatch):
     """Preview, heatmap, look-closer and export of the study on screen decode its image once."""
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     decoder = kiosk_of(app).decoder
     sid = upload(client, jpeg_bytes(2), "a.jpg").json["id"]

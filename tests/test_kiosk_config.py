@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from device.kiosk.config import ConfigError, KioskConfig, load_config
+from device.core.settings import ConfigError, KioskConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +91,7 @@ def test_the_shipped_appliance_config_and_unit_agree_with_the_code():
     from pathlib import Path
 
     from device.cli import build_parser
-    from device.kiosk.config import load_config
+    from device.core.settings import load_config
 
     root = Path(__file__).resolve().parent.parent
     load_config(root / "systemd" / "bedside.toml")  # the file the unit names must validate

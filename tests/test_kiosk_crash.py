@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import threading
 
-from device.kiosk.store import DB_NAME, Store
+from device.core.store import DB_NAME, Store
 from kiosk_support import png_bytes, start_server, stop_server, tiny_bundle  # noqa: F401  (fixtures)
 
 CLIENTS = 8

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from device.kiosk import create_app
-from device.kiosk.config import KioskConfig
-from device.kiosk.context import kiosk_of
+from device.core.settings import KioskConfig
+from device.appliance.context import kiosk_of
 from kiosk_support import config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 
 DISK_MB = 48

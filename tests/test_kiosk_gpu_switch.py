@@ -9,8 +9,8 @@ import pytest
 
 import fakes
 from device import intake
-from device.kiosk.config import ModelSettings
-from device.kiosk.exams import ExamRegistry
+from device.core.settings import ModelSettings
+from device.core.exams import ExamRegistry
 from device.runtime import registry
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from device.tensorrt import backend as tensorrt_backend

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from device.kiosk import create_app
-from device.kiosk.config import KioskConfig
-from device.kiosk.context import kiosk_of
+from device.core.settings import KioskConfig
+from device.appliance.context import kiosk_of
 from kiosk_support import app, client, config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 from tiny_bundle import edit_manifest, make_tiny_bundle
 

@@ -9,7 +9,7 @@ import io
 import pytest
 
 from device.kiosk import create_app
-from device.kiosk.context import kiosk_of
+from device.appliance.context import kiosk_of
 from device.kiosk.security import csrf_token
 from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 

@@ -10,8 +10,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from device.kiosk.store import DB_NAME, MIGRATIONS, NewStudy, Store, StoreError, StudyFilter
-from device.kiosk.study_result import StudyResult
+from device.core.store import DB_NAME, MIGRATIONS, NewStudy, Store, StoreError, StudyFilter
+from device.core.study_result import StudyResult
 from device.decision.quality import QualityReport
 from device.decision.triage import ModelRef, TriageResult
 

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from device.kiosk.config import ServerSettings
-from device.kiosk.context import kiosk_of
+from device.core.settings import ServerSettings
+from device.appliance.context import kiosk_of
 from device.kiosk.server import HealthProbe, KioskServer, _start_watchdog
 from device.technician.area import area_of
 from dicom_peers import wait_until

@@ -37,7 +37,7 @@ def test_worklist_api_lists_every_unreviewed_study_in_triage_then_waiting_order(
 
 
 def test_home_pages_the_worklist_and_its_counts_match(client, app):
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
 
     size = kiosk_of(app).config.ui.page_size
     upload_many(client, size + 3)

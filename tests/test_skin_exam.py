@@ -198,8 +198,8 @@ def test_live_dermatoscope_stream_is_triaged_by_the_skin_exam(tmp_path, ffmpeg):
 
 def test_kiosk_offers_both_exams_and_shows_the_likeliest_diagnoses(tmp_path):
     from device.kiosk import create_app
-    from device.kiosk.config import KioskConfig
-    from device.kiosk.context import kiosk_of
+    from device.core.settings import KioskConfig
+    from device.appliance.context import kiosk_of
     from kiosk_support import form_client
 
     import io

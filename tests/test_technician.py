@@ -13,7 +13,7 @@ import pytest
 from device.kiosk.security import TOKEN_HEADER, csrf_token
 from device.technician.area import area_of
 from device.technician.credentials import hash_password
-from device.technician.gate import COOKIE
+from device.technician.login_gate import COOKIE
 from kiosk_support import (  # noqa: F401  (fixtures)
     app, config, drives, form_client, kiosk_client, png_bytes, tiny_bundle,
 )

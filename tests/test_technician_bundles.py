@@ -11,7 +11,7 @@ import io
 import pytest
 
 from device import updates
-from device.kiosk.context import kiosk_of
+from device.appliance.context import kiosk_of
 from device.technician.area import area_of
 from kiosk_support import form_client
 from test_technician import log_in, set_password

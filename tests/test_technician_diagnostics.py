@@ -12,7 +12,7 @@ import zipfile
 import pydicom
 import pytest
 
-from device.kiosk.context import kiosk_of
+from device.appliance.context import kiosk_of
 from device.technician.area import area_of
 from device.technician.diagnostics import Scrubber
 from device.technician.safe_mode import StartRecord

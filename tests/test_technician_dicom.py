@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from device.kiosk.context import kiosk_of
+from device.appliance.context import kiosk_of
 from dicom_peers import free_port
 from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401 (fixtures)
 from orthanc_peer import AE_TITLE, Orthanc, need_orthanc

@@ -3,7 +3,7 @@ TensorRT/pycuda, which enforce the real API's contract; see tests/fakes), in a r
 
 from __future__ import annotations
 
-from device.kiosk.context import kiosk_of
+from device.appliance.context import kiosk_of
 from dicom_peers import wait_until
 from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401 (fixtures)
 from test_kiosk_gpu_switch import gated_build, gpu  # noqa: F401 (fixtures)

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fakes
-from device.tensorrt.api import TensorRTUnavailable
+from device.tensorrt.library import TensorRTUnavailable
 from device.tensorrt.build import (
     BuildCancelled, BuildOptions, EngineBuildError, OnnxParseError, build_engine,
 )
@@ -150,7 +150,7 @@ def test_nested_phases_give_a_monotonic_fraction():
 def test_each_thread_takes_only_the_tensorrt_errors_logged_on_it():
     from concurrent.futures import ThreadPoolExecutor
 
-    from device.tensorrt.api import _LogBuffer
+    from device.tensorrt.library import _LogBuffer
 
     buffer = _LogBuffer()
     with ThreadPoolExecutor(1) as build_thread:  # one long-lived thread, like a background build

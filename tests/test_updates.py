@@ -282,7 +282,7 @@ def test_rollback_refuses_a_previous_slot_whose_files_were_damaged(tmp_path, cap
 
 def test_a_first_install_that_fails_its_health_check_is_no_longer_offered_by_the_kiosk(tmp_path, signer):
     from device.kiosk import create_app
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
     from tiny_bundle import edit_manifest
 
     config = kiosk_config(tmp_path, signer)

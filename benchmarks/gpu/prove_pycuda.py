@@ -24,7 +24,7 @@ import numpy as np
 
 from device.tensorrt.cuda_io import StreamBuffers
 from device.tensorrt.cuda_worker import CudaWorker
-from device.tensorrt.api import detect_platform
+from device.tensorrt.library import detect_platform
 
 MAX_BATCH = 16
 CHW = (3, 256, 256)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import cv2
 
-from device.capture.config import CaptureSettings, SourceSettings, source_ids
+from device.core.settings.capture import CaptureSettings, SourceSettings, source_ids
 from device.capture.frames import Frame
 from device.capture.live import LiveTriage, TriageFn
 from device.capture.sources import parse_source

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from device import updates
-from device.kiosk.config import ConfigError, KioskConfig, load_config
+from device.core.settings import ConfigError, KioskConfig, load_config
 from models.bundle import BundleError
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from device.machine.facts import cpu_features, package_versions_of, usable_cores
 from device.runtime.backend_choice import choose
-from device.kiosk.config import default_data_dir
+from device.core.settings import default_data_dir
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.runtime.variant_check import selftest_variants

@@ -17,8 +17,8 @@ import signal
 import sys
 from pathlib import Path
 
-from device.kiosk.config import ConfigError, load_config
-from device.kiosk.store import StoreError
+from device.core.settings import ConfigError, load_config
+from device.core.store import StoreError
 
 READY_LINE = "Bedside kiosk ready at {url}"
 
@@ -78,7 +78,7 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Imported here so that other commands never pay for Flask and waitress.
-    from device.kiosk.config import default_data_dir
+    from device.core.settings import default_data_dir
     from device.technician.safe_mode import StartRecord
 
     config, config_error = _load(args)
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(config, record) -> int:
     from device.kiosk.app import create_app
-    from device.kiosk.context import kiosk_of
+    from device.appliance.context import kiosk_of
     from device.kiosk.server import HealthProbe, KioskServer
     from device.technician.area import RESTART_EXIT_STATUS, area_of
 
@@ -134,7 +134,7 @@ def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
     """The technician area only, with the last known good settings; where no start ever completed,
     the settings file's if it validates (no model is loaded from it), else the defaults."""
     from device.kiosk.app import create_safe_app
-    from device.kiosk.config import KioskConfig
+    from device.core.settings import KioskConfig
     from device.kiosk.server import HealthProbe, KioskServer
     from device.technician.area import RESTART_EXIT_STATUS, area_of
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Protocol
 from device.dicom.header import read_header, uid_file_name
 from device.dicom.reporter import Reporter
 from device.intake.errors import first_line
-from device.kiosk.errors import KioskError
+from device.core.errors import KioskError
 
 if TYPE_CHECKING:  # the kiosk package imports this one
     from device.dicom.series import SeriesTriage
-    from device.kiosk.store import Store, StudyRecord
+    from device.core.store import Store, StudyRecord
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ RETRYABLE = {503, 507}  # Busy, StorageFull: the kiosk's state, not the instance
 
 
 class StudyMaker(Protocol):
-    """What ingest needs of the kiosk (device.kiosk.service.Kiosk)."""
+    """What ingest needs of the kiosk (device.core.studies.Kiosk)."""
 
     store: Store
 

@@ -9,7 +9,7 @@ from device.dicom.receiver import DicomReceiver
 from device.dicom.reporter import Reporter
 from device.dicom.sender import Sender
 from device.dicom.series import SeriesTriage
-from device.dicom.settings import DicomSettings
+from device.core.settings.dicom import DicomSettings
 
 
 class DicomNode:

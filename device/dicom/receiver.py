@@ -15,8 +15,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from device.dicom.contexts import supported_contexts
 from device.dicom.ingest import Ingest
-from device.dicom.settings import DicomSettings
-from device.kiosk.config import ConfigError
+from device.core.settings.dicom import DicomSettings
+from device.core.settings import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from device.intake.dicom import pydicom_warnings_recorded
 from device.intake.errors import first_line
 
 if TYPE_CHECKING:  # the kiosk package imports this one
-    from device.kiosk.store import StudyRecord
+    from device.core.store import StudyRecord
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_WARNINGS = 3

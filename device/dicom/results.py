@@ -27,7 +27,7 @@ from device.decision import heatmap
 from models.bundle import Manifest
 
 if TYPE_CHECKING:  # the kiosk package imports this one
-    from device.kiosk.store import StudyRecord
+    from device.core.store import StudyRecord
 
 RESEARCH_BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 MANUFACTURER = "Bedside"

@@ -15,7 +15,7 @@ from pynetdicom import AE
 
 from device.dicom import fhir
 from device.dicom.outbox import Item, Outbox
-from device.dicom.settings import Destination, DicomSettings, FhirDestination
+from device.core.settings.dicom import Destination, DicomSettings, FhirDestination
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from device.dicom.settings import SeriesSettings
-from device.kiosk.errors import KioskError
+from device.core.settings.dicom import SeriesSettings
+from device.core.errors import KioskError
 
 if TYPE_CHECKING:  # the kiosk package imports this one
     from device.dicom.ingest import Ingest
-    from device.kiosk.store import StudyRecord
+    from device.core.store import StudyRecord
 
 log = logging.getLogger(__name__)
 RETRYABLE = {503, 507}  # Busy, StorageFull: try the series again later

@@ -5,6 +5,6 @@ checked) so that a server only has to serve it.
 """
 
 from device.kiosk.app import create_app
-from device.kiosk.config import KioskConfig, load_config
+from device.core.settings import KioskConfig, load_config
 
 __all__ = ["KioskConfig", "create_app", "load_config"]

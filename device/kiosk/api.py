@@ -13,11 +13,11 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from device.capture.devices import list_video_devices
 from device.capture.view import CONTENT_TYPE as MJPEG
-from device.kiosk.context import kiosk
-from device.kiosk.errors import BadRequest, Busy, KioskError, NotFound, UnsupportedBody
-from device.kiosk.metrics import CONTENT_TYPE
+from device.appliance.context import kiosk
+from device.core.errors import BadRequest, Busy, KioskError, NotFound, UnsupportedBody
+from device.core.monitoring import CONTENT_TYPE
 from device.dicom.shown import facts_of
-from device.kiosk.service import THREADS_KEPT_FREE, study_filter, study_json, worklist_json
+from device.core.studies import THREADS_KEPT_FREE, study_filter, study_json, worklist_json
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 ops = Blueprint("ops", __name__)  # /metrics, where Prometheus looks by default

@@ -9,25 +9,25 @@ import logging
 from flask import Flask, Request, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from device.dicom.api import dicom_api
+from device.kiosk.dicom_api import dicom_api
 from device.dicom.shown import SEND_WORDS
 from device.kiosk.api import api, ops
-from device.kiosk.config import KioskConfig
-from device.kiosk.context import EXTENSION
-from device.kiosk.errors import KioskError
+from device.core.settings import KioskConfig
+from device.appliance.context import EXTENSION
+from device.core.errors import KioskError
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
 from device.kiosk.plain_errors import PLAIN_ERRORS
 from device.kiosk.request_log import log_requests
 from device.kiosk.security import protect
-from device.kiosk.service import Kiosk, local_time, waiting_s, waiting_text
+from device.core.studies import Kiosk, local_time, waiting_s, waiting_text
 from device.kiosk.static_files import cache_static_files
 from device.technician.area import EXTENSION as TECHNICIAN, TechnicianArea
-from device.technician.gate import install_gate
+from device.technician.login_gate import install_gate
 from device.technician.logbook import Logbook
 from device.technician.pages import technician
 from device.technician.safe_mode import safe_mode_pages
-from device.kiosk.storage import STORAGE_FULL, is_disk_full
+from device.core.reserve import STORAGE_FULL, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     """Build the appliance: the store opened and checked, every exam loaded and warmed up, and the
     technician area.
 
-    Call ``device.kiosk.context.kiosk_of(app).close()`` when done with it.
+    Call ``device.appliance.context.kiosk_of(app).close()`` when done with it.
     """
     config = config or KioskConfig()
     logbook = Logbook(config.store.data_dir)

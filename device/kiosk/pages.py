@@ -13,9 +13,9 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from device.capture.devices import list_video_devices
 from device.capture.manager import LiveSource
 from device.dicom.shown import facts_of
-from device.kiosk.context import kiosk
-from device.kiosk.errors import BadRequest, KioskError
-from device.kiosk.service import study_filter
+from device.appliance.context import kiosk
+from device.core.errors import BadRequest, KioskError
+from device.core.studies import study_filter
 from device.decision.triage import TRIAGE_ORDER
 
 pages = Blueprint("pages", __name__)

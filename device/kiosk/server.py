@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import waitress
 from flask import Flask
 
-from device.kiosk.config import ServerSettings
+from device.core.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 # Descriptors the process holds besides client connections: the store, models, capture, logs.

@@ -1,6 +1,6 @@
 """How the appliance walks removable drives and configured folders: no links followed, hidden
 entries skipped, at most ``max_depth`` levels down, folders in the order given and names sorted.
-Shared by the images offered for import (device/kiosk/media.py) and the bundle archives found on
+Shared by the images offered for import (device/core/media.py) and the bundle archives found on
 drives (device/updates/drives.py), so both lists see the same files."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import time
 
 from flask import Flask, current_app
 
-from device.kiosk.config import KioskConfig
+from device.core.settings import KioskConfig
 from device.technician.credentials import CredentialError, Credentials
 from device.technician.logbook import Logbook
 from device.technician.sessions import Clock, LoginLimiter, Sessions

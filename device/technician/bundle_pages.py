@@ -16,7 +16,7 @@ from pathlib import Path
 from flask import Blueprint, request
 
 from device import updates
-from device.kiosk.errors import BadRequest
+from device.core.errors import BadRequest
 from device.technician.area import area
 from device.technician.views import remote, running_kiosk, show
 

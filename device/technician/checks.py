@@ -14,7 +14,7 @@ from pynetdicom.sop_class import Verification
 from device.capture.errors import CaptureError
 from device.capture.readers import open_reader
 from device.capture.sources import SourceError, parse_source, redact
-from device.dicom.settings import DicomSettings, Destination
+from device.core.settings.dicom import DicomSettings, Destination
 
 PREVIEW_WIDTH = 640
 

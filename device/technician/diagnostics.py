@@ -18,14 +18,14 @@ from pathlib import Path
 
 from device.capture.sources import redact
 from device.machine.clock import utc_iso
-from device.kiosk.store import DB_NAME as STORE_DB
+from device.core.store import DB_NAME as STORE_DB
 
 UID = re.compile(r"\b[0-2](?:\.\d+){3,}\b")
 REDACTED = "<redacted>"
 START_RECORD = "startup.json"  # device/technician/safe_mode.py writes it
 MIN_SCRUBBED = 3  # shorter values (a two-letter reference) would scrub ordinary words
 LOG_TAIL_BYTES = 4 * 2**20
-# Columns of the study store (device/kiosk/store.py) that may name a patient or a person.
+# Columns of the study store (device/core/store/) that may name a patient or a person.
 PERSONAL_COLUMNS = {
     "studies": ("reference", "operator", "filename", "reviewed_by", "review_note"),
     "dicom_instances": ("patient_name", "patient_id", "accession_number", "calling_ae"),

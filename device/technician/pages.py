@@ -18,12 +18,12 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, redirect, render_template, request
 
 from device.machine.clock import utc_iso
-from device.kiosk.errors import BadRequest, NotFound
+from device.core.errors import BadRequest, NotFound
 from device.technician import checks, diagnostics, status
 from device.technician.area import area, is_loopback
 from device.technician.credentials import CredentialError, check_new_password
 from device.technician.bundle_pages import bundles
-from device.technician.gate import COOKIE, authenticated
+from device.technician.login_gate import COOKIE, authenticated
 from device.technician.views import NO_STORE, remote, running_kiosk, show
 
 technician = Blueprint("technician", __name__, url_prefix="/technician", template_folder="templates")

@@ -22,7 +22,7 @@ from pathlib import Path
 from flask import Blueprint, jsonify, render_template
 
 from device.machine.clock import utc_iso
-from device.kiosk.config import ConfigError, KioskConfig, validate
+from device.core.settings import ConfigError, KioskConfig, validate
 from device.technician.area import area
 from models.atomic import write_bytes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import current_app, render_template, request
 
-from device.kiosk.context import EXTENSION as KIOSK
+from device.appliance.context import EXTENSION as KIOSK
 
 NO_STORE = {"Cache-Control": "no-store"}
 

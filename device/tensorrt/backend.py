@@ -21,7 +21,7 @@ import numpy as np
 
 from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
 from device.runtime.stage_report import trtexec_report
-from device.tensorrt.api import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
+from device.tensorrt.library import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
 from device.tensorrt.build import EngineBuildError
 from device.tensorrt.cuda_io import StreamBuffers
 from device.tensorrt.cuda_worker import CudaWorker

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models import atomic
-from device.tensorrt.api import import_tensorrt, log, trt_logger
+from device.tensorrt.library import import_tensorrt, log, trt_logger
 from device.tensorrt.progress import ProgressCallback, make_monitor
 
 PRECISIONS = ("fp32", "fp16", "int8")

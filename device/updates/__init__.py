@@ -1,7 +1,7 @@
 """Signed model bundles, installed into A/B slots with a self-test, a health check and rollback.
 
 The public API (stable; the CLI ``bedside keys`` / ``bedside bundle`` and the technician pages use
-only this). ``config`` is a ``device.kiosk.config.KioskConfig`` (its ``[updates]``, ``[store]`` and
+only this). ``config`` is a ``device.core.settings.KioskConfig`` (its ``[updates]``, ``[store]`` and
 ``[models]`` sections). Every failure raises an ``UpdateError`` subclass whose ``str()`` is one plain
 line naming the reason; nothing is half done when one is raised.
 
@@ -28,7 +28,7 @@ The appliance's side:
     anything with reload_exam(exam_id) -> dict and selftest_exam(exam_id) -> dict), or None (commit
     after the self-test; the kiosk loads the bundle at its next start).
 
-The application (device/updates/app.py; a release is the same archive with release.json and wheels):
+The application (device/updates/application.py; a release is the same archive with release.json and wheels):
     pack_release(wheel_dir, version, out) -> Contents; sign it with sign_archive
     install_app(path, config, url=None, progress=None) -> AppResult(version, slot, previous_version,
                 health).line()       switch + config.updates.restart_command + health gate on the version
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from device.updates.app import APP_STEPS, AppResult, app_status, install_app, recover_app, rollback_app
+from device.updates.application import APP_STEPS, AppResult, app_status, install_app, recover_app, rollback_app
 from device.updates.archive import Contents, pack_release
 from device.updates.authoring import pack_bundle, sign_archive
 from device.updates.drives import DriveArchive, find_archives
@@ -63,7 +63,7 @@ from device.updates.signing import Statement
 from device.updates.verify import VerifiedArchive, verify
 
 if TYPE_CHECKING:
-    from device.kiosk.config import KioskConfig
+    from device.core.settings import KioskConfig
 
 
 def recover(config: "KioskConfig") -> list[str]:

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from device.updates import archive, signing
-from device.updates.settings import UpdateSettings
+from device.core.settings.updates import UpdateSettings
 from device.updates.verify import limits_of
 
 

@@ -36,7 +36,7 @@ from device.updates.verify import VerifiedArchive, limits_of, verify
 from models.bundle import BundleError, find_bundles, load_bundle, read_manifest
 
 if TYPE_CHECKING:
-    from device.kiosk.config import KioskConfig
+    from device.core.settings import KioskConfig
 
 log = logging.getLogger("bedside.updates")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from device.updates import archive, signing
 from device.updates.errors import Refused
-from device.updates.settings import UpdateSettings
+from device.core.settings.updates import UpdateSettings
 from models.bundle import Manifest
 
 

@@ -1,4 +1,4 @@
-"""``bedside app``: the application update (device/updates/app.py): pack a wheel set, install it into
+"""``bedside app``: the application update (device/updates/application.py): pack a wheel set, install it into
 the inactive venv, switch, restart, health-gate, roll back; ``recover`` runs before the service starts.
 Signing is ``bedside bundle sign`` (one archive format for both). One line out, exit 0; or one line
 naming the reason, exit 1."""
@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from device.kiosk.config import ConfigError, load_config
+from device.core.settings import ConfigError, load_config
 from device.updates import UpdateError, archive
-from device.updates.app import app_status, install_app, recover_app, rollback_app
+from device.updates.application import app_status, install_app, recover_app, rollback_app
 
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:

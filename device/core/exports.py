@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
-from device.kiosk.store import StudyRecord
+from device.core.store import StudyRecord
 from models.atomic import fsync_directory
 
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "dicom": ".dcm"}

@@ -36,7 +36,7 @@ from device.updates.slots import ExamState, Slot, SlotRecord, Slots
 from device.updates.verify import appliance_version, limits_of
 
 if TYPE_CHECKING:
-    from device.kiosk.config import KioskConfig
+    from device.core.settings import KioskConfig
 
 APP = "app"
 APP_STEPS = ("verify", "lock", "stage", "extract", "selftest", "switch", "restart", "health", "commit")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from device.kiosk.context import kiosk
-from device.kiosk.errors import NotFound
+from device.appliance.context import kiosk
+from device.core.errors import NotFound
 
 dicom_api = Blueprint("dicom_api", __name__, url_prefix="/api/v1")
 EVENTS_SHOWN = 200

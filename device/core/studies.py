@@ -23,21 +23,21 @@ from device.capture.sources import redact
 from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
 from device.machine.clock import utc_iso
-from device.dicom.import_paths import expand_dicomdirs
+from device.core.import_paths import expand_dicomdirs
 from device.dicom.node import open_node
 from device.dicom.shown import DicomFacts
-from device.kiosk import exports, media
-from device.kiosk.config import ConfigError, KioskConfig
-from device.kiosk.errors import (
+from device.core import exports, media
+from device.core.settings import ConfigError, KioskConfig
+from device.core.errors import (
     BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam,
 )
-from device.kiosk.decoding import Decoder
-from device.kiosk.exams import Exam, ExamRegistry
-from device.kiosk.metrics import Metrics
-from device.kiosk.renders import Renderer
-from device.kiosk.storage import Reserve, is_disk_full
-from device.kiosk.store import NewStudy, Store, StudyFilter, StudyRecord
-from device.kiosk.study_result import FrameCapture, StudyResult
+from device.core.decoding import Decoder
+from device.core.exams import Exam, ExamRegistry
+from device.core.monitoring import Metrics
+from device.core.renders import Renderer
+from device.core.reserve import Reserve, is_disk_full
+from device.core.store import NewStudy, Store, StudyFilter, StudyRecord
+from device.core.study_result import FrameCapture, StudyResult
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.decision.triage import TRIAGE_ORDER, TriageResult

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app
 
-from device.kiosk.service import Kiosk
+from device.core.studies import Kiosk
 
 EXTENSION = "bedside"
 

@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from device.kiosk.errors import KioskError
+from device.core.errors import KioskError
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 STORAGE_FULL = "Storage full - export and remove old studies"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from device.machine.clock import utc_iso
-from device.kiosk.study_result import StudyResult
+from device.core.study_result import StudyResult
 from device.decision.triage import TRIAGE_ORDER, UNGRADABLE, ModelRef
 from models import atomic
 from models.atomic import fsync_directory

@@ -13,11 +13,11 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from device.capture.config import CaptureSettings
-from device.dicom.settings import DicomSettings
-from device.technician.settings import TechnicianSettings
+from device.core.settings.capture import CaptureSettings
+from device.core.settings.dicom import DicomSettings
+from device.core.settings.technician import TechnicianSettings
 from device.tensorrt.settings import EngineSettings
-from device.updates.settings import UpdateSettings
+from device.core.settings.updates import UpdateSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
 

@@ -23,9 +23,9 @@ import numpy as np
 
 from device import intake
 from device.decision import heatmap
-from device.kiosk.decoding import Decoder
-from device.kiosk.errors import NotFound
-from device.kiosk.store import Store, StudyRecord
+from device.core.decoding import Decoder
+from device.core.errors import NotFound
+from device.core.store import Store, StudyRecord
 from models.bundle import InputContract
 
 SCREEN_MAX_SIDE = 1024

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from device.machine.drive_walk import existing_folders, files_under
 from device.intake import headers
-from device.kiosk.errors import BadRequest
+from device.core.errors import BadRequest
 
 _SNIFF_BYTES = 132
 _FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF", "dicom": "DICOM", "dicom-raw": "DICOM"}

@@ -17,8 +17,8 @@ import numpy as np
 
 from device import intake
 from device.runtime.backend_choice import AUTO, Choice, choose
-from device.kiosk.config import ModelSettings
-from device.kiosk.errors import UnknownExam
+from device.core.settings import ModelSettings
+from device.core.errors import UnknownExam
 from device.runtime import registry
 from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile, model_io
 from device.runtime.triager import Prepared, Triager

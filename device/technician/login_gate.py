@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from flask import Flask, redirect, request
 
-from device.kiosk.errors import KioskError
+from device.core.errors import KioskError
 from device.technician.area import area, is_loopback
 
 COOKIE = "bedside_session"
