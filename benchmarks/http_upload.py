@@ -30,8 +30,9 @@ import numpy as np
 
 from device import intake
 from kiosk_process import served_kiosk
-from device.runtime.backend_choice import choose
+
 from device.machine.facts import usable_cores
+from device.runtime.backend_choice import choose
 from device.runtime.triager import Triager
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir

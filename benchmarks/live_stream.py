@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the ffmpeg helpers shared with the capture tests
 
 from capture_support import FFMPEG, MjpegServer, camera_video, wait_for  # noqa: E402
+
 from device.capture.live import LiveTriage  # noqa: E402
 from device.capture.sources import parse_source  # noqa: E402
 from device.capture.stream import STREAMING, CaptureStream  # noqa: E402

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from device import intake
-from device.core.settings import ModelSettings
 from device.core.exams import ExamRegistry
+from device.core.settings import ModelSettings
 from device.machine.facts import usable_cores
 from models.bundle import default_bundles_dir
 from models.datasets import datasets_dir

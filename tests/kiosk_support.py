@@ -29,8 +29,8 @@ import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from device.runtime.backend_choice import CACHE_FOLDER as CHOICE_FOLDER
 from device.core.settings import KioskConfig
+from device.runtime.backend_choice import CACHE_FOLDER as CHOICE_FOLDER
 from models.bundle import default_bundles_dir, find_bundles
 from models.datasets import datasets_dir
 from tiny_bundle import make_tiny_bundle
@@ -293,12 +293,12 @@ def config(tmp_path, tiny_bundle, drives) -> KioskConfig:
 @pytest.fixture
 def app(config):
     from device.kiosk import create_app
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
     application = create_app(config)
     application.config["TESTING"] = True
     yield application
-    kiosk_of(application).close()
+    appliance_of(application).close()
 
 
 def form_client(app):
@@ -320,7 +320,7 @@ def client(app):
 def kiosk_client(config):
     """A form client of a kiosk made from ``config`` (a KioskConfig), closed afterwards."""
     from device.kiosk import create_app
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
     application = create_app(config)
     application.config["TESTING"] = True
@@ -328,4 +328,4 @@ def kiosk_client(config):
         with form_client(application) as c:
             yield c
     finally:
-        kiosk_of(application).close()
+        appliance_of(application).close()

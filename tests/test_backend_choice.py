@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from device.runtime import backend_choice
-from device.runtime.backend_choice import CACHE_FOLDER, choose
 from device.runtime import registry
+from device.runtime.backend_choice import CACHE_FOLDER, choose
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from kiosk_support import SHIPPED
+
 from models.bundle import load_bundle
 
 SETTINGS = {name: None for name in registry.BACKENDS}

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from capture_support import MjpegServer, ffmpeg, free_port, make_frames, sample_xrays, wait_for, xray_video  # noqa: F401
+
 from device.core.settings import ConfigError, KioskConfig, load_config
 from kiosk_support import SHIPPED, config, drives, form_client, running_server, shipped_bundle, tiny_bundle  # noqa: F401
 
@@ -31,7 +32,7 @@ def frames_dir(tmp_path_factory) -> Path:
 def live_client(config: KioskConfig, frames_dir: Path):
     """The kiosk with two sources: a looping folder of JPEG frames, and a camera that is not there."""
     from device.kiosk import create_app
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
     data = config.model_dump(mode="json")
     data["capture"] = {
@@ -49,7 +50,7 @@ def live_client(config: KioskConfig, frames_dir: Path):
             assert wait_for(lambda: c.get("/api/v1/sources/cam0/latest").status_code == 200, 10)
             yield c
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()
 
 
 def test_sources_are_listed_with_their_state(live_client):
@@ -107,9 +108,9 @@ def test_capture_refuses_a_malformed_body_or_a_wrong_type(live_client):
 
 def test_capture_refuses_a_stale_frame(live_client, monkeypatch):
     """Streaming, but the newest triaged frame is older than stall_timeout_s (triage fell behind)."""
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
-    live = kiosk_of(live_client.application).capture.get("cam0").live
+    live = appliance_of(live_client.application).capture.get("cam0").live
     fresh = live.latest()
     stale = dataclasses.replace(fresh, frame=dataclasses.replace(fresh.frame, captured=time.monotonic() - 60))
     monkeypatch.setattr(live, "latest", lambda: stale)
@@ -159,15 +160,15 @@ def test_live_views_are_capped_so_the_server_keeps_threads_free(live_client):
 @pytest.mark.parametrize("threads, max_viewers, limit", [(3, 4, 1), (8, 4, 4), (2, 2, 0)])
 def test_live_views_always_leave_two_server_threads_free(config: KioskConfig, threads, max_viewers, limit):
     from device.kiosk import create_app
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
     data = config.model_dump(mode="json")
     data["server"]["threads"], data["capture"] = threads, {"max_viewers": max_viewers}
     app = create_app(KioskConfig.model_validate(data))
     try:
-        assert kiosk_of(app).live_viewers.limit == limit
+        assert appliance_of(app).live_viewers.limit == limit
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()
 
 
 def test_health_and_metrics_show_the_sources(live_client):

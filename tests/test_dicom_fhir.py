@@ -13,7 +13,7 @@ import pydicom
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from device.appliance.context import kiosk_of
+from device.appliance.context import appliance_of
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 
@@ -98,7 +98,7 @@ def check_bundle(body: dict, appliance, study_id: int) -> None:
 def test_bundle_waits_for_the_endpoint_then_arrives_once(config, tmp_path):  # noqa: F811
     port = free_port()
     app = fhir_app(config, {"url": f"http://127.0.0.1:{port}/fhir"})
-    appliance = kiosk_of(app)
+    appliance = appliance_of(app)
     try:
         study_id = send(appliance, tmp_path)
         (item,) = wait_until(lambda: [i for i in appliance.dicom.outbox.items() if i["attempts"] >= 2], 30,
@@ -120,7 +120,7 @@ def test_a_refused_bundle_is_failed_not_resent(config, tmp_path):  # noqa: F811
     port = free_port()
     with Endpoint(port, status=422) as endpoint:
         app = fhir_app(config, {"url": f"http://127.0.0.1:{port}/fhir"})
-        appliance = kiosk_of(app)
+        appliance = appliance_of(app)
         try:
             study_id = send(appliance, tmp_path)
             (item,) = wait_until(lambda: [i for i in appliance.dicom.outbox.items() if i["state"] == "failed"], 30,
@@ -135,7 +135,7 @@ def test_a_refused_bundle_is_failed_not_resent(config, tmp_path):  # noqa: F811
 def test_bundle_written_to_a_folder(config, tmp_path):  # noqa: F811
     folder = tmp_path / "fhir-out"
     app = fhir_app(config, {"folder": str(folder)})
-    appliance = kiosk_of(app)
+    appliance = appliance_of(app)
     try:
         study_id = send(appliance, tmp_path)
         wait_until(lambda: appliance.dicom.outbox.items()[0]["state"] == "sent", 30, "the Bundle written")
@@ -166,7 +166,7 @@ def test_an_ungradable_study_has_no_score_in_fhir(config, tmp_path):  # noqa: F8
     from device.dicom.fhir import report_bundle
 
     app = fhir_app(config, {"folder": str(tmp_path / "out")})
-    appliance = kiosk_of(app)
+    appliance = appliance_of(app)
     try:
         study = appliance.store.get(send(appliance, tmp_path))
         ungradable = dataclasses.replace(study, triage="UNGRADABLE", probability=None, result={**study.result, "quality": {

@@ -8,9 +8,9 @@ import socket
 import pydicom
 import pytest
 
-from device.dicom.contexts import TRANSFER_SYNTAXES
-from device.appliance.context import kiosk_of
+from device.appliance.context import appliance_of
 from device.core.store import StudyFilter
+from device.dicom.contexts import TRANSFER_SYNTAXES
 from dicom_peers import SAMPLES, echoscu, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import app, config, drives, running_server, tiny_bundle  # noqa: F401 (fixtures)
 
@@ -28,7 +28,7 @@ def dicom_app(config, request):
     cfg = config.with_overrides(**{"dicom.port": free_port(), "dicom.allowed_callers": callers})
     application = create_app(cfg)
     yield application
-    kiosk_of(application).close()
+    appliance_of(application).close()
 
 
 def test_every_accepted_transfer_syntax_has_a_decoder():
@@ -40,12 +40,12 @@ def test_every_accepted_transfer_syntax_has_a_decoder():
 
 
 def test_echo_from_an_allowed_caller(dicom_app):
-    done = echoscu(kiosk_of(dicom_app).config.dicom.port, "XRAY1")
+    done = echoscu(appliance_of(dicom_app).config.dicom.port, "XRAY1")
     assert done.returncode == 0, done.stderr
 
 
 def test_an_unknown_calling_ae_is_rejected_and_logged(dicom_app):
-    appliance = kiosk_of(dicom_app)
+    appliance = appliance_of(dicom_app)
     done = echoscu(appliance.config.dicom.port, "STRANGER")
     assert done.returncode != 0
     assert "Calling AE Title Not Recognized" in done.stdout + done.stderr
@@ -56,14 +56,14 @@ def test_an_unknown_calling_ae_is_rejected_and_logged(dicom_app):
 
 @pytest.mark.parametrize("dicom_app", [[{"ae_title": "XRAY1", "host": "127.0.0.2"}]], indirect=True)
 def test_a_known_title_from_another_host_is_rejected(dicom_app):
-    done = echoscu(kiosk_of(dicom_app).config.dicom.port, "XRAY1")
+    done = echoscu(appliance_of(dicom_app).config.dicom.port, "XRAY1")
     assert done.returncode != 0
     assert "Calling AE Title Not Recognized" in done.stdout + done.stderr
 
 
 def test_samples_are_stored_triaged_and_listed_broken_ones_refused(dicom_app, tmp_path):
     need_samples()
-    appliance = kiosk_of(dicom_app)
+    appliance = appliance_of(dicom_app)
     # Broken files first and in between: the good ones after them must still succeed.
     files = [BROKEN[0], *GOOD[:4], BROKEN[1], *GOOD[4:], BROKEN[2], GOOD[0]]  # GOOD[0] twice
     sent = storescu(appliance.config.dicom.port, "XRAY1", files, storescu_config(files, tmp_path))
@@ -138,7 +138,7 @@ def test_worklist_and_study_pages_show_the_header(dicom_app, tmp_path):
     need_samples()
     from device.dicom.shown import iso_date, person_name
 
-    appliance = kiosk_of(dicom_app)
+    appliance = appliance_of(dicom_app)
     files = [SAMPLES / "cr_dx" / "RG3_J2KR.dcm"]  # one with an accession number
     sent = storescu(appliance.config.dicom.port, "XRAY1", files, storescu_config(files, tmp_path))
     assert sent.returncode == 0, sent.stderr

@@ -8,8 +8,8 @@ import re
 import pydicom
 import pytest
 
+from device.appliance.context import appliance_of
 from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
-from device.appliance.context import kiosk_of
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 from orthanc_peer import AE_TITLE, Orthanc, need_orthanc
@@ -42,7 +42,7 @@ def sending_app(config, orthanc):
     })
     application = create_app(cfg)
     yield application
-    kiosk_of(application).close()
+    appliance_of(application).close()
 
 
 def row_states(html: str) -> dict[int, str]:
@@ -56,7 +56,7 @@ def send(appliance, files, folder):
 
 
 def test_sr_and_heatmap_arrive_in_orthanc(sending_app, orthanc, tmp_path):
-    appliance = kiosk_of(sending_app)
+    appliance = appliance_of(sending_app)
     send(appliance, FILES[:1], tmp_path)
     arrived = wait_until(lambda: len(orthanc.get("/instances")) == 2 and orthanc.instances(), 60, "SR and SC in Orthanc")
     source = pydicom.dcmread(FILES[0], stop_before_pixels=True)
@@ -79,7 +79,7 @@ def test_sr_and_heatmap_arrive_in_orthanc(sending_app, orthanc, tmp_path):
 
 
 def test_outbox_waits_for_a_down_peer_then_delivers_exactly_once(sending_app, orthanc, tmp_path):
-    appliance = kiosk_of(sending_app)
+    appliance = appliance_of(sending_app)
     send(appliance, FILES[:1], tmp_path)
     wait_until(lambda: len(orthanc.get("/instances")) == 2, 60, "the first study's results in Orthanc")
     orthanc.stop()
@@ -113,7 +113,7 @@ def test_an_ungradable_study_is_reported_without_a_score(sending_app, orthanc, t
 
     from dicom_factory import grayscale_dicom
 
-    appliance = kiosk_of(sending_app)
+    appliance = appliance_of(sending_app)
     path = tmp_path / "blank.dcm"
     path.write_bytes(grayscale_dicom(np.full((512, 512), 4000, np.uint16), bits=12, modality="DX", body_part="CHEST"))
     ds = pydicom.dcmread(path)  # the UIDs every modality sends (Type 1); no birth date or sex (Type 2)

@@ -12,9 +12,9 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from device.dicom.series import pick
-from device.appliance.context import kiosk_of
+from device.appliance.context import appliance_of
 from device.core.store import StudyFilter
+from device.dicom.series import pick
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
 from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 
@@ -69,7 +69,7 @@ def test_one_instance_per_series_is_triaged_the_rest_kept(config, tmp_path):  # 
     # Long enough that no gap between two instances of one association ends a series early on a
     # loaded machine (each instance is decoded before its status is sent).
     app = open_kiosk(config, port, stable_s=3)
-    appliance = kiosk_of(app)
+    appliance = appliance_of(app)
     try:
         files = chest + cine
         sent = storescu(port, "XRAY1", files, storescu_config(files, tmp_path))
@@ -114,7 +114,7 @@ def test_held_instances_are_triaged_after_a_restart(config, tmp_path):  # noqa: 
     files = series_files(tmp_path, [("LL", "1"), ("AP", "2")])
     port = free_port()
     app = open_kiosk(config, port, stable_s=3600)  # the series never completes while this kiosk runs
-    appliance = kiosk_of(app)
+    appliance = appliance_of(app)
     try:
         assert storescu(port, "XRAY1", files, storescu_config(files, tmp_path)).returncode == 0
         assert appliance.store.list(StudyFilter(), 10)[1] == 0
@@ -122,7 +122,7 @@ def test_held_instances_are_triaged_after_a_restart(config, tmp_path):  # noqa: 
     finally:
         appliance.close()
     app = open_kiosk(config, free_port(), stable_s=0.2)
-    appliance = kiosk_of(app)
+    appliance = appliance_of(app)
     try:
         (study,) = wait_until(lambda: appliance.store.list(StudyFilter(), 10)[0], 60, "the held series triaged")
         assert [(i["sop_instance_uid"], i["triaged"]) for i in appliance.store.dicom_instances(study.id)] == [
@@ -150,17 +150,17 @@ def test_a_crash_after_the_study_commit_does_not_triage_the_series_twice(config,
     files = series_files(tmp_path, [("LL", "1"), ("PA", "2")])
     port = free_port()
     app = open_kiosk(config, port, stable_s=3600)
-    appliance = kiosk_of(app)
+    appliance = appliance_of(app)
     try:
         assert storescu(port, "XRAY1", files, storescu_config(files, tmp_path)).returncode == 0
         picked = uid_of(files[1])  # the PA
         held = appliance.store.dicom_instance(picked)
         data = appliance.store.image_path(held["image_sha256"]).read_bytes()  # as received
-        committed = appliance.create_study(data, uid_file_name(picked), source="dicom:XRAY1")
+        committed = appliance.studies.create_study(data, uid_file_name(picked), source="dicom:XRAY1")
     finally:
         appliance.close()
     app = open_kiosk(config, free_port(), stable_s=0.2)
-    appliance = kiosk_of(app)
+    appliance = appliance_of(app)
     try:
         wait_until(lambda: appliance.store.dicom_instance(picked)["study_id"], 60, "the series settled")
         assert appliance.store.list(StudyFilter(), 10)[1] == 1

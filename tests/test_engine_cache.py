@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey
-from device.tensorrt.settings import EngineSettings
-from device.tensorrt.library import Platform
 from device.tensorrt.build import BuildCancelled
+from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey
+from device.tensorrt.library import Platform
 from device.tensorrt.progress import BuildProgress
+from device.tensorrt.settings import EngineSettings
 
 PLATFORM = Platform("10.3.0.30", "Orin (nvgpu)", "8.7", 16)
 KEY = EngineKey("a" * 64, "int8", PLATFORM, "image", ((1, 1, 32, 32), (1, 1, 32, 32), (16, 1, 32, 32)), None)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from device import intake
-from device.core.settings import ModelSettings
 from device.core.exams import ExamRegistry
+from device.core.settings import ModelSettings
 from device.runtime.base import RuntimeFailure
 from tiny_bundle import make_tiny_bundle
 

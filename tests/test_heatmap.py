@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from device.decision import heatmap
 from device.core.settings import KioskConfig
+from device.decision import heatmap
 from kiosk_support import form_client
 from test_kiosk_pages import post_upload
 from tiny_bundle import edit_manifest, make_tiny_bundle
@@ -48,7 +48,7 @@ def test_ringing_never_wraps_the_blend():
 def test_kiosk_heatmap_is_placed_by_the_exams_input_contract(tmp_path):
     """A 2.4:1 film under a model that sees at most 2:1: the heatmap covers only the centre 2:1 crop."""
     from device.kiosk import create_app
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
     root = make_tiny_bundle(tmp_path / "wide")
     contract = json.loads((root / "manifest.json").read_text())["input"]
@@ -62,13 +62,13 @@ def test_kiosk_heatmap_is_placed_by_the_exams_input_contract(tmp_path):
         wide = np.clip(ramp + rng.normal(0, 12, ramp.shape), 0, 255).astype(np.uint8)
         with form_client(app) as c:
             assert post_upload(c, cv2.imencode(".png", wide)[1].tobytes(), "wide.png").status_code == 303
-            study = kiosk_of(app).get(1)
+            study = appliance_of(app).studies.get(1)
             assert study.triage != "UNGRADABLE" and study.cam is not None
             png = c.get("/api/v1/studies/1/heatmap").data
         served = cv2.cvtColor(cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        placed = kiosk_of(app).exams.resolve(study.exam).bundle.manifest.input
+        placed = appliance_of(app).exams.resolve(study.exam).bundle.manifest.input
         assert placed.aspect_range == (0.8, 2.0)
         assert (served == heatmap.overlay(wide, study.cam, contract=placed)).all()
         assert (served[:, :20] == wide[:, :20, None]).all() and (served[:, -20:] == wide[:, -20:, None]).all()
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()

@@ -315,10 +315,10 @@ def test_a_full_drive_is_507_and_leaves_no_partial_export(client, drives, monkey
 
 
 def test_an_unexpected_error_outside_study_creation_claims_nothing_about_studies(client, app, monkeypatch):
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
     sid = upload(client, png_bytes(34)).json["id"]
-    monkeypatch.setattr(kiosk_of(app), "review", lambda *a: (_ for _ in ()).throw(RuntimeError("bug")))
+    monkeypatch.setattr(appliance_of(app).studies, "review", lambda *a: (_ for _ in ()).throw(RuntimeError("bug")))
     r = client.post(f"/api/v1/studies/{sid}/review", json={"note": "ok"})
     assert r.status_code == 500 and r.json["error"]["message"] == "internal error, please try again"
 
@@ -346,9 +346,9 @@ def test_each_request_is_logged_without_its_query_string(client, caplog):
 
 def test_every_rendering_of_a_study_comes_from_one_decode(app, client, drives, monkeypatch):
     """Preview, heatmap, look-closer and export of the study on screen decode its image once."""
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
-    decoder = kiosk_of(app).decoder
+    decoder = appliance_of(app).studies.decoder
     sid = upload(client, jpeg_bytes(2), "a.jpg").json["id"]
     names = []
     real_decode = decoder.decode

@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
-from device.kiosk import create_app
+from device.appliance.context import appliance_of
 from device.core.settings import KioskConfig
-from device.appliance.context import kiosk_of
+from device.kiosk import create_app
 from kiosk_support import config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 
 DISK_MB = 48
@@ -79,7 +79,7 @@ def test_below_the_reserve_new_studies_get_507_and_reading_goes_on(config, small
             assert health.status_code == 200 and health.json["storage"]["ok"] is False
             assert health.json["storage"]["reserve_bytes"] == RESERVE_MB * 2**20
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()
 
 
 def test_a_disk_full_despite_the_reserve_gives_507_not_500(config, small_disk):
@@ -95,4 +95,4 @@ def test_a_disk_full_despite_the_reserve_gives_507_not_500(config, small_disk):
             assert client.get(f"/api/v1/studies/{sid}").status_code == 200
             assert client.post(f"/api/v1/studies/{sid}/review", json={"note": "x" * 1500}).status_code in (200, 507)
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import fakes
+
 from device import intake
-from device.core.settings import ModelSettings
 from device.core.exams import ExamRegistry
+from device.core.settings import ModelSettings
 from device.runtime import registry
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from device.tensorrt import backend as tensorrt_backend

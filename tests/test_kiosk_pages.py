@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from device.kiosk import create_app
+from device.appliance.context import appliance_of
 from device.core.settings import KioskConfig
-from device.appliance.context import kiosk_of
+from device.kiosk import create_app
 from kiosk_support import app, client, config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 from tiny_bundle import edit_manifest, make_tiny_bundle
 
@@ -46,7 +46,7 @@ def test_home_has_one_tile_per_installed_bundle(tmp_path, tiny_bundle, drives):
             r = post_upload(c, png_bytes(1))
             assert r.status_code == 400 and "choose an exam: tiny-test, knee-xray" in text(r)
     finally:
-        kiosk_of(application).close()
+        appliance_of(application).close()
 
 
 def test_upload_form_redirects_to_the_result(client):

@@ -8,8 +8,8 @@ import io
 
 import pytest
 
+from device.appliance.context import appliance_of
 from device.kiosk import create_app
-from device.appliance.context import kiosk_of
 from device.kiosk.security import csrf_token
 from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
 
@@ -112,4 +112,4 @@ def test_configured_host_names_are_served(config):
             assert c.get("/api/v1/exams", headers={"Host": "bedside-ward4.local:8080"}).status_code == 200
             assert c.get("/api/v1/exams", headers={"Host": "evil.example"}).status_code == 421
     finally:
-        kiosk_of(application).close()
+        appliance_of(application).close()

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from device.appliance.context import appliance_of
 from device.core.settings import ServerSettings
-from device.appliance.context import kiosk_of
 from device.kiosk.server import HealthProbe, KioskServer, _start_watchdog
 from device.technician.area import area_of
 from dicom_peers import wait_until
@@ -25,7 +25,7 @@ def slow_app(config):
 
     application = create_app(config.with_overrides(**{"models.stuck_after_s": 1}))
     yield application
-    kiosk_of(application).close()
+    appliance_of(application).close()
 
 
 def _hold_the_model(appliance) -> tuple[threading.Event, threading.Event]:
@@ -44,7 +44,7 @@ def _hold_the_model(appliance) -> tuple[threading.Event, threading.Event]:
 
 
 def test_pings_stop_while_a_model_is_stuck_and_resume_after(slow_app, tmp_path, monkeypatch, caplog):
-    appliance = kiosk_of(slow_app)
+    appliance = appliance_of(slow_app)
     probe = HealthProbe("/api/v1/health", area_of(slow_app).internal_token)
     server = KioskServer(slow_app, ServerSettings(port=0), lambda: None, probe)
     serving = threading.Thread(target=server._server.run, name="test-waitress", daemon=True)

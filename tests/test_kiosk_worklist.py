@@ -37,9 +37,9 @@ def test_worklist_api_lists_every_unreviewed_study_in_triage_then_waiting_order(
 
 
 def test_home_pages_the_worklist_and_its_counts_match(client, app):
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
 
-    size = kiosk_of(app).config.ui.page_size
+    size = appliance_of(app).config.ui.page_size
     upload_many(client, size + 3)
     home = text(client.get("/"))
     shown = re.findall(r'data-study="(\d+)"', home)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.intake import DecodedImage, decode_file
 from device.decision.quality import assess
+from device.intake import DecodedImage, decode_file
 from models.bundle import DicomHandling, QualityPolicy
 
 POLICY = QualityPolicy(

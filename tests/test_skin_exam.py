@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from capture_support import ffmpeg  # noqa: F401  (fixture)
+
 from device import intake
 from device.cli import main as bedside
 from device.decision.triage import UNGRADABLE, URGENT
@@ -199,7 +200,7 @@ def test_live_dermatoscope_stream_is_triaged_by_the_skin_exam(tmp_path, ffmpeg):
 def test_kiosk_offers_both_exams_and_shows_the_likeliest_diagnoses(tmp_path):
     from device.kiosk import create_app
     from device.core.settings import KioskConfig
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
     from kiosk_support import form_client
 
     import io
@@ -230,5 +231,5 @@ def test_kiosk_offers_both_exams_and_shows_the_likeliest_diagnoses(tmp_path):
             assert 'data-triage="UNGRADABLE"' in page and "not a colour dermoscopy image" in page
             assert "data-likeliest" not in page and "Model score" not in page
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()
 

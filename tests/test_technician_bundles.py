@@ -11,7 +11,7 @@ import io
 import pytest
 
 from device import updates
-from device.appliance.context import kiosk_of
+from device.appliance.context import appliance_of
 from device.technician.area import area_of
 from kiosk_support import form_client
 from test_technician import log_in, set_password
@@ -33,7 +33,7 @@ def tech(tmp_path, signer, releases):
             log_in(c)
             yield c
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()
 
 
 def _upload(c, path, name=None):
@@ -115,7 +115,7 @@ def test_the_bundles_page_needs_a_login_and_the_csrf_token(tmp_path, signer, rel
         assert anonymous.get("/technician/bundles").status_code == 200
         assert anonymous.post(f"/technician/bundles/{EXAM}/rollback").status_code == 403  # no CSRF token
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()
 
 
 def test_in_safe_mode_an_install_commits_after_its_selftest(tmp_path, signer, releases):

@@ -12,7 +12,7 @@ import zipfile
 import pydicom
 import pytest
 
-from device.appliance.context import kiosk_of
+from device.appliance.context import appliance_of
 from device.technician.area import area_of
 from device.technician.diagnostics import Scrubber
 from device.technician.safe_mode import StartRecord
@@ -36,7 +36,7 @@ def dicom_app(config):
                                    "dicom.allowed_callers": [{"ae_title": "XRAY1", "host": "127.0.0.1"}]})
     application = create_app(cfg)
     yield application
-    kiosk_of(application).close()
+    appliance_of(application).close()
 
 
 def _patient_dicom(tmp_path):
@@ -49,7 +49,7 @@ def _patient_dicom(tmp_path):
 
 
 def test_the_diagnostics_archive_holds_no_patient_data(dicom_app, tmp_path):
-    appliance = kiosk_of(dicom_app)
+    appliance = appliance_of(dicom_app)
     with form_client(dicom_app) as c:
         upload = c.post("/api/v1/studies", data={"file": (io.BytesIO(png_bytes(5, 128)), FILENAME),
                                                  "reference": REFERENCE, "operator": OPERATOR},

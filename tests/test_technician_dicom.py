@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from device.appliance.context import kiosk_of
+from device.appliance.context import appliance_of
 from dicom_peers import free_port
 from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401 (fixtures)
 from orthanc_peer import AE_TITLE, Orthanc, need_orthanc
@@ -45,4 +45,4 @@ def test_echo_each_destination(pacs, config):
         assert "no association: rejected" in lines["wrong-title"] and "tech-bad" in lines["wrong-title"]
         assert "not reachable" in lines["down"]
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()

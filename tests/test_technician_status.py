@@ -3,7 +3,7 @@ TensorRT/pycuda, which enforce the real API's contract; see tests/fakes), in a r
 
 from __future__ import annotations
 
-from device.appliance.context import kiosk_of
+from device.appliance.context import appliance_of
 from dicom_peers import wait_until
 from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401 (fixtures)
 from test_kiosk_gpu_switch import gated_build, gpu  # noqa: F401 (fixtures)
@@ -23,10 +23,10 @@ def test_status_shows_the_engine_build_progress(gpu, gated_build, config):
             page = c.get("/technician/")
             assert f"<td>{building['state']}".encode() in page.data
             gated_build.set()
-            exam = next(iter(kiosk_of(app).exams))
+            exam = next(iter(appliance_of(app).exams))
             wait_until(lambda: exam.triager.model.backend == "tensorrt", 60, "the switch to the engine")
             status = c.get("/technician/status.json").json["models"][0]
             assert status["backend"] == "tensorrt" and status["engine_build"]["state"] == "ready"
             assert b"ready 100%" in c.get("/technician/").data
     finally:
-        kiosk_of(app).close()
+        appliance_of(app).close()

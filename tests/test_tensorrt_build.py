@@ -11,10 +11,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import fakes
-from device.tensorrt.library import TensorRTUnavailable
+
 from device.tensorrt.build import (
     BuildCancelled, BuildOptions, EngineBuildError, OnnxParseError, build_engine,
 )
+from device.tensorrt.library import TensorRTUnavailable
 from device.tensorrt.progress import PhaseTracker
 from tiny_bundle import SIZE, tiny_onnx
 

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from device.intake import decode_file
 from device.decision.triage import ROUTINE, UNGRADABLE, URGENT, decide
+from device.intake import decode_file
 from device.runtime.triager import Triager
 from models.bundle import Manifest, load_bundle
 from dicom_factory import grayscale_dicom

@@ -282,7 +282,7 @@ def test_rollback_refuses_a_previous_slot_whose_files_were_damaged(tmp_path, cap
 
 def test_a_first_install_that_fails_its_health_check_is_no_longer_offered_by_the_kiosk(tmp_path, signer):
     from device.kiosk import create_app
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
     from tiny_bundle import edit_manifest
 
     config = kiosk_config(tmp_path, signer)
@@ -290,7 +290,7 @@ def test_a_first_install_that_fails_its_health_check_is_no_longer_offered_by_the
     new_exam = make_bundle(tmp_path / "src", "1.0.0")
     edit_manifest(new_exam, id="second-exam")
     archive = signer.archive(new_exam, tmp_path / "second.bedside")
-    kiosk = kiosk_of(create_app(config))
+    kiosk = appliance_of(create_app(config))
     try:
         live = updates.InProcess(kiosk)
 

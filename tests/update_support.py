@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from device.intake import decode_file
 from device.core.settings import KioskConfig
+from device.intake import decode_file
 from device.updates import generate_keys, pack_bundle, sign_archive
 from models.bundle import Manifest, file_entry, read_manifest, write_manifest
 from models.datasets import datasets_dir

@@ -1,17 +1,18 @@
-"""Where the blueprints find the Kiosk of the app that is handling the request."""
+"""Where web handlers (the kiosk's pages and JSON API, the technician area) find the running
+appliance of the app that is handling the request; None of it in safe mode."""
 
 from __future__ import annotations
 
 from flask import Flask, current_app
 
-from device.core.studies import Kiosk
+from device.appliance.running import Appliance
 
 EXTENSION = "bedside"
 
 
-def kiosk_of(app: Flask) -> Kiosk:
+def appliance_of(app: Flask) -> Appliance:
     return app.extensions[EXTENSION]
 
 
-def kiosk() -> Kiosk:
+def current_appliance() -> Appliance:
     return current_app.extensions[EXTENSION]

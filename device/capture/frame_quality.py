@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from device.intake import DecodedImage
 from device.decision.quality import QualityIssue, QualityReport
 from device.decision.triage import UNGRADABLE, TriageResult
+from device.intake import DecodedImage
 
 WORK_SIDE = 320
 

@@ -5,9 +5,8 @@ replaces the frame in the slot: frames it never saw count as dropped, and it can
 (latency is bounded by one inference, not by a queue). Each result keeps the exact frame it was
 computed from, which is what a capture stores.
 
-Optional smoothing averages the class probabilities of the last N gradable frames to hold a
-result steady; it is reported separately from the per-frame result and always labelled as
-smoothed. An ungradable frame, or a gap in the stream (a reconnect), empties the window.
+Optional smoothing (device/decision/smoothing.py) holds a result steady; it is reported separately
+from the per-frame result and always labelled as smoothed.
 """
 
 from __future__ import annotations
@@ -16,44 +15,23 @@ import dataclasses
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
 
 from device.capture.analysis import FrameDecodeError, analysis_image
 from device.capture.frame_quality import FrameQualityPolicy, frame_issues, frame_stats, gate
 from device.capture.frames import Frame, FrameSlot, NewestSlot
 from device.capture.stats import LatencyWindow, RateMeter
-from device.machine.clock import utc_iso
+from device.decision.smoothing import Smoothed, Smoother
+from device.decision.triage import UNGRADABLE, TriageResult, withhold_ungraded
 from device.intake import DecodedImage
 from device.intake.reduced import ReducedDecode
-from device.decision.triage import UNGRADABLE, TriageResult, decide, withhold_ungraded
+from device.machine.clock import utc_iso
 from models.bundle import Manifest
 
 log = logging.getLogger(__name__)
 
 TriageFn = Callable[[DecodedImage, str, float], TriageResult]
-SMOOTHING_GAP_S = 1.0  # frames further apart than this do not belong to the same look at the patient
-
-
-@dataclass(frozen=True)
-class Smoothed:
-    window: int  # N asked for
-    frames: int  # gradable frames averaged (<= window)
-    label: str
-    triage: str
-    probability: float  # mean probability of the urgent label
-
-    def as_json(self) -> dict:
-        return {
-            "window": self.window,
-            "frames": self.frames,
-            "label": self.label,
-            "triage": self.triage,
-            "probability": round(self.probability, 6),
-        }
 
 
 @dataclass(frozen=True)
@@ -97,28 +75,6 @@ class LiveResult:
             withhold_ungraded(out["result"], out.pop("probability"))
             out["probability"] = None
         return out
-
-
-class Smoother:
-    def __init__(self, window: int, manifest: Manifest):
-        self.window = window
-        self._manifest = manifest
-        self._probs: deque[np.ndarray] = deque(maxlen=window)
-        self._last: float | None = None
-
-    def add(self, result: TriageResult, captured: float) -> Smoothed | None:
-        if self.window <= 1:
-            return None
-        if result.triage == UNGRADABLE or (self._last is not None and captured - self._last > SMOOTHING_GAP_S):
-            self._probs.clear()
-        self._last = captured
-        if result.triage == UNGRADABLE:
-            return Smoothed(self.window, 0, result.label, UNGRADABLE, result.urgent_probability)
-        labels = self._manifest.labels
-        self._probs.append(np.array([result.probabilities[name] for name in labels]))
-        mean = np.mean(self._probs, axis=0)
-        label, category = decide(mean, self._manifest, gradable=True)
-        return Smoothed(self.window, len(self._probs), label, category, float(self._manifest.urgent_probability(mean)))
 
 
 class LiveTriage:

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import cv2
 
-from device.core.settings.capture import CaptureSettings, SourceSettings, source_ids
 from device.capture.frames import Frame
 from device.capture.live import LiveTriage, TriageFn
+from device.capture.settings import CaptureSettings, SourceSettings, source_ids
 from device.capture.sources import parse_source
 from device.capture.stream import CaptureStream
 from device.capture.view import LiveView

@@ -20,9 +20,9 @@ import numpy as np
 from tqdm import tqdm
 
 from device.commands.common import add_bundle_argument, resolve_bundle
+from device.machine.facts import usable_cores
 from device.runtime import registry
 from device.runtime.backend_choice import choose
-from device.machine.facts import usable_cores
 from device.runtime.base import RuntimeFailure, VariantFile, model_io
 from device.runtime.stage_report import format_trtexec
 from device.runtime.study_gap import between_studies

@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 
 from device import intake
-from device.decision import quality
-from device.runtime.backend_choice import choose
 from device.commands.common import resolve_bundle
+from device.decision import quality
 from device.intake import headers
 from device.intake.raster import jpeg_flags
 from device.machine.facts import usable_cores
+from device.runtime.backend_choice import choose
 from device.runtime.triager import Triager
 
 STAGES = ("decode", "quality", "preprocess", "model")

@@ -8,10 +8,10 @@ import json
 import platform
 from pathlib import Path
 
-from device.machine.facts import cpu_features, package_versions_of, usable_cores
-from device.runtime.backend_choice import choose
 from device.core.settings import default_data_dir
+from device.machine.facts import cpu_features, package_versions_of, usable_cores
 from device.runtime import registry
+from device.runtime.backend_choice import choose
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.runtime.variant_check import selftest_variants
 from models.bundle import Bundle, BundleError, find_bundles, load_bundle

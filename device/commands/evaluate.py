@@ -23,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from device import intake
-from device.decision import quality
 from device.commands.common import add_bundle_argument, add_runtime_arguments, open_triager
+from device.decision import quality
 from device.runtime.triager import Triager
 from models import audit
 from models.bundle import AuditCheck, EvaluationPolicy, Manifest

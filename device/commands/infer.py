@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from device import intake
-from device.decision import heatmap
 from device.commands.common import add_bundle_argument, add_runtime_arguments, open_triager
+from device.decision import heatmap
 from device.decision.triage import TriageResult
 from models.bundle import InputContract
 

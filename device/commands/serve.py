@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve(config, record) -> int:
     from device.kiosk.app import create_app
-    from device.appliance.context import kiosk_of
+    from device.appliance.context import appliance_of
     from device.kiosk.server import HealthProbe, KioskServer
     from device.technician.area import RESTART_EXIT_STATUS, area_of
 
@@ -110,7 +110,7 @@ def _serve(config, record) -> int:
     except Exception as exc:
         record.failed(f"{type(exc).__name__}: {exc}")
         raise
-    appliance, technician = kiosk_of(app), area_of(app)
+    appliance, technician = appliance_of(app), area_of(app)
     try:
         server = KioskServer(app, config.server, appliance.capture.end_views,
                              HealthProbe("/api/v1/health", technician.internal_token))

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from device import intake
-from device.core.settings import DecodeSettings
 from device.core.errors import Busy
+from device.core.settings import DecodeSettings
 
 
 class Decoder:

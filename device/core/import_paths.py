@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from device.intake.dicomdir import DicomdirError, is_dicomdir, referenced_images
 from device.core import media
 from device.core.errors import BadRequest, KioskError
+from device.intake.dicomdir import DicomdirError, is_dicomdir, referenced_images
 
 
 def expand_dicomdirs(paths: list[str], import_folders: list[Path]) -> list[str]:

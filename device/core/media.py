@@ -11,9 +11,9 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.machine.drive_walk import existing_folders, files_under
-from device.intake import headers
 from device.core.errors import BadRequest
+from device.intake import headers
+from device.machine.drive_walk import existing_folders, files_under
 
 _SNIFF_BYTES = 132
 _FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "tiff": "TIFF", "dicom": "DICOM", "dicom-raw": "DICOM"}

@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 
 from device import intake
-from device.decision import heatmap
 from device.core.decoding import Decoder
 from device.core.errors import NotFound
 from device.core.store import Store, StudyRecord
+from device.decision import heatmap
 from models.bundle import InputContract
 
 SCREEN_MAX_SIDE = 1024

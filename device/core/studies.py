@@ -1,5 +1,6 @@
-"""What the kiosk does, once, for both the pages and the JSON API: create studies from uploads and
-imports, look them up, review and export them, change settings, report health.
+"""The study service: what the appliance does with studies, once, for the pages, the JSON API, the
+DICOM node and live capture alike: create them from uploads, imports and captured frames, look them
+up, review and export them, and who is acting.
 
 A study is created in three steps with the slow, shared part in the middle: decode (any thread),
 triage (the exam's single model, one thread at a time), save (image made durable, then the row
@@ -8,52 +9,34 @@ committed). Only after the commit does the caller get the record to acknowledge.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from device import intake, updates
-from device.capture.manager import CaptureManager, Inference, LiveSource, frame_file
-from device.capture.sources import redact
-from device.capture.stream import STREAMING
-from device.capture.view import ViewerSlots
-from device.machine.clock import utc_iso
-from device.core.import_paths import expand_dicomdirs
-from device.dicom.node import open_node
-from device.dicom.shown import DicomFacts
+from device import intake
 from device.core import exports, media
-from device.core.settings import ConfigError, KioskConfig
-from device.core.errors import (
-    BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam,
-)
 from device.core.decoding import Decoder
-from device.core.exams import Exam, ExamRegistry
+from device.core.errors import BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam
+from device.core.exams import ExamRegistry
+from device.core.import_paths import expand_dicomdirs
 from device.core.monitoring import Metrics
 from device.core.renders import Renderer
 from device.core.reserve import Reserve, is_disk_full
+from device.core.serving import Exam
+from device.core.settings import KioskConfig
 from device.core.store import NewStudy, Store, StudyFilter, StudyRecord
 from device.core.study_result import FrameCapture, StudyResult
-from device.runtime import registry
-from device.runtime.base import RuntimeFailure, RuntimeUnavailable
-from device.decision.triage import TRIAGE_ORDER, TriageResult
-from device.updates.verify import appliance_version
-from models.bundle import BundleError, InputContract, read_manifest
+from device.decision.triage import TriageResult
+from models.bundle import InputContract
 
 log = logging.getLogger(__name__)
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "tiff": "image/tiff", "dicom": "application/dicom"}
 MAX_REFERENCE = 120
 MAX_NOTE = 2000
-MAX_QUERY = 120  # a reference search; longer LIKE patterns make SQLite give up ("too complex")
-MIN_YEAR, MAX_YEAR = 1900, 9000
 MAX_STUDY_ID = 2**63 - 1  # SQLite's largest integer: a bigger id cannot exist
 OPERATOR_KEY = "operator"
-# Server threads never given to live views, so that the pages and the API (health) always answer.
-THREADS_KEPT_FREE = 2
 
 
 def clean_text(value: str | None, limit: int, what: str) -> str:
@@ -64,83 +47,6 @@ def clean_text(value: str | None, limit: int, what: str) -> str:
     if any(ord(c) < 32 and c not in "\n\t" for c in text):
         raise BadRequest(f"{what} contains control characters")
     return text
-
-
-REVIEWED_ARGS = {"": None, "yes": True, "no": False}
-
-
-def study_filter(
-    triage: list[str] | None = None, date_from: str | None = None, date_to: str | None = None, q: str | None = None,
-    reviewed: str | None = None,
-) -> StudyFilter:
-    """Filters from request parameters; dates are YYYY-MM-DD in the kiosk's local time, both inclusive;
-    ``reviewed`` is "yes", "no" or empty (either)."""
-    wanted = tuple(t.strip().upper() for t in triage or [] if t.strip())
-    unknown = [t for t in wanted if t not in TRIAGE_ORDER]
-    if unknown:
-        raise BadRequest(f"unknown triage category {unknown[0]!r}; use {', '.join(TRIAGE_ORDER)}")
-    start = _local_day_start(date_from, "from") if date_from else None
-    end = _local_day_start(date_to, "to", days=1) if date_to else None
-    reference = clean_text(q, MAX_QUERY, "the search ('q')") or None
-    wanted_review = (reviewed or "").strip().lower()
-    if wanted_review not in REVIEWED_ARGS:
-        raise BadRequest(f"'reviewed' must be yes or no, not {reviewed!r}")
-    return StudyFilter(triage=wanted, created_from=start, created_before=end, reference=reference,
-                       reviewed=REVIEWED_ARGS[wanted_review])
-
-
-def _local_day_start(text: str, name: str, days: int = 0) -> str:
-    try:
-        day = date.fromisoformat(text.strip())
-    except ValueError:
-        raise BadRequest(f"'{name}' must be a date like 2025-01-31, not {text!r}") from None
-    # Days at the calendar's ends cannot be shifted a day or to UTC (OverflowError); no study lies there.
-    if not MIN_YEAR <= day.year <= MAX_YEAR:
-        raise BadRequest(f"'{name}' must be a date between the years {MIN_YEAR} and {MAX_YEAR}, not {text!r}")
-    return utc_iso(datetime.combine(day + timedelta(days=days), datetime.min.time()).timestamp())
-
-
-def local_time(stamp: str | None) -> str:
-    """'2025-01-31 14:05' in the kiosk's local time, for people, from a stored UTC time (device.machine.clock)."""
-    if not stamp:
-        return ""
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
-
-
-def waiting_s(study: StudyRecord, now: float | None = None) -> float:
-    """Seconds since the study was received (``now``: seconds since the epoch, default now)."""
-    received = datetime.fromisoformat(study.created_at.replace("Z", "+00:00")).timestamp()
-    return max(0.0, (time.time() if now is None else now) - received)
-
-
-def waiting_text(seconds: float) -> str:
-    """How long a study has waited, as a person says it: '45 s', '12 min', '3 h 05 min', '2 days'."""
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes = int(seconds // 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes:02d} min"
-    return f"{hours // 24} days"
-
-
-def worklist_json(study: StudyRecord, now: float, dicom: DicomFacts | None = None) -> dict:
-    """``dicom``: what came with a study received by DICOM (its header's patient, its send state)."""
-    out = {
-        "id": study.id,
-        "triage": study.triage,
-        "reference": study.reference,
-        "received_at": study.created_at,
-        "waiting_s": round(waiting_s(study, now), 1),
-        "exam": study.exam,
-        "page": f"/studies/{study.id}",
-    }
-    if dicom is not None:
-        out["dicom"] = {name: getattr(dicom, name) for name in (
-            "patient_name", "patient_id", "accession_number", "study_date", "modality", "calling_ae", "send_state")}
-    return out
 
 
 def study_json(study: StudyRecord) -> dict:
@@ -181,102 +87,23 @@ def study_json(study: StudyRecord) -> dict:
     }
 
 
-def _model_text(exam: Exam) -> str:
-    """The model an exam triages with now, as the live view shows it."""
-    m = exam.triager.model
-    return f"{m.id} {m.version} {m.precision} {m.backend}"
+class StudyService:
+    """The studies of one appliance: its store, its exams, and the decoding, renderings, free-space
+    reserve and image writers they share."""
 
-
-class Kiosk:
-    """The appliance's state for one process: config, store, loaded exams, metrics, renderings."""
-
-    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry):
+    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry, metrics: Metrics):
         self.config = config
         self.store = store
         self.exams = exams
-        self._closers: list[Callable[[], None]] = []
-        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status(), exams.choices)
+        self.metrics = metrics
         self.decoder = Decoder(config.decode)
         self.renders = Renderer(store, self._input_contract, self.decoder)
         self.reserve = Reserve(config.store.data_dir, config.store.reserve_mb)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-writer")
-        self.backends = {
-            name: {"available": s.ok, "version": s.version, "reason": s.reason}
-            for name, s in registry.all_availability().items()
-        }
-        self.capture = CaptureManager(config.capture, self._inference)
-        self.live_viewers = ViewerSlots(
-            max(0, min(config.capture.max_viewers, config.server.threads - THREADS_KEPT_FREE))
-        )
-        self.dicom = open_node(config.dicom, self)
-        self.capture.start()
-        self.metrics.ready = True
-
-    @classmethod
-    def open(cls, config: KioskConfig) -> "Kiosk":
-        """Open the store, then load and warm up every exam; ready when this returns."""
-        store = Store.open(config.store.data_dir)
-        try:
-            updates.recover(config)  # a bundle switch that was not committed is undone before loading
-            exams = ExamRegistry.load(config.models, updates.served_paths(config), config.store.data_dir)
-        except BaseException:
-            store.close()
-            raise
-        try:
-            return cls(config, store, exams)
-        except BaseException:
-            exams.close()
-            store.close()
-            raise
-
-    def close_with(self, closer: Callable[[], None]) -> None:
-        """Run `closer` last when the kiosk closes (the technician area, which the app holds too)."""
-        self._closers.append(closer)
 
     def close(self) -> None:
-        self.metrics.ready = False
-        if self.dicom is not None:
-            self.dicom.close()
-        self.capture.close()
+        """Wait for the images being written; the store and exams are closed by their owner."""
         self._writer.shutdown(wait=True)
-        self.exams.close()
-        self.store.close()
-        for closer in self._closers:
-            closer()
-
-    def reload_exam(self, exam_id: str) -> dict:
-        """Load the bundle now served for ``exam_id`` (after an install, activation or rollback switched
-        its slot) in place of the loaded one; the exam's JSON. The loaded one stays if this fails."""
-        path = self._served_path(exam_id)
-        if path is None:
-            if self.exams.remove(exam_id):
-                log.warning("%s: no bundle serves it any more; the exam is no longer offered", exam_id)
-                return {"id": exam_id, "version": None, "removed": True}
-            raise NotFound(f"no bundle for exam {exam_id!r} is installed or shipped")
-        try:
-            exam = self.exams.replace(path, self.config.models)
-        except (BundleError, RuntimeFailure, RuntimeUnavailable) as exc:
-            raise Conflict(f"cannot load {exam_id} from {path}: {exc}") from None
-        log.info("%s: now serving %s from %s", exam_id, exam.bundle.manifest.version, path)
-        return exam.as_json()
-
-    def _served_path(self, exam_id: str) -> Path | None:
-        for path in updates.served_paths(self.config):
-            try:
-                if read_manifest(path).id == exam_id:
-                    return path
-            except BundleError:
-                continue
-        return None
-
-    def selftest_exam(self, exam_id: str) -> dict:
-        """The loaded model of an exam (the one serving studies) on its bundle's golden inputs."""
-        exam = self.exams.resolve(exam_id)
-        try:
-            check = exam.selftest()
-        except RuntimeFailure as exc:
-            return {"exam": exam_id, "ok": False, "error": str(exc)}
-        return {"exam": exam_id, "version": exam.bundle.manifest.version, **check}
 
     @property
     def max_upload_bytes(self) -> int:
@@ -529,81 +356,3 @@ class Kiosk:
         if not destination:
             return targets[0]
         return media.resolve_export(destination, targets)
-
-    # ---- live capture ------------------------------------------------------------------------
-
-    def _inference(self, exam_id: str | None) -> Inference:
-        """What a capture source triages with: its exam's single-owner model (shared with uploads)."""
-        try:
-            exam = self.exams.resolve(exam_id)
-        except UnknownExam as exc:
-            raise ConfigError(f"capture source: {exc.message}") from None
-        # Resolved at each frame: a bundle install may replace the exam while the source is live.
-        current = lambda: self.exams.resolve(exam.id)  # noqa: E731
-        return Inference(exam.id, lambda *args: current().triage(*args), exam.bundle.manifest,
-                         lambda: _model_text(current()))
-
-    def live_source(self, source_id: str) -> LiveSource:
-        source = self.capture.get(source_id)
-        if source is None:
-            raise NotFound(f"no capture source {source_id!r}")
-        return source
-
-    def capture_study(self, source_id: str, reference: str | None, operator: str | None) -> StudyRecord:
-        """Freeze the source's newest triaged frame and store it as a study: the exact frame the model
-        saw (full resolution, as the camera sent it), its result, and where it came from."""
-        t0 = time.perf_counter()
-        source = self.capture.get(source_id)
-        if source is None:
-            raise NotFound(f"no capture source {source_id!r}; configured: {', '.join(s.id for s in self.capture)}")
-        status = source.stream.status()
-        live = source.live.latest()
-        if status["state"] != STREAMING or live is None:
-            why = f": {status['reason']}" if status["reason"] else ""
-            raise Conflict(f"source {source_id} is {status['state']}{why}; there is no current frame to capture")
-        age = time.monotonic() - live.frame.captured
-        if age > self.config.capture.stall_timeout_s:
-            raise Conflict(
-                f"source {source_id}: the newest triaged frame is {age:.1f} s old (the limit is "
-                f"{self.config.capture.stall_timeout_s:g} s); it is not what the camera shows now"
-            )
-        reference = self.reference(reference)
-        operator = self.operator(operator)
-        data, fmt = frame_file(live.frame)
-        self.reserve.require(len(data))
-        sha = self.store.put_image(data)
-        img = dataclasses.replace(live.image, source_format=fmt)
-        capture = FrameCapture(source_id, redact(source.stream.spec.uri), live.frame.seq, utc_iso(live.frame.wall),
-                               round(live.latency_ms, 3), live.smoothed)
-        filename = f"{source_id}-frame{live.frame.seq}.{'jpg' if fmt == 'jpeg' else fmt}"
-        exam = self.exams.resolve(source.exam_id)
-        return self.save_triaged(
-            exam, sha, len(data), img, live.result, filename, reference, operator,
-            f"capture:{source_id}", t0, capture=capture,
-        )
-
-    # ---- health ------------------------------------------------------------------------------
-
-    def inference(self) -> list[dict]:
-        """Each exam's inference worker: busy how long, and whether that counts as hung."""
-        limit = self.config.models.stuck_after_s
-        return [{"exam": e.id, "busy_s": round(e.busy_s(), 1), "stuck": e.busy_s() > limit} for e in self.exams]
-
-    def health(self) -> dict:
-        check = self.store.check
-        workers = self.inference()
-        return {
-            "ready": self.metrics.ready and not any(w["stuck"] for w in workers),
-            "appliance": {"version": appliance_version()},
-            "inference": workers,
-            "backends": self.backends,
-            "models": [e.as_json() for e in self.exams],
-            "store": {
-                "ok": check.ok,
-                "studies_at_start": check.studies,
-                "orphan_files_at_start": check.orphan_files,
-                "problems": list(check.problems),
-            },
-            "storage": self.reserve.status(),
-            "sources": self.capture.status(),
-        }

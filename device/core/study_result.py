@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
-from device.capture.live import Smoothed
+from device.decision.smoothing import Smoothed
 from device.decision.triage import UNGRADABLE, TriageResult, withhold_ungraded
 
 

@@ -17,19 +17,15 @@ import urllib.error
 import urllib.request
 import uuid
 from importlib.metadata import version
-from typing import TYPE_CHECKING
-
 import pydicom
 from fhir.resources.R4B.bundle import Bundle
 
-from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
 from device.core.settings.dicom import FhirDestination
+from device.core.store import StudyRecord
 from device.decision.triage import UNGRADABLE
+from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
 from models import atomic
 from models.bundle import Manifest
-
-if TYPE_CHECKING:  # the kiosk package imports this one
-    from device.core.store import StudyRecord
 
 KIND = "FHIR R4 Bundle"  # the outbox's sop_class for a Bundle; its sop_instance_uid is the Bundle's id (a UUID)
 URI = "urn:ietf:rfc:3986"  # identifiers whose values are URIs (urn:oid:...)

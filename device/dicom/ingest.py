@@ -12,16 +12,17 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
+from device.core.errors import KioskError
+from device.core.store import StudyRecord
+from device.core.studies import StudyService
 from device.dicom.header import read_header, uid_file_name
 from device.dicom.reporter import Reporter
 from device.intake.errors import first_line
-from device.core.errors import KioskError
 
-if TYPE_CHECKING:  # the kiosk package imports this one
+if TYPE_CHECKING:  # series.py imports this module
     from device.dicom.series import SeriesTriage
-    from device.core.store import Store, StudyRecord
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +44,9 @@ UNEXPECTED = 0xC0FF
 RETRYABLE = {503, 507}  # Busy, StorageFull: the kiosk's state, not the instance's
 
 
-class StudyMaker(Protocol):
-    """What ingest needs of the kiosk (device.core.studies.Kiosk)."""
-
-    store: Store
-
-    def create_study(self, data: bytes, filename: str, exam_id: str | None = None, reference: str | None = None,
-                     operator: str | None = None, source: str = "upload") -> StudyRecord: ...
-
-
 class Ingest:
-    def __init__(self, kiosk: StudyMaker, reporter: Reporter | None = None):
-        self.kiosk = kiosk
+    def __init__(self, studies: StudyService, reporter: Reporter | None = None):
+        self.studies = studies
         self.reporter = reporter  # None: results are sent nowhere
         self.series: SeriesTriage | None = None  # set by the node under [dicom.series] one_per_series
         self._in_flight: set[str] = set()
@@ -71,19 +63,19 @@ class Ingest:
         if not uid:
             return self._failed(calling_ae, peer, uid, CANNOT_UNDERSTAND, "the dataset has no SOP Instance UID")
         with self._claimed(uid):
-            if self.kiosk.store.dicom_instance(uid) is not None:
+            if self.studies.store.dicom_instance(uid) is not None:
                 self.event("duplicate", calling_ae, peer, uid, SUCCESS, "already stored; kept once")
                 return SUCCESS
             if self.series is not None:
                 return self._keep(data, fields, calling_ae, peer)
             try:
-                study = self.kiosk.create_study(data, uid_file_name(uid), reference=fields["accession_number"],
+                study = self.studies.create_study(data, uid_file_name(uid), reference=fields["accession_number"],
                                                 source=f"dicom:{calling_ae}")
             except KioskError as exc:
                 return self._refused(exc, calling_ae, peer, uid)
             except Exception as exc:  # never take the association down: the next instance may be fine
                 return self._unexpected(exc, calling_ae, peer, uid)
-            self.kiosk.store.add_dicom_instance({**fields, "study_id": study.id, "calling_ae": calling_ae})
+            self.studies.store.add_dicom_instance({**fields, "study_id": study.id, "calling_ae": calling_ae})
         self.event("stored", calling_ae, peer, uid, SUCCESS, f"study {study.id}, {study.triage}")
         self.report(study, calling_ae, peer, uid)
         return SUCCESS
@@ -140,5 +132,5 @@ class Ingest:
 
     def event(self, event: str, calling_ae: str, peer: str, uid: str, status: int | None, detail: str) -> None:
         """Append to the SCP's log (dicom_events)."""
-        self.kiosk.store.dicom_event(event=event, calling_ae=calling_ae, peer=peer, sop_instance_uid=uid,
+        self.studies.store.dicom_event(event=event, calling_ae=calling_ae, peer=peer, sop_instance_uid=uid,
                                      status=status, detail=detail)

@@ -3,23 +3,24 @@ its sender and the reporter that fills it after each stored instance."""
 
 from __future__ import annotations
 
+from device.core.settings.dicom import DicomSettings
+from device.core.studies import StudyService
 from device.dicom.ingest import Ingest
 from device.dicom.outbox import Outbox
 from device.dicom.receiver import DicomReceiver
 from device.dicom.reporter import Reporter
 from device.dicom.sender import Sender
 from device.dicom.series import SeriesTriage
-from device.core.settings.dicom import DicomSettings
 
 
 class DicomNode:
-    def __init__(self, settings: DicomSettings, kiosk):
-        self.outbox = Outbox(kiosk.config.store.data_dir)
+    def __init__(self, settings: DicomSettings, studies: StudyService):
+        self.outbox = Outbox(studies.config.store.data_dir)
         self.sender = Sender(settings, self.outbox)
         names = [d.name for d in settings.destinations]
         fhir_names = [d.name for d in settings.fhir_destinations]
-        reporter = Reporter(kiosk, self.outbox, self.sender, names, fhir_names) if names or fhir_names else None
-        ingest = Ingest(kiosk, reporter)
+        reporter = Reporter(studies, self.outbox, self.sender, names, fhir_names) if names or fhir_names else None
+        ingest = Ingest(studies, reporter)
         if settings.series.triage == "one_per_series":
             ingest.series = SeriesTriage(settings.series, ingest)
         self.series = ingest.series
@@ -46,6 +47,6 @@ class DicomNode:
         self.outbox.close()
 
 
-def open_node(settings: DicomSettings, kiosk) -> DicomNode | None:
+def open_node(settings: DicomSettings, studies: StudyService) -> DicomNode | None:
     """The running node, or None when no DICOM port is configured."""
-    return DicomNode(settings, kiosk).start() if settings.port else None
+    return DicomNode(settings, studies).start() if settings.port else None

@@ -13,10 +13,10 @@ import logging
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
+from device.core.settings import ConfigError
+from device.core.settings.dicom import DicomSettings
 from device.dicom.contexts import supported_contexts
 from device.dicom.ingest import Ingest
-from device.core.settings.dicom import DicomSettings
-from device.core.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class DicomReceiver:
         # before the socket is shut down (without it the caller sees an abort instead).
         event.assoc.kill()
         log.warning("DICOM association from %r at %s rejected: not an allowed caller", calling, host)
-        self.ingest.kiosk.store.dicom_event(event="association_rejected", calling_ae=calling, peer=host,
+        self.ingest.studies.store.dicom_event(event="association_rejected", calling_ae=calling, peer=host,
                                             sop_instance_uid="", status=None,
                                             detail="calling AE title not recognised (from this address)")
 

@@ -4,23 +4,20 @@ and kept in the SCP's event log."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import io
 import logging
 
 import pydicom
 
 from device import intake
+from device.core.store import StudyRecord
+from device.core.studies import StudyService
 from device.dicom import fhir
 from device.dicom.outbox import Outbox
 from device.dicom.results import result_objects
 from device.dicom.sender import Sender
 from device.intake.dicom import pydicom_warnings_recorded
 from device.intake.errors import first_line
-
-if TYPE_CHECKING:  # the kiosk package imports this one
-    from device.core.store import StudyRecord
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_WARNINGS = 3
@@ -29,8 +26,8 @@ TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
 
 
 class Reporter:
-    def __init__(self, kiosk, outbox: Outbox, sender: Sender, destinations: list[str], fhir_destinations: list[str]):
-        self.kiosk = kiosk
+    def __init__(self, studies: StudyService, outbox: Outbox, sender: Sender, destinations: list[str], fhir_destinations: list[str]):
+        self.studies = studies
         self.outbox = outbox
         self.sender = sender
         self.destinations = destinations
@@ -39,9 +36,9 @@ class Reporter:
     def report(self, study: StudyRecord) -> None:
         """Queue the study's SR (and heatmap SC) for every DICOM destination, its FHIR Bundle for
         every FHIR one; raises on failure."""
-        path = self.kiosk.store.image_path(study.image_sha256)
+        path = self.studies.store.image_path(study.image_sha256)
         pixels = intake.decode_file(path).pixels
-        manifest = self.kiosk.exams.resolve(study.exam).bundle.manifest
+        manifest = self.studies.exams.resolve(study.exam).bundle.manifest
         # The received header is copied into the new objects; pydicom and highdicom warn about its
         # oddities (a one-component person name, an over-long value): logged, not fatal.
         with pydicom_warnings_recorded() as caught:

@@ -10,8 +10,6 @@ references the received instance (which is never altered):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -23,11 +21,9 @@ from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from device.core.store import StudyRecord
 from device.decision import heatmap
 from models.bundle import Manifest
-
-if TYPE_CHECKING:  # the kiosk package imports this one
-    from device.core.store import StudyRecord
 
 RESEARCH_BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 MANUFACTURER = "Bedside"

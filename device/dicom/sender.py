@@ -13,9 +13,9 @@ from collections import defaultdict
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
+from device.core.settings.dicom import Destination, DicomSettings, FhirDestination
 from device.dicom import fhir
 from device.dicom.outbox import Item, Outbox
-from device.core.settings.dicom import Destination, DicomSettings, FhirDestination
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
 
-from device.core.settings.dicom import SeriesSettings
 from device.core.errors import KioskError
-
-if TYPE_CHECKING:  # the kiosk package imports this one
-    from device.dicom.ingest import Ingest
-    from device.core.store import StudyRecord
+from device.core.settings.dicom import SeriesSettings
+from device.core.store import StudyRecord
+from device.dicom.ingest import Ingest
 
 log = logging.getLogger(__name__)
 RETRYABLE = {503, 507}  # Busy, StorageFull: try the series again later
@@ -63,7 +60,7 @@ class SeriesTriage:
         """``ingest``: the SCP's, whose kiosk triages and stores and whose reporter queues results."""
         self.settings = settings
         self.ingest = ingest
-        self.kiosk = ingest.kiosk
+        self.studies = ingest.studies
         self._retry_at: dict[tuple[str, str], float] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -81,12 +78,12 @@ class SeriesTriage:
     def keep(self, data: bytes, filename: str, fields: dict, calling_ae: str) -> str:
         """Store one instance (durable when this returns; raises KioskError when it cannot be
         decoded or stored); what became of it, for the SCP's log."""
-        image = self.kiosk.keep_image(data, filename)
-        study_id = self.kiosk.store.series_study(fields["study_instance_uid"], fields["series_instance_uid"])
+        image = self.studies.keep_image(data, filename)
+        study_id = self.studies.store.series_study(fields["study_instance_uid"], fields["series_instance_uid"])
         if study_id is not None:
-            self.kiosk.store.add_dicom_instance({**fields, "study_id": study_id, "calling_ae": calling_ae}, image)
+            self.studies.store.add_dicom_instance({**fields, "study_id": study_id, "calling_ae": calling_ae}, image)
             return f"kept with study {study_id}: its series was triaged already"
-        self.kiosk.store.hold_dicom_instance(image, {**fields, "image_sha256": image["sha256"], "filename": filename,
+        self.studies.store.hold_dicom_instance(image, {**fields, "image_sha256": image["sha256"], "filename": filename,
                                                      "calling_ae": calling_ae, "arrived": time.time()})
         self._wake.set()
         return "held until its series is complete"
@@ -105,7 +102,7 @@ class SeriesTriage:
         """Settle every complete series; seconds until the next one may be complete."""
         now = time.time()
         wait = self.settings.stable_s
-        for study_uid, series_uid, newest in self.kiosk.store.held_series():
+        for study_uid, series_uid, newest in self.studies.store.held_series():
             key = (study_uid, series_uid)
             due = max(newest + self.settings.stable_s, self._retry_at.get(key, 0.0))
             if due <= now and not self._stop.is_set():
@@ -115,7 +112,7 @@ class SeriesTriage:
         return max(0.05, wait)
 
     def _settle(self, key: tuple[str, str]) -> None:
-        store = self.kiosk.store
+        store = self.studies.store
         held = store.held_instances(*key)
         candidates = [r for r in held if not r["failed"]]
         chosen = pick(candidates, self.settings.prefer_views)
@@ -143,15 +140,15 @@ class SeriesTriage:
             self.ingest.report(study, chosen["calling_ae"], "", chosen["sop_instance_uid"])
 
     def _triage(self, chosen: dict, source: str) -> StudyRecord:
-        data = self.kiosk.store.image_path(chosen["image_sha256"]).read_bytes()
-        return self.kiosk.create_study(data, chosen["filename"], reference=chosen["accession_number"], source=source)
+        data = self.studies.store.image_path(chosen["image_sha256"]).read_bytes()
+        return self.studies.create_study(data, chosen["filename"], reference=chosen["accession_number"], source=source)
 
     def _not_triaged(self, key: tuple[str, str], chosen: dict, exc: KioskError) -> None:
         if exc.status in RETRYABLE:
             self._retry_at[key] = time.time() + self.settings.stable_s
             self._event("series_waiting", chosen, f"not triaged yet: {exc.message}")
             return
-        self.kiosk.store.held_failed(chosen["sop_instance_uid"], exc.message)
+        self.studies.store.held_failed(chosen["sop_instance_uid"], exc.message)
         self._event("series_instance_failed", chosen, f"cannot be triaged, another of its series is tried: {exc.message}")
 
     def _event(self, event: str, row: dict, detail: str) -> None:

@@ -1,10 +1,9 @@
-"""The kiosk: the Flask appliance a clinician uses at the bedside, and its JSON API.
+"""The kiosk: the web a clinician uses at the bedside, and its JSON API (Flask).
 
 ``create_app(config)`` builds the whole appliance (models loaded and warmed up, store opened and
-checked) so that a server only has to serve it.
+checked, device/appliance) so that a server only has to serve it.
 """
 
 from device.kiosk.app import create_app
-from device.core.settings import KioskConfig, load_config
 
-__all__ = ["KioskConfig", "create_app", "load_config"]
+__all__ = ["create_app"]

@@ -11,13 +11,16 @@ from dataclasses import asdict
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
+from device.appliance.context import current_appliance
+from device.appliance.running import THREADS_KEPT_FREE
 from device.capture.devices import list_video_devices
 from device.capture.view import CONTENT_TYPE as MJPEG
-from device.appliance.context import kiosk
 from device.core.errors import BadRequest, Busy, KioskError, NotFound, UnsupportedBody
 from device.core.monitoring import CONTENT_TYPE
+from device.core.studies import study_json
 from device.dicom.shown import facts_of
-from device.core.studies import THREADS_KEPT_FREE, study_filter, study_json, worklist_json
+from device.kiosk.display import worklist_json
+from device.kiosk.params import study_filter
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 ops = Blueprint("ops", __name__)  # /metrics, where Prometheus looks by default
@@ -105,14 +108,14 @@ def create_study():
     upload = request.files.get("file")
     if upload is None:
         raise BadRequest("no file: send the image as multipart/form-data in a field named 'file'")
-    study = kiosk().create_study(
+    study = current_appliance().studies.create_study(
         upload.read(),
         upload.filename or "upload",
         request.form.get("exam"),
         request.form.get("reference"),
         body_operator(request.form),
     )
-    first = kiosk().store.first_with_image(study.image_sha256)
+    first = current_appliance().store.first_with_image(study.image_sha256)
     body = {**study_json(study), "duplicate_of": first if first != study.id else None}
     return jsonify(body), 201, {"Location": f"/api/v1/studies/{study.id}"}
 
@@ -123,7 +126,7 @@ def list_studies():
                          request.args.get("reviewed"))
     limit = _int_arg("limit", 50, 1, MAX_PAGE)
     offset = _int_arg("offset", 0, 0, 2**62)
-    studies, total = kiosk().store.list(where, limit, offset)
+    studies, total = current_appliance().store.list(where, limit, offset)
     return jsonify({"studies": [study_json(s) for s in studies], "total": total, "limit": limit, "offset": offset})
 
 
@@ -132,7 +135,7 @@ def worklist():
     """The unreviewed studies in the order the home screen shows them, with the counts by category."""
     limit = _int_arg("limit", 50, 1, MAX_PAGE)
     offset = _int_arg("offset", 0, 0, 2**62)
-    k = kiosk()
+    k = current_appliance()
     store = k.store
     studies, total = store.worklist(limit, offset)
     now = time.time()
@@ -146,14 +149,14 @@ def worklist():
 
 @api.get("/studies/<int:study_id>")
 def get_study(study_id: int):
-    return jsonify(study_json(kiosk().view(study_id, None)))
+    return jsonify(study_json(current_appliance().studies.view(study_id, None)))
 
 
 @api.get("/studies/<int:study_id>/image")
 def study_image(study_id: int):
-    k = kiosk()
-    study = k.get(study_id)
-    response = Response(k.image_bytes(study), mimetype=study.media_type)
+    studies = current_appliance().studies
+    study = studies.get(study_id)
+    response = Response(studies.image_bytes(study), mimetype=study.media_type)
     response.headers["Content-Disposition"] = f'inline; filename="study-{study.id}-{study.image_sha256[:12]}"'
     response.headers["Cache-Control"] = IMMUTABLE
     return response
@@ -161,37 +164,39 @@ def study_image(study_id: int):
 
 @api.get("/studies/<int:study_id>/preview")
 def study_preview(study_id: int):
-    k = kiosk()
-    return Response(k.renders.preview_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+    studies = current_appliance().studies
+    jpeg = studies.renders.preview_jpeg(studies.get(study_id))
+    return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
 
 @api.get("/studies/<int:study_id>/window")
 def study_window(study_id: int):
     """How a DICOM study's grayscale is windowed (the file's window centre/width, or the data's
     range), for window/level in look-closer; its values are at /window/values."""
-    k = kiosk()
-    meta = k.renders.window_values(k.get(study_id)).meta
+    studies = current_appliance().studies
+    meta = studies.renders.window_values(studies.get(study_id)).meta
     return jsonify({**meta, "values": url_for("api.study_window_values", study_id=study_id)})
 
 
 @api.get("/studies/<int:study_id>/window/values")
 def study_window_values(study_id: int):
-    k = kiosk()
-    window = k.renders.window_values(k.get(study_id))
+    studies = current_appliance().studies
+    window = studies.renders.window_values(studies.get(study_id))
     return Response(window.codes, mimetype="application/octet-stream", headers={"Cache-Control": IMMUTABLE})
 
 
 @api.get("/studies/<int:study_id>/full")
 def study_full(study_id: int):
-    k = kiosk()
-    return Response(k.renders.full_jpeg(k.get(study_id)), mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+    studies = current_appliance().studies
+    jpeg = studies.renders.full_jpeg(studies.get(study_id))
+    return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
 
 @api.get("/studies/<int:study_id>/heatmap")
 def study_heatmap(study_id: int):
-    k = kiosk()
-    study = k.get(study_id)
-    png = k.renders.heatmap_png(study)
+    studies = current_appliance().studies
+    study = studies.get(study_id)
+    png = studies.renders.heatmap_png(study)
     if png is None:
         raise NotFound(f"study {study_id}: its model ({study.model.id}) gives no heatmap")
     return Response(png, mimetype="image/png", headers={"Cache-Control": IMMUTABLE})
@@ -200,14 +205,15 @@ def study_heatmap(study_id: int):
 @api.post("/studies/<int:study_id>/review")
 def review_study(study_id: int):
     body = request_body()
-    study = kiosk().review(study_id, body_text(body, "note"), body_operator(body), body_flag(body, "change"))
+    study = current_appliance().studies.review(study_id, body_text(body, "note"), body_operator(body),
+                                               body_flag(body, "change"))
     return jsonify(study_json(study))
 
 
 @api.post("/studies/<int:study_id>/export")
 def export_study(study_id: int):
     body = request_body()
-    folder = kiosk().export_study(study_id, body_text(body, "destination"), body_operator(body))
+    folder = current_appliance().studies.export_study(study_id, body_text(body, "destination"), body_operator(body))
     return jsonify({"path": str(folder)}), 201
 
 
@@ -216,18 +222,18 @@ def export_history():
     body = request_body()
     where = study_filter(_history_triage(body), body_text(body, "from"), body_text(body, "to"), body_text(body, "q"),
                          body_text(body, "reviewed"))
-    path, count = kiosk().export_history(where, body_text(body, "destination"), body_operator(body))
+    path, count = current_appliance().studies.export_history(where, body_text(body, "destination"), body_operator(body))
     return jsonify({"path": str(path), "studies": count}), 201
 
 
 @api.get("/exports/targets")
 def export_targets():
-    return jsonify({"targets": [str(t) for t in kiosk().export_targets()]})
+    return jsonify({"targets": [str(t) for t in current_appliance().studies.export_targets()]})
 
 
 @api.get("/imports")
 def importable():
-    return jsonify({"files": [f.as_json() for f in kiosk().importable()]})
+    return jsonify({"files": [f.as_json() for f in current_appliance().studies.importable()]})
 
 
 @api.post("/imports")
@@ -236,7 +242,7 @@ def import_files():
     paths = body.get("paths")
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise BadRequest("'paths' must be a list of file paths (see GET /api/v1/imports)")
-    outcome = kiosk().import_files(
+    outcome = current_appliance().studies.import_files(
         paths, body_text(body, "exam"), body_text(body, "reference"), body_operator(body)
     )
     studies = [study_json(r) for _, r in outcome if not isinstance(r, KioskError)]
@@ -251,7 +257,7 @@ def import_files():
 
 @api.get("/exams")
 def exams():
-    return jsonify({"exams": [e.as_json() for e in kiosk().exams]})
+    return jsonify({"exams": [e.as_json() for e in current_appliance().exams]})
 
 
 @api.post("/exams/<exam_id>/reload")
@@ -259,19 +265,19 @@ def reload_exam(exam_id: str):
     """Serve the bundle now installed for the exam (after `bedside bundle install`, activate or rollback
     switched its slot): loaded, warmed up, then swapped in; the old one stays if loading fails (409)."""
     request_body()  # JSON only, so a cross-site form cannot make the kiosk reload
-    return jsonify(kiosk().reload_exam(exam_id))
+    return jsonify(current_appliance().reload_exam(exam_id))
 
 
 @api.post("/exams/<exam_id>/selftest")
 def selftest_exam(exam_id: str):
     """The serving model of the exam on its bundle's golden inputs: ``ok`` and the differences."""
     request_body()
-    return jsonify(kiosk().selftest_exam(exam_id))
+    return jsonify(current_appliance().selftest_exam(exam_id))
 
 
 @api.get("/settings")
 def get_settings():
-    return jsonify({"operator": kiosk().default_operator()})
+    return jsonify({"operator": current_appliance().studies.default_operator()})
 
 
 @api.put("/settings")
@@ -281,7 +287,7 @@ def put_settings():
     if unknown:
         raise BadRequest(f"unknown setting {sorted(unknown)[0]!r}; settable: operator")
     if "operator" in body:
-        kiosk().set_default_operator(body_text(body, "operator"), None)
+        current_appliance().studies.set_default_operator(body_text(body, "operator"), None)
     return get_settings()
 
 
@@ -289,13 +295,13 @@ def put_settings():
 def audit_log():
     study = request.args.get("study")
     study_id = _int_arg("study", 0, 1, 2**62) if study else None
-    entries = kiosk().store.audit_log(_int_arg("limit", 100, 1, 1000), study_id)
+    entries = current_appliance().store.audit_log(_int_arg("limit", 100, 1, 1000), study_id)
     return jsonify({"entries": [asdict(e) for e in entries]})
 
 
 @api.get("/health")
 def health():
-    report = kiosk().health()
+    report = current_appliance().health()
     return jsonify(report), 200 if report["ready"] else 503
 
 
@@ -306,7 +312,7 @@ def health():
 def sources():
     return jsonify(
         {
-            "sources": kiosk().capture.status(),
+            "sources": current_appliance().capture.status(),
             "devices": [d.as_json() for d in list_video_devices()],
         }
     ), 200, NO_STORE
@@ -314,12 +320,12 @@ def sources():
 
 @api.get("/sources/<source_id>")
 def source(source_id: str):
-    return jsonify(kiosk().live_source(source_id).status()), 200, NO_STORE
+    return jsonify(current_appliance().live_source(source_id).status()), 200, NO_STORE
 
 
 @api.get("/sources/<source_id>/latest")
 def latest(source_id: str):
-    src = kiosk().live_source(source_id)
+    src = current_appliance().live_source(source_id)
     result = src.live.latest()
     if result is None:
         raise NotFound(f"source {source_id} has no triage result yet (it is {src.stream.state})")
@@ -329,8 +335,8 @@ def latest(source_id: str):
 @api.get("/sources/<source_id>/live")
 def live_stream(source_id: str):
     """The live view as MJPEG; the response ends when the kiosk shuts down or the viewer leaves."""
-    view = kiosk().live_source(source_id).view
-    k = kiosk()
+    view = current_appliance().live_source(source_id).view
+    k = current_appliance()
     capture = k.capture
     body = k.live_viewers.hold(view.parts(lambda: capture.closing))
     if body is None:
@@ -344,10 +350,10 @@ def live_stream(source_id: str):
 @api.post("/sources/<source_id>/capture")
 def capture_from_source(source_id: str):
     body = request_body()
-    study = kiosk().capture_study(source_id, body_text(body, "reference"), body_operator(body))
+    study = current_appliance().capture_study(source_id, body_text(body, "reference"), body_operator(body))
     return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
 
 
 @ops.get("/metrics")
 def metrics():
-    return Response(kiosk().metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+    return Response(current_appliance().metrics.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,4 +1,4 @@
-"""The Flask application factory: one Kiosk (models, store, metrics) per app, blueprints by interface
+"""The Flask application factory: one Appliance (models, store, metrics) per app, blueprints by interface
 (pages for people, /api/v1 and /metrics for programs), strict security headers, and errors that never leak a
 traceback: bad input is a 4xx with a clear message, in JSON for the API and on the page for people."""
 
@@ -9,25 +9,26 @@ import logging
 from flask import Flask, Request, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from device.kiosk.dicom_api import dicom_api
+from device.appliance.context import EXTENSION
+from device.appliance.running import Appliance
+from device.core.errors import KioskError
+from device.core.reserve import STORAGE_FULL, is_disk_full
+from device.core.settings import KioskConfig
 from device.dicom.shown import SEND_WORDS
 from device.kiosk.api import api, ops
-from device.core.settings import KioskConfig
-from device.appliance.context import EXTENSION
-from device.core.errors import KioskError
+from device.kiosk.dicom_api import dicom_api
+from device.kiosk.display import local_time, waiting_s, waiting_text
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
 from device.kiosk.plain_errors import PLAIN_ERRORS
 from device.kiosk.request_log import log_requests
 from device.kiosk.security import protect
-from device.core.studies import Kiosk, local_time, waiting_s, waiting_text
 from device.kiosk.static_files import cache_static_files
 from device.technician.area import EXTENSION as TECHNICIAN, TechnicianArea
-from device.technician.login_gate import install_gate
 from device.technician.logbook import Logbook
+from device.technician.login_gate import install_gate
 from device.technician.pages import technician
 from device.technician.safe_mode import safe_mode_pages
-from device.core.reserve import STORAGE_FULL, is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,12 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     """Build the appliance: the store opened and checked, every exam loaded and warmed up, and the
     technician area.
 
-    Call ``device.appliance.context.kiosk_of(app).close()`` when done with it.
+    Call ``device.appliance.context.appliance_of(app).close()`` when done with it.
     """
     config = config or KioskConfig()
     logbook = Logbook(config.store.data_dir)
     try:
-        appliance = Kiosk.open(config)
+        appliance = Appliance.open(config)
     except BaseException:
         logbook.close()
         raise

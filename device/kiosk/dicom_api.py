@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from device.appliance.context import kiosk
+from device.appliance.context import current_appliance
 from device.core.errors import NotFound
 
 dicom_api = Blueprint("dicom_api", __name__, url_prefix="/api/v1")
@@ -14,21 +14,21 @@ EVENTS_SHOWN = 200
 
 @dicom_api.get("/studies/<int:study_id>/dicom")
 def study_instances(study_id: int):
-    appliance = kiosk()
-    appliance.get(study_id)  # 404 for a study that does not exist
+    appliance = current_appliance()
+    appliance.studies.get(study_id)  # 404 for a study that does not exist
     return jsonify({"instances": appliance.store.dicom_instances(study_id)})
 
 
 @dicom_api.get("/dicom/events")
 def events():
     """The newest EVENTS_SHOWN entries of the SCP's log, newest first."""
-    return jsonify({"events": kiosk().store.dicom_events(EVENTS_SHOWN)})
+    return jsonify({"events": current_appliance().store.dicom_events(EVENTS_SHOWN)})
 
 
 @dicom_api.get("/outbox")
 def outbox():
     """What is queued for the destinations, newest first (see device/dicom/outbox.py for the states)."""
-    node = kiosk().dicom
+    node = current_appliance().dicom
     if node is None:
         raise NotFound("DICOM is off: [dicom] port is not set")
     return jsonify({"items": node.outbox.items()})

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from flask import Blueprint, redirect, render_template, request, url_for
 
+from device.appliance.context import current_appliance
 from device.capture.devices import list_video_devices
 from device.capture.manager import LiveSource
-from device.dicom.shown import facts_of
-from device.appliance.context import kiosk
 from device.core.errors import BadRequest, KioskError
-from device.core.studies import study_filter
 from device.decision.triage import TRIAGE_ORDER
+from device.dicom.shown import facts_of
+from device.kiosk.params import study_filter
 
 pages = Blueprint("pages", __name__)
 MAX_OFFSET = 2**62
@@ -24,15 +24,15 @@ MAX_OFFSET = 2**62
 
 def _new_study_page(status: int = 200, error: str | None = None, error_kind: str | None = None):
     """The form again, with the reason when a study was refused (``error_kind``: the intake kind)."""
-    k = kiosk()
+    k = current_appliance()
     exam_id = request.values.get("exam") or (k.exams.ids()[0] if len(k.exams) else None)
     return render_template(
         "new.html",
         exams=list(k.exams),
         exam_id=exam_id,
-        importable=k.importable(),
+        importable=k.studies.importable(),
         import_folders=k.config.media.import_folders,
-        operator=k.default_operator(),
+        operator=k.studies.default_operator(),
         reference=request.values.get("reference", ""),
         require_reference=k.config.ui.require_reference,
         error=error,
@@ -46,17 +46,17 @@ def _page_number() -> int:
         page = max(1, int(request.values.get("page", "1") or 1))
     except ValueError:
         raise BadRequest("page must be a number") from None
-    return min(page, MAX_OFFSET // kiosk().config.ui.page_size)
+    return min(page, MAX_OFFSET // current_appliance().config.ui.page_size)
 
 
 def _dicom_facts(studies, with_instances: bool = False) -> dict:
     """What came with each study by DICOM (patient, accession, send state), by study id."""
-    k = kiosk()
+    k = current_appliance()
     return facts_of(k.store, k.dicom and k.dicom.outbox, [s.id for s in studies], with_instances)
 
 
 def _worklist_args() -> dict:
-    k = kiosk()
+    k = current_appliance()
     size, page = k.config.ui.page_size, _page_number()
     studies, total = k.store.worklist(size, (page - 1) * size)
     return {"studies": studies, "total": total, "page": page, "pages": max(1, -(-total // size)),
@@ -65,7 +65,7 @@ def _worklist_args() -> dict:
 
 @pages.get("/")
 def home():
-    return render_template("home.html", exams=list(kiosk().exams), **_worklist_args())
+    return render_template("home.html", exams=list(current_appliance().exams), **_worklist_args())
 
 
 @pages.get("/worklist")
@@ -85,7 +85,7 @@ def upload_study():
     if upload is None or not upload.filename:
         return _new_study_page(400, "Choose an image file first.")
     try:
-        study = kiosk().create_study(
+        study = current_appliance().studies.create_study(
             upload.read(), upload.filename, request.form.get("exam"),
             request.form.get("reference"), request.form.get("operator"),
         )
@@ -100,7 +100,7 @@ def import_studies():
     if not paths:
         return _new_study_page(400, "Tick at least one file to import.")
     try:
-        outcome = kiosk().import_files(
+        outcome = current_appliance().studies.import_files(
             paths, request.form.get("exam"), request.form.get("reference"), request.form.get("operator")
         )
     except KioskError as exc:
@@ -112,8 +112,8 @@ def import_studies():
 
 @pages.get("/studies/<int:study_id>")
 def result(study_id: int):
-    k = kiosk()
-    study = k.view(study_id, None)
+    k = current_appliance()
+    study = k.studies.view(study_id, None)
     exam = next((e for e in k.exams if e.id == study.exam), None)
     first = k.store.first_with_image(study.image_sha256)
     return render_template(
@@ -126,22 +126,24 @@ def result(study_id: int):
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
         exported=request.args.get("exported"),
-        targets=k.export_choices(),
-        operator=k.default_operator(),
+        targets=k.studies.export_choices(),
+        operator=k.studies.default_operator(),
     )
 
 
 @pages.post("/studies/<int:study_id>/review")
 def review(study_id: int):
-    kiosk().review(study_id, request.form.get("note"), request.form.get("operator"), request.form.get("change") == "1")
+    form = request.form
+    current_appliance().studies.review(study_id, form.get("note"), form.get("operator"), form.get("change") == "1")
     return redirect(url_for("pages.result", study_id=study_id, reviewed=1), 303)
 
 
 @pages.post("/studies/<int:study_id>/export")
 def export_study(study_id: int):
-    k = kiosk()
-    folder = k.export_study(study_id, request.form.get("destination"), request.form.get("operator"))
-    return redirect(url_for("pages.result", study_id=study_id, exported=f"{k.label_of(folder)}, folder {folder.name}"), 303)
+    studies = current_appliance().studies
+    folder = studies.export_study(study_id, request.form.get("destination"), request.form.get("operator"))
+    exported = f"{studies.label_of(folder)}, folder {folder.name}"
+    return redirect(url_for("pages.result", study_id=study_id, exported=exported), 303)
 
 
 def _history_args() -> dict:
@@ -163,13 +165,13 @@ def history():
 def export_history():
     args = _history_args()
     where = study_filter(args["triage"], args["from"], args["to"], args["q"], args["reviewed"])
-    k = kiosk()
-    path, count = k.export_history(where, request.form.get("destination"), request.form.get("operator"))
-    return _history_page(message=f"Exported {count} studies to {k.label_of(path)}, file {path.name}")
+    studies = current_appliance().studies
+    path, count = studies.export_history(where, request.form.get("destination"), request.form.get("operator"))
+    return _history_page(message=f"Exported {count} studies to {studies.label_of(path)}, file {path.name}")
 
 
 def _history_page(message: str | None = None):
-    k = kiosk()
+    k = current_appliance()
     args = _history_args()
     size, page = k.config.ui.page_size, _page_number()
     where = study_filter(args["triage"], args["from"], args["to"], args["q"], args["reviewed"])
@@ -183,23 +185,23 @@ def _history_page(message: str | None = None):
         pages=max(1, -(-total // size)),
         args=args,
         categories=TRIAGE_ORDER,
-        targets=k.export_choices(),
-        operator=k.default_operator(),
+        targets=k.studies.export_choices(),
+        operator=k.studies.default_operator(),
         message=message,
     )
 
 
 @pages.route("/settings", methods=["GET", "POST"])
 def settings():
-    k = kiosk()
+    k = current_appliance()
     message = None
     if request.method == "POST":
         # Recorded under the operator who was the default until now (the new name when there was none).
-        k.set_default_operator(request.form.get("operator"), None)
+        k.studies.set_default_operator(request.form.get("operator"), None)
         message = "Saved."
     return render_template(
         "settings.html",
-        operator=k.default_operator(),
+        operator=k.studies.default_operator(),
         message=message,
         audit=k.store.audit_log(50),
         health=k.health(),
@@ -213,31 +215,34 @@ def settings():
 @pages.app_context_processor
 def _every_page() -> dict:
     """The nav shows 'Live' only when sources are configured; base.html sets up the keyboard."""
-    k = kiosk()
+    k = current_appliance()
     return {"has_live_sources": len(k.capture) > 0, "on_screen_keyboard": k.config.ui.on_screen_keyboard}
 
 
 @pages.get("/live")
 def live_index():
-    return render_template("sources.html", sources=list(kiosk().capture), devices=list_video_devices())
+    return render_template("sources.html", sources=list(current_appliance().capture), devices=list_video_devices())
 
 
 def _live_page(src: LiveSource, error: str | None = None) -> str:
-    k = kiosk()
-    return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id), operator=k.default_operator(),
+    k = current_appliance()
+    return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id),
+                           operator=k.studies.default_operator(),
                            require_reference=k.config.ui.require_reference, error=error)
 
 
 @pages.get("/live/<source_id>")
 def live_page(source_id: str):
-    return _live_page(kiosk().live_source(source_id))
+    return _live_page(current_appliance().live_source(source_id))
 
 
 @pages.post("/live/<source_id>/capture")
 def live_capture(source_id: str):
-    src = kiosk().live_source(source_id)
+    src = current_appliance().live_source(source_id)
     try:
-        study = kiosk().capture_study(source_id, request.form.get("reference"), request.form.get("operator"))
+        study = current_appliance().capture_study(
+            source_id, request.form.get("reference"), request.form.get("operator")
+        )
     except KioskError as exc:
         return _live_page(src, exc.message), exc.status
     return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask, request
 
-from device.core.settings import ServerSettings
 from device.core.errors import CrossSiteRequest, MisdirectedRequest
+from device.core.settings import ServerSettings
 
 TOKEN_FIELD = "csrf_token"
 TOKEN_HEADER = "X-CSRF-Token"

@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from device.decision.triage import decide
 from device.runtime import registry
 from device.runtime.base import VariantFile, model_io
-from device.decision.triage import decide
+from device.runtime.triager import Triager
 from models.bundle import Bundle, Manifest, Variant
 from models.metrics import softmax
 
@@ -81,6 +82,17 @@ def probabilities(run: Callable[[np.ndarray], dict[str, np.ndarray]], manifest: 
     """What a runner (a backend's ``run``, or any callable returning its outputs by name) gives on ``x``,
     as the probabilities ``compare`` takes."""
     return softmax(np.asarray(run(x)[manifest.outputs.logits], dtype=np.float64))
+
+
+def live_check(triager: Triager) -> dict:
+    """The golden inputs through a loaded model, against the stored outputs."""
+    bundle = triager.bundle
+    x, stored = reference_outputs(bundle)
+    probs, _ = triager.predict(x)
+    m = triager.model
+    variant = bundle.manifest.variant(m.precision, registry.require(m.backend).target)
+    return {"file": variant.file, "precision": m.precision, "backend": m.backend,
+            **compare(probs, stored, bundle.manifest, m.precision)}
 
 
 def _probabilities(bundle: Bundle, variant: Variant, x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from flask import Blueprint, request
 from device import updates
 from device.core.errors import BadRequest
 from device.technician.area import area
-from device.technician.views import remote, running_kiosk, show
+from device.technician.views import remote, running_appliance, show
 
 bundles = Blueprint("bundles", __name__, url_prefix="/bundles")
 ERROR_STATUS = {updates.Refused: 422, updates.NotInstalled: 404, updates.Busy: 409,
@@ -27,7 +27,7 @@ UPLOADS = "update-uploads"
 
 
 def _health() -> updates.HealthCheck | None:
-    k = running_kiosk()
+    k = running_appliance()
     return None if k is None else updates.InProcess(k, area().config.updates.health_requests)
 
 
@@ -39,7 +39,7 @@ def _drive_archives() -> list[updates.DriveArchive]:
 def _listing(status_code: int = 200, **result):
     config = area().config
     return show("bundles.html", status_code, exams=updates.list_installed(config), drives=_drive_archives(),
-                live=running_kiosk() is not None, **result)
+                live=running_appliance() is not None, **result)
 
 
 class _Steps:

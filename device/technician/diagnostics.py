@@ -17,8 +17,8 @@ import zipfile
 from pathlib import Path
 
 from device.capture.sources import redact
-from device.machine.clock import utc_iso
 from device.core.store import DB_NAME as STORE_DB
+from device.machine.clock import utc_iso
 
 UID = re.compile(r"\b[0-2](?:\.\d+){3,}\b")
 REDACTED = "<redacted>"

@@ -3,7 +3,7 @@ device's own screen only), status, capture sources, DICOM, logs and diagnostics,
 restart. Every form carries the CSRF token (security.py checks it for this blueprint too); gate.py
 keeps everything but the login and first-start pages behind a session.
 
-The same pages serve safe mode, where the kiosk runs without its models (no Kiosk object): the
+The same pages serve safe mode, where the kiosk runs without its models (no Appliance object): the
 pages that need one say so instead.
 """
 
@@ -17,14 +17,14 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from device.machine.clock import utc_iso
 from device.core.errors import BadRequest, NotFound
+from device.machine.clock import utc_iso
 from device.technician import checks, diagnostics, status
 from device.technician.area import area, is_loopback
-from device.technician.credentials import CredentialError, check_new_password
 from device.technician.bundle_pages import bundles
+from device.technician.credentials import CredentialError, check_new_password
 from device.technician.login_gate import COOKIE, authenticated
-from device.technician.views import NO_STORE, remote, running_kiosk, show
+from device.technician.views import NO_STORE, remote, running_appliance, show
 
 technician = Blueprint("technician", __name__, url_prefix="/technician", template_folder="templates")
 technician.register_blueprint(bundles)  # /technician/bundles
@@ -128,7 +128,7 @@ def setup():
 
 
 def _status() -> dict:
-    a, k = area(), running_kiosk()
+    a, k = area(), running_appliance()
     return status.collect(a.config, a.started_at, a.logbook.recent_problems(), None if k is None else k.exams)
 
 
@@ -158,7 +158,7 @@ def restart():
 
 @technician.get("/sources")
 def sources():
-    k = running_kiosk()
+    k = running_appliance()
     return show("sources.html", sources=[] if k is None else k.capture.status(), running=k is not None, test=None)
 
 
@@ -169,7 +169,7 @@ def test_source():
         raise BadRequest("enter a source URI to test, e.g. v4l2:///dev/video0 or http://camera/mjpeg")
     result = checks.test_source(uri, area().config.capture.open_timeout_s)
     area().last_test_frame = result.jpeg
-    k = running_kiosk()
+    k = running_appliance()
     return show("sources.html", 200 if result.ok else 422, sources=[] if k is None else k.capture.status(),
                  running=k is not None, test=result)
 

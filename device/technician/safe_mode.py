@@ -21,8 +21,8 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, render_template
 
-from device.machine.clock import utc_iso
 from device.core.settings import ConfigError, KioskConfig, validate
+from device.machine.clock import utc_iso
 from device.technician.area import area
 from models.atomic import write_bytes
 

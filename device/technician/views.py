@@ -1,18 +1,19 @@
-"""What the technician area's page modules share: the running kiosk (None in safe mode), who is
+"""What the technician area's page modules share: the running appliance (None in safe mode), who is
 asking, and how a page is answered (never cached)."""
 
 from __future__ import annotations
 
 from flask import current_app, render_template, request
 
-from device.appliance.context import EXTENSION as KIOSK
+from device.appliance.context import EXTENSION as APPLIANCE
+from device.appliance.running import Appliance
 
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def running_kiosk():
-    """The running Kiosk, or None in safe mode."""
-    return current_app.extensions.get(KIOSK)
+def running_appliance() -> Appliance | None:
+    """The running appliance, or None in safe mode."""
+    return current_app.extensions.get(APPLIANCE)
 
 
 def remote() -> str:

@@ -21,11 +21,11 @@ import numpy as np
 
 from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
 from device.runtime.stage_report import trtexec_report
-from device.tensorrt.library import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
 from device.tensorrt.build import EngineBuildError
 from device.tensorrt.cuda_io import StreamBuffers
 from device.tensorrt.cuda_worker import CudaWorker
 from device.tensorrt.engine_cache import BuildJob, CacheNotWritable, EngineCache, EngineKey, tensorrt_build
+from device.tensorrt.library import TensorRTUnavailable, detect_platform, import_tensorrt, trt_logger
 from device.tensorrt.progress import BuildProgress
 from device.tensorrt.settings import EngineSettings
 

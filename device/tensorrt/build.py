@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from models import atomic
 from device.tensorrt.library import import_tensorrt, log, trt_logger
 from device.tensorrt.progress import ProgressCallback, make_monitor
+from models import atomic
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Callable
 
 from device.machine.clock import utc_iso
-from device.tensorrt.library import Platform
 from device.tensorrt.build import BuildCancelled, BuildOptions, build_engine
+from device.tensorrt.library import Platform
 from device.tensorrt.progress import BuildProgress, ProgressCallback
 from device.tensorrt.settings import ENV_CACHE_DIR
 from models import atomic

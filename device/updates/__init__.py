@@ -45,8 +45,7 @@ and the atomic link), install.py (the steps and what undoes each), selftest.py, 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from device.core.settings import KioskConfig
 from device.updates.application import APP_STEPS, AppResult, app_status, install_app, recover_app, rollback_app
 from device.updates.archive import Contents, pack_release
 from device.updates.authoring import pack_bundle, sign_archive
@@ -61,9 +60,6 @@ from device.updates.keys import KeyPair, generate as generate_keys
 from device.updates.selftest import SelfTestResult
 from device.updates.signing import Statement
 from device.updates.verify import VerifiedArchive, verify
-
-if TYPE_CHECKING:
-    from device.core.settings import KioskConfig
 
 
 def recover(config: "KioskConfig") -> list[str]:

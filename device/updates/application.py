@@ -23,10 +23,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 from packaging.version import Version
 
+from device.core.settings import KioskConfig
 from device.updates import archive, signing
 from device.updates.errors import HealthCheckFailed, NotInstalled, Refused, SelfTestFailed, UpdateError
 from device.updates.health import kiosk_url
@@ -34,9 +33,6 @@ from device.updates.install import Progress, now_utc, no_progress
 from device.updates.release import RELEASE_NAME
 from device.updates.slots import ExamState, Slot, SlotRecord, Slots
 from device.updates.verify import appliance_version, limits_of
-
-if TYPE_CHECKING:
-    from device.core.settings import KioskConfig
 
 APP = "app"
 APP_STEPS = ("verify", "lock", "stage", "extract", "selftest", "switch", "restart", "health", "commit")

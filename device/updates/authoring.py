@@ -6,8 +6,8 @@ import json
 import tempfile
 from pathlib import Path
 
-from device.updates import archive, signing
 from device.core.settings.updates import UpdateSettings
+from device.updates import archive, signing
 from device.updates.verify import limits_of
 
 

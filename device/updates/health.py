@@ -28,7 +28,7 @@ class HealthCheck(Protocol):
 
 
 class LiveExams(Protocol):
-    """What a kiosk offers the health check (device.core.studies.Kiosk has both)."""
+    """What a kiosk offers the health check (device.appliance.running.Appliance has both)."""
 
     def reload_exam(self, exam_id: str) -> dict: ...
 

@@ -23,10 +23,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from packaging.version import Version
 
+from device.core.settings import KioskConfig
 from device.updates import archive
 from device.updates.errors import HealthCheckFailed, NotInstalled, Refused, SelfTestFailed, UpdateError
 from device.updates.health import HealthCheck
@@ -34,9 +35,6 @@ from device.updates.selftest import SelfTestResult, selftest
 from device.updates.slots import SLOTS, ExamState, Slot, SlotRecord, Slots, served_bundles
 from device.updates.verify import VerifiedArchive, limits_of, verify
 from models.bundle import BundleError, find_bundles, load_bundle, read_manifest
-
-if TYPE_CHECKING:
-    from device.core.settings import KioskConfig
 
 log = logging.getLogger("bedside.updates")
 

@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from device.runtime.backend_choice import AUTO, choose
-from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from device.runtime.triager import Triager
-from device.runtime.variant_check import compare, reference_outputs, selftest_variants
+from device.runtime.variant_check import live_check, selftest_variants
 from models.bundle import Bundle
 
 
@@ -34,17 +33,6 @@ class SelfTestResult:
 
     def as_json(self) -> dict:
         return {"exam": self.exam_id, "version": self.version, "ok": self.ok, "checks": self.checks}
-
-
-def live_check(triager: Triager) -> dict:
-    """The golden inputs through a loaded model, against the stored outputs."""
-    bundle = triager.bundle
-    x, stored = reference_outputs(bundle)
-    probs, _ = triager.predict(x)
-    m = triager.model
-    variant = bundle.manifest.variant(m.precision, registry.require(m.backend).target)
-    return {"file": variant.file, "precision": m.precision, "backend": m.backend,
-            **compare(probs, stored, bundle.manifest, m.precision)}
 
 
 def selftest(bundle: Bundle, backend: str, precision: str, threads: int | None = None,

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from device.core.settings.updates import UpdateSettings
 from device.updates import archive, signing
 from device.updates.errors import Refused
-from device.core.settings.updates import UpdateSettings
 from models.bundle import Manifest
 
 

@@ -13,11 +13,11 @@ from typing import Literal
 
 from pydantic import Field, ValidationError
 
-from device.core.settings.capture import CaptureSettings
+from device.capture.settings import CaptureSettings
 from device.core.settings.dicom import DicomSettings
 from device.core.settings.technician import TechnicianSettings
-from device.tensorrt.settings import EngineSettings
 from device.core.settings.updates import UpdateSettings
+from device.tensorrt.settings import EngineSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from device.machine.clock import utc_iso
 from device.core.study_result import StudyResult
 from device.decision.triage import TRIAGE_ORDER, UNGRADABLE, ModelRef
+from device.machine.clock import utc_iso
 from models import atomic
 from models.atomic import fsync_directory
 
