@@ -268,6 +268,17 @@ def test_rooms_import_only_what_the_table_allows():
     assert not broken, broken
 
 
+def test_the_readme_layout_names_every_room():
+    """The README's layout (picture and list) names every package of device/, and no other."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("\n## ", readme.index("## Layout") + 1)]
+    packages = {p.name for p in (ROOT / "device").iterdir() if (p / "__init__.py").is_file()}
+    assert packages == {room.split(".")[1] for room in ROOMS if room != "device"}
+    picture = layout[layout.index("```"):layout.rindex("```")]
+    missing = {name for name in packages if f"{name}/" not in picture or f"`{name}/`" not in layout}
+    assert not missing, missing
+
+
 def test_appliance_process_never_imports_torch_or_onnx(tmp_path):
     """Run the appliance's commands in one process (infer a real image, doctor, bench without the
     PyTorch baseline) and import the kiosk, then look at what was loaded."""
