@@ -169,8 +169,9 @@ def test_an_ungradable_study_has_no_score_in_fhir(config, tmp_path):  # noqa: F8
     appliance = appliance_of(app)
     try:
         study = appliance.store.get(send(appliance, tmp_path))
-        ungradable = dataclasses.replace(study, triage="UNGRADABLE", probability=None, result={**study.result, "quality": {
-            "ok": False, "issues": [{"message": "the image is blank", "action": "Take the image again"}]}})
+        issues = [{"message": "the image is blank", "action": "Take the image again"}]
+        ungradable = dataclasses.replace(study, triage="UNGRADABLE", label=None, probability=None, cam=None,
+                                         result={**study.result, "quality": {"ok": False, "issues": issues}})
         manifest = appliance.exams.resolve(study.exam).bundle.manifest
         _, data = report_bundle(pydicom.dcmread(FILE, stop_before_pixels=True), ungradable, manifest)
         observation, report = (e.resource for e in Bundle.model_validate_json(data).entry)

@@ -66,7 +66,8 @@ def test_studies_waiting_for_the_model_run_as_one_batch_with_their_own_results(e
     assert [r.batch_size for r in burst] == [5] * 5
     for a, b in zip(alone, burst):
         assert b.source == a.source and b.triage == a.triage
-        assert b.probabilities["PNEUMONIA"] == pytest.approx(a.probabilities["PNEUMONIA"], abs=1e-5)
+        said_alone, said_in_burst = a.model_output.probabilities, b.model_output.probabilities
+        assert said_in_burst["PNEUMONIA"] == pytest.approx(said_alone["PNEUMONIA"], abs=1e-5)
         np.testing.assert_allclose(b.cam, a.cam, atol=1e-5)
 
 

@@ -66,7 +66,8 @@ def test_serves_on_cpu_while_the_engine_builds_then_switches(gpu, gated_build, t
         after = exam.triage(_image(), "after build")
         assert after.model.backend == "tensorrt"
         assert after.model.sha256 == first.model.sha256  # the same fp32 graph, now as an engine
-        np.testing.assert_allclose(after.probabilities["PNEUMONIA"], first.probabilities["PNEUMONIA"], atol=1e-5)
+        np.testing.assert_allclose(after.model_output.probabilities["PNEUMONIA"],
+                                   first.model_output.probabilities["PNEUMONIA"], atol=1e-5)
         assert exam.as_json()["gpu_engine"]["state"] == "ready"
     finally:
         exams.close()

@@ -10,21 +10,22 @@ import sqlite3
 import numpy as np
 import pytest
 
-from device.core.store import DB_NAME, MIGRATIONS, NewStudy, Store, StoreError, StudyFilter
+from device.core.store import DB_NAME, MIGRATIONS, NewStudy, Store, StoredImage, StoreError, StudyFilter
 from device.core.study_result import StudyResult
 from device.decision.quality import QualityReport
-from device.decision.triage import ModelRef, TriageResult
+from device.decision.triage import ModelOutput, ModelRef, TriageResult
 
 
-def new_study(triage: str = "ROUTINE", reference: str = "") -> NewStudy:
-    result = TriageResult(
-        source="f.png", label="NORMAL", probabilities={"NORMAL": 0.8, "PNEUMONIA": 0.2}, urgent_probability=0.2,
-        triage=triage,
-        threshold=0.5, quality=QualityReport(True, ()), timings_ms={"inference": 1.0},
+def new_study(sha: str, size: int, triage: str = "ROUTINE", reference: str = "") -> NewStudy:
+    said = ModelOutput(label="NORMAL", probabilities={"NORMAL": 0.8, "PNEUMONIA": 0.2}, urgent_probability=0.2)
+    result = TriageResult.of(
+        said, triage, np.arange(12, dtype=np.float32).reshape(3, 4),
+        source="f.png", threshold=0.5, quality=QualityReport(True, ()), timings_ms={"inference": 1.0},
         model=ModelRef("m", "1.0.0", "ab" * 32, "fp32", "onnxruntime"),
-        cam=np.arange(12, dtype=np.float32).reshape(3, 4),
     )
-    return NewStudy("exam", "upload", reference, "op", "f.png", "image/png", "png", 8, 8, StudyResult(result, 0.2))
+    image = StoredImage(sha256=sha, bytes=size, media_type="image/png", source_format="png", height=8, width=8)
+    return NewStudy(exam="exam", source="upload", reference=reference, operator="op", filename="f.png", image=image,
+                    result=StudyResult(result=result))
 
 
 @pytest.fixture
@@ -35,8 +36,7 @@ def store(tmp_path):
 
 
 def add(store: Store, data: bytes, **kw):
-    sha = store.put_image(data)
-    return store.add_study(sha, len(data), new_study(**kw))
+    return store.add_study(new_study(store.put_image(data), len(data), **kw))
 
 
 def test_pragmas_and_migrations(store, tmp_path):
@@ -162,6 +162,16 @@ def test_iter_studies_reads_everything_in_batches_without_heatmaps(store):
     assert [s.id for s in everything] == [7, 6, 5, 4, 3, 2, 1]
     assert all(s.cam is None for s in everything) and everything[0].result["model"]["id"] == "m"
     assert [s.id for s in store.iter_studies(StudyFilter(triage=("URGENT",)), batch=2)] == [6, 4, 2]
+
+
+def test_an_ungradable_study_keeps_what_the_model_said_in_its_row_and_shows_none_of_it(store):
+    study = add(store, b"blank", triage="UNGRADABLE")
+    assert (study.label, study.probability, study.cam) == (None, None, None)
+    assert study.result["urgent_probability"] is None and study.result["probability"] is None
+    assert study.result["ungraded_model_output"] == {
+        "probabilities": {"NORMAL": 0.8, "PNEUMONIA": 0.2}, "probability": 0.2, "label": "NORMAL"}
+    row = store._db.execute("SELECT label, probability, cam FROM studies WHERE id = ?", (study.id,)).fetchone()
+    assert row == ("NORMAL", 0.2, None)  # for audit; no heatmap was ever made part of the result
 
 
 def test_migration_moves_an_older_ungradable_score_out_of_sight(tmp_path):

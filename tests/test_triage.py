@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from device.decision.triage import ROUTINE, UNGRADABLE, URGENT, decide
+from device.decision.quality import QualityReport
+from device.decision.triage import ROUTINE, UNGRADABLE, URGENT, ModelOutput, ModelRef, TriageResult, decide
 from device.intake import decode_file
 from device.runtime.triager import Triager
 from models.bundle import Manifest, load_bundle
@@ -52,6 +53,30 @@ def chest_jpeg(datasets) -> Path:
     return path
 
 
+def _fields(gradable: bool, **fields) -> dict:
+    return dict(source="x.png", threshold=0.5, quality=QualityReport(gradable, ()),
+                model=ModelRef("m", "1", "ab" * 32, "fp32", "onnxruntime"), timings_ms={}, **fields)
+
+
+def test_an_ungradable_result_cannot_carry_a_score_or_a_heatmap():
+    said = ModelOutput(label="PNEUMONIA", probabilities={"NORMAL": 0.1, "PNEUMONIA": 0.9}, urgent_probability=0.9)
+    cam = np.ones((7, 7), np.float32)
+    for leak in ({"label": "PNEUMONIA"}, {"urgent_probability": 0.9}, {"probabilities": said.probabilities},
+                 {"cam": cam}):
+        with pytest.raises(ValueError, match="UNGRADABLE"):
+            TriageResult(triage=UNGRADABLE, **_fields(False, ungraded_output=said, **leak))
+    with pytest.raises(ValueError):
+        TriageResult(triage=URGENT, **_fields(True, ungraded_output=said))  # a graded result shows what it says
+    ungraded = TriageResult.of(said, UNGRADABLE, cam, **_fields(False))
+    assert (ungraded.label, ungraded.probabilities, ungraded.urgent_probability, ungraded.cam) == (None,) * 4
+    document = ungraded.as_json()
+    assert document["urgent_probability"] is None and document["ungraded_model_output"]["probability"] == 0.9
+    graded = TriageResult.of(said, URGENT, cam, **_fields(True))
+    assert graded.urgent_probability == 0.9 and graded.cam is cam and "ungraded_model_output" not in graded.as_json()
+    refused = graded.withheld(QualityReport(False, ()))
+    assert refused.triage == UNGRADABLE and refused.cam is None and refused.ungraded_output == said
+
+
 @pytest.mark.parametrize("bits, monochrome1", [(8, False), (12, False), (12, True), (16, True)])
 def test_dicom_and_jpeg_of_one_radiograph_give_the_same_answer(chest_jpeg, tmp_path, bits, monochrome1):
     triager = Triager(load_bundle(make_tiny_bundle(tmp_path / "b")), threads=1)
@@ -68,7 +93,8 @@ def test_dicom_and_jpeg_of_one_radiograph_give_the_same_answer(chest_jpeg, tmp_p
         assert jpeg_img.pixels.shape == dicom_img.pixels.shape
         assert np.abs(triager.preprocess(dicom_img) - triager.preprocess(jpeg_img)).max() < 0.05
     assert img.pixels.shape == dicom_img.pixels.shape and any("scale" in n for n in img.notes)
-    p_jpeg, p_dicom = from_jpeg.probabilities["PNEUMONIA"], from_dicom.probabilities["PNEUMONIA"]
+    p_jpeg = from_jpeg.model_output.probabilities["PNEUMONIA"]
+    p_dicom = from_dicom.model_output.probabilities["PNEUMONIA"]
     assert p_dicom == pytest.approx(p_jpeg, abs=0.01), img.notes
     if monochrome1:
         assert any("MONOCHROME1" in n for n in img.notes)
@@ -113,7 +139,8 @@ def test_a_jpeg_decoded_at_the_models_scale_gets_the_full_decodes_answer(dataset
         factors.add(round(factor))
         assert min(img.pixels.shape[:2]) >= reduce.min_side and any("scale" in n for n in img.notes), path.name
         assert reduced.triage == full.triage and reduced.quality.ok == full.quality.ok, path.name
-        assert reduced.probabilities["PNEUMONIA"] == pytest.approx(full.probabilities["PNEUMONIA"], abs=0.03), path.name
+        assert reduced.model_output.probabilities["PNEUMONIA"] == pytest.approx(
+            full.model_output.probabilities["PNEUMONIA"], abs=0.03), path.name
     assert factors & {4, 8}  # these 1000-2900 px radiographs are decoded at 1/4 or 1/8
 
 
@@ -131,7 +158,8 @@ def test_a_dicom_radiograph_reduced_before_its_window_gets_the_full_decodes_answ
         full = t.triage_image(full_img, str(path))
         assert img.pixels.shape[0] < full_img.pixels.shape[0] and min(img.pixels.shape) >= t.reduced_decode.min_side
         assert reduced.triage == full.triage, path.name
-        assert reduced.probabilities["PNEUMONIA"] == pytest.approx(full.probabilities["PNEUMONIA"], abs=0.03), path.name
+        assert reduced.model_output.probabilities["PNEUMONIA"] == pytest.approx(
+            full.model_output.probabilities["PNEUMONIA"], abs=0.03), path.name
 
 
 def test_a_dicom_with_a_voi_lut_table_is_not_reduced_before_it(tmp_path, shipped_triager):

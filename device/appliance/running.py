@@ -20,9 +20,9 @@ from device.core.exams import ExamRegistry
 from device.core.monitoring import Metrics
 from device.core.serving import Exam
 from device.core.settings import ConfigError, KioskConfig
-from device.core.store import Store, StudyRecord
-from device.core.studies import StudyService
-from device.core.study_result import FrameCapture
+from device.core.store import NewStudy, Store, StudyRecord
+from device.core.studies import StudyService, stored_image
+from device.core.study_result import FrameCapture, StudyResult
 from device.decision.triage import TRIAGE_ORDER
 from device.dicom.node import open_node
 from device.machine.clock import utc_iso
@@ -174,15 +174,19 @@ class Appliance:
         data, fmt = frame_file(live.frame)
         studies.reserve.require(len(data))
         sha = studies.store.put_image(data)
-        img = dataclasses.replace(live.image, source_format=fmt)
-        capture = FrameCapture(source_id, redact(source.stream.spec.uri), live.frame.seq, utc_iso(live.frame.wall),
-                               round(live.latency_ms, 3), live.smoothed)
-        filename = f"{source_id}-frame{live.frame.seq}.{'jpg' if fmt == 'jpeg' else fmt}"
-        exam = self.exams.resolve(source.exam_id)
-        return studies.save_triaged(
-            exam, sha, len(data), img, live.result, filename, reference, operator,
-            f"capture:{source_id}", t0, capture=capture,
+        capture = FrameCapture(source=source_id, uri=redact(source.stream.spec.uri), frame_seq=live.frame.seq,
+                               frame_captured_at=utc_iso(live.frame.wall), frame_to_result_ms=round(live.latency_ms, 3),
+                               smoothed=live.smoothed)
+        study = NewStudy(
+            exam=self.exams.resolve(source.exam_id).id,
+            source=f"capture:{source_id}",
+            reference=reference,
+            operator=operator,
+            filename=f"{source_id}-frame{live.frame.seq}.{'jpg' if fmt == 'jpeg' else fmt}",
+            image=stored_image(sha, len(data), dataclasses.replace(live.image, source_format=fmt)),
+            result=StudyResult(result=live.result, capture=capture),
         )
+        return studies.save_triaged(study, t0)
 
     # ---- health ------------------------------------------------------------------------------
 

@@ -14,14 +14,13 @@ with contrast and noise, so imagers with very soft pictures may need a lower lim
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from device.decision.quality import QualityIssue, QualityReport
-from device.decision.triage import UNGRADABLE, TriageResult
+from device.decision.triage import TriageResult
 from device.intake import DecodedImage
 
 WORK_SIDE = 320
@@ -96,5 +95,4 @@ def gate(result: TriageResult, issues: list[QualityIssue]) -> TriageResult:
     """The result with the frame's issues added; any issue makes it UNGRADABLE."""
     if not issues:
         return result
-    report = QualityReport(ok=False, issues=result.quality.issues + tuple(issues))
-    return dataclasses.replace(result, quality=report, triage=UNGRADABLE)
+    return result.withheld(QualityReport(ok=False, issues=result.quality.issues + tuple(issues)))

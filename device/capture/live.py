@@ -23,7 +23,7 @@ from device.capture.frame_quality import FrameQualityPolicy, frame_issues, frame
 from device.capture.frames import Frame, FrameSlot, NewestSlot
 from device.capture.stats import LatencyWindow, RateMeter
 from device.decision.smoothing import Smoothed, Smoother
-from device.decision.triage import UNGRADABLE, TriageResult, withhold_ungraded
+from device.decision.triage import TriageResult
 from device.intake import DecodedImage
 from device.intake.reduced import ReducedDecode
 from device.machine.clock import utc_iso
@@ -52,12 +52,14 @@ class LiveResult:
         return self.smoothed.triage if self.smoothed else self.result.triage
 
     @property
-    def display_probability(self) -> float:
+    def display_probability(self) -> float | None:
+        """None when UNGRADABLE: a frame the model cannot assess has no score."""
         return self.smoothed.probability if self.smoothed else self.result.urgent_probability
 
     def as_json(self) -> dict:
-        """The newest result; an UNGRADABLE one carries no score (see device.decision.triage.withhold_ungraded)."""
-        out = {
+        """The newest result, as its TriageResult and Smoothed hold it (an UNGRADABLE one has no score)."""
+        probability = self.display_probability
+        return {
             "source": self.source_id,
             "frame": {
                 "seq": self.frame.seq,
@@ -67,14 +69,10 @@ class LiveResult:
             },
             "latency_ms": round(self.latency_ms, 3),
             "triage": self.display_triage,
-            "probability": round(self.display_probability, 6),
+            "probability": None if probability is None else round(probability, 6),
             "smoothed": self.smoothed.as_json() if self.smoothed else None,
             "result": self.result.as_json(),
         }
-        if self.display_triage == UNGRADABLE:
-            withhold_ungraded(out["result"], out.pop("probability"))
-            out["probability"] = None
-        return out
 
 
 class LiveTriage:

@@ -60,8 +60,9 @@ def draw(pixels: np.ndarray, info: OverlayInfo) -> np.ndarray:
         headline, colour = "WAITING FOR A RESULT", _PENDING
     else:
         colour = _BANNER.get(live.display_triage, _PENDING)
-        # A frame the model cannot assess gets no score: a number there would read as a finding.
-        prob = "" if live.display_triage == UNGRADABLE else f"  p={live.display_probability:.2f}"
+        # A frame the model cannot assess has no score (the result holds none) to draw.
+        p = live.display_probability
+        prob = "" if p is None else f"  p={p:.2f}"
         headline = f"{live.display_triage}{prob}"
         if live.smoothed is not None:
             headline += f"  (smoothed over {live.smoothed.frames}/{live.smoothed.window} frames)"

@@ -28,12 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _table_row(result: TriageResult) -> str:
+    """One line; an UNGRADABLE result has no label or score to print (its JSON keeps what the model said)."""
     reasons = "; ".join(i.message for i in result.quality.issues) or "ok"
     top = ""
-    if len(result.probabilities) > 2:
+    if result.probabilities is not None and len(result.probabilities) > 2:
         best = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[:3]
         top = "  top " + ", ".join(f"{name} {p:.2f}" for name, p in best)
-    return (f"{result.triage:<10} {result.label:<10} {result.urgent_probability:>6.3f} {result.latency_ms:>8.1f}  "
+    p = "-" if result.urgent_probability is None else f"{result.urgent_probability:.3f}"
+    return (f"{result.triage:<10} {result.label or '-':<10} {p:>6} {result.latency_ms:>8.1f}  "
             f"{result.source}  [{reasons}]{top}")
 
 

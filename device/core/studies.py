@@ -24,11 +24,9 @@ from device.core.import_paths import expand_dicomdirs
 from device.core.monitoring import Metrics
 from device.core.renders import Renderer
 from device.core.reserve import Reserve, is_disk_full
-from device.core.serving import Exam
 from device.core.settings import KioskConfig
-from device.core.store import NewStudy, Store, StudyFilter, StudyRecord
-from device.core.study_result import FrameCapture, StudyResult
-from device.decision.triage import TriageResult
+from device.core.store import NewStudy, Store, StoredImage, StudyFilter, StudyRecord
+from device.core.study_result import StudyResult
 from models.bundle import InputContract
 
 log = logging.getLogger(__name__)
@@ -85,6 +83,13 @@ def study_json(study: StudyRecord) -> dict:
             "page": f"/studies/{study.id}",
         },
     }
+
+
+def stored_image(sha256: str, size: int, img: intake.DecodedImage) -> StoredImage:
+    """The images row of ``size`` bytes stored under ``sha256`` that decoded to ``img``."""
+    media_type = MEDIA_TYPES.get(img.source_format, "application/octet-stream")
+    return StoredImage(sha256=sha256, bytes=size, media_type=media_type, source_format=img.source_format,
+                       height=img.original_size[0], width=img.original_size[1])
 
 
 class StudyService:
@@ -167,7 +172,10 @@ class StudyService:
             t_wait = time.perf_counter()
             sha = written.result()
         waited = {"store_image_wait": (time.perf_counter() - t_wait) * 1e3}
-        return self.save_triaged(exam, sha, len(data), img, result, filename, reference, operator, source, t0, waited)
+        study = NewStudy(exam=exam.id, source=source, reference=reference, operator=operator, filename=filename,
+                         image=stored_image(sha, len(data), img),
+                         result=StudyResult(result=result, extra_timings_ms=waited))
+        return self.save_triaged(study, t0)
 
     def _decoded(self, data: bytes, filename: str, reduce: intake.ReducedDecode | None = None
                  ) -> tuple[intake.DecodedImage, float]:
@@ -183,55 +191,24 @@ class StudyService:
             self.metrics.error(exc.code)
             raise
 
-    def keep_image(self, data: bytes, filename: str) -> dict:
+    def keep_image(self, data: bytes, filename: str) -> StoredImage:
         """Decode (to refuse what cannot be triaged) and durably store an image without triaging
-        it: a DICOM instance held until its series is complete. The image row's values (sha256,
-        bytes, media_type, source_format, height, width). Raises KioskError as create_study does."""
+        it: a DICOM instance held until its series is complete. Raises KioskError as create_study does."""
         img, _ = self._decoded(data, filename)
-        return {"sha256": self.store.put_image(data), "bytes": len(data),
-                "media_type": MEDIA_TYPES.get(img.source_format, "application/octet-stream"),
-                "source_format": img.source_format, "height": img.original_size[0], "width": img.original_size[1]}
+        return stored_image(self.store.put_image(data), len(data), img)
 
-    def save_triaged(
-        self,
-        exam: Exam,
-        image_sha256: str,
-        image_bytes: int,
-        img: intake.DecodedImage,
-        result: TriageResult,
-        filename: str,
-        reference: str,
-        operator: str,
-        source: str,
-        started: float,
-        extra_timings_ms: dict[str, float] | None = None,
-        capture: FrameCapture | None = None,
-    ) -> StudyRecord:
-        """Commit a study whose image `exam` has triaged and ``store.put_image`` has made durable.
+    def save_triaged(self, study: NewStudy, started: float) -> StudyRecord:
+        """Commit a study whose image its exam has triaged and ``store.put_image`` has made durable;
+        ``started``: ``time.perf_counter()`` when its request began.
 
         Uploads and imports come through create_study; other sources (a captured camera frame)
         store their encoded frame with put_image and call this directly.
         """
-        kept = StudyResult(result, result.urgent_probability, extra_timings_ms or {}, capture)
-        study = self.store.add_study(
-            image_sha256,
-            image_bytes,
-            NewStudy(
-                exam=exam.id,
-                source=source,
-                reference=reference,
-                operator=operator,
-                filename=filename,
-                media_type=MEDIA_TYPES.get(img.source_format, "application/octet-stream"),
-                source_format=img.source_format,
-                height=img.original_size[0],
-                width=img.original_size[1],
-                result=kept,
-            ),
-        )
-        model_s = (result.timings_ms["preprocess"] + result.timings_ms["inference"]) / 1e3
-        self.metrics.study_created(exam.id, study.triage, model_s, time.perf_counter() - started)
-        return study
+        record = self.store.add_study(study)
+        timings = study.result.result.timings_ms
+        model_s = (timings["preprocess"] + timings["inference"]) / 1e3
+        self.metrics.study_created(study.exam, record.triage, model_s, time.perf_counter() - started)
+        return record
 
     def import_files(
         self, paths: list[str], exam_id: str | None, reference: str | None, operator: str | None

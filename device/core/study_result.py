@@ -1,6 +1,7 @@
 """A triage result as a study keeps it: the model's typed result plus what the study adds (the
-urgent class's probability, the study's own timings, the frame a live capture froze). The store
-takes its columns from these fields and keeps ``as_json()`` as the study's result document."""
+study's own timings, the frame a live capture froze). The store takes its columns from these
+fields and keeps ``as_json()`` as the study's result document; an UNGRADABLE result renders as it
+is, without a label, score or heatmap (device/decision/triage.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 from device.decision.smoothing import Smoothed
-from device.decision.triage import UNGRADABLE, TriageResult, withhold_ungraded
+from device.decision.triage import TriageResult
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FrameCapture:
     """Where a captured study's frame came from."""
 
@@ -26,10 +27,9 @@ class FrameCapture:
         return {**asdict(self), "smoothed": self.smoothed.as_json() if self.smoothed else None}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StudyResult:
     result: TriageResult
-    probability: float  # of the bundle's urgent label
     extra_timings_ms: Mapping[str, float] = field(default_factory=dict)  # the study's steps besides triage
     capture: FrameCapture | None = None
 
@@ -41,9 +41,7 @@ class StudyResult:
         r = self.result.as_json()
         del r["file"]  # the study has its own file name
         r["timings_ms"] = self.timings_ms
-        r["probability"] = self.probability
-        if self.result.triage == UNGRADABLE:
-            withhold_ungraded(r, self.probability)
+        r["probability"] = self.result.urgent_probability  # the document's name for it since its first version
         if self.capture is not None:
             r["capture"] = self.capture.as_json()
         return r

@@ -15,13 +15,20 @@ from models.bundle import Manifest
 SMOOTHING_GAP_S = 1.0  # frames further apart than this do not belong to the same look at the patient
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Smoothed:
+    """The smoothed result; UNGRADABLE (an ungradable frame empties the window) carries no label or
+    score, as an UNGRADABLE TriageResult does not."""
+
     window: int  # N asked for
     frames: int  # gradable frames averaged (<= window)
-    label: str
     triage: str
-    probability: float  # mean probability of the urgent label
+    label: str | None = None
+    probability: float | None = None  # mean probability of the urgent label
+
+    def __post_init__(self) -> None:
+        if (self.triage == UNGRADABLE) != (self.label is None or self.probability is None):
+            raise ValueError("a smoothed result carries a label and score exactly when it is not UNGRADABLE")
 
     def as_json(self) -> dict:
         return {
@@ -29,7 +36,7 @@ class Smoothed:
             "frames": self.frames,
             "label": self.label,
             "triage": self.triage,
-            "probability": round(self.probability, 6),
+            "probability": None if self.probability is None else round(self.probability, 6),
         }
 
 
@@ -47,9 +54,10 @@ class Smoother:
             self._probs.clear()
         self._last = captured
         if result.triage == UNGRADABLE:
-            return Smoothed(self.window, 0, result.label, UNGRADABLE, result.urgent_probability)
+            return Smoothed(window=self.window, frames=0, triage=UNGRADABLE)
         labels = self._manifest.labels
         self._probs.append(np.array([result.probabilities[name] for name in labels]))
         mean = np.mean(self._probs, axis=0)
         label, category = decide(mean, self._manifest, gradable=True)
-        return Smoothed(self.window, len(self._probs), label, category, float(self._manifest.urgent_probability(mean)))
+        return Smoothed(window=self.window, frames=len(self._probs), triage=category, label=label,
+                        probability=float(self._manifest.urgent_probability(mean)))

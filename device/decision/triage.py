@@ -17,18 +17,9 @@ from models.bundle import Manifest
 
 URGENT, ROUTINE, UNGRADABLE = "URGENT", "ROUTINE", "UNGRADABLE"
 TRIAGE_ORDER = (URGENT, UNGRADABLE, ROUTINE)  # the categories, most urgent first (lists sort by it)
-# Where an UNGRADABLE result document keeps what the model said: for audit only. The image failed
-# the quality checks, so the numbers describe nothing a clinician should read.
+# Where an UNGRADABLE result keeps what the model said: for audit only. The image failed the
+# quality checks, so the numbers describe nothing a clinician should read.
 UNGRADED_OUTPUT = "ungraded_model_output"
-
-
-def withhold_ungraded(document: dict, probability: float | None) -> dict:
-    """An UNGRADABLE result document with its score, probabilities and label moved under
-    UNGRADED_OUTPUT (and None where they were), so no screen or client reads them as a finding."""
-    document[UNGRADED_OUTPUT] = {"probabilities": document["probabilities"], "probability": probability,
-                                 "label": document["label"]}
-    document["probabilities"] = document["probability"] = document["label"] = None
-    return document
 
 
 @dataclass(frozen=True)
@@ -51,27 +42,78 @@ class ModelRef:
         }
 
 
-@dataclass(frozen=True)
-class TriageResult:
-    source: str
+@dataclass(frozen=True, kw_only=True)
+class ModelOutput:
+    """What the model said of one image: the likeliest label under the policy, every label's
+    probability, and P(urgent) as the bundle's policy combines them."""
+
     label: str
     probabilities: dict[str, float]
-    urgent_probability: float  # P(urgent) as the bundle's policy combines the probabilities
+    urgent_probability: float
+
+    def as_json(self) -> dict:
+        return {"probabilities": self.probabilities, "probability": self.urgent_probability, "label": self.label}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriageResult:
+    """One image's result. An UNGRADABLE one carries no label, score or heatmap: the image failed its
+    quality checks, and a number or a map on it would read as a finding. What the model said is kept
+    apart (``ungraded_output``), for audit only. Made with ``of``; refused at construction otherwise,
+    so every output (the study, the store, live results, DICOM SR, FHIR) only renders what it holds."""
+
+    source: str
     triage: str
     threshold: float
     quality: quality.QualityReport
     model: ModelRef
     timings_ms: dict[str, float]
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    urgent_probability: float | None = None
+    ungraded_output: ModelOutput | None = None
     image_notes: tuple[str, ...] = ()
     cam: np.ndarray | None = field(default=None, repr=False, compare=False)
     batch_size: int = 1  # studies run through the model together with this one (a burst)
+
+    def __post_init__(self) -> None:
+        if self.triage not in TRIAGE_ORDER:
+            raise ValueError(f"unknown triage category {self.triage!r}")
+        shown = (self.label, self.probabilities, self.urgent_probability)
+        if self.triage == UNGRADABLE:
+            if any(v is not None for v in shown) or self.cam is not None:
+                raise ValueError("an UNGRADABLE result carries no label, score or heatmap (see ungraded_output)")
+        elif any(v is None for v in shown) or self.ungraded_output is not None:
+            raise ValueError(f"a {self.triage} result carries its label and scores, and no ungraded output")
+
+    @classmethod
+    def of(cls, output: ModelOutput, triage: str, cam: np.ndarray | None = None, **fields) -> "TriageResult":
+        """The result of ``output`` in category ``triage``; an UNGRADABLE one keeps the output apart."""
+        if triage == UNGRADABLE:
+            return cls(triage=triage, ungraded_output=output, **fields)
+        return cls(triage=triage, label=output.label, probabilities=output.probabilities,
+                   urgent_probability=output.urgent_probability, cam=cam, **fields)
+
+    @property
+    def model_output(self) -> ModelOutput:
+        """What the model said, whether it is shown or kept apart."""
+        if self.ungraded_output is not None:
+            return self.ungraded_output
+        return ModelOutput(label=self.label, probabilities=self.probabilities, urgent_probability=self.urgent_probability)
+
+    def withheld(self, report: quality.QualityReport) -> "TriageResult":
+        """This result, UNGRADABLE under ``report`` (a failed quality report: a camera frame's checks)."""
+        return TriageResult.of(
+            self.model_output, UNGRADABLE, source=self.source, threshold=self.threshold, quality=report,
+            model=self.model, timings_ms=self.timings_ms, image_notes=self.image_notes, batch_size=self.batch_size,
+        )
 
     @property
     def latency_ms(self) -> float:
         return sum(self.timings_ms.values())
 
     def as_json(self) -> dict:
-        return {
+        out = {
             "file": self.source,
             "label": self.label,
             "probabilities": self.probabilities,
@@ -85,6 +127,9 @@ class TriageResult:
             "image_notes": list(self.image_notes),
             "batch_size": self.batch_size,
         }
+        if self.ungraded_output is not None:
+            out[UNGRADED_OUTPUT] = self.ungraded_output.as_json()
+        return out
 
 
 def decide(probs: np.ndarray, manifest: Manifest, gradable: bool) -> tuple[str, str]:

@@ -22,7 +22,6 @@ from fhir.resources.R4B.bundle import Bundle
 
 from device.core.settings.dicom import FhirDestination
 from device.core.store import StudyRecord
-from device.decision.triage import UNGRADABLE
 from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
 from models import atomic
 from models.bundle import Manifest
@@ -68,7 +67,7 @@ def report_bundle(source: pydicom.Dataset, study: StudyRecord, manifest: Manifes
         "derivedFrom": [imaging_study],
         "note": [{"text": _verdict(study)}],
     }
-    if study.triage != UNGRADABLE and study.probability is not None:
+    if study.probability is not None:  # an UNGRADABLE study has none
         observation["component"] = [{
             "code": {"text": f"Model score for {finding} (0 to 1; operating point {study.threshold:.4f})"},
             "valueQuantity": {"value": round(float(study.probability), 6), "unit": "1", "system": UCUM, "code": "1"},

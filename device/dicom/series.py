@@ -83,7 +83,7 @@ class SeriesTriage:
         if study_id is not None:
             self.studies.store.add_dicom_instance({**fields, "study_id": study_id, "calling_ae": calling_ae}, image)
             return f"kept with study {study_id}: its series was triaged already"
-        self.studies.store.hold_dicom_instance(image, {**fields, "image_sha256": image["sha256"], "filename": filename,
+        self.studies.store.hold_dicom_instance(image, {**fields, "image_sha256": image.sha256, "filename": filename,
                                                      "calling_ae": calling_ae, "arrived": time.time()})
         self._wake.set()
         return "held until its series is complete"

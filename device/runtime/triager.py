@@ -16,7 +16,7 @@ import numpy as np
 
 from device import intake
 from device.decision import quality
-from device.decision.triage import ModelRef, TriageResult, decide, urgent_map
+from device.decision.triage import ModelOutput, ModelRef, TriageResult, decide, urgent_map
 from device.machine.facts import usable_cores
 from device.runtime import registry
 from device.runtime.base import Backend, RuntimeFailure, VariantFile, model_io
@@ -107,18 +107,16 @@ class Triager:
         results = []
         for i, p in enumerate(prepared):
             label, category = decide(probs[i], m, p.report.ok)
-            results.append(TriageResult(
+            output = ModelOutput(label=label, probabilities={name: float(v) for name, v in zip(m.labels, probs[i])},
+                                 urgent_probability=float(m.urgent_probability(probs[i])))
+            results.append(TriageResult.of(
+                output, category, None if cam is None else cam[i],
                 source=p.source,
-                label=label,
-                probabilities={name: float(v) for name, v in zip(m.labels, probs[i])},
-                urgent_probability=float(m.urgent_probability(probs[i])),
-                triage=category,
                 threshold=m.policy.operating_point.threshold,
                 quality=p.report,
                 model=self.model,
                 timings_ms={**p.timings_ms, "inference": inference_ms},
                 image_notes=p.img.notes,
-                cam=None if cam is None else cam[i],
                 batch_size=len(prepared),
             ))
         return results

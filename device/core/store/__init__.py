@@ -26,7 +26,7 @@ from pathlib import Path
 from device.core.store.audit import AUDIT_ACTIONS, AuditEntry, AuditLog
 from device.core.store.connection import StoreError, configure
 from device.core.store.dicom import DicomTables
-from device.core.store.images import ImageFiles, clear_tmp, make_shards
+from device.core.store.images import ImageFiles, StoredImage, clear_tmp, make_shards
 from device.core.store.schema import MIGRATIONS, migrate
 from device.core.store.studies import NewStudy, StudyFilter, StudyRecord, StudyTable
 
@@ -34,7 +34,7 @@ DB_NAME = "bedside.sqlite3"
 
 __all__ = [
     "AUDIT_ACTIONS", "DB_NAME", "MIGRATIONS", "AuditEntry", "NewStudy", "Store", "StoreCheck", "StoreError",
-    "StudyFilter", "StudyRecord",
+    "StoredImage", "StudyFilter", "StudyRecord",
 ]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 
 from device.core.store.connection import Connection, named
-from device.core.store.images import insert_image
+from device.core.store.images import StoredImage, insert_image
 from device.machine.clock import utc_iso
 
 DICOM_INSTANCE_COLUMNS = (
@@ -25,14 +25,14 @@ DICOM_EVENT_COLUMNS = ("event", "calling_ae", "peer", "sop_instance_uid", "statu
 class DicomTables(Connection):
     """The dicom_instances, dicom_held and dicom_events tables."""
 
-    def add_dicom_instance(self, row: dict, kept_image: dict | None = None) -> None:
+    def add_dicom_instance(self, row: dict, kept_image: StoredImage | None = None) -> None:
         """Record which study a received instance became (``row`` holds DICOM_INSTANCE_COLUMNS). One
         kept beside the triaged instance of its series brings its own image (``kept_image``, as for
         hold_dicom_instance)."""
         with self._transaction() as db:
             if kept_image is not None:
                 insert_image(db, kept_image)
-            insert_instance(db, row, kept_image is None, kept_image and kept_image["sha256"], utc_iso())
+            insert_instance(db, row, kept_image is None, kept_image and kept_image.sha256, utc_iso())
 
     def dicom_instance(self, sop_instance_uid: str) -> dict | None:
         """The instance with this UID: stored with its study, or held (study_id None) until its
@@ -64,10 +64,9 @@ class DicomTables(Connection):
 
     # ---- instances held until their series is complete (device/dicom/series.py) --------------
 
-    def hold_dicom_instance(self, image: dict, row: dict) -> None:
+    def hold_dicom_instance(self, image: StoredImage, row: dict) -> None:
         """Keep a received instance whose series is not yet triaged: its image (already durable,
-        see put_image; ``image`` holds sha256, bytes, media_type, source_format, height, width) and
-        its header (``row`` holds DICOM_HELD_COLUMNS)."""
+        see put_image) and its header (``row`` holds DICOM_HELD_COLUMNS)."""
         with self._transaction() as db:
             insert_image(db, image)
             db.execute(

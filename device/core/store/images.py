@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from device.core.store.connection import Connection
@@ -13,7 +14,18 @@ from device.machine.clock import utc_iso
 from models import atomic
 from models.atomic import fsync_directory
 
-IMAGE_COLUMNS = ("sha256", "bytes", "media_type", "source_format", "height", "width")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredImage:
+    """An image made durable under its sha256 (put_image), as its row in the images table lists it."""
+
+    sha256: str
+    bytes: int
+    media_type: str
+    source_format: str
+    height: int
+    width: int
 
 
 class ImageFiles(Connection):
@@ -37,12 +49,13 @@ class ImageFiles(Connection):
         return sha
 
 
-def insert_image(db: sqlite3.Connection, image: dict, at: str | None = None) -> None:
-    """The image's row (``image`` holds IMAGE_COLUMNS), once: a second study of the same bytes adds
-    none. ``at``: when it was stored (default now)."""
+def insert_image(db: sqlite3.Connection, image: StoredImage, at: str | None = None) -> None:
+    """The image's row, once: a second study of the same bytes adds none. ``at``: when it was stored
+    (default now)."""
     db.execute(
-        f"INSERT OR IGNORE INTO images ({', '.join(IMAGE_COLUMNS)}, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (*(image[c] for c in IMAGE_COLUMNS), at or utc_iso()),
+        "INSERT OR IGNORE INTO images (sha256, bytes, media_type, source_format, height, width, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (*astuple(image), at or utc_iso()),
     )
 
 

@@ -13,25 +13,23 @@ import numpy as np
 
 from device.core.store.audit import record
 from device.core.store.connection import Connection, named
-from device.core.store.images import insert_image
+from device.core.store.images import StoredImage, insert_image
 from device.core.study_result import StudyResult
 from device.decision.triage import TRIAGE_ORDER, UNGRADABLE, ModelRef
 from device.machine.clock import utc_iso
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NewStudy:
-    """Everything that is committed for one study, image bytes apart."""
+    """Everything that is committed for one study: its image (already durable, see put_image), the
+    result, and who and what it came from."""
 
     exam: str
     source: str
     reference: str
     operator: str
     filename: str
-    media_type: str
-    source_format: str
-    height: int
-    width: int
+    image: StoredImage
     result: StudyResult  # its triage result holds the heatmap (cam)
 
 
@@ -60,6 +58,10 @@ class StudyRecord:
     reviewed_at: str | None
     reviewed_by: str | None
     review_note: str | None
+
+    def __post_init__(self) -> None:
+        if self.triage == UNGRADABLE and (self.label, self.probability, self.cam) != (None, None, None):
+            raise ValueError("an UNGRADABLE study offers no label, score or heatmap")
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ _PLAIN_FIELDS = (
 def _record(row: sqlite3.Row) -> StudyRecord:
     """A study as the kiosk shows it. An UNGRADABLE study offers no score, label or heatmap to
     anyone: the image failed the quality checks, and a number or a map on it reads as a finding.
-    The raw output stays in its row and in its result document (``ungraded_model_output``)."""
+    What the model said stays in its row (label, probability; and the heatmap of a study saved
+    before results held none when UNGRADABLE) and its result document (``ungraded_model_output``)."""
     fields = {name: row[name] for name in _PLAIN_FIELDS}
     cam = None
     if row["triage"] == UNGRADABLE:
@@ -107,22 +110,24 @@ def _record(row: sqlite3.Row) -> StudyRecord:
 class StudyTable(Connection):
     """The studies table."""
 
-    def add_study(self, image_sha256: str, image_bytes: int, study: NewStudy) -> StudyRecord:
-        """Commit the study (its image must already be durable, see put_image) and audit it."""
+    def add_study(self, study: NewStudy) -> StudyRecord:
+        """Commit the study (its image must already be durable, see put_image) and audit it. The row's
+        label and probability are what the model said, shown or not (the columns predate UNGRADABLE
+        results without them; reading renders them as the result does)."""
         now = utc_iso()
         r, model = study.result.result, study.result.result.model
+        said = r.model_output
         cam = None if r.cam is None else np.ascontiguousarray(r.cam, dtype="<f4")
         with self._transaction() as db:
-            insert_image(db, {"sha256": image_sha256, "bytes": image_bytes, "media_type": study.media_type,
-                              "source_format": study.source_format, "height": study.height, "width": study.width}, now)
+            insert_image(db, study.image, now)
             cur = db.execute(
                 "INSERT INTO studies (created_at, exam, source, reference, operator, filename, image_sha256,"
                 " triage, label, probability, threshold, model_id, model_version, model_sha256, backend,"
                 " precision, timings_json, result_json, cam, cam_height, cam_width)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    now, study.exam, study.source, study.reference, study.operator, study.filename, image_sha256,
-                    r.triage, r.label, study.result.probability, r.threshold, model.id, model.version,
+                    now, study.exam, study.source, study.reference, study.operator, study.filename, study.image.sha256,
+                    r.triage, said.label, said.urgent_probability, r.threshold, model.id, model.version,
                     model.sha256, model.backend, model.precision, json.dumps(study.result.timings_ms),
                     json.dumps(study.result.as_json()), None if cam is None else cam.tobytes(),
                     None if cam is None else cam.shape[0], None if cam is None else cam.shape[1],
