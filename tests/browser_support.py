@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from capture_support import sample_xrays
-from kiosk_support import ROOT, shipped_bundle
+from kiosk_support import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -25,48 +24,12 @@ AXE_JS = """async (failing) => (await axe.run(document, {resultTypes: ["violatio
   .map((v) => ({id: v.id, impact: v.impact, help: v.help, where: v.nodes.slice(0, 3).map((n) => n.target.join(" "))}))"""
 
 
-@pytest.fixture(scope="module")
-def sync_playwright():
-    if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium; .ci/run does)")
-    return pytest.importorskip("playwright.sync_api", reason="playwright (test extra) not installed").sync_playwright
-
-
-@pytest.fixture(scope="module")
-def bundle() -> Path:
-    path = shipped_bundle()
-    if path is None:
-        pytest.skip("the shipped bundle models/bundles/chest-xray-pneumonia is absent")
-    return path
-
-
-@pytest.fixture(scope="module")
-def xray() -> Path:
-    pneumonia = [p for p in sample_xrays() if p.parent.name == "PNEUMONIA"]
-    if not pneumonia:
-        pytest.skip("no full-resolution chest X-ray samples (datasets/chest-xray/fullres-samples)")
-    return pneumonia[0]
-
-
-@pytest.fixture(scope="session")
-def screens(tmp_path_factory) -> Path:
-    """Where screenshots go: one folder per test session, under pytest's basetemp."""
-    return tmp_path_factory.mktemp("screens")
-
-
 def open_browser(pw, profile: Path, width: int, height: int, **options):
     """A headless Chromium context at this viewport (touch when ``has_touch=True``)."""
     return pw.chromium.launch_persistent_context(
         str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
         viewport={"width": width, "height": height}, **options,
     )
-
-
-@pytest.fixture(scope="module")
-def axe() -> Path:
-    if not AXE.is_file():
-        pytest.skip(f"{AXE} missing: `make test` installs axe-core from npm")
-    return AXE
 
 
 def axe_violations(page, axe_js: Path) -> list[dict]:

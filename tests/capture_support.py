@@ -13,10 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
-import pytest
 
-from device.runtime.triager import Triager
-from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
 
 FFMPEG = shutil.which("ffmpeg")
@@ -165,24 +162,3 @@ def camera_video(folder: Path, size: tuple[int, int] = (1280, 720), fps: int = 3
     return make_video(folder / "xrays.mkv", folder / "frames", fps)
 
 
-@pytest.fixture(scope="session")
-def ffmpeg() -> str:
-    if FFMPEG is None:
-        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg; .ci/run installs it)")
-    return FFMPEG
-
-
-@pytest.fixture(scope="session")
-def xray_video(ffmpeg, tmp_path_factory) -> Path:
-    return camera_video(tmp_path_factory.mktemp("capture-video"))
-
-
-@pytest.fixture(scope="session")
-def shipped_triager():
-    """The shipped chest X-ray model, INT8 as the appliance runs it live, on one thread."""
-    bundle = default_bundles_dir() / "chest-xray-pneumonia"
-    if bundle not in find_bundles():
-        pytest.skip("the shipped chest X-ray bundle is not installed")
-    triager = Triager(load_bundle(bundle), precision="int8", threads=1)
-    yield triager
-    triager.close()

@@ -25,7 +25,6 @@ from typing import IO
 import cv2
 import numpy as np
 import pydicom
-import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -33,7 +32,6 @@ from device.core.settings import KioskConfig
 from device.runtime.backend_choice import CACHE_FOLDER as CHOICE_FOLDER
 from models.bundle import default_bundles_dir, find_bundles
 from models.datasets import datasets_dir
-from tiny_bundle import make_tiny_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"Bedside kiosk ready at (http://\S+)")
@@ -253,54 +251,6 @@ TINY_MODELS = {"inference_threads": 1}
 CHOICE_SEED = "choice-seed"  # beside the tiny bundle: a data dir holding its timed backend choice
 
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory) -> Path:
-    """The tiny bundle, with its backend choice timed once for the session: every kiosk of the
-    ``config`` fixture starts from that cache, as a kiosk's second boot does (self-test only), instead
-    of timing each candidate again (about 0.4 s a kiosk). The timing itself is tested in
-    test_backend_choice."""
-    from device.core.settings import ModelSettings
-    from device.core.exams import ExamRegistry
-
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
-    ExamRegistry.load(ModelSettings(bundles=[bundle], **TINY_MODELS), cache_dir=bundle.parent / CHOICE_SEED).close()
-    return bundle
-
-
-@pytest.fixture
-def drives(tmp_path) -> dict[str, Path]:
-    """An import folder (a 'USB drive' with images on it) and an export folder."""
-    usb = tmp_path / "media" / "usb"
-    (usb / "DCIM").mkdir(parents=True)
-    out = tmp_path / "export"
-    out.mkdir()
-    return {"import": tmp_path / "media", "usb": usb, "export": out}
-
-
-@pytest.fixture
-def config(tmp_path, tiny_bundle, drives) -> KioskConfig:
-    shutil.copytree(tiny_bundle.parent / CHOICE_SEED, tmp_path / "data")
-    return KioskConfig.model_validate(
-        {
-            "store": {"data_dir": str(tmp_path / "data")},
-            "models": {"bundles": [str(tiny_bundle)], **TINY_MODELS},
-            "media": {"import_folders": [str(drives["import"])], "export_folders": [str(drives["export"])]},
-            "server": {"max_upload_mb": 4},
-        }
-    )
-
-
-@pytest.fixture
-def app(config):
-    from device.kiosk import create_app
-    from device.appliance.context import appliance_of
-
-    application = create_app(config)
-    application.config["TESTING"] = True
-    yield application
-    appliance_of(application).close()
-
-
 def form_client(app):
     """Flask's test client, posting as the kiosk's own pages do: with their CSRF token."""
     from device.kiosk.security import TOKEN_HEADER, csrf_token
@@ -308,12 +258,6 @@ def form_client(app):
     client = app.test_client()
     client.environ_base["HTTP_" + TOKEN_HEADER.upper().replace("-", "_")] = csrf_token(app)
     return client
-
-
-@pytest.fixture
-def client(app):
-    with form_client(app) as c:
-        yield c
 
 
 @contextmanager

@@ -21,7 +21,6 @@ import pytest
 from device.cli import main
 from device.updates import sign_archive
 from kiosk_support import ROOT
-from update_support import releases, signer  # noqa: F401
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from capture_support import ffmpeg, make_frames, sample_xrays, shipped_triager, wait_for, xray_video  # noqa: F401
+from capture_support import make_frames, sample_xrays, wait_for
 from device.capture.errors import CaptureError
 from device.capture.live import LiveTriage
 from device.capture.manager import frame_file

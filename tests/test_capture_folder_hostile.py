@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from capture_support import wait_for
-from kiosk_support import config, drives, kiosk_client, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import kiosk_client
 
 from device.capture.sources import parse_source
 from device.capture.stream import STREAMING, CaptureStream, Timing

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from capture_support import MjpegServer, ffmpeg, shipped_triager, wait_for, xray_video  # noqa: F401
+from capture_support import MjpegServer, wait_for
 from device.capture.errors import CaptureError
 from device.capture.live import LiveTriage
 from device.capture.mjpeg import MjpegReader

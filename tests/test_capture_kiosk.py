@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from capture_support import MjpegServer, ffmpeg, free_port, make_frames, sample_xrays, wait_for, xray_video  # noqa: F401
+from capture_support import MjpegServer, free_port, make_frames, sample_xrays, wait_for
 
 from device.core.settings import ConfigError, KioskConfig, load_config
-from kiosk_support import SHIPPED, config, drives, form_client, running_server, shipped_bundle, tiny_bundle  # noqa: F401
+from kiosk_support import SHIPPED, form_client, running_server, shipped_bundle
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from fhir.resources.R4B.bundle import Bundle
 
 from device.appliance.context import appliance_of
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
-from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 
 FILE = SAMPLES / "cr_dx" / "RG3_J2KR.dcm"
 
@@ -54,7 +53,7 @@ class Endpoint:
         self.server.server_close()
 
 
-def fhir_app(config, destination: dict):  # noqa: F811 (the fixture's value)
+def fhir_app(config, destination: dict):
     from device.kiosk import create_app
 
     need_dcmtk()
@@ -95,7 +94,7 @@ def check_bundle(body: dict, appliance, study_id: int) -> None:
         assert float(observation.component[0].valueQuantity.value) == pytest.approx(study.probability)
 
 
-def test_bundle_waits_for_the_endpoint_then_arrives_once(config, tmp_path):  # noqa: F811
+def test_bundle_waits_for_the_endpoint_then_arrives_once(config, tmp_path):
     port = free_port()
     app = fhir_app(config, {"url": f"http://127.0.0.1:{port}/fhir"})
     appliance = appliance_of(app)
@@ -116,7 +115,7 @@ def test_bundle_waits_for_the_endpoint_then_arrives_once(config, tmp_path):  # n
         appliance.close()
 
 
-def test_a_refused_bundle_is_failed_not_resent(config, tmp_path):  # noqa: F811
+def test_a_refused_bundle_is_failed_not_resent(config, tmp_path):
     port = free_port()
     with Endpoint(port, status=422) as endpoint:
         app = fhir_app(config, {"url": f"http://127.0.0.1:{port}/fhir"})
@@ -132,7 +131,7 @@ def test_a_refused_bundle_is_failed_not_resent(config, tmp_path):  # noqa: F811
             appliance.close()
 
 
-def test_bundle_written_to_a_folder(config, tmp_path):  # noqa: F811
+def test_bundle_written_to_a_folder(config, tmp_path):
     folder = tmp_path / "fhir-out"
     app = fhir_app(config, {"folder": str(folder)})
     appliance = appliance_of(app)
@@ -151,7 +150,7 @@ def test_bundle_written_to_a_folder(config, tmp_path):  # noqa: F811
     ({"name": "ehr"}, "either folder or url"),
     ({"name": "pacs", "folder": "/tmp/x"}, "used more than once: pacs"),
 ])
-def test_fhir_settings_are_checked(config, fhir, message):  # noqa: F811
+def test_fhir_settings_are_checked(config, fhir, message):
     from device.core.settings import ConfigError
 
     with pytest.raises(ConfigError, match=message):
@@ -159,7 +158,7 @@ def test_fhir_settings_are_checked(config, fhir, message):  # noqa: F811
             {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}]})
 
 
-def test_an_ungradable_study_has_no_score_in_fhir(config, tmp_path):  # noqa: F811
+def test_an_ungradable_study_has_no_score_in_fhir(config, tmp_path):
     """The Bundle of an UNGRADABLE study says why and what to do, and carries no probability."""
     import dataclasses
 

@@ -11,7 +11,6 @@ import pydicom
 import pydicom.config
 
 from dicom_peers import SAMPLES, need_dcmtk, need_samples
-from kiosk_support import app, client, config, drives, tiny_bundle  # noqa: F401 (fixtures)
 
 FILES = sorted((SAMPLES / "cr_dx").glob("*.dcm"))[:2]
 

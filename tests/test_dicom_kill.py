@@ -13,7 +13,7 @@ import pydicom
 from device.core.store import Store
 from dicom_factory import grayscale_dicom
 from dicom_peers import free_port, need_dcmtk, storescu_config, wait_until
-from kiosk_support import start_server, stop_server, tiny_bundle  # noqa: F401 (fixture)
+from kiosk_support import start_server, stop_server
 
 COUNT = 100
 KILL_AFTER = 20  # acknowledged instances before the kill

@@ -12,7 +12,7 @@ from device.appliance.context import appliance_of
 from device.core.store import StudyFilter
 from device.dicom.contexts import TRANSFER_SYNTAXES
 from dicom_peers import SAMPLES, echoscu, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
-from kiosk_support import app, config, drives, running_server, tiny_bundle  # noqa: F401 (fixtures)
+from kiosk_support import running_server
 
 GOOD = sorted((SAMPLES / "cr_dx").glob("*.dcm"))
 BROKEN = [SAMPLES / "edge_cases" / name for name in ("966.dcm", "RG2_JPLY.dcm", "JPEG-lossy.dcm")]

@@ -11,7 +11,6 @@ import pytest
 from device.appliance.context import appliance_of
 from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
-from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 from orthanc_peer import AE_TITLE, Orthanc, need_orthanc
 
 SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"

@@ -16,7 +16,6 @@ from device.appliance.context import appliance_of
 from device.core.store import StudyFilter
 from device.dicom.series import pick
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
-from kiosk_support import config, drives, tiny_bundle  # noqa: F401 (fixtures)
 
 SOURCE = SAMPLES / "cr_dx" / "RG2_JPLY_fixed.dcm"  # a real CR, JPEG extended
 
@@ -36,7 +35,7 @@ def series_files(folder, views_and_numbers, study_uid=None, series_uid=None):
     return paths
 
 
-def open_kiosk(config, port, stable_s):  # noqa: F811 (the fixture's value)
+def open_kiosk(config, port, stable_s):
     from device.kiosk import create_app
 
     cfg = config.with_overrides(**{
@@ -59,7 +58,7 @@ def test_the_rule_prefers_frontal_then_the_middle_instance():
     assert pick(cine, ["PA", "AP"]) == row("", "3")
 
 
-def test_one_instance_per_series_is_triaged_the_rest_kept(config, tmp_path):  # noqa: F811
+def test_one_instance_per_series_is_triaged_the_rest_kept(config, tmp_path):
     need_dcmtk()
     need_samples()
     chest = series_files(tmp_path, [("LL", "1"), ("PA", "2"), ("LL", "3")])
@@ -108,7 +107,7 @@ def _uids(path):
     return str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID)
 
 
-def test_held_instances_are_triaged_after_a_restart(config, tmp_path):  # noqa: F811
+def test_held_instances_are_triaged_after_a_restart(config, tmp_path):
     need_dcmtk()
     need_samples()
     files = series_files(tmp_path, [("LL", "1"), ("AP", "2")])
@@ -133,14 +132,14 @@ def test_held_instances_are_triaged_after_a_restart(config, tmp_path):  # noqa: 
 
 
 @pytest.mark.parametrize("setting", [{"triage": "sometimes"}, {"stable_s": 0}, {"prefer": ["PA"]}])
-def test_series_settings_are_checked(config, setting):  # noqa: F811
+def test_series_settings_are_checked(config, setting):
     from device.core.settings import ConfigError
 
     with pytest.raises(ConfigError, match="dicom.series"):
         config.with_overrides(**{"dicom.series": setting})
 
 
-def test_a_crash_after_the_study_commit_does_not_triage_the_series_twice(config, tmp_path):  # noqa: F811
+def test_a_crash_after_the_study_commit_does_not_triage_the_series_twice(config, tmp_path):
     """The study of the picked instance was committed, then the kiosk died before the series was
     settled: at start the series is settled onto that study, not triaged again."""
     need_dcmtk()

@@ -12,9 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from kiosk_support import (  # noqa: F401  (fixtures)
-    app, client, config, dicom_without_pixels, drives, jpeg_bytes, multipart, png_bytes, tiny_bundle,
-)
+from kiosk_support import dicom_without_pixels, jpeg_bytes, multipart, png_bytes
 
 HUGE_ID = "99999999999999999999"
 

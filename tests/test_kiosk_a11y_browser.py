@@ -13,9 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from browser_support import (  # noqa: F401 (fixtures)
-    VIEWPORTS, axe, axe_violations, bundle, open_browser, screens, sync_playwright, xray,
-)
+from browser_support import VIEWPORTS, axe_violations, open_browser
 from capture_support import sample_xrays
 from kiosk_support import running_server
 

@@ -16,18 +16,7 @@ import pytest
 
 from device.runtime import registry
 
-from kiosk_support import (  # noqa: F401  (fixtures)
-    app,
-    client,
-    config,
-    dicom_without_pixels,
-    drives,
-    huge_png_header,
-    jpeg_bytes,
-    multipart,
-    png_bytes,
-    tiny_bundle,
-)
+from kiosk_support import dicom_without_pixels, huge_png_header, jpeg_bytes, multipart, png_bytes
 
 
 def upload(client, data: bytes, name: str = "x.png", **fields):

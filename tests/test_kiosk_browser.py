@@ -14,7 +14,7 @@ import shutil
 
 import pytest
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORTS, bundle, screens, sync_playwright, xray  # noqa: F401
+from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORTS
 from capture_support import sample_xrays
 from kiosk_support import running_server
 from models.bundle import load_bundle

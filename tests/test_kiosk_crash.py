@@ -11,7 +11,7 @@ import sqlite3
 import threading
 
 from device.core.store import DB_NAME, Store
-from kiosk_support import png_bytes, start_server, stop_server, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import png_bytes, start_server, stop_server
 
 CLIENTS = 8
 KILL_AFTER_ACKS = 25

@@ -13,7 +13,7 @@ import pytest
 from device.appliance.context import appliance_of
 from device.core.settings import KioskConfig
 from device.kiosk import create_app
-from kiosk_support import config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import form_client, png_bytes
 
 DISK_MB = 48
 RESERVE_MB = 16

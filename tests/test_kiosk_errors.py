@@ -11,9 +11,7 @@ import pytest
 
 from device.intake.errors import KINDS
 from device.kiosk.plain_errors import PLAIN_ERRORS
-from kiosk_support import (  # noqa: F401  (fixtures)
-    app, client, config, dicom_without_pixels, drives, huge_png_header, jpeg_bytes, multipart, tiny_bundle,
-)
+from kiosk_support import dicom_without_pixels, huge_png_header, jpeg_bytes, multipart
 from test_kiosk_pages import post_upload, text
 
 

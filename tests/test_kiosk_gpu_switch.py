@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
-import pytest
-
-import fakes
 
 from device import intake
 from device.core.exams import ExamRegistry
 from device.core.settings import ModelSettings
 from device.runtime import registry
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from device.tensorrt import backend as tensorrt_backend
 from tiny_bundle import make_tiny_bundle
-
-
-@pytest.fixture
-def gated_build(monkeypatch) -> threading.Event:
-    """Engine builds wait until the test sets the returned event, so 'while it builds' is observable."""
-    gate = threading.Event()
-    plan = tensorrt_backend._engine_plan
-
-    def gated_plan(*args):
-        cache, key, build = plan(*args)
-
-        def gated(engine, progress, cancel):
-            if not gate.wait(60):
-                raise TimeoutError("the test never released the engine build")
-            build(engine, progress, cancel)
-
-        return cache, key, gated
-
-    monkeypatch.setattr(tensorrt_backend, "_engine_plan", gated_plan)
-    return gate
-
-
-@pytest.fixture
-def gpu(monkeypatch, tmp_path):
-    fakes.install(monkeypatch)
-    monkeypatch.setenv("BEDSIDE_ENGINE_CACHE", str(tmp_path / "engines"))
-    yield
-    fakes.uninstall()
 
 
 def _image() -> intake.DecodedImage:

@@ -8,7 +8,7 @@ import io
 
 import pytest
 
-from kiosk_support import app, client, config, drives, kiosk_client, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import kiosk_client, png_bytes
 from test_kiosk_pages import post_upload, text
 
 

@@ -11,7 +11,7 @@ import pytest
 from device.appliance.context import appliance_of
 from device.kiosk import create_app
 from device.kiosk.security import csrf_token
-from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import png_bytes
 
 EVIL = "http://evil.example"
 OWN = "http://localhost"  # Flask's test client sends Host: localhost

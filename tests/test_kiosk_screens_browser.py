@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from browser_support import VIEWPORTS, bundle, open_browser, screens, sync_playwright, xray  # noqa: F401  (fixtures)
+from browser_support import VIEWPORTS, open_browser
 from device.kiosk.plain_errors import PLAIN_ERRORS
 from kiosk_support import dicom_without_pixels, huge_png_header, jpeg_bytes, running_server
 

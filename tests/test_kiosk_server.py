@@ -7,15 +7,7 @@ import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
-from kiosk_support import (  # noqa: F401  (fixtures)
-    dicom_without_pixels,
-    huge_png_header,
-    jpeg_bytes,
-    png_bytes,
-    start_server,
-    stop_server,
-    tiny_bundle,
-)
+from kiosk_support import dicom_without_pixels, huge_png_header, jpeg_bytes, png_bytes, start_server, stop_server
 
 
 def test_concurrent_clients_good_and_bad_uploads(tmp_path, tiny_bundle):

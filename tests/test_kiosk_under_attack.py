@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hostile_inputs import deflated_dicom_bomb, png_pixel_bomb, radiograph_png
-from kiosk_support import Client, png_bytes, running_server, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import Client, png_bytes, running_server
 
 MAX_GROWTH_BYTES = 300 * 2**20
 IDLE_CONNECTIONS = 500

@@ -10,7 +10,7 @@ import re
 import cv2
 import numpy as np
 
-from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import png_bytes
 from test_kiosk_pages import post_upload, text
 
 

@@ -16,7 +16,7 @@ from device.core.settings import ServerSettings
 from device.kiosk.server import HealthProbe, KioskServer, _start_watchdog
 from device.technician.area import area_of
 from dicom_peers import wait_until
-from kiosk_support import Client, config, drives, png_bytes, tiny_bundle  # noqa: F401 (fixtures)
+from kiosk_support import Client, png_bytes
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from device.decision.triage import TRIAGE_ORDER
-from kiosk_support import app, client, config, drives, png_bytes, tiny_bundle  # noqa: F401  (fixtures)
+from kiosk_support import png_bytes
 from test_kiosk_pages import post_upload, text
 
 

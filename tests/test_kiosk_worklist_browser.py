@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from browser_support import VIEWPORTS, bundle, open_browser, screens, sync_playwright  # noqa: F401  (fixtures)
+from browser_support import VIEWPORTS, open_browser
 from capture_support import sample_xrays
 from kiosk_support import running_server
 

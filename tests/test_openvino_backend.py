@@ -10,7 +10,7 @@ from device.machine.facts import cpu_features
 from device.runtime import registry
 from device.runtime.base import ModelIO, RuntimeFailure
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from tiny_bundle import IO, SIZE, model_path, variant_file  # noqa: F401 (model_path: a fixture)
+from tiny_bundle import IO, SIZE, variant_file
 
 pytest.importorskip("openvino")
 from device.runtime.openvino_backend import OpenVinoBackend  # noqa: E402

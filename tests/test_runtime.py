@@ -8,7 +8,7 @@ import pytest
 from device.runtime import registry
 from device.runtime.base import ModelIO, RuntimeFailure, RuntimeUnavailable
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from tiny_bundle import IO, SIZE, model_path, variant_file  # noqa: F401 (model_path: a fixture)
+from tiny_bundle import IO, SIZE, variant_file
 
 
 def test_onnxruntime_is_available_here():

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from dicom_peers import wait_until
-from kiosk_support import ROOT, start_server, stop_server, tiny_bundle  # noqa: F401 (fixtures)
+from kiosk_support import ROOT, start_server, stop_server
 from technician_support import WebSession, provisioned_config
 
 GOOD = '[server]\nallowed_hosts = ["ward4.example"]\n'

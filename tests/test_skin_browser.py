@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from browser_support import VIEWPORTS, axe, axe_violations, open_browser, screens, sync_playwright  # noqa: F401
+from browser_support import VIEWPORTS, axe_violations, open_browser
 from kiosk_support import running_server
 from models.bundle import default_bundles_dir
 from models.datasets import datasets_dir

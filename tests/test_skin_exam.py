@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-from capture_support import ffmpeg  # noqa: F401  (fixture)
 
 from device import intake
 from device.cli import main as bedside

@@ -14,9 +14,7 @@ from device.kiosk.security import TOKEN_HEADER, csrf_token
 from device.technician.area import area_of
 from device.technician.credentials import hash_password
 from device.technician.login_gate import COOKIE
-from kiosk_support import (  # noqa: F401  (fixtures)
-    app, config, drives, form_client, kiosk_client, png_bytes, tiny_bundle,
-)
+from kiosk_support import form_client, kiosk_client, png_bytes
 
 PASSWORD = "correct horse battery"
 NETWORK = {"REMOTE_ADDR": "192.0.2.44"}  # a machine on the clinic's network, not the device's screen

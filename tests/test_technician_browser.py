@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import shutil
 
-from browser_support import axe, axe_violations, open_browser, screens, sync_playwright, xray  # noqa: F401
+from browser_support import axe_violations, open_browser
 from device import updates
-from kiosk_support import start_server, stop_server, tiny_bundle  # noqa: F401 (fixtures)
-from update_support import config_toml, kiosk_config, releases, signer  # noqa: F401 (fixtures)
+from kiosk_support import start_server, stop_server
+from update_support import config_toml, kiosk_config
 from test_kiosk_a11y_browser import SMALL_JS, TARGETS
 
 PASSWORD = "a long technician password"

@@ -15,7 +15,7 @@ from device.appliance.context import appliance_of
 from device.technician.area import area_of
 from kiosk_support import form_client
 from test_technician import log_in, set_password
-from update_support import EXAM, kiosk_config, releases, rewrite, signer, xray_files  # noqa: F401
+from update_support import EXAM, kiosk_config, rewrite, xray_files
 
 
 @pytest.fixture

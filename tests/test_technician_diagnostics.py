@@ -17,7 +17,7 @@ from device.technician.area import area_of
 from device.technician.diagnostics import Scrubber
 from device.technician.safe_mode import StartRecord
 from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
-from kiosk_support import config, drives, form_client, png_bytes, tiny_bundle  # noqa: F401 (fixtures)
+from kiosk_support import form_client, png_bytes
 from test_technician import log_in, set_password
 
 REFERENCE = "PAT-ZX-98765"

@@ -8,7 +8,7 @@ import pytest
 
 from device.appliance.context import appliance_of
 from dicom_peers import free_port
-from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401 (fixtures)
+from kiosk_support import form_client
 from orthanc_peer import AE_TITLE, Orthanc, need_orthanc
 from test_technician import log_in, set_password
 

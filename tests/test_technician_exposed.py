@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from kiosk_support import multipart, png_bytes, start_server, stop_server, tiny_bundle  # noqa: F401 (fixtures)
+from kiosk_support import multipart, png_bytes, start_server, stop_server
 from technician_support import WebSession, provisioned_config
 
 

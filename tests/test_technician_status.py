@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from device.appliance.context import appliance_of
 from dicom_peers import wait_until
-from kiosk_support import config, drives, form_client, tiny_bundle  # noqa: F401 (fixtures)
-from test_kiosk_gpu_switch import gated_build, gpu  # noqa: F401 (fixtures)
+from kiosk_support import form_client
 from test_technician import log_in, set_password
 
 

@@ -14,7 +14,7 @@ from device import updates
 from device.cli import main
 from device.updates.slots import Slots
 from models.bundle import load_bundle
-from update_support import EXAM, config_toml, kiosk_config, make_bundle, releases, rewrite, signer, tree  # noqa: F401
+from update_support import EXAM, config_toml, kiosk_config, make_bundle, rewrite, tree
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:

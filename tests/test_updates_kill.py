@@ -14,7 +14,7 @@ from pathlib import Path
 from device import updates
 from models.bundle import load_bundle
 from kiosk_support import ROOT, kiosk_client, png_bytes
-from update_support import EXAM, config_toml, kiosk_config, releases, signer  # noqa: F401
+from update_support import EXAM, config_toml, kiosk_config
 
 VICTIM = Path(__file__).with_name("install_victim.py")
 

@@ -10,7 +10,7 @@ import sys
 from device import updates
 from device.updates.slots import Slots
 from kiosk_support import ROOT, running_server
-from update_support import EXAM, config_toml, kiosk_config, releases, signer, xray_files  # noqa: F401
+from update_support import EXAM, config_toml, kiosk_config, xray_files
 
 
 def bundle_cli(*argv: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from device.runtime.base import ModelIO, VariantFile
@@ -127,9 +126,3 @@ def variant_file(path: Path, precision: str = "fp32") -> VariantFile:
     return VariantFile(Path(path), Variant(precision=precision, file=Path(path).name))
 
 
-@pytest.fixture
-def model_path(tmp_path) -> Path:
-    """The tiny model's ONNX file alone, for the backends' own tests."""
-    path = tmp_path / "model.onnx"
-    tiny_onnx(path)
-    return path

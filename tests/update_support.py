@@ -14,7 +14,7 @@ import pytest
 
 from device.core.settings import KioskConfig
 from device.intake import decode_file
-from device.updates import generate_keys, pack_bundle, sign_archive
+from device.updates import pack_bundle, sign_archive
 from models.bundle import Manifest, file_entry, read_manifest, write_manifest
 from models.datasets import datasets_dir
 from models.metrics import softmax
@@ -60,33 +60,6 @@ class Signer:
         pack_bundle(bundle, out)
         sign_archive(out, key or self.key, allow_downgrade)
         return out
-
-
-@pytest.fixture(scope="session")
-def signer(tmp_path_factory) -> Signer:
-    base = tmp_path_factory.mktemp("keys")
-    pair = generate_keys(base / "team")
-    other = generate_keys(base / "stranger")
-    trust = base / "trust"
-    trust.mkdir()
-    (trust / "team.pub").write_bytes(pair.public_path.read_bytes())
-    return Signer(pair.private_path, trust, other.private_path)
-
-
-@pytest.fixture(scope="session")
-def releases(tmp_path_factory, signer) -> dict[str, Path]:
-    """Signed archives of the tiny exam: 1.0.0, 1.1.0, 1.1.0 with a failing self-test, 0.9.0 plain and
-    as a signed downgrade, and one that needs a future appliance."""
-    base = tmp_path_factory.mktemp("releases")
-    made = {}
-    for name, version, golden, appliance, downgrade in [
-        ("1.0.0", "1.0.0", "right", None, False), ("1.1.0", "1.1.0", "right", ">=0.1", False),
-        ("broken", "1.2.0", "wrong", None, False), ("0.9.0", "0.9.0", "right", None, False),
-        ("0.9.0-down", "0.9.0", "right", None, True), ("future", "2.0.0", "right", ">=99", False),
-    ]:
-        folder = make_bundle(base / f"src-{name}", version, golden, appliance)
-        made[name] = signer.archive(folder, base / f"tiny-{name}.bedside", downgrade)
-    return made
 
 
 def kiosk_config(tmp_path: Path, signer: Signer, **updates: object) -> KioskConfig:
