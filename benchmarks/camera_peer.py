@@ -1,19 +1,17 @@
-"""Helpers for the capture tests and benchmarks/live_stream.py: real videos and real MJPEG streams made
-by ffmpeg (no mocked cameras), free loopback ports, and polling with a deadline."""
+"""A real camera for the capture tests and benchmarks/live_stream.py: videos and MJPEG streams made by
+ffmpeg from the shared sample X-rays (no mocked cameras)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 
+from loopback import free_port, wait_for
 from models.datasets import datasets_dir
 
 FFMPEG = shutil.which("ffmpeg")
@@ -56,12 +54,6 @@ def make_video(out: Path, frames_dir: Path, fps: int = 30, seconds_per_image: fl
     return out
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serving(port: int) -> bool:
     """Whether a socket on 127.0.0.1:port listens or already serves a client, read from /proc so as
     not to connect: ffmpeg's ``-listen 1`` serves exactly one client and would serve (and then lose)
@@ -78,15 +70,6 @@ def serving(port: int) -> bool:
             if fields[1].endswith(suffix) and fields[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
                 return True
     return False
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 class MjpegServer:

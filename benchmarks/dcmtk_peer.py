@@ -1,36 +1,16 @@
-"""Real DICOM peers for the tests: dcmtk's echoscu and storescu, run as a modality would run them."""
+"""Real DICOM peers for the tests and benchmarks: dcmtk's echoscu and storescu, run as a modality
+would run them, and the shared DICOM samples they send."""
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from models.datasets import datasets_dir
 
 SAMPLES = datasets_dir() / "dicom"
-
-
-def free_port() -> int:
-    """A port nobody listens on now (the OS picks it; the caller binds it right after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def need_dcmtk() -> None:
-    if shutil.which("storescu") is None or shutil.which("echoscu") is None:
-        pytest.skip("dcmtk is not installed (Debian package dcmtk; .ci/run installs it)")
-
-
-def need_samples() -> None:
-    if not (SAMPLES / "catalog.csv").is_file():
-        pytest.skip(f"the DICOM samples are not here ({SAMPLES}); see ../shared/datasets/README.md")
 
 
 def echoscu(port: int, calling: str, called: str = "BEDSIDE") -> subprocess.CompletedProcess:
@@ -68,15 +48,3 @@ def storescu_config(files: list[Path], folder: Path) -> Path:
     path = folder / "storescu.cfg"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def wait_until(check, timeout: float, what: str, every: float = 0.1):
-    """Poll ``check()`` until it returns something truthy (returned) or ``timeout`` s pass (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(every)

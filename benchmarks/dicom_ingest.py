@@ -9,8 +9,8 @@ triaged, fsynced and committed: so the receive rate is the triage rate), then to
 same machine (which only stores). Per instance, the time from storescu's "Sending Store Request" to
 its response is the C-STORE-to-result latency. Goal (issue 11): within 1.5x of Orthanc's rate.
 
-Uses the tests' peers (tests/dicom_peers.py, tests/orthanc_peer.py): the same storescu and Orthanc
-set-up the tests run, not a second copy of it.
+Uses the peers the tests use too (dcmtk_peer.py, orthanc_peer.py): the same storescu and Orthanc
+set-up, not a second copy of it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,14 +26,14 @@ import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from dicom_peers import SAMPLES, free_port, storescu_config  # noqa: E402
-from kiosk_support import SHIPPED, start_server, stop_server  # noqa: E402
-from orthanc_peer import AE_TITLE, Orthanc  # noqa: E402
+from dcmtk_peer import SAMPLES, storescu_config
+from kiosk_process import served_kiosk
+from loopback import free_port
+from models.bundle import default_bundles_dir
+from orthanc_peer import AE_TITLE, Orthanc
 
 SOURCE = SAMPLES / "cr_dx" / "RG2_JPLY_fixed.dcm"
+SHIPPED = default_bundles_dir() / "chest-xray-pneumonia"
 
 
 def make_instances(folder: Path, count: int) -> list[Path]:
@@ -75,11 +74,8 @@ def bedside(bundle: Path, files: list[Path], folder: Path) -> dict:
     config = folder / "bedside.toml"
     config.write_text('[dicom]\nallowed_callers = [{ ae_title = "BENCH", host = "127.0.0.1" }]\n')
     port = free_port()
-    server = start_server(folder / "data", [bundle], "--config", str(config), "--dicom-port", str(port))
-    try:
+    with served_kiosk(folder / "data", [bundle], "--config", str(config), "--dicom-port", str(port)):
         return push(port, "BEDSIDE", files, folder)
-    finally:
-        stop_server(server)
 
 
 def orthanc(files: list[Path], folder: Path) -> dict:

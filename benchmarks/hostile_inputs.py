@@ -1,11 +1,16 @@
-"""Hostile inputs for the kiosk, generated at test time (no binary blobs in the repository): memory
-bombs that are small on the wire, and a legitimate large radiograph that must still be accepted."""
+"""Hostile inputs for the kiosk, generated when the tests and benchmarks/hostile_load.py run (no
+binary blobs in the repository): memory bombs that are small on the wire, a legitimate large
+radiograph that must still be accepted, idle and half-sent connections; and the server's memory
+as Linux counts it, to see what they cost."""
 
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import zlib
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -85,3 +90,33 @@ def radiograph_png(width: int = 6000, height: int = 5000) -> bytes:
     pixels = (body * 50_000).astype(np.uint16) + noise
     ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     return buf.tobytes()
+
+
+def hold_connections(url: str, count: int) -> list[socket.socket]:
+    """``count`` connections to the kiosk at ``url``, held open: a third idle (connected, silent),
+    the rest slow (part of a request's headers or body sent)."""
+    parts = urlsplit(url)
+    address = (parts.hostname, parts.port)
+    held = []
+    for i in range(count):
+        sock = socket.create_connection(address, timeout=10)
+        if i % 3 == 1:
+            sock.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        elif i % 3 == 2:
+            sock.sendall(b"POST /api/v1/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\nabc")
+        held.append(sock)
+    return held
+
+
+def status_kb(pid: int, field: str) -> int:
+    """A /proc/<pid>/status field in KiB (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise LookupError(f"{field} not in /proc/{pid}/status")
+
+
+def reset_peak(pid: int) -> int:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5); returns the RSS in bytes."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return status_kb(pid, "VmRSS") * 1024

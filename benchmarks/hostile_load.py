@@ -7,39 +7,44 @@ memory bomb (the 10000x10000 16-bit PNG, a deflated DICOM inflating to 1 GiB) th
 to the answer and the server's peak RSS growth (VmHWM after clear_refs); the same for a legitimate
 30-megapixel radiograph; then, with N idle or half-sent connections held open, health p50/p99 and
 one upload's latency. Targets: bombs 413/422 in < 2 s with < 300 MB growth; health p99 < 1 s.
-The inputs are generated as in the tests (tests/hostile_inputs.py).
+The inputs are generated as the tests generate them (hostile_inputs.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import http.client
+import json
 import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+from hostile_inputs import deflated_dicom_bomb, hold_connections, png_pixel_bomb, radiograph_png, reset_peak, status_kb
+from kiosk_memory import upload
+from kiosk_process import served_kiosk
+from models.bundle import default_bundles_dir
 
-from hostile_inputs import deflated_dicom_bomb, png_pixel_bomb, radiograph_png  # noqa: E402
-from kiosk_support import SHIPPED, Client, png_bytes, running_server  # noqa: E402
-from test_kiosk_under_attack import _hold_connections, _reset_peak, _status_kb  # noqa: E402
+SHIPPED = default_bundles_dir() / "chest-xray-pneumonia"
 
 
-def _upload(server, name: str, data: bytes) -> tuple[int, float, float]:
+def _upload(proc, host: str, port: int, name: str, data: bytes) -> tuple[int, float, float]:
     """(status, seconds to the answer, peak RSS growth in MiB) of one upload."""
-    client = server.client()
-    try:
-        rss = _reset_peak(server.proc.pid)
-        t0 = time.perf_counter()
-        status, _ = client.upload(name, data)
-        elapsed = time.perf_counter() - t0
-        growth = (_status_kb(server.proc.pid, "VmHWM") * 1024 - rss) / 2**20
-    finally:
-        client.close()
+    rss = reset_peak(proc.pid)
+    t0 = time.perf_counter()
+    status = upload(host, port, "", name, data)
+    elapsed = time.perf_counter() - t0
+    growth = (status_kb(proc.pid, "VmHWM") * 1024 - rss) / 2**20
     return status, elapsed, growth
+
+
+def _health(conn: http.client.HTTPConnection) -> int:
+    conn.request("GET", "/api/v1/health")
+    response = conn.getresponse()
+    json.loads(response.read())
+    return response.status
 
 
 def main() -> None:
@@ -49,25 +54,26 @@ def main() -> None:
     args = parser.parse_args()
     inputs = [("png-bomb.png", png_pixel_bomb()), ("deflate-bomb.dcm", deflated_dicom_bomb()),
               ("radiograph-30mp.png", radiograph_png())]
-    with tempfile.TemporaryDirectory() as data, running_server(Path(data), [SHIPPED]) as server:
+    with tempfile.TemporaryDirectory() as data, served_kiosk(Path(data), [SHIPPED]) as (proc, host, port):
         for name, blob in inputs:
-            status, elapsed, growth = _upload(server, name, blob)
+            status, elapsed, growth = _upload(proc, host, port, name, blob)
             print(f"{name:22} {len(blob) / 2**20:6.1f} MiB  -> {status}  {elapsed:5.2f} s  peak RSS +{growth:.0f} MiB")
-        held = _hold_connections(server.url, args.connections)
-        client = Client(server.url, timeout=10)
+        held = hold_connections(f"http://{host}:{port}/", args.connections)
+        conn = http.client.HTTPConnection(host, port, timeout=10)
         try:
             times = []
             for _ in range(args.health):
                 t0 = time.perf_counter()
-                status, _ = client.get_json("/api/v1/health")
+                status = _health(conn)
                 times.append(time.perf_counter() - t0)
                 if status != 200:
                     raise SystemExit(f"health answered {status}")
+            ramp = np.tile(np.arange(96, dtype=np.uint8) * 2, (96, 1))
             t0 = time.perf_counter()
-            status, _ = client.upload("x.png", png_bytes(3))
+            status = upload(host, port, "", "x.png", cv2.imencode(".png", ramp)[1].tobytes())
             upload_s = time.perf_counter() - t0
         finally:
-            client.close()
+            conn.close()
             for sock in held:
                 sock.close()
         p50, p99 = np.percentile(np.array(times) * 1e3, [50, 99])

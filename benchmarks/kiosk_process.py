@@ -16,9 +16,10 @@ READY = re.compile(r"Bedside kiosk ready at http://([^:/]+):(\d+)/")
 
 
 @contextmanager
-def served_kiosk(data_dir: Path, bundles: list[Path]) -> Iterator[tuple[subprocess.Popen, str, int]]:
-    """(process, host, port) of a kiosk that has printed it is ready; RuntimeError if it never does."""
-    args = [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", str(data_dir)]
+def served_kiosk(data_dir: Path, bundles: list[Path], *extra: str) -> Iterator[tuple[subprocess.Popen, str, int]]:
+    """(process, host, port) of a kiosk that has printed it is ready; RuntimeError if it never does.
+    ``extra``: more ``bedside serve`` arguments (--config, --dicom-port)."""
+    args = [sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir", str(data_dir), *extra]
     for b in bundles:
         args += ["--bundle", str(b)]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

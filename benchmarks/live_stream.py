@@ -21,24 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the ffmpeg helpers shared with the capture tests
-
-from capture_support import FFMPEG, MjpegServer, camera_video, wait_for  # noqa: E402
-
-from device.capture.live import LiveTriage  # noqa: E402
-from device.capture.sources import parse_source  # noqa: E402
-from device.capture.stream import STREAMING, CaptureStream  # noqa: E402
-from device.capture.watchdog import Watchdog  # noqa: E402
-from device.runtime.triager import Triager  # noqa: E402
-from models.bundle import default_bundles_dir, load_bundle  # noqa: E402
+from camera_peer import FFMPEG, MjpegServer, camera_video
+from device.capture.live import LiveTriage
+from device.capture.sources import parse_source
+from device.capture.stream import STREAMING, CaptureStream
+from device.capture.watchdog import Watchdog
+from device.runtime.triager import Triager
+from loopback import wait_for
+from models.bundle import default_bundles_dir, load_bundle
 
 
 def proc_cpu_s(pid: int) -> float:

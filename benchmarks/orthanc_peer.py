@@ -1,27 +1,19 @@
-"""A real Orthanc (Debian package orthanc) on loopback for the tests: its own configuration and
+"""A real Orthanc (Debian package orthanc) on loopback for the tests and benchmarks: its own configuration and
 storage, HTTP and DICOM ports chosen free, and its REST API to see what arrived."""
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from dicom_peers import free_port
+from loopback import free_port
 
 AE_TITLE = "ORTHANC"
 START_S = 60
-
-
-def need_orthanc() -> None:
-    if shutil.which("Orthanc") is None:
-        pytest.skip("Orthanc is not installed (Debian package orthanc; .ci/run installs it)")
 
 
 class Orthanc:

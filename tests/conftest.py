@@ -13,7 +13,7 @@ import pytest
 
 import fakes
 from browser_support import AXE, CHROMIUM
-from capture_support import FFMPEG, camera_video, sample_xrays
+from camera_peer import camera_video, FFMPEG, sample_xrays
 from device.core.exams import ExamRegistry
 from device.core.settings import KioskConfig, ModelSettings
 from device.runtime.triager import Triager

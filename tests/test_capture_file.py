@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from capture_support import make_frames, sample_xrays, wait_for
+from camera_peer import make_frames, sample_xrays
+from loopback import wait_for
 from device.capture.errors import CaptureError
 from device.capture.live import LiveTriage
 from device.capture.manager import frame_file

@@ -9,7 +9,7 @@ import threading
 import cv2
 import numpy as np
 
-from capture_support import wait_for
+from loopback import wait_for
 from kiosk_support import kiosk_client
 
 from device.capture.sources import parse_source

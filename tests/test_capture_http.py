@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from capture_support import MjpegServer, wait_for
+from camera_peer import MjpegServer
+from loopback import wait_for
 from device.capture.errors import CaptureError
 from device.capture.live import LiveTriage
 from device.capture.mjpeg import MjpegReader

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from capture_support import MjpegServer, free_port, make_frames, sample_xrays, wait_for
+from camera_peer import make_frames, MjpegServer, sample_xrays
+from loopback import free_port, wait_for
 
 from device.core.settings import ConfigError, KioskConfig, load_config
 from kiosk_support import SHIPPED, form_client, running_server, shipped_bundle

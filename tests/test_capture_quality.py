@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from capture_support import sample_xrays, wait_for
+from camera_peer import sample_xrays
+from loopback import wait_for
 from device.capture.frame_quality import FrameQualityPolicy, frame_issues, frame_stats
 from device.capture.live import LiveTriage
 from device.capture.sources import parse_source

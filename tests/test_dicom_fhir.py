@@ -14,7 +14,9 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from device.appliance.context import appliance_of
-from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
+from dcmtk_peer import SAMPLES, storescu, storescu_config
+from dicom_peers import need_dcmtk, need_samples, wait_until
+from loopback import free_port
 
 FILE = SAMPLES / "cr_dx" / "RG3_J2KR.dcm"
 

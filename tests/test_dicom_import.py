@@ -10,7 +10,8 @@ from pathlib import Path
 import pydicom
 import pydicom.config
 
-from dicom_peers import SAMPLES, need_dcmtk, need_samples
+from dcmtk_peer import SAMPLES
+from dicom_peers import need_dcmtk, need_samples
 
 FILES = sorted((SAMPLES / "cr_dx").glob("*.dcm"))[:2]
 

@@ -12,7 +12,9 @@ import pydicom
 
 from device.core.store import Store
 from dicom_factory import grayscale_dicom
-from dicom_peers import free_port, need_dcmtk, storescu_config, wait_until
+from dcmtk_peer import storescu_config
+from dicom_peers import need_dcmtk, wait_until
+from loopback import free_port
 from kiosk_support import start_server, stop_server
 
 COUNT = 100

@@ -11,7 +11,9 @@ import pytest
 from device.appliance.context import appliance_of
 from device.core.store import StudyFilter
 from device.dicom.contexts import TRANSFER_SYNTAXES
-from dicom_peers import SAMPLES, echoscu, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
+from dcmtk_peer import echoscu, SAMPLES, storescu, storescu_config
+from dicom_peers import need_dcmtk, need_samples, wait_until
+from loopback import free_port
 from kiosk_support import running_server
 
 GOOD = sorted((SAMPLES / "cr_dx").glob("*.dcm"))

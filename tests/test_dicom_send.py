@@ -10,8 +10,10 @@ import pytest
 
 from device.appliance.context import appliance_of
 from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
-from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
-from orthanc_peer import AE_TITLE, Orthanc, need_orthanc
+from dcmtk_peer import SAMPLES, storescu, storescu_config
+from dicom_peers import need_dcmtk, need_orthanc, need_samples, wait_until
+from loopback import free_port
+from orthanc_peer import AE_TITLE, Orthanc
 
 SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"
 FILES = sorted((SAMPLES / "cr_dx").glob("*.dcm"))[:3]

@@ -15,7 +15,9 @@ from pydicom.uid import generate_uid
 from device.appliance.context import appliance_of
 from device.core.store import StudyFilter
 from device.dicom.series import pick
-from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
+from dcmtk_peer import SAMPLES, storescu, storescu_config
+from dicom_peers import need_dcmtk, need_samples, wait_until
+from loopback import free_port
 
 SOURCE = SAMPLES / "cr_dx" / "RG2_JPLY_fixed.dcm"  # a real CR, JPEG extended
 

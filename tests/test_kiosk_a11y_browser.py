@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from browser_support import VIEWPORTS, axe_violations, open_browser
-from capture_support import sample_xrays
+from camera_peer import sample_xrays
 from kiosk_support import running_server
 
 TARGETS = ".audit a, .btn, button, summary, select, .row, .count, .nav, input:not([type=checkbox]):not([type=file])"
@@ -199,7 +199,8 @@ def test_look_closer_windows_a_dicom_from_its_own_window(tmp_path, sync_playwrig
     puts the file's window back."""
     from device.intake import decode_bytes
     from device.core.renders import to_uint8
-    from dicom_peers import SAMPLES, need_samples
+    from dcmtk_peer import SAMPLES
+    from dicom_peers import need_samples
 
     need_samples()
     with running_server(tmp_path / "data", [bundle]) as server, sync_playwright() as pw:
@@ -262,7 +263,9 @@ def test_dicom_study_pages_show_the_patient_and_send_state(tmp_path, sync_playwr
     """Studies received by C-STORE (dcmtk's storescu) on the worklist and their page: the header's
     patient, accession, study date and modality, the results waiting for a PACS that is down and
     why; axe-core clean; screenshots at both sizes."""
-    from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
+    from dcmtk_peer import SAMPLES, storescu, storescu_config
+    from dicom_peers import need_dcmtk, need_samples, wait_until
+    from loopback import free_port
 
     need_dcmtk()
     need_samples()

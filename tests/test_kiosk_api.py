@@ -364,7 +364,8 @@ def test_window_values_are_the_files_own(client, name, invert):
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    from dicom_peers import SAMPLES, need_samples
+    from dcmtk_peer import SAMPLES
+    from dicom_peers import need_samples
 
     need_samples()
     path = SAMPLES / "cr_dx" / name

@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 from browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORTS
-from capture_support import sample_xrays
+from camera_peer import sample_xrays
 from kiosk_support import running_server
 from models.bundle import load_bundle
 

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from browser_support import VIEWPORTS, open_browser
-from capture_support import sample_xrays
+from camera_peer import sample_xrays
 from kiosk_support import running_server
 
 

@@ -268,6 +268,18 @@ def test_rooms_import_only_what_the_table_allows():
     assert not broken, broken
 
 
+def test_benchmarks_stand_on_the_product_not_on_the_tests():
+    """A benchmark imports the product, libraries and benchmarks/ (the peers it shares with the tests
+    live there); never a tests/ module, and nothing edits sys.path to reach one."""
+    test_modules = {p.stem for p in (ROOT / "tests").glob("*.py")}
+    broken = []
+    for path in sorted((ROOT / "benchmarks").rglob("*.py")):
+        if "sys.path" in path.read_text():
+            broken.append(f"{path.name} edits sys.path")
+        broken += [f"{path.name} imports {m}" for m in sorted(imported_modules(path)) if m.split(".")[0] in test_modules]
+    assert not broken, broken
+
+
 def test_the_readme_layout_names_every_room():
     """The README's layout (picture and list) names every package of device/, and no other."""
     readme = (ROOT / "README.md").read_text()

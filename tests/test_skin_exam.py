@@ -167,7 +167,8 @@ def dermatoscope_frames(folder: Path, size: tuple[int, int] = (1280, 720), count
 def test_live_dermatoscope_stream_is_triaged_by_the_skin_exam(tmp_path, ffmpeg):
     """`bedside serve` with both exams and a 1280x720 MJPEG dermatoscope (ffmpeg) configured for the
     skin exam: live results and a capture come from the skin model; uploads still reach the chest exam."""
-    from capture_support import MjpegServer, make_video, wait_for
+    from camera_peer import make_video, MjpegServer
+    from loopback import wait_for
     from kiosk_support import running_server
 
     video = make_video(tmp_path / "derm.mkv", dermatoscope_frames(tmp_path / "frames"), fps=15)

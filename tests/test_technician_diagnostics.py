@@ -16,7 +16,9 @@ from device.appliance.context import appliance_of
 from device.technician.area import area_of
 from device.technician.diagnostics import Scrubber
 from device.technician.safe_mode import StartRecord
-from dicom_peers import SAMPLES, free_port, need_dcmtk, need_samples, storescu, storescu_config, wait_until
+from dcmtk_peer import SAMPLES, storescu, storescu_config
+from dicom_peers import need_dcmtk, need_samples, wait_until
+from loopback import free_port
 from kiosk_support import form_client, png_bytes
 from test_technician import log_in, set_password
 

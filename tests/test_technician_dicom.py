@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from device.appliance.context import appliance_of
-from dicom_peers import free_port
+from loopback import free_port
 from kiosk_support import form_client
-from orthanc_peer import AE_TITLE, Orthanc, need_orthanc
+from dicom_peers import need_orthanc
+from orthanc_peer import AE_TITLE, Orthanc
 from test_technician import log_in, set_password
 
 

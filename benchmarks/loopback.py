@@ -1,0 +1,25 @@
+"""Loopback helpers for the peers the benchmarks and the tests start: a free port, and polling with
+a deadline."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+
+def free_port() -> int:
+    """A port nobody listens on now (the OS picks it; the caller binds it right after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Whether ``predicate()`` turned true within ``timeout`` s, polled every ``interval`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
