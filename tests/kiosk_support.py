@@ -244,7 +244,7 @@ def running_server(data_dir: Path, bundles: list[Path], *extra: str):
         stop_server(server)
 
 
-# ---- fixtures shared by the kiosk test modules (import them by name) ---------------------------
+# ---- what the kiosk fixtures (conftest.py) build their kiosks with ------------------------------
 
 
 TINY_MODELS = {"inference_threads": 1}
