@@ -21,8 +21,8 @@ from device.core.monitoring import Metrics
 from device.core.serving import Exam
 from device.core.settings import ConfigError, KioskConfig
 from device.core.store import NewStudy, Store, StudyRecord
-from device.core.studies import StudyService, stored_image
 from device.core.study_result import FrameCapture, StudyResult
+from device.core.study_service import StudyService, stored_image
 from device.decision.triage import TRIAGE_ORDER
 from device.dicom.node import open_node
 from device.machine.clock import utc_iso

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from device.core.errors import KioskError
 from device.core.store import StudyRecord
-from device.core.studies import StudyService
+from device.core.study_service import StudyService
 from device.dicom.header import read_header, uid_file_name
 from device.dicom.reporter import Reporter
 from device.intake.errors import first_line

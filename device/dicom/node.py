@@ -4,7 +4,7 @@ its sender and the reporter that fills it after each stored instance."""
 from __future__ import annotations
 
 from device.core.settings.dicom import DicomSettings
-from device.core.studies import StudyService
+from device.core.study_service import StudyService
 from device.dicom.ingest import Ingest
 from device.dicom.outbox import Outbox
 from device.dicom.receiver import DicomReceiver

@@ -11,7 +11,7 @@ import pydicom
 
 from device import intake
 from device.core.store import StudyRecord
-from device.core.studies import StudyService
+from device.core.study_service import StudyService
 from device.dicom import fhir
 from device.dicom.outbox import Outbox
 from device.dicom.results import result_objects

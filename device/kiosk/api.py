@@ -17,7 +17,7 @@ from device.capture.devices import list_video_devices
 from device.capture.view import CONTENT_TYPE as MJPEG
 from device.core.errors import BadRequest, Busy, KioskError, NotFound, UnsupportedBody
 from device.core.monitoring import CONTENT_TYPE
-from device.core.studies import study_json
+from device.core.study_service import study_json
 from device.dicom.shown import facts_of
 from device.kiosk.display import worklist_json
 from device.kiosk.params import study_filter

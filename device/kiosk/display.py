@@ -1,4 +1,4 @@
-"""How the web shows a study besides its full JSON (device.core.studies.study_json): the worklist's
+"""How the web shows a study besides its full JSON (device.core.study_service.study_json): the worklist's
 short form, and times as people read them."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta
 
 from device.core.errors import BadRequest
 from device.core.store import StudyFilter
-from device.core.studies import clean_text
+from device.core.study_service import clean_text
 from device.decision.triage import TRIAGE_ORDER
 from device.machine.clock import utc_iso
 

@@ -11,9 +11,9 @@ the directory fsynced; only then is the row committed (WAL, synchronous=FULL: th
 after the log is on disk). A crash between the two leaves an orphan file (harmless, reported at
 start); a row can never point to a file that was not durable first.
 
-One module per kind of record: studies.py, images.py, dicom.py (what the DICOM node keeps),
-audit.py (the audit log and settings), schema.py (the migrations), connection.py (the one
-connection, shared behind a lock).
+One module per kind of record: studies.py, images.py, dicom_records.py (what the DICOM node
+keeps), audit_log.py (the audit log and settings), schema.py (the migrations), connection.py (the
+one connection, shared behind a lock).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from device.core.store.audit import AUDIT_ACTIONS, AuditEntry, AuditLog
+from device.core.store.audit_log import AUDIT_ACTIONS, AuditEntry, AuditLog
 from device.core.store.connection import StoreError, configure
-from device.core.store.dicom import DicomTables
+from device.core.store.dicom_records import DicomTables
 from device.core.store.images import ImageFiles, StoredImage, clear_tmp, make_shards
 from device.core.store.schema import MIGRATIONS, migrate
 from device.core.store.studies import NewStudy, StudyFilter, StudyRecord, StudyTable

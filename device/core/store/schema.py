@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from device.core.store.audit import AUDIT_ACTIONS
+from device.core.store.audit_log import AUDIT_ACTIONS
 from device.core.store.connection import StoreError
 from device.decision.triage import TRIAGE_ORDER
 from device.machine.clock import utc_iso

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from device.core.store.audit import record
+from device.core.store.audit_log import record
 from device.core.store.connection import Connection, named
 from device.core.store.images import StoredImage, insert_image
 from device.core.study_result import StudyResult
