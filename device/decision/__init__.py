@@ -1,3 +1,8 @@
-"""From a model's output to what a clinician is shown, and nothing that runs a model: the image
-quality gates that make a result UNGRADABLE (quality), the bundle's triage policy and the result
-type (triage), and the class-activation map made viewable (heatmap)."""
+"""From a model's output to what a clinician is shown, and nothing that runs a model (that is
+device/runtime/triager.py, which walks this path for every image).
+
+The path, in order: quality (the image's own checks, before the model: a failed one makes the
+result UNGRADABLE) -> refusal (checks of the model's output on this image, after the model and
+before the policy; none yet) -> triage (the bundle's policy: URGENT or ROUTINE, and the result
+type that holds the UNGRADABLE rule) -> heatmap (the class-activation map made viewable).
+smoothing.py holds a live source's results steady over frames."""
