@@ -182,6 +182,69 @@ class QualityPolicy(_Strict):
     )
 
 
+class RefusalCheck(_Strict):
+    """One statistic the model computes in the same run, one value per image: how unlike the images
+    the exam judges this one is (e.g. a Mahalanobis distance on the penultimate features, or an
+    in-domain head's out-of-domain score)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="e.g. 'feature_distance', 'domain_head'")
+    output: str = Field(
+        min_length=1,
+        description="the graph output holding the score, shape (N,) or (N, 1); higher = less like the images "
+        "the exam judges",
+    )
+    statistic: str = Field(min_length=1, description="what it computes, in words (for Details and the model card)")
+    threshold: float = Field(description="the image is refused when the output is ABOVE it")
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not np.isfinite(value):
+            raise ValueError("a refusal threshold must be a finite number")
+        return value
+
+
+class RefusalMeasure(_Strict):
+    """A measured refusal rate on one set of images (for the card, the README and acceptance)."""
+
+    data: str = Field(
+        min_length=1,
+        description="which images, e.g. 'validation (in-distribution), second half of patients' or "
+        "'negatives: rendered documents'",
+    )
+    n: int = Field(ge=0)
+    refused: float = Field(ge=0.0, le=1.0, description="share refused")
+
+
+class RefusalPolicy(_Strict):
+    """When the model says "I cannot judge this": an image that passed the quality checks is UNGRADABLE
+    (not in the exam's domain) when ANY check's output is above its threshold. Decided on the device
+    after the model and before the triage policy (device/decision/refusal.py); shown as "This does not
+    look like {subject}. {advice}"."""
+
+    checks: list[RefusalCheck] = Field(min_length=1)
+    subject: str = Field(
+        min_length=1, description="what the exam judges, with its article: 'a chest X-ray', 'a dermoscopy image'"
+    )
+    advice: str = Field(
+        min_length=1,
+        description="what to do, in plain words: 'The model only judges chest radiographs (PA/AP). Check the "
+        "image or choose another exam.'",
+    )
+    calibrated_refusal_rate: float = Field(
+        ge=0.0, le=1.0, description="the in-distribution refusal rate the thresholds were set for"
+    )
+    calibrated_on: str = Field(min_length=1, description="which in-distribution images the thresholds were set on")
+    measured: list[RefusalMeasure] = []
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "RefusalPolicy":
+        for what, values in (("name", [c.name for c in self.checks]), ("output", [c.output for c in self.checks])):
+            if len(set(values)) != len(values):
+                raise ValueError(f"refusal checks need distinct {what}s, got {values}")
+        return self
+
+
 class SplitMetrics(_Strict):
     split: str
     n: int
@@ -317,6 +380,10 @@ class Manifest(_Strict):
     outputs: Outputs
     policy: TriagePolicy
     quality: QualityPolicy
+    refusal: RefusalPolicy | None = Field(
+        default=None,
+        description="the model's own check of whether it may judge an image (None: quality checks only)",
+    )
     calibration: dict[str, float | str] = Field(
         description="how logits were calibrated; the exported graph already includes it"
     )
@@ -381,7 +448,18 @@ class Manifest(_Strict):
                 raise ValueError(f"variant {v.precision} file {v.file!r} is not listed in files")
         if self.golden is not None and self.golden not in self.files:
             raise ValueError(f"golden file {self.golden!r} is not listed in files")
+        if self.refusal is not None:
+            taken = {self.outputs.logits, self.outputs.cam}
+            clashing = [c.output for c in self.refusal.checks if c.output in taken]
+            if clashing:
+                raise ValueError(f"refusal check outputs {clashing} must differ from the logits and cam outputs")
         return self
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Every graph output the manifest names: logits, the CAM (if any), each refusal check's output."""
+        names = (self.outputs.logits,) + ((self.outputs.cam,) if self.outputs.cam else ())
+        return names + tuple(c.output for c in self.refusal.checks) if self.refusal else names
 
     def variant(self, precision: str, target: str = "cpu") -> Variant:
         for v in self.variants:

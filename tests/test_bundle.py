@@ -136,3 +136,42 @@ def test_urgent_probability_sums_the_urgent_group():
     data["policy"]["focus_label"] = "nv"
     with pytest.raises(ValidationError, match="focus_label"):
         Manifest.model_validate(data)
+
+
+REFUSAL = {
+    "checks": [{"name": "feature_distance", "output": "ood", "threshold": 3.5,
+                "statistic": "class-conditional Mahalanobis distance on the pooled last-stage features"}],
+    "subject": "a chest X-ray",
+    "advice": "The model only judges chest radiographs (PA/AP). Check the image or choose another exam.",
+    "calibrated_refusal_rate": 0.01,
+    "calibrated_on": "validation, first half of patients",
+    "measured": [{"data": "validation, second half of patients", "n": 431, "refused": 0.009}],
+}
+
+
+def test_a_refusal_policy_is_read_and_names_every_output():
+    data = manifest_dict({"model.onnx": {"sha256": "0" * 64, "bytes": 1}})
+    assert Manifest.model_validate(data).refusal is None  # bundles without one behave as before
+    data["refusal"] = REFUSAL
+    m = Manifest.model_validate(data)
+    assert m.refusal.checks[0].threshold == 3.5 and m.refusal.measured[0].n == 431
+    assert m.output_names == ("logits", "cam", "ood")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"checks": []}, "at least 1"),
+        ({"checks": [REFUSAL["checks"][0], {**REFUSAL["checks"][0], "name": "other"}]}, "distinct outputs"),
+        ({"checks": [{**REFUSAL["checks"][0], "output": "logits"}]}, "must differ from the logits"),
+        ({"checks": [{**REFUSAL["checks"][0], "threshold": float("nan")}]}, "finite"),
+        ({"checks": [{**REFUSAL["checks"][0], "above": True}]}, "above"),
+        ({"calibrated_refusal_rate": 1.5}, "calibrated_refusal_rate"),
+        ({"subject": ""}, "subject"),
+    ],
+)
+def test_a_malformed_refusal_policy_is_rejected(change, message):
+    data = manifest_dict({"model.onnx": {"sha256": "0" * 64, "bytes": 1}})
+    data["refusal"] = {**REFUSAL, **change}
+    with pytest.raises(ValidationError, match=message):
+        Manifest.model_validate(data)
