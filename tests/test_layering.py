@@ -319,6 +319,15 @@ def test_appliance_process_never_imports_torch_or_onnx(tmp_path):
     assert status == {"rcs": [0, 0, 0], "loaded": []}
 
 
+def test_training_modules_form_no_import_cycle():
+    """The training floor's modules import each other one way (function-level imports included): an
+    exam's recipe stands on the shared machinery and its own trainer, never the other way round."""
+    training = {name: path for name, path in product_modules() if floor_of(name) == "training"}
+    edges = {name: {i for i in imported_modules(path, run_time_only=True) if i in training and i != name}
+             for name, path in training.items()}
+    assert cycles(edges) == []
+
+
 def describe_rooms() -> str:
     """Each room's modules and lines, and the rooms it imports at run time; a module in no room is
     shown as the package (or loose module) it is."""
