@@ -64,7 +64,6 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bedside train: {exc}", file=sys.stderr)
         return 2
-    print(f"checkpoint {path}")
     if args.out is None:
         return 0
     try:

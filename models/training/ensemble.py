@@ -26,7 +26,7 @@ import torch
 from models.training import registry
 from models.training.ensemble_graph import Ensemble
 from models.training.export import ensemble_model
-from models.training.loop import predict_batched
+from models.training.loop import predict_batched, write_checkpoint
 from models.training.recipe import Recipe
 
 # What the members must agree on: the validation split, and so every figure's denominator.
@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ensemble {name} {value:.4f}  members " + "  ".join(f"{m['scores'].get(name, float('nan')):.4f}"
                                                                   for m in ensemble["members"]))
     print(f"temperature {ensemble['temperature']:.3f}, threshold {ensemble['threshold']:.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ensemble, args.out)
-    print(f"checkpoint {args.out}")
+    write_checkpoint(ensemble, args.out)
     return 0
 
 

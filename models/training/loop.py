@@ -44,6 +44,20 @@ class EMA:
             ema_b.copy_(b)
 
 
+def step(loss: torch.Tensor, model: torch.nn.Module, opt: torch.optim.Optimizer, sched, ema: EMA | None, bar,
+         epoch: int) -> None:
+    """One training step after the loss: backward, the optimiser and its schedule, the weight EMA,
+    the progress bar."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if ema:
+        ema.update(model)
+    bar.update(1)
+    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+
+
 def consistency_loss(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Jensen-Shannon divergence between the class distributions of two views of the same images."""
     p, q = F.softmax(first, dim=1), F.softmax(second, dim=1)
@@ -87,7 +101,13 @@ def train_config(args: argparse.Namespace) -> dict[str, str]:
 
 def save_checkpoint(checkpoint: dict, runs_dir: Path, run_name: str) -> Path:
     """`runs_dir/<run_name>-<time>/checkpoint.pt`."""
-    run_dir = Path(runs_dir) / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, run_dir / "checkpoint.pt")
-    return run_dir / "checkpoint.pt"
+    return write_checkpoint(checkpoint, Path(runs_dir) / f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}" / "checkpoint.pt")
+
+
+def write_checkpoint(checkpoint: dict, path: Path) -> Path:
+    """Save a checkpoint (its folder made as needed) and say where, as the commands' last line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+    print(f"checkpoint {path}")
+    return path

@@ -26,7 +26,7 @@ from models.training.chest.data import checkpoint_split, input_contract
 from models.training.chest.evaluation import choose_threshold, split_metrics, subgroups
 from models.training.export import deployable
 from models.training.images import load_images
-from models.training.loop import predict_batched
+from models.training.loop import predict_batched, write_checkpoint
 
 CANDIDATES = (0.95, 0.96, 0.97, 0.98, 0.99)
 REQUIRED_SENSITIVITY = 0.95
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     m = shifted["metrics"][0]
     print(f"validation target {target:.2f}: threshold {shifted['threshold']:.4f}, validation sensitivity "
           f"{m['sensitivity']:.4f}, specificity {m['specificity']:.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(shifted, args.out)
-    print(f"checkpoint {args.out}")
+    write_checkpoint(shifted, args.out)
     return 0
 
 

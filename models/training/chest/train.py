@@ -27,7 +27,7 @@ from models.training.chest.evaluation import NATIVE_SIDE, Rule, Validation, aspe
 from models.training.chest.identity import EXAM, VERSION
 from models.training.images import load_images
 from models.training.loop import (EMA, command_line, consistency_loss, predict_batched, save_checkpoint,
-                                  seed_everything, train_config)
+                                  seed_everything, step, train_config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,15 +141,7 @@ def train(model: ResNetCAM, data: Dataset, args: argparse.Namespace) -> ResNetCA
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, args.batch_size):
             idx = order[start : start + args.batch_size]
-            loss = batch_loss(model, data, idx, weights, gen, args)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update(model)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            step(batch_loss(model, data, idx, weights, gen, args), model, opt, sched, ema, bar, epoch)
     bar.close()
     return ema.model if ema else model.eval()
 
@@ -191,10 +183,9 @@ def train_model(args: argparse.Namespace) -> tuple[dict, Path]:
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "training_seconds": round(training_seconds, 1),
     }
-    path = save_checkpoint(checkpoint, args.runs_dir, args.id)
     for m in checkpoint["metrics"]:
         print(f"{m['split']}: " + "  ".join(f"{k} {m[k]:.4f}" for k in ("auc", "accuracy", "sensitivity",
                                                                        "specificity", "flagged") if k in m))
     print(f"temperature {checkpoint['temperature']:.3f}, threshold {checkpoint['threshold']:.4f}, "
           f"trained in {training_seconds:.0f} s")
-    return checkpoint, path
+    return checkpoint, save_checkpoint(checkpoint, args.runs_dir, args.id)

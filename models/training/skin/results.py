@@ -96,22 +96,6 @@ def _split_metrics(name: str, y: np.ndarray, p: np.ndarray, threshold: float) ->
                         brier=r.brier, ece=r.ece)
 
 
-def _class_metrics(name: str, r: dict) -> ClassMetrics:
-    return ClassMetrics(split=name, n=r["n"], counts=r["counts"], balanced_accuracy=r["balanced_accuracy"],
-                        accuracy=r["accuracy"], per_class_auc=r["per_class_auc"], confusion=r["confusion"],
-                        urgent_auc=r["urgent_auc"], urgent_sensitivity=r["urgent_sensitivity"],
-                        urgent_specificity=r["urgent_specificity"], focus_sensitivity=r["focus_sensitivity"],
-                        focus_specificity=r["focus_specificity"])
-
-
-def _split_metrics(name: str, y: np.ndarray, p: np.ndarray, threshold: float) -> SplitMetrics:
-    """The urgent group as a binary problem (what the triage does), in the shape every bundle has."""
-    r = binary_report(np.isin(y, [LABELS.index(u) for u in URGENT]), urgent_probability(p), threshold)
-    return SplitMetrics(split=name, n=r.n, n_positive=r.n_positive, auc=r.auc, accuracy=r.accuracy,
-                        sensitivity=r.sensitivity, specificity=r.specificity, threshold=r.threshold,
-                        brier=r.brier, ece=r.ece)
-
-
 def names(checkpoint: dict) -> dict[str, str]:
     n_val, copies = int(checkpoint["data"]["n_val"]), int(checkpoint["train_config"].get("stress_copies", 2))
     return {"clean": f"validation (one image per lesion, stratified by class, n={n_val})",

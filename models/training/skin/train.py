@@ -26,7 +26,7 @@ from models.metrics import multiclass_report
 from models.training.architectures import build_model
 from models.training.images import load_images
 from models.training.loop import (EMA, command_line, consistency_loss, predict_batched, save_checkpoint,
-                                  seed_everything, train_config)
+                                  seed_everything, step, train_config)
 from models.training.skin import augment as aug
 from models.training.skin.data import FOCUS, LABELS, MEAN, STD, URGENT, input_contract, load_split
 from models.training.skin.evaluation import Rule, fit_temperature, score, softmax, stress_inputs
@@ -110,14 +110,7 @@ def fit(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> torch.nn.
             loss = F.cross_entropy(logits, y[idx].repeat(views), weight=weights, label_smoothing=args.label_smoothing)
             if views == 2:
                 loss = loss + args.consistency * consistency_loss(*logits.chunk(2))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update(model)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            step(loss, model, opt, sched, ema, bar, epoch)
     bar.close()
     return (ema.model if ema else model).eval()
 
@@ -159,7 +152,6 @@ def train_model(args: argparse.Namespace) -> tuple[dict, Path]:
         "training_command": command_line(args, EXAM), "seed": args.seed, "max_flip_rate": args.max_flip_rate,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(time.time() - started, 1),
     }
-    path = save_checkpoint(checkpoint, args.runs_dir, args.id)
     for name, r in (("validation", scored["reports"]["clean"]), ("stress", scored["reports"]["stress"]),
                     ("validation, no TTA", single)):
         print(f"{name}: balanced accuracy {r['balanced_accuracy']:.4f}  melanoma AUC {r['per_class_auc']['mel']:.4f}  "
@@ -168,4 +160,4 @@ def train_model(args: argparse.Namespace) -> tuple[dict, Path]:
               + " ".join(f"{k} {v:.3f}" for k, v in r["per_class_auc"].items()))
     print(f"temperature {scored['temperature']:.3f}, threshold {scored['threshold']:.4f}, "
           f"trained in {checkpoint['training_seconds']:.0f} s")
-    return checkpoint, path
+    return checkpoint, save_checkpoint(checkpoint, args.runs_dir, args.id)
