@@ -141,3 +141,22 @@ def test_a_head_on_the_members_pooled_features_is_one_more_graph_output(tiny_che
     assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits", "cam", "refusal"]
     diff = max_abs_diff(graph, path, torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(1)))
     assert set(diff) == {"logits", "cam", "refusal"} and max(diff.values()) < 1e-4
+
+
+def test_the_cpu_int8_recipe_keeps_each_members_first_convolution_in_float(ensemble, tmp_path):
+    """Each member's first convolution reads the input (the 32 px one through its average pool): the
+    CPU recipe leaves all of them in float, as it does the one of a single model."""
+    import onnx
+
+    from optimize.quantize import CPU_INT8, quantize_int8
+
+    fp32 = ensemble / "bundle" / "model.onnx"
+    with np.load(ensemble / "bundle" / "golden.npz", allow_pickle=False) as golden:
+        calibration = golden["inputs"].astype(np.float32)
+    quantize_int8(fp32, tmp_path / "int8.onnx", "image", calibration, CPU_INT8, "minmax")
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    initializers = {t.name for t in graph.initializer}
+    float_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in initializers]
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert len(float_convs) == 2
+    assert sorted(producers.get(c.input[0], "input") for c in float_convs) == ["AveragePool", "input"]
