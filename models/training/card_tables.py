@@ -33,29 +33,47 @@ def audit_group_note(checks: list[AuditCheck]) -> str:
             f"{worst.name} {worst.flip_rate:.2%}).")
 
 
-def member_config(member: dict) -> str:
-    """One member's recipe in words: input side, widths, blocks, seed, epochs (and dihedral copies)."""
-    cfg = member.get("train_config", {})
-    text = (f"{member['size']} px, widths {'-'.join(str(w) for w in member['widths'])}, {member['blocks']} "
-            f"block{'s' if int(member['blocks']) > 1 else ''}/stage, seed {member['seed']}")
-    if "epochs" in cfg:
-        text += f", {cfg['epochs']} epoch{'' if str(cfg['epochs']) == '1' else 's'}"
-    if int(member.get("tta", 1)) > 1:
-        text += f", {member['tta']} dihedral copies"
-    return text
+# Options that say where a run read and wrote, not how the model was made: left out when members
+# are compared (a member of a --hold-out run is the twin of the member trained without it).
+RUN_OPTIONS = ("hold_out", "runs_dir", "out", "data", "id", "version", "no_progress", "command", "exam")
+# Shown for every member; any other option that differs between the members is shown too.
+SHOWN = ("size", "widths", "blocks", "seed", "epochs", "tta")
+
+
+def member_recipe(member: dict) -> dict[str, str]:
+    """How a member was made: its trainer's options, less where it read and wrote."""
+    return {k: v for k, v in member.get("train_config", {}).items() if k not in RUN_OPTIONS}
+
+
+def member_configs(members: list[dict]) -> list[str]:
+    """Each member's recipe in words: input side, widths, blocks, seed, epochs (dihedral copies),
+    then every other option in which the members differ."""
+    recipes = [member_recipe(m) for m in members]
+    differing = sorted(k for k in set().union(*recipes) if k not in SHOWN and len({r.get(k) for r in recipes}) > 1)
+    out = []
+    for m, r in zip(members, recipes):
+        text = (f"{m['size']} px, widths {'-'.join(str(w) for w in m['widths'])}, {m['blocks']} "
+                f"block{'s' if int(m['blocks']) > 1 else ''}/stage, seed {m['seed']}")
+        if "epochs" in r:
+            text += f", {r['epochs']} epoch{'' if str(r['epochs']) == '1' else 's'}"
+        if int(m.get("tta", 1)) > 1:
+            text += f", {m['tta']} dihedral copies"
+        out.append(text + "".join(f", --{k.replace('_', '-')} {r.get(k, '-')}" for k in differing))
+    return out
 
 
 def ensemble_members(checkpoint: dict, folds: list[dict]) -> list[EnsembleMember]:
     """Each member of an ensemble checkpoint with its figures in the ensemble's graph, and its
-    held-out figures in the fold ensembles of the same recipe (`folds`, see group_shift_folds)."""
+    held-out figures in the fold ensembles of the same recipe (`folds`, see group_shift_folds):
+    a fold member is a member's twin when it was made the same way, held-out groups aside."""
     members = []
-    for m in checkpoint["members"]:
+    for m, config in zip(checkpoint["members"], member_configs(checkpoint["members"])):
         scores = dict(m["scores"])
         for fold in folds:
-            twin = next((f for f in fold["members"] if member_config(f) == member_config(m)), None)
+            twin = next((f for f in fold["members"] if member_recipe(f) == member_recipe(m)), None)
             if twin is not None:
                 scores.update({f"{k} ({fold['name']})": v for k, v in twin["scores"].items() if k not in m["scores"]})
-        members.append(EnsembleMember(config=member_config(m), input_side=int(m["size"]),
+        members.append(EnsembleMember(config=config, input_side=int(m["size"]),
                                       training_command=m["training_command"], scores=scores))
     return members
 

@@ -122,7 +122,10 @@ def _model_section(checkpoint: dict, onnx_diff: dict[str, float], folds: list[di
     side = int(checkpoint["size"])
     pools = sorted({side // int(m["size"]) for m in members} - {1})
     return ENSEMBLE_MODEL.format(n=len(members), side=side, table=members_table(checkpoint, folds),
-                                 pools=", ".join(f"exact {k}x{k} means" for k in pools) or "none here",
+                                 pools=(f"a member trained at a smaller side that divides it sees the input average-pooled to "
+                                        f"its own side ({', '.join(f'exact {k}x{k} means' for k in pools)}, close to "
+                                        "the area resize it was trained with)." if pools
+                                        else "every member was trained at that side."),
                                  cam_side=max(int(m["size"]) for m in members) // 16, diff=diff,
                                  temperature=float(checkpoint["temperature"]))
 
@@ -186,9 +189,8 @@ ENSEMBLE_MODEL = """\
 ## Model: {n} members averaged inside one graph
 Each member is a small ResNet written for this project (3x3 stem, one stage of basic residual
 blocks per width, global average pooling and a linear head applied at every location as a
-class-activation map; no depthwise convolutions). The graph takes {side}x{side} inputs; a member
-trained at a smaller side that divides it sees the input average-pooled to its own side ({pools},
-close to the area resize it was trained with). Each member's logits carry its
+class-activation map; no depthwise convolutions). The graph takes {side}x{side} inputs;
+{pools} Each member's logits carry its
 own temperature; they are averaged and divided by one temperature refitted on the average
 (T = {temperature:.4f}), all baked into the members' heads. The members' CAMs are brought to the
 finest grid ({cam_side}x{cam_side}) by nearest upsampling, which keeps each one's spatial mean, and

@@ -64,8 +64,8 @@ validation, multi-class NLL) is baked in. {onnx}"""
     side = int(checkpoint["size"])
     return f"""\
 {len(checkpoint['members'])} small ResNets written in this project (plain 3x3 convolutions, a seven-way head applied
-per location as a class-activation map), **averaged inside one graph** that takes {side}x{side} RGB inputs; a
-member trained at a smaller side that divides it sees the input average-pooled to its own side. Each
+per location as a class-activation map), **averaged inside one graph** that takes {side}x{side} RGB inputs (a
+member trained at a smaller side that divides it sees the input average-pooled to its own side). Each
 member keeps its **test-time averaging** (the logits and turned-back CAMs of its dihedral copies). Each
 one's logits carry its own temperature; their average is divided by one temperature refitted on it
 ({temperature:.3f}, multi-class NLL), all baked in. The CAMs are brought to the finest member's grid by nearest
