@@ -1,8 +1,9 @@
-"""The Kermany chest X-ray TRAIN split: listing, patient ids, de-duplication, patient-level split, cache.
+"""The Kermany chest X-ray TRAIN split: listing, patient ids, acquisition groups, film aspects,
+de-duplication, the patient-level split, and the input contract.
 
-Images go through `models.preprocess.to_model_input` with the bundle's own InputContract, exactly
-as on the device, and are held in memory as float16 (C, H, W) arrays (decoding all 5,190 takes a few seconds,
-so no cache file is needed).
+Images are read by models.training.images (the device's preprocessing with the bundle's own
+InputContract) and held in memory as float16 (C, H, W) arrays (decoding all 5,190 takes a few
+seconds, so no cache file is needed).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""HAM10000 (ISIC 2018 Task 3 training set) as shipped in the shared datasets: listing, split, decode.
+"""HAM10000 (ISIC 2018 Task 3 training set) as shipped in the shared datasets: listing, split and
+the input contract.
 
 One image per lesion here, so a stratified split by class is a split by lesion (checked: a lesion
-id appearing twice is refused). Images go through `models.preprocess.to_model_input` with the
-bundle's own InputContract, exactly as on the device.
+id appearing twice is refused). Images are read by models.training.images, through the bundle's
+own InputContract exactly as on the device.
 """
 
 from __future__ import annotations
