@@ -173,6 +173,24 @@ def test_a_variant_over_the_audit_limit_is_not_added(bundle_copy, train_dir):
     assert path.read_text() == before
 
 
+def test_the_optimizer_redraws_splits_without_torch(datasets):
+    """The `optimize` extra brings onnx, not torch: finding the exam's recipe and redrawing its split
+    and calibration images must not need it (torch is made unimportable in that process)."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from models.bundle import default_bundles_dir, load_bundle\n"
+        "from optimize.heldout import calibration_batch, default_data_dir, redraw_split\n"
+        "import optimize.command, optimize.variants\n"
+        "for exam in ('chest-xray-pneumonia', 'skin-lesion-triage'):\n"
+        "    bundle = load_bundle(default_bundles_dir() / exam)\n"
+        "    held = redraw_split(bundle, default_data_dir(bundle))\n"
+        "    print(exam, len(held.val), calibration_batch(bundle, held, 4, 0).shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.splitlines() == ["chest-xray-pneumonia 862 (4, 1, 128, 128)", "skin-lesion-triage 1198 (4, 3, 112, 112)"]
+
+
 def test_the_split_is_redrawn_by_the_exam_that_drew_it(bundle_copy, datasets):
     """The split method the manifest records names the exam whose recipe redraws it; one no exam
     draws is refused in plain words."""

@@ -6,6 +6,8 @@ models.training.ensemble for ensembles; optimize.heldout for the split redraw; `
 exams: its data and split, input contract, trainer (with its own options and augmentation), identity
 text, quality and evaluation policy, audit checks, scoring rule and card. Each exam's package under
 models/training/ holds its recipe in `exam.py` as ``RECIPE``; models.training.registry finds them.
+A recipe module imports its trainer, scoring and card only when they are used: the optimizer
+looks recipes up on a workstation that may have no torch (the `optimize` extra).
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ import argparse
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from models.bundle import AuditGroup, DataSplit, EvaluationPolicy, InputContract, QualityPolicy
 from models.training.images import Sample
 
+if TYPE_CHECKING:  # the declarative part is read without torch (the optimizer redraws splits here)
+    import numpy as np
+    import torch
+
 # Model inputs (N, C, size, size) -> logits (N, labels), as numpy: what the scoring rule judges.
-Predictor = Callable[[torch.Tensor], np.ndarray]
+Predictor = Callable[["torch.Tensor"], "np.ndarray"]
 
 
 @dataclass(frozen=True)

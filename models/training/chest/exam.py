@@ -1,4 +1,8 @@
-"""The chest X-ray exam's recipe: pediatric frontal radiographs, pneumonia vs normal."""
+"""The chest X-ray exam's recipe: pediatric frontal radiographs, pneumonia vs normal.
+
+Its trainer, scoring and card (torch, matplotlib) are imported where a method needs them: the
+optimizer reads this recipe's split without torch.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,7 @@ from pathlib import Path
 from models import audit
 from models.bundle import (AuditGroup, DataSplit, EvaluationPolicy, OperatingPoint, QualityPolicy, SplitMetrics,
                            Subgroup, TriagePolicy)
-from models.training.chest import card as card_text
-from models.training.chest import data, evaluation
-from models.training.chest import train as trainer
+from models.training.chest import data
 from models.training.chest.identity import EXAM, IDENTITY, VERSION
 from models.training.recipe import Exported, Predictor, Recipe
 
@@ -64,12 +66,18 @@ class ChestRecipe(Recipe):
         return data.checkpoint_split(checkpoint, data_dir).val
 
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from models.training.chest import train as trainer
+
         trainer.add_arguments(parser)
 
     def train(self, args: argparse.Namespace):
+        from models.training.chest import train as trainer
+
         return trainer.train_model(args)
 
     def score(self, predictors: dict[str, Predictor], checkpoint: dict, size: int, data_dir: Path | None):
+        from models.training.chest import evaluation
+
         val = evaluation.load_validation(data.checkpoint_split(checkpoint, data_dir), size,
                                          checkpoint["data"].get("held_out", ""))
         rule = evaluation.Rule.of(checkpoint)
@@ -87,6 +95,8 @@ class ChestRecipe(Recipe):
         return None
 
     def manifest_fields(self, checkpoint: dict, results) -> dict:
+        from models.training.chest.card import shift_note
+
         metrics = [SplitMetrics(**m) for m in checkpoint["metrics"]]
         clean, stress = metrics[0], metrics[1]
         return {
@@ -98,7 +108,7 @@ class ChestRecipe(Recipe):
                     method=(f"highest threshold keeping sensitivity >= {checkpoint['target_sensitivity']:.2f} "
                             "on the pooled stress validation and >= "
                             f"{checkpoint['min_clean_sensitivity']:.2f} on the clean validation, to protect "
-                            "specificity under shift" + card_text.shift_note(checkpoint)),
+                            "specificity under shift" + shift_note(checkpoint)),
                 ),
             ),
             "calibration": {
@@ -111,11 +121,15 @@ class ChestRecipe(Recipe):
         }
 
     def plots(self, checkpoint: dict, results, out: Path) -> list[str]:
+        from models.training.chest import card as card_text
+
         card_text.plot_roc(checkpoint["curves"], float(checkpoint["threshold"]), out / card_text.ROC_FILE)
         return [card_text.ROC_FILE]
 
     def card(self, exported: Exported) -> str:
-        return card_text.model_card(exported)
+        from models.training.chest.card import model_card
+
+        return model_card(exported)
 
 
 RECIPE = ChestRecipe()

@@ -1,4 +1,8 @@
-"""The skin-lesion exam's recipe: dermoscopy images, seven diagnoses, refer the (pre-)malignant ones."""
+"""The skin-lesion exam's recipe: dermoscopy images, seven diagnoses, refer the (pre-)malignant ones.
+
+Its trainer, scoring, figures and card (torch, matplotlib) are imported where a method needs them:
+the optimizer reads this recipe's split without torch.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models import audit
 from models.bundle import DataSplit, EvaluationPolicy, QualityPolicy, Subgroup
 from models.training.images import load_images
 from models.training.recipe import Exported, Predictor, Recipe
-from models.training.skin import card as card_text
-from models.training.skin import data, evaluation
-from models.training.skin import results as reporting
-from models.training.skin import train as trainer
+from models.training.skin import data
 from models.training.skin.identity import EXAM, IDENTITY, VERSION
 
 # Measured on the training images (every 2nd or 6th): chroma >= 0.049 (chest radiographs: 0.00);
@@ -53,12 +53,20 @@ class SkinRecipe(Recipe):
         return data.checkpoint_split(checkpoint, data_dir)[1]
 
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from models.training.skin import train as trainer
+
         trainer.add_arguments(parser)
 
     def train(self, args: argparse.Namespace):
+        from models.training.skin import train as trainer
+
         return trainer.train_model(args)
 
     def score(self, predictors: dict[str, Predictor], checkpoint: dict, size: int, data_dir: Path | None):
+        import torch
+
+        from models.training.skin import evaluation
+
         val = self.validation_samples(checkpoint, data_dir)
         x = torch.from_numpy(load_images(val, data.input_contract(size), progress=False))
         y = np.array([s.label for s in val])
@@ -73,20 +81,30 @@ class SkinRecipe(Recipe):
                 "refer-group AUC": float(clean["urgent_auc"])}
 
     def validation_name(self, checkpoint: dict) -> str:
+        from models.training.skin import results as reporting
+
         return reporting.names(checkpoint)["clean"]
 
     def results(self, checkpoint, model, val, data_dir):
+        from models.training.skin import results as reporting
+
         return reporting.reports(checkpoint, model, val)
 
     def manifest_fields(self, checkpoint: dict, reports) -> dict:
+        from models.training.skin import results as reporting
+
         return reporting.manifest_fields(checkpoint, reports)
 
     def plots(self, checkpoint: dict, reports, out: Path) -> list[str]:
+        from models.training.skin import results as reporting
+
         reporting.plots(reports, float(checkpoint["threshold"]), out / reporting.ROC_FILE, out / reporting.CONFUSION_FILE)
         return [reporting.ROC_FILE, reporting.CONFUSION_FILE]
 
     def card(self, exported: Exported) -> str:
-        return card_text.model_card(exported, QUALITY)
+        from models.training.skin.card import model_card
+
+        return model_card(exported, QUALITY)
 
 
 RECIPE = SkinRecipe()
