@@ -46,7 +46,7 @@ def test_the_ensemble_graph_is_what_the_bundle_runs(ensemble):
     """ONNX against torch on real validation films; the logits are the mean of each member's on the
     input average-pooled to its side, with its temperature and the ensemble's; the CAM's spatial
     mean is the logits; the golden inputs reproduce under the device's self-test."""
-    from device.variant_check import selftest_variants
+    from device.runtime.variant_check import selftest_variants
     from models.metrics import softmax
     from models.training.export import INPUT_NAME, deployable, deployable_model, onnx_session
     from models.training.images import load_images
