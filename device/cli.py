@@ -33,6 +33,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "infer": Command("device.commands.infer", "triage image and DICOM files"),
     "eval": Command("device.commands.evaluate", "evaluate a bundle on a folder of labelled images"),
+    "acceptance": Command("device.commands.acceptance", "site acceptance: score local labelled cases as the kiosk "
+                          "serves the model, propose and apply a site operating point"),
     "bench": Command("device.commands.bench", "measure latency and throughput of every backend side by side"),
     "optimize": Command("optimize.command", "add a gated INT8 or FP16 variant to a bundle (needs the "
                         "'optimize' extra)", "optimize"),

@@ -387,6 +387,104 @@ class EvaluationPolicy(_Strict):
         default=[], description="edges on each image's width/height as received, for per-aspect metrics"
     )
 
+    def patient_of(self, file_name: str) -> str:
+        """The patient id the pattern finds at the start of a file name; the name itself otherwise."""
+        match = re.match(self.patient_pattern, file_name) if self.patient_pattern else None
+        return match.group(1) if match else file_name
+
+    def groups(self, file_names: list[str], aspects: list[float]) -> dict[str, np.ndarray]:
+        """group name -> which files are in it: each declared subgroup (by file name), each aspect bucket."""
+        masks = {g.name: np.array([re.search(g.file_pattern, n) is not None for n in file_names], dtype=bool)
+                 for g in self.subgroups}
+        edges = [0.0, *self.aspect_buckets, float("inf")]
+        values = np.asarray(aspects, dtype=np.float64)
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            name = f"aspect >= {lo:g}" if hi == float("inf") else f"aspect < {hi:g}" if lo == 0 else f"aspect {lo:g}-{hi:g}"
+            masks[name] = (values >= lo) & (values < hi)
+        return masks
+
+
+class DriftSignal(_Strict):
+    """One signal's distribution on the reference images, binned: the drift monitor compares the
+    same signal over a kiosk's recent studies with it (device/site/drift.py). Counted apart for
+    the images of the urgent group and the others, so that a change in how many urgent cases come
+    (a pneumonia season) is told apart from a change in the images themselves."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+(\.[a-z0-9_-]+)?$",
+                      description="p_urgent, image.<statistic> (models/drift.py) or refusal.<check name>")
+    edges: list[float] = Field(min_length=1, description="inner bin edges, increasing: a value v falls in bin "
+                               "i where edges[i-1] <= v < edges[i] (the pooled reference's quantiles)")
+    urgent: list[int] = Field(description="reference images of the urgent group per bin (len(edges) + 1)")
+    other: list[int] = Field(description="the other reference images per bin")
+
+    @model_validator(mode="after")
+    def _bins(self) -> "DriftSignal":
+        if any(not np.isfinite(e) for e in self.edges) or any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f"{self.name}: edges must be finite and strictly increasing")
+        bins = len(self.edges) + 1
+        if len(self.urgent) != bins or len(self.other) != bins:
+            raise ValueError(f"{self.name}: urgent and other need one count per bin ({bins})")
+        if min(self.urgent + self.other) < 0 or not sum(self.urgent) or not sum(self.other):
+            raise ValueError(f"{self.name}: counts must be >= 0, with images of both groups")
+        return self
+
+
+class MonitoringReference(_Strict):
+    """What the drift monitor compares a kiosk's recent studies with until the site has accepted the
+    model (then with the acceptance sample, made by the same functions): the distributions of
+    P(urgent), of the refusal checks' scores where the bundle has them, and of a few image
+    statistics, on the bundle's validation images through the device's preprocessing
+    (models/drift.py computes them, at export and on the device alike)."""
+
+    data: str = Field(min_length=1, description="which images, e.g. 'validation (patient-level, n=862)'")
+    statistics_version: int = Field(ge=1, description="the definition of the image statistics (models/drift.py "
+                                    "STATISTICS_VERSION); a device with another one leaves them out")
+    template_side: int = Field(gt=0, le=64)
+    template: list[float] | None = Field(
+        default=None, description="the mean gray model input at template_side x template_side, row-major: "
+        "image.layout is each image's correlation with it (None: no layout signal)")
+    signals: list[DriftSignal] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _shape(self) -> "MonitoringReference":
+        if self.template is not None and len(self.template) != self.template_side ** 2:
+            raise ValueError(f"template needs {self.template_side ** 2} values (template_side squared)")
+        names = [s.name for s in self.signals]
+        if len(set(names)) != len(names):
+            raise ValueError(f"monitoring signals need distinct names, got {names}")
+        return self
+
+    def signal(self, name: str) -> DriftSignal | None:
+        return next((s for s in self.signals if s.name == name), None)
+
+    @property
+    def n(self) -> int:
+        return sum(self.signals[0].urgent) + sum(self.signals[0].other)
+
+
+class AcceptanceRule(_Strict):
+    """How a site's own labelled cases choose its operating point (`bedside acceptance run`): the
+    highest threshold whose sensitivity on those cases is at least ``sensitivity_floor + margin``
+    (the margin allows for the sample's own error: the floor is what the site must keep on the
+    cases after it). Refused, with the reason, when the cases are fewer than ``min_positive`` /
+    ``min_negative``, or when meeting the floor leaves a specificity below ``min_specificity``."""
+
+    on: Literal["urgent_group", "focus_label"] = Field(
+        default="urgent_group",
+        description="whose sensitivity: the urgent group's (P(urgent) >= t), or the focus label's images referred")
+    sensitivity_floor: float = Field(gt=0.0, lt=1.0)
+    margin: float = Field(default=0.015, ge=0.0, lt=0.5)
+    min_positive: int = Field(default=50, ge=1, description="fewest cases of the positive class")
+    min_negative: int = Field(default=50, ge=1, description="fewest other cases")
+    min_specificity: float = Field(default=0.5, ge=0.0, lt=1.0,
+                                   description="below this the floor cannot be met usefully: refused")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> "AcceptanceRule":
+        if self.sensitivity_floor + self.margin >= 1.0:
+            raise ValueError("sensitivity_floor + margin must stay below 1")
+        return self
+
 
 class FileEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -441,6 +539,15 @@ class Manifest(_Strict):
     provenance: Provenance
     audit: AuditPolicy | None = None
     evaluation: EvaluationPolicy | None = None
+    monitoring: MonitoringReference | None = Field(
+        default=None,
+        description="the validation distributions the drift monitor compares recent studies with (None: "
+        "monitored against the site's acceptance sample only, once accepted)",
+    )
+    acceptance: AcceptanceRule | None = Field(
+        default=None,
+        description="how a site's labelled cases choose its operating point (None: default_acceptance_rule())",
+    )
     golden: str | None = Field(
         default=None,
         description="an .npz in the bundle: `inputs` (N, C, H, W float16), real validation images as model "
@@ -497,6 +604,8 @@ class Manifest(_Strict):
                 raise ValueError(f"variant {v.precision} file {v.file!r} is not listed in files")
         if self.audit is not None and self.audit.group is not None and self.audit.group.label not in self.labels:
             raise ValueError(f"audit group label {self.audit.group.label!r} is not one of the labels {self.labels}")
+        if self.acceptance is not None and self.acceptance.on == "focus_label" and self.policy.focus_label is None:
+            raise ValueError("acceptance.on is focus_label but the policy names no focus_label")
         if self.golden is not None and self.golden not in self.files:
             raise ValueError(f"golden file {self.golden!r} is not listed in files")
         if self.refusal is not None:
@@ -531,6 +640,16 @@ class Manifest(_Strict):
         """What URGENT means, in words for the screen."""
         return self.policy.finding or self.policy.urgent_labels[0].lower()
 
+    def acceptance_rule(self) -> AcceptanceRule:
+        """The declared rule, else the default: the lowest sensitivity the bundle states at its own
+        operating point (over its metrics' splits), rounded down to a hundredth, less 0.01, as the
+        floor; the other fields at their defaults. The chest bundle 2.0.0 thus gets a floor of 0.95."""
+        if self.acceptance is not None:
+            return self.acceptance
+        stated = [m.sensitivity for m in self.metrics] or [self.policy.operating_point.sensitivity]
+        floor = max(0.5, np.floor(min(stated) * 100) / 100 - 0.01)
+        return AcceptanceRule(on="urgent_group", sensitivity_floor=round(float(floor), 2))
+
     def urgent_probability(self, probabilities: np.ndarray) -> np.ndarray:
         """P(urgent) from softmax probabilities (..., labels), as the policy combines them."""
         return np.asarray(probabilities)[..., self.urgent_indices].sum(axis=-1)
@@ -542,12 +661,21 @@ class Bundle:
     def __init__(self, root: Path, manifest: Manifest):
         self.root = root
         self.manifest = manifest
+        self._sha256: str | None = None
 
     def path_of(self, name: str) -> Path:
         return self.root / name
 
     def sha256_of(self, name: str) -> str:
         return self.manifest.files[name].sha256
+
+    @property
+    def sha256(self) -> str:
+        """The bundle's identity: the sha256 of its manifest file, which names every file by its own
+        sha256 (what a signature covers too). Read once; a loaded bundle's files do not change."""
+        if self._sha256 is None:
+            self._sha256 = sha256_file(self.root / MANIFEST_NAME)
+        return self._sha256
 
     def __repr__(self) -> str:
         return f"Bundle({self.manifest.id}@{self.manifest.version}, {self.root})"

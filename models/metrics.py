@@ -181,3 +181,45 @@ def multiclass_report(y_true: np.ndarray, prob: np.ndarray, labels: tuple[str, .
             focus_specificity=float((score[~pos] < threshold).mean()) if (~pos).any() else float("nan"),
         )
     return report
+
+
+def cluster_bootstrap_weights(clusters: list[str], resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n) how many times each item is drawn when whole clusters (patients) are resampled
+    with replacement: one row per resample, to weight every statistic of that resample at once."""
+    names, index = np.unique(np.asarray(clusters), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    k = len(names)
+    picks = rng.integers(0, k, (resamples, k)) + k * np.arange(resamples)[:, None]
+    drawn = np.bincount(picks.ravel(), minlength=resamples * k).reshape(resamples, k).astype(np.float64)
+    return drawn[:, index]
+
+
+def weighted_rates(y_true: np.ndarray, prob: np.ndarray, thresholds: np.ndarray,
+                   weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity and specificity, (resamples, thresholds) each, of ``prob >= threshold`` under each
+    row of ``weights`` (cluster_bootstrap_weights); NaN where a resample drew no case of a class."""
+    y = np.asarray(y_true).astype(bool)
+    called = np.asarray(prob, dtype=np.float64)[:, None] >= np.asarray(thresholds, dtype=np.float64)[None, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity = (weights[:, y] @ called[y]) / weights[:, y].sum(1, keepdims=True)
+        specificity = (weights[:, ~y] @ ~called[~y]) / weights[:, ~y].sum(1, keepdims=True)
+    return sensitivity, specificity
+
+
+def weighted_auc(y_true: np.ndarray, prob: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The ROC AUC under each row of ``weights`` (ties count half), (resamples,); NaN without both classes."""
+    y = np.asarray(y_true).astype(bool)
+    p = np.asarray(prob, dtype=np.float64)
+    values, group = np.unique(p, return_inverse=True)  # ascending
+    neg = np.zeros((len(weights), len(values)))
+    np.add.at(neg.T, group[~y], weights[:, ~y].T)
+    below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each value
+    credit = below + 0.5 * neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (weights[:, y] * credit[:, group[y]]).sum(1) / (weights[:, y].sum(1) * weights[:, ~y].sum(1))
+
+
+def percentile_interval(draws: np.ndarray, level: float = 0.95, axis: int = 0) -> np.ndarray:
+    """The percentile interval of bootstrap draws along ``axis`` (NaN draws left out): [..., 2] lower, upper."""
+    tail = (1.0 - level) / 2 * 100
+    return np.stack([np.nanpercentile(draws, tail, axis=axis), np.nanpercentile(draws, 100 - tail, axis=axis)], -1)

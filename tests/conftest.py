@@ -300,3 +300,41 @@ def tiny_chest_32(train_tiny_chest) -> TinyRun:
     """A second tiny chest model, at 32 px with another seed and the same validation split: an
     ensemble member beside `tiny_chest`."""
     return train_tiny_chest(32, seed=1)
+
+
+# ---- Site acceptance and the drift monitor: the chest bundle with its monitoring reference, local cases ---
+
+
+@pytest.fixture(scope="session")
+def monitored_chest(tmp_path_factory, datasets) -> Path:
+    """A copy of the shipped chest bundle whose manifest carries its drift monitor's reference, built
+    from its validation images by the function `bedside export` uses (the shipped bundle is untouched
+    until it is exported again). About 10 s, once per session."""
+    from drift_reference import with_reference
+
+    source = shipped_bundle()
+    if source is None:
+        pytest.skip("the shipped chest bundle is absent")
+    return with_reference(source, tmp_path_factory.mktemp("monitored") / "chest-xray-pneumonia", datasets)
+
+
+@pytest.fixture(scope="session")
+def chest_cases(monitored_chest, datasets, tmp_path_factory) -> dict:
+    """The chest bundle's validation images as a site's local labelled sets (links to the shared
+    files): "accept" (70 normals, 90 pneumonia: an acceptance sample), "later" (30 + 30 others, for
+    the kiosk), "small" (20 + 20), and the validation samples themselves ("samples")."""
+    from drift_reference import validation_samples
+
+    val = validation_samples(load_bundle(monitored_chest), datasets)
+    labels = load_bundle(monitored_chest).manifest.labels
+    base = tmp_path_factory.mktemp("site-cases")
+    by_label = {0: [s for s in val if s.label == 0], 1: [s for s in val if s.label == 1]}
+    plan = {"accept": (0, 70, 0, 90), "later": (70, 100, 90, 120), "small": (100, 120, 120, 140)}
+    sets: dict = {"samples": val}
+    for name, (n0, n1, p0, p1) in plan.items():
+        for s in by_label[0][n0:n1] + by_label[1][p0:p1]:
+            folder = base / name / labels[s.label]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / s.path.name).symlink_to(s.path)
+        sets[name] = base / name
+    return sets

@@ -44,7 +44,7 @@ def test_upload_returns_201_with_the_study_and_its_full_result(client):
     # backend = "auto" (the default) serves on whichever CPU backend timed fastest; the tiny bundle has only fp32
     assert model["backend"] in registry.available("cpu") and model["precision"] == "fp32"
     assert {"decode", "preprocess", "inference", "store_image_wait"} <= set(result["timings_ms"])
-    assert s["review"] == {"reviewed": False, "at": None, "by": None, "note": None}
+    assert s["review"] == {"reviewed": False, "at": None, "by": None, "note": None, "agreement": None}
 
 
 def test_get_image_preview_heatmap(client):

@@ -59,9 +59,11 @@ ROOMS: dict[str, set[str]] = {
     "device.tensorrt": {"device.machine", "device.runtime", "device.decision"},
     # live capture sources: streams, frame quality, live triage through a function it is given
     "device.capture": {"device.machine", "device.intake", "device.decision"},
-    # settings, errors, the study store, the study service, exams and model serving
+    # the site's own evidence, computed: the acceptance (document, rule, figures, report) and drift comparisons
+    "device.site": {"device.decision"},
+    # settings, errors, the study store, the study service, exams and model serving, the site's record
     "device.core": {"device.machine", "device.intake", "device.decision", "device.runtime", "device.tensorrt",
-                    "device.capture"},
+                    "device.capture", "device.site"},
     # the rooms that use the core: the DICOM node, signed bundle and application updates
     "device.dicom": {"device.machine", "device.intake", "device.decision", "device.core"},
     "device.updates": {"device.machine", "device.decision", "device.runtime", "device.core"},
@@ -70,12 +72,13 @@ ROOMS: dict[str, set[str]] = {
                          "device.capture", "device.dicom", "device.updates"},
     # the technician area (pages, login gate, credentials, safe mode) and the kiosk's web
     "device.technician": {"device.machine", "device.runtime", "device.core", "device.capture", "device.updates",
-                          "device.appliance"},
+                          "device.appliance", "device.site"},
     "device.kiosk": {"device.machine", "device.decision", "device.core", "device.capture", "device.dicom",
                      "device.appliance", "device.technician"},
     # the command line: every room
     "device.commands": {"device.machine", "device.intake", "device.decision", "device.runtime", "device.tensorrt",
-                        "device.core", "device.updates", "device.appliance", "device.technician", "device.kiosk"},
+                        "device.core", "device.updates", "device.appliance", "device.technician", "device.kiosk",
+                        "device.site"},
     "device": {"device.runtime", "device.commands"},
 }
 

@@ -17,7 +17,10 @@ from device.capture.stream import STREAMING
 from device.capture.view import ViewerSlots
 from device.core.errors import Conflict, NotFound, UnknownExam
 from device.core.exams import ExamRegistry
+from device.core.drift_monitor import DriftMonitor
 from device.core.monitoring import Metrics
+from device.core.site_points import SitePoints
+from device.core.site_record import SiteRecord
 from device.core.serving import Exam
 from device.core.settings import ConfigError, KioskConfig
 from device.core.store import NewStudy, Store, StudyRecord
@@ -46,13 +49,18 @@ class Appliance:
     """The appliance's state for one process: config, store, loaded exams, metrics, the study service,
     capture sources and the DICOM node."""
 
-    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry):
+    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry, site: SiteRecord):
         self.config = config
         self.store = store
         self.exams = exams
+        self.site = site
         self._closers: list[Callable[[], None]] = []
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status(), exams.choices)
-        self.studies = StudyService(config, store, exams, self.metrics)
+        self.site_points = SitePoints(site)
+        exams.use_site_points(self.site_points)
+        self.monitor = DriftMonitor(config.monitoring, site, self.site_points, store, exams)
+        self.metrics.watch_drift(self.monitor.status)
+        self.studies = StudyService(config, store, exams, self.metrics, self.monitor)
         self.backends = {
             name: {"available": s.ok, "version": s.version, "reason": s.reason}
             for name, s in registry.all_availability().items()
@@ -70,15 +78,22 @@ class Appliance:
         """Open the store, then load and warm up every exam; ready when this returns."""
         store = Store.open(config.store.data_dir)
         try:
-            updates.recover(config)  # a bundle switch that was not committed is undone before loading
-            exams = ExamRegistry.load(config.models, updates.served_paths(config), config.store.data_dir)
+            site = SiteRecord.open(config.store.data_dir)
         except BaseException:
             store.close()
             raise
         try:
-            return cls(config, store, exams)
+            updates.recover(config)  # a bundle switch that was not committed is undone before loading
+            exams = ExamRegistry.load(config.models, updates.served_paths(config), config.store.data_dir)
+        except BaseException:
+            site.close()
+            store.close()
+            raise
+        try:
+            return cls(config, store, exams, site)
         except BaseException:
             exams.close()
+            site.close()
             store.close()
             raise
 
@@ -93,6 +108,7 @@ class Appliance:
         self.capture.close()
         self.studies.close()
         self.exams.close()
+        self.site.close()
         self.store.close()
         for closer in self._closers:
             closer()

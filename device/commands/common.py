@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from device.core.site_record import SiteRecord
 from device.runtime.registry import BACKENDS
 from device.runtime.triager import Triager
 from models.bundle import Bundle, BundleError, default_bundles_dir, find_bundles, load_bundle
@@ -24,6 +25,14 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: all usable cores)")
 
 
+def add_site_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path,
+        help="a kiosk's data dir: decide at the site operating point accepted there for this bundle "
+             "(bedside acceptance apply), where there is one (default: the bundle's own point)",
+    )
+
+
 def resolve_bundle(path: Path | None) -> Bundle:
     if path is not None:
         return load_bundle(path)
@@ -36,4 +45,15 @@ def resolve_bundle(path: Path | None) -> Bundle:
 
 
 def open_triager(args: argparse.Namespace) -> Triager:
-    return Triager(resolve_bundle(args.bundle), args.backend, args.precision, args.threads)
+    """The bundle on the backend asked for, deciding at the site's accepted point where --data-dir has one."""
+    triager = Triager(resolve_bundle(args.bundle), args.backend, args.precision, args.threads)
+    data_dir = getattr(args, "data_dir", None)
+    record = SiteRecord.open_existing(data_dir) if data_dir is not None else None
+    if record is not None:
+        try:
+            accepted = record.current(triager.manifest.id, triager.bundle.sha256)
+        finally:
+            record.close()
+        if accepted is not None:
+            triager.operating_point = accepted.operating_point
+    return triager

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from device import intake
-from device.commands.common import add_bundle_argument, add_runtime_arguments, open_triager
+from device.commands.common import add_bundle_argument, add_runtime_arguments, add_site_argument, open_triager
 from device.decision import quality
 from device.runtime.triager import Triager
 from models import audit
@@ -41,6 +40,7 @@ class DataFolderError(Exception):
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     add_bundle_argument(parser)
     add_runtime_arguments(parser)
+    add_site_argument(parser)
     parser.add_argument("--data", type=Path, required=True, help="folder with one subfolder per label")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--audit", action="store_true",
@@ -136,12 +136,7 @@ def predict_all(triager: Triager, items: list[tuple[Path, int]]) -> Scored:
 
 def patient_ids(files: list[tuple[Path, int]], policy: EvaluationPolicy | None) -> list[str]:
     """One id per file (label folder + the bundle's patient pattern); a file it does not match stands alone."""
-    pattern = re.compile(policy.patient_pattern) if policy and policy.patient_pattern else None
-    ids = []
-    for path, index in files:
-        match = pattern.match(path.name) if pattern else None
-        ids.append(f"{index}:{match.group(1) if match else path.name}")
-    return ids
+    return [f"{index}:{policy.patient_of(path.name) if policy else path.name}" for path, index in files]
 
 
 def subgroup_masks(scored: Scored, manifest: Manifest) -> dict[str, np.ndarray]:
@@ -152,17 +147,7 @@ def subgroup_masks(scored: Scored, manifest: Manifest) -> dict[str, np.ndarray]:
     if (labels == NOT).any():
         masks["not labelled urgent"] = labels == NOT
     policy = manifest.evaluation
-    if policy is None:
-        return masks
-    for group in policy.subgroups:
-        pattern = re.compile(group.file_pattern)
-        masks[group.name] = np.array([bool(pattern.search(n)) for n in names])
-    edges = [0.0, *policy.aspect_buckets, float("inf")]
-    aspects = np.array(scored.aspects)
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        name = f"aspect >= {lo:g}" if hi == float("inf") else f"aspect < {hi:g}" if lo == 0 else f"aspect {lo:g}-{hi:g}"
-        masks[name] = (aspects >= lo) & (aspects < hi)
-    return masks
+    return masks if policy is None else {**masks, **policy.groups(names, scored.aspects)}
 
 
 def audit_folder(triager: Triager, scored: Scored, y: np.ndarray) -> list[AuditCheck]:
@@ -178,12 +163,15 @@ def audit_folder(triager: Triager, scored: Scored, y: np.ndarray) -> list[AuditC
     group = m.audit.group if m.audit is not None else None
     in_group = audit.group_members(group, [path.name for path, _ in scored.files],
                                    [m.labels[i] if i != NOT else "" for i in scored.indices])
-    return audit.run_audit(predict, images, y, m.input, m.policy.operating_point.threshold, names, group, in_group)
+    return audit.run_audit(predict, images, y, m.input, triager.operating_point.threshold, names, group, in_group)
 
 
-def folder_report(scored: Scored, m: Manifest, single: str | None, bootstrap: int) -> dict:
-    """The binary report of the urgent group (or of the one-vs-rest label), and its extras."""
-    probs, threshold = scored.probabilities, m.policy.operating_point.threshold
+def folder_report(scored: Scored, m: Manifest, single: str | None, bootstrap: int,
+                  threshold: float | None = None) -> dict:
+    """The binary report of the urgent group (or of the one-vs-rest label), and its extras, at
+    ``threshold`` (default: the bundle's own operating point)."""
+    probs = scored.probabilities
+    threshold = m.policy.operating_point.threshold if threshold is None else threshold
     p = m.urgent_probability(probs)
     if single is not None:
         y = scored.indices == m.labels.index(single)
@@ -215,11 +203,12 @@ def run(args: argparse.Namespace) -> int:
         scored = predict_all(triager, items)
         for err in scored.errors:
             print(f"skipped {err}", file=sys.stderr)
-        report = folder_report(scored, m, single, args.bootstrap)
+        report = folder_report(scored, m, single, args.bootstrap, triager.operating_point.threshold)
     except DataFolderError as exc:
         print(f"bedside eval: {exc}", file=sys.stderr)
         return 1
-    report.update(ungradable=scored.ungradable, errors=len(scored.errors), model=triager.model.as_dict())
+    report.update(ungradable=scored.ungradable, errors=len(scored.errors), model=triager.model.as_dict(),
+                  operating_point=triager.operating_point.as_json())
     y = np.isin(scored.indices, [m.labels.index(single)] if single else m.urgent_indices)
     checks = audit_folder(triager, scored, y) if args.audit else None
     if checks is not None:
@@ -253,8 +242,9 @@ def print_report(report: dict, m: Manifest, triager: Triager, data: Path) -> Non
     print(f"n={report['n']} (positive {report['n_positive']})  AUC {with_ci('auc')}  accuracy {with_ci('accuracy')}")
     auc_of = f" ({report['auc_of']})" if "auc_of" in report else ""
     print(f"positive: {report['positive_label']}{auc_of}")
-    print(f"at P({' + '.join(m.policy.urgent_labels)}) >= {report['threshold']:.3f}: sensitivity "
-          f"{with_ci('sensitivity')}  specificity {with_ci('specificity')}")
+    print(f"at P({' + '.join(m.policy.urgent_labels)}) >= {report['threshold']:.3f} "
+          f"({report['operating_point']['text']}): sensitivity {with_ci('sensitivity')}  specificity "
+          f"{with_ci('specificity')}")
     print(f"confusion: TP {c['tp']}  FN {c['fn']}  TN {c['tn']}  FP {c['fp']}   "
           f"ungradable {report['ungradable']}  unreadable {report['errors']}")
     print("intervals: bootstrap of whole patients")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from device import intake
-from device.commands.common import add_bundle_argument, add_runtime_arguments, open_triager
+from device.commands.common import add_bundle_argument, add_runtime_arguments, add_site_argument, open_triager
 from device.decision import heatmap
 from device.decision.triage import TriageResult
 from models.bundle import InputContract
@@ -22,6 +22,7 @@ EXIT_SOME_FAILED = 2
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     add_bundle_argument(parser)
     add_runtime_arguments(parser)
+    add_site_argument(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--heatmap-dir", type=Path, help="write <name>.heatmap.png overlays here")
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -54,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     triager = open_triager(args)
     m = triager.manifest
     if not args.json:
+        op = triager.operating_point
         print(f"model {m.id} {m.version} ({triager.model.precision}, {triager.model.backend}), "
-              f"threshold P({' + '.join(m.policy.urgent_labels)}) >= {m.policy.operating_point.threshold:.3f}")
+              f"threshold P({' + '.join(m.policy.urgent_labels)}) >= {op.threshold:.3f}: {op.text}")
         short = m.policy.urgent_labels[0][:3] if len(m.policy.urgent_labels) == 1 else "urg"
         print(f"{'TRIAGE':<10} {'LABEL':<10} {'P(' + short + ')':>6} {'ms':>8}  FILE")
     failed = 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from device.core.errors import UnknownExam
 from device.core.serving import Exam
@@ -17,6 +18,9 @@ from device.runtime.backend_choice import AUTO, choose
 from device.runtime.triager import Triager
 from models.bundle import BundleError, find_bundles, load_bundle
 
+if TYPE_CHECKING:
+    from device.core.site_points import SitePoints
+
 log = logging.getLogger("bedside.kiosk")
 
 
@@ -24,6 +28,13 @@ class ExamRegistry:
     def __init__(self, exams: list[Exam], cache_dir: Path | None = None):
         self._exams = {e.id: e for e in exams}
         self._cache_dir = cache_dir  # where backend choices are cached, for exams loaded later
+        self._site_points: "SitePoints | None" = None
+
+    def use_site_points(self, points: "SitePoints") -> None:
+        """Decide every exam's studies, and those of exams loaded later, at the site's accepted points."""
+        self._site_points = points
+        for exam in self._exams.values():
+            exam.site_points = points
 
     @classmethod
     def load(cls, settings: ModelSettings, paths: list[Path] | None = None,
@@ -37,7 +48,7 @@ class ExamRegistry:
         exams: list[Exam] = []
         try:
             for path in paths:
-                exams.append(_open_exam(Path(path), settings, cache_dir))
+                exams.append(open_exam(Path(path), settings, cache_dir))
             ids = [e.id for e in exams]
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
@@ -56,7 +67,8 @@ class ExamRegistry:
         """Load the bundle at ``path`` and serve it in place of the exam of the same id (or as a new exam);
         the one it replaces is closed once its current inference ends. Raises what loading raises, and
         then nothing changed."""
-        exam = _open_exam(path, settings, self._cache_dir)
+        exam = open_exam(path, settings, self._cache_dir)
+        exam.site_points = self._site_points
         try:
             exam.warm_up()
         except BaseException:
@@ -117,7 +129,9 @@ def _start_gpu(exam: Exam, settings: ModelSettings) -> None:
         exam.start_gpu_build(gpu[0], settings)
 
 
-def _open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> Exam:
+def open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> Exam:
+    """The bundle at ``path`` loaded as the kiosk serves it: the backend and variant its settings choose
+    here (device/runtime/backend_choice.py, timings cached under ``cache_dir``), not yet warmed up."""
     bundle = load_bundle(path)
     threads = settings.inference_threads or usable_cores()
     options = {name: settings.backend_settings(name) for name in registry.BACKENDS}

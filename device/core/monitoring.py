@@ -49,6 +49,10 @@ class Metrics:
         self._is_ready = value
         self._ready.set(int(value))
 
+    def watch_drift(self, status: Callable[[], dict]) -> None:
+        """Export the drift monitor's status (device/core/drift_monitor.py) at each scrape."""
+        self.registry.register(DriftCollector(status))
+
     def study_created(self, exam: str, triage: str, inference_s: float, total_s: float) -> None:
         self._studies.labels(exam, triage).inc()
         self._inference.observe(inference_s)
@@ -129,3 +133,43 @@ class BackendChoiceCollector(Collector):
                     p50.add_metric(key, m["p50_ms"] / 1e3)
                     p99.add_metric(key, m["p99_ms"] / 1e3)
         yield from (served, p50, p99)
+
+
+class DriftCollector(Collector):
+    """Each exam's drift state (one series per state, 1 for the current one: the fleet's alert rules
+    watch ``bedside_drift_state{state="drift"}``), every signal's PSI and its limits, the window's
+    fill, the operating point in force, whether acceptance is needed again, and the reviewers'
+    observed agreement."""
+
+    def __init__(self, status: Callable[[], dict]):
+        self._status = status
+
+    def collect(self) -> Iterable[Metric]:
+        status = self._status()
+        state = GaugeMetricFamily("bedside_drift_state", "1 for the drift monitor state an exam is in (collecting, "
+                                  "ok, watch, drift)", labels=["exam", "state"])
+        psi = GaugeMetricFamily("bedside_drift_psi", "Population-stability index of a signal over the exam's "
+                                "window against its reference", labels=["exam", "signal"])
+        limit = GaugeMetricFamily("bedside_drift_psi_limit", "The PSI above which a signal reads watch or drift at "
+                                  "the window's size", labels=["exam", "signal", "level"])
+        window = GaugeMetricFamily("bedside_drift_window_studies", "Studies in the exam's drift window", labels=["exam"])
+        threshold = GaugeMetricFamily("bedside_operating_point_threshold", "The threshold the exam decides at, and "
+                                      "whose it is (site: accepted on local cases; bundle: the model's own)",
+                                      labels=["exam", "source"])
+        again = GaugeMetricFamily("bedside_acceptance_needed", "1 when an earlier bundle of the exam was accepted on "
+                                  "this site and the one served now is not", labels=["exam"])
+        agreement = GaugeMetricFamily("bedside_review_agreement_ratio", "Share of reviews that agreed with the "
+                                      "triage (over the latest weeks with answers)", labels=["exam"])
+        for exam, entry in status["exams"].items():
+            for name in status["states"]:
+                state.add_metric([exam, name], int(entry["state"] == name))
+            for s in entry["signals"]:
+                psi.add_metric([exam, s["name"]], s["psi"])
+                limit.add_metric([exam, s["name"], "watch"], s["watch_limit"])
+                limit.add_metric([exam, s["name"], "drift"], s["drift_limit"])
+            window.add_metric([exam], entry["window"]["studies"])
+            threshold.add_metric([exam, entry["operating_point"]["source"]], entry["operating_point"]["threshold"])
+            again.add_metric([exam], int(entry["acceptance"]["needed_again"]))
+            if entry["agreement"]["share"] is not None:
+                agreement.add_metric([exam], entry["agreement"]["share"])
+        yield from (state, psi, limit, window, threshold, again, agreement)

@@ -12,11 +12,13 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from device import intake
 from device.core.settings import ModelSettings
+from device.decision.operating_point import OperatingPoint
 from device.decision.triage import TriageResult
 from device.runtime import registry
 from device.runtime.backend_choice import Choice
@@ -24,6 +26,9 @@ from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable,
 from device.runtime.triager import Prepared, Triager
 from device.runtime.variant_check import live_check
 from models.bundle import Bundle
+
+if TYPE_CHECKING:
+    from device.core.site_points import SitePoints
 
 log = logging.getLogger("bedside.kiosk")
 
@@ -55,6 +60,8 @@ class Exam:
     choice: Choice | None = None
     gpu_build: Preparation | None = None
     gpu_error: str | None = None
+    # Where the site's accepted operating point is looked up (device/core/site_points.py); None: the bundle's.
+    site_points: "SitePoints | None" = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the model's single owner
     _busy_since: float | None = field(default=None, repr=False)
     _waiting: list[_Job] = field(default_factory=list, repr=False)  # prepared studies, oldest first
@@ -78,7 +85,7 @@ class Exam:
         model runs every study waiting for it as one batch (a DICOM burst, a USB import), so a study
         that arrives while the model is busy costs a batch slot, not a whole turn. One study alone is
         run at once, with no waiting for company."""
-        job = _Job(self.triager.prepare(img, source, decode_ms))
+        job = _Job(self.triager.prepare(img, source, decode_ms, self.operating_point()))
         with self._waiting_lock:
             self._waiting.append(job)
         with self._lock:
@@ -89,6 +96,12 @@ class Exam:
                 finally:
                     self._busy_since = None
         return job.outcome()
+
+    def operating_point(self) -> OperatingPoint:
+        """The point this exam's studies are decided at now: the site's accepted one for its bundle, else the bundle's."""
+        if self.site_points is None:
+            return self.triager.operating_point
+        return self.site_points.operating_point(self.id, self.bundle)
 
     def busy_s(self) -> float:
         """How long the model has been busy with its current batch (0 when idle): a model stuck in
@@ -198,7 +211,8 @@ class Exam:
             "labels": list(m.labels),
             "urgent_labels": list(m.policy.urgent_labels),
             "finding": m.finding,
-            "threshold": m.policy.operating_point.threshold,
+            "threshold": self.operating_point().threshold,
+            "operating_point": self.operating_point().as_json(),
             "model": self.triager.model.as_dict(),
             "backend_choice": None if self.choice is None else self.choice.as_json(),
             "gpu_engine": self.gpu_status(),

@@ -18,6 +18,7 @@ from pathlib import Path
 from device import intake
 from device.core import exports, media
 from device.core.decoding import Decoder
+from device.core.drift_monitor import DriftMonitor
 from device.core.errors import BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam
 from device.core.exams import ExamRegistry
 from device.core.import_paths import expand_dicomdirs
@@ -27,6 +28,7 @@ from device.core.reserve import Reserve, is_disk_full
 from device.core.settings import KioskConfig
 from device.core.store import NewStudy, Store, StoredImage, StudyFilter, StudyRecord
 from device.core.study_result import StudyResult
+from device.decision.triage import UNGRADABLE
 from models.bundle import InputContract
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ MAX_REFERENCE = 120
 MAX_NOTE = 2000
 MAX_STUDY_ID = 2**63 - 1  # SQLite's largest integer: a bigger id cannot exist
 OPERATOR_KEY = "operator"
+AGREEMENTS = ("agree", "disagree")
 
 
 def clean_text(value: str | None, limit: int, what: str) -> str:
@@ -74,6 +77,7 @@ def study_json(study: StudyRecord) -> dict:
             "at": study.reviewed_at,
             "by": study.reviewed_by,
             "note": study.review_note,
+            "agreement": study.review_agreement,
         },
         "links": {
             "self": base,
@@ -96,11 +100,13 @@ class StudyService:
     """The studies of one appliance: its store, its exams, and the decoding, renderings, free-space
     reserve and image writers they share."""
 
-    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry, metrics: Metrics):
+    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry, metrics: Metrics,
+                 monitor: DriftMonitor | None = None):
         self.config = config
         self.store = store
         self.exams = exams
         self.metrics = metrics
+        self.monitor = monitor  # the drift monitor sees every saved study (after it is saved)
         self.decoder = Decoder(config.decode)
         self.renders = Renderer(store, self._input_contract, self.decoder)
         self.reserve = Reserve(config.store.data_dir, config.store.reserve_mb)
@@ -208,6 +214,8 @@ class StudyService:
         timings = study.result.result.timings_ms
         model_s = (timings["preprocess"] + timings["inference"]) / 1e3
         self.metrics.study_created(study.exam, record.triage, model_s, time.perf_counter() - started)
+        if self.monitor is not None:
+            self.monitor.observe(study.exam, study.result.result)
         return record
 
     def import_files(
@@ -269,19 +277,29 @@ class StudyService:
             self.metrics.error("audit_disk_full")
         return study
 
-    def review(self, study_id: int, note: str | None, operator: str | None, change: bool = False) -> StudyRecord:
-        """Mark a study reviewed. A study already reviewed is changed only when asked to (``change``):
-        a second press of the same button must not overwrite someone's review unseen."""
+    def review(self, study_id: int, note: str | None, operator: str | None, change: bool = False,
+               agreement: str | None = None) -> StudyRecord:
+        """Mark a study reviewed, with the reviewer's optional agree / disagree with its triage (the drift
+        monitor reports it; an UNGRADABLE study has no triage to agree with). A study already reviewed is
+        changed only when asked to (``change``): a second press of the same button must not overwrite
+        someone's review unseen."""
         note = clean_text(note, MAX_NOTE, "note")
+        agreement = agreement or None
+        if agreement not in (None, *AGREEMENTS):
+            raise BadRequest(f"agreement must be one of {', '.join(AGREEMENTS)} (or left out), not {agreement!r}")
         earlier = self.get(study_id)
         if earlier.reviewed_at is not None and not change:
             raise Conflict(
                 f"study {study_id} was already reviewed by {earlier.reviewed_by or 'an unnamed operator'} at "
                 f"{earlier.reviewed_at}; to change that review, say so (Change review)"
             )
-        study = self.store.review(study_id, self.operator(operator), note)
+        if agreement is not None and earlier.triage == UNGRADABLE:
+            raise BadRequest(f"study {study_id} is UNGRADABLE: there is no triage to agree or disagree with")
+        study = self.store.review(study_id, self.operator(operator), note, agreement)
         if study is None:
             raise NotFound(f"no study {study_id}")
+        if self.monitor is not None:
+            self.monitor.forget_agreement(study.exam)
         return study
 
     def image_bytes(self, study: StudyRecord) -> bytes:

@@ -3,6 +3,7 @@ device/runtime/triager.py, which walks this path for every image).
 
 The path, in order: quality (the image's own checks, before the model: a failed one makes the
 result UNGRADABLE) -> refusal (checks of the model's output on this image, after the model and
-before the policy; none yet) -> triage (the bundle's policy: URGENT or ROUTINE, and the result
+before the policy; none yet) -> triage (the bundle's policy at the operating point in use, the
+bundle's own or the site's accepted one (operating_point.py): URGENT or ROUTINE, and the result
 type that holds the UNGRADABLE rule) -> heatmap (the class-activation map made viewable).
 smoothing.py holds a live source's results steady over frames."""

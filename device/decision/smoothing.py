@@ -58,6 +58,6 @@ class Smoother:
         labels = self._manifest.labels
         self._probs.append(np.array([result.probabilities[name] for name in labels]))
         mean = np.mean(self._probs, axis=0)
-        label, category = decide(mean, self._manifest, gradable=True)
+        label, category = decide(mean, self._manifest, gradable=True, threshold=result.threshold)
         return Smoothed(window=self.window, frames=len(self._probs), triage=category, label=label,
                         probability=float(self._manifest.urgent_probability(mean)))

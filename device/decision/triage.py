@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device.decision import quality
+from device.decision.operating_point import OperatingPoint
 from models.bundle import Manifest
 
 URGENT, ROUTINE, UNGRADABLE = "URGENT", "ROUTINE", "UNGRADABLE"
@@ -75,6 +76,9 @@ class TriageResult:
     image_notes: tuple[str, ...] = ()
     cam: np.ndarray | None = field(default=None, repr=False, compare=False)
     batch_size: int = 1  # studies run through the model together with this one (a burst)
+    operating_point: OperatingPoint | None = None  # the one it was decided at (threshold is its threshold)
+    # The model input's image statistics (models/drift.py), for the drift monitor; never a finding.
+    image_statistics: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.triage not in TRIAGE_ORDER:
@@ -106,6 +110,7 @@ class TriageResult:
         return TriageResult.of(
             self.model_output, UNGRADABLE, source=self.source, threshold=self.threshold, quality=report,
             model=self.model, timings_ms=self.timings_ms, image_notes=self.image_notes, batch_size=self.batch_size,
+            operating_point=self.operating_point, image_statistics=self.image_statistics,
         )
 
     @property
@@ -129,14 +134,21 @@ class TriageResult:
         }
         if self.ungraded_output is not None:
             out[UNGRADED_OUTPUT] = self.ungraded_output.as_json()
+        if self.operating_point is not None:
+            out["operating_point"] = self.operating_point.as_json()
+        if self.image_statistics:
+            out["image_statistics"] = {k: round(v, 6) for k, v in self.image_statistics.items()}
         return out
 
 
-def decide(probs: np.ndarray, manifest: Manifest, gradable: bool) -> tuple[str, str]:
-    """(label, triage category) for one probability vector under the bundle's policy: the label is
-    the likeliest of the urgent labels when P(urgent) reaches the threshold, else of the others."""
+def decide(probs: np.ndarray, manifest: Manifest, gradable: bool, threshold: float | None = None) -> tuple[str, str]:
+    """(label, triage category) for one probability vector under the bundle's policy at ``threshold``
+    (default: the bundle's own operating point): the label is the likeliest of the urgent labels when
+    P(urgent) reaches the threshold, else of the others."""
     urgent = manifest.urgent_indices
-    if manifest.urgent_probability(probs) >= manifest.policy.operating_point.threshold:
+    if threshold is None:
+        threshold = manifest.policy.operating_point.threshold
+    if manifest.urgent_probability(probs) >= threshold:
         group, category = urgent, URGENT
     else:
         group, category = [i for i in range(len(manifest.labels)) if i not in urgent], ROUTINE

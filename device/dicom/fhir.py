@@ -22,7 +22,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from device.core.settings.dicom import FhirDestination
 from device.core.store import StudyRecord
-from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
+from device.dicom.results import MANUFACTURER, RESEARCH_BANNER, operating_point_words
 from models import atomic
 from models.bundle import Manifest
 
@@ -65,7 +65,7 @@ def report_bundle(source: pydicom.Dataset, study: StudyRecord, manifest: Manifes
         "valueCodeableConcept": {"text": study.triage},
         "method": {"text": algorithm},
         "derivedFrom": [imaging_study],
-        "note": [{"text": _verdict(study)}],
+        "note": [{"text": _verdict(study)}, {"text": f"Operating point: {operating_point_words(study)}"}],
     }
     if study.probability is not None:  # an UNGRADABLE study has none
         observation["component"] = [{

@@ -41,6 +41,7 @@ ALGORITHM_NAME = CodedConcept("111001", "DCM", "Algorithm Name")
 ALGORITHM_VERSION = CodedConcept("111003", "DCM", "Algorithm Version")
 MODEL_SHA256 = CodedConcept("SHA256", _SCHEME, "Model file SHA-256")
 DISCLAIMER = CodedConcept("DISCLAIMER", _SCHEME, "Intended use")
+OPERATING_POINT = CodedConcept("OPPOINT", _SCHEME, "Operating point")
 PROCESSING_EQUIPMENT = CodedConcept("109102", "DCM", "Processing Equipment")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
 NOT_ASSESSED = "Not assessed: the image failed the quality checks"
@@ -86,6 +87,7 @@ def _report(source: pydicom.Dataset, study: StudyRecord, manifest: Manifest, equ
         hd.sr.TextContentItem(ALGORITHM_NAME, study.model.id, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(ALGORITHM_VERSION, study.model.version, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(MODEL_SHA256, study.model.sha256, relationship_type="CONTAINS"),
+        hd.sr.TextContentItem(OPERATING_POINT, operating_point_words(study)[:1024], relationship_type="CONTAINS"),
     ]
     if manifest.research_only:
         items.append(hd.sr.TextContentItem(DISCLAIMER, f"{RESEARCH_BANNER}: {manifest.disclaimer}"[:1024],
@@ -99,6 +101,13 @@ def _report(source: pydicom.Dataset, study: StudyRecord, manifest: Manifest, equ
     )
     sr.SeriesDescription = _description("Bedside triage report", manifest)
     return sr
+
+
+def operating_point_words(study: StudyRecord) -> str:
+    """The threshold the study was decided at and whose it is (the site's accepted one or the model's own)."""
+    op = study.result.get("operating_point")
+    text = op["text"] if op else "The model's own operating point"
+    return f"P >= {study.threshold:.4f}: {text}"
 
 
 def _heatmap(source: pydicom.Dataset, pixels: np.ndarray, study: StudyRecord, manifest: Manifest,

@@ -206,7 +206,7 @@ def study_heatmap(study_id: int):
 def review_study(study_id: int):
     body = request_body()
     study = current_appliance().studies.review(study_id, body_text(body, "note"), body_operator(body),
-                                               body_flag(body, "change"))
+                                               body_flag(body, "change"), body_text(body, "agreement"))
     return jsonify(study_json(study))
 
 
@@ -297,6 +297,13 @@ def audit_log():
     study_id = _int_arg("study", 0, 1, 2**62) if study else None
     entries = current_appliance().store.audit_log(_int_arg("limit", 100, 1, 1000), study_id)
     return jsonify({"entries": [asdict(e) for e in entries]})
+
+
+@api.get("/monitoring")
+def monitoring():
+    """The drift monitor per exam: state (collecting, ok, watch, drift) since when, the kind of change and
+    the reasons, each signal's PSI and limits, the reference, the operating point in force, agreement."""
+    return jsonify(current_appliance().monitor.status()), 200, NO_STORE
 
 
 @api.get("/health")

@@ -65,7 +65,8 @@ def _worklist_args() -> dict:
 
 @pages.get("/")
 def home():
-    return render_template("home.html", exams=list(current_appliance().exams), **_worklist_args())
+    k = current_appliance()
+    return render_template("home.html", exams=list(k.exams), checks=k.monitor.checks_needed(), **_worklist_args())
 
 
 @pages.get("/worklist")
@@ -134,7 +135,8 @@ def result(study_id: int):
 @pages.post("/studies/<int:study_id>/review")
 def review(study_id: int):
     form = request.form
-    current_appliance().studies.review(study_id, form.get("note"), form.get("operator"), form.get("change") == "1")
+    current_appliance().studies.review(study_id, form.get("note"), form.get("operator"), form.get("change") == "1",
+                                       form.get("agreement"))
     return redirect(url_for("pages.result", study_id=study_id, reviewed=1), 303)
 
 

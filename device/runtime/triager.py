@@ -16,10 +16,12 @@ import numpy as np
 
 from device import intake
 from device.decision import quality
+from device.decision.operating_point import OperatingPoint
 from device.decision.triage import ModelOutput, ModelRef, TriageResult, decide, urgent_map
 from device.machine.facts import usable_cores
 from device.runtime import registry
 from device.runtime.base import Backend, RuntimeFailure, VariantFile, model_io
+from models import drift
 from models.bundle import Bundle, Manifest
 from models.metrics import softmax
 from models.preprocess import to_model_input
@@ -34,6 +36,8 @@ class Prepared:
     report: quality.QualityReport
     tensor: np.ndarray
     timings_ms: dict[str, float]
+    operating_point: OperatingPoint
+    image_statistics: dict[str, float]
 
 class Triager:
     """One loaded model of one bundle on one backend; create it once per process and reuse it."""
@@ -60,6 +64,10 @@ class Triager:
         self._backend: Backend = loaded
         self._backend.warm_up()
         self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
+        # Where nothing else is given, studies are decided at this point (a site's accepted one is
+        # handed to prepare() by whoever serves the exam, or set here by the commands).
+        self.operating_point = OperatingPoint.of_bundle(m, bundle.sha256)
+        self._template = drift.template_of(m.monitoring)
 
     @property
     def manifest(self) -> Manifest:
@@ -88,14 +96,20 @@ class Triager:
     def max_batch(self) -> int:
         return self._backend.max_batch
 
-    def prepare(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0) -> Prepared:
-        """Quality checks and preprocessing: the per-image work before the model (any thread)."""
+    def prepare(self, img: intake.DecodedImage, source: str, decode_ms: float = 0.0,
+                operating_point: OperatingPoint | None = None) -> Prepared:
+        """Quality checks, preprocessing and the input's image statistics (for the drift monitor):
+        the per-image work before the model (any thread). ``operating_point``: the one to decide at
+        (default: ``self.operating_point``)."""
         m = self.manifest
         t0 = time.perf_counter()
         report = quality.assess(img, m.quality, m.input.dicom)
         tensor = self.preprocess(img)
-        prep_ms = (time.perf_counter() - t0) * 1e3
-        return Prepared(img, source, report, tensor, {"decode": decode_ms, "preprocess": prep_ms})
+        t1 = time.perf_counter()
+        statistics = drift.statistics_of(tensor, m.input, self._template)
+        timings = {"decode": decode_ms, "preprocess": (t1 - t0) * 1e3,
+                   "image_statistics": (time.perf_counter() - t1) * 1e3}
+        return Prepared(img, source, report, tensor, timings, operating_point or self.operating_point, statistics)
 
     def triage_prepared(self, prepared: list[Prepared]) -> list[TriageResult]:
         """One model run over several prepared images (at most ``max_batch``), one result each; each
@@ -106,13 +120,15 @@ class Triager:
         inference_ms = (time.perf_counter() - t1) * 1e3
         results = []
         for i, p in enumerate(prepared):
-            label, category = decide(probs[i], m, p.report.ok)
+            label, category = decide(probs[i], m, p.report.ok, p.operating_point.threshold)
             output = ModelOutput(label=label, probabilities={name: float(v) for name, v in zip(m.labels, probs[i])},
                                  urgent_probability=float(m.urgent_probability(probs[i])))
             results.append(TriageResult.of(
                 output, category, None if cam is None else cam[i],
                 source=p.source,
-                threshold=m.policy.operating_point.threshold,
+                threshold=p.operating_point.threshold,
+                operating_point=p.operating_point,
+                image_statistics=p.image_statistics,
                 quality=p.report,
                 model=self.model,
                 timings_ms={**p.timings_ms, "inference": inference_ms},

@@ -21,6 +21,7 @@ from device.core.errors import BadRequest, NotFound
 from device.machine.clock import utc_iso
 from device.technician import checks, diagnostics, status
 from device.technician.area import area, is_loopback
+from device.technician.acceptance_pages import acceptance
 from device.technician.bundle_pages import bundles
 from device.technician.credentials import CredentialError, check_new_password
 from device.technician.login_gate import COOKIE, authenticated
@@ -28,6 +29,7 @@ from device.technician.views import NO_STORE, remote, running_appliance, show
 
 technician = Blueprint("technician", __name__, url_prefix="/technician", template_folder="templates")
 technician.register_blueprint(bundles)  # /technician/bundles
+technician.register_blueprint(acceptance)  # /technician/acceptance
 MAX_TOKEN_NAME = 60
 
 
@@ -129,7 +131,9 @@ def setup():
 
 def _status() -> dict:
     a, k = area(), running_appliance()
-    return status.collect(a.config, a.started_at, a.logbook.recent_problems(), None if k is None else k.exams)
+    report = status.collect(a.config, a.started_at, a.logbook.recent_problems(), None if k is None else k.exams)
+    report["monitoring"] = None if k is None else k.monitor.status()["exams"]
+    return report
 
 
 @technician.get("/")

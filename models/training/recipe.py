@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from models.bundle import AuditGroup, DataSplit, EvaluationPolicy, InputContract, QualityPolicy
+from models.bundle import AcceptanceRule, AuditGroup, DataSplit, EvaluationPolicy, InputContract, QualityPolicy
 from models.training.images import Sample
 
 if TYPE_CHECKING:  # the declarative part is read without torch (the optimizer redraws splits here)
@@ -69,6 +69,7 @@ class Recipe(ABC):
     audit_checks: tuple[str, ...]
     audit_group: AuditGroup | None = None
     golden_per_class: int = 3
+    acceptance: AcceptanceRule | None = None  # how a site chooses its own operating point (None: the default)
 
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod

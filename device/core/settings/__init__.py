@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError
 
 from device.capture.settings import CaptureSettings
 from device.core.settings.dicom import DicomSettings
+from device.core.settings.monitoring import MonitoringSettings
 from device.core.settings.technician import TechnicianSettings
 from device.core.settings.updates import UpdateSettings
 from device.tensorrt.settings import EngineSettings
@@ -143,6 +144,7 @@ class KioskConfig(_Strict):
     dicom: DicomSettings = DicomSettings()
     technician: TechnicianSettings = TechnicianSettings()
     updates: UpdateSettings = UpdateSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     def with_overrides(self, **dotted: object) -> "KioskConfig":
         """A copy with command-line values applied, e.g. ``{"server.port": 0}``; None means not given."""

@@ -160,6 +160,16 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX dicom_held_by_series ON dicom_held(study_instance_uid, series_instance_uid);
         """,
     ),
+    (
+        5,
+        # The reviewer's optional word on the triage (agree / disagree), which the drift monitor
+        # reports per exam and `bedside acceptance run --reviewed` takes as labels; and the index the
+        # monitor reads an exam's latest studies by at start.
+        """
+        ALTER TABLE studies ADD COLUMN review_agreement TEXT CHECK (review_agreement IN ('agree', 'disagree'));
+        CREATE INDEX studies_by_exam ON studies(exam, id);
+        """,
+    ),
 )
 
 

@@ -58,6 +58,7 @@ class StudyRecord:
     reviewed_at: str | None
     reviewed_by: str | None
     review_note: str | None
+    review_agreement: str | None = None  # agree / disagree with the triage, when the reviewer said
 
     def __post_init__(self) -> None:
         if self.triage == UNGRADABLE and (self.label, self.probability, self.cam) != (None, None, None):
@@ -77,7 +78,7 @@ _STUDY_COLUMNS = """
     s.id, s.created_at, s.exam, s.source, s.reference, s.operator, s.filename, s.image_sha256,
     i.bytes AS image_bytes, i.media_type, i.source_format, i.height, i.width, s.triage, s.label, s.probability,
     s.threshold, s.model_id, s.model_version, s.model_sha256, s.backend, s.precision, s.result_json,
-    s.cam, s.cam_height, s.cam_width, s.reviewed_at, s.reviewed_by, s.review_note
+    s.cam, s.cam_height, s.cam_width, s.reviewed_at, s.reviewed_by, s.review_note, s.review_agreement
 """
 
 # The same columns with the heatmap left out (cam is None), for reading many studies at once.
@@ -88,7 +89,7 @@ _STUDY_COLUMNS_NO_CAM = _STUDY_COLUMNS.replace(
 _PLAIN_FIELDS = (
     "id", "created_at", "exam", "source", "reference", "operator", "filename", "image_sha256", "image_bytes",
     "media_type", "source_format", "height", "width", "triage", "label", "probability", "threshold",
-    "reviewed_at", "reviewed_by", "review_note",
+    "reviewed_at", "reviewed_by", "review_note", "review_agreement",
 )
 
 
@@ -205,23 +206,49 @@ class StudyTable(Connection):
             row = self._db.execute("SELECT min(id) FROM studies WHERE image_sha256 = ?", (image_sha256,)).fetchone()
         return row[0]
 
-    def review(self, study_id: int, operator: str, note: str) -> StudyRecord | None:
-        """Record the review; the audit entry of a changed review holds the one it replaced."""
+    def review(self, study_id: int, operator: str, note: str, agreement: str | None = None) -> StudyRecord | None:
+        """Record the review (and whether the reviewer agreed with the triage, when they said); the
+        audit entry of a changed review holds the one it replaced."""
         with self._transaction() as db:
             before = db.execute(
-                "SELECT reviewed_at, reviewed_by, review_note FROM studies WHERE id = ?", (study_id,)
+                "SELECT reviewed_at, reviewed_by, review_note, review_agreement FROM studies WHERE id = ?", (study_id,)
             ).fetchone()
             if before is None:
                 return None
             db.execute(
-                "UPDATE studies SET reviewed_at = ?, reviewed_by = ?, review_note = ? WHERE id = ?",
-                (utc_iso(), operator, note, study_id),
+                "UPDATE studies SET reviewed_at = ?, reviewed_by = ?, review_note = ?, review_agreement = ? WHERE id = ?",
+                (utc_iso(), operator, note, agreement, study_id),
             )
-            detail: dict = {"note": note}
+            detail: dict = {"note": note, **({"agreement": agreement} if agreement else {})}
             if before[0] is not None:
-                detail["replaces"] = {"at": before[0], "by": before[1], "note": before[2]}
+                detail["replaces"] = {"at": before[0], "by": before[1], "note": before[2], "agreement": before[3]}
             record(db, "study_reviewed", operator, study_id, detail)
             return self._get(db, study_id)
+
+    def latest_results(self, exam: str, limit: int) -> list[dict]:
+        """The result documents of an exam's latest studies, oldest first (the drift monitor's window at start)."""
+        with self._lock:
+            rows = self._db.execute("SELECT result_json FROM studies WHERE exam = ? ORDER BY id DESC LIMIT ?",
+                                    (exam, limit)).fetchall()
+        return [json.loads(r[0]) for r in reversed(rows)]
+
+    def agreement(self, exam: str, weeks: int = 12) -> list[dict]:
+        """Reviews that said agree or disagree, per calendar week (Monday first; the newest last), over the
+        last ``weeks`` weeks that had any."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT strftime('%Y-W%W', reviewed_at) AS week, sum(review_agreement = 'agree'), count(*)"
+                " FROM studies WHERE exam = ? AND review_agreement IS NOT NULL GROUP BY week ORDER BY week DESC"
+                " LIMIT ?", (exam, weeks)).fetchall()
+        return [{"week": w, "agree": int(a), "answered": int(n)} for w, a, n in reversed(rows)]
+
+    def reviewed_with_agreement(self, exam: str) -> list[StudyRecord]:
+        """Every study of the exam whose reviewer said agree or disagree, oldest first, without heatmaps."""
+        with self._lock:
+            rows = named(
+                self._db, f"SELECT {_STUDY_COLUMNS_NO_CAM} FROM studies s JOIN images i ON i.sha256 = s.image_sha256"
+                " WHERE s.exam = ? AND s.review_agreement IS NOT NULL ORDER BY s.id", (exam,)).fetchall()
+        return [_record(r) for r in rows]
 
 
 def _where(f: StudyFilter) -> tuple[str, tuple]:

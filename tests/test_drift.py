@@ -1,0 +1,123 @@
+"""The drift monitor's signals and comparison on real films: the reference a bundle ships is computed
+by the same function as each study's signals on the device; unchanged films read ok, the same films
+after a new processing curve or inverted read drift (kind: images), and a change in prevalence alone
+reads watch (kind: prevalence), never drift. The replayed-stream rates are benchmarks/drift.py's."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from device import intake
+from device.runtime.triager import Triager
+from device.site.drift import DRIFT, OK, WATCH
+from device.site.window import Tracker, Window
+from models import drift
+from models.bundle import DriftSignal, MonitoringReference, load_bundle
+from models.preprocess import to_model_input
+from models.training.images import decode_rgb
+
+FILMS = 240
+
+
+@pytest.fixture(scope="module")
+def films(monitored_chest, chest_cases):
+    """Signals of validation films as the kiosk computes them (its INT8 graph, decode and
+    preprocessing), unchanged, inverted and under a gamma curve; and whether each is pneumonia."""
+    bundle = load_bundle(monitored_chest)
+    triager = Triager(bundle, "onnxruntime", "int8", threads=1)
+    samples = chest_cases["samples"][::3][:FILMS]
+    gray = [intake.decode_file(s.path, reduce=triager.reduced_decode).pixels for s in samples]
+
+    def signals(images):
+        out = []
+        for start in range(0, len(images), 16):
+            prepared = [triager.prepare(intake.DecodedImage(pixels=g, source_format="png", original_size=g.shape,
+                                                            bits_stored=8), "test") for g in images[start:start + 16]]
+            out += [{drift.P_URGENT: r.model_output.urgent_probability,
+                     **{drift.IMAGE + k: v for k, v in r.image_statistics.items()}}
+                    for r in triager.triage_prepared(prepared)]
+        return out
+
+    result = {"unchanged": signals(gray), "inverted": signals([255 - g for g in gray]),
+              "gamma": signals([np.clip(255 * (g / 255.0) ** 1.33, 0, 255).astype(np.uint8) for g in gray]),
+              "urgent": np.array([s.label in bundle.manifest.urgent_indices for s in samples]),
+              "reference": bundle.manifest.monitoring, "samples": samples, "triager": triager}
+    yield result
+    triager.close()
+
+
+def replay(reference, stream):
+    window, tracker = Window(100), Tracker(min_studies=50, confirm=5)
+    window.use(reference)
+    states = []
+    for s in stream:
+        window.add(s)
+        tracker.update(len(window), window.verdict())
+        states.append((tracker.state, tracker.verdict.kind))
+    return states
+
+
+def test_the_reference_is_made_by_the_function_the_device_uses(monitored_chest, films):
+    """The bundle's reference counts each validation film in the bin of the value the device computes
+    for it (the export's decode and the kiosk's agree on these films)."""
+    m = load_bundle(monitored_chest).manifest
+    reference = m.monitoring
+    assert reference is not None and reference.statistics_version == drift.STATISTICS_VERSION
+    assert {s.name for s in reference.signals} >= {drift.P_URGENT, *(drift.IMAGE + k for k in drift.GRAY_STATISTICS)}
+    assert reference.n == m.provenance.split.val_images
+    template = drift.template_of(reference)
+    sample = films["samples"][0]
+    export_side = drift.statistics_of(to_model_input(decode_rgb(sample.path), m.input), m.input, template)
+    device_side = {k[len(drift.IMAGE):]: v for k, v in films["unchanged"][0].items() if k.startswith(drift.IMAGE)}
+    assert export_side.keys() == device_side.keys()
+    assert all(abs(export_side[k] - device_side[k]) < 1e-4 for k in export_side)
+    inverted = {k: v for k, v in films["inverted"][0].items()}
+    assert inverted[drift.IMAGE + "layout"] < -0.5 < 0.5 < device_side["layout"]
+
+
+def test_unchanged_films_keep_ok_and_processed_or_inverted_ones_drift(films):
+    rng = np.random.default_rng(1)
+    unchanged = [films["unchanged"][i] for i in rng.integers(0, FILMS, 400)]
+    states = replay(films["reference"], unchanged)
+    assert {s for s, _ in states[60:]} <= {OK, WATCH} and [s for s, _ in states[60:]].count(OK) > 300
+    for kind in ("inverted", "gamma"):
+        changed = unchanged[:150] + [films[kind][i] for i in rng.integers(0, FILMS, 120)]
+        states = replay(films["reference"], changed)
+        assert states[149][0] == OK, kind
+        first = next(i for i, (s, _) in enumerate(states) if s == DRIFT)
+        assert first - 150 <= 120 and states[first][1] == "images", (kind, first, states[first])
+
+
+def test_a_season_of_pneumonia_is_told_apart_from_a_change_in_the_images(films):
+    rng = np.random.default_rng(2)
+    urgent, other = np.flatnonzero(films["urgent"]), np.flatnonzero(~films["urgent"])
+    picks = np.where(rng.random(400) < 0.97, rng.choice(urgent, 400), rng.choice(other, 400))
+    states = replay(films["reference"], [films["unchanged"][i] for i in picks])
+    assert DRIFT not in {s for s, _ in states}
+    assert (WATCH, "prevalence") in states[100:]
+
+
+def test_the_monitor_needs_studies_and_says_what_differs(films):
+    window, tracker = Window(100), Tracker(min_studies=50, confirm=5)
+    window.use(films["reference"])
+    for s in films["inverted"][:49]:
+        window.add(s)
+        assert not tracker.update(len(window), window.verdict())
+    window.add(films["inverted"][49])
+    assert tracker.update(50, window.verdict()) and tracker.state == DRIFT  # leaving collecting needs no confirmation
+    words = " ".join(tracker.verdict.words())
+    assert "correlation with the reference's mean image" in words and "MONOCHROME1" in words
+
+
+def test_a_reference_is_refused_when_its_bins_do_not_add_up():
+    good = {"name": "p_urgent", "edges": [0.2, 0.5], "urgent": [1, 2, 3], "other": [3, 2, 1]}
+    DriftSignal.model_validate(good)
+    for bad in ({"edges": [0.5, 0.2]}, {"urgent": [1, 2]}, {"other": [0, 0, 0]}, {"name": "P urgent"}):
+        with pytest.raises(ValidationError):
+            DriftSignal.model_validate({**good, **bad})
+    with pytest.raises(ValidationError, match="template needs 4 values"):
+        MonitoringReference(data="x", statistics_version=1, template_side=2, template=[0.0] * 3,
+                            signals=[DriftSignal.model_validate(good)])
