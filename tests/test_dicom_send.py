@@ -129,5 +129,5 @@ def test_an_ungradable_study_is_reported_without_a_score(sending_app, orthanc, t
     content = {item["ConceptNameCodeSequence"][0]["CodeMeaning"]: item for item in sr["ContentSequence"]}
     assert content["Triage category"]["TextValue"] == "UNGRADABLE"
     assert "Probability of the urgent finding" not in content
-    assert content["Finding"]["TextValue"].startswith("Not assessed")
+    assert content["Finding"]["TextValue"] == "Cannot assess: the image is blank or almost uniform"
     assert content["Image quality verdict"]["TextValue"] not in ("", "ok")

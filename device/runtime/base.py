@@ -43,10 +43,10 @@ class ModelIO:
 
 
 def model_io(manifest: Manifest) -> ModelIO:
-    """The I/O a bundle declares: its input tensor, the logits and (if it has one) the CAM output."""
+    """The I/O a bundle declares: its input tensor and every output it names (the logits, the CAM if
+    it has one, each refusal check's score): a backend fetches them all in the one run."""
     m = manifest
-    outputs = (m.outputs.logits,) + ((m.outputs.cam,) if m.outputs.cam else ())
-    return ModelIO(m.input.tensor_name, outputs, (m.input.channels, m.input.height, m.input.width))
+    return ModelIO(m.input.tensor_name, m.output_names, (m.input.channels, m.input.height, m.input.width))
 
 
 @dataclass(frozen=True)
