@@ -59,6 +59,13 @@ def tiny_bundle(tmp_path_factory) -> Path:
 
 
 
+@pytest.fixture(scope="session")
+def tiny_refusing_bundle(tmp_path_factory) -> Path:
+    """The tiny bundle with a refusal check in its graph and manifest (tiny_bundle.REFUSAL): id
+    tiny-refusing, "a chest X-ray"."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-refusing", refusal=True)
+
+
 @pytest.fixture
 def drives(tmp_path) -> dict[str, Path]:
     """An import folder (a 'USB drive' with images on it) and an export folder."""

@@ -87,6 +87,11 @@ class ExamRegistry:
     def ids(self) -> list[str]:
         return list(self._exams)
 
+    def name_of(self, exam_id: str) -> str:
+        """An exam's name in words (Exam.name); the id of one no longer installed."""
+        exam = self._exams.get(exam_id)
+        return exam.name if exam is not None else exam_id
+
     def choices(self) -> dict[str, dict]:
         """exam id -> its backend choice (device/runtime/backend_choice.py), for health and the metrics."""
         return {e.id: e.choice.as_json() for e in self._exams.values() if e.choice is not None}

@@ -69,6 +69,12 @@ class Exam:
         return self.triager.bundle
 
     @property
+    def name(self) -> str:
+        """The exam in a few words, for lists and buttons: its title without the note in brackets
+        ('Pediatric chest X-ray pneumonia triage (research)' -> 'Pediatric chest X-ray pneumonia triage')."""
+        return self.bundle.manifest.title.split(" (")[0].strip() or self.id
+
+    @property
     def reduced_decode(self) -> intake.ReducedDecode:
         """How small an upload may be decoded for this exam's model and quality checks."""
         return self.triager.reduced_decode
@@ -191,6 +197,7 @@ class Exam:
         return {
             "id": m.id,
             "title": m.title,
+            "name": self.name,
             "version": m.version,
             "intended_use": m.intended_use,
             "research_only": m.research_only,
