@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -28,6 +29,7 @@ from device.runtime.openvino_backend import OpenVinoBackend
 from device.tensorrt.backend import TensorRTBackend
 from device.tensorrt.settings import EngineSettings
 from kiosk_support import form_client, gray_fundus_png
+from loopback import wait_for
 from models.bundle import RefusalPolicy, default_bundles_dir
 from models.datasets import datasets_dir
 from test_kiosk_pages import text
@@ -97,10 +99,14 @@ def kiosk(tiny_refusing_bundle, tmp_path_factory):
     base = tmp_path_factory.mktemp("refusal-kiosk")
     drive = base / "media" / "usb"
     drive.mkdir(parents=True)
+    camera = base / "camera"  # a camera held over a printed page, for the chest exam
+    camera.mkdir()
+    cv2.imwrite(str(camera / "page.jpg"), printed_page())
     config = KioskConfig.model_validate({
         "store": {"data_dir": str(base / "data")},
         "models": {"bundles": [str(tiny_refusing_bundle), str(SKIN)], "inference_threads": 1},
         "media": {"import_folders": [str(base / "media")], "export_folders": [str(base / "export")]},
+        "capture": {"sources": [{"id": "cam", "uri": f"file://{camera}?fps=2&loop=1", "exam": "tiny-refusing"}]},
     })
     application = create_app(config)
     try:
@@ -108,6 +114,14 @@ def kiosk(tiny_refusing_bundle, tmp_path_factory):
             yield client, appliance_of(application), drive
     finally:
         appliance_of(application).close()
+
+
+def printed_page() -> np.ndarray:
+    """A photographed form: dark lines of text on white paper (sharp, well exposed, no X-ray)."""
+    page = np.full((480, 640), 235, np.uint8)
+    for row in range(60, 440, 28):
+        cv2.putText(page, "Patient form: name, date, signature ____", (30, row), cv2.FONT_HERSHEY_SIMPLEX, 0.7, 20, 2)
+    return page
 
 
 def upload(client, data: bytes, name: str, exam: str | None = None):
@@ -228,3 +242,14 @@ def test_the_exam_is_shown_on_the_worklist_and_history(kiosk, refused):
     for path in ("/", "/history"):
         page = text(client.get(path))
         assert 'data-exam="tiny-refusing">Tiny test model that refuses<' in page, path
+
+
+def test_the_live_view_says_so_too(kiosk):
+    """A camera over a printed page, on the chest exam: the frame passes the camera's own checks and
+    the model refuses it; the live result (what live.js shows) is UNGRADABLE with the same reason."""
+    client, _, _ = kiosk
+    assert wait_for(lambda: client.get("/api/v1/sources/cam/latest").status_code == 200, 20)
+    latest = client.get("/api/v1/sources/cam/latest").json
+    assert latest["triage"] == "UNGRADABLE" and latest["probability"] is None
+    assert latest["result"]["quality"]["ok"]
+    assert [r["message"] for r in latest["result"]["reasons"]] == ["This does not look like a chest X-ray"]

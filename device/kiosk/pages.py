@@ -120,6 +120,8 @@ def result(study_id: int):
     first = k.store.first_with_image(study.image_sha256)
     reruns = [k.store.get(rerun_id) for rerun_id, _ in k.store.reruns_of(study.id)]
     wrong_exam = study.triage == UNGRADABLE and any(r["code"] in WRONG_EXAM for r in shown_reasons(study.result))
+    # the exams this image was run as already: this study's, its reruns', the one it was run from
+    tried = {study.exam, *(s.exam for s in reruns), *([k.store.get(study.rerun_of).exam] if study.rerun_of else [])}
     return render_template(
         "result.html",
         study=study,
@@ -128,7 +130,7 @@ def result(study_id: int):
         dicom=_dicom_facts([study], with_instances=True).get(study.id),
         duplicate_of=first if first not in (study.id, study.rerun_of) else None,
         reruns=reruns,
-        run_as=[e for e in k.exams if e.id != study.exam and e.id not in {s.exam for s in reruns}] if wrong_exam else [],
+        run_as=[e for e in k.exams if e.id not in tried] if wrong_exam else [],
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
         exported=request.args.get("exported"),
