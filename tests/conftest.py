@@ -14,6 +14,7 @@ import pytest
 import fakes
 from browser_support import AXE, CHROMIUM
 from camera_peer import camera_video, FFMPEG, sample_xrays
+from dicom_peers import need_orthanc
 from device.core.exams import ExamRegistry
 from device.core.settings import KioskConfig, ModelSettings
 from device.runtime.triager import Triager
@@ -22,6 +23,7 @@ from device.updates import generate_keys
 from kiosk_support import CHOICE_SEED, TINY_MODELS, form_client, shipped_bundle
 from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
+from orthanc_peer import Orthanc
 from tiny_bundle import make_tiny_bundle, tiny_onnx
 from update_support import Signer, make_bundle
 
@@ -108,6 +110,19 @@ def client(app):
     with form_client(app) as c:
         yield c
 
+
+
+# ---- DICOM peers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A real Orthanc on loopback (benchmarks/orthanc_peer.py), stopped after the test."""
+    need_orthanc()
+    peer = Orthanc(tmp_path / "orthanc")
+    peer.start()
+    yield peer
+    peer.stop()
 
 
 # ---- The backends' own tests ---------------------------------------------------------------------

@@ -17,26 +17,17 @@ from device.core.settings import KioskConfig
 from device.core.store import StudyFilter
 from dcmtk_peer import SAMPLES, storescu, storescu_config
 from dicom_factory import chest_radiograph_dicom
-from dicom_peers import need_dcmtk, need_orthanc, need_samples, wait_until
+from dicom_peers import need_dcmtk, need_samples, wait_until
 from kiosk_support import form_client, shipped_bundle
 from loopback import free_port
 from models.bundle import default_bundles_dir
 from models.datasets import datasets_dir
-from orthanc_peer import AE_TITLE, Orthanc
+from orthanc_peer import AE_TITLE
 from test_technician import log_in, set_password
 
 SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"
 BAD_BIRTH_DATE = "19700101 - estimated at intake, the patient was not sure"  # 56 characters in a DA
 NOT_FOR_ANY_EXAM = ["cr_dx/RG2_JPLL.dcm", "cr_dx/NM_Kakadu44_SOTmarkerincons.dcm", "ct_mr_other/CT_small.dcm"]
-
-
-@pytest.fixture
-def orthanc(tmp_path):
-    need_orthanc()
-    peer = Orthanc(tmp_path / "orthanc")
-    peer.start()
-    yield peer
-    peer.stop()
 
 
 def chest_instances(folder) -> list:

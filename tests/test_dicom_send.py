@@ -11,21 +11,12 @@ import pytest
 from device.appliance.context import appliance_of
 from device.dicom.results import MANUFACTURER, RESEARCH_BANNER
 from dcmtk_peer import SAMPLES, storescu, storescu_config
-from dicom_peers import need_dcmtk, need_orthanc, need_samples, wait_until
+from dicom_peers import need_dcmtk, need_samples, wait_until
 from loopback import free_port
-from orthanc_peer import AE_TITLE, Orthanc
+from orthanc_peer import AE_TITLE
 
 SR_CLASS, SC_CLASS = "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.7"
 FILES = sorted((SAMPLES / "cr_dx").glob("*.dcm"))[:3]
-
-
-@pytest.fixture
-def orthanc(tmp_path):
-    need_orthanc()
-    peer = Orthanc(tmp_path / "orthanc")
-    peer.start()
-    yield peer
-    peer.stop()
 
 
 @pytest.fixture

@@ -73,12 +73,15 @@ class DicomTables(Connection):
     def keep_untriaged(self, image: StoredImage, row: dict) -> None:
         """Keep a received instance that no exam triages: its image (already durable, see put_image)
         and its header (``row`` holds DICOM_UNTRIAGED_COLUMNS)."""
+        self._keep_instance("dicom_untriaged", DICOM_UNTRIAGED_COLUMNS, image, row)
+
+    def _keep_instance(self, table: str, columns: tuple[str, ...], image: StoredImage, row: dict) -> None:
+        """An instance's image row and its row in ``table`` (``columns`` from ``row``), received now."""
         with self._transaction() as db:
             insert_image(db, image)
             db.execute(
-                f"INSERT INTO dicom_untriaged ({', '.join(DICOM_UNTRIAGED_COLUMNS)}, received_at)"
-                f" VALUES ({', '.join('?' * len(DICOM_UNTRIAGED_COLUMNS))}, ?)",
-                (*(row[c] for c in DICOM_UNTRIAGED_COLUMNS), utc_iso()),
+                f"INSERT INTO {table} ({', '.join(columns)}, received_at) VALUES ({', '.join('?' * len(columns))}, ?)",
+                (*(row[c] for c in columns), utc_iso()),
             )
 
     def untriaged(self, limit: int, offset: int = 0) -> tuple[list[dict], int]:
@@ -94,13 +97,7 @@ class DicomTables(Connection):
     def hold_dicom_instance(self, image: StoredImage, row: dict) -> None:
         """Keep a received instance whose series is not yet triaged: its image (already durable,
         see put_image) and its header (``row`` holds DICOM_HELD_COLUMNS)."""
-        with self._transaction() as db:
-            insert_image(db, image)
-            db.execute(
-                f"INSERT INTO dicom_held ({', '.join(DICOM_HELD_COLUMNS)}, received_at)"
-                f" VALUES ({', '.join('?' * len(DICOM_HELD_COLUMNS))}, ?)",
-                (*(row[c] for c in DICOM_HELD_COLUMNS), utc_iso()),
-            )
+        self._keep_instance("dicom_held", DICOM_HELD_COLUMNS, image, row)
 
     def held_series(self) -> list[tuple[str, str, float]]:
         """(study UID, series UID, when its newest instance arrived) of each series held with an
