@@ -1,5 +1,6 @@
 """``bedside bundle``: pack, sign, verify, install, list, roll back and self-test model bundles
-(device/updates). Each action prints one result line (or a table for ``list``) and exits 0, or prints
+(device/updates), and write a bundle for a fleet's engines: a Triton model repository
+(device/triton). Each action prints one result line (or a table for ``list``) and exits 0, or prints
 one line naming the reason and exits 1."""
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from pathlib import Path
 
 from device import updates
 from device.core.settings import ConfigError, KioskConfig, load_config
-from models.bundle import BundleError
+from device.machine.facts import usable_cores
+from device.triton import repository
+from device.triton.versions import VersionError
+from models.bundle import BundleError, load_bundle
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                           formatter_class=fmt)
     test.add_argument("exam")
     _config_arguments(test)
+    triton = sub.add_parser("triton", help="write a bundle into a Triton model repository (needs the 'fleet' extra)",
+                            formatter_class=fmt)
+    triton.add_argument("bundle", type=Path, help="the bundle folder")
+    triton.add_argument("--out", type=Path, required=True, help="the repository (created, or a version added)")
+    triton.add_argument("--target", choices=["cpu", "gpu"], default="cpu",
+                        help="cpu: ONNX Runtime instances; gpu: ONNX Runtime with the TensorRT accelerator")
+    triton.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                        help="the variant (default: fp32 on cpu; int8, fp16, fp32 on gpu, the first the bundle has)")
+    triton.add_argument("--max-batch", type=int, default=16, help="Triton's max_batch_size")
+    triton.add_argument("--instances", type=int, default=None,
+                        help="model instances (default: one per usable core on cpu, one on gpu)")
+    triton.add_argument("--engine-cache", type=Path, help="gpu: where the server keeps TensorRT engines")
 
 
 def _config(args: argparse.Namespace) -> KioskConfig:
@@ -118,6 +134,12 @@ def _act(args: argparse.Namespace) -> str:
     if args.action == "sign":
         st = updates.sign_archive(args.file, args.key, args.allow_downgrade)
         return f"signed {st.bundle_id} {st.version}" + (" (downgrade allowed)" if st.allow_downgrade else "") + f": {args.file}"
+    if args.action == "triton":
+        bundle = load_bundle(args.bundle)
+        instances = args.instances or (usable_cores() if args.target == "cpu" else 1)
+        written = repository.write_repository(bundle, args.out, args.target, args.precision, args.max_batch, instances,
+                                              args.engine_cache)
+        return written.line(bundle.manifest.version)
     config = _config(args)
     if args.action == "verify":
         v = updates.verify(args.file, config.updates, args.trust)
@@ -140,7 +162,7 @@ def _act(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         line = _act(args)
-    except (updates.UpdateError, ConfigError, BundleError) as exc:
+    except (updates.UpdateError, ConfigError, BundleError, repository.RepositoryError, VersionError) as exc:
         print(f"bedside bundle {args.action}: {exc}", file=sys.stderr)
         return 1
     if line:

@@ -52,14 +52,16 @@ def model_io(manifest: Manifest) -> ModelIO:
 @dataclass(frozen=True)
 class VariantFile:
     """The bundle variant a backend runs: its file, and what the manifest says of it (precision,
-    targets), so that no backend has to read the manifest again to know what it was given."""
+    targets), so that no backend has to read the manifest again to know what it was given; and the
+    bundle itself, for a backend that checks a model it does not hold (``remote``)."""
 
     path: Path
     variant: Variant
+    bundle: Bundle | None = None
 
     @classmethod
     def of(cls, bundle: Bundle, variant: Variant) -> "VariantFile":
-        return cls(bundle.path_of(variant.file), variant)
+        return cls(bundle.path_of(variant.file), variant, bundle)
 
     @property
     def precision(self) -> str:
@@ -124,6 +126,9 @@ class Preparation(Protocol):
 class Backend(ABC):
     name: ClassVar[str]
     target: ClassVar[Literal["cpu", "gpu"]]  # which bundle variants it runs
+    # Whether `backend = "auto"` may load and time it; a backend that needs settings of its own to
+    # reach anything (a remote node's URL) is used only where it is named.
+    chosen_by_auto: ClassVar[bool] = True
     io: ModelIO
 
     @classmethod
@@ -146,6 +151,11 @@ class Backend(ABC):
     def max_batch(self) -> int:
         """The largest batch this backend takes at once (a burst of studies is run in batches of it)."""
         return 16
+
+    def served(self) -> tuple[str, str] | None:
+        """(precision, sha256) of the variant file actually run, where that is not the file this
+        backend was handed (a remote node runs the one it declares); None: the file it was handed."""
+        return None
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
