@@ -300,3 +300,18 @@ def tiny_chest_32(train_tiny_chest) -> TinyRun:
     """A second tiny chest model, at 32 px with another seed and the same validation split: an
     ensemble member beside `tiny_chest`."""
     return train_tiny_chest(32, seed=1)
+@pytest.fixture(scope="session")
+def central_node(tmp_path_factory):
+    """One central node for the whole session (Triton takes 8-15 s to start here), serving both
+    shipped bundles, and given two it must refuse: one whose files no longer match its hashes, one
+    whose golden outputs its model does not compute."""
+    from central_support import SHIPPED, missing_venv, start_node, tampered_copy, wrong_golden_copy
+
+    why = missing_venv()
+    if why:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("central")
+    refused = [tampered_copy(SHIPPED[0], root / "tampered"), wrong_golden_copy(SHIPPED[1], root / "wrong-golden")]
+    node = start_node([*SHIPPED, *refused], root / "node")
+    yield node
+    node.stop()
