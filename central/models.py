@@ -15,11 +15,11 @@ import numpy as np
 from pytriton.decorators import batch
 
 from device.runtime import registry
-from device.runtime.base import Backend, RuntimeFailure, RuntimeUnavailable, VariantFile
-from device.runtime.base import model_io
-from device.triton import identity
-from device.triton.versions import VersionError, triton_version
+from device.runtime.base import Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
 from device.runtime.variant_check import compare, probabilities, reference_outputs
+from device.triton import identity
+from device.triton.graph import GraphError, check_contract, graph_io
+from device.triton.versions import VersionError, triton_version
 from models.bundle import Bundle, BundleError, load_bundle
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class ServedModel:
     version: int
     backends: list[Backend]
     input_shape: tuple[int, ...]
-    outputs: dict[str, tuple[np.dtype, tuple[int, ...]]]  # name -> element type, shape without the batch axis
+    outputs: dict[str, tuple[np.dtype, tuple[int, ...]]]  # name -> element type, wire shape without the batch axis
     selftest: dict = field(default_factory=dict)
     identity: bytes = b""  # which variant file this is (device/triton/identity.py), answered on request
 
@@ -64,10 +64,13 @@ def load_model(path: Path, backend: str, precision: str, instances: int) -> Serv
         version = triton_version(bundle.manifest.version)
         cls = registry.require(backend)
         variant = bundle.manifest.variant(precision, cls.target)
-    except (BundleError, VersionError, RuntimeUnavailable) as exc:
+        inputs, outputs = graph_io(bundle.path_of(variant.file))
+        check_contract(bundle, inputs, outputs)
+    except (BundleError, VersionError, RuntimeUnavailable, GraphError) as exc:
         raise Refused(f"{path}: {exc}") from None
     m = bundle.manifest
-    io = model_io(m)
+    # Every output the graph has, the declared ones among them (checked above): what kiosks may ask for.
+    io = ModelIO(m.input.tensor_name, tuple(o.name for o in outputs), inputs[0].dims)
     loaded: list[Backend] = []
     try:
         for _ in range(instances):
@@ -83,7 +86,7 @@ def load_model(path: Path, backend: str, precision: str, instances: int) -> Serv
         raise Refused(f"{m.id} {m.version}: {variant.file} on {backend} fails the golden self-test "
                       f"(max |dp| {check['max_prob_diff']:.1e}, allowed {check['tolerance']:.0e}; "
                       f"agreement {check['agreement']:.0%})")
-    specs = {name: (value.dtype, tuple(value.shape[1:])) for name, value in outputs.items()}
+    specs = {name: (value.dtype, tuple(value.shape[1:]) or (1,)) for name, value in outputs.items()}
     return ServedModel(bundle, backend, variant.precision, variant.file, version, loaded, io.input_shape, specs,
                        {k: check[k] for k in ("max_prob_diff", "tolerance", "agreement")},
                        identity.encoded(bundle, variant))
@@ -115,13 +118,15 @@ def _close(backends: list[Backend]) -> None:
 def infer_function(model: ServedModel, backend: Backend):
     """The callable Triton's Python backend hands each dynamic batch to (one per model instance):
     the batch of input tensors in, every declared output out, as the graph gives them, and the
-    variant's identity (Triton sends a client only the outputs it asked for)."""
+    variant's identity (Triton sends a client only the outputs it asked for). A value per image
+    (shape [N]) travels as [N, 1]: pytriton's tensors need a size per item."""
     name = model.input_name
 
     @batch
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
         batch_input = inputs[name]
-        outputs = {k: np.ascontiguousarray(v) for k, v in backend.run(batch_input).items()}
+        outputs = {k: np.ascontiguousarray(v.reshape(len(v), -1) if v.ndim == 1 else v)
+                   for k, v in backend.run(batch_input).items()}
         outputs[identity.OUTPUT] = np.full((len(batch_input), 1), model.identity, dtype=object)
         return outputs
 

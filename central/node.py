@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pytriton.exceptions import PyTritonError
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
+from tritonclient.utils import InferenceServerException
 
 from central.models import ServedModel, infer_function
 from device.triton import identity
@@ -28,6 +30,7 @@ READY_LINE = "Bedside central node ready at {url}"
 # Triton's dynamic batcher: how long a request may wait for company (the default of --queue-delay-us).
 QUEUE_DELAY_US = 2000
 EXIT_TIMEOUT_S = 10  # how long Triton waits for requests in flight when told to stop
+START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -86,18 +89,40 @@ class Stop:
         self.event.set()
 
 
+def start(models: list[ServedModel], endpoints: Endpoints, max_batch: int, queue_delay_us: int, log_path: Path,
+          workspace: Path, stop: Stop) -> Triton | None:
+    """Triton serving every model, or None (logged) when it cannot. A model's load is tried again
+    on a fresh server: pytriton gives the Python-backend stub of each instance 1 s to fetch its
+    configuration from this process (a constant in pytriton), which a loaded 2-core box can miss."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        triton = Triton(config=triton_config(endpoints, log_path), workspace=workspace / f"attempt-{attempt}")
+        for model in models:
+            bind(triton, model, max_batch, queue_delay_us)
+        try:
+            triton.run()
+            return triton
+        except (InferenceServerException, PyTritonError, TimeoutError) as exc:
+            triton.stop()
+            reason = str(exc).splitlines()[0]
+            if attempt == START_ATTEMPTS or stop.event.is_set():
+                log.error("Triton could not serve the models: %s (its log: %s)", reason, log_path)
+                return None
+            log.warning("Triton could not load the models (attempt %d of %d): %s; starting it again", attempt,
+                        START_ATTEMPTS, reason)
+    return None
+
+
 def serve(models: list[ServedModel], endpoints: Endpoints, max_batch: int, queue_delay_us: int,
           log_file: Path | None, ready=print) -> int:
-    """Run Triton with ``models`` until a stop signal (0) or until Triton dies (1)."""
+    """Run Triton with ``models`` until a stop signal (0) or until Triton dies or cannot start (1)."""
     stop = Stop()
     stop.install()
     with tempfile.TemporaryDirectory(prefix="bedside-central-") as tmp:
         log_path = log_file or Path(tmp) / "tritonserver.log"
-        triton = Triton(config=triton_config(endpoints, log_path), workspace=Path(tmp) / "workspace")
+        triton = start(models, endpoints, max_batch, queue_delay_us, log_path, Path(tmp), stop)
         try:
-            for model in models:
-                bind(triton, model, max_batch, queue_delay_us)
-            triton.run()
+            if triton is None:
+                return 1
             for model in models:
                 log.info("serving %s %s as Triton model %s version %d (%s %s, %d instance%s)", model.name,
                          model.bundle.manifest.version, model.name, model.version, model.backend_name,
@@ -110,7 +135,8 @@ def serve(models: list[ServedModel], endpoints: Endpoints, max_batch: int, queue
             log.info("%s received: stopping (requests in flight finish first)", stop.signal_name)
             return 0
         finally:
-            triton.stop()
+            if triton is not None:
+                triton.stop()
             for model in models:
                 model.close()
             log.info("stopped")

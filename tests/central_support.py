@@ -64,6 +64,7 @@ class Node:
     log: Path
     http_port: int
     metrics_port: int
+    tiny: Path | None = None  # the session node's tiny bundle (tests/conftest.py)
 
     @property
     def host_port(self) -> str:

@@ -303,15 +303,19 @@ def tiny_chest_32(train_tiny_chest) -> TinyRun:
 @pytest.fixture(scope="session")
 def central_node(tmp_path_factory):
     """One central node for the whole session (Triton takes 8-15 s to start here), serving both
-    shipped bundles, and given two it must refuse: one whose files no longer match its hashes, one
-    whose golden outputs its model does not compute."""
+    shipped bundles and the tiny one with a third output (a score per image, as bundles may add), and
+    given two it must refuse: one whose files no longer match its hashes, one whose golden outputs
+    its model does not compute."""
     from central_support import SHIPPED, missing_venv, start_node, tampered_copy, wrong_golden_copy
+    from tiny_bundle import make_tiny_bundle
 
     why = missing_venv()
     if why:
         pytest.skip(why)
     root = tmp_path_factory.mktemp("central")
+    tiny = make_tiny_bundle(root / "tiny", extra_output="refusal_score")
     refused = [tampered_copy(SHIPPED[0], root / "tampered"), wrong_golden_copy(SHIPPED[1], root / "wrong-golden")]
-    node = start_node([*SHIPPED, *refused], root / "node")
+    node = start_node([*SHIPPED, tiny, *refused], root / "node")
+    node.tiny = tiny
     yield node
     node.stop()

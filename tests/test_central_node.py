@@ -54,6 +54,18 @@ def test_serves_each_good_bundle_under_its_exam_and_version(central_node):
         assert {o["name"] for o in meta["outputs"]} == {*io.output_names, identity.OUTPUT}
 
 
+def test_serves_every_output_a_graph_has(central_node):
+    """A bundle whose graph gives a score per image beside logits and cam: served as Triton's
+    one-value tensor, [N] in and out, whatever the kiosk asks for."""
+    tiny = load_bundle(central_node.tiny)
+    client = http.InferenceServerClient(central_node.host_port)
+    outputs = {o["name"]: o["shape"] for o in client.get_model_metadata("tiny-test")["outputs"]}
+    assert outputs["refusal_score"] in ([-1], [-1, 1])
+    x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    got = _infer(client, tiny, x, ("logits", "refusal_score"))
+    np.testing.assert_allclose(got["refusal_score"].reshape(-1), got["logits"].max(axis=1), atol=1e-6)
+
+
 def test_refuses_bundles_that_fail_their_checks_and_says_why(central_node):
     log = central_node.log_text()
     assert re.search(r"refused: .*tampered: .*MODEL_CARD\.md does not match the manifest", log)

@@ -20,7 +20,9 @@ SIZE = 32
 IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))  # what a backend is told of the tiny model
 
 
-def tiny_onnx(path: Path, seed: int = 0) -> None:
+def tiny_onnx(path: Path, seed: int = 0, extra_output: str | None = None) -> None:
+    """``extra_output``: one more output, a score per image (shape [N]), as a bundle may add beside
+    logits and cam (an in-graph refusal score)."""
     rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")
@@ -31,16 +33,15 @@ def tiny_onnx(path: Path, seed: int = 0) -> None:
         helper.make_node("GlobalAveragePool", ["cam"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["logits"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
-            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, SIZE, SIZE]),
-        ],
-        [w1, w2],
-    )
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+        helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, SIZE, SIZE]),
+    ]
+    if extra_output:
+        nodes.append(helper.make_node("ReduceMax", ["logits"], [extra_output], keepdims=0, axes=[1]))
+        outputs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, ["N"]))
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+                              outputs, [w1, w2])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -105,9 +106,9 @@ def manifest_dict(files: dict) -> dict:
     }
 
 
-def make_tiny_bundle(root: Path) -> Path:
+def make_tiny_bundle(root: Path, extra_output: str | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    tiny_onnx(root / "model.onnx")
+    tiny_onnx(root / "model.onnx", extra_output=extra_output)
     files = {"model.onnx": file_entry(root / "model.onnx").model_dump()}
     write_manifest(root, Manifest.model_validate(manifest_dict(files)))
     return root

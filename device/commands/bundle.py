@@ -14,6 +14,7 @@ from device import updates
 from device.core.settings import ConfigError, KioskConfig, load_config
 from device.machine.facts import usable_cores
 from device.triton import repository
+from device.triton.graph import GraphError
 from device.triton.versions import VersionError
 from models.bundle import BundleError, load_bundle
 
@@ -162,7 +163,7 @@ def _act(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         line = _act(args)
-    except (updates.UpdateError, ConfigError, BundleError, repository.RepositoryError, VersionError) as exc:
+    except (updates.UpdateError, ConfigError, BundleError, repository.RepositoryError, GraphError, VersionError) as exc:
         print(f"bedside bundle {args.action}: {exc}", file=sys.stderr)
         return 1
     if line:

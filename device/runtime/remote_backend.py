@@ -29,6 +29,7 @@ from pydantic import Field, field_validator
 
 from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
 from device.triton import identity
+from device.triton.graph import GraphError, graph_io
 from device.triton.versions import triton_version
 from device.runtime.variant_check import compare, golden_set, probabilities, reference_outputs
 from models.bundle import Bundle, _Strict
@@ -93,6 +94,7 @@ class RemoteBackend(Backend):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._max_batch = self._check_model()
+        self._per_image = self._values_per_image(model)
         self.precision, self.sha256 = self._check_identity(bundle)
         self.selftest = self._check_golden(bundle)
 
@@ -123,6 +125,15 @@ class RemoteBackend(Backend):
         self._has_identity_output = identity.OUTPUT in outputs
         self._parameters = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
         return max(1, int(config.get("max_batch_size", 1)))
+
+    def _values_per_image(self, model: VariantFile) -> set[str]:
+        """The outputs the local graph gives as one value per image (shape [N]): Triton carries them
+        as [N, 1], and they are handed on as the graph gives them."""
+        try:
+            outputs = graph_io(model.path)[1]
+        except GraphError as exc:
+            raise RuntimeFailure(str(exc)) from None
+        return {o.name for o in outputs if not o.dims}
 
     def _check_identity(self, bundle: Bundle) -> tuple[str, str]:
         """(precision, sha256) of the variant file the node declares it runs: one of this bundle's."""
@@ -185,7 +196,8 @@ class RemoteBackend(Backend):
         if answered != self.model_version:
             raise RuntimeFailure(f"central node {self.settings.url} answered with version {answered}, "
                                  f"not {self.model_version}")
-        return {name: result.as_numpy(name) for name in outputs}
+        values = {name: result.as_numpy(name) for name in outputs}
+        return {name: v[:, 0] if name in self._per_image and v.ndim == 2 else v for name, v in values.items()}
 
     def _client(self):
         client = getattr(self._local, "client", None)

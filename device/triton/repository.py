@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from device.triton import identity
+from device.triton.graph import TensorSpec, check_contract, graph_io
 from device.triton.versions import triton_version
 from models import atomic
 from models.bundle import Bundle, BundleError, Variant, sha256_file
@@ -35,23 +36,8 @@ PLATFORM = "onnxruntime_onnx"
 GPU_PRECISION_ORDER = ("int8", "fp16", "fp32")  # the Q/DQ graph first: TensorRT runs it at INT8
 TENSORRT_PRECISION = {"int8": "INT8", "fp16": "FP16", "fp32": "FP32"}
 MAX_QUEUE_DELAY_US = 2000  # a study waits at most 2 ms for company in the dynamic batcher
-# ONNX element types (as ONNX Runtime names them) -> Triton data types
-DATA_TYPES = {
-    "tensor(float)": "TYPE_FP32", "tensor(float16)": "TYPE_FP16", "tensor(double)": "TYPE_FP64",
-    "tensor(int8)": "TYPE_INT8", "tensor(uint8)": "TYPE_UINT8", "tensor(int32)": "TYPE_INT32",
-    "tensor(int64)": "TYPE_INT64", "tensor(bool)": "TYPE_BOOL",
-}
-
-
 class RepositoryError(Exception):
     """A repository that cannot be written as asked; the message says why."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    data_type: str  # Triton's TYPE_*
-    dims: tuple[int, ...]  # without the batch axis; -1 where the graph leaves a size open
 
 
 @dataclass(frozen=True)
@@ -79,26 +65,6 @@ def model_config_pb2():
     return model_config_pb2
 
 
-def graph_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    """The graph's inputs and outputs as Triton sees them, each with a batch axis first."""
-    import onnxruntime
-
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types
-        raise RepositoryError(f"{path.name}: ONNX Runtime cannot read the graph: {exc}") from None
-    return ([_spec(path, arg) for arg in session.get_inputs()], [_spec(path, arg) for arg in session.get_outputs()])
-
-
-def _spec(path: Path, arg) -> TensorSpec:
-    if arg.type not in DATA_TYPES:
-        raise RepositoryError(f"{path.name}: {arg.name} is {arg.type}, which Triton's configuration cannot name here")
-    if not arg.shape or isinstance(arg.shape[0], int):
-        raise RepositoryError(f"{path.name}: {arg.name} has no open batch axis ({arg.shape}); "
-                              "Triton's dynamic batching needs one")
-    return TensorSpec(arg.name, DATA_TYPES[arg.type], tuple(d if isinstance(d, int) else -1 for d in arg.shape[1:]))
-
-
 def choose_variant(bundle: Bundle, target: str, precision: str | None) -> Variant:
     """The variant to serve: the one asked for, else FP32 on CPUs (the reference) and the first of
     INT8 (Q/DQ), FP16, FP32 on GPUs."""
@@ -110,18 +76,6 @@ def choose_variant(bundle: Bundle, target: str, precision: str | None) -> Varian
     return m.variant(next(p for p in order if p in have), target)
 
 
-def check_contract(bundle: Bundle, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
-    """The graph takes the input the bundle's contract describes and gives the outputs it declares."""
-    m = bundle.manifest
-    want = TensorSpec(m.input.tensor_name, "TYPE_FP32", (m.input.channels, m.input.height, m.input.width))
-    if inputs != [want]:
-        raise RepositoryError(f"{m.id}: the graph's inputs {inputs} are not the contract's {want}")
-    declared = [n for n in (m.outputs.logits, m.outputs.cam) if n]
-    missing = [n for n in declared if n not in {o.name for o in outputs}]
-    if missing:
-        raise RepositoryError(f"{m.id}: the graph lacks the declared outputs {missing}")
-
-
 def build_config(bundle: Bundle, variant: Variant, target: str, inputs: list[TensorSpec],
                  outputs: list[TensorSpec], max_batch: int, instances: int, engine_cache: Path | None):
     """The ModelConfig message for a variant: its tensors, dynamic batching, instances and accelerator."""
@@ -130,7 +84,9 @@ def build_config(bundle: Bundle, variant: Variant, target: str, inputs: list[Ten
     config = mc.ModelConfig(name=m.id, platform=PLATFORM, max_batch_size=max_batch)
     for spec, field in [(s, config.input) for s in inputs] + [(s, config.output) for s in outputs]:
         tensor = field.add(name=spec.name, data_type=mc.DataType.Value(spec.data_type))
-        tensor.dims.extend(spec.dims)
+        tensor.dims.extend(spec.dims or (1,))
+        if not spec.dims:  # one value per image (shape [N]): Triton's way is dims [1] reshaped to []
+            tensor.reshape.SetInParent()
     config.dynamic_batching.preferred_batch_size.extend(b for b in (4, 8, 16, 32) if b <= max_batch)
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     group = config.instance_group.add(count=instances)
@@ -180,8 +136,10 @@ def write_repository(bundle: Bundle, out: Path, target: str = "cpu", precision: 
     entry = {"bundle_version": m.version, "precision": variant.precision, "target": target, "file": variant.file,
              "sha256": bundle.sha256_of(variant.file)}
     if str(version) in record and record[str(version)]["sha256"] != entry["sha256"]:
+        held = record[str(version)]
         raise RepositoryError(f"{model_dir}: version {version} ({m.version}) already holds another model "
-                              f"(sha256 {record[str(version)]['sha256'][:12]}...); a bundle version never changes")
+                              f"({held['precision']} for {held['target']}, sha256 {held['sha256'][:12]}...): a version "
+                              "never changes; write another variant or target into a repository of its own")
     _write_version(bundle, source, model_dir / str(version))
     record[str(version)] = entry
     atomic.write_bytes(model_dir / VERSIONS_FILE, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
