@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 READY_LINE = "Bedside central node ready at {url}"
 # Triton's dynamic batcher: how long a request may wait for company (the default of --queue-delay-us).
-QUEUE_DELAY_US = 2000
+# None on a CPU node: a lone study waited the whole delay (the remote path cost 8.4 ms over local with
+# 2 ms, against 3.6 ms without), while studies that arrive as the instances run queue and are batched
+# anyway (benchmarks/central.py).
+QUEUE_DELAY_US = 0
 EXIT_TIMEOUT_S = 10  # how long Triton waits for requests in flight when told to stop
 START_ATTEMPTS = 3
 
