@@ -130,3 +130,15 @@ def test_remote_url_goes_with_the_remote_backend():
     done = subprocess.run([sys.executable, "-m", "device.cli", "infer", "--bundle", str(SHIPPED[0]),
                            "--remote-url", "http://127.0.0.1:1", "x.png"], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 1 and "--remote-url is for --backend remote" in done.stderr
+
+
+def test_bedside_eval_on_the_node_scores_what_local_scores(central_node, datasets):
+    def evaluate(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "device.cli", "eval", "--json", "--bootstrap", "0", "--bundle",
+                               str(SHIPPED[0]), "--data", str(datasets / "chest-xray" / "fullres-samples"), *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300, check=True)
+        return json.loads(done.stdout)
+
+    remote = evaluate("--backend", "remote", "--remote-url", central_node.url)
+    local = evaluate()
+    assert {k: remote[k] for k in ("n", "auc", "confusion")} == {k: local[k] for k in ("n", "auc", "confusion")}
