@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import threading
 import time
@@ -26,15 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the node helper the tests use (its own venv, free ports, ready line)
-
-from central_support import SHIPPED, missing_venv, start_node  # noqa: E402
-from device import intake  # noqa: E402
-from device.runtime.remote_backend import RemoteSettings  # noqa: E402
-from device.triage import Triager  # noqa: E402
-from models.bundle import load_bundle  # noqa: E402
-from models.datasets import datasets_dir  # noqa: E402
+from central_peer import SHIPPED, missing_venv, start_node
+from device import intake
+from device.runtime.remote_backend import RemoteSettings
+from device.runtime.triager import Triager
+from models.bundle import load_bundle
+from models.datasets import datasets_dir
 
 IMAGE_FOLDERS = {"chest-xray-pneumonia": "chest-xray/train", "skin-lesion-triage": "dermatology/train"}
 CLIENTS = 16

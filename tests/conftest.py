@@ -306,7 +306,8 @@ def central_node(tmp_path_factory):
     shipped bundles and the tiny one with a third output (a score per image, as bundles may add), and
     given two it must refuse: one whose files no longer match its hashes, one whose golden outputs
     its model does not compute."""
-    from central_support import SHIPPED, missing_venv, start_node, tampered_copy, wrong_golden_copy
+    from central_peer import SHIPPED, missing_venv, start_node
+    from central_support import tampered_copy, wrong_golden_copy
     from tiny_bundle import make_tiny_bundle
 
     why = missing_venv()

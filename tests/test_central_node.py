@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import tritonclient.http as http
 
-from central_support import ROOT, SHIPPED, children, free_ports, missing_venv, node_command, start_node, tampered_copy
+from central_peer import ROOT, SHIPPED, children, missing_venv, node_command, start_node
+from central_support import tampered_copy
+from loopback import free_ports
 from device.runtime.base import VariantFile
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from device.runtime.base import model_io

@@ -57,8 +57,10 @@ ROOMS: dict[str, set[str]] = {
     "device.intake": set(),
     # from a model's output to what is shown: quality gates, triage policy, smoothing, heatmap
     "device.decision": {"device.intake"},
-    # running models: the backend seam and registry, the Triager, backend choice, variant check
-    "device.runtime": {"device.machine", "device.intake", "device.decision"},
+    # a bundle in Triton's terms: its versions, its graph's tensors, the model repository, what a server declares
+    "device.triton": set(),
+    # running models: the backend seam and registry, the Triager, backend choice, variant check, the remote node
+    "device.runtime": {"device.machine", "device.intake", "device.decision", "device.triton"},
     # the TensorRT backend and its engine cache (registered in the runtime's registry by name)
     "device.tensorrt": {"device.machine", "device.runtime", "device.decision"},
     # live capture sources: streams, frame quality, live triage through a function it is given
@@ -79,7 +81,8 @@ ROOMS: dict[str, set[str]] = {
                      "device.appliance", "device.technician"},
     # the command line: every room
     "device.commands": {"device.machine", "device.intake", "device.decision", "device.runtime", "device.tensorrt",
-                        "device.core", "device.updates", "device.appliance", "device.technician", "device.kiosk"},
+                        "device.core", "device.updates", "device.appliance", "device.technician", "device.kiosk",
+                        "device.triton"},
     "device": {"device.runtime", "device.commands"},
 }
 
@@ -94,7 +97,7 @@ LIBRARIES: dict[str, set[str]] = {
     "cryptography": {"updates"},  # signatures are checked in one place
     "openvino": {"appliance"},  # its backend, device/runtime/openvino_backend.py (an optional extra)
     "pytriton": {"central"},  # Triton's server core, in the node's own venv (numpy < 2)
-    "tritonclient": {"appliance"},  # the remote backend and the Triton repository writer (the fleet extra)
+    "tritonclient": {"appliance", "central"},  # the remote backend, the Triton repository writer; pytriton's errors
 }
 
 

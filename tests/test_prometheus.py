@@ -10,11 +10,10 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from central_support import free_ports
+from loopback import free_port
 from kiosk_support import ROOT, running_server
 from tiny_bundle import make_tiny_bundle
 
@@ -61,7 +60,7 @@ def test_a_real_prometheus_scrapes_a_running_kiosk(tmp_path):
     bundle = make_tiny_bundle(tmp_path / "bundles" / "tiny")
     with running_server(tmp_path / "data", [bundle]) as kiosk:
         target = urllib.parse.urlsplit(kiosk.url).netloc
-        port = free_ports(1)[0]
+        port = free_port()
         config = tmp_path / "prometheus.yml"
         config.write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

@@ -15,7 +15,9 @@ import time
 import numpy as np
 import pytest
 
-from central_support import ROOT, SHIPPED, free_ports, rewrite, versioned_copy, wrong_golden_copy
+from central_peer import ROOT, SHIPPED
+from central_support import rewrite, versioned_copy, wrong_golden_copy
+from loopback import free_port
 from device.runtime import registry
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable, VariantFile
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -77,7 +79,7 @@ def test_no_node_is_unavailable_at_once():
     bundle = load_bundle(SHIPPED[0])
     started = time.monotonic()
     with pytest.raises(RuntimeUnavailable, match="no central node answers"):
-        _remote(bundle, f"http://127.0.0.1:{free_ports(1)[0]}")
+        _remote(bundle, f"http://127.0.0.1:{free_port()}")
     assert time.monotonic() - started < 1.0
 
 

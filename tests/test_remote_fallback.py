@@ -8,7 +8,8 @@ import os
 import signal
 import time
 
-from central_support import SHIPPED, free_ports
+from central_peer import SHIPPED
+from loopback import free_port
 from device import intake
 from device.runtime.fallback import LOCAL, REMOTE, RemoteWithFallback
 from device.runtime.remote_backend import RemoteSettings
@@ -64,7 +65,7 @@ def test_a_stalled_node_is_replaced_for_the_same_batch_and_used_again(central_no
 
 def test_no_node_at_start_serves_locally_until_one_passes_its_checks(central_node, datasets):
     bundle = load_bundle(SHIPPED[0])
-    urls = [f"http://127.0.0.1:{free_ports(1)[0]}"]  # nothing listens there (yet)
+    urls = [f"http://127.0.0.1:{free_port()}"]  # nothing listens there (yet)
 
     def connect() -> Triager:
         return Triager(bundle, "remote", "fp32", 1, RemoteSettings(url=urls[0], timeout_s=1.0))

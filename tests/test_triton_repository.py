@@ -12,7 +12,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from central_support import SHIPPED, versioned_copy
+from central_peer import SHIPPED
+from central_support import versioned_copy
 from device.cli import main
 from device.triton.repository import RepositoryError, write_repository
 from device.triton.versions import VersionError, bundle_version, triton_version
