@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from device.core.settings.updates import UpdateSettings
 from device.updates import archive
 from device.updates.errors import Refused, UpdateError
 from device.updates.health import HealthCheck
 from device.updates.install import InstallResult, commit, install, rollback, slots_of
-from device.updates.settings import UpdateSettings
 from device.updates.slots import SLOTS_DIR
 from device.updates.verify import limits_of
 
