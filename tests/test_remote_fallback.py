@@ -61,6 +61,7 @@ def test_a_stalled_node_is_replaced_for_the_same_batch_and_used_again(central_no
         assert {r.model.backend for r in served.triage_prepared(batch)} == {"remote"}
     finally:
         served.close()
+        local.close()
 
 
 def test_no_node_at_start_serves_locally_until_one_passes_its_checks(central_node, datasets):
@@ -81,3 +82,4 @@ def test_no_node_at_start_serves_locally_until_one_passes_its_checks(central_nod
         assert {r.model.backend for r in served.triage_prepared(_prepared(local, datasets, 1))} == {"remote"}
     finally:
         served.close()
+        local.close()

@@ -77,8 +77,8 @@ def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch
             skipped.append(f"{name}: {status.reason}")
             continue
         cls = registry.backend_class(name)
-        if not cls.chosen_by_auto:
-            skipped.append(f"{name}: not measured here (it needs settings of its own; benchmarks/central.py times it)")
+        if cls.remote:
+            skipped.append(f"{name}: runs on another machine; benchmarks/central.py times it against a node")
             continue
         for variant in m.variants:
             # A CPU backend runs any graph, so GPU-only variants are measured there too (for

@@ -126,9 +126,10 @@ class Preparation(Protocol):
 class Backend(ABC):
     name: ClassVar[str]
     target: ClassVar[Literal["cpu", "gpu"]]  # which bundle variants it runs
-    # Whether `backend = "auto"` may load and time it; a backend that needs settings of its own to
-    # reach anything (a remote node's URL) is used only where it is named.
-    chosen_by_auto: ClassVar[bool] = True
+    # Whether it runs the model on another machine (a central node): then `backend = "auto"` never
+    # picks it (it is used only where it is named, with its URL), and a kiosk serving on it keeps its
+    # own choice loaded to fall back on (device/runtime/fallback.py).
+    remote: ClassVar[bool] = False
     io: ModelIO
 
     @classmethod

@@ -31,7 +31,8 @@ class RemoteWithFallback:
 
     def __init__(self, connect: Callable[[], Triager], local: Triager, url: str, retry_s: float):
         """``connect()``: a Triager on the node (raises RuntimeFailure or RuntimeUnavailable when the
-        node cannot be used); ``local``: the kiosk's own, already loaded (this object owns both)."""
+        node cannot be used); ``local``: the kiosk's own, already loaded (its owner closes it; this
+        object closes what ``connect`` made)."""
         self._connect, self.local, self.url, self.retry_s = connect, local, url, retry_s
         self._lock = threading.Lock()
         self._remote: Triager | None = None
@@ -50,9 +51,13 @@ class RemoteWithFallback:
         return REMOTE if self._remote is not None else LOCAL
 
     @property
+    def answering(self) -> Triager:
+        """The model that answers now: the node's, or the kiosk's own."""
+        return self._remote or self.local
+
+    @property
     def max_batch(self) -> int:
-        remote = self._remote
-        return (remote or self.local).max_batch
+        return self.answering.max_batch
 
     def triage_prepared(self, prepared: list[Prepared]) -> list[TriageResult]:
         remote = self._remote
@@ -65,7 +70,7 @@ class RemoteWithFallback:
 
     def status(self) -> dict:
         """For health, metrics and the screens: who answers now, since when, and why."""
-        answering = (self._remote or self.local).model
+        answering = self.answering.model
         return {"url": self.url, "state": self.state, "since": self.since, "reason": self.reason,
                 "fallbacks": self.fallbacks, "backend": answering.backend, "precision": answering.precision}
 
@@ -109,4 +114,3 @@ class RemoteWithFallback:
             remote, self._remote = self._remote, None
         if remote is not None:
             remote.close()
-        self.local.close()

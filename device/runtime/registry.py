@@ -52,4 +52,4 @@ def require(name: str) -> type[Backend]:
 def available(target: str) -> list[str]:
     """The backends ``auto`` may choose here for a variant target ("cpu" or "gpu"), in registry order."""
     return [name for name, status in all_availability().items()
-            if status.ok and backend_class(name).target == target and backend_class(name).chosen_by_auto]
+            if status.ok and backend_class(name).target == target and not backend_class(name).remote]

@@ -65,7 +65,7 @@ def _http_client():
 class RemoteBackend(Backend):
     name = "remote"
     target = "cpu"  # nominal: which file the node runs is what it declares, checked against the bundle
-    chosen_by_auto = False
+    remote = True
 
     @classmethod
     def availability(cls) -> Availability:

@@ -307,9 +307,18 @@ class InstalledExam:
     path: Path | None
     slots: list[SlotInfo]
 
+    @property
+    def rolled_back(self) -> bool:
+        """It serves an older bundle than the newest it holds: an update failed its health check or was
+        rolled back (or a signed downgrade was installed)."""
+        active = next((s for s in self.slots if s.role in ("active", "trying")), None)
+        return active is not None and any(Version(s.version) > Version(active.version)
+                                          for s in self.slots if s is not active)
+
     def as_json(self) -> dict:
         return {"exam": self.exam_id, "version": self.version, "source": self.source,
-                "path": str(self.path) if self.path else None, "slots": [s.as_json() for s in self.slots]}
+                "path": str(self.path) if self.path else None, "slots": [s.as_json() for s in self.slots],
+                "rolled_back": self.rolled_back}
 
 
 def list_installed(config: "KioskConfig") -> list[InstalledExam]:
