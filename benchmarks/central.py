@@ -11,22 +11,32 @@ the kiosk's own model, side by side in one run on this machine (node and clients
   interleaved rounds of batch-1 calls on the same tensors; the p50 the network path adds.
 - concurrency: one client, then 16 at once (threads, each a kiosk's request), alternating for
   ``--rounds``; images/s and latency percentiles of each, and the ratios.
+- fallback: a kiosk set to the node (``backend = "remote"``) takes a burst of uploads of distinct
+  real images from 4 clients; the node (and its Triton) is SIGKILLed once a quarter are done. Every
+  upload acknowledged, each triaged once, which backend answered, how soon after the kill a study
+  was answered locally, and the slowest study the kill touched.
 Targets (issue 27) are printed as ratios of this run.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
+import signal
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from central_peer import SHIPPED, missing_venv, start_node
+from central_peer import SHIPPED, Node, children, missing_venv, start_node
 from device import intake
+from http_upload import multipart
+from kiosk_process import served_kiosk
 from device.runtime.remote_backend import RemoteSettings
 from device.runtime.triager import Triager
 from models.bundle import load_bundle
@@ -138,6 +148,52 @@ def _load(triager: Triager, prepared, clients: int, seconds: float) -> dict:
     return {"images_per_s": len(latencies) / elapsed, "latencies_ms": np.asarray(latencies)}
 
 
+def fallback(node: Node, workdir: Path, uploads: int) -> dict:
+    """The node killed during a burst of uploads to a kiosk set to it (the last part: the node is gone)."""
+    toml = workdir / "remote.toml"
+    toml.write_text(f'[models]\nbackend = "remote"\nremote_url = "{node.url}"\nremote_retry_s = 5\n')
+    files = images(SHIPPED[0].name, uploads)
+    done: list[dict] = []
+    lock = threading.Lock()
+    killed: list[float] = []
+    with served_kiosk(workdir / "kiosk", [SHIPPED[0]], "--config", str(toml)) as (_, host, port):
+        def client(share: list[Path]) -> None:
+            conn = http.client.HTTPConnection(host, port, timeout=60)
+            for f in share:
+                body, ctype = multipart(f.name, f.read_bytes())
+                t0 = time.monotonic()
+                conn.request("POST", "/api/v1/studies", body=body, headers={"Content-Type": ctype})
+                response = conn.getresponse()
+                payload = json.loads(response.read())
+                with lock:
+                    done.append({"status": response.status, "start": t0, "end": time.monotonic(), "error": payload.get("error"),
+                                 "id": payload.get("id"), "backend": (payload.get("result") or {}).get("model", {}).get("backend")})
+                    if len(done) == uploads // 4 and not killed:
+                        for pid in [*children(node.process.pid), node.process.pid]:
+                            os.kill(pid, signal.SIGKILL)
+                        killed.append(time.monotonic())
+            conn.close()
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(client, [files[i::4] for i in range(4)]))
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn.request("GET", f"/api/v1/studies?limit={uploads * 2}")
+        stored = json.loads(conn.getresponse().read())
+        conn.close()
+    kill = killed[0]
+    acknowledged = [d for d in done if d["status"] == 201]
+    local_after = [d["end"] - kill for d in acknowledged if d["backend"] != "remote" and d["end"] >= kill]
+    touched = [d["end"] - d["start"] for d in acknowledged if d["end"] >= kill]
+    by_backend: dict[str, int] = {}
+    for d in acknowledged:
+        by_backend[d["backend"]] = by_backend.get(d["backend"], 0) + 1
+    return {"uploads": uploads, "acknowledged": len(acknowledged), "triaged": sum(d["backend"] is not None for d in acknowledged),
+            "by_backend": by_backend, "lost": uploads - len(acknowledged),
+            "duplicated": stored["total"] - len({d["id"] for d in acknowledged}),
+            "first_local_after_kill_s": min(local_after), "slowest_study_after_kill_s": max(touched),
+            "refused": sorted({f"{d['status']} {d['error'] and d['error'].get('message')}" for d in done if d["status"] != 201})}
+
+
 def targets(result: dict) -> list[dict]:
     same = [r for r in result["agreement"] if r["local_variant"] == "fp32"]
     across = [r for r in result["agreement"] if r["local_variant"].startswith("int8")]
@@ -149,6 +205,10 @@ def targets(result: dict) -> list[dict]:
         (f"{c['clients']} clients / 1 client, images/s", c["throughput_ratio"], ">=", 3.0),
         (f"{c['clients']} clients: p99 / p50", c["p99_over_p50"], "<=", 3.0),
         ("remote path p50 added over local, ms", result["remote_path"]["added_p50_ms"], "<=", 5.0),
+        ("node killed mid-burst: studies lost or stored twice", result["fallback"]["lost"] + result["fallback"]["duplicated"],
+         "<=", 0),
+        ("node killed mid-burst: first local result after the kill, s", result["fallback"]["first_local_after_kill_s"],
+         "<=", 2.0),
     ]
     return [{"target": name, "value": value, "op": op, "bound": bound,
              "met": bool(value >= bound if op == ">=" else value <= bound)} for name, value, op, bound in rows]
@@ -161,6 +221,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each concurrency run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (remote path, concurrency)")
     parser.add_argument("--calls", type=int, default=100, help="batch-1 calls per backend per round (remote path)")
+    parser.add_argument("--uploads", type=int, default=60, help="uploads in the burst the node is killed in")
     args = parser.parse_args()
     why = missing_venv()
     if why:
@@ -173,6 +234,7 @@ def main() -> int:
                       "agreement": agreement(node.url, args.images),
                       "remote_path": remote_path(node.url, args.calls, args.rounds),
                       "concurrency": concurrency(node.url, args.seconds, args.rounds)}
+            result["fallback"] = fallback(node, Path(tmp), args.uploads)  # last: the node is killed
         finally:
             node.stop()
     result["targets"] = targets(result)
@@ -188,6 +250,10 @@ def main() -> int:
     c = result["concurrency"]
     for label, row in (("1 client", c["one"]), (f"{c['clients']} clients", c["many"])):
         print(f"{label}: {row['images_per_s']:.0f} images/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms")
+    f = result["fallback"]
+    print(f"node killed during {f['uploads']} uploads: {f['acknowledged']} acknowledged, {f['triaged']} triaged "
+          f"{f['by_backend']}, {f['lost']} lost, {f['duplicated']} stored twice; first local result "
+          f"{f['first_local_after_kill_s']:.2f} s after the kill, slowest study it touched {f['slowest_study_after_kill_s']:.2f} s")
     for t in result["targets"]:
         print(f"target: {t['target']}: {t['value']:.4g} ({'met' if t['met'] else 'NOT met'}, {t['op']} {t['bound']:g})")
     return 0

@@ -20,6 +20,7 @@ each calling thread gets a client of its own.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 from urllib.parse import urlsplit
@@ -56,10 +57,10 @@ class RemoteSettings(_Strict):
 
 def _http_client():
     try:
-        import tritonclient.http as http
+        import tritonclient.http as tritonhttp
     except ImportError as exc:
         raise RuntimeUnavailable(f"tritonclient is not installed ({exc}): install the 'fleet' extra") from None
-    return http
+    return tritonhttp
 
 
 class RemoteBackend(Backend):
@@ -111,7 +112,7 @@ class RemoteBackend(Backend):
             config = client.get_model_config(self.model_name, self.model_version)
         except self._http.InferenceServerException as exc:
             raise RuntimeFailure(f"central node {where}: {exc.message()}") from None
-        except (OSError, TimeoutError) as exc:
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed mid-answer, past the deadline
             raise RuntimeUnavailable(f"no central node answers at {self.settings.url}: {exc}") from None
         inputs = {i["name"]: i for i in meta.get("inputs", [])}
         want = [-1, *self.io.input_shape]
@@ -182,15 +183,17 @@ class RemoteBackend(Backend):
         return {k: np.concatenate([r[k] for r in results]) for k in self.io.output_names}
 
     def _infer(self, batch: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-        http = self._http
-        tensor = http.InferInput(self.io.input_name, list(batch.shape), "FP32")
+        triton = self._http
+        tensor = triton.InferInput(self.io.input_name, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch, binary_data=True)
-        wanted = [http.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        wanted = [triton.InferRequestedOutput(name, binary_data=True) for name in outputs]
         try:
             result = self._client().infer(self.model_name, [tensor], model_version=self.model_version, outputs=wanted)
-        except http.InferenceServerException as exc:
+        except triton.InferenceServerException as exc:
             raise RuntimeFailure(f"central node {self.settings.url}: {exc.message()}") from None
-        except (OSError, TimeoutError) as exc:  # refused, reset, or past the deadline (gevent raises socket.timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            # refused, reset or past the deadline (OSError: TimeoutError); closed before it answered
+            # (geventhttpclient's HTTPConnectionClosed is an http.client.HTTPException)
             raise RuntimeFailure(f"central node {self.settings.url}: {type(exc).__name__}: {exc}") from None
         answered = result.get_response().get("model_version")
         if answered != self.model_version:
