@@ -7,6 +7,7 @@ library is missing reports itself unavailable with the reason instead of crashin
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ class RuntimeUnavailable(Exception):
 
 class RuntimeFailure(Exception):
     """A backend loaded but failed to run a model."""
+
+
+def import_runtime(module: str, how: str = ""):
+    """A backend's library, or RuntimeUnavailable saying it is not installed (and ``how`` to get it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"{module.split('.')[0]} is not installed ({exc}){how}") from None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from pydantic import Field, field_validator
 
-from device.runtime.base import Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
+from device.runtime.base import (
+    Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile, import_runtime,
+)
 from device.triton import identity
 from device.triton.graph import GraphError, graph_io
 from device.triton.versions import triton_version
@@ -56,11 +58,7 @@ class RemoteSettings(_Strict):
 
 
 def _http_client():
-    try:
-        import tritonclient.http as tritonhttp
-    except ImportError as exc:
-        raise RuntimeUnavailable(f"tritonclient is not installed ({exc}): install the 'fleet' extra") from None
-    return tritonhttp
+    return import_runtime("tritonclient.http", ": install the 'fleet' extra")
 
 
 class RemoteBackend(Backend):
