@@ -200,8 +200,8 @@ def targets(result: dict) -> list[dict]:
     c = result["concurrency"]
     rows = [
         ("remote vs local triage, same variant: agreement", min(r["agreement"] for r in same), ">=", 1.0),
-        ("remote vs local, same variant: max |dP|", max(r["max_prob_diff"] for r in same), "<=", 1e-4),
-        ("remote (fp32) vs the kiosk's own INT8, max |dP|", max(r["max_prob_diff"] for r in across), "<=", 0.02),
+        ("remote vs local, same variant: max dP", max(r["max_prob_diff"] for r in same), "<=", 1e-4),
+        ("remote (fp32) vs the kiosk's own INT8, max dP", max(r["max_prob_diff"] for r in across), "<=", 0.02),
         (f"{c['clients']} clients / 1 client, images/s", c["throughput_ratio"], ">=", 3.0),
         (f"{c['clients']} clients: p99 / p50", c["p99_over_p50"], "<=", 3.0),
         ("remote path p50 added over local, ms", result["remote_path"]["added_p50_ms"], "<=", 5.0),
@@ -243,7 +243,7 @@ def main() -> int:
         return 0
     for r in result["agreement"]:
         print(f"{r['exam']}: node fp32 vs local {r['local_variant']}: {r['same_triage']}/{r['images']} same triage, "
-              f"max |dP| {r['max_prob_diff']:.2e}")
+              f"max dP {r['max_prob_diff']:.2e}")
     p = result["remote_path"]
     print(f"model step p50: local {p['local_p50_ms']:.2f} ms, remote {p['remote_p50_ms']:.2f} ms "
           f"(+{p['added_p50_ms']:.2f} ms; remote p99 {p['remote_p99_ms']:.2f} ms)")

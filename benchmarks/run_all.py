@@ -187,9 +187,9 @@ def _dicom(r: dict) -> list[tuple[str, str]]:
 def _central(r: dict) -> list[tuple[str, str]]:
     same = [a for a in r["agreement"] if a["local_variant"] == "fp32"]
     rows = [(f"central node (Triton, FP32) vs the kiosk, {a['images']} real {a['exam']} images",
-             f"same variant: {s['same_triage']}/{s['images']} same triage, max |dP| {s['max_prob_diff']:.1e}; "
+             f"same variant: {s['same_triage']}/{s['images']} same triage, max dP {s['max_prob_diff']:.1e}; "
              f"vs the kiosk's {a['local_variant'].split(' ')[0]}: {a['same_triage']}/{a['images']}, "
-             f"max |dP| {a['max_prob_diff']:.3f}")
+             f"max dP {a['max_prob_diff']:.3f}")
             for s, a in zip(same, [a for a in r["agreement"] if a["local_variant"] != "fp32"])]
     p, c = r["remote_path"], r["concurrency"]
     rows.append(("a study's model step, local FP32 against the node (p50)",
@@ -257,7 +257,7 @@ def section(report: dict, name: str) -> str | None:
     lines = [f"Measured by `benchmarks/run_all.py --only {name}` on {entry['started_at'][:16].replace('T', ' ')} "
              f"({report['machine']['cpu']}, {report['machine']['cores']} usable cores, load average {load:.1f}):",
              "", "| what | result |", "| --- | --- |"]
-    lines += [f"| {what} | {result.replace('|', '/')} |" for what, result in ROWS[name](entry["result"])]
+    lines += [f"| {what.replace('|', '/')} | {result.replace('|', '/')} |" for what, result in ROWS[name](entry["result"])]
     return "\n".join(lines) + "\n"
 
 
