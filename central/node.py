@@ -54,7 +54,7 @@ def triton_config(endpoints: Endpoints, log_file: Path) -> TritonConfig:
         http_address=endpoints.host, http_port=endpoints.http_port,
         grpc_address=endpoints.host, grpc_port=endpoints.grpc_port,
         metrics_address=endpoints.host, metrics_port=endpoints.metrics_port,
-        allow_gpu_metrics=False, log_file=log_file, log_verbose=0, exit_timeout_secs=EXIT_TIMEOUT_S,
+        log_file=log_file, log_verbose=0, exit_timeout_secs=EXIT_TIMEOUT_S,
     )
 
 

@@ -23,7 +23,7 @@ from device.updates import generate_keys
 from kiosk_support import CHOICE_SEED, TINY_MODELS, form_client, shipped_bundle
 from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
-from tiny_bundle import make_tiny_bundle, tiny_onnx
+from tiny_bundle import declare_refusal, make_tiny_bundle, tiny_onnx
 from update_support import Signer, make_bundle
 
 
@@ -314,7 +314,7 @@ def central_node(tmp_path_factory):
     if why:
         pytest.skip(why)
     root = tmp_path_factory.mktemp("central")
-    tiny = make_tiny_bundle(root / "tiny", extra_output="refusal_score")
+    tiny = declare_refusal(make_tiny_bundle(root / "tiny", extra_output="refusal_score"), "refusal_score")
     refused = [tampered_copy(SHIPPED[0], root / "tampered"), wrong_golden_copy(SHIPPED[1], root / "wrong-golden")]
     node = start_node([*SHIPPED, tiny, *refused], root / "node")
     node.tiny = tiny

@@ -18,13 +18,12 @@ import tritonclient.http as http
 
 from central_peer import ROOT, SHIPPED, children, missing_venv, node_command, start_node
 from central_support import tampered_copy
-from loopback import free_ports
-from device.runtime.base import VariantFile
+from device.runtime.base import VariantFile, model_io
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
-from device.runtime.base import model_io
+from device.runtime.variant_check import golden_set
 from device.triton import identity
 from device.triton.versions import triton_version
-from device.runtime.variant_check import golden_set
+from loopback import free_ports
 from models.bundle import load_bundle
 
 BUNDLES = [load_bundle(p) for p in SHIPPED]
@@ -57,8 +56,8 @@ def test_serves_each_good_bundle_under_its_exam_and_version(central_node):
 
 
 def test_serves_every_output_a_graph_has(central_node):
-    """A bundle whose graph gives a score per image beside logits and cam: served as Triton's
-    one-value tensor, [N] in and out, whatever the kiosk asks for."""
+    """A bundle whose refusal check reads a score per image beside logits and cam: served, as
+    pytriton carries a value per image ([N, 1])."""
     tiny = load_bundle(central_node.tiny)
     client = http.InferenceServerClient(central_node.host_port)
     outputs = {o["name"]: o["shape"] for o in client.get_model_metadata("tiny-test")["outputs"]}

@@ -17,13 +17,12 @@ import pytest
 
 from central_peer import ROOT, SHIPPED
 from central_support import rewrite, versioned_copy, wrong_golden_copy
-from loopback import free_port
 from device.runtime import registry
-from device.runtime.base import RuntimeFailure, RuntimeUnavailable, VariantFile
+from device.runtime.base import ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile, model_io
 from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from device.runtime.remote_backend import RemoteBackend, RemoteSettings
-from device.runtime.base import model_io
 from device.runtime.variant_check import golden_set
+from loopback import free_port
 from models.bundle import load_bundle, read_manifest
 
 
@@ -47,6 +46,23 @@ def test_serves_only_after_the_node_proved_it_runs_this_bundle(central_node, pat
         assert set(got) == set(io.output_names)
         for name in io.output_names:
             np.testing.assert_allclose(got[name], local[name], atol=1e-5)
+    finally:
+        remote.close()
+
+
+def test_a_refusal_score_comes_back_as_the_local_graph_gives_it(central_node):
+    """A bundle whose refusal check reads a one-value-per-image output: Triton carries it as [N, 1],
+    the remote backend hands it on as the local graph's [N]."""
+    tiny = load_bundle(central_node.tiny)
+    m = tiny.manifest
+    io = ModelIO(m.input.tensor_name, m.output_names, (1, 32, 32))
+    remote = RemoteBackend(VariantFile.of(tiny, m.variant("fp32")), io, 1, RemoteSettings(url=central_node.url))
+    try:
+        x = np.random.default_rng(1).standard_normal((5, 1, 32, 32)).astype(np.float32)
+        got = remote.run(x)
+        local = OnnxRuntimeBackend(VariantFile.of(tiny, m.variant("fp32")), io, 1).run(x)
+        assert got["refusal_score"].shape == local["refusal_score"].shape == (5,)
+        np.testing.assert_allclose(got["refusal_score"], local["refusal_score"], atol=1e-6)
     finally:
         remote.close()
 

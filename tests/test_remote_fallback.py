@@ -9,11 +9,11 @@ import signal
 import time
 
 from central_peer import SHIPPED
-from loopback import free_port
 from device import intake
 from device.runtime.fallback import LOCAL, REMOTE, RemoteWithFallback
 from device.runtime.remote_backend import RemoteSettings
 from device.runtime.triager import Triager
+from loopback import free_port
 from models.bundle import load_bundle
 
 

@@ -18,7 +18,7 @@ from device.cli import main
 from device.triton.repository import RepositoryError, write_repository
 from device.triton.versions import VersionError, bundle_version, triton_version
 from models.bundle import load_bundle, sha256_file
-from tiny_bundle import make_tiny_bundle
+from tiny_bundle import declare_refusal, make_tiny_bundle
 
 ONNX_TYPES = {onnx.TensorProto.FLOAT: mc.TYPE_FP32, onnx.TensorProto.FLOAT16: mc.TYPE_FP16}
 
@@ -102,6 +102,14 @@ def test_every_output_of_the_graph_is_served(tmp_path):
     [score] = [o for o in config.output if o.name == "refusal_score"]
     assert list(score.dims) == [1] and score.HasField("reshape") and list(score.reshape.shape) == []
     assert config_tensors(config) == graph_tensors(bundle.path_of("model.onnx"))
+
+
+def test_a_declared_refusal_output_the_graph_lacks_is_refused(tmp_path, capsys):
+    """The manifest's refusal check reads an output the graph does not have: no repository is written."""
+    root = declare_refusal(make_tiny_bundle(tmp_path / "tiny", extra_output="refusal_score"), "ood_score")
+    rc, _, err = run_cli(capsys, str(root), "--out", str(tmp_path / "repo"))
+    assert rc == 1 and "the graph lacks the declared outputs ['ood_score']" in err
+    assert not (tmp_path / "repo" / "tiny-test" / "config.pbtxt").exists()
 
 
 def test_versions_accumulate_and_never_change(tmp_path):

@@ -14,7 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from device.runtime.base import ModelIO, VariantFile
-from models.bundle import Manifest, Variant, file_entry, write_manifest
+from models.bundle import Manifest, Variant, file_entry, read_manifest, write_manifest
 
 SIZE = 32
 IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))  # what a backend is told of the tiny model
@@ -111,6 +111,17 @@ def make_tiny_bundle(root: Path, extra_output: str | None = None) -> Path:
     tiny_onnx(root / "model.onnx", extra_output=extra_output)
     files = {"model.onnx": file_entry(root / "model.onnx").model_dump()}
     write_manifest(root, Manifest.model_validate(manifest_dict(files)))
+    return root
+
+
+def declare_refusal(root: Path, output: str, threshold: float = 10.0) -> Path:
+    """The bundle's manifest with a refusal policy whose one check reads ``output`` (re-validated)."""
+    m = read_manifest(root)
+    policy = {"checks": [{"name": "score", "output": output, "statistic": "largest logit (a test stand-in)",
+                          "threshold": threshold}],
+              "subject": "a tiny test image", "advice": "Use the tiny test images.",
+              "calibrated_refusal_rate": 0.01, "calibrated_on": "nothing (tests)"}
+    write_manifest(root, Manifest.model_validate({**m.model_dump(mode="json"), "refusal": policy}))
     return root
 
 

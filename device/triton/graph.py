@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.bundle import Bundle, Manifest
+from models.bundle import Bundle
 
 # ONNX element types (as ONNX Runtime names them) -> Triton data types
 DATA_TYPES = {
@@ -49,17 +49,12 @@ def _spec(path: Path, arg) -> TensorSpec:
     return TensorSpec(arg.name, DATA_TYPES[arg.type], tuple(d if isinstance(d, int) else -1 for d in arg.shape[1:]))
 
 
-def declared_outputs(manifest: Manifest) -> tuple[str, ...]:
-    """Every output name the manifest declares (``outputs``: logits, cam, and whatever a bundle adds)."""
-    return tuple(v for v in manifest.outputs.model_dump().values() if isinstance(v, str))
-
-
 def check_contract(bundle: Bundle, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
     """The graph takes the input the bundle's contract describes and gives the outputs it declares."""
     m = bundle.manifest
     want = TensorSpec(m.input.tensor_name, "TYPE_FP32", (m.input.channels, m.input.height, m.input.width))
     if inputs != [want]:
         raise GraphError(f"{m.id}: the graph's inputs {inputs} are not the contract's {want}")
-    missing = [n for n in declared_outputs(m) if n not in {o.name for o in outputs}]
+    missing = [n for n in m.output_names if n not in {o.name for o in outputs}]
     if missing:
         raise GraphError(f"{m.id}: the graph lacks the declared outputs {missing}")
