@@ -303,7 +303,7 @@ def tiny_chest_32(train_tiny_chest) -> TinyRun:
 @pytest.fixture(scope="session")
 def central_node(tmp_path_factory):
     """One central node for the whole session (Triton takes 8-15 s to start here), serving both
-    shipped bundles and the tiny one with a third output (a score per image, as bundles may add), and
+    shipped bundles and the tiny one with a refusal check reading a third output (a score per image), and
     given two it must refuse: one whose files no longer match its hashes, one whose golden outputs
     its model does not compute."""
     from central_peer import SHIPPED, missing_venv, start_node
