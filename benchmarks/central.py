@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from central_peer import SHIPPED, Node, children, missing_venv, start_node
+from central_peer import SHIPPED, Node, descendants, missing_venv, start_node
 from device import intake
 from http_upload import multipart
 from kiosk_process import served_kiosk
@@ -169,7 +169,7 @@ def fallback(node: Node, workdir: Path, uploads: int) -> dict:
                     done.append({"status": response.status, "start": t0, "end": time.monotonic(), "error": payload.get("error"),
                                  "id": payload.get("id"), "backend": (payload.get("result") or {}).get("model", {}).get("backend")})
                     if len(done) == uploads // 4 and not killed:
-                        for pid in [*children(node.process.pid), node.process.pid]:
+                        for pid in [node.process.pid, *descendants(node.process.pid)]:  # the whole node at once
                             os.kill(pid, signal.SIGKILL)
                         killed.append(time.monotonic())
             conn.close()

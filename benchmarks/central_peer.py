@@ -42,6 +42,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: Triton's server, and the Python-backend stub of each model instance."""
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
 @dataclass
 class Node:
     process: subprocess.Popen
