@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from models.bundle import AuditCheck, AuditPolicy, InputContract
+from models.bundle import AuditCheck, AuditGroup, AuditPolicy, InputContract
 from models.preprocess import to_model_input
 
 MAX_FLIP_RATE = 0.02
@@ -188,21 +188,36 @@ DERMOSCOPY_CHECKS = ("vignette", "hair", "ink", "ruler", "mirror", "white_balanc
                      "gamma_1.33", "jpeg_q60")
 
 
-def policy(data: str, checks: Iterable[str] = RADIOGRAPH_CHECKS, max_flip_rate: float = MAX_FLIP_RATE) -> AuditPolicy:
-    """The limits a bundle declares: each named check's flip rate at most `max_flip_rate` on `data`."""
+def policy(data: str, checks: Iterable[str] = RADIOGRAPH_CHECKS, max_flip_rate: float = MAX_FLIP_RATE,
+           group: AuditGroup | None = None) -> AuditPolicy:
+    """The limits a bundle declares: each named check's flip rate at most `max_flip_rate` on `data`,
+    and on the group's images for the group's checks."""
     names = list(checks)
-    unknown = [n for n in names if n not in CHECKS]
+    unknown = [n for n in names + (group.checks if group else []) if n not in CHECKS]
     if unknown:
         raise ValueError(f"unknown audit checks {unknown} (known: {', '.join(CHECKS)})")
-    return AuditPolicy(max_flip_rate=max_flip_rate, checks=names, data=data)
+    return AuditPolicy(max_flip_rate=max_flip_rate, checks=names, data=data, group=group)
+
+
+def group_members(group: AuditGroup | None, file_names: list[str], labels: list[str]) -> np.ndarray | None:
+    """Which images (by file name and label name) are in the audit group; None without a group."""
+    if group is None:
+        return None
+    return np.array([group.contains(name, label) for name, label in zip(file_names, labels)], dtype=bool)
 
 
 def run_audit(predict: Callable[[np.ndarray], np.ndarray], images: Iterable[np.ndarray], positive: np.ndarray,
-              contract: InputContract, threshold: float, names: Iterable[str] = RADIOGRAPH_CHECKS
-              ) -> list[AuditCheck]:
-    """The named checks on every image; `predict` maps model inputs (N, C, H, W) to P(urgent) (N,)."""
+              contract: InputContract, threshold: float, names: Iterable[str] = RADIOGRAPH_CHECKS,
+              group: AuditGroup | None = None, in_group: np.ndarray | None = None) -> list[AuditCheck]:
+    """The named checks on every image; `predict` maps model inputs (N, C, H, W) to P(urgent) (N,).
+
+    With a `group` and its members (`in_group`, one flag per image), the group's checks are also
+    scored on its images alone, from the same predictions (no image is run twice); a group with no
+    image here gets no rows.
+    """
     positive = np.asarray(positive, dtype=bool)
-    checks = [CHECKS[n] for n in names]
+    names = list(names)
+    checks = [CHECKS[n] for n in dict.fromkeys(names + (group.checks if group else []))]
     base: list[np.ndarray] = []
     changed: dict[str, list[np.ndarray]] = {c.name: [] for c in checks}
     batch: list[np.ndarray] = []
@@ -223,14 +238,21 @@ def run_audit(predict: Callable[[np.ndarray], np.ndarray], images: Iterable[np.n
     p0 = np.concatenate(base)
     if len(p0) != len(positive):
         raise ValueError(f"{len(p0)} images but {len(positive)} labels")
-    return [_summary(c, p0, np.concatenate(changed[c.name]), positive, threshold) for c in checks]
+    p1 = {name: np.concatenate(parts) for name, parts in changed.items()}
+    results = [_summary(CHECKS[n], p0, p1[n], positive, threshold) for n in names]
+    if group is not None and in_group is not None and in_group.any():
+        results += [_summary(CHECKS[n], p0[in_group], p1[n][in_group], positive[in_group], threshold, group.name)
+                    for n in group.checks]
+    return results
 
 
-def _summary(check: Check, p0: np.ndarray, p1: np.ndarray, positive: np.ndarray, threshold: float) -> AuditCheck:
+def _summary(check: Check, p0: np.ndarray, p1: np.ndarray, positive: np.ndarray, threshold: float,
+             group: str | None = None) -> AuditCheck:
     flipped = (p0 >= threshold) != (p1 >= threshold)
     return AuditCheck(
         name=check.name,
         description=check.description,
+        group=group,
         n=int(len(p0)),
         flip_rate=float(flipped.mean()),
         flip_rate_positive=float(flipped[positive].mean()) if positive.any() else None,
@@ -240,16 +262,18 @@ def _summary(check: Check, p0: np.ndarray, p1: np.ndarray, positive: np.ndarray,
 
 
 def failures(checks: list[AuditCheck], limits: AuditPolicy) -> list[str]:
-    """Plain-word reasons for every check over its limit (empty: the audit passed)."""
-    return [f"{c.name} flips {c.flip_rate:.1%} of images (allowed {limits.max_flip_rate:.1%})"
+    """Plain-word reasons for every check over its limit, overall or on the audit group (empty: passed)."""
+    return [f"{c.name} flips {c.flip_rate:.1%} of {'images' if c.group is None else c.group} "
+            f"(allowed {limits.max_flip_rate:.1%})"
             for c in checks if c.flip_rate > limits.max_flip_rate]
 
 
 def table(checks: list[AuditCheck]) -> list[str]:
-    """The audit as aligned text rows, for the terminal."""
+    """The audit as aligned text rows, for the terminal; a group's rows name the group."""
     rows = [f"{'check':<12} {'flips':>7} {'urgent':>7} {'other':>7} {'mean dP':>8}  what"]
     for c in checks:
         pos = "-" if c.flip_rate_positive is None else f"{c.flip_rate_positive:.1%}"
         neg = "-" if c.flip_rate_negative is None else f"{c.flip_rate_negative:.1%}"
-        rows.append(f"{c.name:<12} {c.flip_rate:>7.1%} {pos:>7} {neg:>7} {c.mean_delta:>+8.4f}  {c.description}")
+        what = c.description if c.group is None else f"{c.group} only (n={c.n}): {c.description}"
+        rows.append(f"{c.name:<12} {c.flip_rate:>7.1%} {pos:>7} {neg:>7} {c.mean_delta:>+8.4f}  {what}")
     return rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -279,15 +280,28 @@ class ClassMetrics(_Strict):
 class DataSplit(_Strict):
     """How validation was held out, so later stages (calibration, accuracy gate) can redraw it exactly."""
 
-    method: Literal["by-patient", "by-lesion-stratified"] = Field(
+    method: str = Field(
         default="by-patient",
-        description="by-patient: the chest X-ray patient-level split (duplicates removed); by-lesion-stratified: "
-        "one image per lesion, a seeded shuffle per class (the dermoscopy split)",
+        min_length=1,
+        description="the name of the split the exam's training code drew (e.g. by-patient, by-lesion-stratified); "
+        "the training floor's exam registry knows each name and redraws it (the default: manifests written "
+        "before the method was recorded are the chest X-ray patient-level split)",
     )
     val_fraction: float = Field(gt=0.0, lt=1.0)
     seed: int
     train_images: int
     val_images: int
+
+
+class EnsembleMember(_Strict):
+    """One member of a model whose members are averaged inside its graph."""
+
+    config: str = Field(description="the member's recipe in words: input side, widths, seed, epochs")
+    input_side: int = Field(gt=0, description="the side it was trained at; it sees the input average-pooled to it")
+    training_command: str
+    scores: dict[str, float] = Field(
+        description="its figures as it runs in the ensemble's graph (e.g. clean, stress and held-out AUC)"
+    )
 
 
 class Provenance(_Strict):
@@ -308,6 +322,7 @@ class AuditCheck(_Strict):
 
     name: str
     description: str
+    group: str | None = Field(default=None, description="the audit group it was scored on (None: every image)")
     n: int = Field(ge=0)
     flip_rate: float = Field(ge=0.0, le=1.0)
     flip_rate_positive: float | None = Field(default=None, description="among images of the urgent class")
@@ -315,12 +330,43 @@ class AuditCheck(_Strict):
     mean_delta: float = Field(description="mean change of P(urgent) (after - before)")
 
 
+class AuditGroup(_Strict):
+    """The hardest acquisition group, on which some checks are also scored by themselves: a model can
+    flip few images overall and many of the group a new site resembles."""
+
+    name: str = Field(min_length=1, description="plain words, e.g. 'NORMAL2 normals'")
+    file_pattern: str = Field(description="regular expression searched in each file's name")
+    label: str = Field(description="the label of the group's images; files of other labels are not in it")
+    checks: list[str] = Field(min_length=1, description="the checks scored on the group (each one of the policy's)")
+
+    @field_validator("file_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+    def contains(self, file_name: str, label: str) -> bool:
+        return label == self.label and re.search(self.file_pattern, file_name) is not None
+
+
 class AuditPolicy(_Strict):
-    """The shortcut audits every variant of this bundle passed (see models/audit.py), and their limit."""
+    """The shortcut audits every variant of this bundle passed (see models/audit.py), and their limit:
+    every check's flip rate over all the images, and the group's checks over the group's images."""
 
     max_flip_rate: float = Field(ge=0.0, le=1.0)
     checks: list[str] = Field(min_length=1)
     data: str = Field(description="the images the audits ran on")
+    group: AuditGroup | None = None
+
+    @model_validator(mode="after")
+    def _group_checks_are_policy_checks(self) -> "AuditPolicy":
+        if self.group is not None and set(self.group.checks) - set(self.checks):
+            raise ValueError(f"audit group checks {sorted(set(self.group.checks) - set(self.checks))} are not "
+                             f"among the policy's checks {self.checks}")
+        return self
 
 
 class Subgroup(_Strict):
@@ -389,6 +435,9 @@ class Manifest(_Strict):
     )
     metrics: list[SplitMetrics]
     class_metrics: list[ClassMetrics] = Field(default=[], description="multi-class bundles: per-label metrics")
+    ensemble: list[EnsembleMember] = Field(
+        default=[], description="the members averaged inside the graph (empty: one model); metrics are the ensemble's"
+    )
     provenance: Provenance
     audit: AuditPolicy | None = None
     evaluation: EvaluationPolicy | None = None
@@ -446,6 +495,8 @@ class Manifest(_Strict):
         for v in self.variants:
             if v.file not in self.files:
                 raise ValueError(f"variant {v.precision} file {v.file!r} is not listed in files")
+        if self.audit is not None and self.audit.group is not None and self.audit.group.label not in self.labels:
+            raise ValueError(f"audit group label {self.audit.group.label!r} is not one of the labels {self.labels}")
         if self.golden is not None and self.golden not in self.files:
             raise ValueError(f"golden file {self.golden!r} is not listed in files")
         if self.refusal is not None:

@@ -2,7 +2,7 @@
 
 Calibration must only ever see training images and the gate only validation images; both come
 from the split recorded in the bundle's provenance (method, fraction and seed), applied to the
-same training folder. The split method names the training code that drew it (SPLITS).
+same training folder. The split method names the exam whose recipe drew it (models.training.registry).
 """
 
 from __future__ import annotations
@@ -13,37 +13,29 @@ from pathlib import Path
 import numpy as np
 
 from models.bundle import Bundle, DataSplit
-from models.training import data as chest
-from models.training.skin import data as skin
+from models.training import registry
+from models.training.images import load_images
+from models.training.recipe import Recipe
 from optimize.errors import OptimizeError
 
 
-def _by_patient(data_dir: Path, split: DataSplit) -> tuple[list, list]:
-    samples, _ = chest.remove_duplicates(chest.list_samples(data_dir))
-    train_idx, val_idx = chest.split_by_patient(samples, split.val_fraction, split.seed)
-    return [samples[i] for i in train_idx], [samples[i] for i in val_idx]
-
-
-def _by_lesion(data_dir: Path, split: DataSplit) -> tuple[list, list]:
-    return skin.stratified_split(skin.list_samples(data_dir), split.val_fraction, split.seed)
-
-
-# split method -> (labels of its training folder, default folder, how to redraw it)
-SPLITS = {
-    "by-patient": (chest.LABELS, chest.default_data_dir, _by_patient),
-    "by-lesion-stratified": (skin.LABELS, skin.default_data_dir, _by_lesion),
-}
+def split_recipe(split: DataSplit | None) -> Recipe:
+    """The recipe that drew a recorded split (a bundle recording none is the chest exam's, the
+    only one written before splits were recorded)."""
+    try:
+        return registry.recipe_for_split(split.method if split else DataSplit.model_fields["method"].default)
+    except registry.UnknownExam as exc:
+        raise OptimizeError(f"the bundle's validation split cannot be redrawn: {exc}") from None
 
 
 def default_data_dir(bundle: Bundle) -> Path:
     """The development dataset a bundle was trained on (its split method says which)."""
-    split = bundle.manifest.provenance.split
-    return SPLITS[split.method if split else "by-patient"][1]()
+    return split_recipe(bundle.manifest.provenance.split).default_data_dir()
 
 
 @dataclass(frozen=True)
 class HeldOut:
-    train: list  # samples with .path and .label (the split method's own Sample type)
+    train: list  # samples with .path and .label (the exam's own Sample type)
     val: list
 
 
@@ -52,11 +44,11 @@ def redraw_split(bundle: Bundle, data_dir: Path) -> HeldOut:
     split = m.provenance.split
     if split is None:
         raise OptimizeError(f"bundle {m.id} records no data split: its validation images cannot be redrawn")
-    labels, _, redraw = SPLITS[split.method]
-    if tuple(m.labels) != labels:
-        raise OptimizeError(f"bundle labels {m.labels} do not match the training folders {list(labels)}")
+    recipe = split_recipe(split)
+    if tuple(m.labels) != recipe.labels:
+        raise OptimizeError(f"bundle labels {m.labels} do not match the training folders {list(recipe.labels)}")
     try:
-        train, val = redraw(data_dir, split)
+        train, val = recipe.redraw_split(data_dir, split)
     except (FileNotFoundError, ValueError) as exc:
         raise OptimizeError(f"{data_dir}: not the model's training data: {exc}") from None
     if (len(train), len(val)) != (split.train_images, split.val_images):
@@ -78,10 +70,10 @@ def calibration_batch(bundle: Bundle, held: HeldOut, count: int, seed: int) -> n
         pool = [s for s in held.train if s.label == label]
         take = min(len(pool), count // classes + (label < count % classes))
         chosen += [pool[i] for i in sorted(rng.choice(len(pool), take, replace=False))]
-    return chest.load_images(chosen, bundle.manifest.input, progress=False).astype(np.float32)
+    return load_images(chosen, bundle.manifest.input, progress=False).astype(np.float32)
 
 
 def validation_batch(bundle: Bundle, held: HeldOut) -> tuple[np.ndarray, np.ndarray]:
     """Validation model inputs (float32) and labels."""
-    x = chest.load_images(held.val, bundle.manifest.input, progress=False).astype(np.float32)
+    x = load_images(held.val, bundle.manifest.input, progress=False).astype(np.float32)
     return x, np.asarray([s.label for s in held.val])

@@ -13,9 +13,9 @@ With 8-bit weights the chest model's CPU graph flipped 7% of validation triages 
 (AMD EPYC, AVX2) against 0.2% on a VNNI one; with 7 bits ONNX Runtime's kernels there stay within
 0.013 logits of the graph as written. TensorRT adds in 32 bits, so the GPU recipe keeps all 8.
 
-The CPU recipe also leaves the input side in float, up to and including the first convolution: its
-filters have the fewest weights (9 on a gray image, 27 on a colour one), where 7 bits cost the
-most (chest: triage agreement with FP32 99.54% -> 99.77%, the golden images' largest probability
+The CPU recipe also leaves the input side in float, up to and including the first convolution (of
+each network, in an ensemble averaged inside the graph): its filters have the fewest weights (9 on
+a gray image, 27 on a colour one), where 7 bits cost the most (chest: triage agreement with FP32 99.54% -> 99.77%, the golden images' largest probability
 change 0.046 -> 0.013), and ONNX Runtime's INT8 kernel for a one-channel input is its slowest per
 multiply. Everything before that convolution stays float too: a float convolution between Q/DQ
 pairs is quantized again by ONNX Runtime itself, with 8-bit weights.
@@ -134,13 +134,21 @@ def quantize_int8(
 
 
 def input_side(path: Path) -> list[str]:
-    """The names of the first convolution and of every node it depends on."""
+    """The names of the first convolutions (one per network an ensemble averages: each reads the
+    input with no convolution before it) and of every node they depend on."""
     graph = onnx.load(str(path)).graph
     producer = {out: node for node in graph.node for out in node.output}
-    first = next((n for n in graph.node if n.op_type == "Conv"), None)
-    if first is None:
+    after_conv: set[str] = set()  # tensors with a convolution upstream (the nodes are in topological order)
+    first = []
+    for node in graph.node:
+        behind = any(name in after_conv for name in node.input)
+        if node.op_type == "Conv" and not behind:
+            first.append(node)
+        if behind or node.op_type == "Conv":
+            after_conv.update(node.output)
+    if not first:
         raise OptimizeError(f"{path.name} has no convolution: the CPU INT8 recipe is for convolutional networks")
-    names, pending = [], [first]
+    names, pending = [], list(first)
     while pending:
         node = pending.pop()
         if not node.name:

@@ -17,7 +17,7 @@ import numpy as np
 
 from models import atomic, audit
 from models.bundle import AuditCheck, Bundle, Manifest, Variant, file_entry, load_bundle, sha256_file, write_manifest
-from models.training.data import decode_rgb
+from models.training.images import decode_rgb
 from models.metrics import softmax
 from optimize import quantize
 from optimize.errors import OptimizeError
@@ -74,14 +74,16 @@ def _build(c: Candidate, bundle: Bundle, tmp: Path, calib: Callable[[], np.ndarr
 
 
 def _audit(path: Path, precision: str, m: Manifest, images: list[np.ndarray], positive: np.ndarray,
-           threads: int) -> list[AuditCheck]:
-    """The bundle's shortcut audits on one candidate file, at the bundle's threshold, run as the gate runs it."""
+           in_group: np.ndarray | None, threads: int) -> list[AuditCheck]:
+    """The bundle's shortcut audits on one candidate file, at the bundle's threshold, run as the gate
+    runs it: on every validation image, and on the audit group's alone where the bundle declares one."""
     sess = session(path, threads, fused=judged_fused(precision))
 
     def predict(x: np.ndarray) -> np.ndarray:
         return m.urgent_probability(softmax(sess.run([m.outputs.logits], {m.input.tensor_name: x})[0].astype(np.float64)))
 
-    return audit.run_audit(predict, images, positive, m.input, m.policy.operating_point.threshold, m.audit.checks)
+    return audit.run_audit(predict, images, positive, m.input, m.policy.operating_point.threshold, m.audit.checks,
+                           m.audit.group, in_group)
 
 
 def _check(c: Candidate, m: Manifest, path: Path, audit_data: Callable[[], tuple], threads: int) -> list[str]:
@@ -134,9 +136,11 @@ def add_variant(
 
     audit_cache: list[tuple] = []
 
-    def audit_data() -> tuple[list[np.ndarray], np.ndarray]:
+    def audit_data() -> tuple[list[np.ndarray], np.ndarray, np.ndarray | None]:
         if not audit_cache:
-            audit_cache.append(([decode_rgb(s.path) for s in held.val], np.isin(y_val, m.urgent_indices)))
+            in_group = audit.group_members(m.audit.group, [s.path.name for s in held.val],
+                                           [m.labels[s.label] for s in held.val])
+            audit_cache.append(([decode_rgb(s.path) for s in held.val], np.isin(y_val, m.urgent_indices), in_group))
         return audit_cache[0]
 
     outcome = Outcome()
@@ -243,11 +247,12 @@ def _card_text(text: str, variants: list[Variant], latencies: list[dict[str, flo
     for v, lat in zip(variants, latencies):
         g = v.gate or {}
         worst = max(v.audit, key=lambda a: a.flip_rate) if v.audit else None
+        where = "" if worst is None or worst.group is None else f", {worst.group}"
         rows.append(
             f"| {v.precision} | {', '.join(v.targets)} | `{v.file}` | "
             f"{g.get('auc_drop', 0.0):.4f} | {g.get('agreement', 1.0):.2%} | "
             f"{g.get('max_logit_deviation', 0.0):.4f} | "
-            f"{f'{worst.flip_rate:.2%} ({worst.name})' if worst else '-'} | {lat['p50_ms']:.3f} |"
+            f"{f'{worst.flip_rate:.2%} ({worst.name}{where})' if worst else '-'} | {lat['p50_ms']:.3f} |"
         )
     section = "\n".join([
         CARD_BEGIN,

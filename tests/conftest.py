@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,7 @@ from kiosk_support import CHOICE_SEED, TINY_MODELS, form_client, shipped_bundle
 from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
 from orthanc_peer import Orthanc
-from tiny_bundle import make_tiny_bundle, tiny_onnx
+from tiny_bundle import declare_refusal, make_tiny_bundle, tiny_onnx
 from update_support import Signer, make_bundle
 
 
@@ -273,3 +274,71 @@ def gpu(monkeypatch, tmp_path):
     yield
     fakes.uninstall()
 
+
+# ---- Tiny real trainings: the training, export and ensemble tests stand on them ---------------------------
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    """A tiny real training run: its checkpoint (and, when asked for, its bundle)."""
+
+    checkpoint: Path
+    bundle: Path | None
+
+
+@pytest.fixture(scope="session")
+def train_tiny_chest(tmp_path_factory, datasets) -> Callable[..., TinyRun]:
+    """Train a tiny real chest model, once per session for each set of arguments: 64 real films (48
+    training, 16 validation: the same split for every seed and side), one epoch, seconds of
+    training, for tests of what comes after it (export, ensembles, group-shift runs, audits)."""
+    pytest.importorskip("torch")
+    from device.cli import main as bedside
+
+    runs: dict[tuple, TinyRun] = {}
+
+    def train(size: int, seed: int, hold_out: str = "", bundle: bool = False) -> TinyRun:
+        key = (size, seed, hold_out, bundle)
+        if key not in runs:
+            folder = tmp_path_factory.mktemp(f"tiny-chest-{size}-{seed}")
+            args = ["train", "--runs-dir", str(folder / "runs"), "--limit", "64", "--size", str(size), "--seed",
+                    str(seed), "--epochs", "1", "--stress-copies", "1", "--val-fraction", "0.25", "--no-progress",
+                    "--bootstrap", "100", "--max-flip-rate", "1",  # a 1-epoch model is not expected to pass audits
+                    *(["--hold-out", hold_out] if hold_out else []), *(["--out", str(folder / "bundle")] if bundle else [])]
+            assert bedside(args) == 0
+            runs[key] = TinyRun(next((folder / "runs").glob("*/checkpoint.pt")), folder / "bundle" if bundle else None)
+        return runs[key]
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def tiny_chest(train_tiny_chest) -> TinyRun:
+    """One tiny chest model at 64 px with its bundle, shared by the training, export and ensemble tests."""
+    return train_tiny_chest(64, seed=0, bundle=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_chest_32(train_tiny_chest) -> TinyRun:
+    """A second tiny chest model, at 32 px with another seed and the same validation split: an
+    ensemble member beside `tiny_chest`."""
+    return train_tiny_chest(32, seed=1)
+@pytest.fixture(scope="session")
+def central_node(tmp_path_factory):
+    """One central node for the whole session (Triton takes 8-15 s to start here), serving both
+    shipped bundles and the tiny one with a refusal check reading a third output (a score per image), and
+    given two it must refuse: one whose files no longer match its hashes, one whose golden outputs
+    its model does not compute."""
+    from central_peer import SHIPPED, missing_venv, start_node
+    from central_support import tampered_copy, wrong_golden_copy
+    from tiny_bundle import make_tiny_bundle
+
+    why = missing_venv()
+    if why:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("central")
+    tiny = declare_refusal(make_tiny_bundle(root / "tiny", extra_output="refusal_score"), "refusal_score")
+    refused = [tampered_copy(SHIPPED[0], root / "tampered"), wrong_golden_copy(SHIPPED[1], root / "wrong-golden")]
+    node = start_node([*SHIPPED, tiny, *refused], root / "node")
+    node.tiny = tiny
+    yield node
+    node.stop()

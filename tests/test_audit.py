@@ -8,7 +8,8 @@ import pytest
 from models import audit
 from models.bundle import AuditPolicy
 from models.preprocess import model_region, to_model_input
-from models.training.data import decode_rgb, input_contract
+from models.training.chest.data import input_contract
+from models.training.images import decode_rgb
 
 CONTRACT = input_contract(64)
 

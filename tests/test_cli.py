@@ -112,6 +112,41 @@ def test_eval_text_prints_intervals_subgroups_and_audits(small_eval_set):
     assert "the bundle's limit" in out
 
 
+@pytest.fixture(scope="module")
+def grouped_bundle(tmp_path_factory):
+    """The shipped chest bundle declaring the NORMAL2 normals as its audit group."""
+    import shutil
+
+    bundle = tmp_path_factory.mktemp("grouped") / "bundle"
+    shutil.copytree(SHIPPED, bundle)
+    data = json.loads((bundle / "manifest.json").read_text())
+    data["audit"]["group"] = {"name": "NORMAL2 normals", "file_pattern": "^NORMAL2-IM-", "label": "NORMAL",
+                              "checks": ["squeeze_0.8", "widen_1.25", "border_crop"]}
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    return bundle
+
+
+def test_eval_audit_scores_the_bundles_audit_group_on_its_own(grouped_bundle, small_eval_set, datasets, tmp_path):
+    train = datasets / "chest-xray" / "train"
+    picks = {"NORMAL": sorted((train / "NORMAL").glob("IM-*.jpeg"))[:6] + sorted((train / "NORMAL").glob("NORMAL2-*.jpeg"))[:6],
+             "PNEUMONIA": sorted((train / "PNEUMONIA").glob("*.jpeg"))[:6]}
+    for label, files in picks.items():
+        (tmp_path / label).mkdir()
+        for src in files:
+            (tmp_path / label / src.name).symlink_to(src)
+    report = json.loads(bedside("eval", "--bundle", grouped_bundle, "--json", "--audit", "--bootstrap", "50",
+                                "--data", tmp_path).stdout)
+    overall = [c for c in report["audit"] if c["group"] is None]
+    grouped = [c for c in report["audit"] if c["group"] == "NORMAL2 normals"]
+    assert [c["name"] for c in overall] == list(audit.RADIOGRAPH_CHECKS) and {c["n"] for c in overall} == {18}
+    assert [c["name"] for c in grouped] == ["squeeze_0.8", "widen_1.25", "border_crop"]
+    assert all(c["n"] == 6 and c["flip_rate_positive"] is None for c in grouped)
+    out = bedside("eval", "--bundle", grouped_bundle, "--audit", "--bootstrap", "50", "--data", tmp_path).stdout
+    assert "NORMAL2 normals only (n=6)" in out
+    out = bedside("eval", "--bundle", grouped_bundle, "--audit", "--bootstrap", "50", "--data", small_eval_set).stdout
+    assert "no NORMAL2 normals in this folder" in out and "not measured" in out
+
+
 def test_eval_rejects_a_folder_that_matches_no_label(small_eval_set, tmp_path):
     (tmp_path / "normal").symlink_to(small_eval_set / "normal")
     (tmp_path / "covid").mkdir()

@@ -125,7 +125,7 @@ def test_int8_and_fp16_variants_pass_the_gate_and_run(bundle_copy, train_dir):
     for v in m.variants:
         if v.precision != "fp32":
             assert v.gate["passed"] is True and v.gate["auc_drop"] <= 0.002 and v.gate["agreement"] >= 0.995
-        assert [c.name for c in v.audit] == m.audit.checks  # every variant audited, as the manifest declares
+        assert [c.name for c in v.audit if c.group is None] == m.audit.checks  # as the manifest declares
         assert max(c.flip_rate for c in v.audit) <= m.audit.max_flip_rate
     fp16 = onnx.load(str(bundle.path_of(m.variant("fp16", "gpu").file)))
     assert {i.type.tensor_type.elem_type for i in fp16.graph.input} == {onnx.TensorProto.FLOAT}
@@ -149,18 +149,63 @@ def test_a_variant_that_fails_the_gate_is_not_added(bundle_copy, train_dir, monk
 
 
 def test_a_variant_over_the_audit_limit_is_not_added(bundle_copy, train_dir):
-    """The same audits as at export, on each candidate: with no flip allowed, FP16 is refused (INT8's
-    audits run in the test above; FP16 has one candidate and no calibration, so this one is quick)."""
+    """The same audits as at export, on each candidate, overall and on the audit group the manifest
+    declares: with no flip allowed, FP16 is refused (INT8's audits run in the test above; FP16 has one
+    candidate and no calibration, so this one is quick)."""
     path = bundle_copy / "manifest.json"
     data = json.loads(path.read_text())
     data["audit"]["max_flip_rate"] = 0.0
+    data["audit"]["group"] = {"name": "NORMAL2 normals", "file_pattern": "^NORMAL2-IM-", "label": "NORMAL",
+                              "checks": ["squeeze_0.8", "border_crop"]}
     path.write_text(json.dumps(data))
     before = path.read_text()
     outcome = add_variant(bundle_copy, "fp16", train_dir)
     assert not outcome.accepted and outcome.rejected
     assert all(c.result.passed and max(a.flip_rate for a in c.audit) > 0 for c in outcome.rejected)
     assert all(c.refused and all("(allowed 0.0%)" in r for r in c.refused) for c in outcome.rejected)
+    held = redraw_split(load_bundle(bundle_copy), train_dir)
+    n_group = sum(s.path.name.startswith("NORMAL2-IM-") and s.label == 0 for s in held.val)
+    for c in outcome.rejected:
+        grouped = [a for a in c.audit if a.group == "NORMAL2 normals"]
+        assert [a.name for a in grouped] == ["squeeze_0.8", "border_crop"] and {a.n for a in grouped} == {n_group}
+        assert [r for r in c.refused if "NORMAL2 normals" in r] == [
+            f"{a.name} flips {a.flip_rate:.1%} of NORMAL2 normals (allowed 0.0%)" for a in grouped if a.flip_rate > 0]
     assert path.read_text() == before
+
+
+def test_the_optimizer_redraws_splits_without_torch(datasets):
+    """The `optimize` extra brings onnx, not torch: finding the exam's recipe and redrawing its split
+    and calibration images must not need it (torch is made unimportable in that process)."""
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from models.bundle import default_bundles_dir, load_bundle\n"
+        "from optimize.heldout import calibration_batch, default_data_dir, redraw_split\n"
+        "import optimize.command, optimize.variants\n"
+        "for exam in ('chest-xray-pneumonia', 'skin-lesion-triage'):\n"
+        "    bundle = load_bundle(default_bundles_dir() / exam)\n"
+        "    held = redraw_split(bundle, default_data_dir(bundle))\n"
+        "    print(exam, len(held.val), calibration_batch(bundle, held, 4, 0).shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.splitlines() == ["chest-xray-pneumonia 862 (4, 1, 128, 128)", "skin-lesion-triage 1198 (4, 3, 112, 112)"]
+
+
+def test_the_split_is_redrawn_by_the_exam_that_drew_it(bundle_copy, datasets):
+    """The split method the manifest records names the exam whose recipe redraws it; one no exam
+    draws is refused in plain words."""
+    skin = load_bundle(BUNDLES / "skin-lesion-triage")
+    split = skin.manifest.provenance.split
+    held = redraw_split(skin, datasets / "dermatology" / "train")
+    assert (len(held.train), len(held.val)) == (split.train_images, split.val_images)
+    assert {s.path.parent.name for s in held.val} == set(skin.manifest.labels)
+    path = bundle_copy / "manifest.json"
+    data = json.loads(path.read_text())
+    data["provenance"]["split"]["method"] = "by-voxel"
+    path.write_text(json.dumps(data))
+    with pytest.raises(OptimizeError, match=r"unknown split method 'by-voxel': no exam draws it \(known: by-patient "
+                                            r"\(chest-xray-pneumonia\), by-lesion-stratified \(skin-lesion-triage\)\)"):
+        redraw_split(load_bundle(bundle_copy), datasets / "chest-xray" / "train")
 
 
 def test_quantizing_needs_the_models_own_training_data(bundle_copy, tmp_path):

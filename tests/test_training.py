@@ -1,8 +1,8 @@
-"""Data handling and a smoke training run on real images: train -> calibrate -> export -> bundle."""
+"""Data handling and a smoke training run on real images: train -> calibrate -> export -> bundle,
+and the exam registry the training commands and the optimizer look exams up in."""
 
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import pytest
@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models.bundle import load_bundle, sha256_file  # noqa: E402
-from models.training.data import (  # noqa: E402
+from models.training.chest.data import (  # noqa: E402
     default_data_dir,
     list_samples,
     patient_id,
@@ -59,75 +59,67 @@ def test_split_keeps_patients_on_one_side(samples):
     assert split_by_patient(kept, 0.17, seed=0) == (train, val)  # fixed seed, fixed split
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """One tiny real training run (64 images, 1 epoch) that writes a bundle; its folder."""
-    from models.training import train
-
-    if not (DATA / "NORMAL").is_dir():
-        pytest.skip(f"chest X-ray dataset not found at {DATA} (set BEDSIDE_DATASETS)")
-    tmp_path = tmp_path_factory.mktemp("smoke")
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    args = parser.parse_args([
-        "--out", str(tmp_path / "bundle"), "--runs-dir", str(tmp_path / "runs"), "--limit", "64",
-        "--size", "64", "--epochs", "1", "--stress-copies", "1", "--val-fraction", "0.25", "--no-progress",
-        "--bootstrap", "100", "--max-flip-rate", "1",  # a 1-epoch model is not expected to pass the audits
-    ])
-    assert train.run(args) == 0
-    return tmp_path
-
-
-@needs_data
-def test_smoke_train_to_bundle(smoke_run):
-    from models.training.data import input_contract, decode_rgb
-    from models.training.export import INPUT_NAME, deployable_model, onnx_session
+def test_smoke_train_to_bundle(tiny_chest):
     from models.preprocess import to_model_input
+    from models.training.chest.data import input_contract
+    from models.training.export import INPUT_NAME, deployable_model, onnx_session
+    from models.training.images import decode_rgb
+    from models.training.registry import recipe_of
 
-    tmp_path = smoke_run
-
-    bundle = load_bundle(tmp_path / "bundle")
+    bundle = load_bundle(tiny_chest.bundle)
     m = bundle.manifest
     assert m.labels == ["NORMAL", "PNEUMONIA"] and m.policy.urgent_labels == ["PNEUMONIA"]
     assert m.input == input_contract(64, INPUT_NAME)
     assert {"model.onnx", "roc.png", "MODEL_CARD.md"} <= set(m.files)
     assert [s.split.startswith("validation") for s in m.metrics] == [True, True]
     assert m.input.aspect_range == (0.8, 2.3)
-    assert m.audit.max_flip_rate == 1.0 and m.audit.checks == [c.name for c in m.variant("fp32").audit]
+    audits = m.variant("fp32").audit
+    assert m.audit.max_flip_rate == 1.0 and m.audit.checks == [c.name for c in audits if c.group is None]
+    # the geometry checks again on the NORMAL2 normals alone (4 of the 16 validation films here)
+    assert m.audit.group.name == "NORMAL2 normals" and m.audit.group.label == "NORMAL"
+    grouped = [c for c in audits if c.group == "NORMAL2 normals"]
+    assert [c.name for c in grouped] == m.audit.group.checks == ["squeeze_0.8", "widen_1.25", "border_crop"]
+    n_group = sum(s.path.name.startswith("NORMAL2-") for s in recipe_of({}).validation_samples(
+        torch.load(tiny_chest.checkpoint, weights_only=True), None))
+    assert n_group > 0 and all(c.n == n_group and c.flip_rate_positive is None for c in grouped)
     assert m.evaluation.patient_pattern and m.evaluation.aspect_buckets == [1.2, 1.5]
     card = bundle.path_of("MODEL_CARD.md").read_text()
     assert "## Shortcut audits" in card and "squeeze_0.8" in card and "95% interval" in card
+    assert f"| squeeze_0.8, NORMAL2 normals only (n={n_group}) |" in card
 
     paths = sorted((DATA / "PNEUMONIA").glob("*.jpeg"))[:2] + sorted((DATA / "NORMAL").glob("*.jpeg"))[:2]
     x = np.stack([to_model_input(decode_rgb(p), m.input) for p in paths])
     logits, cam = onnx_session(bundle.path_of("model.onnx")).run(["logits", "cam"], {INPUT_NAME: x})
     assert logits.shape == (4, 2) and cam.shape == (4, 2, 4, 4)
-    checkpoint = torch.load(next((tmp_path / "runs").glob("*/checkpoint.pt")), weights_only=True)
+    checkpoint = torch.load(tiny_chest.checkpoint, weights_only=True)
     with torch.no_grad():
         want_logits, want_cam = deployable_model(checkpoint)(torch.from_numpy(x))
     np.testing.assert_allclose(logits, want_logits.numpy(), atol=1e-4)
     np.testing.assert_allclose(cam, want_cam.numpy(), atol=1e-4)
 
 
-@needs_data
-def test_export_refuses_a_model_over_its_audit_limit_and_keeps_the_old_bundle(smoke_run):
+def test_export_refuses_a_model_over_its_audit_limit_and_keeps_the_old_bundle(tiny_chest, tmp_path):
     """An operating point at the median score makes every perturbation flip triages: refused."""
-    from models.training.card import AuditFailed, write_bundle
+    import shutil
 
-    tmp_path = smoke_run
-    before = {p.name: p.read_bytes() for p in (tmp_path / "bundle").iterdir()}
-    checkpoint = torch.load(next((tmp_path / "runs").glob("*/checkpoint.pt")), weights_only=True)
+    from models.training.bundle_writer import AuditFailed, write_bundle
+    from models.training.registry import recipe_of
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_chest.bundle, bundle)
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    checkpoint = torch.load(tiny_chest.checkpoint, weights_only=True)
     checkpoint["threshold"] = float(np.median(checkpoint["curves"]["clean"][1].numpy()))
     checkpoint["max_flip_rate"] = 0.0
     with pytest.raises(AuditFailed, match=r"refusing to write the bundle: .* flips .* \(allowed 0.0%\)"):
-        write_bundle(checkpoint, tmp_path / "bundle", "chest-xray-pneumonia", "9.9.9", log=lambda _: None)
-    assert {p.name: p.read_bytes() for p in (tmp_path / "bundle").iterdir()} == before
-    assert load_bundle(tmp_path / "bundle").manifest.version != "9.9.9"
+        write_bundle(recipe_of(checkpoint), checkpoint, bundle, version="9.9.9", log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert load_bundle(bundle).manifest.version != "9.9.9"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work folder left
 
 
 def test_unknown_hold_out_group_is_named():
-    from models.training.data import held_out_groups
+    from models.training.chest.data import held_out_groups
 
     assert held_out_groups("normal2, virus") == {"normal2", "virus"}
     with pytest.raises(ValueError, match="unknown group.*adults.*choose from normal-im, normal2, bacteria, virus, wide"):
@@ -143,8 +135,7 @@ def test_samples_carry_group_and_original_aspect(samples):
     assert sum(s.aspect is not None for s in samples) > 4000
 
 
-@needs_data
-def test_bundle_ships_golden_inputs_that_the_self_test_checks(smoke_run, tmp_path):
+def test_bundle_ships_golden_inputs_that_the_self_test_checks(tiny_chest, tmp_path):
     """Real validation images with the FP32 probabilities stored at export; doctor's self-test runs
     every variant on them, and stored outputs that no longer match are a failure."""
     import shutil
@@ -154,7 +145,7 @@ def test_bundle_ships_golden_inputs_that_the_self_test_checks(smoke_run, tmp_pat
     from models.metrics import softmax
     from models.training.export import INPUT_NAME, onnx_session
 
-    bundle = load_bundle(smoke_run / "bundle")
+    bundle = load_bundle(tiny_chest.bundle)
     assert bundle.manifest.golden == "golden.npz"
     with np.load(bundle.path_of("golden.npz"), allow_pickle=False) as golden:
         inputs, stored = golden["inputs"], golden["probabilities"]
@@ -170,3 +161,66 @@ def test_bundle_ships_golden_inputs_that_the_self_test_checks(smoke_run, tmp_pat
     m = bundle.manifest
     write_manifest(copy, m.model_copy(update={"files": {**m.files, "golden.npz": file_entry(copy / "golden.npz")}}))
     assert not any(v["ok"] for v in selftest_variants(load_bundle(copy)))
+
+
+def test_the_registry_names_the_exams_and_refuses_an_unknown_one(tiny_chest, tmp_path, capsys):
+    from device.cli import main as bedside
+    from models.training import registry
+
+    assert list(registry.recipes()) == ["chest-xray-pneumonia", "skin-lesion-triage"]
+    assert registry.recipe_for_split("by-lesion-stratified").exam == "skin-lesion-triage"
+    assert registry.recipe_of({}).exam == registry.DEFAULT_EXAM  # checkpoints from before exams were recorded
+    with pytest.raises(registry.UnknownExam,
+                       match=r"unknown exam 'adult-ct' \(known: chest-xray-pneumonia, skin-lesion-triage\)"):
+        registry.recipe("adult-ct")
+    with pytest.raises(SystemExit) as exit_:
+        bedside(["train", "--exam", "adult-ct"])
+    assert exit_.value.code == 2 and "invalid choice: 'adult-ct'" in capsys.readouterr().err
+    torch.save({**torch.load(tiny_chest.checkpoint, weights_only=True), "exam": "adult-ct"}, tmp_path / "ct.pt")
+    assert bedside(["export", "--checkpoint", str(tmp_path / "ct.pt"), "--out", str(tmp_path / "bundle")]) == 1
+    assert "bedside export: unknown exam 'adult-ct'" in capsys.readouterr().err and not (tmp_path / "bundle").exists()
+
+
+def test_export_refuses_a_model_whose_audit_group_flips_over_the_limit(tiny_chest, tmp_path):
+    """A threshold inside the squeeze's change of exactly one NORMAL2 normal's score: that flips one
+    film in 16 overall (within the limit) but one in the group's few (over it). The shared machinery
+    runs with a recipe whose only check is the squeeze, so no other check flips another film."""
+    from models import audit
+    from models.metrics import softmax
+    from models.preprocess import to_model_input
+    from models.training.bundle_writer import AuditFailed, validation_samples, write_bundle
+    from models.training.chest.exam import ChestRecipe
+    from models.training.export import INPUT_NAME, onnx_session
+    from models.training.images import decode_rgb
+
+    class SqueezeOnly(ChestRecipe):
+        audit_checks = ("squeeze_0.8",)
+        audit_group = ChestRecipe.audit_group.model_copy(update={"checks": ["squeeze_0.8"]})
+
+    recipe = SqueezeOnly()
+    checkpoint = torch.load(tiny_chest.checkpoint, weights_only=True)
+    val = validation_samples(recipe, checkpoint, None)
+    images = [decode_rgb(s.path) for s in val]
+    session, contract = onnx_session(tiny_chest.bundle / "model.onnx"), recipe.input_contract(64)
+
+    def p_pneumonia(batch: list[np.ndarray]) -> np.ndarray:
+        x = np.stack([to_model_input(i, contract) for i in batch])
+        return softmax(session.run(["logits"], {INPUT_NAME: x})[0].astype(np.float64))[:, 1]
+
+    p0, p1 = p_pneumonia(images), p_pneumonia([audit.squeeze(i) for i in images])
+    lo, hi = np.minimum(p0, p1), np.maximum(p0, p1)  # a film flips at t when lo < t <= hi
+
+    def flips(t: float) -> np.ndarray:
+        return (lo < t) & (t <= hi)
+
+    group = [i for i, s in enumerate(val) if s.path.name.startswith("NORMAL2-")]
+    cuts = sorted({x for i in group for x in (lo[i], hi[i])} | {x for x in np.concatenate([lo, hi])})
+    lone = [t for t in ((a + b) / 2 for a, b in zip(cuts, cuts[1:])) if flips(t).sum() == 1 and flips(t)[group].any()]
+    assert lone, "no threshold flips exactly one NORMAL2 normal under the squeeze"
+    checkpoint["threshold"] = lone[0]
+    checkpoint["max_flip_rate"] = (1 / len(val) + 1 / len(group)) / 2
+    with pytest.raises(AuditFailed) as refused:
+        write_bundle(recipe, checkpoint, tmp_path / "bundle", log=lambda _: None)
+    assert str(refused.value) == (f"refusing to write the bundle: squeeze_0.8 flips {1 / len(group):.1%} of NORMAL2 "
+                                  f"normals (allowed {checkpoint['max_flip_rate']:.1%})")
+    assert not (tmp_path / "bundle").exists()

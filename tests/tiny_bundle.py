@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from device.runtime.base import ModelIO, VariantFile
-from models.bundle import Manifest, Variant, file_entry, write_manifest
+from models.bundle import Manifest, Variant, file_entry, read_manifest, write_manifest
 
 SIZE = 32
 IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))  # what a backend is told of the tiny model
@@ -34,8 +34,11 @@ REFUSAL = {
 }
 
 
-def tiny_onnx(path: Path, seed: int = 0, refusal: bool = False, refusal_keepdims: bool = False) -> None:
-    """``refusal``: add the refusal output, shape (N,) or, with ``refusal_keepdims``, (N, 1)."""
+def tiny_onnx(path: Path, seed: int = 0, refusal: bool = False, refusal_keepdims: bool = False,
+              extra_output: str | None = None) -> None:
+    """``refusal``: add the refusal output, shape (N,) or, with ``refusal_keepdims``, (N, 1).
+    ``extra_output``: one more output, a score per image (shape [N]), as a bundle may add beside
+    logits and cam (an in-graph refusal score)."""
     rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")
@@ -59,6 +62,9 @@ def tiny_onnx(path: Path, seed: int = 0, refusal: bool = False, refusal_keepdims
         ]
         shape = ["N", 1] if refusal_keepdims else ["N"]
         outputs.append(helper.make_tensor_value_info(REFUSAL_OUTPUT, TensorProto.FLOAT, shape))
+    if extra_output:
+        nodes.append(helper.make_node("ReduceMax", ["logits"], [extra_output], keepdims=0, axes=[1]))
+        outputs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, ["N"]))
     graph = helper.make_graph(
         nodes,
         "tiny",
@@ -130,15 +136,27 @@ def manifest_dict(files: dict) -> dict:
     }
 
 
-def make_tiny_bundle(root: Path, refusal: bool = False) -> Path:
-    """``refusal``: the bundle says when it cannot judge an image (REFUSAL), with its own id."""
+def make_tiny_bundle(root: Path, refusal: bool = False, extra_output: str | None = None) -> Path:
+    """``refusal``: the bundle says when it cannot judge an image (REFUSAL), with its own id;
+    ``extra_output``: one more graph output (see tiny_onnx)."""
     root.mkdir(parents=True, exist_ok=True)
-    tiny_onnx(root / "model.onnx", refusal=refusal)
+    tiny_onnx(root / "model.onnx", refusal=refusal, extra_output=extra_output)
     files = {"model.onnx": file_entry(root / "model.onnx").model_dump()}
     data = manifest_dict(files)
     if refusal:
         data.update(id="tiny-refusing", title="Tiny test model that refuses", refusal=REFUSAL)
     write_manifest(root, Manifest.model_validate(data))
+    return root
+
+
+def declare_refusal(root: Path, output: str, threshold: float = 10.0) -> Path:
+    """The bundle's manifest with a refusal policy whose one check reads ``output`` (re-validated)."""
+    m = read_manifest(root)
+    policy = {"checks": [{"name": "score", "output": output, "statistic": "largest logit (a test stand-in)",
+                          "threshold": threshold}],
+              "subject": "a tiny test image", "advice": "Use the tiny test images.",
+              "calibrated_refusal_rate": 0.01, "calibrated_on": "nothing (tests)"}
+    write_manifest(root, Manifest.model_validate({**m.model_dump(mode="json"), "refusal": policy}))
     return root
 
 

@@ -7,7 +7,8 @@ melanoma): then `auc` is that of P(label), `sensitivity` the share of `<label>` 
 URGENT and `specificity` the share of the others triaged ROUTINE, in the same JSON shape.
 Besides the metrics: patient-bootstrap confidence intervals, subgroups (per folder, per
 file-name group and aspect bucket the bundle declares), for a multi-class bundle its per-class
-metrics (`multiclass`), and, with --audit, the bundle's shortcut audits.
+metrics (`multiclass`), and, with --audit, the bundle's shortcut audits (also on the files of
+its audit group alone, where it declares one).
 
 A bundle with a refusal check (issue 21): the images it refuses are reported apart (`refusal`:
 how many, what share, per label) and the metrics are those of what it judged, with the figures
@@ -194,7 +195,8 @@ def subgroup_masks(scored: Scored, manifest: Manifest) -> dict[str, np.ndarray]:
 
 
 def audit_folder(triager: Triager, scored: Scored, y: np.ndarray) -> list[AuditCheck]:
-    """The bundle's shortcut audits on this folder's readable files (decoded again, one at a time)."""
+    """The bundle's shortcut audits on this folder's readable files (decoded again, one at a time),
+    and on the files of the audit group the bundle declares (by file name and label folder)."""
     m = triager.manifest
     images = (intake.decode_file(path).pixels for path, _ in scored.files)
 
@@ -202,7 +204,10 @@ def audit_folder(triager: Triager, scored: Scored, y: np.ndarray) -> list[AuditC
         return m.urgent_probability(triager.predict(x)[0])
 
     names = m.audit.checks if m.audit is not None else list(audit.CHECKS)
-    return audit.run_audit(predict, images, y, m.input, m.policy.operating_point.threshold, names)
+    group = m.audit.group if m.audit is not None else None
+    in_group = audit.group_members(group, [path.name for path, _ in scored.files],
+                                   [m.labels[i] if i != NOT else "" for i in scored.indices])
+    return audit.run_audit(predict, images, y, m.input, m.policy.operating_point.threshold, names, group, in_group)
 
 
 def folder_report(scored: Scored, m: Manifest, single: str | None, bootstrap: int) -> dict:
@@ -258,6 +263,10 @@ def run(args: argparse.Namespace) -> int:
     if checks is not None:
         print("\nshortcut audits (share of images whose triage changes; mean change of P):")
         print("\n".join(audit.table(checks)))
+        group = m.audit.group if m.audit is not None else None
+        if group is not None and not any(c.group == group.name for c in checks):
+            print(f"no {group.name} in this folder ({group.label}/ files named like {group.file_pattern!r}): "
+                  "the audit group's rates are not measured")
         if m.audit is not None:
             over = audit.failures(checks, m.audit)
             print("over the bundle's limit: " + "; ".join(over) if over

@@ -14,6 +14,7 @@ from device.core.settings import ModelSettings
 from device.machine.facts import usable_cores
 from device.runtime import registry
 from device.runtime.backend_choice import AUTO, choose
+from device.runtime.fallback import RemoteWithFallback
 from device.runtime.triager import Triager
 from models.bundle import BundleError, find_bundles, load_bundle
 
@@ -126,7 +127,10 @@ def _open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> E
     bundle = load_bundle(path)
     threads = settings.inference_threads or usable_cores()
     options = {name: settings.backend_settings(name) for name in registry.BACKENDS}
-    choice, loaded = choose(bundle, settings.backend, settings.precision, threads, options, cache_dir)
+    remote = settings.backend != AUTO and registry.backend_class(settings.backend).remote
+    # On a remote node, the kiosk's own choice is loaded too: it answers whenever the node does not.
+    local_backend = AUTO if remote else settings.backend
+    choice, loaded = choose(bundle, local_backend, settings.precision, threads, options, cache_dir)
     if settings.precision not in (AUTO, choice.precision):
         log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision,
                     choice.backend, choice.precision)
@@ -135,4 +139,9 @@ def _open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> E
     except BaseException:
         loaded.close()
         raise
-    return Exam(triager, choice)
+    if not remote:
+        return Exam(triager, choice)
+    node = options[settings.backend]
+    served = RemoteWithFallback(lambda: Triager(bundle, settings.backend, "fp32", threads, node), triager, node.url,
+                                settings.remote_retry_s)
+    return Exam(triager, choice, remote=served)

@@ -163,6 +163,12 @@ class Outbox:
             ).fetchall()
         return [dict(zip(ITEM_COLUMNS, r)) for r in rows]
 
+    def counts(self) -> list[dict]:
+        """How many items each destination has in each state (the metrics' outbox gauge)."""
+        with self._lock:
+            rows = self._db.execute("SELECT destination, state, count(*) FROM outbox GROUP BY destination, state").fetchall()
+        return [{"destination": d, "state": s, "count": n} for d, s, n in rows]
+
     def items(self, limit: int = 500) -> list[dict]:
         """Newest first, as GET /api/v1/outbox lists them."""
         with self._lock:

@@ -69,7 +69,8 @@ class Triager:
                                  backend_settings)
         self._backend: Backend = loaded
         self._backend.warm_up()
-        self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
+        served_precision, sha256 = loaded.served() or (precision, bundle.sha256_of(variant.file))
+        self.model = ModelRef(m.id, m.version, sha256, served_precision, backend)
 
     @property
     def manifest(self) -> Manifest:

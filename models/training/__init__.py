@@ -1,7 +1,10 @@
 """Training-only code: runs on a workstation with torch (the `train` extra), never on the appliance.
 
-The chest X-ray data and its split (data), augmentation, the architecture, the training loop, the
-operating point for shift, ONNX export and the bundle writer with its model card. It stands on the
-torch-free model contract (models.bundle, models.preprocess, models.audit, models.metrics) and
-writes bundles that the appliance loads without any of this.
+One package per exam (chest/, skin/), each with its recipe in `exam.py` (data and split, input
+contract, augmentation, trainer, identity, policies, scoring rule, card), found by the registry
+(registry.py); the shared machinery beside them: the architecture, dihedral averaging and ensembles
+in one graph, the training loop's common parts, ONNX export, the bundle writer, the `bedside train`
+and `export` commands, the ensemble command and the chest exam's operating point for shift. It
+stands on the torch-free model contract (models.bundle, models.preprocess, models.audit,
+models.metrics) and writes bundles that the appliance loads without any of this.
 """

@@ -89,13 +89,24 @@ class ResNetCAM(nn.Module):
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.conv2.bn.weight)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(F.relu(self.stem(x)))
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps after the stem and after each stage (one per width), in order; the last
+        is what the head reads. An extra head (a refusal check, say) can read any of them."""
+        f = F.relu(self.stem(x))
+        maps = [f]
+        for i, block in enumerate(self.stages):
+            f = block(f)
+            if (i + 1) % self.blocks == 0:
+                maps.append(f)
+        return maps
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
+    def classify(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, cam) from the last feature map: the head at every location, then its mean."""
         cam = F.conv2d(f, self.fc.weight[:, :, None, None], self.fc.bias)
         return cam.mean(dim=(2, 3)), cam
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.classify(self.stage_features(x)[-1])
 
     def fuse(self) -> "ResNetCAM":
         """Fold every BatchNorm into its conv (eval mode only); returns self."""

@@ -1,7 +1,8 @@
-"""ONNX export (BN folded, temperature baked in) and its check against torch.
+"""The deployable model of a checkpoint (BN folded, temperature baked in; dihedral copies and
+ensemble members averaged inside the graph), its ONNX export and its check against torch.
 
-`bedside export` (models.training.commands) rebuilds a whole bundle from a training checkpoint
-through models.training.card, the same code path as the end of `bedside train`.
+`bedside export` (models.training.commands) rebuilds a whole bundle from a checkpoint through
+models.training.bundle_writer, the same code path as the end of `bedside train`.
 """
 
 from __future__ import annotations
@@ -15,20 +16,63 @@ import numpy as np
 import torch
 
 from models.training.architectures import ResNetCAM, build_model
+from models.training.ensemble_graph import Ensemble
+from models.training.tta import DihedralAverage
 
 OPSET = 18
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "cam")
 
 
-def deployable_model(checkpoint: dict) -> ResNetCAM:
-    """The checkpoint's (EMA) weights with the calibration temperature baked in and BN folded."""
+def deployable_model(checkpoint: dict, temperature: float | None = None) -> ResNetCAM:
+    """The checkpoint's (EMA) weights with the calibration temperature (default: its own) baked in
+    and BN folded."""
     model = build_model(tuple(checkpoint["widths"]), int(checkpoint["blocks"]), int(checkpoint.get("classes", 2)),
                         int(checkpoint.get("channels", 1)))
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
-    model.bake_temperature(float(checkpoint["temperature"]))
+    model.bake_temperature(float(checkpoint["temperature"]) if temperature is None else temperature)
     return model.fuse()
+
+
+def member_model(member: dict, temperature: float = 1.0) -> DihedralAverage:
+    """One ensemble member as it runs in the graph: its own temperature times `temperature` baked in,
+    its dihedral copies (1 for an exam without them) averaged."""
+    model = deployable_model(member, float(member["temperature"]) * temperature)
+    return DihedralAverage(model, int(member.get("tta", 1))).eval()
+
+
+def ensemble_model(checkpoint: dict, temperature: float | None = None) -> Ensemble:
+    """An ensemble checkpoint's graph; `temperature` (default: the ensemble's own, refitted on the
+    averaged member logits) divides the average, baked into every member's head."""
+    t = float(checkpoint["temperature"]) if temperature is None else temperature
+    members = checkpoint["members"]
+    return Ensemble([member_model(m, t) for m in members], [int(m["size"]) for m in members]).eval()
+
+
+def deployable(checkpoint: dict) -> torch.nn.Module:
+    """What a bundle exports for this checkpoint: an ensemble, a model with its dihedral copies
+    averaged (exams whose checkpoints record `tta`), or the plain model."""
+    if "members" in checkpoint:
+        return ensemble_model(checkpoint)
+    model = deployable_model(checkpoint)
+    return DihedralAverage(model, int(checkpoint["tta"])).eval() if "tta" in checkpoint else model
+
+
+def graph_notes(checkpoint: dict) -> str:
+    """The fp32 variant's notes: what the graph does beyond the network."""
+    if "members" in checkpoint:
+        sides = ", ".join(f"{m['size']} px" for m in checkpoint["members"])
+        return (f"BatchNorm folded; {len(checkpoint['members'])} members ({sides}) averaged inside the graph, each "
+                "seeing the input average-pooled to its side; temperature refitted on the average and baked in")
+    if "tta" in checkpoint:
+        return f"BatchNorm folded; temperature baked in; {checkpoint['tta']} dihedral copies averaged inside the graph"
+    return "BatchNorm folded; calibration temperature baked into the head"
+
+
+def output_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """The graph's outputs: logits and cam, then any extra head an ensemble carries."""
+    return tuple(getattr(model, "output_names", OUTPUT_NAMES))
 
 
 def export_onnx(model: torch.nn.Module, size: int, path: Path, channels: int = 1) -> Path:
@@ -50,7 +94,7 @@ def export_onnx(model: torch.nn.Module, size: int, path: Path, channels: int = 1
             (torch.zeros(1, channels, size, size),),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(output_names(model)),
             dynamic_shapes={"x": {0: batch}},
             opset_version=OPSET,
             optimize=True,
@@ -73,7 +117,7 @@ def onnx_session(path: Path):
 @torch.no_grad()
 def max_abs_diff(model: torch.nn.Module, path: Path, x: torch.Tensor) -> dict[str, float]:
     """Largest |onnxruntime - torch| over `x`, per output."""
-    session = onnx_session(path)
-    got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.float().numpy()})
+    names = output_names(model)
+    got = onnx_session(path).run(list(names), {INPUT_NAME: x.float().numpy()})
     want = [t.numpy() for t in model.eval()(x.float())]
-    return {name: float(np.abs(g - w).max()) for name, g, w in zip(OUTPUT_NAMES, got, want)}
+    return {name: float(np.abs(g - w).max()) for name, g, w in zip(names, got, want)}

@@ -71,6 +71,24 @@ def _batchnorm(x, scale, bias, mean, var, *, epsilon=1e-5, momentum=0.9, trainin
     return F.batch_norm(x, mean, var, scale, bias, training=False, eps=epsilon)
 
 
+def _average_pool(x, *, kernel_shape, strides=None, pads=(0, 0, 0, 0), ceil_mode=0, count_include_pad=0,
+                  auto_pad="NOTSET", dilations=None):
+    if auto_pad not in ("NOTSET", b"NOTSET") or pads[0] != pads[2] or pads[1] != pads[3] or (
+            dilations is not None and any(d != 1 for d in dilations)):
+        raise UnsupportedGraph("AveragePool with auto_pad, dilations or uneven pads is not supported by the eager runner")
+    return F.avg_pool2d(x, tuple(kernel_shape), tuple(strides or kernel_shape), (pads[0], pads[1]), bool(ceil_mode),
+                        bool(count_include_pad))
+
+
+def _resize(x, roi=None, scales=None, sizes=None, *, mode=b"nearest", coordinate_transformation_mode=b"half_pixel",
+            nearest_mode=b"round_prefer_floor", **_):
+    """Nearest upsampling by whole factors (what an ensemble does to its coarser members' CAMs) only."""
+    modes = tuple(m.decode() if isinstance(m, bytes) else m for m in (mode, coordinate_transformation_mode, nearest_mode))
+    if modes != ("nearest", "asymmetric", "floor") or scales is None or scales.numel() == 0:
+        raise UnsupportedGraph(f"Resize {modes} is not supported by the eager runner (only whole-factor nearest)")
+    return F.interpolate(x, scale_factor=tuple(float(s) for s in scales.tolist()[2:]), mode="nearest")
+
+
 OPS: dict[str, Callable] = {
     "Conv": _conv,
     "Relu": lambda x: F.relu(x),
@@ -94,6 +112,8 @@ OPS: dict[str, Callable] = {
     "Concat": lambda *xs, axis: torch.cat(xs, dim=axis),
     "BatchNormalization": _batchnorm,
     "Einsum": lambda *xs, equation: torch.einsum(equation, *xs),
+    "AveragePool": _average_pool,
+    "Resize": _resize,
 }
 
 

@@ -1,11 +1,12 @@
-"""Choose the operating point for the shift, from the group-shift runs.
+"""Choose the chest X-ray model's operating point for the shift, from the group-shift runs.
 
 A threshold set for sensitivity S on the patient-level validation loses sensitivity on an
 acquisition group the model never saw, and the group-shift runs (`bedside train --hold-out`)
 measure how much. So the validation target is raised until the same rule, applied in each
 group-shift run to that run's own validation, keeps the required sensitivity on the held-out groups
 (on average over the runs); the shipped model is then given that target, and its metrics are
-recomputed at the new threshold.
+recomputed at the new threshold. A model and its group-shift runs may each be an ensemble
+(models.training.ensemble): each is scored as its graph computes.
 
     python -m models.training.operating_point --checkpoint runs/.../main/checkpoint.pt \
         --group-shift runs/.../fold-*/*/checkpoint.pt --out runs/.../shifted.pt
@@ -20,9 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.training.data import checkpoint_split, input_contract, load_images
-from models.training.export import deployable_model
 from models.metrics import bootstrap_intervals, softmax
+from models.training.chest.data import checkpoint_split, input_contract
+from models.training.chest.evaluation import choose_threshold, split_metrics, subgroups
+from models.training.export import deployable
+from models.training.images import load_images
+from models.training.loop import predict_batched, write_checkpoint
 
 CANDIDATES = (0.95, 0.96, 0.97, 0.98, 0.99)
 REQUIRED_SENSITIVITY = 0.95
@@ -35,15 +39,12 @@ def held_out_scores(checkpoint: dict, data_dir: Path | None) -> tuple[np.ndarray
     if len(split.held_out) != int(checkpoint["data"]["n_held_out"]):
         raise ValueError("the data gives another held-out set than the checkpoint recorded")
     x = torch.from_numpy(load_images(split.held_out, input_contract(int(checkpoint["size"])), progress=False))
-    model = deployable_model(checkpoint)
-    logits = np.concatenate([model(x[i : i + 256].float())[0].numpy() for i in range(0, len(x), 256)])
+    logits = predict_batched(deployable(checkpoint), x)
     return np.array([s.label for s in split.held_out]), softmax(logits.astype(np.float64))[:, 1]
 
 
 def threshold_rule(checkpoint: dict, clean_sensitivity: float) -> float:
-    """The training rule (see models.training.train.choose_threshold) on a checkpoint's stored validation scores."""
-    from models.training.train import choose_threshold
-
+    """The training rule (see models.training.chest.evaluation) on a checkpoint's stored validation scores."""
     curves = {k: (v[0].numpy(), v[1].numpy()) for k, v in checkpoint["curves"].items() if k in ("clean", "stress")}
     return choose_threshold(curves["clean"], curves["stress"], float(checkpoint["target_sensitivity"]),
                             clean_sensitivity)
@@ -72,8 +73,6 @@ def choose_target(rows: list[dict], required: float = REQUIRED_SENSITIVITY) -> f
 
 def retarget(checkpoint: dict, target: float, rows: list[dict], data_dir: Path | None) -> dict:
     """The checkpoint with the new validation target, its threshold and every metric at that threshold."""
-    from models.training.train import split_metrics, subgroups
-
     threshold = threshold_rule(checkpoint, target)
     val = checkpoint_split(checkpoint, data_dir).val
     (y, p), (ys, ps) = ((t.numpy() for t in checkpoint["curves"][k]) for k in ("clean", "stress"))
@@ -115,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     m = shifted["metrics"][0]
     print(f"validation target {target:.2f}: threshold {shifted['threshold']:.4f}, validation sensitivity "
           f"{m['sensitivity']:.4f}, specificity {m['specificity']:.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(shifted, args.out)
-    print(f"checkpoint {args.out}")
+    write_checkpoint(shifted, args.out)
     return 0
 
 

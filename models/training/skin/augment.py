@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.training.augment import _chance, _uniform, gaussian_blur
+from models.training.augment_ops import chance, gaussian_blur, uniform
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ STRESS = SkinAugment(scale=(0.85, 1.35), brightness=(0.75, 1.25), saturation=(0.
 def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """One of the 8 flips/rotations per image."""
     n = x.shape[0]
-    flip_h, flip_v, swap = (_chance(n, 0.5, gen).view(n, 1, 1, 1) for _ in range(3))
+    flip_h, flip_v, swap = (chance(n, 0.5, gen).view(n, 1, 1, 1) for _ in range(3))
     x = torch.where(flip_h, x.flip(3), x)
     x = torch.where(flip_v, x.flip(2), x)
     return torch.where(swap, x.transpose(2, 3), x)
@@ -55,9 +55,9 @@ def dihedral(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def rotate_zoom(x: torch.Tensor, cfg: SkinAugment, gen: torch.Generator) -> torch.Tensor:
     """Any rotation, zoom and shift; the outside is mirrored skin, not black (black is a vignette)."""
     n = x.shape[0]
-    scale = _uniform(n, *cfg.scale, gen)
-    angle = _uniform(n, 0.0, 2 * math.pi, gen)
-    shift = _uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, gen).view(n, 2)
+    scale = uniform(n, *cfg.scale, gen)
+    angle = uniform(n, 0.0, 2 * math.pi, gen)
+    shift = uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, gen).view(n, 2)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -66,13 +66,13 @@ def rotate_zoom(x: torch.Tensor, cfg: SkinAugment, gen: torch.Generator) -> torc
 
 def colour(x: torch.Tensor, cfg: SkinAugment, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
-    gain = torch.exp(_uniform(3 * n, -cfg.channel_gain, cfg.channel_gain, gen)).view(n, 3, 1, 1)
-    x = x * gain * _uniform(n, *cfg.brightness, gen).view(n, 1, 1, 1)
+    gain = torch.exp(uniform(3 * n, -cfg.channel_gain, cfg.channel_gain, gen)).view(n, 3, 1, 1)
+    x = x * gain * uniform(n, *cfg.brightness, gen).view(n, 1, 1, 1)
     gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    x = gray + (x - gray) * _uniform(n, *cfg.saturation, gen).view(n, 1, 1, 1)
+    x = gray + (x - gray) * uniform(n, *cfg.saturation, gen).view(n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * _uniform(n, *cfg.contrast, gen).view(n, 1, 1, 1) + mean
-    gamma = torch.exp(_uniform(n, -cfg.log_gamma, cfg.log_gamma, gen)).view(n, 1, 1, 1)
+    x = (x - mean) * uniform(n, *cfg.contrast, gen).view(n, 1, 1, 1) + mean
+    gamma = torch.exp(uniform(n, -cfg.log_gamma, cfg.log_gamma, gen)).view(n, 1, 1, 1)
     return x.clamp(0, 1) ** gamma
 
 
@@ -86,13 +86,13 @@ def _coords(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
 def vignette(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """The dark surround of a dermoscope's circular field: black outside a soft-edged circle."""
     n, _, h, w = x.shape
-    on = _chance(n, p, gen)
+    on = chance(n, p, gen)
     if not on.any():
         return x
     ys, xs = _coords(h, w)
-    radius = _uniform(n, 0.85, 1.35, gen).view(n, 1, 1)
-    cy, cx = (_uniform(n, -0.1, 0.1, gen).view(n, 1, 1) for _ in range(2))
-    edge = _uniform(n, 0.02, 0.15, gen).view(n, 1, 1)
+    radius = uniform(n, 0.85, 1.35, gen).view(n, 1, 1)
+    cy, cx = (uniform(n, -0.1, 0.1, gen).view(n, 1, 1) for _ in range(2))
+    edge = uniform(n, 0.02, 0.15, gen).view(n, 1, 1)
     r = torch.sqrt((ys - cy) ** 2 + (xs - cx) ** 2)
     keep = torch.sigmoid((radius - r) / edge)
     keep = torch.where(on.view(n, 1, 1), keep, torch.ones_like(keep))
@@ -110,56 +110,56 @@ def _segment_distance(ys: torch.Tensor, xs: torch.Tensor, a: torch.Tensor, b: to
 def hairs(x: torch.Tensor, p: float, gen: torch.Generator, per_image: int = 4) -> torch.Tensor:
     """Thin dark strokes across the image (hair, a common occluder in dermoscopy)."""
     n, _, h, w = x.shape
-    on = _chance(n, p, gen)
+    on = chance(n, p, gen)
     if not on.any():
         return x
     ys, xs = _coords(h, w)
     m = n * per_image
-    a = _uniform(2 * m, -1.2, 1.2, gen).view(m, 2)
-    b = a + _uniform(2 * m, -1.5, 1.5, gen).view(m, 2)
-    width = _uniform(m, 0.6, 1.6, gen).view(m, 1, 1) / h  # half-width ~0.3-0.8 px
-    shown = (_chance(m, 0.7, gen) & on.repeat_interleave(per_image)).view(m, 1, 1)
+    a = uniform(2 * m, -1.2, 1.2, gen).view(m, 2)
+    b = a + uniform(2 * m, -1.5, 1.5, gen).view(m, 2)
+    width = uniform(m, 0.6, 1.6, gen).view(m, 1, 1) / h  # half-width ~0.3-0.8 px
+    shown = (chance(m, 0.7, gen) & on.repeat_interleave(per_image)).view(m, 1, 1)
     alpha = torch.exp(-(_segment_distance(ys, xs, a, b) / width) ** 2) * shown
     alpha = 1 - torch.prod(1 - alpha.view(n, per_image, h, w), dim=1)
-    shade = _uniform(n, 0.05, 0.3, gen).view(n, 1, 1, 1) * torch.tensor([1.0, 0.8, 0.7]).view(1, 3, 1, 1)
+    shade = uniform(n, 0.05, 0.3, gen).view(n, 1, 1, 1) * torch.tensor([1.0, 0.8, 0.7]).view(1, 3, 1, 1)
     return x * (1 - alpha[:, None]) + shade * alpha[:, None]
 
 
 def ink(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """A surgical-marker stroke or dot (purple/blue) near the edge of the field."""
     n, _, h, w = x.shape
-    on = _chance(n, p, gen)
+    on = chance(n, p, gen)
     if not on.any():
         return x
     ys, xs = _coords(h, w)
-    side = _uniform(n, 0.55, 0.9, gen) * torch.where(_chance(n, 0.5, gen), 1.0, -1.0)
-    along = _uniform(n, -0.8, 0.8, gen)
-    vertical = _chance(n, 0.5, gen)
+    side = uniform(n, 0.55, 0.9, gen) * torch.where(chance(n, 0.5, gen), 1.0, -1.0)
+    along = uniform(n, -0.8, 0.8, gen)
+    vertical = chance(n, 0.5, gen)
     cy = torch.where(vertical, along, side)
     cx = torch.where(vertical, side, along)
     a = torch.stack([cy, cx], 1)
-    b = a + _uniform(2 * n, -0.3, 0.3, gen).view(n, 2)
-    width = _uniform(n, 0.02, 0.06, gen).view(n, 1, 1)
+    b = a + uniform(2 * n, -0.3, 0.3, gen).view(n, 2)
+    width = uniform(n, 0.02, 0.06, gen).view(n, 1, 1)
     alpha = 0.85 * torch.sigmoid((width - _segment_distance(ys, xs, a, b)) / 0.01) * on.view(n, 1, 1)
-    hue = torch.stack([_uniform(n, 0.25, 0.5, gen), _uniform(n, 0.1, 0.25, gen), _uniform(n, 0.45, 0.7, gen)], 1)
+    hue = torch.stack([uniform(n, 0.25, 0.5, gen), uniform(n, 0.1, 0.25, gen), uniform(n, 0.45, 0.7, gen)], 1)
     return x * (1 - alpha[:, None]) + hue.view(n, 3, 1, 1) * alpha[:, None]
 
 
 def ruler(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """A ruler along one edge: a light band with dark millimetre ticks."""
     n, _, h, w = x.shape
-    on = _chance(n, p, gen)
+    on = chance(n, p, gen)
     if not on.any():
         return x
     ys, xs = _coords(h, w)
-    depth = _uniform(n, 0.08, 0.18, gen).view(n, 1, 1)
-    period = _uniform(n, 0.04, 0.08, gen).view(n, 1, 1)
+    depth = uniform(n, 0.08, 0.18, gen).view(n, 1, 1)
+    period = uniform(n, 0.04, 0.08, gen).view(n, 1, 1)
     band_y = (ys > 1 - 2 * depth)  # bottom band; the dihedral step moves it to any edge
-    ticks = (torch.remainder(xs, period) < 0.012) & (ys > 1 - 2 * depth * _uniform(n, 0.4, 0.8, gen).view(n, 1, 1))
+    ticks = (torch.remainder(xs, period) < 0.012) & (ys > 1 - 2 * depth * uniform(n, 0.4, 0.8, gen).view(n, 1, 1))
     on = on.view(n, 1, 1)
     band = (band_y & on)[:, None]
     tick = (band_y & ticks & on)[:, None]
-    light = _uniform(n, 0.75, 0.95, gen).view(n, 1, 1, 1)
+    light = uniform(n, 0.75, 0.95, gen).view(n, 1, 1, 1)
     x = torch.where(band, light.expand(n, 3, 1, 1), x)
     return torch.where(tick, torch.full_like(x, 0.1), x)
 
@@ -173,11 +173,11 @@ def augment(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, cfg: SkinAug
     unit = rotate_zoom(unit, cfg, gen)
     unit = colour(unit, cfg, gen)
     n = unit.shape[0]
-    blur = _chance(n, cfg.p_blur, gen)
+    blur = chance(n, cfg.p_blur, gen)
     if blur.any():
-        soft = gaussian_blur(unit, torch.where(blur, _uniform(n, *cfg.blur_sigma, gen), torch.ones(n)))
+        soft = gaussian_blur(unit, torch.where(blur, uniform(n, *cfg.blur_sigma, gen), torch.ones(n)))
         unit = torch.where(blur.view(n, 1, 1, 1), soft, unit)
-    unit = unit + _uniform(n, 0.0, cfg.noise_std, gen).view(n, 1, 1, 1) * torch.randn(unit.shape, generator=gen)
+    unit = unit + uniform(n, 0.0, cfg.noise_std, gen).view(n, 1, 1, 1) * torch.randn(unit.shape, generator=gen)
     unit = hairs(unit, cfg.p_hair, gen)
     unit = ink(unit, cfg.p_ink, gen)
     unit = vignette(unit, cfg.p_vignette, gen)

@@ -1,252 +1,165 @@
-"""Write the skin-lesion bundle from a training checkpoint: model.onnx (with its test-time
-averaging), golden inputs, ROC and confusion plots, MODEL_CARD.md, manifest.json.
-
-The metrics are recomputed here from the checkpoint's weights on the redrawn validation split, so
-what the card and manifest say is what the exported graph does.
-"""
+"""MODEL_CARD.md of the skin-lesion bundle: what it is for, how it was made, what it scored."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
-
-import numpy as np
-import torch
-
 from models import audit
-from models.bundle import (
-    AuditCheck,
-    ClassMetrics,
-    DataSplit,
-    EvaluationPolicy,
-    Manifest,
-    OperatingPoint,
-    Outputs,
-    Provenance,
-    QualityPolicy,
-    SplitMetrics,
-    Subgroup,
-    TriagePolicy,
-    Variant,
-    file_entry,
-    load_bundle,
-    write_manifest,
-)
-from models.metrics import binary_report, multiclass_report, roc_curve, softmax
-from models.preprocess import to_model_input
-from models.training.card import (AuditFailed, CARD_FILE, GOLDEN_FILE, MODEL_FILE, ROC_FILE, build_in_place,
-                                  code_revision, framework_versions)
-from models.training.data import decode_rgb
-from models.training.export import INPUT_NAME, OPSET, deployable_model, export_onnx, max_abs_diff, onnx_session
+from models.bundle import QualityPolicy
+from models.training.card_tables import audit_group_note, audit_table, fmt, members_table
+from models.training.recipe import Exported
 from models.training.skin import augment as aug
-from models.training.skin.data import FOCUS, LABELS, URGENT, Sample, checkpoint_split, input_contract, load_images
+from models.training.skin.data import FOCUS, LABELS, URGENT
 from models.training.skin.identity import CITATION, DATASET, DISCLAIMER, INTENDED_USE, LABEL_NAMES, LICENCE
-from models.training.skin.model_card import model_card
-from models.training.skin.train import predict, stress_inputs, urgent_probability
-from models.training.skin.tta import DihedralAverage
-from models.training.train import command_line
-
-CONFUSION_FILE = "confusion.png"
-GOLDEN_PER_CLASS = 3
-# Measured on the training images (every 2nd or 6th): chroma >= 0.049 (chest radiographs: 0.00);
-# p99-p1 of the gray image >= 0.09 (0.1% under 0.147); Laplacian variance >= 0.00012 at 224 px (a
-# Gaussian blur of sigma 2 px brings 99% of them under 0.00005); >= 2% of the centre farther than
-# 0.1 from the skin's colour for 99.97% of them (close-ups of the image corners, plain skin or a
-# part of the lesion: 60% under).
-QUALITY = QualityPolicy(
-    min_side_px=128, min_dynamic_range=0.06, max_clipped_fraction=0.6, min_aspect=0.5, min_colorfulness=0.02,
-    min_sharpness=0.00008, min_lesion_fraction=0.02, lesion_contrast=0.1, subject="dermoscopy image",
-)
-EVALUATION = EvaluationPolicy(subgroups=[Subgroup(name="ISIC images", file_pattern=r"^ISIC_")])
 
 
-def redraw_validation(checkpoint: dict, data_dir: Path | None) -> list[Sample]:
-    _, val = checkpoint_split(checkpoint, data_dir)
-    if len(val) != int(checkpoint["data"]["n_val"]):
-        raise AuditFailed(f"the data gives {len(val)} validation images, the checkpoint had "
-                          f"{checkpoint['data']['n_val']}: not the training data")
-    return val
+def _summary_table(rep: dict) -> str:
+    rows = ["| split | n | balanced accuracy | melanoma AUC | refer-group AUC | melanoma referred | "
+            "others not referred (vs melanoma) |", "|---|---|---|---|---|---|---|"]
+    for name, key in (("validation", "clean"), ("validation, stressed", "stress"),
+                      ("validation, one copy (no averaging)", "single")):
+        if key not in rep:  # an ensemble has no one-copy row: its members have their own table
+            continue
+        r = rep[key][2]
+        rows.append(f"| {name} | {r['n']} | {fmt(r['balanced_accuracy'])} | {fmt(r['per_class_auc'][FOCUS])} | "
+                    f"{fmt(r['urgent_auc'])} | {fmt(r['focus_sensitivity'])} | {fmt(r['focus_specificity'])} |")
+    return "\n".join(rows)
 
 
-def deployable(checkpoint: dict) -> DihedralAverage:
-    return DihedralAverage(deployable_model(checkpoint), int(checkpoint["tta"])).eval()
-
-
-def reports(checkpoint: dict, model: DihedralAverage, val: list[Sample], data_dir: Path | None) -> dict:
-    """Clean and stressed validation, recomputed from the deployable model (temperature baked in)."""
-    contract = input_contract(int(checkpoint["size"]), INPUT_NAME)
-    x = torch.from_numpy(load_images(val, contract, progress=False))
-    y = np.array([s.label for s in val])
-    thr = float(checkpoint["threshold"])
-    p = softmax(predict(model.model, x, model.copies))
-    copies = int(checkpoint["train_config"].get("stress_copies", 2))
-    ps = softmax(predict(model.model, stress_inputs(x, copies, int(checkpoint["seed"])), model.copies))
-    ys = np.tile(y, copies)
-    single = softmax(predict(model.model, x, 1))
-    return {
-        "clean": (y, p, multiclass_report(y, p, LABELS, URGENT, thr, FOCUS)),
-        "stress": (ys, ps, multiclass_report(ys, ps, LABELS, URGENT, thr, FOCUS)),
-        "single": (y, single, multiclass_report(y, single, LABELS, URGENT, thr, FOCUS)),
-    }
-
-
-def audit_onnx(path: Path, checkpoint: dict, val: list[Sample]) -> list[AuditCheck]:
-    images = [decode_rgb(s.path) for s in val]
-    positive = np.array([LABELS[s.label] in URGENT for s in val])
-    session = onnx_session(path)
-
-    def p_urgent(x: np.ndarray) -> np.ndarray:
-        return urgent_probability(softmax(session.run(["logits"], {INPUT_NAME: x})[0].astype(np.float64)))
-
-    contract = input_contract(int(checkpoint["size"]), INPUT_NAME)
-    return audit.run_audit(p_urgent, images, positive, contract, float(checkpoint["threshold"]),
-                           audit.DERMOSCOPY_CHECKS)
-
-
-def write_golden(path: Path, model_path: Path, checkpoint: dict, val: list[Sample]) -> Path:
-    chosen = [s for label in range(len(LABELS)) for s in [v for v in val if v.label == label][:GOLDEN_PER_CLASS]]
-    contract = input_contract(int(checkpoint["size"]), INPUT_NAME)
-    inputs = np.stack([to_model_input(decode_rgb(s.path), contract) for s in chosen]).astype(np.float16)
-    logits = onnx_session(model_path).run(["logits"], {INPUT_NAME: inputs.astype(np.float32)})[0]
-    with open(path, "wb") as fh:
-        np.savez_compressed(fh, inputs=inputs, probabilities=softmax(logits.astype(np.float64)))
-    return path
-
-
-def _plots(rep: dict, threshold: float, roc_path: Path, confusion_path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    y, p, r = rep["clean"]
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    for i, label in enumerate(LABELS):
-        fpr, tpr, _ = roc_curve(y == i, p[:, i])
-        ax.plot(fpr, tpr, lw=1.2, label=f"{label} vs rest, AUC {r['per_class_auc'][label]:.3f}")
-    urgent = np.isin(y, [LABELS.index(u) for u in URGENT])
-    fpr, tpr, _ = roc_curve(urgent, urgent_probability(p))
-    ax.plot(fpr, tpr, "k", lw=2, label=f"refer ({'+'.join(URGENT)}), AUC {r['urgent_auc']:.3f}")
-    ax.plot([0, 1], [0, 1], ":", color="gray")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
-           title=f"One-vs-rest ROC, validation (n={len(y)})")
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(roc_path, metadata={"Software": None})
-    plt.close(fig)
-
-    conf = np.array(r["confusion"], dtype=float)
-    share = conf / conf.sum(1, keepdims=True).clip(min=1)
-    fig, ax = plt.subplots(figsize=(5, 4.4), dpi=100)
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(len(LABELS)):
-        for j in range(len(LABELS)):
-            ax.text(j, i, int(conf[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if share[i, j] > 0.5 else "black")
-    ax.set_xticks(range(len(LABELS)), LABELS)
-    ax.set_yticks(range(len(LABELS)), LABELS)
-    ax.set(xlabel="likeliest label", ylabel="true label", title="Validation confusion (counts; colour: row share)")
-    fig.tight_layout()
-    fig.savefig(confusion_path, metadata={"Software": None})
-    plt.close(fig)
-
-
-def _class_metrics(name: str, r: dict) -> ClassMetrics:
-    return ClassMetrics(split=name, n=r["n"], counts=r["counts"], balanced_accuracy=r["balanced_accuracy"],
-                        accuracy=r["accuracy"], per_class_auc=r["per_class_auc"], confusion=r["confusion"],
-                        urgent_auc=r["urgent_auc"], urgent_sensitivity=r["urgent_sensitivity"],
-                        urgent_specificity=r["urgent_specificity"], focus_sensitivity=r["focus_sensitivity"],
-                        focus_specificity=r["focus_specificity"])
-
-
-def _split_metrics(name: str, y: np.ndarray, p: np.ndarray, threshold: float) -> SplitMetrics:
-    """The urgent group as a binary problem (what the triage does), in the shape every bundle has."""
-    r = binary_report(np.isin(y, [LABELS.index(u) for u in URGENT]), urgent_probability(p), threshold)
-    return SplitMetrics(split=name, n=r.n, n_positive=r.n_positive, auc=r.auc, accuracy=r.accuracy,
-                        sensitivity=r.sensitivity, specificity=r.specificity, threshold=r.threshold,
-                        brier=r.brier, ece=r.ece)
-
-
-def names(checkpoint: dict) -> dict[str, str]:
-    n_val, copies = int(checkpoint["data"]["n_val"]), int(checkpoint["train_config"].get("stress_copies", 2))
-    return {"clean": f"validation (one image per lesion, stratified by class, n={n_val})",
-            "stress": f"validation under simulated acquisition shift ({copies} perturbed copies, n={n_val * copies})"}
-
-
-def build_manifest(checkpoint: dict, bundle_id: str, version: str, files: dict, checks: list[AuditCheck],
-                   rep: dict) -> Manifest:
-    thr, label = float(checkpoint["threshold"]), names(checkpoint)
+def _per_class_table(rep: dict) -> str:
     clean, stress = rep["clean"][2], rep["stress"][2]
-    target = float(checkpoint["train_config"].get("target_sensitivity", 0.92))
-    return Manifest(
-        id=bundle_id, version=version, title="Skin lesion triage from dermoscopy (research, non-commercial)",
-        intended_use=INTENDED_USE, research_only=True, disclaimer=DISCLAIMER, task="multi-class-classification",
-        labels=list(LABELS), label_names=LABEL_NAMES, input=input_contract(int(checkpoint["size"]), INPUT_NAME),
-        outputs=Outputs(logits="logits", cam="cam"),
-        policy=TriagePolicy(
-            urgent_labels=list(URGENT), combine="sum", finding="malignant or pre-malignant lesion", focus_label=FOCUS,
-            operating_point=OperatingPoint(
-                threshold=thr, sensitivity=stress["focus_sensitivity"], specificity=stress["focus_specificity"],
-                chosen_on=f"{label['clean']} and {label['stress']}",
-                method=(f"highest threshold on P({' + '.join(URGENT)}) that refers >= {target:.2f} of the "
-                        "melanomas on both the clean and the stressed validation (sensitivity/specificity "
-                        "here: melanoma vs all others, stressed)"),
-            ),
-        ),
-        quality=QUALITY,
-        calibration={"method": "temperature scaling of the averaged logits, baked into the exported graph",
-                     "temperature": float(checkpoint["temperature"]), "fitted_on": label["clean"],
-                     "objective": "multi-class NLL", "test_time_averaging": f"{checkpoint['tta']} dihedral copies"},
-        metrics=[_split_metrics(label["clean"], rep["clean"][0], rep["clean"][1], thr),
-                 _split_metrics(label["stress"], rep["stress"][0], rep["stress"][1], thr)],
-        class_metrics=[_class_metrics(label["clean"], clean), _class_metrics(label["stress"], stress)],
-        provenance=Provenance(
-            dataset=DATASET, dataset_licence=LICENCE, citation=CITATION,
-            training_command=command_line(checkpoint["train_config"], checkpoint["exam"]), seed=int(checkpoint["seed"]),
-            code_revision=code_revision(), trained_at=checkpoint["trained_at"],
-            training_seconds=float(checkpoint["training_seconds"]), framework=framework_versions(),
-            split=DataSplit(method="by-lesion-stratified", val_fraction=float(checkpoint["data"]["val_fraction"]),
-                            seed=int(checkpoint["data"].get("split_seed", checkpoint["seed"])), train_images=int(checkpoint["data"]["n_train"]),
-                            val_images=int(checkpoint["data"]["n_val"])),
-        ),
-        audit=audit.policy(label["clean"], audit.DERMOSCOPY_CHECKS,
-                           float(checkpoint.get("max_flip_rate", audit.MAX_FLIP_RATE))),
-        evaluation=EVALUATION, golden=GOLDEN_FILE,
-        variants=[Variant(precision="fp32", file=MODEL_FILE, targets=["cpu", "gpu"], audit=checks,
-                          notes=f"BatchNorm folded; temperature baked in; {checkpoint['tta']} dihedral copies "
-                                "averaged inside the graph")],
-        files=files,
-    )
+    rows = ["| label | meaning | validation images | one-vs-rest AUC | stressed AUC | recall (arg-max) |",
+            "|---|---|---|---|---|---|"]
+    for i, label in enumerate(LABELS):
+        conf = clean["confusion"][i]
+        recall = conf[i] / sum(conf) if sum(conf) else float("nan")
+        rows.append(f"| {label}{' (refer)' if label in URGENT else ''} | {LABEL_NAMES[label]} | {clean['counts'][i]} | "
+                    f"{fmt(clean['per_class_auc'].get(label))} | {fmt(stress['per_class_auc'].get(label))} | {fmt(recall, '.3f')} |")
+    return "\n".join(rows)
 
 
-def write_bundle(checkpoint: dict, out: Path, bundle_id: str, version: str, data_dir: Path | None = None,
-                 log: Callable[[str], None] = print) -> Path:
-    """Like models.training.card.write_bundle: built beside `out`, moved into place when complete."""
-    return build_in_place(out, lambda work: _write_files(checkpoint, work, bundle_id, version, data_dir, log))
+def _confusion_table(rep: dict) -> str:
+    conf = rep["clean"][2]["confusion"]
+    rows = ["| true \\ likeliest | " + " | ".join(LABELS) + " |", "|---" * (len(LABELS) + 1) + "|"]
+    rows += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(LABELS, conf)]
+    return "\n".join(rows)
 
 
-def _write_files(checkpoint: dict, out: Path, bundle_id: str, version: str, data_dir: Path | None,
-                 log: Callable[[str], None]) -> None:
-    size = int(checkpoint["size"])
-    model = deployable(checkpoint)
-    export_onnx(model, size, out / MODEL_FILE, channels=3)
-    val = redraw_validation(checkpoint, data_dir)
-    check = torch.from_numpy(load_images(val[:8], input_contract(size, INPUT_NAME), progress=False))
-    diff = max_abs_diff(model, out / MODEL_FILE, check)
-    if max(diff.values()) > 1e-3:
-        raise RuntimeError(f"ONNX output differs from torch: {diff}")
-    checks = audit_onnx(out / MODEL_FILE, checkpoint, val)
-    for row in audit.table(checks):
-        log(row)
-    limits = audit.policy("validation", audit.DERMOSCOPY_CHECKS,
-                          float(checkpoint.get("max_flip_rate", audit.MAX_FLIP_RATE)))
-    refused = audit.failures(checks, limits)
-    if refused:
-        raise AuditFailed("refusing to write the bundle: " + "; ".join(refused))
-    rep = reports(checkpoint, model, val, data_dir)
-    write_golden(out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, val)
-    _plots(rep, float(checkpoint["threshold"]), out / ROC_FILE, out / CONFUSION_FILE)
-    (out / CARD_FILE).write_text(model_card(checkpoint, rep, checks, diff, QUALITY), encoding="utf-8")
-    files = {name: file_entry(out / name) for name in (MODEL_FILE, GOLDEN_FILE, ROC_FILE, CONFUSION_FILE, CARD_FILE)}
-    write_manifest(out, build_manifest(checkpoint, bundle_id, version, files, checks, rep))
-    load_bundle(out)
+def _network(checkpoint: dict, diff: dict[str, float], folds: list[dict], cfg: dict) -> str:
+    """The model paragraph: one network with its dihedral averaging, or the ensemble and its members."""
+    training = (f"{cfg['epochs']} epochs of AdamW with a one-cycle\nschedule (peak {cfg['lr']}), batch "
+                f"{cfg['batch_size']}, weight decay {cfg['weight_decay']}, label smoothing\n{cfg['label_smoothing']}, "
+                f"weight EMA {cfg['ema']}, loss weights (1/class frequency)^{cfg['class_weight_power']}.")
+    onnx = f"ONNX opset 18 vs torch: max |difference| logits\n{diff['logits']:.2e}, CAM {diff['cam']:.2e}."
+    temperature = float(checkpoint["temperature"])
+    if "members" not in checkpoint:
+        size = int(checkpoint["size"])
+        return f"""\
+A small ResNet written in this project (plain 3x3 convolutions, one basic block per stage, widths
+{', '.join(map(str, checkpoint['widths']))}), {size}x{size} RGB input (the 224x224 images area-resized, as on the
+device), seven-way softmax head applied per location as a class-activation map (its mean is the
+logits). Trained from scratch (no pretrained weights): {training}
+**Test-time averaging inside the graph**: the exported ONNX averages the logits (and the turned-back
+CAMs) of {checkpoint['tta']} rotations of the input, so every consumer (device, optimizer gate,
+benchmarks) runs exactly what was validated; the temperature {temperature:.3f} (fitted on
+validation, multi-class NLL) is baked in. {onnx}"""
+    side = int(checkpoint["size"])
+    return f"""\
+{len(checkpoint['members'])} small ResNets written in this project (plain 3x3 convolutions, a seven-way head applied
+per location as a class-activation map), **averaged inside one graph** that takes {side}x{side} RGB inputs (a
+member trained at a smaller side that divides it sees the input average-pooled to its own side). Each
+member keeps its **test-time averaging** (the logits and turned-back CAMs of its dihedral copies). Each
+one's logits carry its own temperature; their average is divided by one temperature refitted on it
+({temperature:.3f}, multi-class NLL), all baked in. The CAMs are brought to the finest member's grid by nearest
+upsampling (each keeps its mean) and averaged. Every figure on this card is the ensemble's; the members,
+as they run in this graph:
+
+{members_table(checkpoint, folds)}
+
+Each member was trained from scratch (no pretrained weights): {training} {onnx}"""
+
+
+def model_card(exported: Exported, quality: QualityPolicy) -> str:
+    checkpoint, rep, checks, diff = exported.checkpoint, exported.results, exported.checks, exported.onnx_diff
+    members = checkpoint.get("members", [])
+    cfg, data = (members[0] if members else checkpoint)["train_config"], checkpoint["data"]
+    thr = float(checkpoint["threshold"])
+    counts = ", ".join(f"{label} {n}" for label, n in zip(LABELS, data["train_counts"]))
+    commands = [m["training_command"] for m in members] + [checkpoint["training_command"]]
+    t = aug.TRAIN
+    return f"""\
+# Skin lesion triage from dermoscopy (research, non-commercial)
+
+**{DISCLAIMER}** This model is a research prototype. It has not been cleared or validated for any
+clinical purpose and must not be used to diagnose, rule out or treat anyone. Licence of the
+training data: **{LICENCE}** - this bundle, its outputs and derived works are for non-commercial
+research only.
+
+## Intended use
+{INTENDED_USE}
+
+Input: one dermoscopy image of one lesion, centred (a dermatoscope camera frame, a JPEG/PNG, or
+a DICOM VL photographic / dermoscopy image), in colour. Output: the probability of each of seven
+diagnoses, the triage (**URGENT = refer** when {' + '.join(f'P({u})' for u in URGENT)} >= {thr:.4f}, else
+ROUTINE), the three likeliest diagnoses, and a class-activation heatmap of the refer group.
+**UNGRADABLE** (no score shown) when the image fails the quality checks: gray (an X-ray or other
+non-skin image: chroma under {quality.min_colorfulness}), blurred (Laplacian variance under
+{quality.min_sharpness:.5f} at 224 px), no lesion in the middle of the field, blank, badly exposed,
+too small.
+
+Not for: clinical photographs without a dermatoscope, mucosa, nails, children's lesions,
+non-pigmented lesions outside these seven classes, or darker skin types (HAM10000 comes from
+Austrian and Australian practices; skin types V-VI are barely represented).
+
+## Data
+{DATASET}. Citation: {CITATION}.
+
+Split: one image per lesion here (checked at load), so a per-class seeded shuffle
+({data['val_fraction']:.0%} of each class, seed {checkpoint['seed']}) is a lesion-level split:
+{data['n_train']} training images ({counts}) and {data['n_val']} validation images. No test set
+is used: the official ISIC 2018 Task 3 test images are evaluated separately by the project's
+owners.
+
+## Model
+{_network(checkpoint, diff, exported.group_shift, cfg)}
+
+Augmentation (seeded): any of the 8 flips/rotations, any rotation angle, zoom {t.scale[0]}-{t.scale[1]},
+shift, white balance (per-channel gain), brightness, contrast, saturation, gamma, blur, noise; and the
+known shortcuts of dermoscopy datasets painted on random images *of every class*, so none of them tells
+the class: dark dermoscope corners (p {t.p_vignette}), hairs ({t.p_hair}), skin-marker ink ({t.p_ink}),
+a ruler ({t.p_ruler}).
+
+Reproduce: `{'`; `'.join(commands)}`
+(seed {checkpoint['seed']}, {checkpoint['training_seconds']:.0f} s on this 2-core x86-64 machine, shared with
+other work; one torch thread, deterministic algorithms).
+
+## Validation
+{_summary_table(rep)}
+
+The operating point: {fmt(thr)} on {' + '.join(f'P({u})' for u in URGENT)}, the highest threshold that refers >=
+{float(cfg.get('target_sensitivity', 0.92)):.2f} of the validation melanomas both as they are and under simulated
+acquisition shift (white balance, exposure, saturation, blur, zoom). Melanoma is the costly miss; basal
+cell carcinoma and actinic keratosis ride in the same refer group. With ~100 validation melanomas a
+sensitivity carries about +-0.05 of sampling error (95%); expect less on images from other clinics.
+
+Per class (one-vs-rest, validation; stressed = under simulated shift):
+
+{_per_class_table(rep)}
+
+Confusion of the likeliest label (validation counts):
+
+{_confusion_table(rep)}
+
+![ROC](roc.png) ![confusion](confusion.png)
+
+## Shortcut audits
+Each check changes something that must not matter and counts how often the triage changes on the
+validation images (limit {float(checkpoint.get('max_flip_rate', audit.MAX_FLIP_RATE)):.0%} per check; the export refuses a model over it):
+
+{audit_table(checks, "refer-group", "others", "P(refer)")}{audit_group_note(checks)}
+
+## Limits
+- Validation is from the same sources as training (HAM10000); the owners' ISIC 2018 test set adds
+  images from other sites. Expect lower figures there.
+- Dermoscopy of pigmented lesions only; the quality checks refuse gray images and images with no
+  lesion in the centre, not every wrong input.
+- The heatmap shows where the model looked, not the lesion's outline.
+"""

@@ -1,8 +1,9 @@
-"""HAM10000 (ISIC 2018 Task 3 training set) as shipped in the shared datasets: listing, split, decode.
+"""HAM10000 (ISIC 2018 Task 3 training set) as shipped in the shared datasets: listing, split and
+the input contract.
 
 One image per lesion here, so a stratified split by class is a split by lesion (checked: a lesion
-id appearing twice is refused). Images go through `models.preprocess.to_model_input` with the
-bundle's own InputContract, exactly as on the device.
+id appearing twice is refused). Images are read by models.training.images, through the bundle's
+own InputContract exactly as on the device.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import numpy as np
 
 from models.bundle import DicomHandling, InputContract
 from models.datasets import datasets_dir
-from models.preprocess import to_model_input
-from models.training.data import decode_rgb
 
 LABELS = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 URGENT = ("akiec", "bcc", "mel")  # refer: malignant or pre-malignant
@@ -97,13 +96,3 @@ def checkpoint_split(checkpoint: dict, data_dir: Path | None) -> tuple[list[Samp
     data = checkpoint["data"]
     return load_split(data_dir, float(data["val_fraction"]), int(data.get("split_seed", checkpoint["seed"])),
                       int(data.get("limit", 0)))
-
-
-def load_images(samples: list[Sample], contract: InputContract, progress: bool = True) -> np.ndarray:
-    """(N, 3, H, W) float16 model inputs, made by the shared `to_model_input`."""
-    from tqdm import tqdm
-
-    out = np.empty((len(samples), contract.channels, contract.height, contract.width), np.float16)
-    for i, s in enumerate(tqdm(samples, desc="decode", unit="img", disable=not progress)):
-        out[i] = to_model_input(decode_rgb(s.path), contract)
-    return out

@@ -1,5 +1,11 @@
 """What the skin-lesion bundle says about itself: its data, licence, citation and intended use."""
 
+from models.training.recipe import Identity
+
+EXAM = "skin-lesion-triage"
+VERSION = "1.0.0"
+TITLE = "Skin lesion triage from dermoscopy (research, non-commercial)"
+
 LICENCE = "CC BY-NC 4.0"
 DISCLAIMER = "Non-commercial use only: trained on HAM10000, licensed CC BY-NC 4.0. Not for diagnosis."
 DATASET = ("HAM10000 (Tschandl et al. 2018), the ISIC 2018 Task 3 training set, one image per lesion "
@@ -17,3 +23,5 @@ LABEL_NAMES = {
     "bkl": "benign keratosis", "df": "dermatofibroma", "mel": "melanoma", "nv": "melanocytic nevus",
     "vasc": "vascular lesion",
 }
+IDENTITY = Identity(title=TITLE, dataset=DATASET, licence=LICENCE, citation=CITATION, intended_use=INTENDED_USE,
+                    disclaimer=DISCLAIMER, label_names=LABEL_NAMES)

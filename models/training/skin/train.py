@@ -3,7 +3,8 @@
     bedside train --exam skin-lesion-triage --out models/bundles/skin-lesion-triage
 
 Seeded and deterministic (one thread by default); the checkpoint goes to runs/ and
-`bedside export --checkpoint` rebuilds the bundle from it.
+`bedside export --checkpoint` rebuilds the bundle from it. Calibration and the operating point:
+models.training.skin.evaluation.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -23,14 +23,15 @@ from tqdm import tqdm
 from models import audit
 from models.datasets import REPO_ROOT
 from models.metrics import multiclass_report
-from models.training import train as chest_train
 from models.training.architectures import build_model
+from models.training.images import load_images
+from models.training.loop import (EMA, command_line, consistency_loss, predict_batched, save_checkpoint,
+                                  seed_everything, step, train_config)
 from models.training.skin import augment as aug
-from models.training.skin.data import FOCUS, LABELS, MEAN, MELANOMA, STD, URGENT, input_contract, load_images, load_split
-from models.training.skin.tta import DihedralAverage
-
-DEFAULT_ID = "skin-lesion-triage"
-DEFAULT_VERSION = "1.0.0"
+from models.training.skin.data import FOCUS, LABELS, MEAN, STD, URGENT, input_contract, load_split
+from models.training.skin.evaluation import Rule, fit_temperature, score, softmax, stress_inputs
+from models.training.skin.identity import EXAM, VERSION
+from models.training.tta import DihedralAverage
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-flip-rate", type=float, default=audit.MAX_FLIP_RATE,
                         help="the audit limit the bundle declares; export refuses a model over it")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--id", default=DEFAULT_ID)
-    parser.add_argument("--version", default=DEFAULT_VERSION)
+    parser.add_argument("--id", default=EXAM)
+    parser.add_argument("--version", default=VERSION)
     parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -87,7 +88,7 @@ def sampling_weights(y: torch.Tensor, power: float) -> torch.Tensor | None:
     return (1.0 / counts[y]) ** power
 
 
-def train_model(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> torch.nn.Module:
+def fit(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> torch.nn.Module:
     gen = torch.Generator().manual_seed(args.seed)
     model = build_model(tuple(int(w) for w in args.widths.split(",")), args.blocks, classes=len(LABELS), channels=3)
     n = len(y)
@@ -96,7 +97,7 @@ def train_model(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> t
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.2)
     weights = class_weights(y, args.class_weight_power)
     mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    ema = chest_train.EMA(model, args.ema) if args.ema > 0 else None
+    ema = EMA(model, args.ema) if args.ema > 0 else None
     bar = tqdm(total=steps, desc="train", unit="step", disable=args.no_progress)
     draw = sampling_weights(y, args.sample_power)
     views = 2 if args.consistency > 0 else 1
@@ -108,61 +109,21 @@ def train_model(x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> t
             logits, _ = model(torch.cat([aug.augment(x[idx], mean, std, aug.TRAIN, gen) for _ in range(views)]))
             loss = F.cross_entropy(logits, y[idx].repeat(views), weight=weights, label_smoothing=args.label_smoothing)
             if views == 2:
-                loss = loss + args.consistency * chest_train.consistency_loss(*logits.chunk(2))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update(model)
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                loss = loss + args.consistency * consistency_loss(*logits.chunk(2))
+            step(loss, model, opt, sched, ema, bar, epoch)
     bar.close()
     return (ema.model if ema else model).eval()
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, copies: int, batch: int = 128) -> np.ndarray:
-    tta = DihedralAverage(model, copies).eval()
-    return np.concatenate([tta(x[i : i + batch].float())[0].numpy() for i in range(0, len(x), batch)])
+def predict(model: torch.nn.Module, x: torch.Tensor, copies: int) -> np.ndarray:
+    """Logits with `copies` dihedral copies averaged, as the exported graph computes them."""
+    return predict_batched(DihedralAverage(model, copies).eval(), x, batch=128)
 
 
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """Temperature minimising the multi-class NLL on validation (1-D grid over log T)."""
-    z = logits.astype(np.float64)
-    best, best_t = np.inf, 1.0
-    for t in np.exp(np.linspace(np.log(0.2), np.log(5.0), 401)):
-        s = z / t
-        nll = np.mean(np.log(np.exp(s - s.max(1, keepdims=True)).sum(1)) + s.max(1) - s[np.arange(len(y)), y])
-        if nll < best:
-            best, best_t = nll, float(t)
-    return best_t
-
-
-def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    s = logits.astype(np.float64) / temperature
-    e = np.exp(s - s.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-def urgent_probability(p: np.ndarray) -> np.ndarray:
-    return p[:, [LABELS.index(u) for u in URGENT]].sum(1)
-
-
-def melanoma_threshold(y: np.ndarray, urgent: np.ndarray, sensitivity: float) -> float:
-    """Highest threshold on P(urgent group) that still refers >= `sensitivity` of the melanomas."""
-    return chest_train.threshold_for_sensitivity((y == MELANOMA).astype(int), urgent, sensitivity)
-
-
-def stress_inputs(x: torch.Tensor, copies: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed + 1)
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
-    return torch.cat([aug.augment(x, mean, std, aug.STRESS, gen) for _ in range(copies)])
-
-
-def run(args: argparse.Namespace) -> int:
+def train_model(args: argparse.Namespace) -> tuple[dict, Path]:
+    """Train, score and save; the checkpoint and its path."""
     started = time.time()
-    chest_train.seed_everything(args.seed, args.threads)
+    seed_everything(args.seed, args.threads)
     train, val = load_split(args.data, args.val_fraction, args.split_seed, args.limit)
     contract = input_contract(args.size)
     progress = not args.no_progress
@@ -170,63 +131,33 @@ def run(args: argparse.Namespace) -> int:
     train_y = torch.tensor([s.label for s in train])
     val_x = torch.from_numpy(load_images(val, contract, progress))
     val_y = np.array([s.label for s in val])
-    model = train_model(train_x, train_y, args)
+    model = fit(train_x, train_y, args)
 
-    by_copies = {}
-    for copies in sorted({1, args.tta}):
-        logits = predict(model, val_x, copies)
-        t = fit_temperature(logits, val_y)
-        by_copies[copies] = (logits, t)
-    logits, temperature = by_copies[args.tta]
-    p = softmax(logits, temperature)
-    stress_y = np.tile(val_y, args.stress_copies)
-    stress_p = softmax(predict(model, stress_inputs(val_x, args.stress_copies, args.seed), args.tta), temperature)
-    threshold = min(melanoma_threshold(val_y, urgent_probability(p), args.target_sensitivity),
-                    melanoma_threshold(stress_y, urgent_probability(stress_p), args.target_sensitivity))
-    report = multiclass_report(val_y, p, LABELS, URGENT, threshold, FOCUS)
-    stress = multiclass_report(stress_y, stress_p, LABELS, URGENT, threshold, FOCUS)
-    single = multiclass_report(val_y, softmax(*by_copies[1]), LABELS, URGENT, threshold, FOCUS)
+    rule = Rule(args.target_sensitivity, args.stress_copies, args.seed)
+    scored = score(lambda x: predict(model, x, args.tta), val_x, val_y, stress_inputs(val_x, rule), rule)
+    single_logits = predict(model, val_x, 1)
+    single = multiclass_report(val_y, softmax(single_logits, fit_temperature(single_logits, val_y)), LABELS, URGENT,
+                               scored["threshold"], FOCUS)
     checkpoint = {
-        "exam": DEFAULT_ID, "labels": LABELS, "urgent_labels": URGENT,
+        "exam": EXAM, "labels": LABELS, "urgent_labels": URGENT,
         "widths": tuple(int(w) for w in args.widths.split(",")), "blocks": args.blocks, "size": args.size,
         "channels": 3, "classes": len(LABELS), "tta": args.tta,
-        "state_dict": model.state_dict(), "temperature": temperature, "threshold": threshold,
+        "state_dict": model.state_dict(), "temperature": scored["temperature"], "threshold": scored["threshold"],
         "data": {"n_train": len(train), "n_val": len(val), "val_fraction": args.val_fraction, "limit": args.limit,
                  "split_seed": args.split_seed,
                  "train_counts": [int((train_y == i).sum()) for i in range(len(LABELS))],
                  "val_counts": [int((val_y == i).sum()) for i in range(len(LABELS))]},
-        "train_config": {k: str(v) for k, v in sorted(vars(args).items()) if k != "func" and not k.startswith("_")},
+        "train_config": train_config(args),
         "augment": {k: str(v) for k, v in dataclasses.asdict(aug.TRAIN).items()},
-        "training_command": chest_train.command_line(args, DEFAULT_ID), "seed": args.seed, "max_flip_rate": args.max_flip_rate,
+        "training_command": command_line(args, EXAM), "seed": args.seed, "max_flip_rate": args.max_flip_rate,
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "training_seconds": round(time.time() - started, 1),
     }
-    run_dir = Path(args.runs_dir) / f"{args.id}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, run_dir / "checkpoint.pt")
-    for name, r in (("validation", report), ("stress", stress), ("validation, no TTA", single)):
+    for name, r in (("validation", scored["reports"]["clean"]), ("stress", scored["reports"]["stress"]),
+                    ("validation, no TTA", single)):
         print(f"{name}: balanced accuracy {r['balanced_accuracy']:.4f}  melanoma AUC {r['per_class_auc']['mel']:.4f}  "
               f"sens {r['focus_sensitivity']:.4f} spec {r['focus_specificity']:.4f}  "
               f"urgent AUC {r['urgent_auc']:.4f}  per-class AUC "
               + " ".join(f"{k} {v:.3f}" for k, v in r["per_class_auc"].items()))
-    print(f"temperature {temperature:.3f}, threshold {threshold:.4f}, trained in {checkpoint['training_seconds']:.0f} s")
-    print(f"checkpoint {run_dir / 'checkpoint.pt'}")
-    if args.out is not None:
-        from models.training.card import AuditFailed
-        from models.training.skin.card import write_bundle  # matplotlib side; imported late
-
-        try:
-            print(f"bundle {write_bundle(checkpoint, Path(args.out), args.id, args.version, args.data)}")
-        except AuditFailed as exc:
-            print(f"bedside train: {exc} (the checkpoint is kept)", file=sys.stderr)
-            return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m models.training.skin.train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"temperature {scored['temperature']:.3f}, threshold {scored['threshold']:.4f}, "
+          f"trained in {checkpoint['training_seconds']:.0f} s")
+    return checkpoint, save_checkpoint(checkpoint, args.runs_dir, args.id)

@@ -1,8 +1,9 @@
-"""The Kermany chest X-ray TRAIN split: listing, patient ids, de-duplication, patient-level split, cache.
+"""The Kermany chest X-ray TRAIN split: listing, patient ids, acquisition groups, film aspects,
+de-duplication, the patient-level split, and the input contract.
 
-Images go through `models.preprocess.to_model_input` with the bundle's own InputContract, exactly
-as on the device, and are held in memory as float16 (C, H, W) arrays (decoding all 5,190 takes a few seconds,
-so no cache file is needed).
+Images are read by models.training.images (the device's preprocessing with the bundle's own
+InputContract) and held in memory as float16 (C, H, W) arrays (decoding all 5,190 takes a few
+seconds, so no cache file is needed).
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from models.bundle import DicomHandling, InputContract, sha256_file
 from models.datasets import datasets_dir
-from models.preprocess import to_model_input
 
 LABELS = ("NORMAL", "PNEUMONIA")
 # Pixel statistics of the training images after /255 (measured once, rounded; fixed so that the
@@ -201,22 +200,3 @@ def checkpoint_split(checkpoint: dict, data_dir: Path | None) -> Split:
 def split_seed(checkpoint: dict) -> int:
     """The seed of a checkpoint's validation split (runs before --split-seed used --seed for both)."""
     return int(checkpoint["data"].get("split_seed", checkpoint["seed"]))
-
-
-def decode_rgb(path: Path) -> np.ndarray:
-    """Decode to RGB order (the device's convention; the contract converts to luma)."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"{path}: cannot decode")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def load_images(samples: list[Sample], contract: InputContract, progress: bool = True) -> np.ndarray:
-    """(N, C, H, W) float16 model inputs, made by the shared `to_model_input`."""
-    from tqdm import tqdm
-
-    out = np.empty((len(samples), contract.channels, contract.height, contract.width), np.float16)
-    for i, s in enumerate(tqdm(samples, desc="decode", unit="img", disable=not progress)):
-        out[i] = to_model_input(decode_rgb(s.path), contract)
-    return out
-

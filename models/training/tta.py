@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.training.architectures import ResNetCAM
+
 # (transpose first, then k quarter turns) covering the dihedral group D4 in an order where the
 # first 2 / 4 entries are useful subsets (identity + half turn; the four rotations).
 _TRANSFORMS = ((False, 0), (False, 2), (False, 1), (False, 3), (True, 0), (True, 2), (True, 1), (True, 3))
@@ -29,18 +31,38 @@ def inverse_transform(x: torch.Tensor, transpose: bool, turns: int) -> torch.Ten
 
 
 class DihedralAverage(nn.Module):
-    """forward(x) -> (mean logits, mean CAM) over the first `copies` dihedral transforms."""
+    """forward(x) -> (mean logits, mean CAM) over the first `copies` dihedral transforms (1: the
+    model as it is)."""
 
-    def __init__(self, model: nn.Module, copies: int):
+    def __init__(self, model: ResNetCAM, copies: int):
         super().__init__()
         if copies not in (1, 2, 4, 8):
             raise ValueError("copies must be 1, 2, 4 or 8")
         self.model, self.copies = model, copies
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _views(self, x: torch.Tensor) -> torch.Tensor:
+        if self.copies == 1:
+            return x
+        return torch.cat([forward_transform(x, *t) for t in _TRANSFORMS[: self.copies]])
+
+    def _average(self, logits: torch.Tensor, cam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.copies == 1:
+            return logits, cam
         transforms = _TRANSFORMS[: self.copies]
-        logits, cam = self.model(torch.cat([forward_transform(x, *t) for t in transforms]))
         logits = logits.reshape(self.copies, -1, logits.shape[1]).mean(0)
         cam = cam.reshape(self.copies, -1, *cam.shape[1:])
         cams = [inverse_transform(cam[i], *t) for i, t in enumerate(transforms)]
         return logits, torch.stack(cams).mean(0)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._average(*self.model(self._views(x)))
+
+    def forward_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(logits, cam) as forward, and each stage's feature maps over all copies (see `pooled`)."""
+        maps = self.model.stage_features(self._views(x))
+        return (*self._average(*self.model.classify(maps[-1])), maps)
+
+    def pooled(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each stage's globally pooled features (N, channels), averaged over the copies."""
+        pooled = [m.mean(dim=(2, 3)) for m in maps]
+        return pooled if self.copies == 1 else [p.reshape(self.copies, -1, p.shape[1]).mean(0) for p in pooled]

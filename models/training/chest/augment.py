@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from models.training.augment_ops import chance, gaussian_blur, uniform
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -83,12 +85,12 @@ class AspectSampler:
 
     def sample(self, n: int, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
         log_lo, log_hi = math.log(self.low), math.log(self.high)
-        uniform = torch.exp(_uniform(n, log_lo, log_hi, gen))
-        pick_normal = _chance(n, 0.5, gen)
+        spread = torch.exp(uniform(n, log_lo, log_hi, gen))
+        pick_normal = chance(n, 0.5, gen)
         normal = self.normal[torch.randint(len(self.normal), (n,), generator=gen)]
         pneumonia = self.pneumonia[torch.randint(len(self.pneumonia), (n,), generator=gen)]
         real = torch.where(pick_normal, normal, pneumonia) * torch.exp(cfg.aspect_jitter * torch.randn(n, generator=gen))
-        drawn = torch.where(_chance(n, cfg.aspect_uniform, gen), uniform, real)
+        drawn = torch.where(chance(n, cfg.aspect_uniform, gen), spread, real)
         return drawn.clamp(self.low, self.high)
 
 
@@ -99,22 +101,14 @@ def aspect_crop(true_aspect: torch.Tensor, shown_aspect: torch.Tensor) -> torch.
     return torch.stack([ratio.clamp(max=1.0), (1.0 / ratio).clamp(max=1.0)], 1)
 
 
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen)
-
-
-def _chance(n: int, p: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=gen) < p
-
-
 def random_affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
                   crop: torch.Tensor | None = None) -> torch.Tensor:
     """Zoom, rotation and shift, after an optional per-image centred crop (N, 2 half-extents);
     outside the image is black (what a collimated film looks like)."""
     n = x.shape[0]
-    scale = _uniform(n, *cfg.scale, gen)
-    angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, gen) * (math.pi / 180)
-    shift = _uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, gen).view(n, 2)
+    scale = uniform(n, *cfg.scale, gen)
+    angle = uniform(n, -cfg.rotate_deg, cfg.rotate_deg, gen) * (math.pi / 180)
+    shift = uniform(2 * n, -2 * cfg.translate, 2 * cfg.translate, gen).view(n, 2)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     if crop is not None:
@@ -126,26 +120,12 @@ def random_affine(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
 def exposure(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Gamma (detector response curve), then contrast about the image mean and a brightness offset."""
     n = x.shape[0]
-    gamma = torch.exp(_uniform(n, -cfg.log_gamma, cfg.log_gamma, gen)).view(n, 1, 1, 1)
+    gamma = torch.exp(uniform(n, -cfg.log_gamma, cfg.log_gamma, gen)).view(n, 1, 1, 1)
     x = x.clamp(0, 1) ** gamma
-    contrast = _uniform(n, *cfg.contrast, gen).view(n, 1, 1, 1)
-    bright = _uniform(n, -cfg.brightness, cfg.brightness, gen).view(n, 1, 1, 1)
+    contrast = uniform(n, *cfg.contrast, gen).view(n, 1, 1, 1)
+    bright = uniform(n, -cfg.brightness, cfg.brightness, gen).view(n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - mean) * contrast + mean + bright
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image separable Gaussian blur, sigma (N,) in pixels."""
-    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
-    k = torch.exp(-(t[None, :] ** 2) / (2 * sigma[:, None] ** 2))
-    k = k / k.sum(dim=1, keepdim=True)
-    n, c, h, w = x.shape
-    y = x.reshape(1, n * c, h, w)
-    kernels = k.repeat_interleave(c, dim=0)
-    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kernels[:, None, None, :], groups=n * c)
-    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), kernels[:, None, :, None], groups=n * c)
-    return y.reshape(n, c, h, w)
 
 
 def sharpness(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -154,8 +134,8 @@ def sharpness(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torc
     roll = torch.rand(n, generator=gen)
     blur = roll < cfg.p_blur
     sharpen = (roll >= cfg.p_blur) & (roll < cfg.p_blur + cfg.p_sharpen)
-    sigma = torch.where(blur, _uniform(n, *cfg.blur_sigma, gen), torch.full((n,), 1.0))
-    amount = torch.where(sharpen, _uniform(n, *cfg.sharpen, gen), torch.zeros(n))
+    sigma = torch.where(blur, uniform(n, *cfg.blur_sigma, gen), torch.full((n,), 1.0))
+    amount = torch.where(sharpen, uniform(n, *cfg.sharpen, gen), torch.zeros(n))
     if not (blur.any() or sharpen.any()):
         return x
     soft = gaussian_blur(x, sigma)
@@ -164,15 +144,15 @@ def sharpness(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torc
 
 
 def noise(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    std = _uniform(x.shape[0], 0.0, cfg.noise_std, gen).view(-1, 1, 1, 1)
+    std = uniform(x.shape[0], 0.0, cfg.noise_std, gen).view(-1, 1, 1, 1)
     return x + std * torch.randn(x.shape, generator=gen)
 
 
 def black_borders(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
     """Black bars of random width on random edges (collimation, letterboxing, cropped films)."""
     n, _, h, w = x.shape
-    widths = (_uniform(4 * n, 0.0, cfg.border_max, gen).view(n, 4) * torch.tensor([h, h, w, w])).long()
-    widths = widths * _chance(4 * n, cfg.p_border, gen).view(n, 4)
+    widths = (uniform(4 * n, 0.0, cfg.border_max, gen).view(n, 4) * torch.tensor([h, h, w, w])).long()
+    widths = widths * chance(4 * n, cfg.p_border, gen).view(n, 4)
     rows = torch.arange(h).view(1, h, 1)
     cols = torch.arange(w).view(1, 1, w)
     top, bottom, left, right = (widths[:, i].view(n, 1, 1) for i in range(4))
@@ -186,9 +166,9 @@ def erase_patches(x: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> 
     rows = torch.arange(h).view(1, h, 1)
     cols = torch.arange(w).view(1, 1, w)
     for _ in range(cfg.erase_max_patches):
-        on = _chance(n, cfg.p_erase / cfg.erase_max_patches * 2, gen).view(n, 1, 1)
-        ph = (_uniform(n, *cfg.erase_side, gen) * h).long().view(n, 1, 1)
-        pw = (_uniform(n, *cfg.erase_side, gen) * w).long().view(n, 1, 1)
+        on = chance(n, cfg.p_erase / cfg.erase_max_patches * 2, gen).view(n, 1, 1)
+        ph = (uniform(n, *cfg.erase_side, gen) * h).long().view(n, 1, 1)
+        pw = (uniform(n, *cfg.erase_side, gen) * w).long().view(n, 1, 1)
         y0 = (torch.rand(n, generator=gen) * h).long().view(n, 1, 1)
         x0 = (torch.rand(n, generator=gen) * w).long().view(n, 1, 1)
         value = torch.rand(n, generator=gen).view(n, 1, 1, 1)

@@ -1,0 +1,75 @@
+"""Ensemble members averaged inside one graph.
+
+The graph takes the largest member's input side. A member trained at a side that divides it sees
+the input average-pooled by the exact ratio (a 64 px member in a 128 px graph sees 2x2 means), so
+every member reads the image the device preprocessed once. Members' logits (each with its own
+temperature and the ensemble's baked into its head) are averaged; their CAMs are brought to the
+finest member's grid by nearest upsampling, which keeps each CAM's spatial mean, and averaged, so
+the ensemble's CAM still averages to its logits exactly.
+
+Each member returns its stages' feature maps too (see ResNetCAM.stage_features): a head given to
+the ensemble reads every member's pooled stage features and becomes one more graph output, so a
+check computed from the members' features (a refusal score, say) needs no change here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.training.tta import DihedralAverage
+
+# A head's input: per member, per stage (stem first), the globally pooled features (N, channels).
+PooledFeatures = list[list[torch.Tensor]]
+
+
+class Ensemble(nn.Module):
+    """forward(x) -> (mean logits, mean CAM, *each head's output) over the members."""
+
+    def __init__(self, members: list[DihedralAverage], sides: list[int], heads: dict[str, nn.Module] | None = None,
+                 side: int | None = None):
+        super().__init__()
+        if not members or len(members) != len(sides):
+            raise ValueError("an ensemble needs one input side per member, and at least one member")
+        self.side = side or max(sides)
+        odd = [s for s in sides if self.side % s]
+        if odd:
+            raise ValueError(f"a member trained at {odd[0]} px cannot see the {self.side} px input through an exact "
+                             f"average pool: {self.side} is not a multiple of {odd[0]}. Train members at sides that "
+                             "divide the largest one (e.g. 64 and 128)")
+        self.members = nn.ModuleList(members)
+        self.pools = [self.side // s for s in sides]
+        cam_sides = [self._cam_side(m, s) for m, s in zip(members, sides)]
+        finest = max(cam_sides)
+        if any(finest % c for c in cam_sides):
+            raise ValueError(f"the members' heatmaps ({', '.join(f'{c}x{c}' for c in cam_sides)}) cannot be brought to "
+                             f"the finest {finest}x{finest} grid by whole-cell upsampling")
+        self.upsample = [finest // c for c in cam_sides]
+        self.heads = nn.ModuleDict(heads or {})
+
+    @staticmethod
+    @torch.no_grad()
+    def _cam_side(member: DihedralAverage, side: int) -> int:
+        channels = member.model.channels
+        return int(member(torch.zeros(1, channels, side, side))[1].shape[-1])
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("logits", "cam", *self.heads)
+
+    def member_input(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        pool = self.pools[index]
+        return F.avg_pool2d(x, pool) if pool > 1 else x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, cams, pooled = [], [], []
+        for i, member in enumerate(self.members):
+            member_logits, cam, maps = member.forward_stages(self.member_input(x, i))
+            logits.append(member_logits)
+            up = self.upsample[i]
+            cams.append(F.interpolate(cam, scale_factor=up, mode="nearest") if up > 1 else cam)
+            if self.heads:
+                pooled.append(member.pooled(maps))
+        extra = [head(pooled) for head in self.heads.values()]
+        return (torch.stack(logits).mean(0), torch.stack(cams).mean(0), *extra)

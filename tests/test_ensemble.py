@@ -1,0 +1,162 @@
+"""Ensembles averaged inside one graph: two tiny real chest members at different sides (32 and 64
+px), their group-shift fold runs, combined, re-targeted for shift, exported and checked as the
+device runs them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from device.cli import main as bedside  # noqa: E402
+from models.bundle import load_bundle  # noqa: E402
+from models.training.ensemble import EnsembleRefused, combine, main as ensemble_main  # noqa: E402
+
+HOLD_OUT = "normal2,virus"
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def ensemble(tiny_chest, tiny_chest_32, train_tiny_chest, tmp_path_factory):
+    """The ensemble recipe run end to end, as `make model` runs one model: fold members and their
+    fold ensemble, the main ensemble, its operating point from the fold, its bundle."""
+    from models.training.operating_point import main as operating_point
+
+    out = tmp_path_factory.mktemp("ensemble")
+    folds = [train_tiny_chest(32, seed=1, hold_out=HOLD_OUT), train_tiny_chest(64, seed=0, hold_out=HOLD_OUT)]
+    assert ensemble_main(["--member", *(str(f.checkpoint) for f in folds), "--out", str(out / "fold.pt")]) == 0
+    assert ensemble_main(["--member", str(tiny_chest_32.checkpoint), str(tiny_chest.checkpoint),
+                          "--out", str(out / "ensemble.pt")]) == 0
+    assert operating_point(["--checkpoint", str(out / "ensemble.pt"), "--group-shift", str(out / "fold.pt"),
+                            "--out", str(out / "shifted.pt")]) == 0
+    assert bedside(["export", "--checkpoint", str(out / "shifted.pt"), "--group-shift", str(out / "fold.pt"),
+                    "--out", str(out / "bundle")]) == 0
+    return out
+
+
+def test_the_ensemble_graph_is_what_the_bundle_runs(ensemble):
+    """ONNX against torch on real validation films; the logits are the mean of each member's on the
+    input average-pooled to its side, with its temperature and the ensemble's; the CAM's spatial
+    mean is the logits; the golden inputs reproduce under the device's self-test."""
+    from device.runtime.variant_check import selftest_variants
+    from models.metrics import softmax
+    from models.training.export import INPUT_NAME, deployable, deployable_model, onnx_session
+    from models.training.images import load_images
+    from models.training.registry import recipe_of
+
+    checkpoint, bundle = load(ensemble / "shifted.pt"), load_bundle(ensemble / "bundle")
+    m = bundle.manifest
+    assert m.input.height == m.input.width == 64 and [e.input_side for e in m.ensemble] == [32, 64]
+    recipe = recipe_of(checkpoint)
+    x = torch.from_numpy(load_images(recipe.validation_samples(checkpoint, None)[:6], m.input, progress=False)).float()
+    logits, cam = onnx_session(bundle.path_of("model.onnx")).run(["logits", "cam"], {INPUT_NAME: x.numpy()})
+    with torch.no_grad():
+        want_logits, want_cam = deployable(checkpoint)(x)
+        t = float(checkpoint["temperature"])
+        by_member = [deployable_model(mb, float(mb["temperature"]) * t)(F.avg_pool2d(x, 64 // int(mb["size"])))[0]
+                     for mb in checkpoint["members"]]
+    np.testing.assert_allclose(logits, want_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(cam, want_cam.numpy(), atol=1e-4)
+    np.testing.assert_allclose(logits, torch.stack(by_member).mean(0).numpy(), atol=1e-4)
+    assert cam.shape == (6, 2, 4, 4)  # the finest member's grid: 64 px / 16
+    np.testing.assert_allclose(cam.mean(axis=(2, 3)), logits, atol=1e-5)
+
+    with np.load(bundle.path_of("golden.npz"), allow_pickle=False) as golden:
+        inputs, stored = golden["inputs"], golden["probabilities"]
+    assert inputs.shape == (8, 1, 64, 64)
+    got = onnx_session(bundle.path_of("model.onnx")).run(["logits"], {INPUT_NAME: inputs.astype(np.float32)})[0]
+    np.testing.assert_allclose(softmax(got.astype(np.float64)), stored, atol=1e-6)
+    assert all(v["ok"] for v in selftest_variants(bundle))
+
+
+def test_card_and_manifest_report_each_member_and_the_ensemble(ensemble):
+    checkpoint, fold = load(ensemble / "shifted.pt"), load(ensemble / "fold.pt")
+    m = load_bundle(ensemble / "bundle").manifest
+    held_out = f"held-out AUC ({HOLD_OUT})"
+    for entry, member, fold_member in zip(m.ensemble, checkpoint["members"], fold["members"]):
+        assert entry.training_command == member["training_command"] and "--size" in entry.training_command
+        assert set(entry.scores) == {"clean AUC", "stress AUC", held_out}
+        assert entry.scores[held_out] == fold_member["scores"]["held-out AUC"]
+    # every figure is the ensemble's own, recomputed (and re-targeted for shift from the fold)
+    assert m.metrics[0].auc == checkpoint["metrics"][0]["auc"] == checkpoint["scores"]["clean AUC"]
+    assert m.calibration["temperature"] == checkpoint["temperature"]
+    assert m.policy.operating_point.threshold == checkpoint["threshold"] and "operating_point" in checkpoint
+    assert m.provenance.training_command.startswith("python -m models.training.ensemble --member")
+    assert "members (32 px, 64 px) averaged inside the graph" in m.variant("fp32").notes
+    card = (ensemble / "bundle" / "MODEL_CARD.md").read_text()
+    assert "## Model: 2 members averaged inside one graph" in card
+    assert f"| member | clean AUC | stress AUC | {held_out} |" in card
+    assert "| 32 px, widths 16-32-64-128, 1 block/stage, seed 1, 1 epoch |" in card
+    assert f"| **ensemble (averaged in the graph)** | {checkpoint['scores']['clean AUC']:.4f} |" in card
+    fold_row = f"| {HOLD_OUT} | {fold['metrics'][2]['n']} |"
+    assert fold_row in card  # the fold ensemble in the group-shift table
+
+
+def test_members_that_cannot_share_one_graph_are_refused_in_plain_words(tiny_chest, tiny_chest_32, tmp_path, capsys):
+    a, b = load(tiny_chest_32.checkpoint), load(tiny_chest.checkpoint)
+    names = ["a.pt", "b.pt"]
+    with pytest.raises(EnsembleRefused, match="at least two members"):
+        combine([a], names[:1], None, "")
+    with pytest.raises(EnsembleRefused, match=r"do not share one validation split: their split seed differs \(0, 5\)"):
+        combine([{**a, "data": {**a["data"], "split_seed": 5}}, b], names, None, "")
+    with pytest.raises(EnsembleRefused, match="cannot see the 64 px input through an exact average pool: 64 is not a "
+                                              "multiple of 48"):
+        combine([{**a, "size": 48}, b], names, None, "")
+    torch.save({**a, "exam": "adult-ct"}, tmp_path / "ct.pt")
+    assert ensemble_main(["--member", str(tmp_path / "ct.pt"), str(tiny_chest.checkpoint),
+                          "--out", str(tmp_path / "e.pt")]) == 1
+    assert "ensemble: unknown exam 'adult-ct'" in capsys.readouterr().err and not (tmp_path / "e.pt").exists()
+
+
+class PooledHead(nn.Module):
+    """A head on every member's pooled stage features (what an in-graph refusal check would read)."""
+
+    def __init__(self, widths: list[int]):
+        super().__init__()
+        self.fc = nn.Linear(sum(widths), 1)
+
+    def forward(self, pooled: list[list[torch.Tensor]]) -> torch.Tensor:
+        return torch.sigmoid(self.fc(torch.cat([stage for member in pooled for stage in member], dim=1)))
+
+
+def test_a_head_on_the_members_pooled_features_is_one_more_graph_output(tiny_chest, tiny_chest_32, tmp_path):
+    import onnx
+
+    from models.training.ensemble_graph import Ensemble
+    from models.training.export import export_onnx, max_abs_diff, member_model
+
+    members = [load(tiny_chest_32.checkpoint), load(tiny_chest.checkpoint)]
+    widths = [w for m in members for w in (16, *m["widths"])]  # the stem, then each stage
+    torch.manual_seed(0)
+    graph = Ensemble([member_model(m) for m in members], [32, 64], heads={"refusal": PooledHead(widths)}).eval()
+    path = export_onnx(graph, 64, tmp_path / "model.onnx")
+    assert [o.name for o in onnx.load(str(path)).graph.output] == ["logits", "cam", "refusal"]
+    diff = max_abs_diff(graph, path, torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(1)))
+    assert set(diff) == {"logits", "cam", "refusal"} and max(diff.values()) < 1e-4
+
+
+def test_the_cpu_int8_recipe_keeps_each_members_first_convolution_in_float(ensemble, tmp_path):
+    """Each member's first convolution reads the input (the 32 px one through its average pool): the
+    CPU recipe leaves all of them in float, as it does the one of a single model."""
+    import onnx
+
+    from optimize.quantize import CPU_INT8, quantize_int8
+
+    fp32 = ensemble / "bundle" / "model.onnx"
+    with np.load(ensemble / "bundle" / "golden.npz", allow_pickle=False) as golden:
+        calibration = golden["inputs"].astype(np.float32)
+    quantize_int8(fp32, tmp_path / "int8.onnx", "image", calibration, CPU_INT8, "minmax")
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    initializers = {t.name for t in graph.initializer}
+    float_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in initializers]
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    assert len(float_convs) == 2
+    assert sorted(producers.get(c.input[0], "input") for c in float_convs) == ["AveragePool", "input"]
