@@ -6,7 +6,7 @@ STAMP    := $(VENV)/.installed
 
 AXE      := node_modules/axe-core/axe.min.js
 
-.PHONY: install run test clean model skin-model
+.PHONY: install central run test clean model skin-model
 
 install: $(STAMP)
 
@@ -22,8 +22,29 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,optimize,test,bench]'
+	$(PY) -m pip install -q -e '.[train,optimize,test,bench,fleet]'
 	touch $(STAMP)
+
+# The central inference node's own venv (`bedside central serve`, the tests start it): Triton's server
+# core through nvidia-pytriton, which pins numpy below 2, so it cannot share .venv. Made with Debian's
+# interpreter: pytriton's Triton loads its Python-backend stub against the system libpython 3.11, and
+# with the pyenv 3.11.7 on PATH the stub fails at model load ('_thread.RLock' object has no attribute
+# '_recursion_count': that stub's libpython and that stdlib disagree). Every appliance dependency but
+# numpy and the `central` extra go in first (central/requirements.py), then this package without its
+# dependencies (its numpy>=2 would conflict).
+CENTRAL_PYTHON ?= /usr/bin/python3.11
+CENTRAL_VENV   ?= .venv-central
+CENTRAL_STAMP  := $(CENTRAL_VENV)/.installed
+
+central: $(CENTRAL_STAMP)
+
+$(CENTRAL_STAMP): pyproject.toml central/requirements.py
+	$(CENTRAL_PYTHON) -m venv $(CENTRAL_VENV)
+	$(CENTRAL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CENTRAL_PYTHON) central/requirements.py > $(CENTRAL_VENV)/requirements.txt
+	$(CENTRAL_VENV)/bin/python -m pip install -q -r $(CENTRAL_VENV)/requirements.txt
+	$(CENTRAL_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(CENTRAL_STAMP)
 
 # The appliance: the kiosk with the shipped bundles on http://127.0.0.1:8080/ (Ctrl-C stops it).
 # Each variable, when given, overrides the settings file: HOST=, PORT=, DATA_DIR= (where studies are
@@ -39,7 +60,7 @@ run: install
 	$(BEDSIDE) serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) \
 		$(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(SOURCE),--source '$(SOURCE)')
 
-test: install $(AXE)
+test: install $(AXE) central
 	$(PY) -m pytest
 
 # Retrain the shipped chest X-ray bundle from scratch, reproducibly (seed 0, one CPU thread each):
@@ -63,7 +84,7 @@ model: install
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision fp16
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info node_modules
+	rm -rf $(VENV) $(CENTRAL_VENV) .pytest_cache build *.egg-info node_modules
 
 # Retrain the shipped skin-lesion bundle (HAM10000, CC BY-NC 4.0: a non-commercial research bundle)
 # from scratch: seed 0, one CPU thread, then the gated INT8 (minmax ranges: the default percentile

@@ -68,6 +68,9 @@ def benchmarks(quick: bool) -> dict[str, list[str]]:
         "upload_to_banner": script("upload_to_banner", "--json", "--rounds", "1" if quick else "3"),
         "live_stream": script("live_stream", "--json", "--seconds", "10" if quick else "20"),
         "dicom_ingest": script("dicom_ingest", "--json", "--count", "50" if quick else "200"),
+        "central": script("central", "--json", "--images", "20" if quick else "300", "--rounds", "1" if quick else "3",
+                          "--seconds", "1" if quick else "5", "--calls", "20" if quick else "200",
+                          "--uploads", "16" if quick else "80"),
     }
 
 
@@ -181,6 +184,30 @@ def _dicom(r: dict) -> list[tuple[str, str]]:
              f"Orthanc {o['per_s']:.1f}/s (p50 {o['latency_ms_p50']:.0f} ms)")]
 
 
+def _central(r: dict) -> list[tuple[str, str]]:
+    same = [a for a in r["agreement"] if a["local_variant"] == "fp32"]
+    rows = [(f"central node (Triton, FP32) vs the kiosk, {a['images']} real {a['exam']} images",
+             f"same variant: {s['same_triage']}/{s['images']} same triage, max dP {s['max_prob_diff']:.1e}; "
+             f"vs the kiosk's {a['local_variant'].split(' ')[0]}: {a['same_triage']}/{a['images']}, "
+             f"max dP {a['max_prob_diff']:.3f}")
+            for s, a in zip(same, [a for a in r["agreement"] if a["local_variant"] != "fp32"])]
+    p, c = r["remote_path"], r["concurrency"]
+    rows.append(("a study's model step, local FP32 against the node (p50)",
+                 f"{p['local_p50_ms']:.2f} ms against {p['remote_p50_ms']:.2f} ms: +{p['added_p50_ms']:.2f} ms"))
+    rows.append((f"central node, 1 client against {c['clients']} at once",
+                 f"{c['one']['images_per_s']:.0f} -> {c['many']['images_per_s']:.0f} images/s; {c['clients']} clients p50 "
+                 f"{c['many']['p50_ms']:.1f} ms, p99 {c['many']['p99_ms']:.1f} ms"))
+    if "fallback" in r:
+        f = r["fallback"]
+        rows.append((f"node killed during a burst of {f['uploads']} uploads",
+                     f"{f['acknowledged']} acknowledged, {f['triaged']} triaged ({f['by_backend']}), {f['lost']} lost, "
+                     f"{f['duplicated']} stored twice; first local result {f['first_local_after_kill_s']:.2f} s after the "
+                     f"kill, slowest study it touched {f['slowest_study_after_kill_s']:.2f} s"))
+    rows += [(f"target: {t['target']}", f"{t['value']:.3g} ({'met' if t['met'] else 'NOT met'}, {t['op']} {t['bound']:g})")
+             for t in r["targets"]]
+    return rows
+
+
 def _generic(name: str) -> Callable[[dict], list[tuple[str, str]]]:
     """Benchmarks from earlier issues: their headline numbers, as they report them."""
     def rows(r: dict) -> list[tuple[str, str]]:
@@ -192,7 +219,10 @@ def _generic(name: str) -> Callable[[dict], list[tuple[str, str]]]:
 ROWS: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     "engines": _engines, "pipeline": _pipeline, "burst": _burst, "tails": _tails, "kiosk_memory": _memory,
     "http_upload": _http, "upload_to_banner": _banner, "live_stream": _live, "dicom_ingest": _dicom,
+    "central": _central,
 }
+# Benchmarks whose rows also go into a README section of their own, between these markers.
+SECTIONS = {"central": ("<!-- central:begin -->", "<!-- central:end -->")}
 
 
 def markdown(report: dict) -> str:
@@ -218,13 +248,36 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table: str) -> bool:
-    text = README.read_text()
-    if BEGIN not in text or END not in text:
+def section(report: dict, name: str) -> str | None:
+    """One benchmark's rows as a table of their own, for its README section (None: not measured)."""
+    entry = report["benchmarks"].get(name)
+    if entry is None or "error" in entry:
+        return None
+    load = entry["load_average_before"][0]
+    lines = [f"Measured by `benchmarks/run_all.py --only {name}` on {entry['started_at'][:16].replace('T', ' ')} "
+             f"({report['machine']['cpu']}, {report['machine']['cores']} usable cores, load average {load:.1f}):",
+             "", "| what | result |", "| --- | --- |"]
+    lines += [f"| {what.replace('|', '/')} | {result.replace('|', '/')} |" for what, result in ROWS[name](entry["result"])]
+    return "\n".join(lines) + "\n"
+
+
+def _replace(text: str, begin: str, end: str, body: str) -> str | None:
+    if begin not in text or end not in text:
+        return None
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}{end}{tail}"
+
+
+def update_readme(table: str, report: dict) -> bool:
+    text = _replace(README.read_text(), BEGIN, END, table)
+    if text is None:
         return False
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{BEGIN}\n{table}{END}{tail}")
+    for name, (begin, end) in SECTIONS.items():
+        body = section(report, name)
+        if body is not None:
+            text = _replace(text, begin, end, body) or text
+    README.write_text(text)
     return True
 
 
@@ -253,7 +306,7 @@ def main() -> int:
     table = markdown(report)
     (RESULTS / "latest.md").write_text(table)
     print(table)
-    if not update_readme(table):
+    if not update_readme(table, report):
         print(f"README.md has no {BEGIN} ... {END} section; the table is in {RESULTS / 'latest.md'}", file=sys.stderr)
     return 0
 

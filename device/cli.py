@@ -17,7 +17,7 @@ from types import ModuleType
 from device.runtime.base import RuntimeFailure, RuntimeUnavailable
 from models.bundle import BundleError
 
-OUR_PACKAGES = ("device", "models", "optimize")
+OUR_PACKAGES = ("device", "models", "optimize", "central")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Command:
     # Its options depend on one of them (train: --exam picks the trainer and so its options), so
     # add_arguments(parser, name, argv) sees the command line.
     sees_argv: bool = False
+    # How to get the extra where `pip install 'bedside[extra]'` is not the way (default: that line).
+    install_hint: str | None = None
 
 
 COMMANDS: dict[str, Command] = {
@@ -44,6 +46,10 @@ COMMANDS: dict[str, Command] = {
     "keys": Command("device.commands.keys", "make an Ed25519 key pair for signing model bundles"),
     "bundle": Command("device.commands.bundle", "pack, sign, verify, install, list and roll back signed model bundles"),
     "app": Command("device.commands.app_updates", "install, roll back and recover signed application updates (venv slots)"),
+    "central": Command("central.command", "the central inference node: serve bundles to a fleet's kiosks on "
+                       "Triton (needs the 'central' venv)", "central",
+                       install_hint="nvidia-pytriton pins numpy below 2, so the node has its own venv: "
+                       "make central, then .venv-central/bin/bedside central ..."),
     "train": Command("models.training.commands", "train a model and write its bundle (needs the 'train' extra)", "train",
                      sees_argv=True),
     "export": Command("models.training.commands", "export a training checkpoint to a bundle (needs the 'train' extra)",
@@ -64,10 +70,8 @@ def load_command(name: str) -> ModuleType:
         missing = (exc.name or "").split(".")[0]
         if command.extra is None or not missing or missing in OUR_PACKAGES:
             raise
-        raise CommandUnavailable(
-            f"'bedside {name}' needs {missing}: install the '{command.extra}' extra "
-            f"(pip install 'bedside[{command.extra}]')"
-        ) from None
+        how = command.install_hint or f"install the '{command.extra}' extra (pip install 'bedside[{command.extra}]')"
+        raise CommandUnavailable(f"'bedside {name}' needs {missing}: {how}") from None
 
 
 def build_parser(selected: str | None, argv: list[str] | None = None) -> argparse.ArgumentParser:

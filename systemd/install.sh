@@ -10,6 +10,9 @@
 # --app-slots  run <prefix>/app/bin/bedside, the venv that application updates (bedside app install)
 #              switch, instead of the <prefix>/.venv that `make install` made
 #
+# It also installs the Mender update module for model bundles (systemd/mender/bedside-bundle) into
+# /usr/share/mender/modules/v3/, where mender-client looks for it.
+#
 # DESTDIR=/some/dir writes the files under that folder and touches nothing else (no users, no
 # systemctl): the tests install there and verify the units.
 set -euo pipefail
@@ -72,6 +75,12 @@ if [ "$screen" = 1 ]; then
   units+=(bedside-kiosk.service)
 fi
 chmod 0644 "$root/etc/systemd/system/"bedside*.service
+
+# The Mender update module for model bundles (payload type bedside-bundle; inert without mender-client).
+install -d -m 0755 "$root/usr/share/mender/modules/v3"
+sed -e "s#/opt/bedside/.venv/bin/bedside#$bedside#g" "$here/mender/bedside-bundle" \
+  > "$root/usr/share/mender/modules/v3/bedside-bundle"
+chmod 0755 "$root/usr/share/mender/modules/v3/bedside-bundle"
 
 if [ -z "$root" ]; then
   systemctl daemon-reload

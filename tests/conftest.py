@@ -15,6 +15,7 @@ import pytest
 import fakes
 from browser_support import AXE, CHROMIUM
 from camera_peer import camera_video, FFMPEG, sample_xrays
+from dicom_peers import need_orthanc
 from device.core.exams import ExamRegistry
 from device.core.settings import KioskConfig, ModelSettings
 from device.runtime.triager import Triager
@@ -23,7 +24,8 @@ from device.updates import generate_keys
 from kiosk_support import CHOICE_SEED, TINY_MODELS, form_client, shipped_bundle
 from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
-from tiny_bundle import make_tiny_bundle, tiny_onnx
+from orthanc_peer import Orthanc
+from tiny_bundle import declare_refusal, make_tiny_bundle, tiny_onnx
 from update_support import Signer, make_bundle
 
 
@@ -58,6 +60,13 @@ def tiny_bundle(tmp_path_factory) -> Path:
     ExamRegistry.load(ModelSettings(bundles=[bundle], **TINY_MODELS), cache_dir=bundle.parent / CHOICE_SEED).close()
     return bundle
 
+
+
+@pytest.fixture(scope="session")
+def tiny_refusing_bundle(tmp_path_factory) -> Path:
+    """The tiny bundle with a refusal check in its graph and manifest (tiny_bundle.REFUSAL): id
+    tiny-refusing, "a chest X-ray"."""
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny-refusing", refusal=True)
 
 
 @pytest.fixture
@@ -102,6 +111,19 @@ def client(app):
     with form_client(app) as c:
         yield c
 
+
+
+# ---- DICOM peers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A real Orthanc on loopback (benchmarks/orthanc_peer.py), stopped after the test."""
+    need_orthanc()
+    peer = Orthanc(tmp_path / "orthanc")
+    peer.start()
+    yield peer
+    peer.stop()
 
 
 # ---- The backends' own tests ---------------------------------------------------------------------
@@ -300,6 +322,28 @@ def tiny_chest_32(train_tiny_chest) -> TinyRun:
     """A second tiny chest model, at 32 px with another seed and the same validation split: an
     ensemble member beside `tiny_chest`."""
     return train_tiny_chest(32, seed=1)
+
+
+@pytest.fixture(scope="session")
+def central_node(tmp_path_factory):
+    """One central node for the whole session (Triton takes 8-15 s to start here), serving both
+    shipped bundles and the tiny one with a refusal check reading a third output (a score per image), and
+    given two it must refuse: one whose files no longer match its hashes, one whose golden outputs
+    its model does not compute."""
+    from central_peer import SHIPPED, missing_venv, start_node
+    from central_support import tampered_copy, wrong_golden_copy
+    from tiny_bundle import make_tiny_bundle
+
+    why = missing_venv()
+    if why:
+        pytest.skip(why)
+    root = tmp_path_factory.mktemp("central")
+    tiny = declare_refusal(make_tiny_bundle(root / "tiny", extra_output="refusal_score"), "refusal_score")
+    refused = [tampered_copy(SHIPPED[0], root / "tampered"), wrong_golden_copy(SHIPPED[1], root / "wrong-golden")]
+    node = start_node([*SHIPPED, tiny, *refused], root / "node")
+    node.tiny = tiny
+    yield node
+    node.stop()
 
 
 # ---- Site acceptance and the drift monitor: the chest bundle with its monitoring reference, local cases ---

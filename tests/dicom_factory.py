@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -38,6 +40,38 @@ def grayscale_dicom(
     ds.PixelData = stored.astype(np.uint8 if bits == 8 else np.uint16).tobytes()
     if window:
         ds.WindowCenter, ds.WindowWidth = window
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def chest_radiograph_dicom(film: Path, *, modality: str = "CR", view: str = "PA", max_side: int = 1024,
+                           **header: str) -> bytes:
+    """A chest film (a JPEG from the shared chest X-ray set) as a modality sends it: a CR (or a DX
+    For Presentation) instance, 12 bits stored, BodyPartExamined CHEST, a new study and series;
+    ``header`` sets more attributes by keyword (PatientBirthDate, ...). Scaled to ``max_side`` so
+    the tests move megabytes, not tens of them."""
+    import cv2
+    from pydicom.uid import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
+
+    gray = cv2.imread(str(film), cv2.IMREAD_GRAYSCALE)
+    scale = max_side / max(gray.shape)
+    if scale < 1:
+        gray = cv2.resize(gray, (round(gray.shape[1] * scale), round(gray.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    sop_class = ComputedRadiographyImageStorage if modality == "CR" else DigitalXRayImageStorageForPresentation
+    ds = pydicom.dcmread(io.BytesIO(grayscale_dicom(gray.astype(np.uint16) * 16, bits=12, modality=modality,
+                                                    body_part="CHEST")))
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = sop_class
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.ViewPosition, ds.PatientName, ds.PatientID = view, "CHEST^TEST", "P-CHEST"
+    ds.StudyDate, ds.AccessionNumber, ds.InstanceNumber = "20260102", "ACC-CHEST", 1
+    if modality == "DX":
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    with warnings.catch_warnings():  # a malformed value is what some tests send, on purpose
+        warnings.simplefilter("ignore")
+        for keyword, value in header.items():
+            setattr(ds, keyword, value)
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()

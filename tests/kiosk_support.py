@@ -51,6 +51,17 @@ def png_bytes(seed: int = 0, size: int = 96) -> bytes:
     return buf.tobytes()
 
 
+def gray_fundus_png(size: int = 224) -> bytes:
+    """A red-free (gray) fundus photograph, from the shared RetinaMNIST set (ood-dev), scaled up: a
+    real medical image no exam here may judge. The one of the first 100 farthest from mid-gray, so
+    the tiny bundle's refusal statistic refuses it (tiny_bundle.py)."""
+    images = np.load(datasets_dir() / "ood-dev" / "retinamnist_train_val.npz")["val_images"][:100]
+    gray = images.astype(np.float32).mean(axis=-1)
+    pick = gray[int(np.argmax(np.abs(gray.mean(axis=(1, 2)) / 255 - 0.5)))]
+    big = cv2.resize(pick, (size, size), interpolation=cv2.INTER_CUBIC)
+    return cv2.imencode(".png", np.clip(big, 0, 255).astype(np.uint8))[1].tobytes()
+
+
 def jpeg_bytes(seed: int = 0, size: int = 96) -> bytes:
     ok, buf = cv2.imencode(".jpg", cv2.imdecode(np.frombuffer(png_bytes(seed, size), np.uint8), cv2.IMREAD_GRAYSCALE))
     return buf.tobytes()

@@ -33,3 +33,18 @@ def test_model_benchmark_runs_as_run_all_runs_it(run_all, name):
     if name == "engines":
         assert any(r["served"] for r in entry["result"]["results"])  # the kiosk's choice is marked
         assert {t["target"] for t in entry["result"]["targets"]} >= {"served p50 / fastest p50 (batch 1)"}
+
+
+@pytest.mark.slow  # its own central node (Triton starts in 8-15 s here), a kiosk, and a short run against them
+def test_central_benchmark_runs_as_run_all_runs_it(run_all, datasets):
+    entry = run_all.run_one("central", run_all.benchmarks(quick=True)["central"])
+    assert "error" not in entry, entry.get("error")
+    rows = run_all.ROWS["central"](entry["result"])
+    assert rows and all(what and result for what, result in rows)
+    killed = entry["result"]["fallback"]  # the node SIGKILLed mid-burst: every upload triaged, once
+    assert (killed["acknowledged"], killed["lost"], killed["duplicated"], killed["refused"]) == (16, 0, 0, []), killed
+    assert killed["by_backend"].get("remote", 0) >= 4 and killed["first_local_after_kill_s"] < 2.0
+    body = run_all.section({"benchmarks": {"central": {**entry, "started_at": "2026-01-01T00:00:00Z",
+                                                       "load_average_before": [0.0]}},
+                            "machine": {"cpu": "test", "cores": 2}}, "central")
+    assert body.count("\n| ") == len(rows) + 2 and "target: " in body  # the header, its rule, a line a row

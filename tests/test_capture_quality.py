@@ -82,5 +82,5 @@ def test_capped_camera_reads_ungradable_with_the_reason(tmp_path: Path, shipped_
         live.stop()
     assert result["triage"] == "UNGRADABLE"
     issues = {i["code"]: i for i in result["result"]["quality"]["issues"]}
-    assert "no_image" in issues and "lens cap" in issues["no_image"]["message"]
+    assert "no_image" in issues and "lens cap" in issues["no_image"]["action"]
     assert issues["no_image"]["action"]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from tiny_bundle import make_tiny_bundle
 
@@ -273,3 +274,53 @@ def test_optimize_without_onnx_says_what_to_install():
 def test_train_without_its_data_says_which_folder_is_missing(tmp_path):
     proc = bedside("train", "--data", tmp_path, "--out", tmp_path / "bundle", check_rc=1)
     assert proc.stderr.strip() == f"bedside train: {tmp_path / 'NORMAL'}: missing class folder"
+
+
+@pytest.fixture(scope="module")
+def refusing_bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("refusing") / "bundle", refusal=True)
+
+
+def test_eval_reports_what_the_refusal_check_refused_apart(small_eval_set, refusing_bundle, tmp_path):
+    """Issue 21: a bundle with a refusal check; its metrics are on what it judged, the refused images
+    are counted per label, and the figures on every image are given beside them."""
+    from kiosk_support import gray_fundus_png
+
+    for folder in ("normal", "Pneumonia"):
+        (tmp_path / folder).mkdir()
+        for src in (small_eval_set / folder).iterdir():
+            (tmp_path / folder / src.name).symlink_to(src.resolve())
+    (tmp_path / "normal" / "fundus.png").write_bytes(gray_fundus_png())
+    report = json.loads(bedside("eval", "--bundle", refusing_bundle, "--json", "--bootstrap", "50",
+                                "--data", tmp_path).stdout)
+    refused = report["refusal"]
+    assert refused["n"] == 41 and refused["refused"] >= 1 and refused["by_label"]["NORMAL"] >= 1
+    assert report["n"] == 41 - refused["refused"]  # the metrics: what it judged
+    assert refused["including_refused"]["n"] == 41 and refused["calibrated_refusal_rate"] == 0.01
+    text = bedside("eval", "--bundle", refusing_bundle, "--bootstrap", "50", "--data", tmp_path).stdout
+    assert f"refused by the model's check: {refused['refused']} of 41" in text
+    assert json.loads(bedside("eval", "--bundle", SHIPPED, "--json", "--bootstrap", "50",
+                              "--data", small_eval_set).stdout)["refusal"] is None  # a bundle without a check
+
+
+def test_eval_must_refuse_gives_the_share_refused_by_reason(refusing_bundle, datasets, samples, tmp_path):
+    """`--must-refuse DIR`: gray fundus photographs (the refusal check), colour ones and a CT (the
+    quality checks), and one chest film that the exam judges, named."""
+    retina = np.load(datasets / "ood-dev" / "retinamnist_train_val.npz")["val_images"][:40]
+    far = [img for img in retina if abs(img.mean() / 255 - 0.5) / 0.25 > 1.2][:4]  # the check refuses these
+    (tmp_path / "fundus" / "gray").mkdir(parents=True)
+    for i, img in enumerate(far):
+        big = cv2.resize(img, (224, 224), interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(tmp_path / "fundus" / "gray" / f"{i}.png"), cv2.cvtColor(big, cv2.COLOR_RGB2GRAY))
+        cv2.imwrite(str(tmp_path / "fundus" / f"colour{i}.png"), big[..., ::-1])
+    (tmp_path / "ct.dcm").symlink_to(datasets / "dicom" / "ct_mr_other" / "CT_small.dcm")
+    (tmp_path / "film.jpeg").symlink_to(samples[0])
+    report = json.loads(bedside("eval", "--bundle", refusing_bundle, "--json", "--must-refuse", tmp_path).stdout)
+    assert (report["n"], report["refused"], report["judged"]) == (10, 9, 1)
+    assert report["by_reason"] == {"quality": 5, "refusal_check": 4}
+    assert report["quality_codes"] == {"colour_photo": 4, "wrong_modality": 1}
+    assert report["judged_files"] == [str(tmp_path / "film.jpeg")] and report["share"] == 0.9
+    text = bedside("eval", "--bundle", refusing_bundle, "--must-refuse", tmp_path).stdout
+    assert "refused 9 (90.0%)" in text and "refusal check 4" in text and "film.jpeg" in text
+    proc = bedside("eval", "--bundle", refusing_bundle, "--must-refuse", tmp_path, "--data", tmp_path, check_rc=2)
+    assert "not allowed with argument" in proc.stderr

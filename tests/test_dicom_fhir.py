@@ -177,7 +177,7 @@ def test_an_ungradable_study_has_no_score_in_fhir(config, tmp_path):
         _, data = report_bundle(pydicom.dcmread(FILE, stop_before_pixels=True), ungradable, manifest)
         observation, report = (e.resource for e in Bundle.model_validate_json(data).entry)
         assert observation.component is None and observation.valueCodeableConcept.text == "UNGRADABLE"
-        assert "the image is blank (Take the image again)" in observation.note[0].text
+        assert "the image is blank. Take the image again" in observation.note[0].text
         assert report.conclusion.startswith("UNGRADABLE: Cannot assess")
         assert "score" not in data.decode().lower() and "probab" not in data.decode().lower()
     finally:

@@ -17,7 +17,8 @@ from loopback import free_port
 from kiosk_support import running_server
 
 GOOD = sorted((SAMPLES / "cr_dx").glob("*.dcm"))
-BROKEN = [SAMPLES / "edge_cases" / name for name in ("966.dcm", "RG2_JPLY.dcm", "JPEG-lossy.dcm")]
+BROKEN = [SAMPLES / "edge_cases" / name for name in ("966.dcm", "RG2_JPLY.dcm")]  # X-rays that do not decode
+NO_EXAM = SAMPLES / "edge_cases" / "JPEG-lossy.dcm"  # an NM (broken too): no exam reads it, kept undecoded
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_samples_are_stored_triaged_and_listed_broken_ones_refused(dicom_app, tm
     need_samples()
     appliance = appliance_of(dicom_app)
     # Broken files first and in between: the good ones after them must still succeed.
-    files = [BROKEN[0], *GOOD[:4], BROKEN[1], *GOOD[4:], BROKEN[2], GOOD[0]]  # GOOD[0] twice
+    files = [BROKEN[0], *GOOD[:4], BROKEN[1], *GOOD[4:], NO_EXAM, GOOD[0]]  # GOOD[0] twice
     sent = storescu(appliance.config.dicom.port, "XRAY1", files, storescu_config(files, tmp_path))
     responses = [line for line in sent.stdout.splitlines() + sent.stderr.splitlines() if "Store Response" in line]
     assert len(responses) == len(files), sent.stderr
@@ -91,6 +92,11 @@ def test_samples_are_stored_triaged_and_listed_broken_ones_refused(dicom_app, tm
     )
     assert all(0xC000 <= e["status"] <= 0xCFFF and e["detail"] for e in failed)
     assert [e["event"] for e in appliance.store.dicom_events(200)].count("duplicate") == 1
+    (kept,), _ = appliance.store.untriaged(10)  # stored and acknowledged, never decoded, not a study
+    assert (kept["sop_instance_uid"], kept["modality"], kept["reason"]) == (
+        pydicom.dcmread(NO_EXAM, stop_before_pixels=True).SOPInstanceUID, "NM", "no exam for this kind of image")
+    stored, sent = pydicom.dcmread(appliance.store.image_path(kept["image_sha256"])), pydicom.dcmread(NO_EXAM)
+    assert stored.SOPInstanceUID == sent.SOPInstanceUID and stored.PixelData == sent.PixelData
 
 
 def test_serve_with_dicom_port_receives_while_http_keeps_serving(tmp_path, tiny_bundle):

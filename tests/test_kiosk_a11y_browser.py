@@ -272,7 +272,9 @@ def test_dicom_study_pages_show_the_patient_and_send_state(tmp_path, sync_playwr
     config = tmp_path / "bedside.toml"
     config.write_text(
         '[dicom]\nallowed_callers = [{ ae_title = "XRAY1", host = "127.0.0.1" }]\nretry_first_s = 0.2\n'
-        f'[[dicom.destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {free_port()}\n')
+        f'[[dicom.destinations]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        # the samples are films of a hand and a knee: a route gives every CR to the chest exam
+        '[[dicom.routes]]\nexam = "chest-xray-pneumonia"\nmodality = ["CR"]\n')
     port = free_port()
     files = [SAMPLES / "cr_dx" / "RG3_J2KR.dcm", SAMPLES / "cr_dx" / "NM_Kakadu44_SOTmarkerincons.dcm"]
     with running_server(tmp_path / "data", [bundle], "--config", str(config), "--dicom-port", str(port)) as server, \

@@ -22,7 +22,7 @@ def test_ungradable_result_page_has_no_score_and_no_heatmap(client):
     r = post_upload(client, blank_png(), "white.png", reference="Bed 2")
     page = text(client.get(r.headers["Location"]))
     assert 'data-triage="UNGRADABLE"' in page and "Cannot assess: " in page
-    assert "Image quality" in page  # the reason with what to do
+    assert "What to do" in page and "The image is blank or almost uniform." in page  # the reason, plainly
     assert "heatmap" not in page.lower().replace("image, heatmap and result", "")
     assert "score" not in page.lower() and "P(" not in page and "Details: model score" not in page
     assert "Export image and result" in page

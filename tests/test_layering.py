@@ -4,8 +4,10 @@ process never loads torch or onnx.
 
 The floors are cut by where code runs: the model contract (torch-free, everywhere) at the bottom;
 training (a workstation with torch); the offline optimizer (a workstation with onnx); the appliance
-(device/), with TensorRT in one package of its own. Inside device/ the rooms are cut by what they
-hold (ROOMS below); ``python tests/test_layering.py`` prints each room's size and what it imports.
+(device/), with TensorRT in one package of its own; the central inference node (central/, a server
+with Triton, in a venv of its own) above the appliance's runtime seam. Inside device/ the rooms are
+cut by what they hold (ROOMS below); ``python tests/test_layering.py`` prints each room's size and
+what it imports.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("models", "optimize", "device")
+PACKAGES = ("models", "optimize", "device", "central")
 
 # floor -> the modules it holds, as dotted prefixes; a module is on the floor of its longest prefix.
 FLOORS: dict[str, tuple[str, ...]] = {
@@ -29,6 +31,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "appliance": ("device",),
     "tensorrt": ("device.tensorrt",),
     "updates": ("device.updates",),
+    "central": ("central",),
 }
 # floor -> the floors its modules may import.
 MAY_IMPORT: dict[str, set[str]] = {
@@ -38,6 +41,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "appliance": {"contract", "appliance", "tensorrt", "updates"},
     "tensorrt": {"contract", "appliance", "tensorrt"},  # the runtime seam, and triage for the self-test
     "updates": {"contract", "appliance", "updates"},  # the runtime seam and triage for the self-test
+    "central": {"contract", "appliance", "central"},  # the runtime seam, the golden self-test, Triton's versions
 }
 # The only imports across those lines, each with its reason.
 EXCEPTIONS: dict[tuple[str, str], str] = {
@@ -53,8 +57,10 @@ ROOMS: dict[str, set[str]] = {
     "device.intake": set(),
     # from a model's output to what is shown: quality gates, triage policy, smoothing, heatmap
     "device.decision": {"device.intake"},
-    # running models: the backend seam and registry, the Triager, backend choice, variant check
-    "device.runtime": {"device.machine", "device.intake", "device.decision"},
+    # a bundle in Triton's terms: its versions, its graph's tensors, the model repository, what a server declares
+    "device.triton": set(),
+    # running models: the backend seam and registry, the Triager, backend choice, variant check, the remote node
+    "device.runtime": {"device.machine", "device.intake", "device.decision", "device.triton"},
     # the TensorRT backend and its engine cache (registered in the runtime's registry by name)
     "device.tensorrt": {"device.machine", "device.runtime", "device.decision"},
     # live capture sources: streams, frame quality, live triage through a function it is given
@@ -78,7 +84,7 @@ ROOMS: dict[str, set[str]] = {
     # the command line: every room
     "device.commands": {"device.machine", "device.intake", "device.decision", "device.runtime", "device.tensorrt",
                         "device.core", "device.updates", "device.appliance", "device.technician", "device.kiosk",
-                        "device.site"},
+                        "device.site", "device.triton"},
     "device": {"device.runtime", "device.commands"},
 }
 
@@ -92,6 +98,8 @@ LIBRARIES: dict[str, set[str]] = {
     "pycuda": {"tensorrt"},
     "cryptography": {"updates"},  # signatures are checked in one place
     "openvino": {"appliance"},  # its backend, device/runtime/openvino_backend.py (an optional extra)
+    "pytriton": {"central"},  # Triton's server core, in the node's own venv (numpy < 2)
+    "tritonclient": {"appliance", "central"},  # the remote backend, the Triton repository writer; pytriton's errors
 }
 
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -51,7 +52,9 @@ def test_tiny_crop_is_too_small(xray: DecodedImage) -> None:
     report = assess(replace(xray, pixels=crop, original_size=(50, 50)), POLICY, CHEST)
     issue = next(i for i in report.issues if i.code == "too_small")
     assert not report.ok
-    assert issue.message == "image is 50x50 px; at least 128 px per side is needed"
+    # the headline in plain words, what to do, and the figures behind Details
+    assert (issue.message, issue.detail) == ("The image is too small to judge",
+                                             "50x50 px; at least 128 px per side is needed")
     assert issue.action
 
 
@@ -74,7 +77,9 @@ def test_ultrasound_is_wrong_modality(datasets: Path) -> None:
     img = decode_file(datasets / "dicom" / "us" / "OBXXXX1A.dcm")
     report = assess(img, POLICY, CHEST)
     assert "wrong_modality" in {i.code for i in report.issues}
-    assert "US" in report.as_dict()["issues"][0]["message"]
+    issue = report.as_dict()["issues"][0]
+    assert issue["message"] == "This is an ultrasound image; this exam reads X-ray images only"
+    assert issue["detail"] == "DICOM Modality US; the exam takes CR, DX"
 
 
 def test_radiograph_of_another_body_part_is_flagged(datasets: Path) -> None:
@@ -82,7 +87,8 @@ def test_radiograph_of_another_body_part_is_flagged(datasets: Path) -> None:
     assert img.body_part == "HIP"
     report = assess(img, POLICY, CHEST)
     assert [i.code for i in report.issues] == ["wrong_body_part"]
-    assert "HIP" in report.issues[0].message
+    assert report.issues[0].message == "This image is of the hip; this exam reads the chest only"
+    assert "HIP" in report.issues[0].detail
     assert assess(replace(img, body_part=None), POLICY, CHEST).ok  # no attribute: graded
 
 
@@ -135,3 +141,30 @@ def test_exposure_from_the_histogram_equals_the_sorted_figures(datasets: Path) -
         assert got.low == pytest.approx(low, abs=1e-6) and got.high == pytest.approx(high, abs=1e-6)
         assert got.black == np.count_nonzero(sample <= 0.5 / 255) / sample.size
         assert got.white == np.count_nonzero(sample >= 1 - 0.5 / 255) / sample.size
+
+
+def test_every_headline_is_plain_words_and_the_figures_sit_behind_details(xray: DecodedImage, datasets: Path) -> None:
+    """Issue 21: the headline a clinician reads says what is wrong without internals ("mean chroma
+    0.57, limit 0.03", "grades CR, DX images only", "sharpness 0.00000"); the figures are the detail."""
+    skin = QualityPolicy(min_side_px=128, min_dynamic_range=0.06, max_clipped_fraction=0.6, min_aspect=0.5,
+                         min_colorfulness=0.02, min_sharpness=8e-05, min_lesion_fraction=0.02, subject="dermoscopy image")
+    lesion = decode_file(next((datasets / "dermatology" / "train" / "nv").glob("*.jpg")))
+    gray = xray.pixels.astype(np.float32) / 255.0
+    cases = [
+        (replace(xray, pixels=np.full_like(xray.pixels, 90)), POLICY),
+        (replace(xray, pixels=xray.pixels[400:450, 400:450], original_size=(50, 50)), POLICY),
+        (replace(xray, pixels=xray.pixels[:200, :]), POLICY),
+        (replace(xray, pixels=np.clip(xray.pixels.astype(np.int32) * 3 + 120, 0, 255).astype(np.uint8)), POLICY),
+        (replace(xray, pixels=np.dstack([gray, gray * 0.6, gray * 0.2]).astype(np.float32)), POLICY),
+        (decode_file(datasets / "dicom" / "us" / "OBXXXX1A.dcm"), POLICY),
+        (xray, skin),  # gray: not a colour dermoscopy image
+        (replace(lesion, pixels=cv2.GaussianBlur(lesion.pixels, (0, 0), 6)), skin),
+    ]
+    issues = [i for img, policy in cases for i in assess(img, policy, CHEST).issues]
+    codes = {i.code for i in issues}
+    assert {"blank", "too_small", "aspect", "overexposed", "colour_photo", "wrong_modality", "not_colour",
+            "blurred"} <= codes
+    for issue in issues:
+        assert not any(c.isdigit() for c in issue.message), issue
+        assert issue.message[0].isupper() and issue.action and issue.detail, issue
+        assert "chroma" not in issue.message and "grades" not in issue.message and "DICOM" not in issue.message

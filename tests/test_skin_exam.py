@@ -85,7 +85,7 @@ def test_a_chest_xray_sent_to_the_skin_exam_is_ungradable_with_the_reason(skin):
         result, _ = skin.triage_file(path)
         assert result.triage == UNGRADABLE
         assert result.quality.issues[0].code == "not_colour"  # the first reason is the one on the banner
-        assert "not a colour dermoscopy image" in result.quality.issues[0].message
+        assert result.quality.issues[0].message == "This is a gray image, not a colour dermoscopy image"
 
 
 def test_a_dermoscopy_image_sent_to_the_chest_exam_is_ungradable(chest):

@@ -4,31 +4,20 @@ called AE title) and a peer that is down, each on its own line."""
 
 from __future__ import annotations
 
-import pytest
 
 from device.appliance.context import appliance_of
 from loopback import free_port
 from kiosk_support import form_client
-from dicom_peers import need_orthanc
-from orthanc_peer import AE_TITLE, Orthanc
+from orthanc_peer import AE_TITLE
 from test_technician import log_in, set_password
 
 
-@pytest.fixture
-def pacs(tmp_path):
-    need_orthanc()
-    peer = Orthanc(tmp_path / "orthanc")
-    peer.start()
-    yield peer
-    peer.stop()
-
-
-def test_echo_each_destination(pacs, config):
+def test_echo_each_destination(orthanc, config):
     from device.kiosk import create_app
 
     destinations = [
-        {"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1", "port": pacs.dicom_port},
-        {"name": "wrong-title", "ae_title": "NOT-ORTHANC", "host": "127.0.0.1", "port": pacs.dicom_port},
+        {"name": "pacs", "ae_title": AE_TITLE, "host": "127.0.0.1", "port": orthanc.dicom_port},
+        {"name": "wrong-title", "ae_title": "NOT-ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port},
         {"name": "down", "ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port()},
     ]
     app = create_app(config.with_overrides(**{"dicom.destinations": destinations}))
@@ -37,7 +26,7 @@ def test_echo_each_destination(pacs, config):
             set_password(c)
             log_in(c)
             page = c.get("/technician/dicom")
-            assert page.status_code == 200 and b"BEDSIDE" in page.data and f":{pacs.dicom_port}".encode() in page.data
+            assert page.status_code == 200 and b"BEDSIDE" in page.data and f":{orthanc.dicom_port}".encode() in page.data
             text = c.post("/technician/dicom/echo").data.decode()
         # One <li> per destination (the list may be on one line): an assertion then shows that one's words.
         lines = {name: next(item for item in text.split("<li") if f"<strong>{name} (" in item)

@@ -177,6 +177,38 @@ def test_install_update_and_rollback_switch_slots(tmp_path, capsys, signer, rele
     assert listed["version"] == "1.0.0" and [s["role"] for s in listed["slots"]] == ["active", "previous"]
 
 
+def test_an_install_on_trial_waits_for_commit_or_rollback(tmp_path, capsys, signer, releases):
+    """What an update service with a commit of its own (Mender) drives: the new bundle served on
+    trial, then committed; the next one on trial, then rolled back; one on trial when the kiosk
+    restarts is undone, as after a crash."""
+    config = kiosk_config(tmp_path, signer)
+    where = installed_cli(tmp_path, config)
+    slots = Slots(config.updates.installed_root(config.store.data_dir))
+    updates.install(releases["1.0.0"], config)
+    rc, out, _ = cli(capsys, "bundle", "install", str(releases["1.1.0"]), "--offline", "--no-commit", *where)
+    assert rc == 0 and out.endswith("; awaiting commit")
+    assert slots.active_slot(EXAM) == "b" and slots.read_state(EXAM).trying == "b"
+    assert load_bundle(updates.served_paths(config)[0]).manifest.version == "1.1.0"  # served while on trial
+    rc, out, _ = cli(capsys, "bundle", "commit", *where)
+    assert rc == 0 and out == f"{EXAM} 1.1.0 is active in slot b (was 1.0.0): committed"
+    assert (slots.read_state(EXAM).committed, slots.read_state(EXAM).trying) == ("b", None)
+    rc, _, err = cli(capsys, "bundle", "commit", *where)
+    assert rc == 1 and "no tiny-test update awaits a commit" in err
+    assert updates.commit(EXAM, config, "1.1.0").health == "already committed"  # a repeated commit
+
+    updates.install(releases["0.9.0-down"], config, commit=False)
+    rc, out, _ = cli(capsys, "bundle", "rollback", "--offline", *where)
+    assert rc == 0 and out.splitlines()[-1] == (f"{EXAM} 1.1.0 is active in slot b (was 0.9.0): 0.9.0 was on trial "
+                                                "and is no longer served")
+    assert slots.active_slot(EXAM) == "b" and slots.read_state(EXAM).trying is None
+
+    updates.install(releases["0.9.0-down"], config, commit=False)
+    assert updates.recover(config) == [f"{EXAM}: an update was not committed; back on slot b"]
+    assert slots.active_slot(EXAM) == "b"
+    with pytest.raises(updates.NotInstalled, match="awaits a commit"):
+        updates.commit(EXAM, config, "0.9.0")
+
+
 def test_a_bundle_whose_self_test_fails_is_removed_and_the_old_one_stays(tmp_path, capsys, signer, releases):
     config = kiosk_config(tmp_path, signer)
     updates.install(releases["1.0.0"], config)

@@ -1,7 +1,11 @@
 """A tiny but complete bundle built from scratch, for tests that must not depend on the shipped model.
 
 The graph is a real GAP+linear CAM network: conv -> relu -> 1x1 conv to per-class maps (the
-``cam`` output) -> global average pool -> logits.
+``cam`` output) -> global average pool -> logits. With ``refusal`` it also computes a refusal score
+in the same run, as a bundle with a refusal policy does (models/bundle.py, RefusalPolicy): the
+distance of the image's mean brightness from mid-gray, in the input's standard deviations (|mean of
+the normalised input|). A test statistic, not a method: on the shared images a chest film scores
+0.02-0.6, a red-free (gray) fundus photograph mostly 1-1.7, a blank white page 2.
 """
 
 from __future__ import annotations
@@ -14,13 +18,27 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from device.runtime.base import ModelIO, VariantFile
-from models.bundle import Manifest, Variant, file_entry, write_manifest
+from models.bundle import Manifest, Variant, file_entry, read_manifest, write_manifest
 
 SIZE = 32
 IO = ModelIO("image", ("logits", "cam"), (1, SIZE, SIZE))  # what a backend is told of the tiny model
+REFUSAL_OUTPUT = "ood"
+REFUSAL_THRESHOLD = 0.8
+REFUSAL = {
+    "checks": [{"name": "brightness_distance", "output": REFUSAL_OUTPUT, "threshold": REFUSAL_THRESHOLD,
+                "statistic": "distance of the mean brightness from mid-gray (a test statistic)"}],
+    "subject": "a chest X-ray",
+    "advice": "The model only judges chest radiographs (PA/AP). Check the image or choose another exam.",
+    "calibrated_refusal_rate": 0.01,
+    "calibrated_on": "nothing: a test bundle",
+}
 
 
-def tiny_onnx(path: Path, seed: int = 0) -> None:
+def tiny_onnx(path: Path, seed: int = 0, refusal: bool = False, refusal_keepdims: bool = False,
+              extra_output: str | None = None) -> None:
+    """``refusal``: add the refusal output, shape (N,) or, with ``refusal_keepdims``, (N, 1).
+    ``extra_output``: one more output, a score per image (shape [N]), as a bundle may add beside
+    logits and cam (an in-graph refusal score)."""
     rng = np.random.default_rng(seed)
     w1 = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")
@@ -31,15 +49,28 @@ def tiny_onnx(path: Path, seed: int = 0) -> None:
         helper.make_node("GlobalAveragePool", ["cam"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["logits"]),
     ]
+    outputs = [
+        helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+        helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, SIZE, SIZE]),
+    ]
+    if refusal:
+        nodes += [
+            helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0),
+            helper.make_node("Abs", ["mean"], ["ood_flat"]),
+            helper.make_node("Unsqueeze", ["ood_flat", "last"], [REFUSAL_OUTPUT]) if refusal_keepdims
+            else helper.make_node("Identity", ["ood_flat"], [REFUSAL_OUTPUT]),
+        ]
+        shape = ["N", 1] if refusal_keepdims else ["N"]
+        outputs.append(helper.make_tensor_value_info(REFUSAL_OUTPUT, TensorProto.FLOAT, shape))
+    if extra_output:
+        nodes.append(helper.make_node("ReduceMax", ["logits"], [extra_output], keepdims=0, axes=[1]))
+        outputs.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, ["N"]))
     graph = helper.make_graph(
         nodes,
         "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
-        [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
-            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, SIZE, SIZE]),
-        ],
-        [w1, w2],
+        outputs,
+        [w1, w2, numpy_helper.from_array(np.array([1], dtype=np.int64), "last")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -105,11 +136,27 @@ def manifest_dict(files: dict) -> dict:
     }
 
 
-def make_tiny_bundle(root: Path) -> Path:
+def make_tiny_bundle(root: Path, refusal: bool = False, extra_output: str | None = None) -> Path:
+    """``refusal``: the bundle says when it cannot judge an image (REFUSAL), with its own id;
+    ``extra_output``: one more graph output (see tiny_onnx)."""
     root.mkdir(parents=True, exist_ok=True)
-    tiny_onnx(root / "model.onnx")
+    tiny_onnx(root / "model.onnx", refusal=refusal, extra_output=extra_output)
     files = {"model.onnx": file_entry(root / "model.onnx").model_dump()}
-    write_manifest(root, Manifest.model_validate(manifest_dict(files)))
+    data = manifest_dict(files)
+    if refusal:
+        data.update(id="tiny-refusing", title="Tiny test model that refuses", refusal=REFUSAL)
+    write_manifest(root, Manifest.model_validate(data))
+    return root
+
+
+def declare_refusal(root: Path, output: str, threshold: float = 10.0) -> Path:
+    """The bundle's manifest with a refusal policy whose one check reads ``output`` (re-validated)."""
+    m = read_manifest(root)
+    policy = {"checks": [{"name": "score", "output": output, "statistic": "largest logit (a test stand-in)",
+                          "threshold": threshold}],
+              "subject": "a tiny test image", "advice": "Use the tiny test images.",
+              "calibrated_refusal_rate": 0.01, "calibrated_on": "nothing (tests)"}
+    write_manifest(root, Manifest.model_validate({**m.model_dump(mode="json"), "refusal": policy}))
     return root
 
 

@@ -41,7 +41,7 @@ THREADS_KEPT_FREE = 2
 
 def _model_text(exam: Exam) -> str:
     """The model an exam triages with now, as the live view shows it."""
-    m = exam.triager.model
+    m = exam.model
     return f"{m.id} {m.version} {m.precision} {m.backend}"
 
 
@@ -55,7 +55,7 @@ class Appliance:
         self.exams = exams
         self.site = site
         self._closers: list[Callable[[], None]] = []
-        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status(), exams.choices)
+        self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status(), exams.choices, self.watched)
         self.site_points = SitePoints(site)
         exams.use_site_points(self.site_points)
         self.monitor = DriftMonitor(config.monitoring, site, self.site_points, store, exams)
@@ -210,6 +210,16 @@ class Appliance:
         """Each exam's inference worker: busy how long, and whether that counts as hung."""
         limit = self.config.models.stuck_after_s
         return [{"exam": e.id, "busy_s": round(e.busy_s(), 1), "stuck": e.busy_s() > limit} for e in self.exams]
+
+    def watched(self) -> dict:
+        """What the metrics expose for a fleet's alert rules (device/core/monitoring.py, WatchedCollector)."""
+        return {
+            "inference": self.inference(),
+            "storage": self.studies.reserve.status(),
+            "outbox": self.dicom.outbox.counts() if self.dicom is not None else [],
+            "remote": {e.id: e.remote_status() for e in self.exams if e.remote_status() is not None},
+            "rolled_back": {e.exam_id: e.rolled_back for e in updates.list_installed(self.config) if e.slots},
+        }
 
     def health(self) -> dict:
         check = self.store.check

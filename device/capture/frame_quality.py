@@ -57,25 +57,28 @@ def frame_stats(img: DecodedImage) -> FrameStats:
 def frame_issues(stats: FrameStats, policy: FrameQualityPolicy) -> list[QualityIssue]:
     if stats.range < policy.min_range:
         if stats.mean < policy.min_mean:
-            what = "the frame is black and uniform: lens cap on, camera covered, or no video signal"
+            what = "The camera shows nothing: the picture is black"
         else:
-            what = f"the frame is uniform (brightness {stats.mean:.0%}): no picture (no video signal?)"
-        return [QualityIssue("no_image", what, "Remove the lens cap; check the camera, its cable and the imager's output")]
+            what = "The camera shows no picture: the frame is uniform"
+        return [QualityIssue("no_image", what, "Remove the lens cap; check the camera, its cable and the imager's output",
+                             f"mean brightness {stats.mean:.0%}, contrast range {stats.range:.0%}")]
     issues = []
     if stats.mean < policy.min_mean:
         issues.append(
             QualityIssue(
                 "too_dark",
-                f"the frame is too dark (mean brightness {stats.mean:.0%}, at least {policy.min_mean:.0%})",
+                "The picture is too dark",
                 "Add light or raise the camera's exposure",
+                f"mean brightness {stats.mean:.0%}, at least {policy.min_mean:.0%}",
             )
         )
     elif stats.mean > policy.max_mean:
         issues.append(
             QualityIssue(
                 "too_bright",
-                f"the frame is too bright (mean brightness {stats.mean:.0%}, at most {policy.max_mean:.0%})",
+                "The picture is too bright",
                 "Reduce the light or the camera's exposure",
+                f"mean brightness {stats.mean:.0%}, at most {policy.max_mean:.0%}",
             )
         )
     # Sharpness only on a well-exposed frame: the Laplacian's variance falls with the square of the
@@ -84,8 +87,9 @@ def frame_issues(stats: FrameStats, policy: FrameQualityPolicy) -> list[QualityI
         issues.append(
             QualityIssue(
                 "blurred",
-                f"the frame is blurred (sharpness {stats.sharpness:.0f}, at least {policy.min_sharpness:.0f})",
+                "The picture is blurred",
                 "Hold the camera still and focus",
+                f"sharpness {stats.sharpness:.0f}, at least {policy.min_sharpness:.0f}",
             )
         )
     return issues

@@ -71,7 +71,7 @@ def draw(pixels: np.ndarray, info: OverlayInfo) -> np.ndarray:
 
     lines = []
     if live is not None and live.result.triage == UNGRADABLE:
-        lines.append("; ".join(i.message for i in live.result.quality.issues)[:120])
+        lines.append("; ".join(i.message for i in live.result.reasons)[:120])
     latency = f"{live.latency_ms:.0f} ms" if live is not None else "-"
     lines.append(f"{info.model} | {info.fps:.1f} fps | latency {latency}")
     small = scale * 0.6

@@ -77,6 +77,9 @@ def _add_runners(runners: list[Runner], bundle: Bundle, threads: int, with_torch
             skipped.append(f"{name}: {status.reason}")
             continue
         cls = registry.backend_class(name)
+        if cls.remote:
+            skipped.append(f"{name}: runs on another machine; benchmarks/central.py times it against a node")
+            continue
         for variant in m.variants:
             # A CPU backend runs any graph, so GPU-only variants are measured there too (for
             # reference); a GPU backend runs only the graphs made for it.

@@ -1,5 +1,6 @@
 """``bedside bundle``: pack, sign, verify, install, list, roll back and self-test model bundles
-(device/updates). Each action prints one result line (or a table for ``list``) and exits 0, or prints
+(device/updates), and write a bundle for a fleet's engines: a Triton model repository
+(device/triton). Each action prints one result line (or a table for ``list``) and exits 0, or prints
 one line naming the reason and exits 1."""
 
 from __future__ import annotations
@@ -11,7 +12,12 @@ from pathlib import Path
 
 from device import updates
 from device.core.settings import ConfigError, KioskConfig, load_config
-from models.bundle import BundleError
+from device.machine.facts import usable_cores
+from device.updates import mender
+from device.triton import repository
+from device.triton.graph import GraphError
+from device.triton.versions import VersionError
+from models.bundle import BundleError, load_bundle
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     install.add_argument("file", type=Path, nargs="?", help="the archive (or --from-drives)")
     install.add_argument("--from-drives", action="store_true",
                          help="the one .bedside archive on the mounted drives ([media] import_folders)")
+    install.add_argument("--no-commit", action="store_true",
+                         help="leave it on trial after the health check, for `bundle commit` or `bundle rollback` "
+                         "(a kiosk restart before either puts the committed bundle back)")
     _config_arguments(install)
     _live_arguments(install)
+    commit = sub.add_parser("commit", help="commit the update on trial (an install with --no-commit)",
+                            formatter_class=fmt)
+    commit.add_argument("exam", nargs="?", help="the exam id (default: the only one installed)")
+    _config_arguments(commit)
     listing = sub.add_parser("list", help="the exams served, their slots, and archives on drives", formatter_class=fmt)
     listing.add_argument("--json", action="store_true")
     _config_arguments(listing)
@@ -58,6 +71,31 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                           formatter_class=fmt)
     test.add_argument("exam")
     _config_arguments(test)
+    triton = sub.add_parser("triton", help="write a bundle into a Triton model repository (needs the 'fleet' extra)",
+                            formatter_class=fmt)
+    triton.add_argument("bundle", type=Path, help="the bundle folder")
+    triton.add_argument("--out", type=Path, required=True, help="the repository (created, or a version added)")
+    triton.add_argument("--target", choices=["cpu", "gpu"], default="cpu",
+                        help="cpu: ONNX Runtime instances; gpu: ONNX Runtime with the TensorRT accelerator")
+    triton.add_argument("--precision", choices=["fp32", "fp16", "int8"],
+                        help="the variant (default: fp32 on cpu; int8, fp16, fp32 on gpu, the first the bundle has)")
+    triton.add_argument("--max-batch", type=int, default=16, help="Triton's max_batch_size")
+    triton.add_argument("--instances", type=int, default=None,
+                        help="model instances (default: one per usable core on cpu, one on gpu)")
+    triton.add_argument("--engine-cache", type=Path, help="gpu: where the server keeps TensorRT engines")
+    mender = sub.add_parser("mender", help="wrap a signed archive in a Mender Artifact (payload type bedside-bundle)",
+                            formatter_class=fmt)
+    mender.add_argument("file", type=Path, help="the signed .bedside archive")
+    mender.add_argument("--device-type", action="append", required=True,
+                        help="a Mender device type that may install it (repeatable)")
+    mender.add_argument("--out", type=Path, required=True, help="the .mender file to write")
+    mender.add_argument("--artifact-name", help="default: <exam>-<version>")
+    module = sub.add_parser("mender-module", help="one state of the Mender update module "
+                            "(systemd/mender/bedside-bundle calls this as Mender runs it)", formatter_class=fmt)
+    module.add_argument("state", help="the update module state (ArtifactInstall, ArtifactCommit, ...)")
+    module.add_argument("tree", type=Path, nargs="?", help="the payload's file tree Mender prepared")
+    _config_arguments(module)
+    module.add_argument("--url", help="the running kiosk to health-check (default: from the config's [server])")
 
 
 def _config(args: argparse.Namespace) -> KioskConfig:
@@ -73,6 +111,18 @@ def _health(args: argparse.Namespace, config: KioskConfig) -> updates.HealthChec
         raise updates.UpdateError(f"no kiosk answers at {url}: start it (systemctl start bedside), give its --url, "
                                   "or pass --offline to install without the live health check")
     return live
+
+
+def _live_or_offline(args: argparse.Namespace, config: KioskConfig) -> updates.HealthCheck | None:
+    """The running kiosk when one answers, else None: an update service must not fail a deployment
+    because the kiosk is between restarts (the bundle is self-tested, and loads at the next start)."""
+    url = args.url or updates.kiosk_url(config.server.host, config.server.port)
+    live = updates.LiveKiosk(url, config.updates.health_requests, config.updates.health_timeout_s)
+    if live.answers():
+        return live
+    print(f"no kiosk answers at {url}: installing without the live health check; it loads at the next start",
+          file=sys.stderr)
+    return None
 
 
 def _progress(step: str, detail: str) -> None:
@@ -118,6 +168,16 @@ def _act(args: argparse.Namespace) -> str:
     if args.action == "sign":
         st = updates.sign_archive(args.file, args.key, args.allow_downgrade)
         return f"signed {st.bundle_id} {st.version}" + (" (downgrade allowed)" if st.allow_downgrade else "") + f": {args.file}"
+    if args.action == "mender":
+        return mender.write_artifact(args.file, args.device_type, args.out, args.artifact_name).line()
+    if args.action == "mender-module" and args.state not in mender.ACTION_STATES:
+        return mender.ANSWERS.get(args.state, "")  # a query, or a state with nothing to do: no settings read
+    if args.action == "triton":
+        bundle = load_bundle(args.bundle)
+        instances = args.instances or (usable_cores() if args.target == "cpu" else 1)
+        written = repository.write_repository(bundle, args.out, args.target, args.precision, args.max_batch, instances,
+                                              args.engine_cache)
+        return written.line(bundle.manifest.version)
     config = _config(args)
     if args.action == "verify":
         v = updates.verify(args.file, config.updates, args.trust)
@@ -125,7 +185,12 @@ def _act(args: argparse.Namespace) -> str:
                 + (" (downgrade allowed)" if v.allow_downgrade else ""))
     if args.action == "install":
         path = _archive(args, config)
-        return updates.install(path, config, _health(args, config), _progress).line()
+        return updates.install(path, config, _health(args, config), _progress, commit=not args.no_commit).line()
+    if args.action == "commit":
+        return updates.commit(args.exam, config).line()
+    if args.action == "mender-module":
+        health = _live_or_offline(args, config) if args.state in mender.HEALTH_STATES else None
+        return mender.act(args.state, args.tree, config, health)
     if args.action == "rollback":
         return updates.rollback(args.exam, config, _health(args, config), _progress).line()
     if args.action == "selftest":
@@ -140,7 +205,7 @@ def _act(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         line = _act(args)
-    except (updates.UpdateError, ConfigError, BundleError) as exc:
+    except (updates.UpdateError, ConfigError, BundleError, repository.RepositoryError, GraphError, VersionError) as exc:
         print(f"bedside bundle {args.action}: {exc}", file=sys.stderr)
         return 1
     if line:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from device.core.site_record import SiteRecord
+from device.runtime.base import RuntimeUnavailable
 from device.runtime.registry import BACKENDS
+from device.runtime.remote_backend import RemoteSettings
 from device.runtime.triager import Triager
 from models.bundle import Bundle, BundleError, default_bundles_dir, find_bundles, load_bundle
 
@@ -23,6 +27,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="onnxruntime")
     parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     parser.add_argument("--threads", type=int, default=None, help="inference threads (default: all usable cores)")
+    parser.add_argument("--remote-url", help="with --backend remote: the central node, http://HOST:PORT")
+    parser.add_argument("--remote-timeout", type=float, default=RemoteSettings.model_fields["timeout_s"].default,
+                        help="with --backend remote: seconds a request to the node may take")
 
 
 def add_site_argument(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +51,21 @@ def resolve_bundle(path: Path | None) -> Bundle:
     return load_bundle(shipped[0])
 
 
+def remote_settings(args: argparse.Namespace) -> RemoteSettings | None:
+    """The central node given on the command line, for ``--backend remote``."""
+    if args.remote_url is None:
+        return None
+    if args.backend != "remote":
+        raise RuntimeUnavailable("--remote-url is for --backend remote")
+    try:
+        return RemoteSettings(url=args.remote_url, timeout_s=args.remote_timeout)
+    except ValidationError as exc:
+        raise RuntimeUnavailable(f"--remote-url {args.remote_url}: {exc.errors()[0]['msg']}") from None
+
+
 def open_triager(args: argparse.Namespace) -> Triager:
     """The bundle on the backend asked for, deciding at the site's accepted point where --data-dir has one."""
-    triager = Triager(resolve_bundle(args.bundle), args.backend, args.precision, args.threads)
+    triager = Triager(resolve_bundle(args.bundle), args.backend, args.precision, args.threads, remote_settings(args))
     data_dir = getattr(args, "data_dir", None)
     record = SiteRecord.open_existing(data_dir) if data_dir is not None else None
     if record is not None:

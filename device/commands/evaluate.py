@@ -9,6 +9,15 @@ Besides the metrics: patient-bootstrap confidence intervals, subgroups (per fold
 file-name group and aspect bucket the bundle declares), for a multi-class bundle its per-class
 metrics (`multiclass`), and, with --audit, the bundle's shortcut audits (also on the files of
 its audit group alone, where it declares one).
+
+A bundle with a refusal check (issue 21): the images it refuses are reported apart (`refusal`:
+how many, what share, per label) and the metrics are those of what it judged, with the figures
+on every image beside them (`including_refused`). Images that fail the quality checks are scored
+and counted as before (`ungradable`).
+
+`--must-refuse DIR` (instead of --data): a folder (any depth) of images the exam must not judge;
+the share the device would call UNGRADABLE, by reason (the quality checks, and which of them, or
+the model's refusal check), and the files it would have judged.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from tqdm import tqdm
 
 from device import intake
 from device.commands.common import add_bundle_argument, add_runtime_arguments, add_site_argument, open_triager
-from device.decision import quality
+from device.decision import quality, refusal
+from device.decision.triage import UNGRADABLE
 from device.runtime.triager import Triager
 from models import audit
 from models.bundle import AuditCheck, EvaluationPolicy, Manifest
@@ -41,7 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     add_bundle_argument(parser)
     add_runtime_arguments(parser)
     add_site_argument(parser)
-    parser.add_argument("--data", type=Path, required=True, help="folder with one subfolder per label")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", type=Path, help="folder with one subfolder per label")
+    data.add_argument("--must-refuse", type=Path, metavar="DIR",
+                      help="a folder (any depth) of images the exam must not judge: the share it refuses, by reason")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--audit", action="store_true",
                         help="also run the shortcut audits (squeeze/widen, borders, marker, exposure, JPEG)")
@@ -95,6 +108,7 @@ class Scored:
 
     files: list[tuple[Path, int]] = field(default_factory=list)  # (path, label index) of each scored file
     probs: list[np.ndarray] = field(default_factory=list)  # (batch, labels) softmax probabilities
+    refusals: list[np.ndarray] = field(default_factory=list)  # (batch,) refused by the model's own check
     aspects: list[float] = field(default_factory=list)  # width / height as received
     ungradable: int = 0
     errors: list[str] = field(default_factory=list)
@@ -104,8 +118,20 @@ class Scored:
         return np.concatenate(self.probs) if self.probs else np.empty((0, 0))
 
     @property
+    def refused(self) -> np.ndarray:
+        """Whether the bundle's refusal check refused each scored file (all False without one)."""
+        return np.concatenate(self.refusals) if self.refusals else np.zeros(0, bool)
+
+    @property
     def indices(self) -> np.ndarray:
         return np.array([index for _, index in self.files], dtype=np.int64)
+
+    def judged(self) -> "Scored":
+        """The files the refusal check did not refuse (their aspects and probabilities with them)."""
+        keep = ~self.refused
+        return Scored(files=[f for f, k in zip(self.files, keep) if k], probs=[self.probabilities[keep]],
+                      refusals=[self.refused[keep]], aspects=[a for a, k in zip(self.aspects, keep) if k],
+                      ungradable=self.ungradable, errors=self.errors)
 
 
 def predict_all(triager: Triager, items: list[tuple[Path, int]]) -> Scored:
@@ -115,7 +141,10 @@ def predict_all(triager: Triager, items: list[tuple[Path, int]]) -> Scored:
 
     def flush():
         if batch:
-            scored.probs.append(triager.predict(np.stack(batch))[0])
+            run = triager.run_model(np.stack(batch))
+            scored.probs.append(run.probabilities)
+            scored.refusals.append(np.zeros(len(batch), bool) if run.refusal_scores is None else
+                                   np.array([refusal.assess(row, m.refusal).refused for row in run.refusal_scores]))
             batch.clear()
 
     for path, index in tqdm(items, desc="evaluating", unit="img", file=sys.stderr, leave=False):
@@ -198,17 +227,20 @@ def folder_report(scored: Scored, m: Manifest, single: str | None, bootstrap: in
 def run(args: argparse.Namespace) -> int:
     triager = open_triager(args)
     m = triager.manifest
+    if args.must_refuse is not None:
+        return must_refuse(triager, args.must_refuse, args.json)
     try:
         items, single = labelled_files(args.data, m)
         scored = predict_all(triager, items)
         for err in scored.errors:
             print(f"skipped {err}", file=sys.stderr)
-        report = folder_report(scored, m, single, args.bootstrap, triager.operating_point.threshold)
+        report = folder_report(scored.judged(), m, single, args.bootstrap, triager.operating_point.threshold)
     except DataFolderError as exc:
         print(f"bedside eval: {exc}", file=sys.stderr)
         return 1
     report.update(ungradable=scored.ungradable, errors=len(scored.errors), model=triager.model.as_dict(),
-                  operating_point=triager.operating_point.as_json())
+                  operating_point=triager.operating_point.as_json(),
+                  refusal=refusal_report(scored, m, single, triager.operating_point.threshold))
     y = np.isin(scored.indices, [m.labels.index(single)] if single else m.urgent_indices)
     checks = audit_folder(triager, scored, y) if args.audit else None
     if checks is not None:
@@ -231,6 +263,87 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def refusal_report(scored: Scored, m: Manifest, single: str | None, threshold: float) -> dict | None:
+    """How many labelled images the bundle's refusal check refused (None without one), per label,
+    and the metrics at the operating point in use (``threshold``) on every image, refused ones included."""
+    if m.refusal is None:
+        return None
+    refused = scored.refused
+    names = {i: label for i, label in enumerate(m.labels)} | {NOT: f"not_{single}"}
+    y = scored.indices == m.labels.index(single) if single else np.isin(scored.indices, m.urgent_indices)
+    every = binary_report(y, m.urgent_probability(scored.probabilities), threshold).as_dict()
+    return {
+        "n": int(refused.size), "refused": int(refused.sum()), "share": float(refused.mean()) if refused.size else 0.0,
+        "calibrated_refusal_rate": m.refusal.calibrated_refusal_rate,
+        "by_label": {names[i]: int(refused[scored.indices == i].sum()) for i in sorted(set(scored.indices.tolist()))},
+        "including_refused": {k: every[k] for k in ("n", "auc", "sensitivity", "specificity")},
+    }
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every file under ``folder`` (any depth), hidden ones left out, in order."""
+    if not folder.is_dir():
+        raise DataFolderError(f"{folder}: not a directory")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in
+                                                                          p.relative_to(folder).parts))
+
+
+def must_refuse(triager: Triager, folder: Path, as_json: bool) -> int:
+    """``--must-refuse``: the device's verdict on every image of a folder the exam must not judge."""
+    m = triager.manifest
+    try:
+        files = image_files(folder)
+    except DataFolderError as exc:
+        print(f"bedside eval: {exc}", file=sys.stderr)
+        return 1
+    results, errors = [], []
+    for start in tqdm(range(0, len(files), BATCH), desc="evaluating", unit="batch", file=sys.stderr, leave=False):
+        prepared = []
+        for path in files[start:start + BATCH]:
+            try:
+                prepared.append(triager.prepare(intake.decode_file(path), str(path)))
+            except intake.IntakeError as exc:
+                errors.append(str(exc))
+        if prepared:
+            results += triager.triage_prepared(prepared)
+    report = refusal_summary(results, m)
+    report.update(folder=str(folder), unreadable=len(errors), model=triager.model.as_dict())
+    if as_json:
+        print(json.dumps(report))
+        return 0
+    print(f"{m.id} {m.version} ({triager.model.precision}, {triager.model.backend}) on {folder}")
+    print(f"n={report['n']}  refused {report['refused']} ({report['share']:.1%})  judged {report['judged']}  "
+          f"unreadable {report['unreadable']}")
+    print(f"by reason: quality checks {report['by_reason']['quality']}, refusal check "
+          f"{report['by_reason']['refusal_check'] if m.refusal else '- (the bundle has none)'}")
+    for code, n in report["quality_codes"].items():
+        print(f"  {code:<18} {n:>6}")
+    if report["judged_files"]:
+        print("judged (should have been refused): " + ", ".join(report["judged_files"][:20])
+              + (" ..." if report["judged"] > 20 else ""))
+    return 0
+
+
+def refusal_summary(results: list, m: Manifest) -> dict:
+    """Refused share of ``results`` (TriageResults), by reason: the first quality issue's check, or
+    the model's refusal check; the files judged URGENT or ROUTINE."""
+    n = len(results)
+    refused = [r.reasons[0].code if r.reasons else "quality" for r in results if r.triage == UNGRADABLE]
+    by_check = refused.count(refusal.NOT_IN_DOMAIN)
+    codes: dict[str, int] = {}
+    for code in refused:
+        if code != refusal.NOT_IN_DOMAIN:
+            codes[code] = codes.get(code, 0) + 1
+    judged = [r for r in results if r.triage != UNGRADABLE]
+    return {
+        "n": n, "refused": len(refused), "share": len(refused) / n if n else 0.0,
+        "by_reason": {"quality": len(refused) - by_check, "refusal_check": by_check},
+        "quality_codes": dict(sorted(codes.items(), key=lambda kv: -kv[1])),
+        "judged": len(judged), "judged_triage": {t: sum(r.triage == t for r in judged) for t in ("URGENT", "ROUTINE")},
+        "judged_files": [r.source for r in judged],
+    }
+
+
 def print_report(report: dict, m: Manifest, triager: Triager, data: Path) -> None:
     c, ci = report["confusion"], report["intervals"]
 
@@ -247,6 +360,14 @@ def print_report(report: dict, m: Manifest, triager: Triager, data: Path) -> Non
           f"{with_ci('specificity')}")
     print(f"confusion: TP {c['tp']}  FN {c['fn']}  TN {c['tn']}  FP {c['fp']}   "
           f"ungradable {report['ungradable']}  unreadable {report['errors']}")
+    refused = report.get("refusal")
+    if refused is not None:
+        every = refused["including_refused"]
+        print(f"refused by the model's check: {refused['refused']} of {refused['n']} ({refused['share']:.2%}; "
+              f"calibrated for {refused['calibrated_refusal_rate']:.2%}), per label "
+              + ", ".join(f"{k} {v}" for k, v in refused["by_label"].items())
+              + f"; the figures above are on what it judged (on every image: AUC {every['auc']:.4f}, "
+              f"sensitivity {every['sensitivity']:.4f}, specificity {every['specificity']:.4f})")
     print("intervals: bootstrap of whole patients")
     print(f"{'subgroup':<24} {'n':>5} {'AUC':>7} {'sens':>7} {'spec':>7} {'flagged':>8}")
     for g in report["subgroups"]:

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def _table_row(result: TriageResult) -> str:
     """One line; an UNGRADABLE result has no label or score to print (its JSON keeps what the model said)."""
-    reasons = "; ".join(i.message for i in result.quality.issues) or "ok"
+    reasons = "; ".join(f"{i.message} ({i.detail})" if i.detail else i.message for i in result.reasons) or "ok"
     top = ""
     if result.probabilities is not None and len(result.probabilities) > 2:
         best = sorted(result.probabilities.items(), key=lambda kv: -kv[1])[:3]

@@ -76,6 +76,25 @@ class UnknownExam(KioskError):
     code = "unknown_exam"
 
 
+class ExamNeeded(KioskError):
+    """No exam was named and the image is not plainly one exam's: none of them takes it, or several do.
+    ``accepted``: the exams that take it (empty: none)."""
+
+    status = 422
+    code = "choose_exam"
+
+    @classmethod
+    def of(cls, judged: list[tuple[str, str, str | None]], accepted: list[str]) -> "ExamNeeded":
+        """``judged``: (exam id, name, why it is not that exam's image, or None) of every exam."""
+        if accepted:
+            names = ", ".join(name for exam_id, name, _ in judged if exam_id in accepted)
+            message = f"This image could be read by more than one exam ({names}). Choose the exam."
+        else:
+            why = "; ".join(f"{name}: {reason[:1].lower()}{reason[1:]}" for _, name, reason in judged if reason)
+            message = f"No exam here takes this image ({why}). Check the image, or choose the exam yourself."
+        return cls(message, available=[exam_id for exam_id, _, _ in judged], accepted=accepted)
+
+
 class ImageRejected(KioskError):
     """An upload or imported file that intake refused; status by the kind of problem."""
 

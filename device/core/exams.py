@@ -15,6 +15,7 @@ from device.core.settings import ModelSettings
 from device.machine.facts import usable_cores
 from device.runtime import registry
 from device.runtime.backend_choice import AUTO, choose
+from device.runtime.fallback import RemoteWithFallback
 from device.runtime.triager import Triager
 from models.bundle import BundleError, find_bundles, load_bundle
 
@@ -99,6 +100,11 @@ class ExamRegistry:
     def ids(self) -> list[str]:
         return list(self._exams)
 
+    def name_of(self, exam_id: str) -> str:
+        """An exam's name in words (Exam.name); the id of one no longer installed."""
+        exam = self._exams.get(exam_id)
+        return exam.name if exam is not None else exam_id
+
     def choices(self) -> dict[str, dict]:
         """exam id -> its backend choice (device/runtime/backend_choice.py), for health and the metrics."""
         return {e.id: e.choice.as_json() for e in self._exams.values() if e.choice is not None}
@@ -135,7 +141,10 @@ def open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> Ex
     bundle = load_bundle(path)
     threads = settings.inference_threads or usable_cores()
     options = {name: settings.backend_settings(name) for name in registry.BACKENDS}
-    choice, loaded = choose(bundle, settings.backend, settings.precision, threads, options, cache_dir)
+    remote = settings.backend != AUTO and registry.backend_class(settings.backend).remote
+    # On a remote node, the kiosk's own choice is loaded too: it answers whenever the node does not.
+    local_backend = AUTO if remote else settings.backend
+    choice, loaded = choose(bundle, local_backend, settings.precision, threads, options, cache_dir)
     if settings.precision not in (AUTO, choice.precision):
         log.warning("%s has no %s variant for %s: serving %s", bundle.manifest.id, settings.precision,
                     choice.backend, choice.precision)
@@ -144,4 +153,9 @@ def open_exam(path: Path, settings: ModelSettings, cache_dir: Path | None) -> Ex
     except BaseException:
         loaded.close()
         raise
-    return Exam(triager, choice)
+    if not remote:
+        return Exam(triager, choice)
+    node = options[settings.backend]
+    served = RemoteWithFallback(lambda: Triager(bundle, settings.backend, "fp32", threads, node), triager, node.url,
+                                settings.remote_retry_s)
+    return Exam(triager, choice, remote=served)

@@ -16,13 +16,14 @@ from datetime import datetime
 from pathlib import Path
 
 from device.core.store import StudyRecord
+from device.decision.triage import shown_reasons
 from models.atomic import fsync_directory
 
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "dicom": ".dcm"}
 HISTORY_COLUMNS = (
     "id", "created_at", "exam", "source", "reference", "operator", "filename", "triage", "label",
     "probability", "threshold", "model_id", "model_version", "model_sha256", "backend", "precision",
-    "quality_ok", "quality_issues", "reviewed_at", "reviewed_by", "review_note", "image_sha256",
+    "quality_ok", "quality_issues", "not_judged_because", "reviewed_at", "reviewed_by", "review_note", "image_sha256",
 )
 
 
@@ -93,6 +94,7 @@ def history_row(study: StudyRecord) -> dict:
         "threshold": f"{study.threshold:.4f}", "model_id": model.id, "model_version": model.version,
         "model_sha256": model.sha256, "backend": model.backend, "precision": model.precision,
         "quality_ok": r["quality"]["ok"], "quality_issues": "; ".join(i["message"] for i in r["quality"]["issues"]),
+        "not_judged_because": "; ".join(i["message"] for i in shown_reasons(r)),
         "reviewed_at": study.reviewed_at or "", "reviewed_by": study.reviewed_by or "",
         "review_note": study.review_note or "", "image_sha256": study.image_sha256,
     }

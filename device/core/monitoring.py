@@ -17,7 +17,8 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus read
 
 class Metrics:
     def __init__(self, exams: Iterable[str], triage_categories: Iterable[str],
-                 sources: Callable[[], list[dict]] = list, choices: Callable[[], dict[str, dict]] = dict):
+                 sources: Callable[[], list[dict]] = list, choices: Callable[[], dict[str, dict]] = dict,
+                 watched: Callable[[], dict] = dict):
         self.registry = CollectorRegistry()
         self._is_ready = False
         self._ready = Gauge("bedside_ready", "1 when the models are loaded and warmed up and the store is open",
@@ -39,6 +40,7 @@ class Metrics:
                 self._studies.labels(exam, triage)
         self.registry.register(SourceCollector(sources))
         self.registry.register(BackendChoiceCollector(choices))
+        self.registry.register(WatchedCollector(watched))
 
     @property
     def ready(self) -> bool:
@@ -173,3 +175,39 @@ class DriftCollector(Collector):
             if entry["agreement"]["share"] is not None:
                 agreement.add_metric([exam], entry["agreement"]["share"])
         yield from (state, psi, limit, window, threshold, again, agreement)
+
+
+class WatchedCollector(Collector):
+    """What a fleet's alert rules watch (systemd/prometheus/bedside-alerts.yml), read from the running
+    appliance at each scrape: ``watched()`` gives ``inference`` (each exam's worker), ``storage`` (free
+    and reserve bytes), ``outbox`` (items by destination and state), ``remote`` (exam -> who answers,
+    for exams on a central node) and ``rolled_back`` (installed exam -> whether it serves an older
+    bundle than the newest it holds); a part that is missing is left out."""
+
+    def __init__(self, watched: Callable[[], dict]):
+        self._watched = watched
+
+    def collect(self) -> Iterable[Metric]:
+        w = self._watched()
+        families = [
+            ("bedside_inference_stuck", "1 while the exam's model has been in one call longer than models.stuck_after_s",
+             ["exam"], [([i["exam"]], int(i["stuck"])) for i in w.get("inference", [])]),
+            ("bedside_inference_busy_seconds", "How long the exam's model has been in its current call (0: idle)",
+             ["exam"], [([i["exam"]], i["busy_s"]) for i in w.get("inference", [])]),
+            ("bedside_outbox_items", "Results in the outbox by destination and state (queued, sending, sent, failed)",
+             ["destination", "state"], [([o["destination"], o["state"]], o["count"]) for o in w.get("outbox", [])]),
+            ("bedside_remote_fallback", "1 while an exam set to a central node is triaged by this kiosk's own model",
+             ["exam"], [([exam], int(r["state"] == "local")) for exam, r in w.get("remote", {}).items()]),
+            ("bedside_update_rolled_back", "1 while an installed exam serves an older bundle than the newest it holds",
+             ["exam"], [([exam], int(back)) for exam, back in w.get("rolled_back", {}).items()]),
+        ]
+        storage = w.get("storage")
+        if storage is not None:
+            families += [("bedside_storage_free_bytes", "Free space in the data dir", [], [([], storage["free_bytes"])]),
+                         ("bedside_storage_reserve_bytes", "Free space below which new studies are refused (507)", [],
+                          [([], storage["reserve_bytes"])])]
+        for name, help_text, labels, samples in families:
+            family = GaugeMetricFamily(name, help_text, labels=labels)
+            for values, value in samples:
+                family.add_metric(values, value)
+            yield family

@@ -19,10 +19,11 @@ import numpy as np
 from device import intake
 from device.core.settings import ModelSettings
 from device.decision.operating_point import OperatingPoint
-from device.decision.triage import TriageResult
+from device.decision.triage import ModelRef, TriageResult
 from device.runtime import registry
 from device.runtime.backend_choice import Choice
 from device.runtime.base import Preparation, RuntimeFailure, RuntimeUnavailable, VariantFile, model_io
+from device.runtime.fallback import RemoteWithFallback
 from device.runtime.triager import Prepared, Triager
 from device.runtime.variant_check import live_check
 from models.bundle import Bundle
@@ -56,8 +57,9 @@ class _Job:
 
 @dataclass
 class Exam:
-    triager: Triager
+    triager: Triager  # the kiosk's own model (with a central node: the one behind it)
     choice: Choice | None = None
+    remote: RemoteWithFallback | None = None  # backend = "remote": the node, falling back to ``triager``
     gpu_build: Preparation | None = None
     gpu_error: str | None = None
     # Where the site's accepted operating point is looked up (device/core/site_points.py); None: the bundle's.
@@ -74,6 +76,12 @@ class Exam:
     @property
     def bundle(self) -> Bundle:
         return self.triager.bundle
+
+    @property
+    def name(self) -> str:
+        """The exam in a few words, for lists and buttons: its title without the note in brackets
+        ('Pediatric chest X-ray pneumonia triage (research)' -> 'Pediatric chest X-ray pneumonia triage')."""
+        return self.bundle.manifest.title.split(" (")[0].strip() or self.id
 
     @property
     def reduced_decode(self) -> intake.ReducedDecode:
@@ -110,8 +118,9 @@ class Exam:
         return 0.0 if since is None else time.monotonic() - since
 
     def _run_waiting(self) -> None:
-        """With the model held: run the oldest waiting studies, at most a batch of them."""
-        triager = self.triager
+        """With the model held: run the oldest waiting studies, at most a batch of them (on the
+        central node while it answers, where there is one)."""
+        triager = self.remote or self.triager
         with self._waiting_lock:
             batch, self._waiting[:] = self._waiting[:triager.max_batch], self._waiting[triager.max_batch:]
         try:
@@ -171,10 +180,21 @@ class Exam:
         status = self.gpu_build.status() if self.gpu_build else {"state": "unavailable"}
         return {**status, "error": self.gpu_error or status.get("error")}
 
+    def remote_status(self) -> dict | None:
+        """Who answers this exam's studies when a central node is set: the node, or this kiosk and why."""
+        return None if self.remote is None else self.remote.status()
+
+    @property
+    def model(self) -> ModelRef:
+        """The model that answers studies now (with a central node: the node's, or the kiosk's own)."""
+        return (self.remote.answering if self.remote else self.triager).model
+
     def close(self) -> None:
         if self.gpu_build is not None:
             self.gpu_build.cancel()
             self.gpu_build.wait()
+        if self.remote is not None:
+            self.remote.close()
         self.triager.close()
 
     def selftest(self) -> dict:
@@ -189,6 +209,8 @@ class Exam:
             self.gpu_build.cancel()
             self.gpu_build.wait()
         with self._lock:
+            if self.remote is not None:
+                self.remote.close()
             self.triager.close()
 
     def warm_up(self) -> None:
@@ -204,6 +226,7 @@ class Exam:
         return {
             "id": m.id,
             "title": m.title,
+            "name": self.name,
             "version": m.version,
             "intended_use": m.intended_use,
             "research_only": m.research_only,
@@ -213,7 +236,8 @@ class Exam:
             "finding": m.finding,
             "threshold": self.operating_point().threshold,
             "operating_point": self.operating_point().as_json(),
-            "model": self.triager.model.as_dict(),
+            "model": self.model.as_dict(),
             "backend_choice": None if self.choice is None else self.choice.as_json(),
+            "remote": self.remote_status(),
             "gpu_engine": self.gpu_status(),
         }

@@ -5,6 +5,12 @@ up, review and export them, and who is acting.
 A study is created in three steps with the slow, shared part in the middle: decode (any thread),
 triage (the exam's single model, one thread at a time), save (image made durable, then the row
 committed). Only after the commit does the caller get the record to acknowledge.
+
+An upload or import that names no exam, where several are installed, goes to the one exam that
+takes the image (device/decision/refusal.py, in_domain: the model's refusal check, and the quality
+checks that say the image is of another kind); the caller is asked to choose only when none or
+several do. A study its exam judged the wrong kind of image can be run again as another exam: a
+new study linked to the first, nothing deleted.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from device import intake
 from device.core import exports, media
 from device.core.decoding import Decoder
 from device.core.drift_monitor import DriftMonitor
-from device.core.errors import BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam
+from device.core.errors import (
+    BadRequest, Conflict, ExamNeeded, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam,
+)
 from device.core.exams import ExamRegistry
 from device.core.import_paths import expand_dicomdirs
 from device.core.monitoring import Metrics
@@ -27,8 +35,10 @@ from device.core.renders import Renderer
 from device.core.reserve import Reserve, is_disk_full
 from device.core.settings import KioskConfig
 from device.core.store import NewStudy, Store, StoredImage, StudyFilter, StudyRecord
+from device.core.serving import Exam
 from device.core.study_result import StudyResult
-from device.decision.triage import UNGRADABLE
+from device.decision.refusal import WRONG_EXAM, in_domain
+from device.decision.triage import UNGRADABLE, TriageResult, shown_reasons
 from models.bundle import InputContract
 
 log = logging.getLogger(__name__)
@@ -72,6 +82,7 @@ def study_json(study: StudyRecord) -> dict:
             "width": study.width,
         },
         "result": study.result,
+        "rerun_of": study.rerun_of,
         "review": {
             "reviewed": study.reviewed_at is not None,
             "at": study.reviewed_at,
@@ -157,31 +168,79 @@ class StudyService:
         reference: str | None = None,
         operator: str | None = None,
         source: str = "upload",
+        rerun_of: int | None = None,
     ) -> StudyRecord:
-        """Decode, triage and durably store one image. Raises KioskError (4xx) for bad input."""
+        """Decode, triage and durably store one image. Raises KioskError (4xx) for bad input, and
+        ExamNeeded when no exam is named and not exactly one of several takes the image.
+        ``rerun_of``: the study this one is run again from, as another exam."""
         t0 = time.perf_counter()
         try:
-            exam = self.exams.resolve(exam_id)
+            exam = self.exams.resolve(exam_id) if exam_id or len(self.exams) == 1 else None
             reference = self.reference(reference)
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
         except KioskError as exc:
             self.metrics.error(exc.code)
             raise
-        img, decode_ms = self._decoded(data, filename, exam.reduced_decode)
-        # The image is known to be good: make it durable while the model runs (an fsync costs
-        # milliseconds; overlapping it with inference keeps it off the study's latency).
-        written = self._writer.submit(self.store.put_image, data)
-        try:
-            result = exam.triage(img, filename, decode_ms)
-        finally:
-            t_wait = time.perf_counter()
-            sha = written.result()
-        waited = {"store_image_wait": (time.perf_counter() - t_wait) * 1e3}
+        if exam is None:
+            exam, img, result = self._exam_for(data, filename)
+            sha, waited = self.store.put_image(data), {}
+        else:
+            img, decode_ms = self._decoded(data, filename, exam.reduced_decode)
+            # The image is known to be good: make it durable while the model runs (an fsync costs
+            # milliseconds; overlapping it with inference keeps it off the study's latency).
+            written = self._writer.submit(self.store.put_image, data)
+            try:
+                result = exam.triage(img, filename, decode_ms)
+            finally:
+                t_wait = time.perf_counter()
+                sha = written.result()
+            waited = {"store_image_wait": (time.perf_counter() - t_wait) * 1e3}
         study = NewStudy(exam=exam.id, source=source, reference=reference, operator=operator, filename=filename,
                          image=stored_image(sha, len(data), img),
-                         result=StudyResult(result=result, extra_timings_ms=waited))
+                         result=StudyResult(result=result, extra_timings_ms=waited), rerun_of=rerun_of)
         return self.save_triaged(study, t0)
+
+    def _exam_for(self, data: bytes, filename: str) -> tuple[Exam, intake.DecodedImage, TriageResult]:
+        """Every installed exam triages the image; the one whose domain it is (refusal.in_domain) keeps
+        its result. ExamNeeded (counted) when none or several take it."""
+        decoded: dict[intake.ReducedDecode, tuple[intake.DecodedImage, float]] = {}
+        judged = []
+        for exam in self.exams:
+            reduce = exam.reduced_decode
+            if reduce not in decoded:
+                decoded[reduce] = self._decoded(data, filename, reduce)
+            img, decode_ms = decoded[reduce]
+            judged.append((exam, img, exam.triage(img, filename, decode_ms)))
+        taking = [j for j in judged if in_domain(j[2].quality, j[2].refusal)]
+        if len(taking) == 1:
+            return taking[0]
+        why = {e.id: next((i.message for i in r.reasons if i.code in WRONG_EXAM), None) for e, _, r in judged}
+        exc = ExamNeeded.of([(e.id, e.name, why[e.id]) for e, _, _ in judged], [e.id for e, _, _ in taking])
+        self.metrics.error(exc.code)
+        raise exc
+
+    def run_as(self, study_id: int, exam_id: str | None, operator: str | None) -> StudyRecord:
+        """Run a study's image again as another exam: a new study that names the first (rerun_of),
+        which is marked reviewed with a note saying so (audited; nothing is deleted). Only a study its
+        exam could not judge as the wrong kind of image is run again; a second request for the same
+        exam gives the study made the first time."""
+        first = self.get(study_id)
+        exam = self.exams.resolve(exam_id) if exam_id else None
+        if exam is None or exam.id == first.exam:
+            raise BadRequest(f"choose another exam to run study {study_id} as: {', '.join(self.exams.ids())}")
+        if not any(r["code"] in WRONG_EXAM for r in shown_reasons(first.result)):
+            raise Conflict(f"study {study_id} was judged by its exam ({first.triage}); only an image its exam "
+                           "could not judge as the wrong kind of image is run as another exam")
+        earlier = next((sid for sid, exam_of in self.store.reruns_of(study_id) if exam_of == exam.id), None)
+        if earlier is not None:
+            return self.get(earlier)
+        who = self.operator(operator)
+        study = self.create_study(self.image_bytes(first), first.filename, exam.id, first.reference, who,
+                                  first.source, rerun_of=first.id)
+        if first.reviewed_at is None:
+            self.store.review(first.id, who, f"Run as {exam.name}: study #{study.id}")
+        return study
 
     def _decoded(self, data: bytes, filename: str, reduce: intake.ReducedDecode | None = None
                  ) -> tuple[intake.DecodedImage, float]:
@@ -196,6 +255,16 @@ class StudyService:
         except KioskError as exc:
             self.metrics.error(exc.code)
             raise
+
+    def keep_bytes(self, data: bytes) -> str:
+        """Store a file durably as it came, undecoded, where there is room (StorageFull otherwise): a
+        DICOM instance no exam triages. Its sha256."""
+        try:
+            self.reserve.require(len(data))
+        except KioskError as exc:
+            self.metrics.error(exc.code)
+            raise
+        return self.store.put_image(data)
 
     def keep_image(self, data: bytes, filename: str) -> StoredImage:
         """Decode (to refuse what cannot be triaged) and durably store an image without triaging
@@ -224,7 +293,8 @@ class StudyService:
         """Import files from the import folders, one study each; a bad file does not stop the others."""
         if not paths:
             raise BadRequest("choose at least one file to import")
-        self.exams.resolve(exam_id)  # an unknown exam or a missing reference fails the whole request, before any work
+        if exam_id:  # an unknown exam or a missing reference fails the whole request, before any work
+            self.exams.resolve(exam_id)
         self.reference(reference)
         outcome: list[tuple[str, StudyRecord | KioskError]] = []
         for path in expand_dicomdirs(paths, self.config.media.import_folders):

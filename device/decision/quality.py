@@ -1,6 +1,8 @@
 """Cheap image-quality gates: a bad image becomes UNGRADABLE with a reason, instead of a confident guess.
 
-Every threshold comes from the bundle's QualityPolicy. The statistics are computed on a strided
+Each issue says in plain words what is wrong (``message``, the headline a clinician reads) and what to
+do (``action``); the figures behind it (``detail``: the measured value and the limit) are shown only
+behind "Details". Every threshold comes from the bundle's QualityPolicy. The statistics are computed on a strided
 subsample (about 256 px on the long side), so a 3000x2500 radiograph costs a few milliseconds.
 """
 
@@ -21,11 +23,27 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as mo
 _CLIP_EPS = 0.5 / 255.0
 
 
+# The issues that say the image is not of the kind the exam reads at all (another modality, body
+# part, a colour photo for a gray exam or the reverse), as against a bad image of the right kind:
+# another exam may judge it (device/decision/refusal.py adds the model's own check to these).
+WRONG_KIND = frozenset({"wrong_modality", "wrong_body_part", "colour_photo", "not_colour"})
+# DICOM Modality codes in words, for the headline (the code itself stays in the detail).
+MODALITY_WORDS = {
+    "CR": "X-ray", "DX": "X-ray", "CT": "CT", "MR": "MRI", "US": "ultrasound", "NM": "nuclear medicine",
+    "PT": "PET", "MG": "mammography", "XA": "angiography", "RF": "fluoroscopy", "XC": "photograph",
+    "DMS": "dermoscopy", "OP": "eye photograph", "ES": "endoscopy", "SM": "microscopy", "OT": "other",
+}
+
+
 @dataclass(frozen=True)
 class QualityIssue:
     code: str
-    message: str
-    action: str
+    message: str  # what is wrong, in plain words, no figures
+    action: str  # what to do
+    detail: str = ""  # the figures behind it (measured value, limit), for Details
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "action": self.action, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -36,7 +54,7 @@ class QualityReport:
     def as_dict(self) -> dict:
         return {
             "ok": self.ok,
-            "issues": [{"code": i.code, "message": i.message, "action": i.action} for i in self.issues],
+            "issues": [i.as_dict() for i in self.issues],
         }
 
 
@@ -72,12 +90,14 @@ def _gray(sample: np.ndarray) -> np.ndarray:
 def _modality_issues(img: DecodedImage, expected: list[str]) -> list[QualityIssue]:
     if img.modality is None or not expected or img.modality in expected:
         return []
-    wanted = ", ".join(expected)
+    kind = MODALITY_WORDS.get(img.modality, img.modality)
+    wanted = sorted({MODALITY_WORDS.get(m, m) for m in expected})
     return [
         QualityIssue(
             "wrong_modality",
-            f"the file is a {img.modality} image; this model grades {wanted} images only",
-            f"Send the {wanted} study instead",
+            f"This is {_article(kind)} {kind} image; this exam reads {' or '.join(wanted)} images only",
+            "Send the right image, or choose the exam for this kind of image",
+            f"DICOM Modality {img.modality}; the exam takes {', '.join(expected)}",
         )
     ]
 
@@ -85,14 +105,21 @@ def _modality_issues(img: DecodedImage, expected: list[str]) -> list[QualityIssu
 def _body_part_issues(img: DecodedImage, expected: list[str]) -> list[QualityIssue]:
     if img.body_part is None or not expected or img.body_part in expected:
         return []
-    wanted = ", ".join(expected)
+    wanted = " or ".join(p.lower() for p in expected)
     return [
         QualityIssue(
             "wrong_body_part",
-            f"the file shows {img.body_part}; this model grades {wanted} images only",
-            f"Send the {wanted} study instead",
+            f"This image is of the {img.body_part.lower()}; this exam reads the {wanted} only",
+            "Send the right image, or choose the exam for this kind of image",
+            f"DICOM BodyPartExamined {img.body_part}; the exam takes {', '.join(expected)}",
         )
     ]
+
+
+def _article(word: str) -> str:
+    """'a' or 'an' as the word is said: an MRI, an X-ray, a CT, an ultrasound, a photograph."""
+    spelled = word[:2].isupper() or word[1:2] == "-"  # an acronym, or X-ray: its first letter is spelled
+    return "an" if word[:1] in ("AEFHILMNORSX" if spelled else "aeiouAEIOU") else "a"
 
 
 def _geometry_issues(height: int, width: int, policy: QualityPolicy) -> list[QualityIssue]:
@@ -101,8 +128,9 @@ def _geometry_issues(height: int, width: int, policy: QualityPolicy) -> list[Qua
         issues.append(
             QualityIssue(
                 "too_small",
-                f"image is {width}x{height} px; at least {policy.min_side_px} px per side is needed",
+                "The image is too small to judge",
                 "Retake or import the original full-resolution image",
+                f"{width}x{height} px; at least {policy.min_side_px} px per side is needed",
             )
         )
     aspect = min(height, width) / max(height, width)
@@ -110,9 +138,9 @@ def _geometry_issues(height: int, width: int, policy: QualityPolicy) -> list[Qua
         issues.append(
             QualityIssue(
                 "aspect",
-                f"image is {width}x{height} px (aspect {aspect:.2f}); below {policy.min_aspect:.2f} "
-                "it is not the expected view",
+                f"The image is a narrow strip, not the whole {policy.subject}",
                 f"Capture the whole {policy.subject}, not a strip or a crop",
+                f"{width}x{height} px (aspect {aspect:.2f}); below {policy.min_aspect:.2f} it is not the expected view",
             )
         )
     return issues
@@ -137,18 +165,19 @@ def _colour_issues(sample: np.ndarray | None, policy: QualityPolicy) -> list[Qua
         return [
             QualityIssue(
                 "colour_photo",
-                f"image is in colour (mean chroma {chroma:.2f}, limit {policy.max_colorfulness:.2f}); "
-                f"it is not a grayscale {policy.subject}",
-                f"Use the {policy.subject} itself, not a colour photo, screenshot or other modality",
+                f"This is a colour picture, not a {policy.subject}",
+                f"Use the {policy.subject} itself, not a colour photo or screenshot, or choose the exam for this "
+                "kind of image",
+                f"mean chroma {chroma:.2f}, limit {policy.max_colorfulness:.2f}",
             )
         ]
     if policy.min_colorfulness is not None and chroma < policy.min_colorfulness:
         return [
             QualityIssue(
                 "not_colour",
-                f"image is (nearly) gray (mean chroma {chroma:.2f}, at least {policy.min_colorfulness:.2f} is "
-                f"needed); it is not a colour {policy.subject}",
+                f"This is a gray image, not a colour {policy.subject}",
                 f"Use a colour {policy.subject}; an X-ray or other gray image goes to its own exam",
+                f"mean chroma {chroma:.2f}, at least {policy.min_colorfulness:.2f} is needed",
             )
         ]
     return []
@@ -171,8 +200,9 @@ def _sharpness_issues(pixels: np.ndarray, policy: QualityPolicy) -> list[Quality
     return [
         QualityIssue(
             "blurred",
-            f"image is out of focus (sharpness {sharpness:.5f}, at least {policy.min_sharpness:.5f} is needed)",
+            "The image is out of focus",
             "Hold the camera still, focus on the lesion and take the picture again",
+            f"sharpness {sharpness:.5f}, at least {policy.min_sharpness:.5f} is needed",
         )
     ]
 
@@ -200,9 +230,10 @@ def _lesion_issues(sample: np.ndarray, policy: QualityPolicy) -> list[QualityIss
     return [
         QualityIssue(
             "no_lesion",
-            f"no lesion found in the middle of the image ({fraction:.0%} of the centre differs from the "
-            f"surrounding skin; at least {policy.min_lesion_fraction:.0%} is expected)",
+            "No lesion in the middle of the picture",
             "Centre the lesion in the dermoscope's field and take the picture again",
+            f"{fraction:.0%} of the centre differs from the surrounding skin; at least "
+            f"{policy.min_lesion_fraction:.0%} is expected",
         )
     ]
 
@@ -257,19 +288,20 @@ def _exposure_issues(stats: _Exposure, policy: QualityPolicy) -> list[QualityIss
         return [
             QualityIssue(
                 "blank",
-                f"image has almost no contrast (range {high - low:.2f}, at least "
-                f"{policy.min_dynamic_range:.2f} is needed)",
-                "Check the capture: the image is blank or nearly uniform",
+                "The image is blank or almost uniform",
+                "Check the capture and take or send the image again",
+                f"contrast range {high - low:.2f}, at least {policy.min_dynamic_range:.2f} is needed",
             )
         ]
     if black + white <= policy.max_clipped_fraction:
         return []
-    code, side = ("overexposed", "white") if white >= black else ("underexposed", "black")
+    code, words = ("overexposed", "burned out to white") if white >= black else ("underexposed", "black")
     return [
         QualityIssue(
             code,
-            f"{(black + white):.0%} of the image is clipped ({white:.0%} pure white, {black:.0%} pure "
-            f"black; at most {policy.max_clipped_fraction:.0%} is allowed), mostly {side}",
+            f"Too much of the image is {words}",
             "Recapture with correct exposure, or re-export without burning out the image",
+            f"{(black + white):.0%} of the image is clipped ({white:.0%} pure white, {black:.0%} pure black); at "
+            f"most {policy.max_clipped_fraction:.0%} is allowed",
         )
     ]

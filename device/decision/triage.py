@@ -1,6 +1,6 @@
 """The triage policy and its result: a model's probabilities become URGENT or ROUTINE under the
-bundle's operating point (UNGRADABLE where the image failed its quality checks), and the result
-records exactly which model decided.
+bundle's operating point (UNGRADABLE where the image failed its quality checks or the model refused
+it, device/decision/refusal.py), and the result records exactly which model decided.
 
 Everything model-specific (labels, threshold, urgent labels) comes from the bundle manifest; the
 model is run elsewhere (device/runtime/triager.py).
@@ -14,13 +14,38 @@ import numpy as np
 
 from device.decision import quality
 from device.decision.operating_point import OperatingPoint
+from device.decision.refusal import RefusalReport, reasons
 from models.bundle import Manifest
 
 URGENT, ROUTINE, UNGRADABLE = "URGENT", "ROUTINE", "UNGRADABLE"
 TRIAGE_ORDER = (URGENT, UNGRADABLE, ROUTINE)  # the categories, most urgent first (lists sort by it)
 # Where an UNGRADABLE result keeps what the model said: for audit only. The image failed the
-# quality checks, so the numbers describe nothing a clinician should read.
+# quality checks or was refused, so the numbers describe nothing a clinician should read.
 UNGRADED_OUTPUT = "ungraded_model_output"
+NOT_JUDGED = "the image failed the quality checks"  # the reason of an UNGRADABLE result that names none
+
+
+def shown_reasons(document: dict) -> list[dict]:
+    """Why a stored result (its ``as_json()`` document) is UNGRADABLE, each ``{code, message, action,
+    detail}``: its ``reasons``, or for a document saved before results held them, its quality issues."""
+    if "reasons" in document:
+        return document["reasons"]
+    return document.get("quality", {}).get("issues", [])
+
+
+def cannot_assess(reasons: list[dict]) -> str:
+    """The one line an UNGRADABLE result is shown with everywhere (screen, live view, SR, FHIR, the
+    command line): 'Cannot assess: this does not look like a chest X-ray'."""
+    if not reasons:
+        return f"Cannot assess: {NOT_JUDGED}"
+    message = reasons[0]["message"]
+    return f"Cannot assess: {message[:1].lower()}{message[1:]}"
+
+
+def reasons_text(reasons: list[dict]) -> str:
+    """Each reason with what to do and its figures, for a report read away from the screen (SR, FHIR)."""
+    return "; ".join(f"{r['message']}. {r['action']}" + (f" ({r['detail']})" if r.get("detail") else "")
+                     for r in reasons)
 
 
 @dataclass(frozen=True)
@@ -59,7 +84,7 @@ class ModelOutput:
 @dataclass(frozen=True, kw_only=True)
 class TriageResult:
     """One image's result. An UNGRADABLE one carries no label, score or heatmap: the image failed its
-    quality checks, and a number or a map on it would read as a finding. What the model said is kept
+    quality checks or the model refused it (``refusal``), and a number or a map on it would read as a finding. What the model said is kept
     apart (``ungraded_output``), for audit only. Made with ``of``; refused at construction otherwise,
     so every output (the study, the store, live results, DICOM SR, FHIR) only renders what it holds."""
 
@@ -76,6 +101,7 @@ class TriageResult:
     image_notes: tuple[str, ...] = ()
     cam: np.ndarray | None = field(default=None, repr=False, compare=False)
     batch_size: int = 1  # studies run through the model together with this one (a burst)
+    refusal: RefusalReport | None = None  # the model's own checks, where the bundle has them
     operating_point: OperatingPoint | None = None  # the one it was decided at (threshold is its threshold)
     # The model input's image statistics (models/drift.py), for the drift monitor; never a finding.
     image_statistics: dict[str, float] = field(default_factory=dict, compare=False)
@@ -87,8 +113,14 @@ class TriageResult:
         if self.triage == UNGRADABLE:
             if any(v is not None for v in shown) or self.cam is not None:
                 raise ValueError("an UNGRADABLE result carries no label, score or heatmap (see ungraded_output)")
-        elif any(v is None for v in shown) or self.ungraded_output is not None:
-            raise ValueError(f"a {self.triage} result carries its label and scores, and no ungraded output")
+        elif any(v is None for v in shown) or self.ungraded_output is not None or self.reasons:
+            raise ValueError(f"a {self.triage} result carries its label and scores, no ungraded output, and no "
+                             "reason not to judge the image")
+
+    @property
+    def reasons(self) -> tuple[quality.QualityIssue, ...]:
+        """Why the image is not judged (its quality issues, else the refusal); empty when it is."""
+        return reasons(self.quality, self.refusal)
 
     @classmethod
     def of(cls, output: ModelOutput, triage: str, cam: np.ndarray | None = None, **fields) -> "TriageResult":
@@ -110,7 +142,7 @@ class TriageResult:
         return TriageResult.of(
             self.model_output, UNGRADABLE, source=self.source, threshold=self.threshold, quality=report,
             model=self.model, timings_ms=self.timings_ms, image_notes=self.image_notes, batch_size=self.batch_size,
-            operating_point=self.operating_point, image_statistics=self.image_statistics,
+            refusal=self.refusal, operating_point=self.operating_point, image_statistics=self.image_statistics,
         )
 
     @property
@@ -126,6 +158,7 @@ class TriageResult:
             "triage": self.triage,
             "threshold": self.threshold,
             "quality": self.quality.as_dict(),
+            "reasons": [i.as_dict() for i in self.reasons],
             "model": self.model.as_dict(),
             "latency_ms": round(self.latency_ms, 3),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
@@ -134,6 +167,8 @@ class TriageResult:
         }
         if self.ungraded_output is not None:
             out[UNGRADED_OUTPUT] = self.ungraded_output.as_json()
+        if self.refusal is not None:
+            out["refusal"] = self.refusal.as_json()
         if self.operating_point is not None:
             out["operating_point"] = self.operating_point.as_json()
         if self.image_statistics:

@@ -1,10 +1,15 @@
-"""What the SCP accepts: the storage SOP classes we can triage, in every transfer syntax our intake
-decodes (device/intake/dicom.py hands the pixel data to pydicom's decoders and pylibjpeg)."""
+"""What the SCP accepts: the image storage SOP classes a modality may send, in every transfer syntax
+our intake decodes (device/intake/dicom.py hands the pixel data to pydicom's decoders and pylibjpeg).
+
+Accepting a class is not triaging it: the routes (device/dicom/routing.py) decide which exam, if
+any, triages an instance; one no exam takes is kept and listed, and its sender told it is stored,
+rather than refused at the association (a modality that cannot store a series often stops sending).
+"""
 
 from __future__ import annotations
 
 from pydicom import uid
-from pynetdicom import build_context
+from pynetdicom import build_context, sop_class
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
 
@@ -16,6 +21,24 @@ STORAGE_CLASSES = (
     uid.UltrasoundMultiFrameImageStorage,
     uid.SecondaryCaptureImageStorage,
     uid.VLPhotographicImageStorage,
+    sop_class.DermoscopicPhotographyImageStorage,
+    # kept, not triaged unless a route names an exam for them
+    sop_class.CTImageStorage,
+    sop_class.EnhancedCTImageStorage,
+    sop_class.MRImageStorage,
+    sop_class.EnhancedMRImageStorage,
+    sop_class.NuclearMedicineImageStorage,
+    sop_class.PositronEmissionTomographyImageStorage,
+    sop_class.XRayAngiographicImageStorage,
+    sop_class.XRayRadiofluoroscopicImageStorage,
+    sop_class.DigitalMammographyXRayImageStorageForPresentation,
+    sop_class.DigitalIntraOralXRayImageStorageForPresentation,
+    sop_class.VLEndoscopicImageStorage,
+    sop_class.VLMicroscopicImageStorage,
+    sop_class.OphthalmicPhotography8BitImageStorage,
+    sop_class.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    sop_class.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    sop_class.MultiFrameTrueColorSecondaryCaptureImageStorage,
 )
 
 TRANSFER_SYNTAXES = (

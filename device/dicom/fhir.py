@@ -22,7 +22,8 @@ from fhir.resources.R4B.bundle import Bundle
 
 from device.core.settings.dicom import FhirDestination
 from device.core.store import StudyRecord
-from device.dicom.results import MANUFACTURER, RESEARCH_BANNER, operating_point_words
+from device.decision.triage import cannot_assess, reasons_text, shown_reasons
+from device.dicom.results import MANUFACTURER, RESEARCH_BANNER, in_domain_text, operating_point_words
 from models import atomic
 from models.bundle import Manifest
 
@@ -100,16 +101,16 @@ def _entry(full_url: str, resource: dict) -> dict:
 
 
 def _verdict(study: StudyRecord) -> str:
-    quality = study.result.get("quality", {})
-    if quality.get("ok"):
-        return "Image quality: ok"
-    issues = "; ".join(f"{i['message']} ({i['action']})" for i in quality.get("issues", []))
-    return f"Image quality: {issues or 'not ok'}"
+    issues = study.result.get("quality", {}).get("issues", [])
+    text = f"Image quality: {reasons_text(issues) or 'ok'}"
+    if "refusal" in study.result:
+        text += f". In-domain check: {in_domain_text(study.result['refusal'])}"
+    return text
 
 
 def _conclusion(study: StudyRecord, finding: str, manifest: Manifest) -> str:
     line = {"URGENT": f"Suspected {finding} - review first", "ROUTINE": f"No {finding} pattern found"}.get(
-        study.triage, "Cannot assess: the image failed the quality checks")
+        study.triage) or cannot_assess(shown_reasons(study.result))
     research = f" {RESEARCH_BANNER}." if manifest.research_only else ""
     return f"{study.triage}: {line}.{research}"
 

@@ -32,6 +32,9 @@ FIELDS = {
     "modality": "Modality",
     "view_position": "ViewPosition",  # the series rule prefers frontal views (device/dicom/series.py)
     "instance_number": "InstanceNumber",
+    "body_part": "BodyPartExamined",  # the routes (device/dicom/routing.py) match it
+    "rows": "Rows",  # an instance kept untriaged is never decoded: its size as its header states it
+    "columns": "Columns",
 }
 
 

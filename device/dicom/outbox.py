@@ -3,7 +3,10 @@ in its own SQLite file beside the store's (WAL, synchronous=FULL) with the objec
 outbox/ (fsynced before its row is committed).
 
 States: queued (waiting, maybe after failed attempts) -> sending -> sent, or failed (the peer
-answered with a failure status: resending the same object will not help). A row left in
+answered with a failure status: resending the same object will not help). A result that could not
+be built at all is a failed item too (UNBUILT, no file), one per study and destination, so that
+nothing is lost without a trace: the technician sees it beside the others and retries it, which
+builds the result again (device/dicom/node.py). A failed item retried goes back to queued. A row left in
 'sending' by a crash goes back to queued at start: the peer may have stored it already, and a PACS
 keeps one instance per SOP Instance UID, so the resend is harmless; a row marked sent is never
 sent again.
@@ -41,6 +44,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (destination, sop_instance_uid)
 )"""
 ITEM_COLUMNS = ("id", "study_id", "destination", "sop_class", "sop_instance_uid", "state", "attempts", "last_error")
+UNBUILT = "Result (not built)"  # the sop_class of the failed item that stands for a result not built
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,35 @@ class Outbox:
                 (study_id, destination, sop_class, sop_instance_uid, name, time.time(), utc_iso()),
             )
 
+    def add_unbuilt(self, study_id: int, destination: str, reason: str) -> None:
+        """The study's result for ``destination`` could not be built: a failed item saying why (one per
+        study and destination; a later failure updates its reason)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO outbox (study_id, destination, sop_class, sop_instance_uid, file, state, attempts,"
+                " last_error, next_attempt, created_at) VALUES (?, ?, ?, ?, '', 'failed', 1, ?, 0, ?)"
+                " ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET attempts = attempts + 1,"
+                " last_error = excluded.last_error",
+                (study_id, destination, UNBUILT, f"unbuilt-{study_id}", reason[:500], utc_iso()),
+            )
+
+    def drop_unbuilt(self, study_id: int) -> None:
+        """The study's result was built after all: its stand-in failed items go (its objects are queued)."""
+        with self._lock:
+            self._db.execute("DELETE FROM outbox WHERE study_id = ? AND sop_class = ?", (study_id, UNBUILT))
+
+    def item(self, item_id: int) -> dict | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(ITEM_COLUMNS)} FROM outbox WHERE id = ?", (item_id,)).fetchone()
+        return None if row is None else dict(zip(ITEM_COLUMNS, row))
+
+    def requeue(self, item_id: int) -> bool:
+        """Send a failed item again (not a result that was never built: that is built again instead)."""
+        with self._lock:
+            cur = self._db.execute("UPDATE outbox SET state = 'queued', next_attempt = ? WHERE id = ?"
+                                   " AND state = 'failed' AND sop_class != ?", (time.time(), item_id, UNBUILT))
+        return cur.rowcount == 1
+
     def due(self, now: float) -> list[Item]:
         """Queued items whose time has come, marked sending, oldest first."""
         with self._lock:
@@ -129,6 +162,12 @@ class Outbox:
                 " ORDER BY id", tuple(study_ids),
             ).fetchall()
         return [dict(zip(ITEM_COLUMNS, r)) for r in rows]
+
+    def counts(self) -> list[dict]:
+        """How many items each destination has in each state (the metrics' outbox gauge)."""
+        with self._lock:
+            rows = self._db.execute("SELECT destination, state, count(*) FROM outbox GROUP BY destination, state").fetchall()
+        return [{"destination": d, "state": s, "count": n} for d, s, n in rows]
 
     def items(self, limit: int = 500) -> list[dict]:
         """Newest first, as GET /api/v1/outbox lists them."""

@@ -2,8 +2,10 @@
 references the received instance (which is never altered):
 
 - a Comprehensive SR: the finding, the urgent class's probability, the triage category, the
-  quality verdict and the algorithm (model id, version, sha256), with the kiosk and the model in
-  the Contributing Equipment Sequence;
+  quality verdict, the model's in-domain check where the bundle has one, and the algorithm (model
+  id, version, sha256), with the kiosk and the model in the Contributing Equipment Sequence; an
+  UNGRADABLE study's finding is the line every screen shows ("Cannot assess: this does not look
+  like a chest X-ray"), with no probability;
 - a Secondary Capture of the heatmap overlay, with RESEARCH_BANNER burned into the pixels and in
   the Series Description when the bundle is research-only.
 """
@@ -23,6 +25,7 @@ from pydicom.uid import generate_uid
 
 from device.core.store import StudyRecord
 from device.decision import heatmap
+from device.decision.triage import cannot_assess, reasons_text, shown_reasons
 from models.bundle import Manifest
 
 RESEARCH_BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
@@ -37,6 +40,7 @@ FINDING = CodedConcept("121071", "DCM", "Finding")
 PROBABILITY = CodedConcept("PROB", _SCHEME, "Probability of the urgent finding")
 TRIAGE = CodedConcept("TRIAGE", _SCHEME, "Triage category")
 QUALITY = CodedConcept("QUALITY", _SCHEME, "Image quality verdict")
+IN_DOMAIN = CodedConcept("INDOMAIN", _SCHEME, "In-domain check")
 ALGORITHM_NAME = CodedConcept("111001", "DCM", "Algorithm Name")
 ALGORITHM_VERSION = CodedConcept("111003", "DCM", "Algorithm Version")
 MODEL_SHA256 = CodedConcept("SHA256", _SCHEME, "Model file SHA-256")
@@ -44,7 +48,6 @@ DISCLAIMER = CodedConcept("DISCLAIMER", _SCHEME, "Intended use")
 OPERATING_POINT = CodedConcept("OPPOINT", _SCHEME, "Operating point")
 PROCESSING_EQUIPMENT = CodedConcept("109102", "DCM", "Processing Equipment")
 NO_UNITS = CodedConcept("1", "UCUM", "no units")
-NOT_ASSESSED = "Not assessed: the image failed the quality checks"
 PLACEHOLDER_ORIENTATION = ("A", "F")  # only to satisfy highdicom's check; blanked right after
 
 
@@ -74,16 +77,19 @@ def _equipment(study: StudyRecord) -> hd.ContributingEquipment:
 
 
 def _report(source: pydicom.Dataset, study: StudyRecord, manifest: Manifest, equipment: list) -> hd.sr.ComprehensiveSR:
-    quality = study.result.get("quality", {})
-    verdict = "ok" if quality.get("ok") else "; ".join(i["message"] for i in quality.get("issues", [])) or "not ok"
-    # An UNGRADABLE study has no finding and no score (as on every screen): the quality verdict says why.
+    issues = study.result.get("quality", {}).get("issues", [])
+    verdict = reasons_text(issues) or "ok"
+    # An UNGRADABLE study has no finding and no score (as on every screen): the verdicts say why.
     graded = study.probability is not None
+    finding = study.label if graded else cannot_assess(shown_reasons(study.result))
     items = [
-        hd.sr.TextContentItem(FINDING, study.label if graded else NOT_ASSESSED, relationship_type="CONTAINS"),
+        hd.sr.TextContentItem(FINDING, finding[:1024], relationship_type="CONTAINS"),
         *([hd.sr.NumContentItem(PROBABILITY, round(float(study.probability), 6), NO_UNITS,
                                 relationship_type="CONTAINS")] if graded else []),
         hd.sr.TextContentItem(TRIAGE, study.triage, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(QUALITY, verdict[:1024], relationship_type="CONTAINS"),
+        *([hd.sr.TextContentItem(IN_DOMAIN, in_domain_text(study.result["refusal"])[:1024],
+                                 relationship_type="CONTAINS")] if "refusal" in study.result else []),
         hd.sr.TextContentItem(ALGORITHM_NAME, study.model.id, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(ALGORITHM_VERSION, study.model.version, relationship_type="CONTAINS"),
         hd.sr.TextContentItem(MODEL_SHA256, study.model.sha256, relationship_type="CONTAINS"),
@@ -108,6 +114,14 @@ def operating_point_words(study: StudyRecord) -> str:
     op = study.result.get("operating_point")
     text = op["text"] if op else "The model's own operating point"
     return f"P >= {study.threshold:.4f}: {text}"
+
+
+def in_domain_text(refusal: dict) -> str:
+    """The model's in-domain check as the SR and FHIR state it: refused or accepted, with each score."""
+    scores = "; ".join(f"{c['name']} {c['value']:.4g}, limit {c['threshold']:.4g}" for c in refusal["checks"])
+    if refusal["refused"]:
+        return f"Refused: this does not look like {refusal['subject']} ({scores})"
+    return f"Accepted as {refusal['subject']} ({scores})"
 
 
 def _heatmap(source: pydicom.Dataset, pixels: np.ndarray, study: StudyRecord, manifest: Manifest,
@@ -152,8 +166,12 @@ def _description(what: str, manifest: Manifest) -> str:
 
 
 def _orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
-    """The source's Patient Orientation where it states one validly (the overlay is not rotated)."""
+    """The source's Patient Orientation where it states one validly (the overlay is not rotated):
+    two values, each of the letters A, P, R, L, H, F (highdicom refuses anything else)."""
     value = source.get("PatientOrientation")
     if value is None or len(value) != 2:
         return None
-    return str(value[0]), str(value[1])
+    row, column = str(value[0]), str(value[1])
+    if not all(v and set(v) <= set("APRLHF") for v in (row, column)):
+        return None
+    return row, column

@@ -140,8 +140,10 @@ class SeriesTriage:
             self.ingest.report(study, chosen["calling_ae"], "", chosen["sop_instance_uid"])
 
     def _triage(self, chosen: dict, source: str) -> StudyRecord:
+        """As the exam its route named when it arrived (held before routes were recorded: none)."""
         data = self.studies.store.image_path(chosen["image_sha256"]).read_bytes()
-        return self.studies.create_study(data, chosen["filename"], reference=chosen["accession_number"], source=source)
+        return self.studies.create_study(data, chosen["filename"], chosen["exam"] or None,
+                                         reference=chosen["accession_number"], source=source)
 
     def _not_triaged(self, key: tuple[str, str], chosen: dict, exc: KioskError) -> None:
         if exc.status in RETRYABLE:

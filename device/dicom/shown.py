@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 
 from pydicom.uid import UID
 
+from device.dicom.outbox import UNBUILT
+
 _UID_TEXT = re.compile(r"^[0-9.]{1,64}$")
 # Worst first: a study's send state is the worst of its items' states.
 SEND_STATES = ("failed", "queued", "sending", "sent")
 SEND_WORDS = {"failed": "Results refused", "queued": "Results queued", "sending": "Sending results",
               "sent": "Results sent"}
 WHAT_IS_SENT = {"Comprehensive SR Storage": "report", "Secondary Capture Image Storage": "heatmap",
-                "FHIR R4 Bundle": "FHIR report"}
+                "FHIR R4 Bundle": "FHIR report", UNBUILT: "results"}
 
 
 @dataclass(frozen=True)

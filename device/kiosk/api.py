@@ -210,6 +210,14 @@ def review_study(study_id: int):
     return jsonify(study_json(study))
 
 
+@api.post("/studies/<int:study_id>/run-as")
+def run_as(study_id: int):
+    """``{exam, operator}``: the study's image as another exam, a new study linked to this one (201)."""
+    body = request_body()
+    study = current_appliance().studies.run_as(study_id, body_text(body, "exam"), body_operator(body))
+    return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
+
+
 @api.post("/studies/<int:study_id>/export")
 def export_study(study_id: int):
     body = request_body()

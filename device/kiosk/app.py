@@ -14,6 +14,7 @@ from device.appliance.running import Appliance
 from device.core.errors import KioskError
 from device.core.reserve import STORAGE_FULL, is_disk_full
 from device.core.settings import KioskConfig
+from device.decision.triage import cannot_assess, shown_reasons
 from device.dicom.shown import SEND_WORDS
 from device.kiosk.api import api, ops
 from device.kiosk.dicom_api import dicom_api
@@ -78,6 +79,9 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
     app.jinja_env.globals["plain_errors"] = PLAIN_ERRORS
     app.jinja_env.globals["send_words"] = SEND_WORDS
+    app.jinja_env.filters["reasons"] = shown_reasons
+    app.jinja_env.filters["cannot_assess"] = cannot_assess
+    app.jinja_env.filters["exam_name"] = appliance.exams.name_of
     app.register_blueprint(api)
     app.register_blueprint(dicom_api)
     app.register_blueprint(ops)

@@ -1,9 +1,10 @@
 """The JSON API's DICOM part: what a study's received instances said in their headers (patient,
-accession, study date, modality, UIDs, calling AE), and the SCP's log of refusals and stores."""
+accession, study date, modality, UIDs, calling AE), the instances kept without triage (no exam for
+them), the SCP's log of refusals and stores, and the outbox (a failed item retried)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 
 from device.appliance.context import current_appliance
 from device.core.errors import NotFound
@@ -19,6 +20,15 @@ def study_instances(study_id: int):
     return jsonify({"instances": appliance.store.dicom_instances(study_id)})
 
 
+@dicom_api.get("/dicom/not-triaged")
+def not_triaged():
+    """Instances stored and acknowledged that no exam triages, newest first: ``{instances, total}``."""
+    limit = min(max(request.args.get("limit", 100, type=int), 1), 500)
+    offset = max(request.args.get("offset", 0, type=int), 0)
+    rows, total = current_appliance().store.untriaged(limit, offset)
+    return jsonify({"instances": rows, "total": total, "limit": limit, "offset": offset})
+
+
 @dicom_api.get("/dicom/events")
 def events():
     """The newest EVENTS_SHOWN entries of the SCP's log, newest first."""
@@ -32,3 +42,12 @@ def outbox():
     if node is None:
         raise NotFound("DICOM is off: [dicom] port is not set")
     return jsonify({"items": node.outbox.items()})
+
+
+@dicom_api.post("/outbox/<int:item_id>/retry")
+def retry(item_id: int):
+    """Try a failed item again (a result never built is built again): ``{done}``."""
+    node = current_appliance().dicom
+    if node is None:
+        raise NotFound("DICOM is off: [dicom] port is not set")
+    return jsonify({"done": node.retry(item_id), "item": node.outbox.item(item_id)})

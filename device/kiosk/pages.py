@@ -14,7 +14,8 @@ from device.appliance.context import current_appliance
 from device.capture.devices import list_video_devices
 from device.capture.manager import LiveSource
 from device.core.errors import BadRequest, KioskError
-from device.decision.triage import TRIAGE_ORDER
+from device.decision.refusal import WRONG_EXAM
+from device.decision.triage import TRIAGE_ORDER, UNGRADABLE, shown_reasons
 from device.dicom.shown import facts_of
 from device.kiosk.params import study_filter
 
@@ -25,7 +26,7 @@ MAX_OFFSET = 2**62
 def _new_study_page(status: int = 200, error: str | None = None, error_kind: str | None = None):
     """The form again, with the reason when a study was refused (``error_kind``: the intake kind)."""
     k = current_appliance()
-    exam_id = request.values.get("exam") or (k.exams.ids()[0] if len(k.exams) else None)
+    exam_id = request.values.get("exam", "")  # "": the exam that takes the image (study_service.py)
     return render_template(
         "new.html",
         exams=list(k.exams),
@@ -60,7 +61,8 @@ def _worklist_args() -> dict:
     size, page = k.config.ui.page_size, _page_number()
     studies, total = k.store.worklist(size, (page - 1) * size)
     return {"studies": studies, "total": total, "page": page, "pages": max(1, -(-total // size)),
-            "counts": k.store.unreviewed_counts(), "dicom": _dicom_facts(studies)}
+            "counts": k.store.unreviewed_counts(), "dicom": _dicom_facts(studies),
+            "not_triaged": k.store.untriaged(1)[1]}
 
 
 @pages.get("/")
@@ -117,13 +119,19 @@ def result(study_id: int):
     study = k.studies.view(study_id, None)
     exam = next((e for e in k.exams if e.id == study.exam), None)
     first = k.store.first_with_image(study.image_sha256)
+    reruns = [k.store.get(rerun_id) for rerun_id, _ in k.store.reruns_of(study.id)]
+    wrong_exam = study.triage == UNGRADABLE and any(r["code"] in WRONG_EXAM for r in shown_reasons(study.result))
+    # the exams this image was run as already: this study's, its reruns', the one it was run from
+    tried = {study.exam, *(s.exam for s in reruns), *([k.store.get(study.rerun_of).exam] if study.rerun_of else [])}
     return render_template(
         "result.html",
         study=study,
         exam=exam,
         next_case=next((s for s in k.store.worklist(2)[0] if s.id != study.id), None),
         dicom=_dicom_facts([study], with_instances=True).get(study.id),
-        duplicate_of=first if first != study.id else None,
+        duplicate_of=first if first not in (study.id, study.rerun_of) else None,
+        reruns=reruns,
+        run_as=[e for e in k.exams if e.id not in tried] if wrong_exam else [],
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
         exported=request.args.get("exported"),
@@ -138,6 +146,21 @@ def review(study_id: int):
     current_appliance().studies.review(study_id, form.get("note"), form.get("operator"), form.get("change") == "1",
                                        form.get("agreement"))
     return redirect(url_for("pages.result", study_id=study_id, reviewed=1), 303)
+
+
+@pages.post("/studies/<int:study_id>/run-as")
+def run_as(study_id: int):
+    study = current_appliance().studies.run_as(study_id, request.form.get("exam"), request.form.get("operator"))
+    return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
+
+
+@pages.get("/not-triaged")
+def not_triaged():
+    """Images received by DICOM that no exam triages: kept and acknowledged, listed here."""
+    k = current_appliance()
+    size, page = k.config.ui.page_size, _page_number()
+    rows, total = k.store.untriaged(size, (page - 1) * size)
+    return render_template("not_triaged.html", rows=rows, total=total, page=page, pages=max(1, -(-total // size)))
 
 
 @pages.post("/studies/<int:study_id>/export")

@@ -7,6 +7,7 @@ library is missing reports itself unavailable with the reason instead of crashin
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ class RuntimeFailure(Exception):
     """A backend loaded but failed to run a model."""
 
 
+def import_runtime(module: str, how: str = ""):
+    """A backend's library, or RuntimeUnavailable saying it is not installed (and ``how`` to get it)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"{module.split('.')[0]} is not installed ({exc}){how}") from None
+
+
 @dataclass(frozen=True)
 class Availability:
     ok: bool
@@ -43,23 +52,25 @@ class ModelIO:
 
 
 def model_io(manifest: Manifest) -> ModelIO:
-    """The I/O a bundle declares: its input tensor, the logits and (if it has one) the CAM output."""
+    """The I/O a bundle declares: its input tensor and every output it names (the logits, the CAM if
+    it has one, each refusal check's score): a backend fetches them all in the one run."""
     m = manifest
-    outputs = (m.outputs.logits,) + ((m.outputs.cam,) if m.outputs.cam else ())
-    return ModelIO(m.input.tensor_name, outputs, (m.input.channels, m.input.height, m.input.width))
+    return ModelIO(m.input.tensor_name, m.output_names, (m.input.channels, m.input.height, m.input.width))
 
 
 @dataclass(frozen=True)
 class VariantFile:
     """The bundle variant a backend runs: its file, and what the manifest says of it (precision,
-    targets), so that no backend has to read the manifest again to know what it was given."""
+    targets), so that no backend has to read the manifest again to know what it was given; and the
+    bundle itself, for a backend that checks a model it does not hold (``remote``)."""
 
     path: Path
     variant: Variant
+    bundle: Bundle | None = None
 
     @classmethod
     def of(cls, bundle: Bundle, variant: Variant) -> "VariantFile":
-        return cls(bundle.path_of(variant.file), variant)
+        return cls(bundle.path_of(variant.file), variant, bundle)
 
     @property
     def precision(self) -> str:
@@ -124,6 +135,10 @@ class Preparation(Protocol):
 class Backend(ABC):
     name: ClassVar[str]
     target: ClassVar[Literal["cpu", "gpu"]]  # which bundle variants it runs
+    # Whether it runs the model on another machine (a central node): then `backend = "auto"` never
+    # picks it (it is used only where it is named, with its URL), and a kiosk serving on it keeps its
+    # own choice loaded to fall back on (device/runtime/fallback.py).
+    remote: ClassVar[bool] = False
     io: ModelIO
 
     @classmethod
@@ -146,6 +161,11 @@ class Backend(ABC):
     def max_batch(self) -> int:
         """The largest batch this backend takes at once (a burst of studies is run in batches of it)."""
         return 16
+
+    def served(self) -> tuple[str, str] | None:
+        """(precision, sha256) of the variant file actually run, where that is not the file this
+        backend was handed (a remote node runs the one it declares); None: the file it was handed."""
+        return None
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -11,18 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from device.runtime.base import (
-    Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile, SideBySide,
+    Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile, SideBySide, import_runtime,
 )
 
 PROVIDER = "CPUExecutionProvider"
 
 
 def _import_ort():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise RuntimeUnavailable(f"onnxruntime is not installed ({exc})") from None
-    return onnxruntime
+    return import_runtime("onnxruntime")
 
 
 class OnnxRuntimeBackend(Backend):

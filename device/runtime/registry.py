@@ -12,6 +12,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "device.runtime.onnxruntime_backend:OnnxRuntimeBackend",
     "openvino": "device.runtime.openvino_backend:OpenVinoBackend",
     "tensorrt": "device.tensorrt.backend:TensorRTBackend",
+    "remote": "device.runtime.remote_backend:RemoteBackend",
 }
 
 
@@ -49,5 +50,6 @@ def require(name: str) -> type[Backend]:
 
 
 def available(target: str) -> list[str]:
-    """The backends that can run here for a variant target ("cpu" or "gpu"), in registry order."""
-    return [name for name, status in all_availability().items() if status.ok and backend_class(name).target == target]
+    """The backends ``auto`` may choose here for a variant target ("cpu" or "gpu"), in registry order."""
+    return [name for name, status in all_availability().items()
+            if status.ok and backend_class(name).target == target and not backend_class(name).remote]

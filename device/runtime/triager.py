@@ -1,5 +1,5 @@
 """From an image to a triage result: check quality, preprocess, run the bundle's model on a
-backend, apply its policy (device/decision).
+backend, check whether the model refuses the image, apply its policy (device/decision, in that order).
 
 Everything model-specific (labels, input contract, threshold, quality limits) comes from the
 bundle manifest; this module only knows the shape of the contract.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from device import intake
-from device.decision import quality
+from device.decision import quality, refusal
 from device.decision.operating_point import OperatingPoint
 from device.decision.triage import ModelOutput, ModelRef, TriageResult, decide, urgent_map
 from device.machine.facts import usable_cores
@@ -38,6 +38,16 @@ class Prepared:
     timings_ms: dict[str, float]
     operating_point: OperatingPoint
     image_statistics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """What one model run gave for a batch: every output the manifest names, as the device uses them."""
+
+    probabilities: np.ndarray  # (N, labels) softmax
+    cam: np.ndarray | None  # (N, h, w), the urgent group's map; None where the model gives none
+    refusal_scores: np.ndarray | None  # (N, checks), the bundle's refusal checks; None where it has none
+
 
 class Triager:
     """One loaded model of one bundle on one backend; create it once per process and reuse it."""
@@ -63,7 +73,8 @@ class Triager:
                                  backend_settings)
         self._backend: Backend = loaded
         self._backend.warm_up()
-        self.model = ModelRef(m.id, m.version, bundle.sha256_of(variant.file), precision, backend)
+        served_precision, sha256 = loaded.served() or (precision, bundle.sha256_of(variant.file))
+        self.model = ModelRef(m.id, m.version, sha256, served_precision, backend)
         # Where nothing else is given, studies are decided at this point (a site's accepted one is
         # handed to prepare() by whoever serves the exam, or set here by the commands).
         self.operating_point = OperatingPoint.of_bundle(m, bundle.sha256)
@@ -83,14 +94,25 @@ class Triager:
 
     def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities (N, labels) and, if the model has one, the urgent group's activation map (N, h, w)."""
+        run = self.run_model(batch)
+        return run.probabilities, run.cam
+
+    def run_model(self, batch: np.ndarray) -> ModelRun:
+        """One run of the model on a batch, every output it declares read (RuntimeFailure when one is broken)."""
+        m = self.manifest
         out = self._backend.run(batch)
-        probs = softmax(out[self.manifest.outputs.logits].astype(np.float64))
+        probs = softmax(out[m.outputs.logits].astype(np.float64))
         if not np.isfinite(probs).all():
             # NaN >= threshold is False: without this a broken input or runtime would read ROUTINE.
             raise RuntimeFailure(f"{self.model.backend} returned non-finite scores for {self.model.id}")
-        cam_name = self.manifest.outputs.cam
-        cam = urgent_map(out[cam_name], self.manifest) if cam_name else None
-        return probs, cam
+        cam = urgent_map(out[m.outputs.cam], m) if m.outputs.cam else None
+        scores = None
+        if m.refusal is not None:
+            try:
+                scores = refusal.scores(out, m.refusal, len(batch))
+            except refusal.RefusalOutputError as exc:
+                raise RuntimeFailure(f"{self.model.backend} on {self.model.id}: {exc}") from None
+        return ModelRun(probs, cam, scores)
 
     @property
     def max_batch(self) -> int:
@@ -116,15 +138,19 @@ class Triager:
         result's inference time is the whole run's, what each of them waited for."""
         m = self.manifest
         t1 = time.perf_counter()
-        probs, cam = self.predict(np.stack([p.tensor for p in prepared]))
+        run = self.run_model(np.stack([p.tensor for p in prepared]))
         inference_ms = (time.perf_counter() - t1) * 1e3
+        probs, cam = run.probabilities, run.cam
         results = []
         for i, p in enumerate(prepared):
-            label, category = decide(probs[i], m, p.report.ok, p.operating_point.threshold)
+            checked = None if run.refusal_scores is None else refusal.assess(run.refusal_scores[i], m.refusal)
+            label, category = decide(probs[i], m, p.report.ok and not (checked is not None and checked.refused),
+                                     p.operating_point.threshold)
             output = ModelOutput(label=label, probabilities={name: float(v) for name, v in zip(m.labels, probs[i])},
                                  urgent_probability=float(m.urgent_probability(probs[i])))
             results.append(TriageResult.of(
                 output, category, None if cam is None else cam[i],
+                refusal=checked,
                 source=p.source,
                 threshold=p.operating_point.threshold,
                 operating_point=p.operating_point,

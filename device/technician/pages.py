@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, redirect, render_template, request
 
-from device.core.errors import BadRequest, NotFound
+from device.core.errors import BadRequest, KioskError, NotFound
 from device.machine.clock import utc_iso
 from device.technician import checks, diagnostics, status
 from device.technician.area import area, is_loopback
@@ -186,16 +186,34 @@ def test_frame():
     return Response(frame, mimetype="image/jpeg", headers=NO_STORE)
 
 
+def _dicom_page(echoes: list | None = None, done: str | None = None, status_code: int = 200):
+    """The settings, and where the node runs: its routes, what is not triaged, the failed results."""
+    node = running_appliance() and running_appliance().dicom
+    return show("dicom.html", status_code, dicom=area().config.dicom, echoes=echoes, node=node, done=done,
+                not_triaged=running_appliance().store.untriaged(1)[1] if node else 0)
+
+
 @technician.get("/dicom")
 def dicom():
-    return show("dicom.html", dicom=area().config.dicom, echoes=None)
+    return _dicom_page()
 
 
 @technician.post("/dicom/echo")
 def dicom_echo():
     settings = area().config.dicom
-    echoes = [checks.echo(settings, d) for d in settings.destinations]
-    return show("dicom.html", dicom=settings, echoes=echoes)
+    return _dicom_page(echoes=[checks.echo(settings, d) for d in settings.destinations])
+
+
+@technician.post("/dicom/outbox/<int:item_id>/retry")
+def dicom_retry(item_id: int):
+    """A failed result tried again: sent again, or built again when it never was."""
+    node = running_appliance() and running_appliance().dicom
+    if node is None:
+        raise NotFound("DICOM is off: [dicom] port is not set")
+    try:
+        return _dicom_page(done=node.retry(item_id))
+    except KioskError as exc:
+        return _dicom_page(done=exc.message, status_code=exc.status)
 
 
 # ---- logs and diagnostics ---------------------------------------------------------------------

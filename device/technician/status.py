@@ -115,8 +115,8 @@ def backends() -> dict:
 def collect(config, started_at: float, recent: list, exams=None) -> dict:
     """The status page's content; ``exams`` (the kiosk's, None in safe mode) adds models and engine builds."""
     models = [] if exams is None else [
-        {"id": e.id, "version": e.bundle.manifest.version, "backend": e.triager.model.backend,
-         "precision": e.triager.model.precision, "engine_build": e.gpu_status()}
+        {"id": e.id, "version": e.bundle.manifest.version, "backend": e.model.backend,
+         "precision": e.model.precision, "engine_build": e.gpu_status(), "remote": e.remote_status()}
         for e in exams
     ]
     return {

@@ -13,10 +13,11 @@ Keys and archives (the model team's side):
 The appliance's side:
     verify(path, config.updates, trust_dir=None) -> VerifiedArchive(.exam_id, .version, .key_id,
                                                     .allow_downgrade, .as_json())     raises Refused
-    install(path, config, health=None, progress=None, trust_dir=None) -> InstallResult
+    install(path, config, health=None, progress=None, trust_dir=None, commit=True) -> InstallResult
+    commit(exam, config, version=None) -> InstallResult     an install made with commit=False, recorded
     list_installed(config) -> list[InstalledExam(exam_id, version, source, path, slots: [SlotInfo])]
     activate(exam, slot, config, health=None, progress=None) -> InstallResult
-    rollback(exam | None, config, health=None, progress=None) -> InstallResult
+    rollback(exam | None, config, health=None, progress=None) -> InstallResult   (undoes one on trial)
     selftest_active(exam, config) -> SelfTestResult(ok, checks, .reason())
     recover(config) -> list[str]                             at kiosk start: undo uncommitted switches
     served_paths(config) -> list[Path]                       the bundle folders the kiosk serves
@@ -53,8 +54,8 @@ from device.updates.drives import DriveArchive, find_archives
 from device.updates.errors import Busy, HealthCheckFailed, KeyProblem, NotInstalled, Refused, SelfTestFailed, UpdateError
 from device.updates.health import HealthCheck, InProcess, LiveKiosk, kiosk_url
 from device.updates.install import (
-    STEPS, InstalledExam, InstallResult, SlotInfo, activate, install, list_installed, rollback, selftest_active,
-    served_paths, slots_of,
+    STEPS, InstalledExam, InstallResult, SlotInfo, activate, commit, install, list_installed, rollback,
+    selftest_active, served_paths, slots_of,
 )
 from device.updates.keys import KeyPair, generate as generate_keys
 from device.updates.selftest import SelfTestResult
@@ -70,7 +71,7 @@ def recover(config: "KioskConfig") -> list[str]:
 __all__ = [
     "APP_STEPS", "STEPS", "AppResult", "app_status", "install_app", "pack_release", "recover_app", "rollback_app", "Busy", "Contents", "DriveArchive", "HealthCheck", "HealthCheckFailed", "InProcess", "InstallResult",
     "InstalledExam", "KeyPair", "KeyProblem", "LiveKiosk", "NotInstalled", "Refused", "SelfTestFailed",
-    "SelfTestResult", "SlotInfo", "Statement", "UpdateError", "VerifiedArchive", "activate", "find_archives",
+    "SelfTestResult", "SlotInfo", "Statement", "UpdateError", "VerifiedArchive", "activate", "commit", "find_archives",
     "generate_keys", "install", "kiosk_url", "list_installed", "pack_bundle", "recover", "rollback",
     "selftest_active", "served_paths", "sign_archive", "verify",
 ]

@@ -15,6 +15,12 @@ A failure before commit puts everything back by itself: the staged slot is remov
 switched back and the kiosk reloads the old bundle. A process killed at any point leaves the link on
 a complete slot; ``Slots.recover`` (run by the next install and at every kiosk start) undoes a switch
 that was not committed.
+
+An update service with a commit of its own (Mender: ArtifactInstall, then ArtifactCommit or
+ArtifactRollback) installs with ``commit=False``: every step up to the health check, the slot left
+being tried; ``commit`` then records it, ``rollback`` switches back to the committed slot. Until
+then the kiosk serves the new bundle, and a kiosk restart puts the committed one back, as after a
+crash.
 """
 
 from __future__ import annotations
@@ -104,8 +110,9 @@ def bundle_selftest(config: "KioskConfig", path: Path) -> SelfTestResult:
 
 
 def install(path: Path, config: "KioskConfig", health: HealthCheck | None = None,
-            progress: Progress = no_progress, trust_dir: Path | None = None) -> InstallResult:
-    """Install a signed archive into the exam's inactive slot and make it live (module docstring)."""
+            progress: Progress = no_progress, trust_dir: Path | None = None, commit: bool = True) -> InstallResult:
+    """Install a signed archive into the exam's inactive slot and make it live (module docstring);
+    with ``commit=False`` it stays on trial until ``commit`` or ``rollback``."""
     progress("verify", str(path))
     verified = verify(path, config.updates, trust_dir)
     slots = slots_of(config)
@@ -120,7 +127,7 @@ def install(path: Path, config: "KioskConfig", health: HealthCheck | None = None
         check_downgrade(verified, before)
         target = state.other(state.committed)
         state = _stage(config, slots, verified, state, target, progress)
-        return _switch_and_commit(slots, exam, state, target, before, health, progress)
+        return _switch_and_commit(slots, exam, state, target, before, health, progress, commit)
 
 
 def _stage(config: "KioskConfig", slots: Slots, verified: VerifiedArchive, state: ExamState, target: Slot,
@@ -151,7 +158,7 @@ def _stage(config: "KioskConfig", slots: Slots, verified: VerifiedArchive, state
 
 
 def _switch_and_commit(slots: Slots, exam: str, state: ExamState, target: Slot, before: str | None,
-                       health: HealthCheck | None, progress: Progress) -> InstallResult:
+                       health: HealthCheck | None, progress: Progress, commit: bool = True) -> InstallResult:
     version = state.slots[target].version
     trying = state.model_copy(update={"trying": target})
     progress("switch", target)
@@ -162,18 +169,49 @@ def _switch_and_commit(slots: Slots, exam: str, state: ExamState, target: Slot, 
         summary = health.check(exam, version) if health is not None else \
             "no live kiosk checked; the kiosk loads it at its next start"
     except BaseException as exc:
-        slots.switch(exam, state.committed)
-        slots.write_state(exam, state)
-        if health is not None:
-            health.restore(exam)
+        _switch_back(slots, exam, state, health)
         if isinstance(exc, HealthCheckFailed):
-            back = (f"rolled back to slot {state.committed} ({before})" if state.committed
-                    else f"rolled back to the shipped {before}" if before else "the exam is not installed")
-            raise HealthCheckFailed(f"{exam} {version} failed the health check ({exc}); {back}") from None
+            raise HealthCheckFailed(f"{exam} {version} failed the health check ({exc}); {_back(state, before)}") from None
         raise
+    if not commit:
+        return InstallResult(exam, version, target, before, summary + "; awaiting commit")
     progress("commit", target)
     slots.write_state(exam, state.model_copy(update={"committed": target, "trying": None}))
     return InstallResult(exam, version, target, before, summary)
+
+
+def _switch_back(slots: Slots, exam: str, state: ExamState, health: HealthCheck | None) -> None:
+    """The link back on the committed slot (or none: the shipped bundle), nothing on trial, and the
+    live kiosk told to load it again."""
+    slots.switch(exam, state.committed)
+    slots.write_state(exam, state.model_copy(update={"trying": None}))
+    if health is not None:
+        health.restore(exam)
+
+
+def _back(state: ExamState, before: str | None) -> str:
+    return (f"rolled back to slot {state.committed} ({before})" if state.committed
+            else f"rolled back to the shipped {before}" if before else "the exam is not installed")
+
+
+def commit(exam: str, config: "KioskConfig", version: str | None = None) -> InstallResult:
+    """Record the slot on trial as committed. ``version``: the one the caller installed; when it is
+    already committed this is a repeat and changes nothing."""
+    slots = slots_of(config)
+    exam = _only_exam(slots, exam)
+    with slots.locked(exam):
+        state = slots.read_state(exam)
+        if state.trying is None:
+            done = state.slots.get(state.committed) if state.committed else None
+            if version is not None and done is not None and done.version == version:
+                return InstallResult(exam, version, state.committed, None, "already committed")
+            raise NotInstalled(f"no {exam} update awaits a commit (a restart or a rollback may have undone it)")
+        trial = state.slots[state.trying]
+        if version is not None and trial.version != version:
+            raise NotInstalled(f"{exam} {trial.version} awaits a commit, not {version}")
+        before = state.slots[state.committed].version if state.committed in state.slots else None
+        slots.write_state(exam, state.model_copy(update={"committed": state.trying, "trying": None}))
+        return InstallResult(exam, trial.version, state.trying, before, "committed")
 
 
 def _only_exam(slots: Slots, exam: str | None) -> str:
@@ -219,14 +257,33 @@ def activate(exam: str, slot: Slot, config: "KioskConfig", health: HealthCheck |
 
 def rollback(exam: str | None, config: "KioskConfig", health: HealthCheck | None = None,
              progress: Progress = no_progress) -> InstallResult:
-    """Go back to the exam's previous bundle (the other slot), health-checked and committed."""
+    """Go back to the exam's previous bundle: the committed one when an update is on trial, else the
+    other slot, health-checked and committed."""
     slots = slots_of(config)
     exam = _only_exam(slots, exam)
     state = slots.read_state(exam)
+    if state.trying is not None:
+        return _abandon(slots, exam, config, health, progress)
     previous = state.other(state.committed)
     if previous not in state.slots:
         raise NotInstalled(f"{exam} has no previous bundle to roll back to")
     return activate(exam, previous, config, health, progress)
+
+
+def _abandon(slots: Slots, exam: str, config: "KioskConfig", health: HealthCheck | None,
+             progress: Progress) -> InstallResult:
+    """Undo the update on trial: back to the committed slot (or the shipped bundle)."""
+    with slots.locked(exam):
+        progress("lock", exam)
+        state = slots.read_state(exam)
+        if state.trying is None:
+            raise NotInstalled(f"no {exam} update is on trial any more")
+        tried = state.slots[state.trying].version
+        progress("switch", str(state.committed or "shipped"))
+        _switch_back(slots, exam, state, health)
+        version = current_version(config, slots, exam, state)
+        return InstallResult(exam, version or "-", state.committed or "shipped", tried,
+                             f"{tried} was on trial and is no longer served")
 
 
 @dataclass(frozen=True)
@@ -250,9 +307,18 @@ class InstalledExam:
     path: Path | None
     slots: list[SlotInfo]
 
+    @property
+    def rolled_back(self) -> bool:
+        """It serves an older bundle than the newest it holds: an update failed its health check or was
+        rolled back (or a signed downgrade was installed)."""
+        active = next((s for s in self.slots if s.role in ("active", "trying")), None)
+        return active is not None and any(Version(s.version) > Version(active.version)
+                                          for s in self.slots if s is not active)
+
     def as_json(self) -> dict:
         return {"exam": self.exam_id, "version": self.version, "source": self.source,
-                "path": str(self.path) if self.path else None, "slots": [s.as_json() for s in self.slots]}
+                "path": str(self.path) if self.path else None, "slots": [s.as_json() for s in self.slots],
+                "rolled_back": self.rolled_back}
 
 
 def list_installed(config: "KioskConfig") -> list[InstalledExam]:

@@ -11,13 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from device.capture.settings import CaptureSettings
 from device.core.settings.dicom import DicomSettings
 from device.core.settings.monitoring import MonitoringSettings
 from device.core.settings.technician import TechnicianSettings
 from device.core.settings.updates import UpdateSettings
+from device.runtime.remote_backend import RemoteSettings
 from device.tensorrt.settings import EngineSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
 
@@ -96,10 +97,39 @@ class ModelSettings(_Strict):
         description="a model busy with one image this long counts as hung: health answers 503 and the "
         "systemd watchdog is no longer pinged, so the kiosk is restarted",
     )
+    remote_url: str | None = Field(
+        default=None, description="with backend = \"remote\": the central node, http://HOST:PORT"
+    )
+    remote_timeout_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="the longest a request to the node may take; past it the kiosk's own model triages the study",
+    )
+    remote_connect_timeout_s: float = Field(default=0.5, gt=0, le=60, description="the longest opening a connection may take")
+    remote_retry_s: float = Field(
+        default=10, ge=0.1, le=3600,
+        description="while serving locally, how often the node is asked (and checked) again",
+    )
+
+    @model_validator(mode="after")
+    def _remote_needs_its_url(self) -> "ModelSettings":
+        if self.backend == "remote" and not self.remote_url:
+            raise ValueError("backend = \"remote\" needs remote_url (the central node, http://HOST:PORT)")
+        if self.remote_url is not None:
+            try:
+                self.remote_settings()
+            except ValidationError as exc:
+                raise ValueError(f"remote_url: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        return self
+
+    def remote_settings(self) -> RemoteSettings | None:
+        if self.remote_url is None:
+            return None
+        return RemoteSettings(url=self.remote_url, timeout_s=self.remote_timeout_s,
+                              connect_timeout_s=self.remote_connect_timeout_s)
 
     def backend_settings(self, backend: str) -> object | None:
         """The settings section of a backend, for those that have one."""
-        return {"tensorrt": self.tensorrt}.get(backend)
+        return {"tensorrt": self.tensorrt, "remote": self.remote_settings()}.get(backend)
 
 
 class StoreSettings(_Strict):

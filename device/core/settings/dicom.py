@@ -44,6 +44,20 @@ class FhirDestination(_Strict):
         return self
 
 
+class Route(_Strict):
+    """One rule of ``[[dicom.routes]]``: an instance whose header matches every criterion given goes to
+    ``exam`` (an empty ``exam``: kept and listed, not triaged). A criterion left empty matches
+    anything; a list matches any of its values (case and surrounding spaces ignored; "" matches an
+    instance without the attribute). The first rule that matches wins."""
+
+    exam: str = Field(pattern=r"^([a-z0-9][a-z0-9-]*)?$", description="the exam (bundle id); '': do not triage")
+    modality: list[str] = Field(default=[], description="Modality values, e.g. ['CR', 'DX']")
+    body_part: list[str] = Field(default=[], description="BodyPartExamined values, e.g. ['CHEST']")
+    view_position: list[str] = Field(default=[], description="ViewPosition values, e.g. ['PA', 'AP']")
+    sop_class: list[str] = Field(default=[], description="SOP Class UIDs")
+    calling_ae: list[str] = Field(default=[], description="calling AE titles of the sender")
+
+
 class SeriesSettings(_Strict):
     """Which instances of a series are triaged (device/dicom/series.py)."""
 
@@ -77,6 +91,10 @@ class DicomSettings(_Strict):
     series: SeriesSettings = Field(default_factory=SeriesSettings, description="which instances of a series are triaged")
     fhir_destinations: list[FhirDestination] = Field(
         default=[], description="where a FHIR DiagnosticReport + Observation of each result goes; empty: none")
+    routes: list[Route] = Field(
+        default=[], max_length=256,
+        description="which exam triages an instance, first match wins; empty: each installed exam takes what its "
+        "bundle says it reads (device/dicom/routing.py); an instance no route matches is kept, not triaged")
 
     @model_validator(mode="after")
     def _names_differ(self) -> "DicomSettings":

@@ -1,6 +1,6 @@
 """What the DICOM node keeps (device/dicom): each received instance and the study it became, the
-instances held until their series is complete (device/dicom/series.py), and the SCP's append-only
-log of what it did and why."""
+instances held until their series is complete (device/dicom/series.py), those no exam triages (kept
+and listed, device/dicom/routing.py), and the SCP's append-only log of what it did and why."""
 
 from __future__ import annotations
 
@@ -17,13 +17,18 @@ DICOM_INSTANCE_COLUMNS = (
 DICOM_HELD_COLUMNS = (
     "sop_instance_uid", "image_sha256", "filename", "sop_class_uid", "study_instance_uid", "series_instance_uid",
     "patient_name", "patient_id", "accession_number", "study_date", "modality", "view_position", "instance_number",
-    "calling_ae", "arrived",
+    "calling_ae", "arrived", "exam",
+)
+DICOM_UNTRIAGED_COLUMNS = (
+    "sop_instance_uid", "image_sha256", "filename", "sop_class_uid", "study_instance_uid", "series_instance_uid",
+    "patient_name", "patient_id", "accession_number", "study_date", "modality", "body_part", "view_position",
+    "calling_ae", "reason",
 )
 DICOM_EVENT_COLUMNS = ("event", "calling_ae", "peer", "sop_instance_uid", "status", "detail")
 
 
 class DicomTables(Connection):
-    """The dicom_instances, dicom_held and dicom_events tables."""
+    """The dicom_instances, dicom_held, dicom_untriaged and dicom_events tables."""
 
     def add_dicom_instance(self, row: dict, kept_image: StoredImage | None = None) -> None:
         """Record which study a received instance became (``row`` holds DICOM_INSTANCE_COLUMNS). One
@@ -35,14 +40,15 @@ class DicomTables(Connection):
             insert_instance(db, row, kept_image is None, kept_image and kept_image.sha256, utc_iso())
 
     def dicom_instance(self, sop_instance_uid: str) -> dict | None:
-        """The instance with this UID: stored with its study, or held (study_id None) until its
-        series is complete."""
+        """The instance with this UID: stored with its study, or (study_id None) held until its
+        series is complete, or kept untriaged."""
         with self._lock:
             row = named(self._db, "SELECT * FROM dicom_instances WHERE sop_instance_uid = ?",
                          (sop_instance_uid,)).fetchone()
-            if row is None:
-                row = named(self._db, "SELECT *, NULL AS study_id FROM dicom_held WHERE sop_instance_uid = ?",
-                             (sop_instance_uid,)).fetchone()
+            for table in ("dicom_held", "dicom_untriaged"):
+                if row is None:
+                    row = named(self._db, f"SELECT *, NULL AS study_id FROM {table} WHERE sop_instance_uid = ?",
+                                (sop_instance_uid,)).fetchone()
         return None if row is None else dict(row)
 
     def dicom_instances(self, study_id: int) -> list[dict]:
@@ -62,18 +68,36 @@ class DicomTables(Connection):
                           tuple(study_ids)).fetchall()
         return {r["study_id"]: dict(r) for r in rows}
 
+    # ---- instances no exam triages (device/dicom/routing.py) ---------------------------------
+
+    def keep_untriaged(self, image: StoredImage, row: dict) -> None:
+        """Keep a received instance that no exam triages: its image (already durable, see put_image)
+        and its header (``row`` holds DICOM_UNTRIAGED_COLUMNS)."""
+        self._keep_instance("dicom_untriaged", DICOM_UNTRIAGED_COLUMNS, image, row)
+
+    def _keep_instance(self, table: str, columns: tuple[str, ...], image: StoredImage, row: dict) -> None:
+        """An instance's image row and its row in ``table`` (``columns`` from ``row``), received now."""
+        with self._transaction() as db:
+            insert_image(db, image)
+            db.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}, received_at) VALUES ({', '.join('?' * len(columns))}, ?)",
+                (*(row[c] for c in columns), utc_iso()),
+            )
+
+    def untriaged(self, limit: int, offset: int = 0) -> tuple[list[dict], int]:
+        """The instances kept untriaged, newest first, and how many there are."""
+        with self._lock:
+            total = self._db.execute("SELECT count(*) FROM dicom_untriaged").fetchone()[0]
+            rows = named(self._db, "SELECT * FROM dicom_untriaged ORDER BY received_at DESC, rowid DESC LIMIT ? OFFSET ?",
+                         (limit, offset)).fetchall()
+        return [dict(r) for r in rows], total
+
     # ---- instances held until their series is complete (device/dicom/series.py) --------------
 
     def hold_dicom_instance(self, image: StoredImage, row: dict) -> None:
         """Keep a received instance whose series is not yet triaged: its image (already durable,
         see put_image) and its header (``row`` holds DICOM_HELD_COLUMNS)."""
-        with self._transaction() as db:
-            insert_image(db, image)
-            db.execute(
-                f"INSERT INTO dicom_held ({', '.join(DICOM_HELD_COLUMNS)}, received_at)"
-                f" VALUES ({', '.join('?' * len(DICOM_HELD_COLUMNS))}, ?)",
-                (*(row[c] for c in DICOM_HELD_COLUMNS), utc_iso()),
-            )
+        self._keep_instance("dicom_held", DICOM_HELD_COLUMNS, image, row)
 
     def held_series(self) -> list[tuple[str, str, float]]:
         """(study UID, series UID, when its newest instance arrived) of each series held with an

@@ -162,6 +162,37 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
     (
         5,
+        # Exam routing (issue 21). A study run again as another exam points to the one it was run
+        # from (rerun_of; nothing is deleted). A held instance remembers the exam its route named.
+        # An instance no route gives an exam is kept, acknowledged and listed, not triaged
+        # (dicom_untriaged: its image durable and in images, its header, and why).
+        """
+        ALTER TABLE studies ADD COLUMN rerun_of INTEGER REFERENCES studies(id);
+        CREATE INDEX studies_by_rerun ON studies(rerun_of) WHERE rerun_of IS NOT NULL;
+        ALTER TABLE dicom_held ADD COLUMN exam TEXT NOT NULL DEFAULT '';
+        CREATE TABLE dicom_untriaged (
+            sop_instance_uid TEXT PRIMARY KEY,
+            image_sha256 TEXT NOT NULL REFERENCES images(sha256),
+            filename TEXT NOT NULL,
+            sop_class_uid TEXT NOT NULL,
+            study_instance_uid TEXT NOT NULL,
+            series_instance_uid TEXT NOT NULL,
+            patient_name TEXT NOT NULL,
+            patient_id TEXT NOT NULL,
+            accession_number TEXT NOT NULL,
+            study_date TEXT NOT NULL,
+            modality TEXT NOT NULL,
+            body_part TEXT NOT NULL,
+            view_position TEXT NOT NULL,
+            calling_ae TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            reason TEXT NOT NULL
+        );
+        CREATE INDEX dicom_untriaged_by_time ON dicom_untriaged(received_at);
+        """,
+    ),
+    (
+        6,
         # The reviewer's optional word on the triage (agree / disagree), which the drift monitor
         # reports per exam and `bedside acceptance run --reviewed` takes as labels; and the index the
         # monitor reads an exam's latest studies by at start.

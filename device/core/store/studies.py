@@ -31,6 +31,7 @@ class NewStudy:
     filename: str
     image: StoredImage
     result: StudyResult  # its triage result holds the heatmap (cam)
+    rerun_of: int | None = None  # the study this one was run again from, as another exam
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class StudyRecord:
     reviewed_at: str | None
     reviewed_by: str | None
     review_note: str | None
+    rerun_of: int | None = None  # the study this one was run again from, as another exam
     review_agreement: str | None = None  # agree / disagree with the triage, when the reviewer said
 
     def __post_init__(self) -> None:
@@ -78,7 +80,7 @@ _STUDY_COLUMNS = """
     s.id, s.created_at, s.exam, s.source, s.reference, s.operator, s.filename, s.image_sha256,
     i.bytes AS image_bytes, i.media_type, i.source_format, i.height, i.width, s.triage, s.label, s.probability,
     s.threshold, s.model_id, s.model_version, s.model_sha256, s.backend, s.precision, s.result_json,
-    s.cam, s.cam_height, s.cam_width, s.reviewed_at, s.reviewed_by, s.review_note, s.review_agreement
+    s.cam, s.cam_height, s.cam_width, s.reviewed_at, s.reviewed_by, s.review_note, s.rerun_of, s.review_agreement
 """
 
 # The same columns with the heatmap left out (cam is None), for reading many studies at once.
@@ -89,7 +91,7 @@ _STUDY_COLUMNS_NO_CAM = _STUDY_COLUMNS.replace(
 _PLAIN_FIELDS = (
     "id", "created_at", "exam", "source", "reference", "operator", "filename", "image_sha256", "image_bytes",
     "media_type", "source_format", "height", "width", "triage", "label", "probability", "threshold",
-    "reviewed_at", "reviewed_by", "review_note", "review_agreement",
+    "reviewed_at", "reviewed_by", "review_note", "rerun_of", "review_agreement",
 )
 
 
@@ -124,19 +126,20 @@ class StudyTable(Connection):
             cur = db.execute(
                 "INSERT INTO studies (created_at, exam, source, reference, operator, filename, image_sha256,"
                 " triage, label, probability, threshold, model_id, model_version, model_sha256, backend,"
-                " precision, timings_json, result_json, cam, cam_height, cam_width)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " precision, timings_json, result_json, cam, cam_height, cam_width, rerun_of)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     now, study.exam, study.source, study.reference, study.operator, study.filename, study.image.sha256,
                     r.triage, said.label, said.urgent_probability, r.threshold, model.id, model.version,
                     model.sha256, model.backend, model.precision, json.dumps(study.result.timings_ms),
                     json.dumps(study.result.as_json()), None if cam is None else cam.tobytes(),
-                    None if cam is None else cam.shape[0], None if cam is None else cam.shape[1],
+                    None if cam is None else cam.shape[0], None if cam is None else cam.shape[1], study.rerun_of,
                 ),
             )
             study_id = cur.lastrowid
+            detail = {"triage": r.triage, "exam": study.exam, "source": study.source}
             record(db, "study_created", study.operator, study_id,
-                   {"triage": r.triage, "exam": study.exam, "source": study.source})
+                   detail if study.rerun_of is None else {**detail, "rerun_of": study.rerun_of})
             return self._get(db, study_id)
 
     def get(self, study_id: int) -> StudyRecord | None:
@@ -199,6 +202,11 @@ class StudyTable(Connection):
                 "SELECT triage, count(*) FROM studies WHERE reviewed_at IS NULL GROUP BY triage"
             ).fetchall()
         return {t: 0 for t in TRIAGE_ORDER} | dict(rows)
+
+    def reruns_of(self, study_id: int) -> list[tuple[int, str]]:
+        """(id, exam) of each study run again from this one as another exam, oldest first."""
+        with self._lock:
+            return self._db.execute("SELECT id, exam FROM studies WHERE rerun_of = ? ORDER BY id", (study_id,)).fetchall()
 
     def first_with_image(self, image_sha256: str) -> int | None:
         """The id of the first study of these exact image bytes."""

@@ -45,9 +45,11 @@ document.addEventListener("DOMContentLoaded", () => {
       if (!response.ok) return;
       const r = await response.json();
       if (r.triage === "UNGRADABLE") {
-        const issues = r.result.quality.issues;
-        return show(r.triage, "Cannot assess: " + (issues.length ? issues[0].message : "the frame failed the quality checks"),
-          issues.length ? issues[0].action : "");
+        // The reasons, as every screen words them (device/decision/triage.py, cannot_assess).
+        const reasons = r.result.reasons || r.result.quality.issues;
+        const why = reasons.length ? reasons[0].message : "The frame failed the quality checks";
+        return show(r.triage, "Cannot assess: " + why.charAt(0).toLowerCase() + why.slice(1),
+          reasons.length ? reasons[0].action : "");
       }
       // Within 0.1 of the operating point the call could go either way: say so in words.
       const borderline = Math.abs(r.probability - r.result.threshold) < BORDERLINE;

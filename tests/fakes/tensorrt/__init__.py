@@ -22,7 +22,7 @@ LAST_BUILD: dict = {}  # what the last build was configured with, for tests to i
 SUPPORTED_OPS = {
     "Conv", "Relu", "GlobalAveragePool", "Flatten", "Gemm", "MatMul", "Add", "Mul", "Sub", "Div",
     "Sigmoid", "Softmax", "QuantizeLinear", "DequantizeLinear", "Cast", "Reshape", "Transpose",
-    "BatchNormalization", "MaxPool", "AveragePool", "Concat", "Identity", "Clip", "ReduceMean",
+    "BatchNormalization", "MaxPool", "AveragePool", "Concat", "Identity", "Clip", "ReduceMean", "Abs", "Unsqueeze",
 }
 
 
