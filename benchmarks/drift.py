@@ -34,6 +34,7 @@ from device import intake
 from device.core.settings.monitoring import MonitoringSettings
 from device.runtime.triager import Triager
 from device.site.drift import DRIFT, WATCH
+from device.site.signals import signals_of
 from device.site.window import Tracker, Window
 from drift_reference import validation_samples, with_reference
 from models import drift
@@ -59,8 +60,7 @@ def signals(triager: Triager, images: list[np.ndarray]) -> tuple[list[dict], flo
                                                         bits_stored=8), "benchmark") for g in images[start:start + 16]]
         for result in triager.triage_prepared(prepared):
             stats_ms.append(result.timings_ms["image_statistics"])
-            out.append({drift.P_URGENT: result.model_output.urgent_probability,
-                        **{drift.IMAGE + k: v for k, v in result.image_statistics.items()}})
+            out.append(signals_of(result))
     return out, float(np.median(stats_ms))
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from models.bundle import Bundle, load_bundle, write_manifest
-from models.training.monitoring import monitoring_reference
+from models.bundle import Bundle, load_bundle
+from models.training.monitoring import add_monitoring_reference
 from models.training.registry import recipe_for_split
 
 
@@ -24,11 +24,8 @@ def validation_samples(bundle: Bundle, datasets: Path) -> list:
 
 def with_reference(source: Path, out: Path, datasets: Path) -> Path:
     """A copy of the bundle at ``source`` in ``out``, its manifest carrying the monitoring reference."""
-    bundle = load_bundle(source)
-    m = bundle.manifest
-    val = validation_samples(bundle, datasets)
-    reference = monitoring_reference(bundle.path_of(m.variant("fp32").file), m.input, m.outputs.logits,
-                                     m.urgent_indices, val, m.metrics[0].split if m.metrics else "validation")
+    m = load_bundle(source).manifest
     shutil.copytree(source, out)
-    write_manifest(out, m.model_copy(update={"monitoring": reference}))
+    add_monitoring_reference(out, validation_samples(load_bundle(out), datasets),
+                             m.metrics[0].split if m.metrics else "validation")
     return out

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from device import intake
 from device.runtime.triager import Triager
 from device.site.drift import DRIFT, OK, WATCH
+from device.site.signals import signals_of
 from device.site.window import Tracker, Window
 from models import drift
 from models.bundle import DriftSignal, MonitoringReference, load_bundle
@@ -36,9 +37,7 @@ def films(monitored_chest, chest_cases):
         for start in range(0, len(images), 16):
             prepared = [triager.prepare(intake.DecodedImage(pixels=g, source_format="png", original_size=g.shape,
                                                             bits_stored=8), "test") for g in images[start:start + 16]]
-            out += [{drift.P_URGENT: r.model_output.urgent_probability,
-                     **{drift.IMAGE + k: v for k, v in r.image_statistics.items()}}
-                    for r in triager.triage_prepared(prepared)]
+            out += [signals_of(r) for r in triager.triage_prepared(prepared)]
         return out
 
     result = {"unchanged": signals(gray), "inverted": signals([255 - g for g in gray]),
@@ -121,3 +120,31 @@ def test_a_reference_is_refused_when_its_bins_do_not_add_up():
     with pytest.raises(ValidationError, match="template needs 4 values"):
         MonitoringReference(data="x", statistics_version=1, template_side=2, template=[0.0] * 3,
                             signals=[DriftSignal.model_validate(good)])
+
+
+def test_refusal_scores_are_signals_in_the_reference_and_on_the_device(tmp_path, chest_cases):
+    """A bundle with a refusal check ships that check's validation scores in its reference (the one
+    function export calls), and the device watches the same score of every study, live or rebuilt from
+    the store's saved result."""
+    from tiny_bundle import make_tiny_bundle
+
+    from device.site.signals import signals_of_document
+    from models.training.monitoring import add_monitoring_reference
+
+    root = make_tiny_bundle(tmp_path / "tiny", refusal=True)
+    samples = [s for s in chest_cases["samples"] if s.label == 0][:40] + \
+        [s for s in chest_cases["samples"] if s.label == 1][:40]
+    reference = add_monitoring_reference(root, samples, "validation (test)")
+    bundle = load_bundle(root)
+    assert bundle.manifest.monitoring == reference and reference.n == 80
+    name = drift.REFUSAL + bundle.manifest.refusal.checks[0].name
+    assert reference.signal(name) is not None and drift.describe(name) == "refusal score 'brightness_distance'"
+    triager = Triager(bundle, "onnxruntime", "fp32", threads=1)
+    try:
+        result, _ = triager.triage_file(samples[0].path)
+    finally:
+        triager.close()
+    live = signals_of(result)
+    assert live[name] == result.refusal.checks[0].value
+    saved = signals_of_document(result.as_json())
+    assert saved.keys() == live.keys() and all(abs(saved[k] - live[k]) < 1e-5 for k in live)

@@ -59,7 +59,9 @@ def kiosk(tmp_path, monitored_chest):
 
     yield config, start
     for app in made:
-        appliance_of(app).close()
+        running = app.extensions.pop("bedside", None)  # a test that restarted the kiosk closed the first one
+        if running is not None:
+            running.close()
 
 
 def upload(client, data: bytes, name: str, **fields):

@@ -86,6 +86,10 @@ def test_smoke_train_to_bundle(tiny_chest):
     card = bundle.path_of("MODEL_CARD.md").read_text()
     assert "## Shortcut audits" in card and "squeeze_0.8" in card and "95% interval" in card
     assert f"| squeeze_0.8, NORMAL2 normals only (n={n_group}) |" in card
+    # the drift monitor's reference: every validation film, through the graph as written
+    assert m.monitoring is not None and m.monitoring.n == m.provenance.split.val_images
+    assert {s.name for s in m.monitoring.signals} >= {"p_urgent", "image.brightness", "image.layout"}
+    assert m.acceptance is not None and m.acceptance_rule().sensitivity_floor == 0.95
 
     paths = sorted((DATA / "PNEUMONIA").glob("*.jpeg"))[:2] + sorted((DATA / "NORMAL").glob("*.jpeg"))[:2]
     x = np.stack([to_model_input(decode_rgb(p), m.input) for p in paths])

@@ -22,8 +22,9 @@ from device.core.serving import Exam
 from device.core.store import Store
 from device.decision.triage import UNGRADABLE, URGENT, TriageResult
 from device.site.acceptance import Case
+from device.site.signals import signals_of
 from models.bundle import AcceptanceRule, Manifest
-from models.drift import IMAGE
+from models.drift import P_URGENT
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,6 @@ def _case(source: Source, sha: str, img: intake.DecodedImage, result: TriageResu
     gradable = result.triage != UNGRADABLE
     return Case(file=source.name, sha256=sha, label=source.label, positive=source.positive, urgent=source.urgent,
                 patient=source.patient, p_urgent=min(1.0, max(0.0, result.model_output.urgent_probability)),
-                gradable=gradable, reasons=[] if gradable else [i.message for i in result.quality.issues],
+                gradable=gradable, reasons=[i.message for i in result.reasons],
                 triage=result.triage, aspect=width / height,
-                signals={IMAGE + k: round(v, 6) for k, v in result.image_statistics.items()})
+                signals={k: round(v, 6) for k, v in signals_of(result).items() if k != P_URGENT})

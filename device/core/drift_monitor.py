@@ -24,30 +24,15 @@ from device.core.settings.monitoring import MonitoringSettings
 from device.core.site_points import SitePoints
 from device.core.site_record import SiteRecord
 from device.core.store import Store
-from device.decision.triage import UNGRADED_OUTPUT, TriageResult
+from device.decision.triage import TriageResult
 from device.machine.clock import utc_iso
 from device.site.drift import COLLECTING, DRIFT, STATES
+from device.site.signals import signals_of, signals_of_document
 from device.site.window import Tracker, Window
 from models.bundle import MonitoringReference
-from models.drift import IMAGE, P_URGENT
 
 log = logging.getLogger(__name__)
 AGREEMENT_CACHE_S = 30.0
-
-
-def signals_of(result: TriageResult) -> dict[str, float]:
-    """What the monitor watches of one result: P(urgent) (shown or kept apart) and the image statistics."""
-    return {P_URGENT: result.model_output.urgent_probability,
-            **{IMAGE + k: v for k, v in result.image_statistics.items()}}
-
-
-def signals_of_document(document: Mapping) -> dict[str, float]:
-    """The same, from a saved result document (StudyResult.as_json())."""
-    p = document.get("probability")
-    if p is None:
-        p = (document.get(UNGRADED_OUTPUT) or {}).get("probability")
-    signals = {IMAGE + k: v for k, v in (document.get("image_statistics") or {}).items()}
-    return signals if p is None else {P_URGENT: p, **signals}
 
 
 class ExamMonitor:

@@ -27,12 +27,10 @@ from models.bundle import (
     AuditPolicy,
     DataSplit,
     Manifest,
-    MonitoringReference,
     Outputs,
     Provenance,
     Variant,
     file_entry,
-    load_bundle,
     write_manifest,
 )
 from models.datasets import REPO_ROOT
@@ -41,7 +39,7 @@ from models.preprocess import to_model_input
 from models.training.card_tables import ensemble_members
 from models.training.export import INPUT_NAME, OPSET, deployable, export_onnx, graph_notes, max_abs_diff, onnx_session
 from models.training.images import Sample, decode_rgb, load_images
-from models.training.monitoring import monitoring_reference
+from models.training.monitoring import add_monitoring_reference
 from models.training.recipe import Exported, Recipe
 
 MODEL_FILE = "model.onnx"
@@ -150,16 +148,8 @@ def group_shift_folds(checkpoints: list[dict]) -> list[dict]:
     return folds
 
 
-def write_monitoring(recipe: Recipe, model_path: Path, checkpoint: dict, val: list[Sample]) -> MonitoringReference:
-    """The drift monitor's reference: the validation images' signals through the exported graph."""
-    contract = recipe.input_contract(int(checkpoint["size"]), INPUT_NAME)
-    urgent = [recipe.labels.index(u) for u in recipe.urgent]
-    return monitoring_reference(model_path, contract, "logits", urgent, val, recipe.validation_name(checkpoint))
-
-
 def build_manifest(recipe: Recipe, checkpoint: dict, results, bundle_id: str, version: str, files: dict,
-                   checks: list[AuditCheck], group_shift: list[dict],
-                   monitoring: MonitoringReference | None = None) -> Manifest:
+                   checks: list[AuditCheck], group_shift: list[dict]) -> Manifest:
     data, who = checkpoint["data"], recipe.identity
     return Manifest(
         id=bundle_id, version=version, title=who.title, intended_use=who.intended_use, research_only=True,
@@ -176,7 +166,7 @@ def build_manifest(recipe: Recipe, checkpoint: dict, results, bundle_id: str, ve
                             val_images=int(data["n_val"])),
         ),
         audit=audit_policy(recipe, checkpoint), evaluation=recipe.evaluation, golden=GOLDEN_FILE,
-        monitoring=monitoring, acceptance=recipe.acceptance,
+        acceptance=recipe.acceptance,
         variants=[Variant(precision="fp32", file=MODEL_FILE, targets=["cpu", "gpu"], notes=graph_notes(checkpoint),
                           audit=checks)],
         files=files,
@@ -214,11 +204,11 @@ def _write_files(recipe: Recipe, checkpoint: dict, out: Path, bundle_id: str, ve
         raise AuditFailed("refusing to write the bundle: " + "; ".join(refused))
     results = recipe.results(checkpoint, model, val, data_dir)
     write_golden(recipe, out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, val)
-    monitoring = write_monitoring(recipe, out / MODEL_FILE, checkpoint, val)
     figures = recipe.plots(checkpoint, results, out)
     card = recipe.card(Exported(checkpoint, results, checks, diff, group_shift, group_shift_note))
     (out / CARD_FILE).write_text(card, encoding="utf-8")
     files = {name: file_entry(out / name) for name in (MODEL_FILE, GOLDEN_FILE, *figures, CARD_FILE)}
-    write_manifest(out, build_manifest(recipe, checkpoint, results, bundle_id, version, files, checks, group_shift,
-                                       monitoring))
-    load_bundle(out)  # refuse to finish with a bundle the device would reject
+    write_manifest(out, build_manifest(recipe, checkpoint, results, bundle_id, version, files, checks, group_shift))
+    # Last: the drift monitor's reference, through the graph as written (loading the bundle refuses
+    # to finish with one the device would reject).
+    add_monitoring_reference(out, val, recipe.validation_name(checkpoint))

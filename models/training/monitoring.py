@@ -1,9 +1,11 @@
 """The monitoring reference a bundle ships (``Manifest.monitoring``): its validation images read as
-the device receives them, made model inputs by the shared preprocessing, run through the exported
-ONNX graph, and binned by models.drift, the module the device computes each study's signals with.
+the device receives them, made model inputs by the shared preprocessing, run through the bundle's
+own ONNX graph, and binned by models.drift, the module the device computes each study's signals with.
 
-Torch-free (onnxruntime, OpenCV): `bedside export` calls it through the bundle writer, and the tests
-build the reference of a shipped bundle's copy through the same function.
+``add_monitoring_reference`` is the one call: `bedside export` makes it last (the bundle writer),
+and whatever changes a written bundle's graph outputs or its refusal checks afterwards must make it
+again, since every refusal check's score is a signal too. Torch-free (onnxruntime, OpenCV): the
+tests and benchmarks give a shipped bundle's copy its reference through the same function.
 """
 
 from __future__ import annotations
@@ -13,32 +15,45 @@ from pathlib import Path
 import numpy as np
 
 from models import drift
-from models.bundle import InputContract, MonitoringReference
+from models.bundle import Bundle, MonitoringReference, load_bundle, write_manifest
 from models.metrics import softmax
-from models.training.images import Sample, decode_rgb
 from models.preprocess import to_model_input
+from models.training.images import Sample, decode_rgb
 
 
-def monitoring_reference(model_path: Path, contract: InputContract, logits: str, urgent: list[int],
-                         samples: list[Sample], data: str, refusal_outputs: dict[str, str] | None = None
-                         ) -> MonitoringReference:
-    """The reference of ``samples`` (validation images with their label index) under the graph at
-    ``model_path``: P(urgent) (the sum of the ``urgent`` labels' softmax), each refusal check's score
-    (``refusal_outputs``: check name -> graph output, where the bundle has refusal checks), and the
-    image statistics."""
+def bundle_reference(bundle: Bundle, samples: list[Sample], data: str) -> MonitoringReference | None:
+    """The reference of ``samples`` (validation images with their label index) under the bundle's fp32
+    graph: P(urgent) as its policy sums it, each refusal check's score (where the manifest declares
+    checks), and the image statistics."""
     import onnxruntime as ort
 
+    m = bundle.manifest
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    refusal_outputs = refusal_outputs or {}
-    outputs = [logits, *refusal_outputs.values()]
+    session = ort.InferenceSession(str(bundle.path_of(m.variant("fp32").file)), options,
+                                   providers=["CPUExecutionProvider"])
+    checks = {} if m.refusal is None else {c.name: c.output for c in m.refusal.checks}
+    outputs = [m.outputs.logits, *checks.values()]
 
     def scores(x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        values = session.run(outputs, {contract.tensor_name: x.astype(np.float32)})
-        p = softmax(values[0].astype(np.float64))[:, urgent].sum(axis=1)
-        return p, {name: v.reshape(len(x)) for name, v in zip(refusal_outputs, values[1:])}
+        values = session.run(outputs, {m.input.tensor_name: x.astype(np.float32)})
+        p = m.urgent_probability(softmax(values[0].astype(np.float64)))
+        return p, {name: v.reshape(len(x)) for name, v in zip(checks, values[1:])}
 
-    inputs = (to_model_input(decode_rgb(s.path), contract) for s in samples)
-    is_urgent = np.array([s.label in urgent for s in samples])
-    return drift.reference_from_inputs(inputs, is_urgent, scores, contract, data)
+    inputs = (to_model_input(decode_rgb(s.path), m.input) for s in samples)
+    is_urgent = np.array([s.label in m.urgent_indices for s in samples])
+    return drift.reference_from_inputs(inputs, is_urgent, scores, m.input, data)
+
+
+def add_monitoring_reference(root: Path, samples: list[Sample], data: str) -> MonitoringReference:
+    """Compute the reference of the bundle at ``root`` on ``samples`` and write it into its manifest
+    (``data`` names the images, e.g. 'validation (patient-level, n=862)'); the bundle must load after.
+    Raises ValueError where the samples cannot make one (no signal spreads, or one group is missing)."""
+    bundle = load_bundle(root)
+    reference = bundle_reference(bundle, samples, data)
+    if reference is None:
+        raise ValueError(f"no monitoring reference from {len(samples)} images ({data}): it needs images of the urgent "
+                         "group and of the others, whose signals vary")
+    write_manifest(root, bundle.manifest.model_copy(update={"monitoring": reference}))
+    load_bundle(root)
+    return reference
