@@ -15,7 +15,7 @@ Every film is decoded and triaged once per processing, as the kiosk would (the s
 its decoding and preprocessing); the streams replay those results through the monitor's own window
 and state (device/site/window.py) with the kiosk's default settings.
 
-    nice -n 19 .venv/bin/python benchmarks/drift.py [--json] [--quick]
+    nice -n 19 .venv/bin/python benchmarks/drift.py [--json] [--quick] [--readme]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from drift_reference import validation_samples, with_reference
 from models import drift
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir
+from run_all import write_section
 
 CLAHE = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
 PROCESSINGS = {
@@ -180,16 +181,40 @@ def measure(quick: bool) -> dict:
     return report
 
 
+def rows(r: dict) -> list[tuple[str, str]]:
+    """The README's rows (also benchmarks/run_all.py's)."""
+    s = r["settings"]
+    out = [(f"unchanged films, {r['streams']} shuffled streams of {r['length']} from {r['films']} validation films "
+            f"(window {s['window']}, from {s['min_studies']}, confirm {s['confirm']})",
+            f"against the bundle's reference: {n['false_drift_per_1000']:.2f} false drift and "
+            f"{n['watch_per_1000']:.2f} watch per 1,000 studies; against a reference from the other half of the "
+            f"patients: {o['false_drift_per_1000']:.2f} and {o['watch_per_1000']:.2f}")
+           for n, o in [(r["null_in_sample"], r["null_out_of_sample"])]]
+    out += [(f"{name}, from study {BEFORE_CHANGE + 1} on ({d['streams']} streams)",
+             f"drift after a median of {d['median_studies']:.0f} studies, at most {d['max_studies']} "
+             f"({d['detected']}/{d['streams']} detected)" if d["detected"] else "never reached drift")
+            for name, d in r["processing"].items()]
+    out += [(f"prevalence {p['share_urgent']:.0%} pneumonia (validation: about 74%), {p['studies']} studies",
+             f"{p['drift_entries']} drift; once the window is full: "
+             + ", ".join(f"{k} {v:.0%}" for k, v in p["states_once_full"].items()))
+            for p in r["prevalence"]]
+    c = r["cost_ms"]
+    out.append(("monitor cost per study", f"{c['per_study']:.3f} ms (image statistics {c['image_statistics_p50']:.3f} ms"
+                f" p50, window update and verdict {c['window_update_and_verdict_mean']:.3f} ms mean)"))
+    out += [(f"target: {name}", "met" if met else "NOT met") for name, met in r["targets"].items()]
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--quick", action="store_true", help="300 films and fewer streams: a smoke test")
+    parser.add_argument("--readme", action="store_true", help="write the figures into README.md's drift section")
     args = parser.parse_args()
     report = measure(args.quick)
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print(json.dumps(report, indent=1))
+    if args.readme:
+        write_section("drift", rows(report))
+    print(json.dumps(report) if args.json else json.dumps(report, indent=1))
     return 0
 
 

@@ -15,6 +15,7 @@ README section is typed by hand.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -71,6 +72,8 @@ def benchmarks(quick: bool) -> dict[str, list[str]]:
         "central": script("central", "--json", "--images", "20" if quick else "300", "--rounds", "1" if quick else "3",
                           "--seconds", "1" if quick else "5", "--calls", "20" if quick else "200",
                           "--uploads", "16" if quick else "80"),
+        "drift": script("drift", "--json", *(["--quick"] if quick else [])),
+        "acceptance": script("acceptance", "--json"),
     }
 
 
@@ -216,13 +219,20 @@ def _generic(name: str) -> Callable[[dict], list[tuple[str, str]]]:
     return rows
 
 
+def _own_rows(module: str) -> Callable[[dict], list[tuple[str, str]]]:
+    """A benchmark that words its own rows (``rows`` in its module), as its ``--readme`` writes them too."""
+    def rows(r: dict) -> list[tuple[str, str]]:
+        return importlib.import_module(module).rows(r)
+    return rows
+
+
 ROWS: dict[str, Callable[[dict], list[tuple[str, str]]]] = {
     "engines": _engines, "pipeline": _pipeline, "burst": _burst, "tails": _tails, "kiosk_memory": _memory,
     "http_upload": _http, "upload_to_banner": _banner, "live_stream": _live, "dicom_ingest": _dicom,
-    "central": _central,
+    "central": _central, "drift": _own_rows("drift"), "acceptance": _own_rows("acceptance"),
 }
 # Benchmarks whose rows also go into a README section of their own, between these markers.
-SECTIONS = {"central": ("<!-- central:begin -->", "<!-- central:end -->")}
+SECTIONS = {name: (f"<!-- {name}:begin -->", f"<!-- {name}:end -->") for name in ("central", "drift", "acceptance")}
 
 
 def markdown(report: dict) -> str:
@@ -254,11 +264,28 @@ def section(report: dict, name: str) -> str | None:
     if entry is None or "error" in entry:
         return None
     load = entry["load_average_before"][0]
-    lines = [f"Measured by `benchmarks/run_all.py --only {name}` on {entry['started_at'][:16].replace('T', ' ')} "
-             f"({report['machine']['cpu']}, {report['machine']['cores']} usable cores, load average {load:.1f}):",
-             "", "| what | result |", "| --- | --- |"]
-    lines += [f"| {what.replace('|', '/')} | {result.replace('|', '/')} |" for what, result in ROWS[name](entry["result"])]
+    return section_body(f"Measured by `benchmarks/run_all.py --only {name}` on {entry['started_at'][:16].replace('T', ' ')} "
+                        f"({report['machine']['cpu']}, {report['machine']['cores']} usable cores, load average {load:.1f}):",
+                        ROWS[name](entry["result"]))
+
+
+def section_body(header: str, rows: list[tuple[str, str]]) -> str:
+    lines = [header, "", "| what | result |", "| --- | --- |"]
+    lines += [f"| {what.replace('|', '/')} | {result.replace('|', '/')} |" for what, result in rows]
     return "\n".join(lines) + "\n"
+
+
+def write_section(name: str, rows: list[tuple[str, str]]) -> None:
+    """A benchmark's own README section, written by the benchmark itself (its ``--readme``)."""
+    cpu = cpu_features()
+    header = (f"Measured by `benchmarks/{name}.py --readme` on {utc_iso(time.time())[:16].replace('T', ' ')} UTC "
+              f"({cpu['model']} ({' '.join(cpu['features'])}), {usable_cores()} usable cores, load average "
+              f"{os.getloadavg()[0]:.1f}):")
+    begin, end = SECTIONS[name]
+    text = _replace(README.read_text(), begin, end, section_body(header, rows))
+    if text is None:
+        raise SystemExit(f"README.md has no {begin} ... {end} section")
+    README.write_text(text)
 
 
 def _replace(text: str, begin: str, end: str, body: str) -> str | None:

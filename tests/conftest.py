@@ -382,3 +382,16 @@ def chest_cases(monitored_chest, datasets, tmp_path_factory) -> dict:
             (folder / s.path.name).symlink_to(s.path)
         sets[name] = base / name
     return sets
+
+
+@pytest.fixture(scope="session")
+def accepted(tmp_path_factory, monitored_chest, chest_cases) -> dict:
+    """One `bedside acceptance run` on the "accept" set (it proposes a site point): its output folder
+    (acceptance.json, report.html) and the data dir it used."""
+    from device.cli import main as bedside
+
+    base = tmp_path_factory.mktemp("acceptance")
+    code = bedside(["acceptance", "run", "--bundle", str(monitored_chest), "--data", str(chest_cases["accept"]),
+                    "--out", str(base / "out"), "--data-dir", str(base / "data"), "--bootstrap", "300"])
+    assert code == 0
+    return {"out": base / "out", "data": base / "data"}

@@ -23,16 +23,6 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def accepted(tmp_path_factory, monitored_chest, chest_cases):
-    """One acceptance run on the "accept" set: its output folder and the data dir it used."""
-    base = tmp_path_factory.mktemp("acceptance")
-    code = bedside(["acceptance", "run", "--bundle", str(monitored_chest), "--data", str(chest_cases["accept"]),
-                    "--out", str(base / "out"), "--data-dir", str(base / "data"), "--bootstrap", "300"])
-    assert code == 0
-    return {"out": base / "out", "data": base / "data"}
-
-
 class _Links(HTMLParser):
     """Every place an HTML page would fetch something from."""
 
