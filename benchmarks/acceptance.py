@@ -14,7 +14,6 @@ Every step is the console command in its own process, on folders of links to the
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import numpy as np
 from drift_reference import validation_samples, with_reference
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir
-from run_all import write_section
+from run_all import finish, own_parser
 
 TIMED_FILMS = 200
 SITE_SHARE = 0.3
@@ -146,15 +145,7 @@ def rows(r: dict) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--readme", action="store_true", help="write the figures into README.md's acceptance section")
-    args = parser.parse_args()
-    report = measure()
-    if args.readme:
-        write_section("acceptance", rows(report))
-    print(json.dumps(report) if args.json else json.dumps(report, indent=1))
-    return 0
+    return finish("acceptance", measure(), own_parser(__doc__).parse_args())
 
 
 if __name__ == "__main__":

@@ -20,8 +20,6 @@ and state (device/site/window.py) with the kiosk's default settings.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -40,7 +38,7 @@ from drift_reference import validation_samples, with_reference
 from models import drift
 from models.bundle import default_bundles_dir, load_bundle
 from models.datasets import datasets_dir
-from run_all import write_section
+from run_all import finish, own_parser
 
 CLAHE = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
 PROCESSINGS = {
@@ -206,16 +204,10 @@ def rows(r: dict) -> list[tuple[str, str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true")
+    parser = own_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="300 films and fewer streams: a smoke test")
-    parser.add_argument("--readme", action="store_true", help="write the figures into README.md's drift section")
     args = parser.parse_args()
-    report = measure(args.quick)
-    if args.readme:
-        write_section("drift", rows(report))
-    print(json.dumps(report) if args.json else json.dumps(report, indent=1))
-    return 0
+    return finish("drift", measure(args.quick), args)
 
 
 if __name__ == "__main__":

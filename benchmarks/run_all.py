@@ -275,6 +275,22 @@ def section_body(header: str, rows: list[tuple[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def own_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a benchmark that words its own rows: --json, and --readme to write its section."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="write the figures into the README's section")
+    return parser
+
+
+def finish(name: str, report: dict, args: argparse.Namespace) -> int:
+    """Its section written (with --readme, worded by its module's ``rows``) and its report printed."""
+    if args.readme:
+        write_section(name, ROWS[name](report))
+    print(json.dumps(report) if args.json else json.dumps(report, indent=1))
+    return 0
+
+
 def write_section(name: str, rows: list[tuple[str, str]]) -> None:
     """A benchmark's own README section, written by the benchmark itself (its ``--readme``)."""
     cpu = cpu_features()

@@ -546,7 +546,7 @@ class Manifest(_Strict):
     )
     acceptance: AcceptanceRule | None = Field(
         default=None,
-        description="how a site's labelled cases choose its operating point (None: default_acceptance_rule())",
+        description="how a site's labelled cases choose its operating point (None: the default, acceptance_rule())",
     )
     golden: str | None = Field(
         default=None,

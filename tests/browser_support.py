@@ -37,3 +37,13 @@ def axe_violations(page, axe_js: Path) -> list[dict]:
     context must be opened with bypass_csp=True: the kiosk's CSP refuses any script it did not serve."""
     page.add_script_tag(path=str(axe_js))
     return page.evaluate(AXE_JS, list(AXE_FAILING))
+
+
+OVERFLOW_JS = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+
+
+def screen_problems(page, axe_js: Path) -> list:
+    """What fails a page on the device's screen as it is now: axe's serious and critical violations,
+    and any width beyond the viewport (nothing may scroll sideways on a 1024 px kiosk)."""
+    wider = page.evaluate(OVERFLOW_JS)
+    return axe_violations(page, axe_js) + ([f"{wider} px too wide"] if wider > 0 else [])

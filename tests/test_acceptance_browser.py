@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 
-from browser_support import axe_violations, open_browser
+from browser_support import open_browser, screen_problems
 from kiosk_support import start_server, stop_server
 from technician_support import PASSWORD, WebSession, provisioned_config
-
-OVERFLOW_JS = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
 
 
 def test_the_report_reads_offline_and_prints(tmp_path, sync_playwright, accepted, axe, screens):
@@ -34,8 +32,7 @@ def test_the_report_reads_offline_and_prints(tmp_path, sync_playwright, accepted
             plots = page.locator("svg[role=img]")
             assert plots.count() == 2 and all(plots.nth(i).bounding_box()["width"] > 200 for i in range(2))
             assert f"{threshold:.4f}" in page.inner_text("body")
-            assert page.evaluate(OVERFLOW_JS) <= 0
-            assert axe_violations(page, axe) == []
+            assert screen_problems(page, axe) == []
             pdf = page.pdf(format="A4")
             assert pdf.startswith(b"%PDF") and pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page>") + \
                 pdf.count(b"/Type/Page") >= 1
@@ -61,8 +58,11 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
 
                 def check(name: str) -> None:
                     page.screenshot(path=str(screens / f"technician-acceptance-{name}.png"), full_page=True)
-                    wider = page.evaluate(OVERFLOW_JS)
-                    problems[name] = axe_violations(page, axe) + ([f"{wider} px too wide"] if wider > 0 else [])
+                    problems[name] = screen_problems(page, axe)
+
+                def upload(path) -> None:
+                    page.set_input_files("#document", str(path))
+                    page.click("button:has-text('Upload and check')")
 
                 page.goto(server.url + "technician/acceptance")
                 page.wait_for_url("**/technician/login**")
@@ -73,14 +73,12 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
                 assert card.locator("[data-operating-point]").get_attribute("data-operating-point") == "bundle"
                 check("before")
 
-                page.set_input_files("#document", str(edited))
-                page.click("button:has-text('Upload and check')")
+                upload(edited)
                 page.locator(".alert-error").wait_for()
                 assert "does not follow from its own cases" in page.inner_text(".alert-error")
                 check("refused")
 
-                page.set_input_files("#document", str(document))
-                page.click("button:has-text('Upload and check')")
+                upload(document)
                 page.get_by_role("heading", name="Apply this acceptance?").wait_for()
                 check("confirm")
                 page.fill("#signed-by", "Dr Ada Obi, clinical lead")

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import shutil
 
-from browser_support import axe_violations, open_browser
+from browser_support import open_browser, screen_problems
 from device import updates
 from kiosk_support import start_server, stop_server
 from update_support import config_toml, kiosk_config
 from test_kiosk_a11y_browser import SMALL_JS, TARGETS
 
 PASSWORD = "a long technician password"
-OVERFLOW_JS = "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
 
 
 def test_technician_pages_are_accessible(tmp_path, sync_playwright, tiny_bundle, xray, axe, screens, signer,
@@ -36,9 +35,7 @@ def test_technician_pages_are_accessible(tmp_path, sync_playwright, tiny_bundle,
 
                 def check(name: str) -> None:
                     page.screenshot(path=str(screens / f"technician-{name}.png"), full_page=True)
-                    wider = page.evaluate(OVERFLOW_JS)
-                    found[name] = (axe_violations(page, axe) + page.evaluate(SMALL_JS, TARGETS)
-                                   + ([f"{wider} px too wide"] if wider > 0 else []))
+                    found[name] = screen_problems(page, axe) + page.evaluate(SMALL_JS, TARGETS)
 
                 page.goto(server.url + "technician/")
                 assert page.url.endswith("/technician/setup")
