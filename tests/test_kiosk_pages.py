@@ -56,9 +56,11 @@ def test_upload_form_redirects_to_the_result(client):
     triage = re.search(r'class="banner banner-\w+" role="status" data-triage="(\w+)"', page).group(1)
     assert triage in ("URGENT", "ROUTINE", "UNGRADABLE")
     assert f"banner-{triage.lower()}" in page and '<svg class="icon"' in page  # word + icon + colour
-    plain = {"URGENT": "Suspected pneumonia - review first", "ROUTINE": "No pneumonia pattern found"}[triage]
+    plain = {"URGENT": "Suspected pneumonia - review first", "ROUTINE": "Not flagged for pneumonia"}[triage]
     banner = page[page.index('class="banner '):page.index('class="actions"')]
     assert plain in banner and "Bed 4" in banner and "P(" not in page
+    # ROUTINE is no all-clear: said in words on the banner, and drawn without a tick.
+    assert ("it does not rule out disease" in banner) == (triage == "ROUTINE") and "pattern found" not in page
     assert re.search(r"<details class=\"numbers\">.*Model score for pneumonia: <strong>0\.\d\d</strong>", page, re.S)
     assert "Saved as study #1" in page
     assert "Research use only, not for diagnosis." in page and "Not for clinical use." in page

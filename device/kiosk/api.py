@@ -114,6 +114,7 @@ def create_study():
         request.form.get("exam"),
         request.form.get("reference"),
         body_operator(request.form),
+        other_patient_ok=body_flag(request.form, "other_patient"),
     )
     first = current_appliance().store.first_with_image(study.image_sha256)
     body = {**study_json(study), "duplicate_of": first if first != study.id else None}
@@ -207,6 +208,14 @@ def review_study(study_id: int):
     body = request_body()
     study = current_appliance().studies.review(study_id, body_text(body, "note"), body_operator(body),
                                                body_flag(body, "change"))
+    return jsonify(study_json(study))
+
+
+@api.post("/studies/<int:study_id>/reopen")
+def reopen_study(study_id: int):
+    """Put a reviewed study back on the worklist; ``undo``: taking back a review just made."""
+    body = request_body()
+    study = current_appliance().studies.reopen(study_id, body_operator(body), body_flag(body, "undo"))
     return jsonify(study_json(study))
 
 

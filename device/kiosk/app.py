@@ -17,7 +17,7 @@ from device.core.settings import KioskConfig
 from device.dicom.shown import SEND_WORDS
 from device.kiosk.api import api, ops
 from device.kiosk.dicom_api import dicom_api
-from device.kiosk.display import local_time, waiting_s, waiting_text
+from device.kiosk.display import ROUTINE_NOTE, decision_of, local_time, waiting_s, waiting_text
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
 from device.kiosk.plain_errors import PLAIN_ERRORS
@@ -78,6 +78,8 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
     app.jinja_env.globals["plain_errors"] = PLAIN_ERRORS
     app.jinja_env.globals["send_words"] = SEND_WORDS
+    app.jinja_env.globals["decision_of"] = decision_of
+    app.jinja_env.globals["routine_note"] = ROUTINE_NOTE
     app.register_blueprint(api)
     app.register_blueprint(dicom_api)
     app.register_blueprint(ops)

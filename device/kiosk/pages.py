@@ -13,13 +13,14 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from device.appliance.context import current_appliance
 from device.capture.devices import list_video_devices
 from device.capture.manager import LiveSource
-from device.core.errors import BadRequest, KioskError
+from device.core.errors import BadRequest, KioskError, OtherPatient
 from device.decision.triage import TRIAGE_ORDER
 from device.dicom.shown import facts_of
 from device.kiosk.params import study_filter
 
 pages = Blueprint("pages", __name__)
 MAX_OFFSET = 2**62
+UNDO_SHOWN_S = 10  # how long the result page offers Undo after Mark reviewed (kiosk.js counts it down)
 
 
 def _new_study_page(status: int = 200, error: str | None = None, error_kind: str | None = None):
@@ -89,8 +90,28 @@ def upload_study():
             upload.read(), upload.filename, request.form.get("exam"),
             request.form.get("reference"), request.form.get("operator"),
         )
+    except OtherPatient as exc:
+        return _other_patient_page(exc, "upload")
     except KioskError as exc:
         return _new_study_page(exc.status, exc.message, exc.code)
+    return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
+
+
+def _other_patient_page(exc: OtherPatient, source: str):
+    """A possible patient mix-up: both references, a link to the earlier study, and a choice."""
+    k = current_appliance()
+    return render_template("other_patient.html", mixup=exc, source=source, exam_id=request.form.get("exam", ""),
+                           operator=request.form.get("operator", ""), earlier=k.store.get(exc.earlier_study)), 409
+
+
+@pages.post("/studies/keep")
+def keep_other_patient():
+    """The person confirmed that an image saved for another patient belongs to this one too."""
+    form = request.form
+    study = current_appliance().studies.keep_other_patient(
+        form.get("image", ""), form.get("filename", ""), form.get("exam"), form.get("reference"),
+        form.get("operator"), form.get("source", "upload"),
+    )
     return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
 
 
@@ -107,7 +128,9 @@ def import_studies():
         return _new_study_page(exc.status, exc.message, exc.code)
     if len(outcome) == 1 and not isinstance(outcome[0][1], KioskError):
         return redirect(url_for("pages.result", study_id=outcome[0][1].id, saved=1), 303)
-    return render_template("imported.html", outcome=outcome, is_error=lambda r: isinstance(r, KioskError))
+    return render_template("imported.html", outcome=outcome, is_error=lambda r: isinstance(r, KioskError),
+                           is_mixup=lambda r: isinstance(r, OtherPatient), exam_id=request.form.get("exam", ""),
+                           operator=request.form.get("operator", ""))
 
 
 @pages.get("/studies/<int:study_id>")
@@ -115,16 +138,20 @@ def result(study_id: int):
     k = current_appliance()
     study = k.studies.view(study_id, None)
     exam = next((e for e in k.exams if e.id == study.exam), None)
-    first = k.store.first_with_image(study.image_sha256)
+    same_image = [(i, ref) for i, ref in k.store.studies_with_image(study.image_sha256) if i != study.id]
     return render_template(
         "result.html",
         study=study,
         exam=exam,
         next_case=next((s for s in k.store.worklist(2)[0] if s.id != study.id), None),
         dicom=_dicom_facts([study], with_instances=True).get(study.id),
-        duplicate_of=first if first != study.id else None,
+        same_image=same_image,
+        other_patients=[(i, ref) for i, ref in same_image
+                        if ref and study.reference and ref.casefold() != study.reference.casefold()],
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
+        reopened=request.args.get("reopened") == "1",
+        undo_seconds=UNDO_SHOWN_S,
         exported=request.args.get("exported"),
         targets=k.studies.export_choices(),
         operator=k.studies.default_operator(),
@@ -136,6 +163,13 @@ def review(study_id: int):
     form = request.form
     current_appliance().studies.review(study_id, form.get("note"), form.get("operator"), form.get("change") == "1")
     return redirect(url_for("pages.result", study_id=study_id, reviewed=1), 303)
+
+
+@pages.post("/studies/<int:study_id>/reopen")
+def reopen(study_id: int):
+    form = request.form
+    current_appliance().studies.reopen(study_id, form.get("operator"), form.get("undo") == "1")
+    return redirect(url_for("pages.result", study_id=study_id, reopened=1), 303)
 
 
 @pages.post("/studies/<int:study_id>/export")

@@ -5,10 +5,40 @@ from __future__ import annotations
 
 import sqlite3
 
-from device.core.store.audit_log import AUDIT_ACTIONS
 from device.core.store.connection import StoreError
 from device.decision.triage import TRIAGE_ORDER
 from device.machine.clock import utc_iso
+
+# The audit actions migration 1 created the table with. Each migration spells out what it made: one
+# that read the current list would give a new database a table no older one has.
+FIRST_AUDIT_ACTIONS = (
+    "study_created", "study_viewed", "study_reviewed", "study_exported", "history_exported", "settings_changed",
+)
+
+
+def audit_log_with(actions: tuple[str, ...]) -> str:
+    """The audit log rebuilt with the CHECK of ``actions`` (SQLite cannot change a CHECK in place):
+    copied whole into a new table, which takes the old one's name and append-only triggers. Dropping
+    a table fires no DELETE trigger."""
+    return f"""
+        CREATE TABLE audit_log_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            operator TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL CHECK (action IN {actions}),
+            study_id INTEGER REFERENCES studies(id),
+            detail TEXT NOT NULL DEFAULT '{{}}'
+        );
+        INSERT INTO audit_log_new (id, at, operator, action, study_id, detail)
+            SELECT id, at, operator, action, study_id, detail FROM audit_log ORDER BY id;
+        DROP TABLE audit_log;
+        ALTER TABLE audit_log_new RENAME TO audit_log;
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        """
+
 
 # (version, SQL)
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -60,7 +90,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
             at TEXT NOT NULL,
             operator TEXT NOT NULL DEFAULT '',
-            action TEXT NOT NULL CHECK (action IN {AUDIT_ACTIONS}),
+            action TEXT NOT NULL CHECK (action IN {FIRST_AUDIT_ACTIONS}),
             study_id INTEGER REFERENCES studies(id),
             detail TEXT NOT NULL DEFAULT '{{}}'
         );
@@ -160,6 +190,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX dicom_held_by_series ON dicom_held(study_instance_uid, series_instance_uid);
         """,
     ),
+    # 5: a review can be undone and a reviewed study reopened (both audited).
+    (5, audit_log_with(FIRST_AUDIT_ACTIONS + ("review_undone", "study_reopened"))),
 )
 
 

@@ -83,6 +83,25 @@ document.addEventListener("DOMContentLoaded", () => {
     setInterval(refresh, WORKLIST_REFRESH_MS);
   }
 
+  // Undo after Mark reviewed: offered for a few seconds, counted down on the button; then Reopen.
+  for (const undo of document.querySelectorAll("form[data-undo]")) {
+    const button = undo.querySelector("button");
+    const reopen = document.querySelector("form[data-reopen]");
+    let left = Number(undo.dataset.undo);
+    const tick = () => {
+      if (left <= 0) {
+        clearInterval(timer);
+        undo.hidden = true;
+        if (reopen) reopen.hidden = false;
+        return;
+      }
+      button.textContent = "Undo (" + left + " s)";
+      left -= 1;
+    };
+    const timer = setInterval(tick, 1000);
+    tick();
+  }
+
   // Import list: select every file at once.
   for (const button of document.querySelectorAll("[data-select-all]")) {
     button.addEventListener("click", () => {
