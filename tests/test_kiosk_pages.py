@@ -90,7 +90,7 @@ def test_review_and_export_from_the_result_page(client, drives):
     r = client.post("/studies/1/review", data={"note": "seen", "operator": "dr d"})
     assert r.status_code == 303
     page = text(client.get(r.headers["Location"]))
-    assert "Marked as reviewed." in page and "Reviewed by dr d" in page and "seen" in page
+    assert "Marked as reviewed: it has left the worklist." in page and "Reviewed by dr d" in page and "seen" in page
     assert "Mark reviewed</button>" not in page and "Change review" in page
     again = client.post("/studies/1/review", data={"note": "again", "operator": "dr e"})
     assert again.status_code == 409 and "already reviewed by dr d" in text(again)
