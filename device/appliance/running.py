@@ -150,15 +150,21 @@ class Appliance:
             raise NotFound(f"no capture source {source_id!r}")
         return source
 
-    def capture_study(self, source_id: str, reference: str | None, operator: str | None) -> StudyRecord:
-        """Freeze the source's newest triaged frame and store it as a study: the exact frame the model
-        saw (full resolution, as the camera sent it), its result, and where it came from."""
+    def capture_study(self, source_id: str, reference: str | None, operator: str | None,
+                      frame_seq: int | None = None) -> StudyRecord:
+        """Freeze a triaged frame and store it as a study: the exact frame the model saw (full
+        resolution, as the camera sent it), its result, and where it came from. ``frame_seq``: the
+        frame whose result a screen shows (its picture and result are stored as that pair); None:
+        the newest."""
         t0 = time.perf_counter()
         source = self.capture.get(source_id)
         if source is None:
             raise NotFound(f"no capture source {source_id!r}; configured: {', '.join(s.id for s in self.capture)}")
         status = source.stream.status()
-        live = source.live.latest()
+        live = source.live.latest() if frame_seq is None else source.live.shown(frame_seq)
+        if frame_seq is not None and live is None:
+            raise Conflict(f"source {source_id}: frame {frame_seq}, the one on the screen, is no longer kept; "
+                           "look at the picture again and capture")
         if status["state"] != STREAMING or live is None:
             why = f": {status['reason']}" if status["reason"] else ""
             raise Conflict(f"source {source_id} is {status['state']}{why}; there is no current frame to capture")

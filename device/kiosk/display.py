@@ -14,7 +14,7 @@ from models.bundle import Manifest
 
 # What ROUTINE means, said wherever a ROUTINE result is shown large: the model's not flagging an
 # image is no all-clear, and the words must not alarm either.
-ROUTINE_NOTE = "Not flagged by the model; it does not rule out disease. Review in the usual order."
+ROUTINE_NOTE = "The model did not flag it; that does not rule out disease. Review in the usual order."
 
 
 def local_time(stamp: str | None) -> str:

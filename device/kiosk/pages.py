@@ -261,7 +261,7 @@ def live_index():
 def _live_page(src: LiveSource, error: str | None = None) -> str:
     k = current_appliance()
     return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id),
-                           operator=k.studies.default_operator(),
+                           operator=k.studies.default_operator(), poll_ms=max(200, round(1000 / k.config.capture.view_fps)),
                            require_reference=k.config.ui.require_reference, error=error)
 
 
@@ -273,9 +273,12 @@ def live_page(source_id: str):
 @pages.post("/live/<source_id>/capture")
 def live_capture(source_id: str):
     src = current_appliance().live_source(source_id)
+    frame = request.form.get("frame", "")
+    if frame and not frame.isdigit():
+        raise BadRequest("frame must be a frame number")
     try:
         study = current_appliance().capture_study(
-            source_id, request.form.get("reference"), request.form.get("operator")
+            source_id, request.form.get("reference"), request.form.get("operator"), int(frame) if frame else None
         )
     except KioskError as exc:
         return _live_page(src, exc.message), exc.status
