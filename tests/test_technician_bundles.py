@@ -119,7 +119,7 @@ def test_the_bundles_page_needs_a_login_and_the_csrf_token(tmp_path, signer, rel
 
 
 def test_in_safe_mode_an_install_commits_after_its_selftest(tmp_path, signer, releases):
-    from device.kiosk.app import create_safe_app
+    from device.kiosk.app import close_app, create_safe_app
 
     config = kiosk_config(tmp_path, signer)
     updates.install(releases["1.0.0"], config)
@@ -134,4 +134,4 @@ def test_in_safe_mode_an_install_commits_after_its_selftest(tmp_path, signer, re
             assert done.status_code == 200 and b"tiny-test 1.1.0 is active in slot b" in done.data, done.data
         assert [e.version for e in updates.list_installed(config)] == ["1.1.0"]
     finally:
-        area_of(app).close()
+        close_app(app)

@@ -46,14 +46,16 @@ class Appliance:
     """The appliance's state for one process: config, store, loaded exams, metrics, the study service,
     capture sources and the DICOM node."""
 
-    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry):
+    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry, safe_mode: str | None = None):
+        """``safe_mode``: why this appliance runs in safe mode (open_safe), or None."""
         self.config = config
         self.store = store
         self.exams = exams
+        self.safe_mode = safe_mode
         self._closers: list[Callable[[], None]] = []
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status(), exams.choices)
         self.studies = StudyService(config, store, exams, self.metrics)
-        self.backends = {
+        self.backends = {} if safe_mode else {
             name: {"available": s.ok, "version": s.version, "reason": s.reason}
             for name, s in registry.all_availability().items()
         }
@@ -63,7 +65,7 @@ class Appliance:
         )
         self.dicom = open_node(config.dicom, self.studies)
         self.capture.start()
-        self.metrics.ready = True
+        self.metrics.ready = safe_mode is None
 
     @classmethod
     def open(cls, config: KioskConfig) -> "Appliance":
@@ -79,6 +81,19 @@ class Appliance:
             return cls(config, store, exams)
         except BaseException:
             exams.close()
+            store.close()
+            raise
+
+    @classmethod
+    def open_safe(cls, config: KioskConfig, reason: str) -> "Appliance":
+        """Safe mode (device/technician/safe_mode.py): the studies, read and reviewed as usual, and
+        nothing that triages or may have caused the failed start: no model or runtime is loaded, no
+        capture source or DICOM listener runs; bundles' manifests are read when a page needs one."""
+        config = config.with_overrides(**{"capture.sources": [], "dicom.port": 0})
+        store = Store.open(config.store.data_dir)
+        try:
+            return cls(config, store, ExamRegistry([], shelved=lambda: updates.served_paths(config)), reason)
+        except BaseException:
             store.close()
             raise
 
@@ -204,8 +219,10 @@ class Appliance:
     def health(self) -> dict:
         check = self.store.check
         workers = self.inference()
+        safe = {"safe_mode": True, "reason": self.safe_mode} if self.safe_mode else {}
         return {
             "ready": self.metrics.ready and not any(w["stuck"] for w in workers),
+            **safe,
             "appliance": {"version": appliance_version()},
             "inference": workers,
             "backends": self.backends,

@@ -93,6 +93,13 @@ class OtherPatient(KioskError):
         self.sha256 = sha256
 
 
+class SafeModeRefusal(KioskError):
+    """Safe mode: no image is triaged until a technician has fixed the cause."""
+
+    status = 503
+    code = "safe_mode"
+
+
 class UnknownExam(KioskError):
     code = "unknown_exam"
 

@@ -22,7 +22,7 @@ from device import intake
 from device.core import exports, media
 from device.core.decoding import Decoder
 from device.core.errors import (
-    BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, OtherPatient, UnknownExam,
+    BadRequest, Conflict, ExportFailed, ImageRejected, KioskError, NotFound, OtherPatient,
 )
 from device.core.exams import ExamRegistry
 from device.core.import_paths import expand_dicomdirs
@@ -125,11 +125,11 @@ class StudyService:
 
     def _input_contract(self, exam_id: str) -> InputContract:
         """The input contract of the model of an installed exam (the heatmap is placed by it)."""
-        try:
-            return self.exams.resolve(exam_id).bundle.manifest.input
-        except UnknownExam as exc:
+        manifest = self.exams.manifest(exam_id)
+        if manifest is None:
             raise NotFound(f"the study's exam {exam_id!r} is not installed; its heatmap cannot be placed "
-                           f"({exc.message})") from None
+                           f"(installed: {', '.join(self.exams.ids()) or 'none'})")
+        return manifest.input
 
     # ---- who is acting -----------------------------------------------------------------------
 
@@ -290,7 +290,7 @@ class StudyService:
     def get(self, study_id: int) -> StudyRecord:
         study = self.store.get(study_id) if study_id <= MAX_STUDY_ID else None
         if study is None:
-            raise NotFound(f"no study {study_id}")
+            raise NotFound(f"there is no study #{study_id} on this kiosk")
         return study
 
     def view(self, study_id: int, operator: str | None) -> StudyRecord:

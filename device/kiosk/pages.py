@@ -137,12 +137,11 @@ def import_studies():
 def result(study_id: int):
     k = current_appliance()
     study = k.studies.view(study_id, None)
-    exam = next((e for e in k.exams if e.id == study.exam), None)
     same_image = [(i, ref) for i, ref in k.store.studies_with_image(study.image_sha256) if i != study.id]
     return render_template(
         "result.html",
         study=study,
-        exam=exam,
+        manifest=k.exams.manifest(study.exam),
         next_case=next((s for s in k.store.worklist(2)[0] if s.id != study.id), None),
         dicom=_dicom_facts([study], with_instances=True).get(study.id),
         same_image=same_image,

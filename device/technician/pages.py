@@ -15,8 +15,9 @@ import signal
 import zipfile
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, redirect, render_template, request
+from flask import Blueprint, Response, current_app, redirect, render_template, request
 
+from device.appliance.context import EXTENSION as APPLIANCE
 from device.core.errors import BadRequest, NotFound
 from device.machine.clock import utc_iso
 from device.technician import checks, diagnostics, status
@@ -38,7 +39,8 @@ def _on_own_screen() -> bool:
 @technician.app_context_processor
 def _every_page() -> dict:
     a = area()
-    return {"safe_mode": a.safe_mode, "signed_in": authenticated()}
+    return {"safe_mode": a.safe_mode, "signed_in": authenticated(),
+            "clinician_pages": APPLIANCE in current_app.extensions}
 
 
 # ---- login and the first-start password -----------------------------------------------------
