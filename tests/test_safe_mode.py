@@ -94,7 +94,9 @@ def test_a_killed_start_is_followed_by_safe_mode_then_a_normal_start(tmp_path, t
             technician.log_in()
             status, _, page = technician.request("GET", "/technician/")
             assert status == 200 and b"No models are loaded" in page
-            status, _, _ = technician.post_form("/technician/restart", {}, token_from="/technician/")
+            status, _, page = technician.post_form("/technician/restart", {}, token_from="/technician/")
+            assert status == 200 and b"Restart the kiosk?" in page and safe.proc.poll() is None  # asked first
+            status, _, _ = technician.post_form("/technician/restart", {"confirm": "1"}, token_from="/technician/")
             assert status == 200
         finally:
             technician.close()

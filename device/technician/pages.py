@@ -146,13 +146,25 @@ def status_json():
 
 @technician.post("/restart")
 def restart():
-    """Stop with RESTART_EXIT_STATUS once this answer is sent: systemd starts the kiosk again."""
+    """Asked first; confirmed (``confirm=1``), stop with RESTART_EXIT_STATUS once this answer is sent:
+    systemd starts the kiosk again, and the page it leaves watches for that (``started``)."""
     a = area()
+    if request.form.get("confirm") != "1":
+        return show("restarting.html", ask=True)
     a.credentials.audit("restart", remote())
     a.restart_requested.set()
-    response = Response(render_template("technician/restarting.html"), headers=NO_STORE)
+    response = Response(render_template("technician/restarting.html", ask=False, started_at=a.started_at_utc),
+                        headers=NO_STORE)
     response.call_on_close(lambda: os.kill(os.getpid(), signal.SIGTERM))
     return response
+
+
+@technician.get("/started")
+def started():
+    """When this kiosk process started, and whether in safe mode: the restart page asks, without a
+    session (the restart ends it), until another process answers."""
+    a = area()
+    return {"started_at": a.started_at_utc, "safe_mode": bool(a.safe_mode)}, 200, NO_STORE
 
 
 # ---- capture sources and DICOM ----------------------------------------------------------------
@@ -184,16 +196,29 @@ def test_frame():
     return Response(frame, mimetype="image/jpeg", headers=NO_STORE)
 
 
+# What the SCP logs when it refuses: a whole association, or one C-STORE.
+REFUSALS = ("association_rejected", "store_failed")
+REFUSALS_SHOWN = 20
+
+
+def _dicom_page(echoes: list | None = None):
+    """The settings, and (with a running DICOM node) what waits to be sent and what was refused."""
+    k = running_appliance()
+    node = None if k is None else k.dicom
+    return show("dicom.html", dicom=area().config.dicom, echoes=echoes, running=node is not None,
+                backlog=node.outbox.backlog() if node else [],
+                refusals=k.store.dicom_events(REFUSALS_SHOWN, REFUSALS) if node else [])
+
+
 @technician.get("/dicom")
 def dicom():
-    return show("dicom.html", dicom=area().config.dicom, echoes=None)
+    return _dicom_page()
 
 
 @technician.post("/dicom/echo")
 def dicom_echo():
     settings = area().config.dicom
-    echoes = [checks.echo(settings, d) for d in settings.destinations]
-    return show("dicom.html", dicom=settings, echoes=echoes)
+    return _dicom_page([checks.echo(settings, d) for d in settings.destinations])
 
 
 # ---- logs and diagnostics ---------------------------------------------------------------------
