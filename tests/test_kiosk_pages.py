@@ -40,7 +40,7 @@ def test_home_has_one_tile_per_installed_bundle(tmp_path, tiny_bundle, drives):
             assert re.findall(r'class="tile-title">([^<]+)<', home) == ["Tiny test model", "Knee X-ray fracture triage"]
             assert home.count("Research use only") == 1
             new = text(c.get("/studies/new?exam=knee-xray"))
-            assert '<option value="knee-xray" selected>' in new
+            assert '<input type="radio" name="exam" value="knee-xray" checked required>' in new
             r = post_upload(c, png_bytes(1), exam="tiny-test")
             assert r.status_code == 303
             r = post_upload(c, png_bytes(1))

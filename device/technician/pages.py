@@ -147,14 +147,14 @@ def status_json():
 @technician.post("/restart")
 def restart():
     """Asked first; confirmed (``confirm=1``), stop with RESTART_EXIT_STATUS once this answer is sent:
-    systemd starts the kiosk again, and the page it leaves watches for that (``started``)."""
+    systemd starts the kiosk again. The asking page sends the confirmation itself and then watches
+    for another process to answer (``started``): a page served by this one could not load its script."""
     a = area()
     if request.form.get("confirm") != "1":
-        return show("restarting.html", ask=True)
+        return show("restarting.html", ask=True, started_at=a.started_at_utc)
     a.credentials.audit("restart", remote())
     a.restart_requested.set()
-    response = Response(render_template("technician/restarting.html", ask=False, started_at=a.started_at_utc),
-                        headers=NO_STORE)
+    response = Response(render_template("technician/restarting.html", ask=False), headers=NO_STORE)
     response.call_on_close(lambda: os.kill(os.getpid(), signal.SIGTERM))
     return response
 

@@ -27,13 +27,15 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
-  // Busy state: one tap submits once, and the button says what is happening.
+  // Busy state: one tap submits once, and the button tapped says what is happening (its own
+  // data-busy, else the form's).
   for (const form of document.querySelectorAll("form[data-busy]")) {
-    form.addEventListener("submit", () => {
-      const button = form.querySelector("button[type=submit]");
+    form.addEventListener("submit", (e) => {
+      const button = e.submitter || form.querySelector("button[type=submit]");
       if (button) {
-        button.disabled = true;
-        button.textContent = form.dataset.busy;
+        const busy = button.dataset.busy || form.dataset.busy;
+        form.querySelectorAll("button[type=submit]").forEach((b) => { b.disabled = true; });
+        if (busy) button.textContent = busy;
       }
     });
   }
