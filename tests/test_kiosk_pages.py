@@ -4,6 +4,7 @@ forms, the result page, review, export, history filters, settings; no asset from
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import cv2
@@ -69,6 +70,31 @@ def test_upload_form_redirects_to_the_result(client):
     assert "Show heatmap" in page and "Bed 4" in page
     with_heat = text(client.get("/studies/1?heatmap=1"))  # the toggle works without script
     assert "Hide heatmap" in with_heat
+
+
+TICK = "m-2 15-5-5 1.4-1.4 3.6 3.6"  # the path of a tick mark, as ROUTINE was once drawn
+
+
+def test_routine_is_said_to_rule_nothing_out(tmp_path):
+    """A ROUTINE result is no all-clear: 'Not flagged', with what that does not mean, and no tick,
+    on its page and in the lists. (The tiny model scores these images about 0.98: an operating
+    point of 0.999 makes them ROUTINE.)"""
+    cautious = make_tiny_bundle(tmp_path / "cautious")
+    policy = json.loads((cautious / "manifest.json").read_text())["policy"]
+    edit_manifest(cautious, policy={**policy, "operating_point": {**policy["operating_point"], "threshold": 0.999}})
+    config = KioskConfig.model_validate({"store": {"data_dir": str(tmp_path / "data")},
+                                         "models": {"bundles": [str(cautious)], "inference_threads": 1}})
+    application = create_app(config)
+    try:
+        with form_client(application) as c:
+            r = post_upload(c, png_bytes(1))
+            page = text(c.get(r.headers["Location"]))
+            banner = page[page.index('class="banner '):page.index('class="actions"')]
+            assert 'data-triage="ROUTINE"' in banner and "Not flagged for pneumonia" in banner
+            assert "that does not rule out disease" in banner and "pattern found" not in page
+            assert TICK not in page and TICK not in text(c.get("/history"))
+    finally:
+        appliance_of(application).close()
 
 
 def test_bad_upload_stays_on_the_form_with_the_reason(client):

@@ -290,7 +290,7 @@ class StudyService:
     def get(self, study_id: int) -> StudyRecord:
         study = self.store.get(study_id) if study_id <= MAX_STUDY_ID else None
         if study is None:
-            raise NotFound(f"there is no study #{study_id} on this kiosk")
+            raise NotFound(f"There is no study #{study_id} on this kiosk.")
         return study
 
     def view(self, study_id: int, operator: str | None) -> StudyRecord:
