@@ -90,21 +90,13 @@ def test_the_dicom_page_shows_the_backlog_and_the_refused_stores(config, tmp_pat
         appliance_of(app).close()
 
 
-def test_restart_is_asked_first(config):
-    from device.kiosk import create_app
+def test_restart_is_asked_first(client, app):
     from device.technician.area import area_of
 
-    app = create_app(config)
-    try:
-        with form_client(app) as c:
-            set_password(c)
-            log_in(c)
-            asked = c.post("/technician/restart")
-            assert asked.status_code == 200 and b"Restart the kiosk?" in asked.data and b'name="confirm" value="1"' in asked.data
-            assert not area_of(app).restart_requested.is_set()
-            anonymous = app.test_client()
-            started = anonymous.get("/technician/started")  # no session: a restart ends it
-            assert started.status_code == 200 and started.json == {"started_at": area_of(app).started_at_utc,
-                                                                   "safe_mode": False}
-    finally:
-        appliance_of(app).close()
+    set_password(client)
+    log_in(client)
+    asked = client.post("/technician/restart")
+    assert asked.status_code == 200 and b"Restart the kiosk?" in asked.data and b'name="confirm" value="1"' in asked.data
+    assert not area_of(app).restart_requested.is_set()
+    started = app.test_client().get("/technician/started")  # no session: a restart ends it
+    assert started.status_code == 200 and started.json == {"started_at": area_of(app).started_at_utc, "safe_mode": False}

@@ -215,9 +215,7 @@ class StudyTable(Connection):
     def review(self, study_id: int, operator: str, note: str) -> StudyRecord | None:
         """Record the review; the audit entry of a changed review holds the one it replaced."""
         with self._transaction() as db:
-            before = db.execute(
-                "SELECT reviewed_at, reviewed_by, review_note FROM studies WHERE id = ?", (study_id,)
-            ).fetchone()
+            before = _review_of(db, study_id)
             if before is None:
                 return None
             db.execute(
@@ -235,9 +233,7 @@ class StudyTable(Connection):
         """Put a reviewed study back on the worklist (its review cleared); the audit entry (``action``:
         review_undone or study_reopened) holds the review it took back, besides ``detail``."""
         with self._transaction() as db:
-            before = db.execute(
-                "SELECT reviewed_at, reviewed_by, review_note FROM studies WHERE id = ?", (study_id,)
-            ).fetchone()
+            before = _review_of(db, study_id)
             if before is None:
                 return None
             db.execute("UPDATE studies SET reviewed_at = NULL, reviewed_by = NULL, review_note = NULL WHERE id = ?",
@@ -245,6 +241,11 @@ class StudyTable(Connection):
             record(db, action, operator, study_id,
                    {**detail, "review": {"at": before[0], "by": before[1], "note": before[2]}})
             return self._get(db, study_id)
+
+
+def _review_of(db: sqlite3.Connection, study_id: int) -> tuple | None:
+    """(reviewed_at, reviewed_by, review_note) of a study, or None when there is no such study."""
+    return db.execute("SELECT reviewed_at, reviewed_by, review_note FROM studies WHERE id = ?", (study_id,)).fetchone()
 
 
 def _where(f: StudyFilter) -> tuple[str, tuple]:
