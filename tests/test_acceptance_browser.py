@@ -64,10 +64,12 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
                     page.set_input_files("#document", str(path))
                     page.click("button:has-text('Upload and check')")
 
-                page.goto(server.url + "technician/acceptance")
+                page.goto(server.url + "technician/")
                 page.wait_for_url("**/technician/login**")
                 page.fill("#password", PASSWORD)
                 page.click("button:has-text('Log in')")
+                page.wait_for_url("**/technician/")
+                page.click("a:has-text('Acceptance and monitoring')")  # from the Status page's Model monitoring
                 page.wait_for_url("**/technician/acceptance")
                 card = page.locator("[data-exam=chest-xray-pneumonia]")
                 assert card.locator("[data-operating-point]").get_attribute("data-operating-point") == "bundle"
@@ -89,7 +91,7 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
                 check("applied")
 
                 page.fill("#revert-chest-xray-pneumonia", "Dr Ada Obi")
-                page.click("button[aria-label^='Revert chest-xray-pneumonia']")
+                page.click("[data-revert=chest-xray-pneumonia]")
                 page.locator(".alert-ok").wait_for()
                 assert "model's own operating point again" in page.inner_text(".alert-ok")
                 assert card.locator("[data-operating-point]").get_attribute("data-operating-point") == "bundle"
