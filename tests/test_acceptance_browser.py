@@ -117,3 +117,66 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
     finally:
         stop_server(server)
     assert not any(problems.values()), problems
+
+
+def test_the_clinician_sees_the_site_point_says_agree_and_is_told_of_drift(tmp_path, sync_playwright, accepted,
+                                                                          monitored_chest, chest_cases, axe, screens):
+    """A kiosk whose site accepted the model: a result says which operating point decided it, one tap
+    marks it reviewed and agreed, and after a run of inverted films the home screen says a model
+    check is needed, while every one of those studies got its result at once."""
+    import cv2
+
+    from device.cli import main as bedside
+
+    data = tmp_path / "data"
+    assert bedside(["acceptance", "apply", str(accepted["out"] / "acceptance.json"), "--signed-by", "Dr Ada Obi",
+                    "--bundle", str(monitored_chest), "--data-dir", str(data)]) == 0
+    config = tmp_path / "bedside.toml"
+    config.write_text("[monitoring]\nwindow = 40\nmin_studies = 20\nconfirm = 3\n")
+    films = sorted(chest_cases["later"].rglob("*.jpeg"))
+    server = start_server(data, [monitored_chest], "--config", str(config))
+    problems: dict[str, list] = {}
+    try:
+        client = server.client()
+        try:
+            status, first = client.upload(films[0].name, films[0].read_bytes())
+            assert status == 201 and first["result"]["operating_point"]["source"] == "site"
+            for path in films[1:25]:
+                flipped = cv2.imencode(".png", 255 - cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))[1].tobytes()
+                status, study = client.upload(path.stem + ".png", flipped)
+                assert status == 201 and study["triage"] in ("URGENT", "ROUTINE", "UNGRADABLE")
+            status, monitoring = client.get_json("/api/v1/monitoring")
+            assert monitoring["exams"]["chest-xray-pneumonia"]["state"] == "drift", monitoring
+        finally:
+            client.close()
+        with sync_playwright() as pw:
+            ctx = open_browser(pw, tmp_path / "profile", 1024, 600, bypass_csp=True)
+            try:
+                page = ctx.new_page()
+                page.goto(server.url)
+                notice = page.locator("[data-model-check]")
+                assert notice.inner_text() == ("Model check needed: recent images differ from those the model was "
+                                               "accepted on")
+                page.screenshot(path=str(screens / "acceptance-home-drift.png"))
+                problems["home"] = screen_problems(page, axe)
+                page.goto(server.url + f"studies/{first['id']}")
+                details = page.locator("[data-operating-point-source]")
+                assert details.get_attribute("data-operating-point-source") == "site"
+                assert "accepted " in details.inner_text() and "by Dr Ada Obi" in details.inner_text()
+                page.screenshot(path=str(screens / "acceptance-result-site-point.png"), full_page=True)
+                problems["result"] = screen_problems(page, axe)
+                page.click("[data-agreement] button:has-text('Triage right')")
+                page.locator("[data-reviewed]").wait_for()
+                assert "agreed with the triage" in page.inner_text("[data-reviewed]")
+                page.screenshot(path=str(screens / "acceptance-result-agreed.png"))
+            finally:
+                ctx.close()
+        client = server.client()
+        try:
+            _, monitoring = client.get_json("/api/v1/monitoring")
+        finally:
+            client.close()
+        assert monitoring["exams"]["chest-xray-pneumonia"]["agreement"]["agree"] == 1
+    finally:
+        stop_server(server)
+    assert not any(problems.values()), problems
