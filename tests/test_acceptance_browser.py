@@ -64,6 +64,15 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
                     page.set_input_files("#document", str(path))
                     page.click("button:has-text('Upload and check')")
 
+                def sign(field: str, name: str, button: str) -> tuple[str, str]:
+                    """Sign a form with a name and send it; the confirmation it answers with, and the
+                    point the exam now decides at."""
+                    page.fill(field, name)
+                    page.click(button)
+                    page.locator(".alert-ok").wait_for()
+                    return page.inner_text(".alert-ok"), card.locator("[data-operating-point]").get_attribute(
+                        "data-operating-point")
+
                 page.goto(server.url + "technician/")
                 page.wait_for_url("**/technician/login**")
                 page.fill("#password", PASSWORD)
@@ -83,18 +92,12 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
                 upload(document)
                 page.get_by_role("heading", name="Apply this acceptance?").wait_for()
                 check("confirm")
-                page.fill("#signed-by", "Dr Ada Obi, clinical lead")
-                page.click("button:has-text('Apply the site operating point')")
-                page.locator(".alert-ok").wait_for()
-                assert "on 160 local cases by Dr Ada Obi, clinical lead" in page.inner_text(".alert-ok")
-                assert card.locator("[data-operating-point]").get_attribute("data-operating-point") == "site"
+                said, point = sign("#signed-by", "Dr Ada Obi, clinical lead",
+                                   "button:has-text('Apply the site operating point')")
+                assert "on 160 local cases by Dr Ada Obi, clinical lead" in said and point == "site"
                 check("applied")
-
-                page.fill("#revert-chest-xray-pneumonia", "Dr Ada Obi")
-                page.click("[data-revert=chest-xray-pneumonia]")
-                page.locator(".alert-ok").wait_for()
-                assert "model's own operating point again" in page.inner_text(".alert-ok")
-                assert card.locator("[data-operating-point]").get_attribute("data-operating-point") == "bundle"
+                said, point = sign("#revert-chest-xray-pneumonia", "Dr Ada Obi", "[data-revert=chest-xray-pneumonia]")
+                assert "model's own operating point again" in said and point == "bundle"
 
                 page.click("a.nav:has-text('Logs')")
                 page.get_by_role("heading", level=1).wait_for()

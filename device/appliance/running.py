@@ -45,6 +45,17 @@ def _model_text(exam: Exam) -> str:
     return f"{m.id} {m.version} {m.precision} {m.backend}"
 
 
+def _open_records(config: KioskConfig) -> tuple[Store, SiteRecord]:
+    """The data dir's study store and the site's record (both, or neither: the store is closed again
+    when the record cannot be opened)."""
+    store = Store.open(config.store.data_dir)
+    try:
+        return store, SiteRecord.open(config.store.data_dir)
+    except BaseException:
+        store.close()
+        raise
+
+
 class Appliance:
     """The appliance's state for one process: config, store, loaded exams, metrics, the study service,
     capture sources and the DICOM node."""
@@ -80,12 +91,7 @@ class Appliance:
     @classmethod
     def open(cls, config: KioskConfig) -> "Appliance":
         """Open the store, then load and warm up every exam; ready when this returns."""
-        store = Store.open(config.store.data_dir)
-        try:
-            site = SiteRecord.open(config.store.data_dir)
-        except BaseException:
-            store.close()
-            raise
+        store, site = _open_records(config)
         try:
             updates.recover(config)  # a bundle switch that was not committed is undone before loading
             exams = ExamRegistry.load(config.models, updates.served_paths(config), config.store.data_dir)
@@ -107,12 +113,7 @@ class Appliance:
         nothing that triages or may have caused the failed start: no model or runtime is loaded, no
         capture source or DICOM listener runs; bundles' manifests are read when a page needs one."""
         config = config.with_overrides(**{"capture.sources": [], "dicom.port": 0})
-        store = Store.open(config.store.data_dir)
-        try:
-            site = SiteRecord.open(config.store.data_dir)
-        except BaseException:
-            store.close()
-            raise
+        store, site = _open_records(config)
         try:
             return cls(config, store, ExamRegistry([], shelved=lambda: updates.served_paths(config)), site, reason)
         except BaseException:
