@@ -83,17 +83,24 @@ def test_a_small_or_hopeless_set_is_refused_with_the_rule(tmp_path, capsys, moni
     assert "No site operating point can be proposed" in (tmp_path / "swapped-out" / "report.html").read_text()
 
 
-def test_a_csv_of_files_and_labels_is_a_labelled_set(tmp_path, capsys, monitored_chest, chest_cases):
+def test_a_csv_of_files_and_labels_is_a_labelled_set(tmp_path, capsys, monitored_chest, chest_cases, datasets):
+    """A CSV names files (DICOM too) and labels; a film the kiosk would not judge (a hip radiograph) is
+    a case, UNGRADABLE with the kiosk's reason, and counts in no figure."""
+    hip = datasets / "dicom" / "cr_dx" / "RG2_JPLL.dcm"
     rows = ["file,label"] + [f"{p.relative_to(chest_cases['small']).as_posix()},{p.parent.name.lower()}"
-                             for p in sorted(chest_cases["small"].rglob("*.jpeg"))]
-    table = chest_cases["small"] / "cases.csv"
+                             for p in sorted(chest_cases["small"].rglob("*.jpeg"))] + [f"{hip},NORMAL"]
+    table = tmp_path / "cases.csv"
     table.write_text("\n".join(rows) + "\n")
-    try:
-        code, out, _ = run(capsys, "acceptance", "run", "--bundle", str(monitored_chest), "--data", str(table),
-                           "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "d"), "--json", "--bootstrap", "50")
-    finally:
-        table.unlink()
-    assert code == 2 and json.loads(out)["cases"] == 40
+    for path in chest_cases["small"].rglob("*.jpeg"):
+        target = tmp_path / path.relative_to(chest_cases["small"])
+        target.parent.mkdir(exist_ok=True)
+        target.symlink_to(path)
+    code, out, _ = run(capsys, "acceptance", "run", "--bundle", str(monitored_chest), "--data", str(table),
+                       "--out", str(tmp_path / "o"), "--data-dir", str(tmp_path / "d"), "--json", "--bootstrap", "50")
+    summary = json.loads(out)
+    assert code == 2 and summary["cases"] == 41 and summary["judged"] == 40 and summary["ungradable"] == 1
+    [case] = [c for c in json.loads((tmp_path / "o" / "acceptance.json").read_text())["cases"] if not c["gradable"]]
+    assert case["file"] == str(hip) and case["reasons"] and case["triage"] == "UNGRADABLE"
 
 
 def test_apply_then_infer_and_eval_decide_at_the_site_point(tmp_path, capsys, accepted, monitored_chest, chest_cases):
