@@ -48,3 +48,14 @@ def test_central_benchmark_runs_as_run_all_runs_it(run_all, datasets):
                                                        "load_average_before": [0.0]}},
                             "machine": {"cpu": "test", "cores": 2}}, "central")
     assert body.count("\n| ") == len(rows) + 2 and "target: " in body  # the header, its rule, a line a row
+
+
+@pytest.mark.slow  # 300 films triaged five ways (unchanged, gamma, local contrast, inverted) and replayed: ~1 min
+def test_drift_benchmark_runs_as_run_all_runs_it(run_all, datasets):
+    entry = run_all.run_one("drift", run_all.benchmarks(quick=True)["drift"])
+    assert "error" not in entry, entry.get("error")
+    result = entry["result"]
+    rows = run_all.ROWS["drift"](result)
+    assert rows and all(what and result for what, result in rows)
+    assert result["targets"]["monitor < 1 ms per study"] and result["targets"]["prevalence alone never reads drift"]
+    assert all(d["detected"] == d["streams"] for d in result["processing"].values())

@@ -105,8 +105,10 @@ def _served(config: KioskConfig, exam: str | None) -> Bundle:
 # ---- run -------------------------------------------------------------------------------------------
 
 
-def _sources(args: argparse.Namespace, config: KioskConfig, bundle: Bundle):
+def _sources(args: argparse.Namespace, config: KioskConfig, bundle: Bundle) -> tuple[list, str, str]:
+    """The cases, where they came from, and what the positive cases are, in words."""
     m, rule = bundle.manifest, bundle.manifest.acceptance_rule()
+    positive = positive_words(m, rule)
     if args.reviewed:
         store = Store.open(config.store.data_dir)
         try:
@@ -114,10 +116,11 @@ def _sources(args: argparse.Namespace, config: KioskConfig, bundle: Bundle):
         finally:
             store.close()
         return sources, f"the reviewed studies of {m.id} in {config.store.data_dir} (labels: each reviewer's " \
-                        "agree / disagree with the triage, not a reference standard)"
+                        "agree / disagree with the triage, not a reference standard)", positive
     if args.data.is_file():
-        return list(cases_of.csv_sources(args.data, m, rule)), f"the cases listed in {args.data}"
-    return list(cases_of.folder_sources(args.data, m, rule)), f"the labelled folder {args.data}"
+        return list(cases_of.csv_sources(args.data, m, rule)), f"the cases listed in {args.data}", positive
+    sources, single = cases_of.folder_sources(args.data, m, rule)
+    return sources, f"the labelled folder {args.data}", m.label_name(single) if single else positive
 
 
 def run_acceptance(args: argparse.Namespace) -> AcceptanceDocument:
@@ -125,14 +128,13 @@ def run_acceptance(args: argparse.Namespace) -> AcceptanceDocument:
     config = _config(args)
     bundle = load_bundle(args.bundle) if args.bundle else _served(config, args.exam)
     m, rule = bundle.manifest, bundle.manifest.acceptance_rule()
-    sources, where = _sources(args, config, bundle)
+    sources, where, positive = _sources(args, config, bundle)
     exam = open_exam(bundle.root, config.models, config.store.data_dir)
     try:
         cases, unreadable = cases_of.score(exam, Decoder(config.decode), sources, len(sources))
         model = exam.triager.model
     finally:
         exam.close()
-    positive = positive_words(m, rule)
     figures, proposal, refused = acceptance_figures(cases, m, rule, args.bootstrap, positive)
     return AcceptanceDocument(
         created_at=utc_iso(), seconds=round(time.perf_counter() - started, 2), appliance=appliance_version(),

@@ -47,18 +47,21 @@ def _is_positive(index: int, manifest: Manifest, rule: AcceptanceRule, single: s
     return manifest.labels[index] == single if single else index in manifest.urgent_indices
 
 
-def folder_sources(data: Path, manifest: Manifest, rule: AcceptanceRule) -> Iterable[Source]:
-    """A labelled folder (or a one-vs-rest pair such as mel/ + not_mel/)."""
+def folder_sources(data: Path, manifest: Manifest, rule: AcceptanceRule) -> tuple[list[Source], str | None]:
+    """A labelled folder (or a one-vs-rest pair such as mel/ + not_mel/): its cases, and the one label
+    of a one-vs-rest pair (then the positive cases are that label's)."""
     items, single = labelled_files(data, manifest)
     if rule.on == "focus_label" and single not in (None, manifest.policy.focus_label):
         raise DataFolderError(f"this bundle's rule protects {manifest.policy.focus_label}: a one-vs-rest folder "
                               f"must name it, not {single}")
     policy = manifest.evaluation
+    sources = []
     for path, index in items:
         label = f"not_{single}" if index == NOT else manifest.labels[index]
         patient = policy.patient_of(path.name) if policy else path.name
-        yield Source(path.relative_to(data).as_posix(), label, _is_positive(index, manifest, rule, single),
-                     index != NOT and index in manifest.urgent_indices, patient, path.read_bytes)
+        sources.append(Source(path.relative_to(data).as_posix(), label, _is_positive(index, manifest, rule, single),
+                              index != NOT and index in manifest.urgent_indices, patient, path.read_bytes))
+    return sources, single
 
 
 def csv_sources(table: Path, manifest: Manifest, rule: AcceptanceRule) -> Iterable[Source]:
