@@ -83,6 +83,33 @@ def test_the_audit_logs_check_takes_every_action_and_older_entries_survive_its_r
     assert set(FIRST_AUDIT_ACTIONS) < set(AUDIT_ACTIONS)
 
 
+def test_a_store_of_the_previous_schema_gains_review_agreement_and_keeps_its_reviews(tmp_path):
+    """A data dir written before migration 7 (the reviewers' agree / disagree; made here by taking
+    migration 7 back out of a store): its studies and reviews stay as they were, and new reviews may
+    say agree or disagree."""
+    s = Store.open(tmp_path)
+    try:
+        old = add(s, b"before")
+        s.review(old.id, "dr a", "seen")
+        for statement in ("DROP INDEX studies_by_exam", "ALTER TABLE studies DROP COLUMN review_agreement",
+                          "DELETE FROM schema_migrations WHERE version = 7"):
+            s._db.execute(statement)
+    finally:
+        s.close()
+    s = Store.open(tmp_path)
+    try:
+        assert [v for (v,) in s._db.execute("SELECT version FROM schema_migrations")] == [v for v, _ in MIGRATIONS]
+        kept = s.get(old.id)
+        assert (kept.reviewed_by, kept.review_note, kept.review_agreement) == ("dr a", "seen", None)
+        new = add(s, b"after")
+        assert s.review(new.id, "dr b", "", "disagree").review_agreement == "disagree"
+        assert [r.id for r in s.reviewed_with_agreement("exam")] == [new.id]
+        with pytest.raises(sqlite3.IntegrityError):
+            s.review(new.id, "dr b", "", "maybe")
+    finally:
+        s.close()
+
+
 def test_images_are_content_addressed_and_stored_once(store):
     a = add(store, b"image-bytes-1")
     b = add(store, b"image-bytes-1")
