@@ -89,6 +89,9 @@ def test_a_real_prometheus_scrapes_a_running_kiosk(tmp_path):
             # the drift monitor's state as BedsideModelDrift reads it: this bundle ships no reference
             drift = _query(base, "/api/v1/query", query='bedside_drift_state{job="bedside"} == 1')["result"]
             assert [(d["metric"]["exam"], d["metric"]["state"]) for d in drift] == [("tiny-test", "collecting")], drift
+            with urllib.request.urlopen(kiosk.url + "api/v1/monitoring", timeout=10) as response:
+                [reason] = json.loads(response.read())["exams"]["tiny-test"]["reasons"]
+            assert reason.startswith("No monitoring reference in this bundle: ")
             groups = _until(lambda: [g for g in _query(base, "/api/v1/rules")["groups"]
                                      if all(r.get("lastEvaluation", "").startswith("20") for r in g["rules"])])
             rules = [r for g in groups for r in g["rules"]]

@@ -33,6 +33,8 @@ from models.bundle import MonitoringReference
 
 log = logging.getLogger(__name__)
 AGREEMENT_CACHE_S = 30.0
+NO_REFERENCE = ("No monitoring reference in this bundle: recent studies have nothing to be compared with yet. "
+                "Accept the model on this site's cases (bedside acceptance) and those cases become the reference.")
 
 
 class ExamMonitor:
@@ -59,8 +61,7 @@ class ExamMonitor:
 
     def reasons(self) -> list[str]:
         if self.reference is None:
-            return ["Nothing to compare with yet: this bundle ships no monitoring reference. Accept it on this "
-                    "site's cases (bedside acceptance) and those cases become the reference."]
+            return [NO_REFERENCE]
         if self.tracker.state == COLLECTING:
             return [f"Collecting: {len(self.window)} of the {self.tracker.min_studies} studies needed before recent "
                     f"studies are compared with {self.reference_words}."]
