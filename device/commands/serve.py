@@ -19,6 +19,7 @@ from pathlib import Path
 
 from device.core.settings import ConfigError, load_config
 from device.core.store import StoreError
+from device.core.tls import TlsError
 
 READY_LINE = "Bedside kiosk ready at {url}"
 
@@ -102,8 +103,9 @@ def _serve(config, record) -> int:
 
     record.starting()
     try:
+        _check_tls(config)
         app = create_app(config)
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, TlsError) as exc:
         record.failed(str(exc))
         print(f"bedside: {exc}", file=sys.stderr)
         return 2
@@ -114,20 +116,39 @@ def _serve(config, record) -> int:
     try:
         server = KioskServer(app, config.server, appliance.capture.end_views,
                              HealthProbe("/api/v1/health", technician.internal_token))
-    except OSError as exc:
+    except (OSError, TlsError) as exc:
         appliance.close()
-        why = f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}"
+        why = _cannot_listen(config, exc)
         record.failed(why)
         print(f"bedside: {why}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, TlsError) else 1
     record.started(config)
     signal.signal(signal.SIGTERM, _stop)
-    print(READY_LINE.format(url=server.url), flush=True)
+    print(_ready_line(server), flush=True)
     try:
         server.serve_forever()
     finally:
         appliance.close()
     return RESTART_EXIT_STATUS if technician.restart_requested.is_set() else 0
+
+
+def _check_tls(config) -> None:
+    """The certificate and key, checked before any model loads (TlsError says what is wrong)."""
+    tls = config.server.tls()
+    if tls is not None:
+        tls.context()
+
+
+def _cannot_listen(config, exc: Exception) -> str:
+    if isinstance(exc, TlsError):
+        return f"cannot serve HTTPS: {exc}"
+    return f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}"
+
+
+def _ready_line(server) -> str:
+    """The ready line; with HTTPS beside a loopback plain-HTTP port, that one too (for the screen)."""
+    line = READY_LINE.format(url=server.url)
+    return line if server.loopback_url is None else f"{line} (this device's screen: {server.loopback_url})"
 
 
 def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
@@ -150,13 +171,12 @@ def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
     technician = area_of(app)
     try:
         server = KioskServer(app, config.server, lambda: None, HealthProbe("/api/v1/alive", technician.internal_token))
-    except OSError as exc:
+    except (OSError, TlsError) as exc:
         technician.close()
-        print(f"bedside: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}",
-              file=sys.stderr)
-        return 1
+        print(f"bedside: {_cannot_listen(config, exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, TlsError) else 1
     signal.signal(signal.SIGTERM, _stop)
-    print(READY_LINE.format(url=server.url) + f" (SAFE MODE: {reason})", flush=True)
+    print(_ready_line(server) + f" (SAFE MODE: {reason})", flush=True)
     try:
         server.serve_forever()
     finally:

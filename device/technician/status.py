@@ -14,7 +14,7 @@ from pathlib import Path
 
 from device.runtime import registry
 
-PACKAGES = ("bedside", "onnxruntime", "numpy", "opencv-python-headless", "pydicom", "pynetdicom", "flask", "waitress")
+PACKAGES = ("bedside", "onnxruntime", "numpy", "opencv-python-headless", "pydicom", "pynetdicom", "flask", "waitress", "cheroot")
 THERMAL = Path("/sys/class/thermal")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # the NVIDIA driver: one folder per GPU, with "information"
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")  # a Jetson names itself here

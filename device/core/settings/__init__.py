@@ -17,6 +17,7 @@ from device.capture.settings import CaptureSettings
 from device.core.settings.dicom import DicomSettings
 from device.core.settings.technician import TechnicianSettings
 from device.core.settings.updates import UpdateSettings
+from device.core.tls import ServerTls
 from device.runtime.remote_backend import RemoteSettings
 from device.tensorrt.settings import EngineSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
@@ -51,6 +52,29 @@ class ServerSettings(_Strict):
         description="when host is not a loopback address: the device's own screen (a request from this "
         "machine) still opens the clinician pages and API without a login; false: every request needs one",
     )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate (its chain may follow it): the port then serves HTTPS only, TLS 1.2 or newer, "
+        "with HSTS; a renewed file is picked up without a restart",
+    )
+    tls_key: Path | None = Field(
+        default=None, description="the certificate's PEM private key: mode 0600 and owned by the service user"
+    )
+    plain_http_loopback_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="with TLS: plain HTTP on this port of 127.0.0.1 only, for the device's own screen",
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_both_files(self) -> "ServerSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (HTTPS) or neither (plain HTTP)")
+        if self.plain_http_loopback_port is not None and self.tls_cert is None:
+            raise ValueError("plain_http_loopback_port is for a kiosk that serves HTTPS: set tls_cert and tls_key")
+        return self
+
+    def tls(self) -> ServerTls | None:
+        return None if self.tls_cert is None else ServerTls(cert=self.tls_cert, key=self.tls_key)
 
 
 class DecodeSettings(_Strict):
