@@ -3,6 +3,7 @@ the helpers these fixtures stand on live in the *_support.py modules beside it."
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -26,6 +27,7 @@ from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
 from orthanc_peer import Orthanc
 from tiny_bundle import declare_refusal, make_tiny_bundle, tiny_onnx
+from tls_support import TestCa, free_port
 from update_support import Signer, make_bundle
 
 
@@ -342,3 +344,60 @@ def central_node(tmp_path_factory):
     node.tiny = tiny
     yield node
     node.stop()
+
+
+# ---- TLS: the kiosk's self-signed pair (the project's own tls-cert code), a test CA, an HTTPS kiosk ----
+
+
+@pytest.fixture(scope="session")
+def site_cert(tmp_path_factory):
+    """A self-signed certificate and key for localhost and 127.0.0.1, as `bedside technician tls-cert` makes them."""
+    from device.core.certificates import make_self_signed
+
+    return make_self_signed(tmp_path_factory.mktemp("site-tls"), ["localhost", "127.0.0.1"])
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory) -> TestCa:
+    return TestCa(tmp_path_factory.mktemp("test-ca"))
+
+
+@dataclass
+class HttpsKiosk:
+    server: object  # kiosk_support.Server
+    port: int
+    loopback_port: int
+    ca: Path  # the certificate a client trusts (the self-signed one itself)
+
+    def log(self) -> str:
+        return self.server.log_tail(200_000)
+
+
+def https_settings(folder: Path, cert: Path, key: Path, **server: object) -> Path:
+    """A settings file: HTTPS with `cert` and `key`, plain HTTP for the screen on a free loopback port,
+    connections that stall closed after 5 s."""
+    values = {"tls_cert": str(cert), "tls_key": str(key), "plain_http_loopback_port": free_port(),
+              "channel_timeout_s": 5, **server}
+    lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # JSON's are TOML's too
+    lines += ["[models]", "inference_threads = 1"]
+    path = folder / "bedside.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def https_kiosk(tmp_path_factory, tiny_bundle, site_cert):
+    """A real `bedside serve` with [server] tls_cert and tls_key (the self-signed pair) and a loopback plain-HTTP port."""
+    import tomllib
+
+    from kiosk_support import start_server, stop_server
+
+    folder = tmp_path_factory.mktemp("https-kiosk")
+    settings = https_settings(folder, site_cert.cert, site_cert.key)
+    server = start_server(folder / "data", [tiny_bundle], "--config", str(settings), check_health=False)
+    try:
+        port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+        loopback = tomllib.loads(settings.read_text())["server"]["plain_http_loopback_port"]
+        yield HttpsKiosk(server, port, loopback, site_cert.cert)
+    finally:
+        assert stop_server(server) == 0

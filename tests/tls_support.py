@@ -1,0 +1,103 @@
+"""A small PKI for the TLS tests: a CA, and server and client certificates it signs (cryptography),
+written as PEM files with keys 0600 as the appliance demands. The kiosk's own self-signed pair comes
+from the project's `tls-cert` code (device/core/certificates.py) instead."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from device.core.certificates import write_private_key
+
+
+@dataclass(frozen=True)
+class Pair:
+    cert: Path
+    key: Path
+
+
+class TestCa:
+    """A certificate authority on disk (``ca.crt``) that issues leaf certificates."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, folder: Path, name: str = "Bedside Test CA"):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = dt.datetime.now(dt.timezone.utc)
+        self._cert = (
+            x509.CertificateBuilder().subject_name(self._name).issuer_name(self._name)
+            .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        self.cert = folder / "ca.crt"
+        self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, name: str, hosts: list[str] = (), client: bool = False, days: int = 30,
+              not_before_days: int = -1) -> Pair:
+        """A leaf for `name` (its common name) valid for `hosts` (DNS names or IPs); ``client``: for
+        client authentication. ``not_before_days``/``days`` place its validity (negative: past)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.timezone.utc)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self._name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now + dt.timedelta(days=not_before_days)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
+        )
+        if hosts:
+            builder = builder.add_extension(x509.SubjectAlternativeName([_general(h) for h in hosts]), critical=False)
+        cert = builder.sign(self._key, hashes.SHA256())
+        pair = Pair(self.folder / f"{name}.crt", self.folder / f"{name}.key")
+        pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_private_key(pair.key, key)
+        return pair
+
+
+def _general(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def s_client(port: int, *options: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    """`openssl s_client` to 127.0.0.1:port, closing at once after the handshake."""
+    return subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+                           *options], input="", capture_output=True, text=True, timeout=timeout)
+
+
+def served_fingerprint(port: int, ca: Path) -> str:
+    """The SHA-256 fingerprint of the certificate the server at `port` presents (colon hex, upper case)."""
+    shake = s_client(port, "-CAfile", str(ca))
+    pem = shake.stdout[shake.stdout.index("-----BEGIN CERTIFICATE-----"):shake.stdout.index("-----END CERTIFICATE-----") + 25]
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return cert.fingerprint(hashes.SHA256()).hex(":").upper()
