@@ -27,7 +27,8 @@ from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
 from orthanc_peer import Orthanc
 from tiny_bundle import declare_refusal, make_tiny_bundle, tiny_onnx
-from tls_support import TestCa, free_port
+from loopback import free_port
+from tls_support import TestCa
 from update_support import Signer, make_bundle
 
 

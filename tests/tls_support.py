@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,12 +80,6 @@ def _general(host: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def s_client(port: int, *options: str, timeout: float = 20) -> subprocess.CompletedProcess:

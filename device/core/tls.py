@@ -100,6 +100,16 @@ class ClientTls:
         return context
 
 
+def certificate_names(peer: dict | None) -> set[str]:
+    """The names a verified peer certificate carries (``SSLSocket.getpeercert()``): its common names
+    and subject alternative names (DNS names, IP addresses)."""
+    if not peer:
+        return set()
+    names = {value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names.update(value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "IP Address"))
+    return names
+
+
 def _load_chain(context: ssl.SSLContext, cert: Path, key: Path) -> None:
     try:
         context.load_cert_chain(cert, key)
