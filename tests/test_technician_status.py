@@ -6,6 +6,7 @@ from __future__ import annotations
 from device.appliance.context import appliance_of
 from dicom_peers import wait_until
 from kiosk_support import form_client
+from loopback import free_port
 from test_technician import log_in, set_password
 
 
@@ -29,3 +30,38 @@ def test_status_shows_the_engine_build_progress(gpu, gated_build, config):
             assert b"ready 100%" in c.get("/technician/").data
     finally:
         appliance_of(app).close()
+
+
+def test_status_shows_each_links_certificate_and_warns_before_expiry(config, test_ca, site_cert, tmp_path):
+    """The kiosk's HTTPS certificate with its subject, fingerprint and expiry; the DICOM listener's,
+    20 days from expiry, with a warning; an insecure FHIR destination flagged. The diagnostics
+    export carries none of the private keys."""
+    import io
+    import zipfile
+
+    from device.kiosk import create_app
+
+    dicom = test_ca.issue("bedside-scp", ["localhost"], days=20)
+    app = create_app(config.with_overrides(**{
+        "server.tls_cert": site_cert.cert, "server.tls_key": site_cert.key,
+        "dicom.port": free_port(), "dicom.tls_cert": dicom.cert, "dicom.tls_key": dicom.key,
+        "dicom.fhir_destinations": [{"name": "ehr", "url": "https://ehr.example/fhir", "tls_insecure": True}],
+    }))
+    try:
+        with form_client(app) as c:
+            set_password(c)
+            log_in(c)
+            kiosk, listener, ehr = c.get("/technician/status.json").json["links"]
+            page = c.get("/technician/").get_data(as_text=True)
+            archive = c.get("/technician/diagnostics")
+    finally:
+        appliance_of(app).close()
+    assert kiosk["subject"] == "O=Bedside,CN=localhost" and kiosk["warning"] is None
+    assert kiosk["fingerprint"] == site_cert.fingerprint_sha256 and kiosk["fingerprint"] in page
+    assert listener["days_left"] in (19, 20) and "expires on" in listener["warning"]
+    assert listener["warning"] in page
+    assert ehr["warning"].startswith("INSECURE") and "INSECURE" in page
+    assert archive.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(archive.data)) as z:
+        contents = b"".join(z.read(name) for name in z.namelist())
+    assert b"PRIVATE KEY" not in contents and site_cert.key.read_bytes() not in contents
