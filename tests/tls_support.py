@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import ssl
 import subprocess
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from cryptography import x509
@@ -80,6 +84,23 @@ def _general(host: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
+
+
+@contextmanager
+def https_server(pair: Pair, handler=BaseHTTPRequestHandler):
+    """A stdlib HTTP server on 127.0.0.1 over TLS with `pair`'s certificate; yields its port. The
+    default handler answers every request 501: a peer for what the TLS handshake decides."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.cert, pair.key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, name="https-peer", daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def s_client(port: int, *options: str, timeout: float = 20) -> subprocess.CompletedProcess:

@@ -17,7 +17,7 @@ from device.capture.settings import CaptureSettings
 from device.core.settings.dicom import DicomSettings
 from device.core.settings.technician import TechnicianSettings
 from device.core.settings.updates import UpdateSettings
-from device.core.tls import ServerTls
+from device.core.tls import ServerTls, check_private_key
 from device.runtime.remote_backend import RemoteSettings
 from device.tensorrt.settings import EngineSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
@@ -128,6 +128,14 @@ class ModelSettings(_Strict):
         description="the longest a request to the node may take; past it the kiosk's own model triages the study",
     )
     remote_connect_timeout_s: float = Field(default=0.5, gt=0, le=60, description="the longest opening a connection may take")
+    remote_tls_ca: Path | None = Field(
+        default=None, description="with an https:// remote_url: the PEM CA bundle the node's certificate must chain to"
+    )
+    remote_tls_cert: Path | None = Field(default=None, description="our client certificate, where the node asks for one")
+    remote_tls_key: Path | None = Field(default=None, description="its private key: mode 0600, owned by the service user")
+    remote_tls_insecure: bool = Field(
+        default=False, description="DANGER: neither the node's certificate nor its name is checked"
+    )
     remote_retry_s: float = Field(
         default=10, ge=0.1, le=3600,
         description="while serving locally, how often the node is asked (and checked) again",
@@ -148,10 +156,15 @@ class ModelSettings(_Strict):
         if self.remote_url is None:
             return None
         return RemoteSettings(url=self.remote_url, timeout_s=self.remote_timeout_s,
-                              connect_timeout_s=self.remote_connect_timeout_s)
+                              connect_timeout_s=self.remote_connect_timeout_s, tls_ca=self.remote_tls_ca,
+                              tls_cert=self.remote_tls_cert, tls_key=self.remote_tls_key,
+                              tls_insecure=self.remote_tls_insecure)
 
     def backend_settings(self, backend: str) -> object | None:
-        """The settings section of a backend, for those that have one."""
+        """The settings section of a backend, for those that have one. The remote backend's client key
+        is checked here, where it is about to be used (TlsError: readable by others, not ours)."""
+        if backend == "remote" and self.remote_tls_key is not None:
+            check_private_key(self.remote_tls_key)
         return {"tensorrt": self.tensorrt, "remote": self.remote_settings()}.get(backend)
 
 
