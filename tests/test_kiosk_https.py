@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import https_settings
 from kiosk_support import ROOT, png_bytes, multipart, start_server, stop_server
 from tls_support import s_client, served_fingerprint
@@ -202,3 +204,31 @@ def _upload(conn: http.client.HTTPSConnection, seed: int) -> int:
     response = conn.getresponse()
     response.read()
     return response.status
+
+
+def test_tls_cert_makes_a_self_signed_pair_and_prints_the_fingerprint_openssl_sees(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "device.cli", "technician", "tls-cert", "--out", str(tmp_path),
+                           "--hostname", "kiosk.clinic", "10.0.0.5"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    key, cert = tmp_path / "bedside.key", tmp_path / "bedside.crt"
+    assert key.stat().st_mode & 0o777 == 0o600 and key.stat().st_uid == os.geteuid()
+    shown = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-fingerprint", "-sha256", "-ext",
+                            "subjectAltName"], capture_output=True, text=True, timeout=30).stdout
+    fingerprint = shown.split("=", 1)[1].splitlines()[0]
+    assert f"SHA-256 fingerprint: {fingerprint}" in done.stdout
+    assert "DNS:kiosk.clinic, IP Address:10.0.0.5" in shown
+    assert f'tls_key = "{key}"' in done.stdout and "PRIVATE KEY" not in done.stdout
+
+
+def test_a_private_key_of_another_user_is_refused(site_cert, tmp_path):
+    from device.core.tls import ServerTls, TlsError
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    key = tmp_path / "bedside.key"
+    shutil.copy(site_cert.key, key)
+    os.chown(key, 65534, 65534)
+    with pytest.raises(TlsError, match=rf"the private key {key} belongs to .*, not to root that runs Bedside: "
+                                        rf"run `chown root {key}`"):
+        ServerTls(cert=site_cert.cert, key=key).context()
