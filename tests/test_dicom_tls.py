@@ -161,19 +161,27 @@ def _listening(port: int) -> bool:
         return False
 
 
+def received_and_sent(config, pki, host: str, port: int, folder: Path):
+    """A kiosk whose destination is the TLS PACS at host:port (with the kiosk's client certificate),
+    after storescu +tls sent it one film; close it when done."""
+    need_samples()
+    destination = {"name": "pacs", "ae_title": "PACS", "host": host, "port": port, "tls": True,
+                   "tls_ca": str(pki["ca"]), "tls_cert": str(pki["kiosk-client"].cert),
+                   "tls_key": str(pki["kiosk-client"].key)}
+    appliance = appliance_of(tls_app(config, pki, **{"dicom.destinations": [destination], "dicom.retry_first_s": 0.2}))
+    sent = storescu(appliance.config.dicom.port, "XRAY1", FILES[:1], storescu_config(FILES[:1], folder),
+                    tls=client_tls(pki, "modality"))
+    if sent.returncode != 0:
+        appliance.close()
+    assert sent.returncode == 0, sent.stderr
+    return appliance
+
+
 def test_results_go_to_a_tls_pacs_that_checks_our_client_certificate(config, dicom_pki, tls_pacs, tmp_path):
     """storescu +tls into the kiosk, and its SR and heatmap SC out to storescp +tls -rc."""
-    need_samples()
     port, folder = tls_pacs
-    destination = {"name": "pacs", "ae_title": "PACS", "host": "localhost", "port": port, "tls": True,
-                   "tls_ca": str(dicom_pki["ca"]), "tls_cert": str(dicom_pki["kiosk-client"].cert),
-                   "tls_key": str(dicom_pki["kiosk-client"].key)}
-    application = tls_app(config, dicom_pki, **{"dicom.destinations": [destination], "dicom.retry_first_s": 0.2})
-    appliance = appliance_of(application)
+    appliance = received_and_sent(config, dicom_pki, "localhost", port, tmp_path)
     try:
-        sent = storescu(appliance.config.dicom.port, "XRAY1", FILES[:1], storescu_config(FILES[:1], tmp_path),
-                        tls=client_tls(dicom_pki, "modality"))
-        assert sent.returncode == 0, sent.stderr
         arrived = wait_until(lambda: len(list(folder.iterdir())) == 2 and sorted(folder.iterdir()), 60,
                              "the SR and the SC at the TLS PACS")
         assert any(p.name.startswith("SR") for p in arrived), arrived
@@ -184,18 +192,11 @@ def test_results_go_to_a_tls_pacs_that_checks_our_client_certificate(config, dic
 def test_a_pacs_whose_certificate_names_another_host_gets_nothing(config, dicom_pki, tls_pacs, tmp_path, caplog):
     """The PACS's certificate names localhost and 127.0.0.1; a destination that calls it 127.0.0.2
     refuses it (hostname checked) and the result waits in the outbox."""
-    need_samples()
     port, folder = tls_pacs
-    destination = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.2", "port": port, "tls": True,
-                   "tls_ca": str(dicom_pki["ca"]), "tls_cert": str(dicom_pki["kiosk-client"].cert),
-                   "tls_key": str(dicom_pki["kiosk-client"].key)}
-    application = tls_app(config, dicom_pki, **{"dicom.destinations": [destination], "dicom.retry_first_s": 0.2})
-    appliance = appliance_of(application)
+    appliance = received_and_sent(config, dicom_pki, "127.0.0.2", port, tmp_path)
     try:
-        sent = storescu(appliance.config.dicom.port, "XRAY1", FILES[:1], storescu_config(FILES[:1], tmp_path),
-                        tls=client_tls(dicom_pki, "modality"))
-        assert sent.returncode == 0, sent.stderr
         wait_until(lambda: "cannot associate with PACS at 127.0.0.2" in caplog.text, 30, "the refused association")
         assert list(folder.iterdir()) == []
+        assert {i["state"] for i in appliance.dicom.outbox.items()} <= {"queued", "sending"}  # waiting, not lost
     finally:
         appliance.close()
