@@ -137,17 +137,30 @@ def _read_until_closed(sock: socket.socket) -> None:
         pass
 
 
-def test_a_private_key_others_can_read_stops_the_start(tmp_path, tiny_bundle, site_cert):
+def test_a_private_key_others_can_read_stops_the_start_then_safe_mode_serves_the_screen_only(
+        tmp_path, tiny_bundle, site_cert):
+    """The start is refused in plain words (exit 2); the unit's next start (--safe-mode) serves the
+    technician area with the reason on plain HTTP at 127.0.0.1 only, never HTTPS-less on the network."""
     key = tmp_path / "bedside.key"
     shutil.copy(site_cert.key, key)
     key.chmod(0o644)
-    settings = https_settings(tmp_path, site_cert.cert, key)
-    done = subprocess.run([sys.executable, "-m", "device.cli", "serve", "--config", str(settings), "--port", "0",
-                           "--data-dir", str(tmp_path / "data"), "--bundle", str(tiny_bundle)],
+    settings = https_settings(tmp_path, site_cert.cert, key, host="0.0.0.0")
+    args = ["--config", str(settings), "--safe-mode"]
+    done = subprocess.run([sys.executable, "-m", "device.cli", "serve", "--port", "0", "--data-dir",
+                           str(tmp_path / "data"), "--bundle", str(tiny_bundle), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert f"the private key {key} can be read by other users (mode 644): run `chmod 600 {key}`" in done.stderr
     assert "PRIVATE KEY" not in done.stdout + done.stderr
+    safe = start_server(tmp_path / "data", [tiny_bundle], *args, check_health=False)
+    try:
+        loopback = int(settings.read_text().split("plain_http_loopback_port = ")[1].split()[0])
+        assert safe.url == f"http://127.0.0.1:{loopback}/"
+        assert _listening_addresses(loopback) == {"127.0.0.1"}
+        page = curl(f"http://127.0.0.1:{loopback}/").stdout
+        assert "cannot serve HTTPS" in page and "chmod 600" in page
+    finally:
+        assert stop_server(safe) == 0
 
 
 def test_a_renewed_certificate_serves_new_connections_without_a_restart(tmp_path, tiny_bundle, test_ca):

@@ -139,6 +139,16 @@ def _check_tls(config) -> None:
         tls.context()
 
 
+def _screen_only(config):
+    """Safe mode where HTTPS cannot be served: plain HTTP on 127.0.0.1 only (the loopback port where
+    one is set), never on the network, so that the technician can read why on the device's screen."""
+    server = config.server
+    port = server.plain_http_loopback_port or server.port
+    screen = server.model_copy(update={"host": "127.0.0.1", "port": port, "tls_cert": None, "tls_key": None,
+                                       "plain_http_loopback_port": None})
+    return config.model_copy(update={"server": screen})
+
+
 def _cannot_listen(config, exc: Exception) -> str:
     if isinstance(exc, TlsError):
         return f"cannot serve HTTPS: {exc}"
@@ -166,15 +176,20 @@ def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
     except ConfigError as exc:
         print(f"bedside: {exc}", file=sys.stderr)
         return 2
+    try:
+        _check_tls(config)
+    except TlsError as exc:
+        reason = f"{reason}; cannot serve HTTPS ({exc}), so only this device's screen is served"
+        config = _screen_only(config)
     record.safe(reason)
     app = create_safe_app(config, reason)
     technician = area_of(app)
     try:
         server = KioskServer(app, config.server, lambda: None, HealthProbe("/api/v1/alive", technician.internal_token))
-    except (OSError, TlsError) as exc:
+    except OSError as exc:
         technician.close()
         print(f"bedside: {_cannot_listen(config, exc)}", file=sys.stderr)
-        return 2 if isinstance(exc, TlsError) else 1
+        return 1
     signal.signal(signal.SIGTERM, _stop)
     print(_ready_line(server) + f" (SAFE MODE: {reason})", flush=True)
     try:
