@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import fakes
 from browser_support import AXE, CHROMIUM
 from camera_peer import camera_video, FFMPEG, sample_xrays
-from dicom_peers import need_orthanc
+from dicom_peers import need_dcmtk, need_orthanc, wait_until
 from device.core.exams import ExamRegistry
 from device.core.settings import KioskConfig, ModelSettings
 from device.runtime.triager import Triager
@@ -28,7 +29,7 @@ from models.datasets import datasets_dir
 from orthanc_peer import Orthanc
 from tiny_bundle import declare_refusal, make_tiny_bundle, tiny_onnx
 from loopback import free_port
-from tls_support import TestCa
+from tls_support import TestCa, listening, tls_dicom_app
 from update_support import Signer, make_bundle
 
 
@@ -402,3 +403,78 @@ def https_kiosk(tmp_path_factory, tiny_bundle, site_cert):
         yield HttpsKiosk(server, port, loopback, site_cert.cert)
     finally:
         assert stop_server(server) == 0
+
+
+# ---- DICOM over TLS: certificates from the test CA, an SCP over TLS, dcmtk and Orthanc as TLS PACS ----
+
+
+@pytest.fixture(scope="session")
+def dicom_pki(tmp_path_factory, test_ca) -> dict:
+    """The SCP's certificate, the modality's client certificate (it names itself "xray1.clinic"),
+    another modality's, one from a CA nobody trusts, the PACS's, and the kiosk's client certificate."""
+    rogue = TestCa(tmp_path_factory.mktemp("rogue-ca"), "Rogue CA")
+    return {
+        "ca": test_ca.cert,
+        "scp": test_ca.issue("bedside-scp", ["localhost", "127.0.0.1"]),
+        "modality": test_ca.issue("xray1.clinic", ["xray1.clinic"], client=True),
+        "other": test_ca.issue("ct2.clinic", ["ct2.clinic"], client=True),
+        "rogue": rogue.issue("xray1.clinic", ["xray1.clinic"], client=True),
+        "pacs": test_ca.issue("pacs", ["localhost", "127.0.0.1"]),
+        "kiosk-client": test_ca.issue("bedside-kiosk", ["bedside-kiosk"], client=True),
+    }
+
+
+@pytest.fixture
+def tls_scp(config, dicom_pki):
+    """A kiosk whose SCP speaks TLS only (client certificates optional); its appliance."""
+    from device.appliance.context import appliance_of
+
+    need_dcmtk()
+    appliance = appliance_of(tls_dicom_app(config, dicom_pki))
+    yield appliance
+    appliance.close()
+
+
+@pytest.fixture
+def mutual_scp(config, dicom_pki):
+    """As tls_scp, requiring a client certificate that names the caller."""
+    from device.appliance.context import appliance_of
+
+    need_dcmtk()
+    appliance = appliance_of(tls_dicom_app(config, dicom_pki, require_client_cert=True))
+    yield appliance
+    appliance.close()
+
+
+@pytest.fixture
+def tls_pacs(dicom_pki, tmp_path):
+    """dcmtk's storescp over TLS as the PACS (AE title PACS): its own certificate from the test CA,
+    and it requires the kiosk's client certificate from the same CA. Yields its port and folder."""
+    need_dcmtk()
+    port, folder = free_port(), tmp_path / "pacs"
+    folder.mkdir()
+    with open(tmp_path / "storescp.log", "w") as log:
+        proc = subprocess.Popen(["storescp", "-v", "+tls", str(dicom_pki["pacs"].key), str(dicom_pki["pacs"].cert),
+                                 "+cf", str(dicom_pki["ca"]), "-rc", "-aet", "PACS", "-od", str(folder), str(port)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: listening(port), 10, "storescp listening")
+        yield port, folder
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def tls_orthanc(tmp_path, dicom_pki):
+    """A real Orthanc whose DICOM port speaks TLS only (DicomTlsEnabled), trusting the kiosk's client
+    certificate and requiring one."""
+    need_orthanc()
+    peer = Orthanc(tmp_path / "orthanc", {
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(dicom_pki["pacs"].cert),
+        "DicomTlsPrivateKey": str(dicom_pki["pacs"].key), "DicomTlsTrustedCertificates": str(dicom_pki["ca"]),
+        "DicomTlsRemoteCertificateRequired": True,
+    })
+    peer.start()
+    yield peer
+    peer.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import socket
 import ssl
 import subprocess
 import threading
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device.core.certificates import write_private_key
+from loopback import free_port
 
 
 @dataclass(frozen=True)
@@ -115,3 +117,29 @@ def served_fingerprint(port: int, ca: Path) -> str:
     pem = shake.stdout[shake.stdout.index("-----BEGIN CERTIFICATE-----"):shake.stdout.index("-----END CERTIFICATE-----") + 25]
     cert = x509.load_pem_x509_certificate(pem.encode())
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def tls_dicom_app(config, pki: dict, require_client_cert: bool = False, **more):
+    """The kiosk app with its SCP on a free port speaking TLS only (the acse timeout 3 s): XRAY1 from
+    127.0.0.1 may call, whose client certificate must name xray1.clinic where one is required."""
+    from device.kiosk import create_app
+
+    callers = [{"ae_title": "XRAY1", "host": "127.0.0.1", "tls_name": "xray1.clinic"}]
+    return create_app(config.with_overrides(**{
+        "dicom.port": free_port(), "dicom.allowed_callers": callers, "dicom.acse_timeout_s": 3,
+        "dicom.tls_cert": pki["scp"].cert, "dicom.tls_key": pki["scp"].key, "dicom.tls_ca": pki["ca"],
+        "dicom.tls_require_client_cert": require_client_cert, **more,
+    }))
+
+
+def dcmtk_tls(pki: dict, name: str) -> tuple[str, ...]:
+    """dcmtk's options for `name`'s key and certificate, trusting the test CA."""
+    return ("+tls", str(pki[name].key), str(pki[name].cert), "+cf", str(pki["ca"]))
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 1).close()
+        return True
+    except OSError:
+        return False
