@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 
 import fakes
-from browser_support import AXE, CHROMIUM
+from browser_support import AXE, CHROMIUM, CHROMIUM_ARGS
 from camera_peer import camera_video, FFMPEG, sample_xrays
 from dicom_peers import need_dcmtk, need_orthanc, wait_until
 from device.core.exams import ExamRegistry
@@ -23,7 +23,7 @@ from device.core.settings import KioskConfig, ModelSettings
 from device.runtime.triager import Triager
 from device.tensorrt import backend as tensorrt_backend
 from device.updates import generate_keys
-from kiosk_support import CHOICE_SEED, TINY_MODELS, form_client, shipped_bundle
+from kiosk_support import CHOICE_SEED, TINY_MODELS, form_client, running_server, shipped_bundle
 from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
 from orthanc_peer import Orthanc
@@ -205,6 +205,43 @@ def screens(tmp_path_factory) -> Path:
     """Where screenshots go: one folder per test session, under pytest's basetemp."""
     return tmp_path_factory.mktemp("screens")
 
+
+
+@pytest.fixture(scope="module")
+def chromium(sync_playwright):
+    """One headless Chromium for a module; each test opens its own context (viewport, touch)."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def both_exams_kiosk(tmp_path_factory, bundle):
+    """One `bedside serve` shared by a module's browser tests (a start costs seconds): both shipped
+    exams, a camera (a folder with a normal chest film and a colour skin photo, played at 2 fps, so
+    its results alternate between a gradable film and an UNGRADABLE photo), and a USB drive of X-rays."""
+    skin = default_bundles_dir() / "skin-lesion-triage"
+    if skin not in find_bundles():
+        pytest.skip("the shipped skin-lesion bundle is absent")
+    normal = [p for p in sample_xrays() if p.parent.name == "NORMAL"]
+    photos = sorted((datasets_dir() / "dermatology" / "train" / "nv").glob("*.jpg"))
+    if not normal or not photos:
+        pytest.skip("the sample X-rays or the dermatology images are absent (datasets)")
+    base = tmp_path_factory.mktemp("both-exams")
+    camera = base / "camera"
+    camera.mkdir()
+    shutil.copy(normal[0], camera / f"a-{normal[0].name}")
+    shutil.copy(photos[0], camera / f"b-{photos[0].name}")
+    usb = base / "media" / "USB"
+    usb.mkdir(parents=True)
+    for sample in sample_xrays()[:6]:
+        shutil.copy(sample, usb / sample.name)
+    settings = base / "bedside.toml"
+    settings.write_text(f'[media]\nimport_folders = ["{base / "media"}"]\n[[capture.sources]]\n'
+                        f'uri = "file://{camera}?fps=2&loop=1"\nexam = "chest-xray-pneumonia"\n')
+    with running_server(base / "data", [bundle, skin], "--config", str(settings)) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

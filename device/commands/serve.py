@@ -4,8 +4,8 @@ Prints ``Bedside kiosk ready at <url>`` once the models are loaded and warmed up
 bound (with ``--port 0`` the URL holds the port that was picked).
 
 With ``--safe-mode`` (the appliance's unit), when the last start did not complete or the settings
-file cannot be used, it starts in safe mode instead (device/technician/safe_mode.py): the technician
-area only, and the ready line says why. Without it such settings are refused (exit status 2).
+file cannot be used, it starts in safe mode instead (device/technician/safe_mode.py): no models, the
+studies readable, the technician area, and the ready line says why. Without it such settings are refused (exit status 2).
 Exits 75 when a technician asked for a restart (systemd's Restart=on-failure starts it again).
 """
 
@@ -162,9 +162,9 @@ def _ready_line(server) -> str:
 
 
 def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
-    """The technician area only, with the last known good settings; where no start ever completed,
-    the settings file's if it validates (no model is loaded from it), else the defaults."""
-    from device.kiosk.app import create_safe_app
+    """Safe mode with the last known good settings; where no start ever completed, the settings
+    file's if it validates (no model is loaded from it), else the defaults."""
+    from device.kiosk.app import close_app, create_safe_app
     from device.core.settings import KioskConfig
     from device.kiosk.server import HealthProbe, KioskServer
     from device.technician.area import RESTART_EXIT_STATUS, area_of
@@ -187,7 +187,7 @@ def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
     try:
         server = KioskServer(app, config.server, lambda: None, HealthProbe("/api/v1/alive", technician.internal_token))
     except OSError as exc:
-        technician.close()
+        close_app(app)
         print(f"bedside: {_cannot_listen(config, exc)}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _stop)
@@ -195,5 +195,5 @@ def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
     try:
         server.serve_forever()
     finally:
-        technician.close()
+        close_app(app)
     return RESTART_EXIT_STATUS if technician.restart_requested.is_set() else 0
