@@ -157,8 +157,8 @@ def test_a_private_key_others_can_read_stops_the_start_then_safe_mode_serves_the
         loopback = int(settings.read_text().split("plain_http_loopback_port = ")[1].split()[0])
         assert safe.url == f"http://127.0.0.1:{loopback}/"
         assert _listening_addresses(loopback) == {"127.0.0.1"}
-        page = curl(f"http://127.0.0.1:{loopback}/").stdout
-        assert "cannot serve HTTPS" in page and "chmod 600" in page
+        health = json.loads(curl(f"http://127.0.0.1:{loopback}/api/v1/health").stdout)
+        assert health["safe_mode"] and "cannot serve HTTPS" in health["reason"] and "chmod 600" in health["reason"]
     finally:
         assert stop_server(safe) == 0
 

@@ -65,3 +65,16 @@ def test_status_shows_each_links_certificate_and_warns_before_expiry(config, tes
     with zipfile.ZipFile(io.BytesIO(archive.data)) as z:
         contents = b"".join(z.read(name) for name in z.namelist())
     assert b"PRIVATE KEY" not in contents and site_cert.key.read_bytes() not in contents
+
+
+def test_status_flags_an_insecure_or_plain_central_node(config):
+    from device.technician.status import links
+
+    insecure = links(config.with_overrides(**{"models.remote_url": "https://node.clinic:8443",
+                                              "models.remote_tls_insecure": True}))[-1]
+    assert insecure["name"] == "Central inference node" and insecure["warning"].startswith("INSECURE")
+    plain = links(config.with_overrides(**{"models.remote_url": "http://node.clinic:8000"}))[-1]
+    assert plain["tls"] is False and "clear text" in plain["warning"]
+    checked = links(config.with_overrides(**{"models.remote_url": "https://node.clinic:8443",
+                                             "models.remote_tls_ca": "/etc/bedside/tls/ca.pem"}))[-1]
+    assert checked["warning"] is None and checked["checked_against"] == "/etc/bedside/tls/ca.pem"

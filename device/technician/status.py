@@ -150,10 +150,13 @@ def links(config) -> list[dict]:
                              None if dicom.tls_cert or dicom.host in LOOPBACK else
                              "images arrive in clear text: set [dicom] tls_cert and tls_key"))
     for d in dicom.destinations:
-        found.append(_peer(f"DICOM destination {d.name}", d, d.tls))
+        found.append(_peer(f"DICOM destination {d.name}", d, d.tls, "set tls = true and tls_ca"))
     for f in dicom.fhir_destinations:
         if f.url:
-            found.append(_peer(f"FHIR destination {f.name}", f, f.url.startswith("https://")))
+            found.append(_peer(f"FHIR destination {f.name}", f, f.url.startswith("https://"), "use an https:// url"))
+    remote = config.models.remote_settings()
+    if remote is not None:
+        found.append(_peer("Central inference node", remote, remote.secure, "use an https:// remote_url"))
     return found
 
 
@@ -172,9 +175,10 @@ def _served(name: str, cert: Path | None, plain_warning: str | None) -> dict:
             "expires": f"{info.not_after:%Y-%m-%d}", "days_left": info.days_left, "warning": info.warning()}
 
 
-def _peer(name: str, peer, tls: bool) -> dict:
+def _peer(name: str, peer, tls: bool, how: str) -> dict:
+    """`how`: what makes this link TLS, for the warning."""
     if not tls:
-        return {"name": name, "tls": False, "warning": "sent in clear text: set tls (and tls_ca)"}
+        return {"name": name, "tls": False, "warning": f"sent in clear text: {how}"}
     if peer.tls_insecure:
         return {"name": name, "tls": True, "warning": "INSECURE: the peer's certificate and name are not checked "
                 "(tls_insecure); anyone on the network path can read and change what is sent"}
