@@ -142,16 +142,17 @@ def https_endpoint_context(pair) -> ssl.SSLContext:
     return context
 
 
-@pytest.mark.parametrize("case", ["trusted", "another CA", "another name", "insecure"])
+@pytest.mark.parametrize("case", ["trusted", "another CA", "another name", "expired", "insecure"])
 def test_bundle_over_https_only_to_an_endpoint_whose_certificate_checks_out(config, tmp_path, test_ca, site_cert,
                                                                              case, caplog):
     """The endpoint's certificate is from the test CA and names localhost only: trusted, it gets the
-    Bundle; with another CA bundle or called by another name it gets nothing and the item waits
-    with the reason; the insecure switch sends anyway, with a loud warning."""
+    Bundle; with another CA bundle, called by another name or with its certificate expired it gets
+    nothing and the item waits with the reason; the insecure switch sends anyway, with a loud warning."""
     port = free_port()
     host = "127.0.0.1" if case == "another name" else "localhost"
     ca = site_cert.cert if case in ("another CA", "insecure") else test_ca.cert
-    with Endpoint(port, tls=https_endpoint_context(test_ca.issue("ehr", ["localhost"]))) as endpoint:
+    expired = {"not_before_days": -30, "days": -1} if case == "expired" else {}
+    with Endpoint(port, tls=https_endpoint_context(test_ca.issue("ehr", ["localhost"], **expired))) as endpoint:
         app = fhir_app(config, {"url": f"https://{host}:{port}/fhir", "tls_ca": str(ca), "tls_insecure": case == "insecure"})
         appliance = appliance_of(app)
         try:

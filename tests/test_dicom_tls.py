@@ -132,6 +132,6 @@ def test_results_go_to_orthanc_over_dicom_tls(config, dicom_pki, tls_orthanc, tm
         arrived = wait_until(lambda: len(tls_orthanc.get("/instances")) == 2 and tls_orthanc.instances(), 60,
                              "the SR and the SC in Orthanc")
         assert {i["SOPClassUID"] for i in arrived} == {SR_CLASS, SC_CLASS}
-        assert {i["state"] for i in appliance.dicom.outbox.items()} == {"sent"}
+        wait_until(lambda: {i["state"] for i in appliance.dicom.outbox.items()} == {"sent"}, 10, "both marked sent")
     finally:
         appliance.close()

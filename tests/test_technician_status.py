@@ -78,3 +78,15 @@ def test_status_flags_an_insecure_or_plain_central_node(config):
     checked = links(config.with_overrides(**{"models.remote_url": "https://node.clinic:8443",
                                              "models.remote_tls_ca": "/etc/bedside/tls/ca.pem"}))[-1]
     assert checked["warning"] is None and checked["checked_against"] == "/etc/bedside/tls/ca.pem"
+
+
+def test_an_expired_certificate_says_so_and_what_to_do(site_cert):
+    import datetime as dt
+
+    from device.core.certificates import describe_certificate
+
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=900)
+    info = describe_certificate(site_cert.cert, now=later)
+    assert info.expired and info.warning().startswith(f"the certificate {site_cert.cert} expired on ")
+    assert "install a renewed one" in info.warning()
+    assert describe_certificate(site_cert.cert).warning() is None

@@ -86,9 +86,10 @@ class DicomReceiver:
             if not self.settings.tls_require_client_cert:
                 return
             names = certificate_names(event.assoc.dul.socket.socket.getpeercert())
-            if self._allowed[(calling, host)] in names:
+            wanted = self._allowed[(calling, host)]
+            if wanted in names:
                 return
-            why = f"its client certificate names {', '.join(sorted(names)) or 'nobody'}, not {self._allowed[(calling, host)]}"
+            why = f"its client certificate names {', '.join(sorted(names)) or 'nobody'}, not {wanted}"
         # Reject first: an error while recording it must not let the association go on.
         event.assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
         # As pynetdicom does after its own rejections: kill() lets the DUL send the A-ASSOCIATE-RJ

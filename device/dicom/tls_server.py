@@ -56,14 +56,14 @@ class TlsAssociationServer(ThreadedAssociationServer):
                 return None
             secure = self.tls.current().wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except OSError as exc:
-            log.warning("DICOM TLS handshake from %s not completed: %s", peer, exc.strerror or exc or "timed out")
+            log.warning("DICOM TLS handshake from %s not completed: %s", peer, exc.strerror or str(exc) or "timed out")
             return None
         try:
             secure.do_handshake()
         except ssl.SSLError as exc:
             log.warning("DICOM TLS handshake from %s refused: %s", peer, exc.reason or exc.strerror or exc)
         except OSError as exc:  # a timeout, a reset
-            log.warning("DICOM TLS handshake from %s not completed: %s", peer, exc.strerror or exc or "timed out")
+            log.warning("DICOM TLS handshake from %s not completed: %s", peer, exc.strerror or str(exc) or "timed out")
         else:
             secure.settimeout(None)  # pynetdicom sets its own timeouts on the association
             return secure

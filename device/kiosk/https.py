@@ -9,8 +9,9 @@ What is added to it, and why (cheroot does these otherwise or not at all):
 - The TLS handshake runs in the worker thread that serves the connection, not in cheroot's single
   accept loop: there one client that opens a connection and never finishes its handshake would
   hold every other new connection for the whole socket timeout. It is bounded by
-  ``HANDSHAKE_TIMEOUT_S`` or ``server.channel_timeout_s``, the shorter; a refused handshake (TLS 1.0/1.1, no shared cipher, a stall) is one
-  warning line, and the worker goes on to the next connection.
+  ``HANDSHAKE_TIMEOUT_S`` or ``server.channel_timeout_s``, the shorter; a refused handshake (TLS
+  1.0/1.1, no shared cipher, a stall) is one warning line, and the worker goes on to the next
+  connection. A stalled handshake still holds its worker thread until then.
 - Plain HTTP sent to this port gets no page: a 400 whose one line says to use https://.
 - Each handshake takes the context of ``ReloadingContext.current()``: a renewed certificate serves
   new connections at once, while those already open (a study being uploaded) keep theirs.
@@ -73,7 +74,7 @@ class _TlsConnection(HTTPConnection):
             log.warning("TLS handshake from %s refused: %s", peer, exc.reason or exc.strerror or exc)
             return False
         except OSError as exc:  # a timeout, a reset
-            log.warning("TLS handshake from %s not completed: %s", peer, exc.strerror or exc or "timed out")
+            log.warning("TLS handshake from %s not completed: %s", peer, exc.strerror or str(exc) or "timed out")
             return False
         secure.settimeout(server.timeout)
         self.rfile = MakeFile(secure, "rb", self.rbufsize)
