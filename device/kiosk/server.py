@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import waitress
 from flask import Flask
 
-from device.core.settings import ServerSettings
+from device.core.settings import LOOPBACK_NAMES, ServerSettings
 from device.core.tls import ReloadingContext
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ class KioskServer:
         else:
             self._plain = _waitress(app, settings, settings.host, settings.port, max_body)
             self.host, self.port = _bracketed(self._plain.effective_host), int(self._plain.effective_port)
+            if settings.host not in LOOPBACK_NAMES:
+                log.warning("serving plain HTTP on %s: pages, API tokens and passwords cross the network in clear "
+                            "text; set [server] tls_cert and tls_key", settings.host)
 
     @property
     def url(self) -> str:

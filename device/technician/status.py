@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from device.core.certificates import CertificateError, describe_certificate
+from device.core.settings import LOOPBACK_NAMES
 from device.runtime import registry
 
 PACKAGES = ("bedside", "onnxruntime", "numpy", "opencv-python-headless", "pydicom", "pynetdicom", "flask", "waitress", "cheroot")
@@ -142,12 +143,12 @@ def links(config) -> list[dict]:
     certificate within 30 days of expiry, a plain link on the network, an insecure switch)."""
     server, dicom = config.server, config.dicom
     found = [_served("Kiosk (HTTPS)" if server.tls_cert else "Kiosk (HTTP)", server.tls_cert,
-                     None if server.tls_cert or server.host in LOOPBACK else
+                     None if server.tls_cert or server.host in LOOPBACK_NAMES else
                      f"pages, API and passwords cross the network in clear text on {server.host}:{server.port}: "
                      "set [server] tls_cert and tls_key")]
     if dicom.port:
         found.append(_served("DICOM listener (TLS)" if dicom.tls_cert else "DICOM listener", dicom.tls_cert,
-                             None if dicom.tls_cert or dicom.host in LOOPBACK else
+                             None if dicom.tls_cert or dicom.host in LOOPBACK_NAMES else
                              "images arrive in clear text: set [dicom] tls_cert and tls_key"))
     for d in dicom.destinations:
         found.append(_peer(f"DICOM destination {d.name}", d, d.tls, "set tls = true and tls_ca"))
@@ -158,9 +159,6 @@ def links(config) -> list[dict]:
     if remote is not None:
         found.append(_peer("Central inference node", remote, remote.secure, "use an https:// remote_url"))
     return found
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _served(name: str, cert: Path | None, plain_warning: str | None) -> dict:

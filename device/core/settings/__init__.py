@@ -33,6 +33,9 @@ def default_data_dir() -> Path:
     return Path(base) / "bedside"
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")  # a host here is reached from this machine only
+
+
 class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535, description="0 binds a free port")
