@@ -88,14 +88,10 @@ class Sender:
         for sop_class in sorted({i.sop_class for i in items}):
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         where = f"{destination.ae_title} at {destination.host}:{destination.port}"
-        refused = self._unreachable(destination)
-        tls_args = None
-        if not refused and destination.tls:
-            context = self._tls[destination.name]
-            if isinstance(context, TlsError):
-                refused = str(context)
-            else:
-                tls_args = (context, destination.host)  # the peer's certificate must name host
+        context = self._tls.get(destination.name)
+        refused = str(context) if isinstance(context, TlsError) else self._unreachable(destination, context)
+        # With TLS the peer's certificate must also name host (pynetdicom passes it as server_hostname).
+        tls_args = (context, destination.host) if context is not None and not refused else None
         assoc = None if refused else ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
                                                   tls_args=tls_args)
         if assoc is None or not assoc.is_established:
@@ -111,13 +107,21 @@ class Sender:
             if assoc.is_established:
                 assoc.release()
 
-    def _unreachable(self, destination: Destination) -> str | None:
-        """Why a TCP connection to the peer fails now, or None. pynetdicom 3.0 leaks its socket when
-        the connect is refused (it shuts it down but never closes it): during an outage each retry
-        would leave one behind, so a down peer is found out here, with a socket that is closed."""
+    def _unreachable(self, destination: Destination, tls: ssl.SSLContext | None) -> str | None:
+        """Why a connection to the peer fails now, or None. pynetdicom 3.0 leaks its socket when the
+        connect is refused (it shuts it down but never closes it): during an outage each retry would
+        leave one behind, so a down peer is found out here, with a socket that is closed. With TLS
+        the handshake is tried here too: pynetdicom only says that the association failed, this
+        says why (an untrusted or expired certificate, another host name) in the outbox's words."""
         try:
-            with socket.create_connection((destination.host, destination.port), self.settings.acse_timeout_s):
+            with socket.create_connection((destination.host, destination.port), self.settings.acse_timeout_s) as sock:
+                if tls is not None:
+                    tls.wrap_socket(sock, server_hostname=destination.host).close()
                 return None
+        except ssl.SSLCertVerificationError as exc:
+            return f"its certificate is refused: {exc.verify_message.rstrip('.')}"
+        except ssl.SSLError as exc:
+            return f"TLS refused: {exc.reason or exc}"
         except OSError as exc:
             return exc.strerror or str(exc)
 
