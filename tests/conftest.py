@@ -385,6 +385,21 @@ def central_node(tmp_path_factory):
     node.stop()
 
 
+@pytest.fixture
+def watchdog_socket(tmp_path, monkeypatch):
+    """systemd's notify socket as a kiosk started now sees it (NOTIFY_SOCKET, WatchdogSec=1 s): read
+    READY=1 and the WATCHDOG=1 pings from it (30 s at most each)."""
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+        yield sock
+
+
 # ---- TLS: the kiosk's self-signed pair (the project's own tls-cert code), a test CA, an HTTPS kiosk ----
 
 

@@ -249,21 +249,13 @@ def test_a_private_key_of_another_user_is_refused(site_cert, tmp_path):
         ServerTls(cert=site_cert.cert, key=key).context()
 
 
-def test_the_watchdog_is_pinged_while_the_https_kiosk_answers(tmp_path, tiny_bundle, site_cert, monkeypatch):
+def test_the_watchdog_is_pinged_while_the_https_kiosk_answers(tmp_path, tiny_bundle, site_cert, watchdog_socket):
     """Under systemd (Type=notify, WatchdogSec) the kiosk asks its own HTTPS port for health before
     each ping: READY=1, then WATCHDOG=1 pings."""
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(address)
-        sock.settimeout(30)
-        monkeypatch.setenv("NOTIFY_SOCKET", address)
-        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
-        settings = https_settings(tmp_path, site_cert.cert, site_cert.key)
-        server = start_server(tmp_path / "data", [tiny_bundle], "--config", str(settings), check_health=False)
-        try:
-            assert sock.recv(64) == b"READY=1"
-            assert sock.recv(64) == b"WATCHDOG=1"
-            assert sock.recv(64) == b"WATCHDOG=1"
-            assert "not pinging the watchdog" not in server.log_tail(100_000)
-        finally:
-            assert stop_server(server) == 0
+    settings = https_settings(tmp_path, site_cert.cert, site_cert.key)
+    server = start_server(tmp_path / "data", [tiny_bundle], "--config", str(settings), check_health=False)
+    try:
+        assert [watchdog_socket.recv(64) for _ in range(3)] == [b"READY=1", b"WATCHDOG=1", b"WATCHDOG=1"]
+        assert "not pinging the watchdog" not in server.log_tail(100_000)
+    finally:
+        assert stop_server(server) == 0
