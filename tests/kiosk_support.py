@@ -34,7 +34,7 @@ from models.bundle import default_bundles_dir, find_bundles
 from models.datasets import datasets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"Bedside kiosk ready at (http://\S+)")
+READY = re.compile(r"Bedside kiosk ready at (https?://\S+)")
 SHIPPED = default_bundles_dir() / "chest-xray-pneumonia"
 
 

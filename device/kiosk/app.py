@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+# Over HTTPS: browsers that saw it refuse plain HTTP to this name for a year (the device's own screen
+# reaches the loopback plain-HTTP port by address, which HSTS does not cover).
+HSTS = "max-age=31536000"
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -159,6 +162,8 @@ def _base_app(config: KioskConfig, technician_area: TechnicianArea) -> Flask:
 
 def _security_headers(response):
     response.headers.update(SECURITY_HEADERS)
+    if request.is_secure:
+        response.headers["Strict-Transport-Security"] = HSTS
     return response
 
 
