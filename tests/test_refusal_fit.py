@@ -93,6 +93,16 @@ def test_fit_refuses_members_that_do_not_line_up(synthetic_fit):
         fit.scores([calibration[0], calibration[1][:, :8]])
     with pytest.raises(ValueError, match="same images"):
         fit.scores([calibration[0], calibration[1][:10]])
+    with pytest.raises(ValueError, match="1 block layouts for 2 members"):
+        rf.fit_density(calibration, np.zeros(len(calibration[0]), int), [BLOCKS])
+
+
+def test_members_of_different_widths_get_their_own_layouts():
+    rng = np.random.default_rng(3)
+    (wide, narrow), labels = _synthetic(rng, 300)
+    terms, oof = rf.fit_density([wide, narrow[:, :4]], labels, [BLOCKS, BLOCKS[:1]])
+    assert [(t.member, t.block.name) for t in terms] == [(0, "a"), (0, "b"), (1, "a")] and oof.shape == (300, 3)
+    assert abs(oof.mean()) < 1e-9 and np.allclose(oof.std(0), 1)  # standardised out of fold
 
 
 class _TwoMembers(torch.nn.Module):

@@ -213,14 +213,23 @@ def _out_of_fold_log_distances(x: np.ndarray, labels: np.ndarray, fold: np.ndarr
     return out
 
 
-def fit_density(train: Sequence[np.ndarray], labels: np.ndarray, blocks: Sequence[Block],
-                groups: np.ndarray | None = None, folds: int = 5, seed: int = 0
-                ) -> tuple[list[DensityTerm], np.ndarray]:
+def _per_member(blocks: Sequence[Block] | Sequence[Sequence[Block]], members: int) -> list[Sequence[Block]]:
+    """One layout for every member, or one per member (an ensemble of different widths)."""
+    if blocks and isinstance(blocks[0], Block):
+        return [blocks] * members
+    if len(blocks) != members:
+        raise ValueError(f"{len(blocks)} block layouts for {members} members")
+    return list(blocks)
+
+
+def fit_density(train: Sequence[np.ndarray], labels: np.ndarray,
+                blocks: Sequence[Block] | Sequence[Sequence[Block]], groups: np.ndarray | None = None,
+                folds: int = 5, seed: int = 0) -> tuple[list[DensityTerm], np.ndarray]:
     """One term per member and stage, and the training images' out-of-fold z (N, terms).
 
     Each term is standardised by the out-of-fold log distances of the training images (what an
     image the Gaussian has not seen scores). `groups`: images sharing a group (augmented copies of
-    one picture) fall in the same fold.
+    one picture) fall in the same fold. `blocks`: `feature_blocks(model)`, or one such list per member.
     """
     train = _members(train)
     labels = np.asarray(labels)
@@ -228,8 +237,8 @@ def fit_density(train: Sequence[np.ndarray], labels: np.ndarray, blocks: Sequenc
     _, group_index = np.unique(groups, return_inverse=True)
     fold = np.random.default_rng(seed).permutation(group_index.max() + 1)[group_index] % folds
     terms, oof = [], []
-    for member, x in enumerate(train):
-        for block in blocks:
+    for member, (x, layout) in enumerate(zip(train, _per_member(blocks, len(train)))):
+        for block in layout:
             xb = x[:, block.start : block.stop]
             logs = _out_of_fold_log_distances(xb, labels, fold)
             whitening, centres = fit_gaussian(xb, labels)
@@ -282,7 +291,8 @@ def calibrate(scores: np.ndarray, rate: float, shares: Sequence[float]) -> np.nd
 
 
 def fit_refusal(train: Sequence[np.ndarray], labels: np.ndarray, calibration: Sequence[np.ndarray],
-                negatives: Sequence[np.ndarray], blocks: Sequence[Block], rate: float = DEFAULT_RATE,
+                negatives: Sequence[np.ndarray], blocks: Sequence[Block] | Sequence[Sequence[Block]],
+                rate: float = DEFAULT_RATE,
                 density_share: float = DEFAULT_DENSITY_SHARE, groups: np.ndarray | None = None,
                 c: float = DEFAULT_C, seed: int = 0) -> RefusalFit:
     """Fit both checks and calibrate their thresholds.
