@@ -34,12 +34,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.covariance import ledoit_wolf
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from models.training.architectures import ResNetCAM
+from models.training.tta import spatial_statistics
 
 CHECKS = ("domain", "density")
 DEFAULT_RATE = 0.01
@@ -51,32 +51,11 @@ _EPS = 1e-6
 # Features, inside the forward pass (torch)
 
 
-def stage_outputs(model: ResNetCAM, x: torch.Tensor) -> list[torch.Tensor]:
-    """The stem's output (after its ReLU) and the output of each width's last block."""
-    h = F.relu(model.stem(x))
-    maps = [h]
-    for i, block in enumerate(model.stages):
-        h = block(h)
-        if (i + 1) % model.blocks == 0:
-            maps.append(h)
-    return maps
-
-
-def pooled_statistics(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(N, F): per stage, the per-channel spatial mean then standard deviation, stages in order."""
-    parts = []
-    for m in maps:
-        mean = m.mean(dim=(2, 3))
-        var = (m * m).mean(dim=(2, 3)) - mean * mean
-        parts += [mean, torch.sqrt(torch.clamp(var, min=0.0) + _EPS)]
-    return torch.cat(parts, dim=1)
-
-
 def forward_with_features(model: ResNetCAM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ResNetCAM.forward's (logits, cam) and the pooled features, in one pass."""
-    maps = stage_outputs(model, x)
-    cam = F.conv2d(maps[-1], model.fc.weight[:, :, None, None], model.fc.bias)
-    return cam.mean(dim=(2, 3)), cam, pooled_statistics(maps)
+    """ResNetCAM.forward's (logits, cam) and the pooled features (N, F), in one pass."""
+    maps = model.stage_features(x)
+    logits, cam = model.classify(maps[-1])
+    return logits, cam, torch.cat([spatial_statistics(m) for m in maps], dim=1)
 
 
 @dataclass(frozen=True)
@@ -89,7 +68,8 @@ class Block:
 
 
 def feature_blocks(model: ResNetCAM) -> list[Block]:
-    """The layout of `pooled_statistics` for this architecture: stem, stage0, stage1, ..."""
+    """The layout of a member's pooled features (`spatial_statistics` of each stage, concatenated):
+    stem, stage0, stage1, ..."""
     blocks, start = [], 0
     for name, width in zip(["stem", *(f"stage{i}" for i in range(len(model.widths)))],
                            [model.widths[0], *model.widths]):
@@ -125,7 +105,7 @@ class DensityTerm:
 class Check:
     name: str
     statistic: str
-    threshold: float  # refuse when the score is >= threshold
+    threshold: float  # refuse when the score is above it
 
 
 @dataclass(frozen=True)
@@ -155,7 +135,7 @@ class RefusalFit:
         """What the manifest declares: each check's statistic and threshold, and the calibration."""
         return {
             "checks": [{"name": c.name, "statistic": c.statistic, "threshold": c.threshold} for c in self.checks],
-            "rule": "refuse when any check's score is at or above its threshold",
+            "rule": "refuse when any check's score is above its threshold",
             "rate": self.rate,
             "calibration": self.calibration,
             "members": len(self.feature_dims),
@@ -261,7 +241,8 @@ def fit_domain_head(inside: np.ndarray, negatives: np.ndarray, c: float = DEFAUL
 
 
 def refused(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    return (np.asarray(scores) >= np.asarray(thresholds)[None, :]).any(1)
+    """Refused where any score is above its threshold (the device's rule, device/decision/refusal.py)."""
+    return (np.asarray(scores) > np.asarray(thresholds)[None, :]).any(1)
 
 
 def calibrate(scores: np.ndarray, rate: float, shares: Sequence[float]) -> np.ndarray:
@@ -290,11 +271,31 @@ def calibrate(scores: np.ndarray, rate: float, shares: Sequence[float]) -> np.nd
     return thresholds(low)
 
 
+@dataclass(frozen=True)
+class Density:
+    """The fitted density terms and the training images' out-of-fold z (N, terms): what does not
+    depend on the negatives, so a leave-one-family-out study fits it once."""
+
+    terms: tuple[DensityTerm, ...]
+    train_z: np.ndarray
+
+
+def fit_density_check(train: Sequence[np.ndarray], labels: np.ndarray,
+                      blocks: Sequence[Block] | Sequence[Sequence[Block]], groups: np.ndarray | None = None,
+                      seed: int = 0) -> Density:
+    train = _members(train)
+    if len(train[0]) != len(labels):
+        raise ValueError(f"{len(labels)} labels for {len(train[0])} training rows")
+    terms, train_z = fit_density(train, labels, blocks, groups, seed=seed)
+    return Density(tuple(terms), train_z)
+
+
 def fit_refusal(train: Sequence[np.ndarray], labels: np.ndarray, calibration: Sequence[np.ndarray],
                 negatives: Sequence[np.ndarray], blocks: Sequence[Block] | Sequence[Sequence[Block]],
                 rate: float = DEFAULT_RATE,
                 density_share: float = DEFAULT_DENSITY_SHARE, groups: np.ndarray | None = None,
-                c: float = DEFAULT_C, seed: int = 0) -> RefusalFit:
+                c: float = DEFAULT_C, seed: int = 0, stress: Sequence[np.ndarray] | None = None,
+                stress_cap: float | None = None, density: Density | None = None) -> RefusalFit:
     """Fit both checks and calibrate their thresholds.
 
     train: one (N, F) matrix per member, pooled features of the training images (include their
@@ -302,18 +303,24 @@ def fit_refusal(train: Sequence[np.ndarray], labels: np.ndarray, calibration: Se
     which picture each row is), `labels` their classes; calibration: in-distribution images not
     used for fitting (the validation split), refused at `rate` in all; negatives: images the exam
     must refuse (every family, in equal numbers). `density_share`: the density check's share of
-    the refusal budget (0 leaves the decision to the domain head alone).
+    the refusal budget (0 leaves the decision to the domain head alone). `stress` with `stress_cap`:
+    perturbed copies of the calibration images (the exam's stress validation); the density's
+    threshold is raised until it refuses at most `stress_cap` of them, so a legitimate change of
+    exposure or contrast is judged by the domain head, which has seen such changes as positives.
+    `density`: a `fit_density_check` of these training rows, to reuse.
     """
     train = _members(train)
     calibration = _members(calibration, [f.shape[1] for f in train])
     negatives = _members(negatives, [f.shape[1] for f in train])
-    if len(train[0]) != len(labels):
-        raise ValueError(f"{len(labels)} labels for {len(train[0])} training rows")
-    terms, train_z = fit_density(train, labels, blocks, groups, seed=seed)
-    weights, bias = fit_domain_head(np.concatenate([*train, train_z], 1),
+    density = density or fit_density_check(train, labels, blocks, groups, seed)
+    terms = list(density.terms)
+    weights, bias = fit_domain_head(np.concatenate([*train, density.train_z], 1),
                                     np.concatenate([*negatives, _term_z(terms, negatives)], 1), c)
     cal_scores = _scores(terms, weights, bias, calibration)
     thresholds = calibrate(cal_scores, rate, [1 - density_share, density_share])
+    if stress is not None and stress_cap is not None:
+        stressed = _scores(terms, weights, bias, _members(stress, [f.shape[1] for f in train]))
+        thresholds[1] = max(thresholds[1], float(np.quantile(stressed[:, 1], 1 - stress_cap, method="higher")))
     statistics = (
         "logit of a logistic regression (in-distribution vs generic negatives) on the pooled per-stage "
         "channel means and standard deviations and the density terms",
@@ -321,7 +328,7 @@ def fit_refusal(train: Sequence[np.ndarray], labels: np.ndarray, calibration: Se
         "to the nearest class mean (shared Ledoit-Wolf covariance)",
     )
     checks = tuple(Check(n, s, float(t)) for n, s, t in zip(CHECKS, statistics, thresholds))
-    per_check = (cal_scores >= thresholds[None, :]).mean(0)
+    per_check = (cal_scores > thresholds[None, :]).mean(0)
     summary = {"n": len(cal_scores), "refused": float(refused(cal_scores, thresholds).mean()),
                **{f"refused_by_{n}": float(r) for n, r in zip(CHECKS, per_check)}}
     return RefusalFit(tuple(f.shape[1] for f in train), tuple(terms), weights, bias, checks, rate, summary)
@@ -332,11 +339,13 @@ def fit_refusal(train: Sequence[np.ndarray], labels: np.ndarray, calibration: Se
 
 
 class RefusalHead(nn.Module):
-    """forward(features) -> (N, 2) scores [domain, density]; `features`: one (N, F_m) tensor per member,
-    as `pooled_statistics` makes them. Refuse where any score >= its threshold (`fit.checks`)."""
+    """An ensemble head (models.training.ensemble_graph): forward(pooled) -> one (N,) score per check,
+    in CHECKS order, named `output_names`; `pooled`: per member, per stage, the (N, 2C) statistics of
+    DihedralAverage.pooled. Refuse where any score is above its threshold (`fit.checks`)."""
 
-    def __init__(self, fit: RefusalFit):
+    def __init__(self, fit: RefusalFit, prefix: str = "refusal_"):
         super().__init__()
+        self.output_names = tuple(f"{prefix}{c.name}" for c in fit.checks)
         self.dims = tuple(fit.feature_dims)
         self.slices = [(t.member, t.block.start, t.block.stop) for t in fit.terms]
         for i, t in enumerate(fit.terms):
@@ -354,10 +363,11 @@ class RefusalHead(nn.Module):
         squared = (z * z).sum(1, keepdim=True) - 2.0 * (z @ getattr(self, f"centres_t{i}")) + getattr(self, f"centres_sq{i}")
         return torch.log(torch.clamp(squared.amin(dim=1), min=0.0) + _EPS)
 
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, pooled: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        features = [torch.cat(stages, dim=1) for stages in pooled]
         if len(features) != len(self.dims):
-            raise ValueError(f"{len(features)} feature tensors for a fit of {len(self.dims)} members")
+            raise ValueError(f"{len(features)} members' features for a fit of {len(self.dims)} members")
         logs = torch.stack([self._log_distance(i, features[m][:, a:b]) for i, (m, a, b) in enumerate(self.slices)], 1)
         z = (logs - self.loc) * self.inv_scale
-        domain = torch.cat([*features, z], 1) @ self.head_weights + self.head_bias
-        return torch.cat([domain, z.sum(1, keepdim=True)], 1)
+        domain = (torch.cat([*features, z], 1) @ self.head_weights + self.head_bias)[:, 0]
+        return domain, z.sum(1)
