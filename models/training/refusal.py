@@ -369,5 +369,5 @@ class RefusalHead(nn.Module):
             raise ValueError(f"{len(features)} members' features for a fit of {len(self.dims)} members")
         logs = torch.stack([self._log_distance(i, features[m][:, a:b]) for i, (m, a, b) in enumerate(self.slices)], 1)
         z = (logs - self.loc) * self.inv_scale
-        domain = (torch.cat([*features, z], 1) @ self.head_weights + self.head_bias)[:, 0]
+        domain = (torch.cat([*features, z], 1) @ self.head_weights + self.head_bias).squeeze(1)
         return domain, z.sum(1)
