@@ -198,6 +198,15 @@ def _write_files(recipe: Recipe, checkpoint: dict, out: Path, bundle_id: str, ve
     contract = recipe.input_contract(size, INPUT_NAME)
     val = validation_samples(recipe, checkpoint, data_dir)
     model = as_ensemble(checkpoint)
+    # The audits judge the triage alone: run them on the graph without the refusal check first, so
+    # a model over its limit is refused before the (slower) refusal fit.
+    export_onnx(model, size, out / MODEL_FILE, channels=contract.channels)
+    checks = audit_onnx(recipe, out / MODEL_FILE, checkpoint, val)
+    for row in audit.table(checks):
+        log(row)
+    refused = audit.failures(checks, audit_policy(recipe, checkpoint))
+    if refused:
+        raise AuditFailed("refusing to write the bundle: " + "; ".join(refused))
     refusal = refusal_for(recipe, checkpoint, model, data_dir, log)
     model.heads["refusal"] = refusal.head
     export_onnx(model, size, out / MODEL_FILE, channels=contract.channels)
@@ -205,12 +214,6 @@ def _write_files(recipe: Recipe, checkpoint: dict, out: Path, bundle_id: str, ve
     diff = max_abs_diff(model, out / MODEL_FILE, check)
     if max(diff.values()) > MAX_ONNX_DIFF:
         raise RuntimeError(f"ONNX output differs from torch: {diff}")
-    checks = audit_onnx(recipe, out / MODEL_FILE, checkpoint, val)
-    for row in audit.table(checks):
-        log(row)
-    refused = audit.failures(checks, audit_policy(recipe, checkpoint))
-    if refused:
-        raise AuditFailed("refusing to write the bundle: " + "; ".join(refused))
     results = recipe.results(checkpoint, deployable(checkpoint), val, data_dir)
     write_golden(recipe, out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, val, refusal.policy)
     figures = recipe.plots(checkpoint, results, out)
