@@ -66,12 +66,14 @@ test: install $(AXE) central
 # Retrain the shipped chest X-ray bundle from scratch, reproducibly (fixed seeds, one CPU thread each):
 # two ensemble members (64 px seed 1 and 128 px seed 2, each taught that a film re-aspected or
 # cropped is the same film: --consistency 1) sharing the default validation split, the group-shift
-# run of the 64 px recipe (NORMAL2 normals and viral pneumonia held out), the ensemble averaged in
-# one graph, its operating point chosen from the group-shift run, the export (refusal check fitted
-# and calibrated, shortcut audits refused over the limit), then the gated INT8 (minmax ranges) and
-# FP16 variants (each keeping the refusal decisions). About 2 h 45 min of training on one core each.
+# run of the 64 px recipe (NORMAL2 normals and viral pneumonia held out, reported in the card), the
+# ensemble averaged in one graph at the members' training rule (the card's group-shift note says
+# why not models/training/operating_point.py), the export (refusal check fitted and calibrated,
+# shortcut audits refused over the limit), then the gated INT8 (minmax ranges) and FP16 variants,
+# each keeping the refusal decisions. About 2 h 45 min of training on one core each.
 BUNDLE ?= models/bundles/chest-xray-pneumonia
 RUNS   ?= runs/chest-xray-pneumonia
+SHIFT_NOTE = The group-shift run is the 64 px member's recipe (seed 1) with the NORMAL2 normals and viral pneumonia held out; no other fold was trained for these members. The operating point is the members' training rule (sensitivity >= 0.97 on the stress validation, >= 0.95 on the clean one): applied to this one fold, the 2.0.0 rule (the lowest clean target keeping held-out sensitivity >= 0.95 on average over the folds) runs to its ceiling (0.99: threshold 0.017, clean specificity 0.859), where the bundle fails its own shortcut audits (border crop 3.8% overall, 12% of the NORMAL2 normals).
 model: install
 	rm -rf $(RUNS)
 	$(BEDSIDE) train --size 64 --epochs 20 --consistency 1.0 --seed 1 --threads 1 --no-progress --runs-dir $(RUNS)/m64
@@ -80,10 +82,8 @@ model: install
 	  --no-progress --runs-dir $(RUNS)/fold-normal2,virus
 	$(PY) -m models.training.ensemble --member $(RUNS)/m64/*/checkpoint.pt $(RUNS)/m128/*/checkpoint.pt \
 	  --out $(RUNS)/ensemble.pt
-	$(PY) -m models.training.operating_point --checkpoint $(RUNS)/ensemble.pt \
-	  --group-shift $(RUNS)/fold-*/*/checkpoint.pt --out $(RUNS)/shifted.pt
-	$(BEDSIDE) export --checkpoint $(RUNS)/shifted.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --max-flip-rate 0.03 \
-	  --out $(BUNDLE)
+	$(BEDSIDE) export --checkpoint $(RUNS)/ensemble.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --max-flip-rate 0.03 \
+	  --group-shift-note "$(SHIFT_NOTE)" --out $(BUNDLE)
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision int8 --method minmax
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision fp16
 
