@@ -42,10 +42,20 @@ def audit_table(m: Manifest) -> list[str]:
 
 
 def refusal_table(m: Manifest) -> list[str]:
+    """In-distribution rows as they are; each negative family's fresh draw beside its left-out fit."""
     if m.refusal is None:
         return ["(no refusal check)"]
-    rows = ["| images | n | refused |", "| --- | --- | --- |"]
-    rows += [f"| {r.data} | {r.n} | {r.refused:.1%} |" for r in m.refusal.measured]
+    fresh, left, rows = {}, {}, ["| images | n | refused | refused when left out of the fit |", "| --- | --- | --- | --- |"]
+    for r in m.refusal.measured:
+        if r.data.startswith("negatives: "):
+            fresh[r.data.removeprefix("negatives: ").removesuffix(" (a fresh draw)")] = r
+        elif r.data.startswith("left out of the fit: "):
+            left[r.data.removeprefix("left out of the fit: ")] = r
+        else:
+            rows.append(f"| {r.data} | {r.n} | {r.refused:.1%} | |")
+    for family, r in fresh.items():
+        alone = left.get(family)
+        rows.append(f"| negatives: {family} | {r.n} | {r.refused:.1%} | {'-' if alone is None else format(alone.refused, '.1%')} |")
     return rows
 
 
