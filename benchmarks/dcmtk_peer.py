@@ -13,17 +13,18 @@ from models.datasets import datasets_dir
 SAMPLES = datasets_dir() / "dicom"
 
 
-def echoscu(port: int, calling: str, called: str = "BEDSIDE") -> subprocess.CompletedProcess:
-    return subprocess.run(["echoscu", "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+def echoscu(port: int, calling: str, called: str = "BEDSIDE", tls: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """``tls``: dcmtk's TLS options (+tls KEY CERT, +tla, +cf CA...)."""
+    return subprocess.run(["echoscu", "-v", *tls, "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=60)
 
 
-def storescu(port: int, calling: str, files: list[Path], config: Path, called: str = "BEDSIDE"
-             ) -> subprocess.CompletedProcess:
+def storescu(port: int, calling: str, files: list[Path], config: Path, called: str = "BEDSIDE",
+             tls: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """All ``files`` in one association, each in its own transfer syntax (``config`` from
-    storescu_config); --no-halt: a failed store does not end the association."""
+    storescu_config); --no-halt: a failed store does not end the association. ``tls`` as for echoscu."""
     return subprocess.run(
-        ["storescu", "-v", "--no-halt", "--config-file", str(config), "Files", "-aet", calling, "-aec", called,
+        ["storescu", "-v", *tls, "--no-halt", "--config-file", str(config), "Files", "-aet", calling, "-aec", called,
          "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, timeout=300,
     )

@@ -17,7 +17,9 @@ START_S = 60
 
 
 class Orthanc:
-    def __init__(self, folder: Path):
+    """``settings``: more of Orthanc's configuration (DICOM TLS: DicomTlsEnabled and its files)."""
+
+    def __init__(self, folder: Path, settings: dict | None = None):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.http_port, self.dicom_port = free_port(), free_port()
@@ -26,7 +28,7 @@ class Orthanc:
             "Name": "bedside-test", "StorageDirectory": str(folder / "storage"), "IndexDirectory": str(folder / "index"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": AE_TITLE,
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": True,
-            "Plugins": [], "HttpServerEnabled": True, "DicomServerEnabled": True,
+            "Plugins": [], "HttpServerEnabled": True, "DicomServerEnabled": True, **(settings or {}),
         }))
         self.proc: subprocess.Popen | None = None
         self.log = folder / "orthanc.log"

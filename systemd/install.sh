@@ -61,16 +61,25 @@ if [ -n "$provision" ]; then
   install -m 0640 "$provision" "$root/etc/bedside/technician.toml"
   [ -z "$root" ] && chgrp bedside "$root/etc/bedside/technician.toml"
 fi
+# TLS certificates and keys (bedside technician tls-cert --out /etc/bedside/tls, or the site's own):
+# only the service user may enter the folder; the kiosk refuses a key other users could read.
+install -d -m 0700 "$root/etc/bedside/tls"
+[ -z "$root" ] && chown bedside:bedside "$root/etc/bedside/tls"
 
-# The units, with this installation's prefix and the kiosk's port from the settings.
-port="$("$prefix/$venv/bin/python" -c 'import sys, tomllib
-print(tomllib.load(open(sys.argv[1], "rb")).get("server", {}).get("port", 8080))' "$root/etc/bedside/bedside.toml")"
+# The units, with this installation's prefix and the kiosk's address for the screen from the
+# settings: its port, or with HTTPS the plain-HTTP loopback port where one is set.
+screen_url="$("$prefix/$venv/bin/python" -c 'import sys, tomllib
+s = tomllib.load(open(sys.argv[1], "rb")).get("server", {})
+loopback = s.get("tls_cert") and s.get("plain_http_loopback_port")
+scheme = "https" if s.get("tls_cert") and not loopback else "http"
+port = loopback or s.get("port", 8080)
+print(f"{scheme}://127.0.0.1:{port}/")' "$root/etc/bedside/bedside.toml")"
 install -d -m 0755 "$root/etc/systemd/system"
 sed -e "s#/opt/bedside/.venv/bin/bedside#$bedside#g" -e "s#/opt/bedside#$prefix#g" \
   "$here/bedside.service" > "$root/etc/systemd/system/bedside.service"
 units=(bedside.service)
 if [ "$screen" = 1 ]; then
-  sed -e "s#/opt/bedside#$prefix#g" -e "s#http://127.0.0.1:8080/#http://127.0.0.1:$port/#" \
+  sed -e "s#/opt/bedside#$prefix#g" -e "s#http://127.0.0.1:8080/#$screen_url#" \
     "$here/bedside-kiosk.service" > "$root/etc/systemd/system/bedside-kiosk.service"
   units+=(bedside-kiosk.service)
 fi

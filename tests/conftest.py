@@ -3,8 +3,10 @@ the helpers these fixtures stand on live in the *_support.py modules beside it."
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,19 +15,21 @@ from typing import Callable
 import pytest
 
 import fakes
-from browser_support import AXE, CHROMIUM
+from browser_support import AXE, CHROMIUM, CHROMIUM_ARGS
 from camera_peer import camera_video, FFMPEG, sample_xrays
-from dicom_peers import need_orthanc
+from dicom_peers import need_dcmtk, need_orthanc, wait_until
 from device.core.exams import ExamRegistry
 from device.core.settings import KioskConfig, ModelSettings
 from device.runtime.triager import Triager
 from device.tensorrt import backend as tensorrt_backend
 from device.updates import generate_keys
-from kiosk_support import CHOICE_SEED, TINY_MODELS, form_client, shipped_bundle
+from kiosk_support import CHOICE_SEED, TINY_MODELS, form_client, running_server, shipped_bundle
 from models.bundle import default_bundles_dir, find_bundles, load_bundle
 from models.datasets import datasets_dir
 from orthanc_peer import Orthanc
 from tiny_bundle import declare_refusal, make_tiny_bundle, tiny_onnx
+from loopback import free_port
+from tls_support import TestCa, listening, tls_dicom_app
 from update_support import Signer, make_bundle
 
 
@@ -204,6 +208,43 @@ def screens(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def chromium(sync_playwright):
+    """One headless Chromium for a module; each test opens its own context (viewport, touch)."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def both_exams_kiosk(tmp_path_factory, bundle):
+    """One `bedside serve` shared by a module's browser tests (a start costs seconds): both shipped
+    exams, a camera (a folder with a normal chest film and a colour skin photo, played at 2 fps, so
+    its results alternate between a gradable film and an UNGRADABLE photo), and a USB drive of X-rays."""
+    skin = default_bundles_dir() / "skin-lesion-triage"
+    if skin not in find_bundles():
+        pytest.skip("the shipped skin-lesion bundle is absent")
+    normal = [p for p in sample_xrays() if p.parent.name == "NORMAL"]
+    photos = sorted((datasets_dir() / "dermatology" / "train" / "nv").glob("*.jpg"))
+    if not normal or not photos:
+        pytest.skip("the sample X-rays or the dermatology images are absent (datasets)")
+    base = tmp_path_factory.mktemp("both-exams")
+    camera = base / "camera"
+    camera.mkdir()
+    shutil.copy(normal[0], camera / f"a-{normal[0].name}")
+    shutil.copy(photos[0], camera / f"b-{photos[0].name}")
+    usb = base / "media" / "USB"
+    usb.mkdir(parents=True)
+    for sample in sample_xrays()[:6]:
+        shutil.copy(sample, usb / sample.name)
+    settings = base / "bedside.toml"
+    settings.write_text(f'[media]\nimport_folders = ["{base / "media"}"]\n[[capture.sources]]\n'
+                        f'uri = "file://{camera}?fps=2&loop=1"\nexam = "chest-xray-pneumonia"\n')
+    with running_server(base / "data", [bundle, skin], "--config", str(settings)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def axe() -> Path:
     if not AXE.is_file():
         pytest.skip(f"{AXE} missing: `make test` installs axe-core from npm")
@@ -342,3 +383,150 @@ def central_node(tmp_path_factory):
     node.tiny = tiny
     yield node
     node.stop()
+
+
+@pytest.fixture
+def watchdog_socket(tmp_path, monkeypatch):
+    """systemd's notify socket as a kiosk started now sees it (NOTIFY_SOCKET, WatchdogSec=1 s): read
+    READY=1 and the WATCHDOG=1 pings from it (30 s at most each)."""
+    import socket
+
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
+        yield sock
+
+
+# ---- TLS: the kiosk's self-signed pair (the project's own tls-cert code), a test CA, an HTTPS kiosk ----
+
+
+@pytest.fixture(scope="session")
+def site_cert(tmp_path_factory):
+    """A self-signed certificate and key for localhost and 127.0.0.1, as `bedside technician tls-cert` makes them."""
+    from device.core.certificates import make_self_signed
+
+    return make_self_signed(tmp_path_factory.mktemp("site-tls"), ["localhost", "127.0.0.1"])
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory) -> TestCa:
+    return TestCa(tmp_path_factory.mktemp("test-ca"))
+
+
+@dataclass
+class HttpsKiosk:
+    server: object  # kiosk_support.Server
+    port: int
+    loopback_port: int
+    ca: Path  # the certificate a client trusts (the self-signed one itself)
+
+    def log(self) -> str:
+        return self.server.log_tail(200_000)
+
+
+def https_settings(folder: Path, cert: Path, key: Path, **server: object) -> Path:
+    """A settings file: HTTPS with `cert` and `key`, plain HTTP for the screen on a free loopback port,
+    connections that stall closed after 5 s."""
+    values = {"tls_cert": str(cert), "tls_key": str(key), "plain_http_loopback_port": free_port(),
+              "channel_timeout_s": 5, **server}
+    lines = ["[server]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # JSON's are TOML's too
+    lines += ["[models]", "inference_threads = 1"]
+    path = folder / "bedside.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def https_kiosk(tmp_path_factory, tiny_bundle, site_cert):
+    """A real `bedside serve` with [server] tls_cert and tls_key (the self-signed pair) and a loopback plain-HTTP port."""
+    import tomllib
+
+    from kiosk_support import start_server, stop_server
+
+    folder = tmp_path_factory.mktemp("https-kiosk")
+    settings = https_settings(folder, site_cert.cert, site_cert.key)
+    server = start_server(folder / "data", [tiny_bundle], "--config", str(settings), check_health=False)
+    try:
+        port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+        loopback = tomllib.loads(settings.read_text())["server"]["plain_http_loopback_port"]
+        yield HttpsKiosk(server, port, loopback, site_cert.cert)
+    finally:
+        assert stop_server(server) == 0
+
+
+# ---- DICOM over TLS: certificates from the test CA, an SCP over TLS, dcmtk and Orthanc as TLS PACS ----
+
+
+@pytest.fixture(scope="session")
+def dicom_pki(tmp_path_factory, test_ca) -> dict:
+    """The SCP's certificate, the modality's client certificate (it names itself "xray1.clinic"),
+    another modality's, one from a CA nobody trusts, the PACS's, and the kiosk's client certificate."""
+    rogue = TestCa(tmp_path_factory.mktemp("rogue-ca"), "Rogue CA")
+    return {
+        "ca": test_ca.cert,
+        "scp": test_ca.issue("bedside-scp", ["localhost", "127.0.0.1"]),
+        "modality": test_ca.issue("xray1.clinic", ["xray1.clinic"], client=True),
+        "other": test_ca.issue("ct2.clinic", ["ct2.clinic"], client=True),
+        "rogue": rogue.issue("xray1.clinic", ["xray1.clinic"], client=True),
+        "pacs": test_ca.issue("pacs", ["localhost", "127.0.0.1"]),
+        "kiosk-client": test_ca.issue("bedside-kiosk", ["bedside-kiosk"], client=True),
+    }
+
+
+@pytest.fixture
+def tls_scp(config, dicom_pki):
+    """A kiosk whose SCP speaks TLS only (client certificates optional); its appliance."""
+    from device.appliance.context import appliance_of
+
+    need_dcmtk()
+    appliance = appliance_of(tls_dicom_app(config, dicom_pki))
+    yield appliance
+    appliance.close()
+
+
+@pytest.fixture
+def mutual_scp(config, dicom_pki):
+    """As tls_scp, requiring a client certificate that names the caller."""
+    from device.appliance.context import appliance_of
+
+    need_dcmtk()
+    appliance = appliance_of(tls_dicom_app(config, dicom_pki, require_client_cert=True))
+    yield appliance
+    appliance.close()
+
+
+@pytest.fixture
+def tls_pacs(dicom_pki, tmp_path):
+    """dcmtk's storescp over TLS as the PACS (AE title PACS): its own certificate from the test CA,
+    and it requires the kiosk's client certificate from the same CA. Yields its port and folder."""
+    need_dcmtk()
+    port, folder = free_port(), tmp_path / "pacs"
+    folder.mkdir()
+    with open(tmp_path / "storescp.log", "w") as log:
+        proc = subprocess.Popen(["storescp", "-v", "+tls", str(dicom_pki["pacs"].key), str(dicom_pki["pacs"].cert),
+                                 "+cf", str(dicom_pki["ca"]), "-rc", "-aet", "PACS", "-od", str(folder), str(port)],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: listening(port), 10, "storescp listening")
+        yield port, folder
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def tls_orthanc(tmp_path, dicom_pki):
+    """A real Orthanc whose DICOM port speaks TLS only (DicomTlsEnabled), trusting the kiosk's client
+    certificate and requiring one."""
+    need_orthanc()
+    peer = Orthanc(tmp_path / "orthanc", {
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(dicom_pki["pacs"].cert),
+        "DicomTlsPrivateKey": str(dicom_pki["pacs"].key), "DicomTlsTrustedCertificates": str(dicom_pki["ca"]),
+        "DicomTlsRemoteCertificateRequired": True,
+    })
+    peer.start()
+    yield peer
+    peer.stop()

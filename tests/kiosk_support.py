@@ -34,7 +34,7 @@ from models.bundle import default_bundles_dir, find_bundles
 from models.datasets import datasets_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"Bedside kiosk ready at (http://\S+)")
+READY = re.compile(r"Bedside kiosk ready at (https?://\S+)")
 SHIPPED = default_bundles_dir() / "chest-xray-pneumonia"
 
 
@@ -199,7 +199,7 @@ def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: floa
     url = _ready_url(proc, timeout)
     server = Server(proc, url or "", stderr)
     if url is None:
-        stop_server(server, signal.SIGKILL)
+        stop_server(server, signal.SIGKILL, keep_log=True)
         raise RuntimeError(
             f"bedside serve did not become ready in {timeout:g} s (exit status {proc.returncode}):\n"
             + server.log_tail()
@@ -213,7 +213,7 @@ def start_server(data_dir: Path, bundles: list[Path], *extra: str, timeout: floa
     finally:
         client.close()
     if status != 200 or not health["ready"]:
-        stop_server(server, signal.SIGKILL)
+        stop_server(server, signal.SIGKILL, keep_log=True)
         raise RuntimeError(f"server not ready: {status} {health}\n{server.log_tail()}")
     return server
 
@@ -237,12 +237,14 @@ def _ready_url(proc: subprocess.Popen, timeout: float) -> str | None:
         return None
 
 
-def stop_server(server: Server, sig: int = signal.SIGTERM) -> int:
+def stop_server(server: Server, sig: int = signal.SIGTERM, keep_log: bool = False) -> int:
+    """``keep_log``: leave its log open, to be read for a failure message."""
     if server.proc.poll() is None:
         server.proc.send_signal(sig)
     rc = server.proc.wait(30)
     server.proc.stdout.close()
-    server.stderr.close()
+    if not keep_log:
+        server.stderr.close()
     return rc
 
 

@@ -1,6 +1,7 @@
-"""Live capture in the kiosk: the sources API, the live MJPEG view, capture into the store (the exact
-frame that was triaged), health and metrics, the pages, the config; and end to end, a real
-`bedside serve --source` on an ffmpeg MJPEG camera that is killed and comes back."""
+"""Live capture in the kiosk: the sources API, the live view (each picture the judged frame with its
+own result, its text readable), capture into the store (the exact frame on the screen with its
+result), health and metrics, the pages, the config; and end to end, a real `bedside serve --source`
+on an ffmpeg MJPEG camera that is killed and comes back."""
 
 from __future__ import annotations
 
@@ -98,6 +99,63 @@ def test_capture_stores_the_exact_frame_that_was_triaged(live_client, frames_dir
     listed = live_client.get("/api/v1/studies?q=MRN-7").json
     assert [s["id"] for s in listed["studies"]] == [study["id"]]
     assert live_client.get(f"/api/v1/studies/{study['id']}/heatmap").status_code == 200
+
+
+def test_the_picture_shown_and_the_capture_are_the_frame_of_the_result_shown(live_client, frames_dir: Path):
+    """/latest names the picture of its own frame; that picture and a capture naming the frame stay
+    that frame's after newer frames were judged (the folder plays at 10 fps)."""
+    shown = live_client.get("/api/v1/sources/cam0/latest").json
+    seq = shown["frame"]["seq"]
+    assert shown["picture"] == f"/api/v1/sources/cam0/frames/{seq}"
+    # Asked about three times a second, a 10 fps source judges frames no screen is handed (not kept).
+    handed = {seq}
+    deadline = time.monotonic() + 10
+    while not (max(handed) >= seq + 3 and set(range(seq, max(handed))) - handed) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        handed.add(live_client.get("/api/v1/sources/cam0/latest").json["frame"]["seq"])
+    unseen = min(set(range(seq, max(handed))) - handed)
+    picture = live_client.get(shown["picture"])
+    assert picture.status_code == 200 and picture.mimetype == "image/jpeg" and picture.headers["Cache-Control"] == "no-store"
+    r = live_client.post("/api/v1/sources/cam0/capture", json={"reference": "MRN-8", "frame": seq})
+    assert r.status_code == 201, r.json
+    study = r.json
+    assert study["result"]["capture"]["frame_seq"] == seq and study["triage"] == shown["triage"]
+    assert study["result"]["threshold"] == shown["result"]["threshold"]
+    files = sorted(frames_dir.glob("*.jpg"))
+    assert live_client.get(f"/api/v1/studies/{study['id']}/image").data == files[(seq - 1) % len(files)].read_bytes()
+    # A frame no screen was shown is not kept: neither its picture nor a capture of it.
+    assert live_client.get(f"/api/v1/sources/cam0/frames/{unseen}").status_code == 404
+    gone = live_client.post("/api/v1/sources/cam0/capture", json={"frame": unseen})
+    assert gone.status_code == 409
+    assert f"frame {unseen}, the one on the screen, is no longer kept" in gone.json["error"]["message"]
+    assert live_client.post("/api/v1/sources/cam0/capture", json={"frame": "7"}).status_code == 400
+    page = live_client.post("/live/cam0/capture", data={"reference": "bed 5", "frame": str(seq)})
+    assert page.status_code == 303
+    study_id = int(page.headers["Location"].split("/")[2].split("?")[0])
+    assert live_client.get(f"/api/v1/studies/{study_id}").json["result"]["capture"]["frame_seq"] == seq
+    # The stream (the page without script) shows the same pairs: a frame with its own result.
+    from device.appliance.context import appliance_of
+
+    _, (frame_seq, result_seq, *_) = appliance_of(live_client.application).capture.get("cam0").view.snapshot()
+    assert frame_seq == result_seq > 0
+
+
+def test_the_live_pictures_text_is_readable_where_the_kiosk_shows_it():
+    """Its text, small frames included, is drawn at least 3% of the picture's width tall: 14 px or
+    more where the kiosk shows the picture (about 0.6 of its size at 1024x600)."""
+    import numpy as np
+
+    from device.capture.frames import Frame
+    from device.capture.overlay import OverlayInfo, draw, view_pixels
+
+    for width in (224, 640, 960):
+        frame = Frame(seq=1, captured=0.0, wall=0.0, bgr=np.full((width * 3 // 4, width, 3), 128, np.uint8))
+        pixels = draw(view_pixels(frame, 960), OverlayInfo("streaming", "", "chest-xray-pneumonia 2.0.0 int8", 1.0, None))
+        h, w = pixels.shape[:2]
+        bottom = pixels[h // 2:, :, :].max(axis=2) > 200  # the white text of the bottom lines
+        rows = np.flatnonzero(bottom.any(axis=1))
+        assert w >= 640 and rows.size, width
+        assert rows[-1] - rows[0] + 1 >= 0.03 * w, (width, rows[-1] - rows[0] + 1)  # the model line's height
 
 
 def test_capture_refuses_a_malformed_body_or_a_wrong_type(live_client):

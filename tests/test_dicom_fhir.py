@@ -6,6 +6,7 @@ exactly once, and a refusal is a failed item on the study page."""
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,7 +25,7 @@ FILE = SAMPLES / "cr_dx" / "RG3_J2KR.dcm"
 class Endpoint:
     """A FHIR endpoint on loopback that keeps every Bundle POSTed to it and answers ``status``."""
 
-    def __init__(self, port: int, status: int = 200):
+    def __init__(self, port: int, status: int = 200, tls: ssl.SSLContext | None = None):
         self.received: list[dict] = []
         self.status = status
         outer = self
@@ -44,6 +45,8 @@ class Endpoint:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):
@@ -133,6 +136,40 @@ def test_a_refused_bundle_is_failed_not_resent(config, tmp_path):
             appliance.close()
 
 
+def https_endpoint_context(pair) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.cert, pair.key)
+    return context
+
+
+@pytest.mark.parametrize("case", ["trusted", "another CA", "another name", "expired", "insecure"])
+def test_bundle_over_https_only_to_an_endpoint_whose_certificate_checks_out(config, tmp_path, test_ca, site_cert,
+                                                                             case, caplog):
+    """The endpoint's certificate is from the test CA and names localhost only: trusted, it gets the
+    Bundle; with another CA bundle, called by another name or with its certificate expired it gets
+    nothing and the item waits with the reason; the insecure switch sends anyway, with a loud warning."""
+    port = free_port()
+    host = "127.0.0.1" if case == "another name" else "localhost"
+    ca = site_cert.cert if case in ("another CA", "insecure") else test_ca.cert
+    expired = {"not_before_days": -30, "days": -1} if case == "expired" else {}
+    with Endpoint(port, tls=https_endpoint_context(test_ca.issue("ehr", ["localhost"], **expired))) as endpoint:
+        app = fhir_app(config, {"url": f"https://{host}:{port}/fhir", "tls_ca": str(ca), "tls_insecure": case == "insecure"})
+        appliance = appliance_of(app)
+        try:
+            send(appliance, tmp_path)
+            if case in ("trusted", "insecure"):
+                wait_until(lambda: appliance.dicom.outbox.items()[0]["state"] == "sent", 30, "the Bundle delivered")
+                assert len(endpoint.received) == 1
+            else:
+                (item,) = wait_until(lambda: [i for i in appliance.dicom.outbox.items() if i["attempts"] >= 1], 30,
+                                     "a refused attempt")
+                assert item["state"] == "queued" and "CERTIFICATE_VERIFY_FAILED" in item["last_error"], item
+                assert endpoint.received == []
+            assert ("INSECURE TLS to FHIR destination ehr" in caplog.text) == (case == "insecure")
+        finally:
+            appliance.close()
+
+
 def test_bundle_written_to_a_folder(config, tmp_path):
     folder = tmp_path / "fhir-out"
     app = fhir_app(config, {"folder": str(folder)})
@@ -150,6 +187,7 @@ def test_bundle_written_to_a_folder(config, tmp_path):
 @pytest.mark.parametrize("fhir,message", [
     ({"name": "ehr", "folder": "/tmp/x", "url": "http://127.0.0.1:1/"}, "either folder or url"),
     ({"name": "ehr"}, "either folder or url"),
+    ({"name": "ehr", "url": "http://127.0.0.1:1/", "tls_ca": "/ca.pem"}, "are for a link over TLS"),
     ({"name": "pacs", "folder": "/tmp/x"}, "used more than once: pacs"),
 ])
 def test_fhir_settings_are_checked(config, fhir, message):

@@ -165,7 +165,7 @@ def test_look_closer_zooms_pans_and_resets(tmp_path, sync_playwright, bundle, xr
             ctx.close()
 
 
-def test_on_screen_keyboard_types_into_the_focused_field(tmp_path, sync_playwright, bundle, screens):
+def test_on_screen_keyboard_types_into_the_focused_field(tmp_path, sync_playwright, bundle, xray, screens):
     settings = tmp_path / "bedside.toml"
     settings.write_text('[ui]\non_screen_keyboard = "always"\n')
     with running_server(tmp_path / "data", [bundle], "--config", str(settings)) as server, sync_playwright() as pw:
@@ -184,6 +184,15 @@ def test_on_screen_keyboard_types_into_the_focused_field(tmp_path, sync_playwrig
             page.screenshot(path=str(screens / "keyboard-1024x600.png"))
             page.locator(".osk [data-key='Done']").tap()
             assert board.is_hidden()
+            # With the keyboard open, the first tap on Triage submits (it used to only close the
+            # keyboard, and the page moved under the finger).
+            page.set_input_files("input[type=file]", str(xray))
+            page.locator("#reference-upload").tap()
+            board.wait_for()
+            page.locator(".osk [data-key='x']").tap()
+            page.locator("button:has-text('Triage')").tap()
+            page.wait_for_url(re.compile(r"/studies/\d+\?saved=1"), timeout=15_000)
+            assert "Bed 7x" in page.inner_text(".banner") and board.is_hidden()
         finally:
             ctx.close()
 

@@ -78,7 +78,7 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray, scr
                 assert dropped == [1, xray.name]
                 assert page.locator(".file").count() == 3  # the USB drive's images are listed for import
                 page.set_input_files("input[type=file]", str(xray))
-                page.fill("#reference-upload", f"Bed 7 ({size})")
+                page.fill("#reference-upload", "Bed 7")  # one patient: the same film at each size
                 assert page.locator(".osk").is_hidden()  # ui.on_screen_keyboard = "auto": not full screen here
                 check_layout("2-new-study")
 
@@ -88,7 +88,7 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray, scr
                 assert banner in ("URGENT", "ROUTINE", "UNGRADABLE")
                 assert page.locator(".banner").get_attribute("data-triage") == banner
                 assert page.locator(".banner .icon").is_visible()
-                assert f"Bed 7 ({size})" in page.inner_text(".banner")
+                assert "Bed 7" in page.inner_text(".banner")
                 # Readable at arm's length: the verdict takes at least a quarter of the screen, and
                 # it, Mark reviewed and Next case are all on screen without scrolling.
                 assert page.locator(".banner").bounding_box()["height"] >= height / 4
@@ -119,10 +119,10 @@ def test_clinician_flow_in_chromium(tmp_path, sync_playwright, bundle, xray, scr
                 # History: the study is there, found by its reference.
                 page.click("nav >> text=History")
                 page.wait_for_url(re.compile(r"/history"))
-                page.fill("input[name=q]", size)
+                page.fill("input[name=q]", "Bed 7")
                 page.click("button:has-text('Filter')")
-                rows = page.locator(".row")
-                assert rows.count() == 1 and banner in rows.first.inner_text()
+                rows = page.locator(".row")  # this size's study first, then the earlier sizes' ones
+                assert rows.count() == VIEWPORTS.index((width, height)) + 1 and banner in rows.first.inner_text()
                 check_layout("5-history")
 
                 assert problems == [], problems
@@ -143,8 +143,7 @@ def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle, screen
     if not any(frames.iterdir()):
         pytest.skip("no full-resolution chest X-ray samples")
     settings = tmp_path / "bedside.toml"
-    settings.write_text("[capture]\nmax_viewers = 1\n")
-    with running_server(tmp_path / "data", [bundle], "--config", str(settings),
+    with running_server(tmp_path / "data", [bundle],
                         "--source", f"file://{frames}?fps=5&loop=1") as server, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=str(CHROMIUM), headless=True,
@@ -153,8 +152,9 @@ def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle, screen
         try:
             page = ctx.new_page()
             page.goto(server.url + "live/cam0")
-            page.wait_for_function("document.querySelector('img.shot').naturalWidth > 0", timeout=20_000)
-            page.wait_for_function("document.querySelector('[data-live-state]').textContent.startsWith('streaming')")
+            page.wait_for_function("() => [...document.querySelectorAll('[data-live-picture]')]"
+                                   ".some((i) => !i.hidden && i.naturalWidth > 0)", timeout=20_000)
+            page.wait_for_function("() => document.querySelector('[data-live-state]').textContent.startsWith('streaming')")
             assert "Research use only, not for diagnosis." in page.inner_text(".panel")
             assert page.locator("[data-live-unavailable]").is_hidden()
             # The current result, large, beside the video: word, colour, plain line, how clear-cut.
@@ -164,14 +164,9 @@ def test_live_capture_page_in_chromium(tmp_path, sync_playwright, bundle, screen
             assert page.inner_text("[data-live-word]") == live_triage
             assert f"banner-{live_triage.lower()}" in panel.get_attribute("class")
             line = page.inner_text("[data-live-line]")
-            assert line.startswith(("Suspected pneumonia", "No pneumonia", "Cannot assess: ")), line
+            assert line.startswith(("Suspected pneumonia", "Not flagged for pneumonia", "Cannot assess: ")), line
             assert panel.bounding_box()["height"] >= 150
             page.screenshot(path=str(screens / "6-live-1024x600.png"))
-
-            second = ctx.new_page()  # over max_viewers = 1 while the first view still streams
-            second.goto(server.url + "live/cam0")
-            second.wait_for_selector("[data-live-unavailable]", state="visible", timeout=10_000)
-            second.close()
 
             page.fill("#reference", "Bed 9 (live)")
             page.click("button:has-text('Capture')")

@@ -4,6 +4,7 @@ forms, the result page, review, export, history filters, settings; no asset from
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import cv2
@@ -40,7 +41,7 @@ def test_home_has_one_tile_per_installed_bundle(tmp_path, tiny_bundle, drives):
             assert re.findall(r'class="tile-title">([^<]+)<', home) == ["Tiny test model", "Knee X-ray fracture triage"]
             assert home.count("Research use only") == 1
             new = text(c.get("/studies/new?exam=knee-xray"))
-            assert '<option value="knee-xray" selected>' in new
+            assert '<input type="radio" name="exam" value="knee-xray" checked required>' in new
             r = post_upload(c, png_bytes(1), exam="tiny-test")
             assert r.status_code == 303
             r = post_upload(c, png_bytes(1))  # no exam: both take a gray image, so the kiosk asks
@@ -57,9 +58,11 @@ def test_upload_form_redirects_to_the_result(client):
     triage = re.search(r'class="banner banner-\w+" role="status" data-triage="(\w+)"', page).group(1)
     assert triage in ("URGENT", "ROUTINE", "UNGRADABLE")
     assert f"banner-{triage.lower()}" in page and '<svg class="icon"' in page  # word + icon + colour
-    plain = {"URGENT": "Suspected pneumonia - review first", "ROUTINE": "No pneumonia pattern found"}[triage]
+    plain = {"URGENT": "Suspected pneumonia - review first", "ROUTINE": "Not flagged for pneumonia"}[triage]
     banner = page[page.index('class="banner '):page.index('class="actions"')]
     assert plain in banner and "Bed 4" in banner and "P(" not in page
+    # ROUTINE is no all-clear: said in words on the banner, and drawn without a tick.
+    assert ("does not rule out disease" in banner) == (triage == "ROUTINE") and "pattern found" not in page
     assert re.search(r"<details class=\"numbers\">.*Model score for pneumonia: <strong>0\.\d\d</strong>", page, re.S)
     assert "Saved as study #1" in page
     assert "Research use only, not for diagnosis." in page and "Not for clinical use." in page
@@ -68,6 +71,31 @@ def test_upload_form_redirects_to_the_result(client):
     assert "Show heatmap" in page and "Bed 4" in page
     with_heat = text(client.get("/studies/1?heatmap=1"))  # the toggle works without script
     assert "Hide heatmap" in with_heat
+
+
+TICK = "m-2 15-5-5 1.4-1.4 3.6 3.6"  # the path of a tick mark, as ROUTINE was once drawn
+
+
+def test_routine_is_said_to_rule_nothing_out(tmp_path):
+    """A ROUTINE result is no all-clear: 'Not flagged', with what that does not mean, and no tick,
+    on its page and in the lists. (The tiny model scores these images about 0.98: an operating
+    point of 0.999 makes them ROUTINE.)"""
+    cautious = make_tiny_bundle(tmp_path / "cautious")
+    policy = json.loads((cautious / "manifest.json").read_text())["policy"]
+    edit_manifest(cautious, policy={**policy, "operating_point": {**policy["operating_point"], "threshold": 0.999}})
+    config = KioskConfig.model_validate({"store": {"data_dir": str(tmp_path / "data")},
+                                         "models": {"bundles": [str(cautious)], "inference_threads": 1}})
+    application = create_app(config)
+    try:
+        with form_client(application) as c:
+            r = post_upload(c, png_bytes(1))
+            page = text(c.get(r.headers["Location"]))
+            banner = page[page.index('class="banner '):page.index('class="actions"')]
+            assert 'data-triage="ROUTINE"' in banner and "Not flagged for pneumonia" in banner
+            assert "that does not rule out disease" in banner and "pattern found" not in page
+            assert TICK not in page and TICK not in text(c.get("/history"))
+    finally:
+        appliance_of(application).close()
 
 
 def test_bad_upload_stays_on_the_form_with_the_reason(client):
@@ -91,7 +119,7 @@ def test_review_and_export_from_the_result_page(client, drives):
     r = client.post("/studies/1/review", data={"note": "seen", "operator": "dr d"})
     assert r.status_code == 303
     page = text(client.get(r.headers["Location"]))
-    assert "Marked as reviewed." in page and "Reviewed by dr d" in page and "seen" in page
+    assert "Marked as reviewed: it has left the worklist." in page and "Reviewed by dr d" in page and "seen" in page
     assert "Mark reviewed</button>" not in page and "Change review" in page
     again = client.post("/studies/1/review", data={"note": "again", "operator": "dr e"})
     assert again.status_code == 409 and "already reviewed by dr d" in text(again)

@@ -41,7 +41,7 @@ def test_a_kiosk_serves_on_the_node_and_on_its_own_when_the_node_stalls(central_
             os.kill(triton, signal.SIGSTOP)
             try:
                 started = time.monotonic()
-                status, body = client.upload("xray.jpeg", xray, exam=EXAM, reference="during")
+                status, body = client.upload("xray.jpeg", xray, exam=EXAM, reference="remote test")
                 took = time.monotonic() - started
                 assert status == 201 and took < 2.0, (status, took)
                 local = body["result"]
@@ -55,7 +55,7 @@ def test_a_kiosk_serves_on_the_node_and_on_its_own_when_the_node_stalls(central_
             finally:
                 os.kill(triton, signal.SIGCONT)
             assert wait_for(lambda: _remote(client.get_json("/api/v1/health")[1])["state"] == "remote", 15)
-            status, body = client.upload("xray.jpeg", xray, exam=EXAM, reference="after")
+            status, body = client.upload("xray.jpeg", xray, exam=EXAM, reference="remote test")
             assert status == 201 and body["result"]["model"]["backend"] == "remote"
             _, _, home = client.request("GET", "/")
             assert b"Central server not answering" not in home

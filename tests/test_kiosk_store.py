@@ -48,6 +48,41 @@ def test_pragmas_and_migrations(store, tmp_path):
     assert versions == [v for v, _ in MIGRATIONS]
 
 
+def test_the_audit_logs_check_takes_every_action_and_older_entries_survive_its_rebuild(tmp_path):
+    from device.core.store import AUDIT_ACTIONS
+    from device.core.store.schema import FIRST_AUDIT_ACTIONS, statements
+
+    s = Store.open(tmp_path)
+    try:
+        for action in AUDIT_ACTIONS:  # the newest migration's CHECK knows every action the code writes
+            s.audit(action, "dr a")
+        with pytest.raises(sqlite3.IntegrityError):
+            s.audit("study_deleted", "dr a")
+    finally:
+        s.close()
+    # A store made before migration 5: its entries are kept, and the new actions accepted after it.
+    (tmp_path / "old").mkdir()
+    db = sqlite3.connect(tmp_path / "old" / DB_NAME, isolation_level=None)
+    for version, sql in MIGRATIONS[:4]:
+        for statement in statements(sql):
+            db.execute(statement)
+    db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    db.executemany("INSERT INTO schema_migrations VALUES (?, 'then')", [(v,) for v, _ in MIGRATIONS[:4]])
+    db.execute("INSERT INTO audit_log (at, operator, action, detail) VALUES ('then', 'dr z', 'settings_changed', '{}')")
+    with pytest.raises(sqlite3.IntegrityError):
+        db.execute("INSERT INTO audit_log (at, action) VALUES ('then', 'study_reopened')")
+    db.close()
+    s = Store.open(tmp_path / "old")
+    try:
+        s.audit("study_reopened", "dr a")
+        assert [(e.action, e.operator) for e in s.audit_log()] == [("study_reopened", "dr a"), ("settings_changed", "dr z")]
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            s._db.execute("DELETE FROM audit_log")
+    finally:
+        s.close()
+    assert set(FIRST_AUDIT_ACTIONS) < set(AUDIT_ACTIONS)
+
+
 def test_images_are_content_addressed_and_stored_once(store):
     a = add(store, b"image-bytes-1")
     b = add(store, b"image-bytes-1")

@@ -47,7 +47,7 @@ def test_pings_stop_while_a_model_is_stuck_and_resume_after(slow_app, tmp_path, 
     appliance = appliance_of(slow_app)
     probe = HealthProbe("/api/v1/health", area_of(slow_app).internal_token)
     server = KioskServer(slow_app, ServerSettings(port=0), lambda: None, probe)
-    serving = threading.Thread(target=server._server.run, name="test-waitress", daemon=True)
+    serving = threading.Thread(target=server._plain.run, name="test-waitress", daemon=True)
     serving.start()
     address = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, ThreadPoolExecutor(1) as uploads:
@@ -73,7 +73,7 @@ def test_pings_stop_while_a_model_is_stuck_and_resume_after(slow_app, tmp_path, 
         finally:
             stop.set()
             client.close()
-            server._server.close()
+            server._plain.close()
 
 
 def _upload(url: str):

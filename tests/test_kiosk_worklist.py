@@ -1,6 +1,6 @@
 """The home screen's worklist through Flask's test client and the API: every unreviewed study, most
 urgent first, paged and never cut by a count; counts that match the list; reviewing moves a study
-out; History filters by reviewed."""
+out, and Undo (within seconds) or Reopen puts it back, both audited; History filters by reviewed."""
 
 from __future__ import annotations
 
@@ -61,3 +61,39 @@ def test_history_filters_by_reviewed(client):
     assert re.findall(r'data-study="(\d+)"', text(client.get("/history?reviewed=no"))) == ["3", "1"]
     assert client.get("/api/v1/studies?reviewed=no").json["total"] == 2
     assert client.get("/history?reviewed=maybe").status_code == 400
+
+
+def test_undo_and_reopen_put_a_reviewed_study_back_on_the_worklist_audited(client):
+    from device.core import study_service
+
+    upload_many(client, 2)
+    study = client.get("/api/v1/worklist").json["studies"][0]["id"]
+    client.post(f"/studies/{study}/review", data={"note": "looked fine", "operator": "dr a"})
+    page = text(client.get(f"/studies/{study}?reviewed=1"))
+    assert re.search(r'<form method="post" action="/studies/%d/reopen" data-undo="\d+">' % study, page)
+    assert "Undo</button>" in page and re.search(r"data-reopen\s+hidden", page)  # Reopen once Undo is gone
+    r = client.post(f"/studies/{study}/reopen", data={"undo": "1", "operator": "dr a"})
+    assert r.status_code == 303 and r.headers["Location"] == f"/studies/{study}?reopened=1"
+    assert study in [s["id"] for s in client.get("/api/v1/worklist").json["studies"]]
+    assert "Mark reviewed" in text(client.get(r.headers["Location"]))
+    undone = client.get(f"/api/v1/audit?study={study}").json["entries"]
+    assert [e["action"] for e in undone[:2]] == ["study_viewed", "review_undone"]
+    assert undone[1]["operator"] == "dr a" and undone[1]["detail"]["review"]["note"] == "looked fine"
+
+    # Later, Reopen (the button on a reviewed study; an Undo sent too late is one as well).
+    client.post(f"/studies/{study}/review", data={"note": "", "operator": "dr b"})
+    assert "Reopen</button>" in text(client.get(f"/studies/{study}"))
+    assert client.get("/api/v1/worklist").json["total"] == 1
+    r = client.post(f"/api/v1/studies/{study}/reopen", json={"operator": "dr c"})
+    assert r.status_code == 200 and r.json["review"]["reviewed"] is False
+    assert client.get("/api/v1/worklist").json["total"] == 2
+    client.post(f"/studies/{study}/review", data={"note": "", "operator": "dr b"})
+    study_service.UNDO_WINDOW_S, window = -1, study_service.UNDO_WINDOW_S
+    try:
+        assert client.post(f"/api/v1/studies/{study}/reopen", json={"undo": True}).status_code == 200
+    finally:
+        study_service.UNDO_WINDOW_S = window
+    actions = [e["action"] for e in client.get(f"/api/v1/audit?study={study}").json["entries"]]
+    assert actions.count("study_reopened") == 2 and actions.count("review_undone") == 1
+    r = client.post(f"/api/v1/studies/{study}/reopen", json={})
+    assert r.status_code == 409 and "on the worklist already" in r.json["error"]["message"]

@@ -31,6 +31,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
     "appliance": ("device",),
     "tensorrt": ("device.tensorrt",),
     "updates": ("device.updates",),
+    "certificates": ("device.core.certificates",),
     "central": ("central",),
 }
 # floor -> the floors its modules may import.
@@ -38,9 +39,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "contract": {"contract"},
     "training": {"contract", "training"},
     "optimizer": {"contract", "training", "optimizer"},  # the gate's held-out data is the training split
-    "appliance": {"contract", "appliance", "tensorrt", "updates"},
+    "appliance": {"contract", "appliance", "tensorrt", "updates", "certificates"},
     "tensorrt": {"contract", "appliance", "tensorrt"},  # the runtime seam, and triage for the self-test
     "updates": {"contract", "appliance", "updates"},  # the runtime seam and triage for the self-test
+    "certificates": {"certificates"},  # X.509 read and made with cryptography, nothing else
     "central": {"contract", "appliance", "central"},  # the runtime seam, the golden self-test, Triton's versions
 }
 # The only imports across those lines, each with its reason.
@@ -95,7 +97,7 @@ LIBRARIES: dict[str, set[str]] = {
     "onnx": {"training", "optimizer"},
     "tensorrt": {"tensorrt"},
     "pycuda": {"tensorrt"},
-    "cryptography": {"updates"},  # signatures are checked in one place
+    "cryptography": {"updates", "certificates"},  # signatures are checked in one place, certificates made in one
     "openvino": {"appliance"},  # its backend, device/runtime/openvino_backend.py (an optional extra)
     "pytriton": {"central"},  # Triton's server core, in the node's own venv (numpy < 2)
     "tritonclient": {"appliance", "central"},  # the remote backend, the Triton repository writer; pytriton's errors

@@ -23,6 +23,7 @@ from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from device.runtime.remote_backend import RemoteBackend, RemoteSettings
 from device.runtime.variant_check import golden_set
 from loopback import free_port
+from tls_support import https_server
 from models.bundle import load_bundle, read_manifest
 
 
@@ -97,6 +98,23 @@ def test_no_node_is_unavailable_at_once():
     with pytest.raises(RuntimeUnavailable, match="no central node answers"):
         _remote(bundle, f"http://127.0.0.1:{free_port()}")
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize("case", ["trusted", "another CA", "another name"])
+def test_an_https_node_is_asked_only_when_its_certificate_checks_out(case, test_ca, site_cert):
+    """An https:// remote_url against a TLS peer (no Triton behind it: it answers 501): with the CA
+    that issued its certificate, the TLS link stands and the refusal is about the model; with
+    another CA, or called by a name its certificate does not carry, no request is made at all."""
+    pair = test_ca.issue("node", ["localhost"])
+    with https_server(pair) as port:
+        host = "127.0.0.1" if case == "another name" else "localhost"
+        ca = site_cert.cert if case == "another CA" else test_ca.cert
+        if case == "trusted":
+            with pytest.raises(RuntimeFailure, match="does not serve"):
+                _remote(load_bundle(SHIPPED[0]), f"https://{host}:{port}", tls_ca=ca)
+        else:
+            with pytest.raises(RuntimeUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                _remote(load_bundle(SHIPPED[0]), f"https://{host}:{port}", tls_ca=ca)
 
 
 def test_a_stalled_node_fails_within_the_deadline(central_node):

@@ -210,7 +210,33 @@ def test_live_dermatoscope_stream_is_triaged_by_the_skin_exam(tmp_path, ffmpeg):
     assert {e["id"] for e in health["models"]} == {"chest-xray-pneumonia", "skin-lesion-triage"}
 
 
-def test_kiosk_offers_both_exams_and_shows_the_likeliest_diagnoses(tmp_path):
+def test_what_decided_leads_the_result_not_the_likeliest_diagnosis():
+    """A melanoma the model calls URGENT while a benign keratosis is its likeliest single diagnosis:
+    the page leads with the refer group's total against the threshold, the group's diagnoses first;
+    nothing reads 0%."""
+    from device.core.store import StudyRecord
+    from device.kiosk.display import decision_of
+
+    m = load_bundle(SKIN).manifest
+    probs = {"akiec": 0.064, "bcc": 0.012, "bkl": 0.598, "df": 0.005, "mel": 0.317, "nv": 0.002, "vasc": 0.002}
+    fields = dict.fromkeys(StudyRecord.__dataclass_fields__)
+    study = StudyRecord(**{**fields, "triage": URGENT, "probability": 0.393, "threshold": m.policy.operating_point.threshold,
+                           "result": {"probabilities": probs}})
+    d = decision_of(study, m)
+    assert d.urgent and (d.total, d.threshold) == ("39%", "8.5%")
+    assert [(s.name, s.percent) for s in d.refer] == [
+        ("melanoma", "32%"), ("actinic keratosis / intraepithelial carcinoma", "6%"), ("basal cell carcinoma", "1%")]
+    assert [(s.name, s.percent) for s in d.others] == [("benign keratosis", "60%"), ("dermatofibroma", "1%")]
+    low = StudyRecord(**{**fields, "triage": "ROUTINE", "probability": 0.0849, "threshold": 0.08501,
+                         "result": {"probabilities": {**probs, "akiec": 0.001, "mel": 0.0829, "nv": 0.0}}})
+    d = decision_of(low, m)
+    assert not d.urgent and (d.total, d.threshold) == ("8.49%", "8.50%")  # never "8.5% below 8.5%"
+    assert ("actinic keratosis / intraepithelial carcinoma", "under 1%") in [(s.name, s.percent) for s in d.refer]
+    assert "melanocytic nevus" not in [s.name for s in d.others]
+    assert decision_of(low, load_bundle(CHEST).manifest) is None  # a binary exam: its score says it all
+
+
+def test_kiosk_offers_both_exams_and_shows_what_decided(tmp_path):
     from device.kiosk import create_app
     from device.core.settings import KioskConfig
     from device.appliance.context import appliance_of
@@ -232,17 +258,21 @@ def test_kiosk_offers_both_exams_and_shows_the_likeliest_diagnoses(tmp_path):
                        content_type="multipart/form-data")
             assert r.status_code == 303, r.get_data(as_text=True)
             page = c.get(r.headers["Location"]).get_data(as_text=True)
-            likeliest = re.findall(r"<li><span>([^<]+)", page[page.index("data-likeliest"):])[:3]
-            assert len(likeliest) == 3 and all(name in page for name in likeliest)
-            assert "melanoma" in " ".join(likeliest) or "nevus" in " ".join(likeliest)
-            assert "Non-commercial use only" in page and "Research use only" in page
+            decided = page[page.index("data-decided"):page.index("</div>", page.index("data-decided"))]
+            study = c.get("/api/v1/studies/" + r.headers["Location"].split("/")[-1].split("?")[0]).json
+            probs = study["result"]["probabilities"]
+            line = decided[decided.index("data-refer"):]
+            refer = re.findall(r'<span class="share">([^<]+) <strong>', line[:line.index("</p>")])
+            m = load_bundle(SKIN).manifest
+            assert refer == [m.label_name(label) for label in sorted(m.policy.urgent_labels, key=lambda k: -probs[k])]
+            assert "add up to" in decided and "Non-commercial use only" in page and "Research use only" in page
 
             xray = sorted((XRAYS / "NORMAL").glob("*.jpeg"))[0]
             r = c.post("/studies", data={"file": (io.BytesIO(xray.read_bytes()), xray.name),
                                          "exam": "skin-lesion-triage"}, content_type="multipart/form-data")
             page = c.get(r.headers["Location"]).get_data(as_text=True)
             assert 'data-triage="UNGRADABLE"' in page and "not a colour dermoscopy image" in page
-            assert "data-likeliest" not in page and "Model score" not in page
+            assert "data-decided" not in page and "Model score" not in page
     finally:
         appliance_of(app).close()
 

@@ -75,9 +75,28 @@ def test_service_is_what_the_appliance_needs(installed):
     assert s["CapabilityBoundingSet"] == "" and s["MemoryMax"]
     assert "/var/lib/bedside" in s["ReadWritePaths"].split() and "/var/lib/bedside" in s["ExecStart"]
     assert set(s["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
-    screen = _unit(installed / "bedside-kiosk.service")["Unit"]
+    screen = _unit(installed / "bedside-kiosk.service")
     # Started only once the kiosk is ready (Type=notify: After= waits for READY=1), stopped with it.
-    assert "bedside.service" in screen["After"].split() and screen["BindsTo"] == "bedside.service"
+    assert "bedside.service" in screen["Unit"]["After"].split() and screen["Unit"]["BindsTo"] == "bedside.service"
+    # The TLS keys' folder: only the service user may enter it; the browser's unit cannot see it.
+    assert screen["Service"]["InaccessiblePaths"] == "-/etc/bedside/tls"
+    tls = installed.parent.parent / "bedside" / "tls"
+    assert tls.is_dir() and tls.stat().st_mode & 0o777 == 0o700
+
+
+def test_with_https_the_screen_opens_the_loopback_plain_port(tmp_path):
+    """[server] tls_cert with plain_http_loopback_port: the browser on the device's own screen opens
+    http://127.0.0.1:<that port>/ (the kiosk's port speaks HTTPS only)."""
+    root = tmp_path / "root"
+    (root / "etc" / "bedside").mkdir(parents=True)
+    (root / "etc" / "bedside" / "bedside.toml").write_text(
+        '[server]\nhost = "0.0.0.0"\nport = 443\ntls_cert = "/etc/bedside/tls/bedside.crt"\n'
+        'tls_key = "/etc/bedside/tls/bedside.key"\nplain_http_loopback_port = 8081\n')
+    done = subprocess.run([str(SYSTEMD / "install.sh"), "--prefix", str(VENV_BEDSIDE.parent.parent.parent)],
+                          env={"DESTDIR": str(root), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    screen = _unit(root / "etc" / "systemd" / "system" / "bedside-kiosk.service")
+    assert screen["Service"]["ExecStart"].endswith(" http://127.0.0.1:8081/")
 
 
 def test_security_test_can_fail(tmp_path):

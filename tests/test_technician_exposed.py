@@ -16,25 +16,19 @@ from kiosk_support import multipart, png_bytes, start_server, stop_server
 from technician_support import WebSession, provisioned_config
 
 
-def test_beyond_loopback_everything_needs_a_login_or_a_token(tmp_path, tiny_bundle, monkeypatch):
-    notify = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(notify)
-        sock.settimeout(30)
-        monkeypatch.setenv("NOTIFY_SOCKET", notify)
-        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
-        config = provisioned_config(tmp_path, "[server]\nscreen_without_login = false\n")
-        server = start_server(tmp_path / "data", [tiny_bundle], "--host", "0.0.0.0", "--config", str(config),
-                              check_health=False)
-        try:
-            assert server.url.startswith("http://0.0.0.0:")
-            assert sock.recv(256) == b"READY=1"
-            # Health needs a login now; the watchdog's probe carries the process's own token.
-            assert sock.recv(256) == b"WATCHDOG=1"
-            _check_everything_is_closed(server.url)
-            _check_login_and_token(server.url)
-        finally:
-            stop_server(server)
+def test_beyond_loopback_everything_needs_a_login_or_a_token(tmp_path, tiny_bundle, watchdog_socket):
+    config = provisioned_config(tmp_path, "[server]\nscreen_without_login = false\n")
+    server = start_server(tmp_path / "data", [tiny_bundle], "--host", "0.0.0.0", "--config", str(config),
+                          check_health=False)
+    try:
+        assert server.url.startswith("http://0.0.0.0:")
+        assert watchdog_socket.recv(256) == b"READY=1"
+        # Health needs a login now; the watchdog's probe carries the process's own token.
+        assert watchdog_socket.recv(256) == b"WATCHDOG=1"
+        _check_everything_is_closed(server.url)
+        _check_login_and_token(server.url)
+    finally:
+        stop_server(server)
 
 
 def own_network_address() -> str | None:

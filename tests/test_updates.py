@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tarfile
 
@@ -156,7 +157,26 @@ def test_a_lower_version_needs_a_signed_downgrade(tmp_path, capsys, signer, rele
     assert rc == 1 and "0.9.0 is older than the installed 1.0.0" in err and "--allow-downgrade" in err
     assert tree(tmp_path / "data") == before
     rc, out, _ = cli(capsys, "bundle", "install", str(releases["0.9.0-down"]), "--offline", *installed_cli(tmp_path, config))
-    assert rc == 0 and f"{EXAM} 0.9.0 is active in slot b (was 1.0.0)" in out
+    assert rc == 0 and f"{EXAM} 0.9.0 is active in slot b (before: 1.0.0 in slot a)" in out
+
+
+def test_the_shipped_bundle_serves_again_after_an_install(tmp_path, signer, releases):
+    config = kiosk_config(tmp_path, signer)
+    make_bundle(tmp_path / "shipped" / "tiny", "0.5.0")
+    updates.install(releases["1.0.0"], config)
+    back = updates.use_shipped(EXAM, config)
+    assert back.line().startswith(f"{EXAM} 0.5.0 (shipped with the appliance) serves again (before: 1.0.0 in slot a): ")
+    assert load_bundle(updates.served_paths(config)[0]).manifest.version == "0.5.0"
+    [exam] = updates.list_installed(config)
+    assert (exam.version, exam.source) == ("0.5.0", "shipped")
+    assert [(s.slot, s.role, s.version) for s in exam.slots] == [("a", "previous", "1.0.0")]  # kept, to go back to
+    with pytest.raises(updates.NotInstalled, match="the shipped bundle serves already"):
+        updates.use_shipped(EXAM, config)
+    again = updates.activate(EXAM, "a", config)
+    assert again.line().startswith(f"{EXAM} 1.0.0 is active in slot a (before: the shipped 0.5.0): ")
+    shutil.rmtree(tmp_path / "shipped" / "tiny")
+    with pytest.raises(updates.NotInstalled, match="no bundle of it was shipped"):
+        updates.use_shipped(EXAM, config)
 
 
 def test_install_update_and_rollback_switch_slots(tmp_path, capsys, signer, releases):
@@ -170,7 +190,7 @@ def test_install_update_and_rollback_switch_slots(tmp_path, capsys, signer, rele
     assert (exam.version, exam.source) == ("1.1.0", "installed")
     assert {(s.slot, s.role, s.version) for s in exam.slots} == {("a", "previous", "1.0.0"), ("b", "active", "1.1.0")}
     rc, out, _ = cli(capsys, "bundle", "rollback", "--offline", *installed_cli(tmp_path, config))
-    assert rc == 0 and f"{EXAM} 1.0.0 is active in slot a (was 1.1.0)" in out
+    assert rc == 0 and f"{EXAM} 1.0.0 is active in slot a (before: 1.1.0 in slot b)" in out
     assert load_bundle(updates.served_paths(config)[0]).manifest.version == "1.0.0"
     rc, out, _ = cli(capsys, "bundle", "list", "--json", *installed_cli(tmp_path, config))
     listed = json.loads(out)["exams"][0]
@@ -190,7 +210,7 @@ def test_an_install_on_trial_waits_for_commit_or_rollback(tmp_path, capsys, sign
     assert slots.active_slot(EXAM) == "b" and slots.read_state(EXAM).trying == "b"
     assert load_bundle(updates.served_paths(config)[0]).manifest.version == "1.1.0"  # served while on trial
     rc, out, _ = cli(capsys, "bundle", "commit", *where)
-    assert rc == 0 and out == f"{EXAM} 1.1.0 is active in slot b (was 1.0.0): committed"
+    assert rc == 0 and out == f"{EXAM} 1.1.0 is active in slot b (before: 1.0.0 in slot a): committed"
     assert (slots.read_state(EXAM).committed, slots.read_state(EXAM).trying) == ("b", None)
     rc, _, err = cli(capsys, "bundle", "commit", *where)
     assert rc == 1 and "no tiny-test update awaits a commit" in err
@@ -198,7 +218,7 @@ def test_an_install_on_trial_waits_for_commit_or_rollback(tmp_path, capsys, sign
 
     updates.install(releases["0.9.0-down"], config, commit=False)
     rc, out, _ = cli(capsys, "bundle", "rollback", "--offline", *where)
-    assert rc == 0 and out.splitlines()[-1] == (f"{EXAM} 1.1.0 is active in slot b (was 0.9.0): 0.9.0 was on trial "
+    assert rc == 0 and out.splitlines()[-1] == (f"{EXAM} 1.1.0 is active in slot b (before: 0.9.0 in slot a): 0.9.0 was on trial "
                                                 "and is no longer served")
     assert slots.active_slot(EXAM) == "b" and slots.read_state(EXAM).trying is None
 

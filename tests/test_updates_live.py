@@ -40,7 +40,7 @@ def test_install_and_rollback_health_checked_on_the_running_kiosk(tmp_path, sign
         assert f"the live kiosk serves {EXAM} 1.1.0 on onnxruntime fp32 and passed 3 self-test request(s)" in done.stdout
         assert triaged_by(server) == "1.1.0"
         back = bundle_cli("rollback", EXAM, "--url", server.url, *where)
-        assert back.returncode == 0 and f"{EXAM} 1.0.0 is active in slot a (was 1.1.0)" in back.stdout, back.stderr
+        assert back.returncode == 0 and f"{EXAM} 1.0.0 is active in slot a (before: 1.1.0 in slot b)" in back.stdout, back.stderr
         assert triaged_by(server) == "1.0.0"
 
 

@@ -46,14 +46,16 @@ class Appliance:
     """The appliance's state for one process: config, store, loaded exams, metrics, the study service,
     capture sources and the DICOM node."""
 
-    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry):
+    def __init__(self, config: KioskConfig, store: Store, exams: ExamRegistry, safe_mode: str | None = None):
+        """``safe_mode``: why this appliance runs in safe mode (open_safe), or None."""
         self.config = config
         self.store = store
         self.exams = exams
+        self.safe_mode = safe_mode
         self._closers: list[Callable[[], None]] = []
         self.metrics = Metrics(exams.ids(), TRIAGE_ORDER, lambda: self.capture.status(), exams.choices, self.watched)
         self.studies = StudyService(config, store, exams, self.metrics)
-        self.backends = {
+        self.backends = {} if safe_mode else {
             name: {"available": s.ok, "version": s.version, "reason": s.reason}
             for name, s in registry.all_availability().items()
         }
@@ -63,7 +65,7 @@ class Appliance:
         )
         self.dicom = open_node(config.dicom, self.studies)
         self.capture.start()
-        self.metrics.ready = True
+        self.metrics.ready = safe_mode is None
 
     @classmethod
     def open(cls, config: KioskConfig) -> "Appliance":
@@ -79,6 +81,19 @@ class Appliance:
             return cls(config, store, exams)
         except BaseException:
             exams.close()
+            store.close()
+            raise
+
+    @classmethod
+    def open_safe(cls, config: KioskConfig, reason: str) -> "Appliance":
+        """Safe mode (device/technician/safe_mode.py): the studies, read and reviewed as usual, and
+        nothing that triages or may have caused the failed start: no model or runtime is loaded, no
+        capture source or DICOM listener runs; bundles' manifests are read when a page needs one."""
+        config = config.with_overrides(**{"capture.sources": [], "dicom.port": 0})
+        store = Store.open(config.store.data_dir)
+        try:
+            return cls(config, store, ExamRegistry([], shelved=lambda: updates.served_paths(config)), reason)
+        except BaseException:
             store.close()
             raise
 
@@ -150,15 +165,21 @@ class Appliance:
             raise NotFound(f"no capture source {source_id!r}")
         return source
 
-    def capture_study(self, source_id: str, reference: str | None, operator: str | None) -> StudyRecord:
-        """Freeze the source's newest triaged frame and store it as a study: the exact frame the model
-        saw (full resolution, as the camera sent it), its result, and where it came from."""
+    def capture_study(self, source_id: str, reference: str | None, operator: str | None,
+                      frame_seq: int | None = None) -> StudyRecord:
+        """Freeze a triaged frame and store it as a study: the exact frame the model saw (full
+        resolution, as the camera sent it), its result, and where it came from. ``frame_seq``: the
+        frame whose result a screen shows (its picture and result are stored as that pair); None:
+        the newest."""
         t0 = time.perf_counter()
         source = self.capture.get(source_id)
         if source is None:
             raise NotFound(f"no capture source {source_id!r}; configured: {', '.join(s.id for s in self.capture)}")
         status = source.stream.status()
-        live = source.live.latest()
+        live = source.live.latest() if frame_seq is None else source.live.shown(frame_seq)
+        if frame_seq is not None and live is None:
+            raise Conflict(f"source {source_id}: frame {frame_seq}, the one on the screen, is no longer kept; "
+                           "look at the picture again and capture")
         if status["state"] != STREAMING or live is None:
             why = f": {status['reason']}" if status["reason"] else ""
             raise Conflict(f"source {source_id} is {status['state']}{why}; there is no current frame to capture")
@@ -208,8 +229,10 @@ class Appliance:
     def health(self) -> dict:
         check = self.store.check
         workers = self.inference()
+        safe = {"safe_mode": True, "reason": self.safe_mode} if self.safe_mode else {}
         return {
             "ready": self.metrics.ready and not any(w["stuck"] for w in workers),
+            **safe,
             "appliance": {"version": appliance_version()},
             "inference": workers,
             "backends": self.backends,

@@ -7,6 +7,10 @@ computed from, which is what a capture stores.
 
 Optional smoothing (device/decision/smoothing.py) holds a result steady; it is reported separately
 from the per-frame result and always labelled as smoothed.
+
+The results handed to a screen (``shown``) are kept a little longer than the newest, so that the live
+page can fetch the picture of exactly the frame whose result it shows, and Capture can store exactly
+that pair, even after newer frames were judged.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +37,10 @@ from models.bundle import Manifest
 log = logging.getLogger(__name__)
 
 TriageFn = Callable[[DecodedImage, str, float], TriageResult]
+# Results handed to screens and kept for their picture and a capture: two viewers polling a few
+# times a second hold what they show for over a second. Each keeps its frame (a raw camera frame
+# can be a few MB), hence few.
+SHOWN_KEPT = 10
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,7 @@ class LiveTriage:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"triage-{source_id}", daemon=True)
         self._results: NewestSlot[LiveResult] = NewestSlot()
+        self._shown: OrderedDict[int, LiveResult] = OrderedDict()  # by frame seq, oldest first
         self._lock = threading.Lock()  # the counters
         self._processed = 0
         self._dropped = 0
@@ -113,6 +123,25 @@ class LiveTriage:
 
     def latest(self) -> LiveResult | None:
         return self._results.newest()
+
+    def show(self) -> LiveResult | None:
+        """The newest result, kept (``shown``) because a screen is about to show it."""
+        result = self._results.newest()
+        if result is not None:
+            with self._lock:
+                self._shown[result.seq] = result
+                self._shown.move_to_end(result.seq)
+                while len(self._shown) > SHOWN_KEPT:
+                    self._shown.popitem(last=False)
+        return result
+
+    def shown(self, seq: int) -> LiveResult | None:
+        """The result of frame ``seq`` if a screen was shown it lately (or it is the newest), else None."""
+        newest = self._results.newest()
+        if newest is not None and newest.seq == seq:
+            return newest
+        with self._lock:
+            return self._shown.get(seq)
 
     def wait_result(self, after_seq: int, timeout: float) -> LiveResult | None:
         """The newest result if its frame seq is above `after_seq`, waiting up to `timeout`."""

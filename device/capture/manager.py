@@ -49,7 +49,8 @@ class LiveSource:
             settings.quality.policy(),
             settings.smoothing_frames,
         )
-        self.view = LiveView(self.stream, self.live, inference.model, settings.view_max_width, settings.view_fps)
+        self.view = LiveView(self.stream, self.live, inference.model, settings.view_max_width, settings.view_fps,
+                             settings.stall_timeout_s)
 
     def start(self) -> None:
         self.live.start()

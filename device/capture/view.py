@@ -1,6 +1,8 @@
-"""The live view of one source as an MJPEG stream (multipart/x-mixed-replace), which every browser
-shows in a plain <img> with no script. One rendering per new frame is shared by all viewers, and
-the view runs at its own modest rate (view_fps), independent of the triage loop."""
+"""The live view of one source: each picture is a frame the model judged, with that frame's own
+result drawn on it, never a newer frame under an older result. The live page fetches the picture of
+the result it shows (``picture``); without script, an MJPEG stream (multipart/x-mixed-replace) shows
+the same pairs in a plain <img>. One rendering per new pair is shared by all viewers, and the stream
+runs at its own modest rate (view_fps), independent of the triage loop."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 
-from device.capture.live import LiveTriage
+from device.capture.frames import Frame
+from device.capture.live import LiveResult, LiveTriage
 from device.capture.overlay import OverlayInfo, render
 from device.capture.stream import CaptureStream
 
@@ -18,29 +21,35 @@ KEEPALIVE_S = 1.0  # resend the picture this often when nothing changes (a stall
 
 
 class LiveView:
-    def __init__(self, stream: CaptureStream, live: LiveTriage, model: Callable[[], str], max_width: int, fps: float):
+    def __init__(self, stream: CaptureStream, live: LiveTriage, model: Callable[[], str], max_width: int, fps: float,
+                 stale_s: float):
         self._stream = stream
         self._live = live
         self._model = model
         self._max_width = max_width
         self._period = 1.0 / fps
+        self._stale_s = stale_s  # a result this much older than the newest frame no longer describes the camera
         self._lock = threading.Lock()
         self._key: tuple | None = None
         self._jpeg = b""
 
     def snapshot(self) -> tuple[bytes, tuple]:
-        """The current picture (rendered again only when the frame, result or state changed)."""
+        """The current picture: the newest judged frame with its result, or, while there is no current
+        result, the newest frame marked as waiting for one. Rendered again only when it changed."""
         frame = self._stream.slot.newest()
         result = self._live.latest()
+        if result is None or (frame is not None and frame.captured - result.frame.captured > self._stale_s):
+            return self._render(frame, None)
+        return self._render(result.frame, result)
+
+    def picture(self, result: LiveResult) -> bytes:
+        """The picture of one judged frame with its result (the live page asks for the one it shows)."""
+        return self._render(result.frame, result)[0]
+
+    def _render(self, frame: Frame | None, result: LiveResult | None) -> tuple[bytes, tuple]:
         status = self._stream.status()
         model = self._model()
-        key = (
-            frame.seq if frame else 0,
-            result.frame.seq if result else 0,
-            status["state"],
-            status["reason"],
-            model,
-        )
+        key = (frame.seq if frame else 0, result.seq if result else 0, status["state"], status["reason"], model)
         with self._lock:
             if key != self._key:
                 info = OverlayInfo(status["state"], status["reason"], model, status["fps"], result)

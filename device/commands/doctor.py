@@ -18,7 +18,7 @@ from models.bundle import Bundle, BundleError, find_bundles, load_bundle
 
 PACKAGES = (
     "bedside", "numpy", "onnxruntime", "opencv-python-headless", "pydicom", "pylibjpeg",
-    "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pydantic", "flask", "waitress",
+    "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pydantic", "flask", "waitress", "cheroot",
     "prometheus-client", "python-multipart", "torch", "onnx", "openvino", "tensorrt", "pycuda",
 )
 

@@ -4,8 +4,8 @@ Prints ``Bedside kiosk ready at <url>`` once the models are loaded and warmed up
 bound (with ``--port 0`` the URL holds the port that was picked).
 
 With ``--safe-mode`` (the appliance's unit), when the last start did not complete or the settings
-file cannot be used, it starts in safe mode instead (device/technician/safe_mode.py): the technician
-area only, and the ready line says why. Without it such settings are refused (exit status 2).
+file cannot be used, it starts in safe mode instead (device/technician/safe_mode.py): no models, the
+studies readable, the technician area, and the ready line says why. Without it such settings are refused (exit status 2).
 Exits 75 when a technician asked for a restart (systemd's Restart=on-failure starts it again).
 """
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from device.core.settings import ConfigError, load_config
 from device.core.store import StoreError
+from device.core.tls import TlsError
 
 READY_LINE = "Bedside kiosk ready at {url}"
 
@@ -102,8 +103,9 @@ def _serve(config, record) -> int:
 
     record.starting()
     try:
+        _check_tls(config)
         app = create_app(config)
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, TlsError) as exc:
         record.failed(str(exc))
         print(f"bedside: {exc}", file=sys.stderr)
         return 2
@@ -114,15 +116,15 @@ def _serve(config, record) -> int:
     try:
         server = KioskServer(app, config.server, appliance.capture.end_views,
                              HealthProbe("/api/v1/health", technician.internal_token))
-    except OSError as exc:
+    except (OSError, TlsError) as exc:
         appliance.close()
-        why = f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}"
+        why = _cannot_listen(config, exc)
         record.failed(why)
         print(f"bedside: {why}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, TlsError) else 1
     record.started(config)
     signal.signal(signal.SIGTERM, _stop)
-    print(READY_LINE.format(url=server.url), flush=True)
+    print(_ready_line(server), flush=True)
     try:
         server.serve_forever()
     finally:
@@ -130,10 +132,39 @@ def _serve(config, record) -> int:
     return RESTART_EXIT_STATUS if technician.restart_requested.is_set() else 0
 
 
+def _check_tls(config) -> None:
+    """The certificate and key, checked before any model loads (TlsError says what is wrong)."""
+    tls = config.server.tls()
+    if tls is not None:
+        tls.context()
+
+
+def _screen_only(config):
+    """Safe mode where HTTPS cannot be served: plain HTTP on 127.0.0.1 only (the loopback port where
+    one is set), never on the network, so that the technician can read why on the device's screen."""
+    server = config.server
+    port = server.plain_http_loopback_port or server.port
+    screen = server.model_copy(update={"host": "127.0.0.1", "port": port, "tls_cert": None, "tls_key": None,
+                                       "plain_http_loopback_port": None})
+    return config.model_copy(update={"server": screen})
+
+
+def _cannot_listen(config, exc: Exception) -> str:
+    if isinstance(exc, TlsError):
+        return f"cannot serve HTTPS: {exc}"
+    return f"cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}"
+
+
+def _ready_line(server) -> str:
+    """The ready line; with HTTPS beside a loopback plain-HTTP port, that one too (for the screen)."""
+    line = READY_LINE.format(url=server.url)
+    return line if server.loopback_url is None else f"{line} (this device's screen: {server.loopback_url})"
+
+
 def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
-    """The technician area only, with the last known good settings; where no start ever completed,
-    the settings file's if it validates (no model is loaded from it), else the defaults."""
-    from device.kiosk.app import create_safe_app
+    """Safe mode with the last known good settings; where no start ever completed, the settings
+    file's if it validates (no model is loaded from it), else the defaults."""
+    from device.kiosk.app import close_app, create_safe_app
     from device.core.settings import KioskConfig
     from device.kiosk.server import HealthProbe, KioskServer
     from device.technician.area import RESTART_EXIT_STATUS, area_of
@@ -145,20 +176,24 @@ def _serve_safe(args: argparse.Namespace, record, reason: str, config) -> int:
     except ConfigError as exc:
         print(f"bedside: {exc}", file=sys.stderr)
         return 2
+    try:
+        _check_tls(config)
+    except TlsError as exc:
+        reason = f"{reason}; cannot serve HTTPS ({exc}), so only this device's screen is served"
+        config = _screen_only(config)
     record.safe(reason)
     app = create_safe_app(config, reason)
     technician = area_of(app)
     try:
         server = KioskServer(app, config.server, lambda: None, HealthProbe("/api/v1/alive", technician.internal_token))
     except OSError as exc:
-        technician.close()
-        print(f"bedside: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        close_app(app)
+        print(f"bedside: {_cannot_listen(config, exc)}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, _stop)
-    print(READY_LINE.format(url=server.url) + f" (SAFE MODE: {reason})", flush=True)
+    print(_ready_line(server) + f" (SAFE MODE: {reason})", flush=True)
     try:
         server.serve_forever()
     finally:
-        technician.close()
+        close_app(app)
     return RESTART_EXIT_STATUS if technician.restart_requested.is_set() else 0

@@ -72,6 +72,34 @@ class Busy(KioskError):
     code = "busy"
 
 
+class OtherPatient(KioskError):
+    """The exact image is already saved under another patient reference: a possible patient mix-up.
+    Kept as a new study only when the person confirms it (StudyService.keep_other_patient)."""
+
+    status = 409
+    code = "same_image_other_patient"
+
+    def __init__(self, filename: str, reference: str, earlier_study: int, earlier_reference: str, sha256: str):
+        super().__init__(
+            f"{filename}: this exact image was already saved as study {earlier_study} for patient reference "
+            f"{earlier_reference!r}, not {reference!r}: a possible patient mix-up. Check which patient it belongs "
+            "to; to keep it all the same, send it again with other_patient=1",
+            reference=reference, earlier_study=earlier_study, earlier_reference=earlier_reference, image_sha256=sha256,
+        )
+        self.filename = filename
+        self.reference = reference
+        self.earlier_study = earlier_study
+        self.earlier_reference = earlier_reference
+        self.sha256 = sha256
+
+
+class SafeModeRefusal(KioskError):
+    """Safe mode: no image is triaged until a technician has fixed the cause."""
+
+    status = 503
+    code = "safe_mode"
+
+
 class UnknownExam(KioskError):
     code = "unknown_exam"
 

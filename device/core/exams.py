@@ -6,6 +6,7 @@ model (device/core/serving.py). Loading picks each bundle's backend and variant
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from device.core.errors import UnknownExam
@@ -16,15 +17,21 @@ from device.runtime import registry
 from device.runtime.backend_choice import AUTO, choose
 from device.runtime.fallback import RemoteWithFallback
 from device.runtime.triager import Triager
-from models.bundle import BundleError, find_bundles, load_bundle
+from models.bundle import BundleError, Manifest, find_bundles, load_bundle, read_manifest
 
 log = logging.getLogger("bedside.kiosk")
 
 
 class ExamRegistry:
-    def __init__(self, exams: list[Exam], cache_dir: Path | None = None):
+    def __init__(self, exams: list[Exam], cache_dir: Path | None = None,
+                 shelved: Callable[[], list[Path]] | None = None):
+        """``shelved``: where the bundles of exams that are not served lie (safe mode serves none);
+        their manifests are read when a page first needs one, never at start (reading a bundle
+        may be what failed)."""
         self._exams = {e.id: e for e in exams}
         self._cache_dir = cache_dir  # where backend choices are cached, for exams loaded later
+        self._shelved = shelved
+        self._shelved_manifests: dict[str, Manifest] | None = None
 
     @classmethod
     def load(cls, settings: ModelSettings, paths: list[Path] | None = None,
@@ -110,9 +117,31 @@ class ExamRegistry:
                 f"unknown exam {exam_id!r}; available: {', '.join(self._exams)}", available=self.ids()
             ) from None
 
+    def manifest(self, exam_id: str) -> Manifest | None:
+        """What the exam's bundle says of itself (its words, labels and input): the served one's, else
+        a shelved one's; None for an exam this appliance does not know."""
+        exam = self._exams.get(exam_id)
+        if exam is not None:
+            return exam.bundle.manifest
+        if self._shelved_manifests is None:
+            self._shelved_manifests = _manifests(self._shelved() if self._shelved else [])
+        return self._shelved_manifests.get(exam_id)
+
     def close(self) -> None:
         for exam in self._exams.values():
             exam.close()
+
+
+def _manifests(paths: list[Path]) -> dict[str, Manifest]:
+    found = {}
+    for path in paths:
+        try:
+            manifest = read_manifest(path)
+        except BundleError as exc:
+            log.warning("%s: its manifest cannot be read (%s); its studies are shown without its words", path, exc)
+            continue
+        found.setdefault(manifest.id, manifest)
+    return found
 
 
 def _start_gpu(exam: Exam, settings: ModelSettings) -> None:

@@ -15,17 +15,21 @@ new study linked to the first, nothing deleted.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 from device import intake
 from device.core import exports, media
 from device.core.decoding import Decoder
 from device.core.errors import (
-    BadRequest, Conflict, ExamNeeded, ExportFailed, ImageRejected, KioskError, NotFound, UnknownExam,
+    BadRequest, Conflict, ExamNeeded, ExportFailed, ImageRejected, KioskError, NotFound, OtherPatient,
+    UnknownExam,
 )
 from device.core.exams import ExamRegistry
 from device.core.import_paths import expand_dicomdirs
@@ -46,6 +50,10 @@ MAX_REFERENCE = 120
 MAX_NOTE = 2000
 MAX_STUDY_ID = 2**63 - 1  # SQLite's largest integer: a bigger id cannot exist
 OPERATOR_KEY = "operator"
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# How long after "Mark reviewed" the tap can be taken back as a mistake (the page offers Undo for
+# less: this leaves time for a slow screen); later it is a reopening.
+UNDO_WINDOW_S = 30
 
 
 def clean_text(value: str | None, limit: int, what: str) -> str:
@@ -128,11 +136,11 @@ class StudyService:
 
     def _input_contract(self, exam_id: str) -> InputContract:
         """The input contract of the model of an installed exam (the heatmap is placed by it)."""
-        try:
-            return self.exams.resolve(exam_id).bundle.manifest.input
-        except UnknownExam as exc:
+        manifest = self.exams.manifest(exam_id)
+        if manifest is None:
             raise NotFound(f"the study's exam {exam_id!r} is not installed; its heatmap cannot be placed "
-                           f"({exc.message})") from None
+                           f"(installed: {', '.join(self.exams.ids()) or 'none'})")
+        return manifest.input
 
     # ---- who is acting -----------------------------------------------------------------------
 
@@ -164,16 +172,22 @@ class StudyService:
         operator: str | None = None,
         source: str = "upload",
         rerun_of: int | None = None,
+        other_patient_ok: bool = False,
     ) -> StudyRecord:
-        """Decode, triage and durably store one image. Raises KioskError (4xx) for bad input, and
-        ExamNeeded when no exam is named and not exactly one of several takes the image.
-        ``rerun_of``: the study this one is run again from, as another exam."""
+        """Decode, triage and durably store one image. Raises KioskError (4xx) for bad input,
+        ExamNeeded when no exam is named and not exactly one of several takes the image, and
+        OtherPatient for an image already saved under another patient reference unless
+        ``other_patient_ok`` (the person confirmed it). ``rerun_of``: the study this one is run
+        again from, as another exam."""
         t0 = time.perf_counter()
         try:
             exam = self.exams.resolve(exam_id) if exam_id or len(self.exams) == 1 else None
             reference = self.reference(reference)
             operator = self.operator(operator)
             filename = clean_text(filename, 255, "file name") or "upload"
+            other = self._other_patient(hashlib.sha256(data).hexdigest(), reference, filename)
+            if other is not None and not other_patient_ok:
+                raise other
         except KioskError as exc:
             self.metrics.error(exc.code)
             raise
@@ -191,9 +205,12 @@ class StudyService:
                 t_wait = time.perf_counter()
                 sha = written.result()
             waited = {"store_image_wait": (time.perf_counter() - t_wait) * 1e3}
+        confirmed = {} if other is None else {"same_image_as": other.earlier_study,
+                                               "other_patient_confirmed": other.earlier_reference}
         study = NewStudy(exam=exam.id, source=source, reference=reference, operator=operator, filename=filename,
                          image=stored_image(sha, len(data), img),
-                         result=StudyResult(result=result, extra_timings_ms=waited), rerun_of=rerun_of)
+                         result=StudyResult(result=result, extra_timings_ms=waited), rerun_of=rerun_of,
+                         audit_detail=confirmed)
         return self.save_triaged(study, t0)
 
     def _exam_for(self, data: bytes, filename: str) -> tuple[Exam, intake.DecodedImage, TriageResult]:
@@ -236,6 +253,27 @@ class StudyService:
         if first.reviewed_at is None:
             self.store.review(first.id, who, f"Run as {exam.name}: study #{study.id}")
         return study
+
+    def _other_patient(self, sha256: str, reference: str, filename: str) -> OtherPatient | None:
+        """The possible mix-up, when a study of these exact bytes has another patient reference (two
+        references that differ; an image saved first without one is no mix-up)."""
+        if not reference:
+            return None
+        for study_id, earlier in self.store.studies_with_image(sha256):
+            if earlier and earlier.casefold() != reference.casefold():
+                return OtherPatient(filename, reference, study_id, earlier, sha256)
+        return None
+
+    def keep_other_patient(self, sha256: str, filename: str, exam_id: str | None, reference: str | None,
+                           operator: str | None, source: str = "upload") -> StudyRecord:
+        """Triage and keep an image already in the store (refused as OtherPatient) for this other
+        patient reference, because the person confirmed it; the confirmation is in the audit log."""
+        if source not in ("upload", "import") or not SHA256.match(sha256 or ""):
+            raise BadRequest("keep which image? this form is only sent from the mix-up warning")
+        if not self.store.studies_with_image(sha256, 1):
+            raise NotFound("that image is not in the kiosk's store; choose the file again")
+        data = self.store.image_path(sha256).read_bytes()
+        return self.create_study(data, filename, exam_id, reference, operator, source, other_patient_ok=True)
 
     def _decoded(self, data: bytes, filename: str, reduce: intake.ReducedDecode | None = None
                  ) -> tuple[intake.DecodedImage, float]:
@@ -323,7 +361,7 @@ class StudyService:
     def get(self, study_id: int) -> StudyRecord:
         study = self.store.get(study_id) if study_id <= MAX_STUDY_ID else None
         if study is None:
-            raise NotFound(f"no study {study_id}")
+            raise NotFound(f"There is no study #{study_id} on this kiosk.")
         return study
 
     def view(self, study_id: int, operator: str | None) -> StudyRecord:
@@ -351,6 +389,21 @@ class StudyService:
                 f"{earlier.reviewed_at}; to change that review, say so (Change review)"
             )
         study = self.store.review(study_id, self.operator(operator), note)
+        if study is None:
+            raise NotFound(f"no study {study_id}")
+        return study
+
+    def reopen(self, study_id: int, operator: str | None, undo: bool = False) -> StudyRecord:
+        """Put a reviewed study back on the worklist. ``undo``: the person took back the tap that
+        marked it reviewed; audited as review_undone within UNDO_WINDOW_S of that review, else (the
+        page was left open) as study_reopened like any other reopening."""
+        earlier = self.get(study_id)
+        if earlier.reviewed_at is None:
+            raise Conflict(f"study {study_id} is not reviewed: it is on the worklist already")
+        age_s = time.time() - datetime.fromisoformat(earlier.reviewed_at.replace("Z", "+00:00")).timestamp()
+        action = "review_undone" if undo and age_s <= UNDO_WINDOW_S else "study_reopened"
+        detail = {"seconds_after_review": round(age_s, 1)} if undo else {}
+        study = self.store.reopen(study_id, self.operator(operator), action, detail)
         if study is None:
             raise NotFound(f"no study {study_id}")
         return study

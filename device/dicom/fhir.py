@@ -13,6 +13,7 @@ UNGRADABLE studies carry the category and the reason, never a score (as on every
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 import uuid
@@ -115,8 +116,9 @@ def _conclusion(study: StudyRecord, finding: str, manifest: Manifest) -> str:
     return f"{study.triage}: {line}.{research}"
 
 
-def deliver(destination: FhirDestination, bundle_id: str, data: bytes) -> None:
-    """Write or POST one Bundle; raises NotDelivered (try again) or Refused (for good)."""
+def deliver(destination: FhirDestination, bundle_id: str, data: bytes, tls: ssl.SSLContext | None = None) -> None:
+    """Write or POST one Bundle; raises NotDelivered (try again) or Refused (for good). ``tls``: the
+    context an https:// url is checked with (None: the system's CAs)."""
     if destination.folder is not None:
         try:
             destination.folder.mkdir(parents=True, exist_ok=True)
@@ -127,7 +129,7 @@ def deliver(destination: FhirDestination, bundle_id: str, data: bytes) -> None:
     request = urllib.request.Request(destination.url, data=data, method="POST", headers={
         "Content-Type": "application/fhir+json", "Accept": "application/fhir+json"})
     try:
-        with urllib.request.urlopen(request, timeout=destination.timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=destination.timeout_s, context=tls) as response:
             response.read()
     except urllib.error.HTTPError as exc:
         why = f"{destination.url} answered {exc.code} {exc.reason}: {exc.read(300).decode(errors='replace')}"

@@ -169,6 +169,21 @@ class Outbox:
             rows = self._db.execute("SELECT destination, state, count(*) FROM outbox GROUP BY destination, state").fetchall()
         return [{"destination": d, "state": s, "count": n} for d, s, n in rows]
 
+    def backlog(self) -> list[dict]:
+        """Per destination, for the technician: how many items wait (queued or being sent), were
+        refused for good (failed) and were sent; when the oldest waiting one was queued, and the
+        newest error of one not sent (a peer that is down: 'Connection refused')."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT destination, sum(state IN ('queued', 'sending')), sum(state = 'failed'), sum(state = 'sent'),"
+                " min(CASE WHEN state IN ('queued', 'sending') THEN created_at END),"
+                " (SELECT last_error FROM outbox e WHERE e.destination = o.destination AND e.state != 'sent'"
+                "  AND e.last_error != '' ORDER BY e.id DESC LIMIT 1)"
+                " FROM outbox o GROUP BY destination ORDER BY destination"
+            ).fetchall()
+        keys = ("destination", "waiting", "failed", "sent", "oldest_waiting_since", "last_error")
+        return [dict(zip(keys, row)) for row in rows]
+
     def items(self, limit: int = 500) -> list[dict]:
         """Newest first, as GET /api/v1/outbox lists them."""
         with self._lock:

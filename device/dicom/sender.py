@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import defaultdict
@@ -13,7 +14,8 @@ from collections import defaultdict
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
-from device.core.settings.dicom import Destination, DicomSettings, FhirDestination
+from device.core.settings.dicom import Destination, DicomSettings, FhirDestination, PeerTls
+from device.core.tls import TlsError
 from device.dicom import fhir
 from device.dicom.outbox import Item, Outbox
 
@@ -29,6 +31,10 @@ class Sender:
         self.outbox = outbox
         self._destinations = {d.name: d for d in settings.destinations}
         self._fhir = {d.name: d for d in settings.fhir_destinations}
+        # Made once (an insecure one warns once); one that cannot be made says why at each try.
+        self._tls = {d.name: _client_context(d, f"DICOM destination {d.name}") for d in settings.destinations if d.tls}
+        self._tls.update((d.name, _client_context(d, f"FHIR destination {d.name}"))
+                         for d in settings.fhir_destinations if d.url and d.url.startswith("https://"))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dicom-sender", daemon=True)
@@ -82,8 +88,12 @@ class Sender:
         for sop_class in sorted({i.sop_class for i in items}):
             ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
         where = f"{destination.ae_title} at {destination.host}:{destination.port}"
-        refused = self._unreachable(destination)
-        assoc = None if refused else ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        context = self._tls.get(destination.name)
+        refused = str(context) if isinstance(context, TlsError) else self._unreachable(destination, context)
+        # With TLS the peer's certificate must also name host (pynetdicom passes it as server_hostname).
+        tls_args = (context, destination.host) if context is not None and not refused else None
+        assoc = None if refused else ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                                                  tls_args=tls_args)
         if assoc is None or not assoc.is_established:
             why = f"cannot connect to {where}: {refused}" if refused else f"cannot associate with {where}"
             log.warning("DICOM sender: %s; %d objects wait", why, len(items))
@@ -97,13 +107,21 @@ class Sender:
             if assoc.is_established:
                 assoc.release()
 
-    def _unreachable(self, destination: Destination) -> str | None:
-        """Why a TCP connection to the peer fails now, or None. pynetdicom 3.0 leaks its socket when
-        the connect is refused (it shuts it down but never closes it): during an outage each retry
-        would leave one behind, so a down peer is found out here, with a socket that is closed."""
+    def _unreachable(self, destination: Destination, tls: ssl.SSLContext | None) -> str | None:
+        """Why a connection to the peer fails now, or None. pynetdicom 3.0 leaks its socket when the
+        connect is refused (it shuts it down but never closes it): during an outage each retry would
+        leave one behind, so a down peer is found out here, with a socket that is closed. With TLS
+        the handshake is tried here too: pynetdicom only says that the association failed, this
+        says why (an untrusted or expired certificate, another host name) in the outbox's words."""
         try:
-            with socket.create_connection((destination.host, destination.port), self.settings.acse_timeout_s):
+            with socket.create_connection((destination.host, destination.port), self.settings.acse_timeout_s) as sock:
+                if tls is not None:
+                    tls.wrap_socket(sock, server_hostname=destination.host).close()
                 return None
+        except ssl.SSLCertVerificationError as exc:
+            return f"its certificate is refused: {exc.verify_message.rstrip('.')}"
+        except ssl.SSLError as exc:
+            return f"TLS refused: {exc.reason or exc}"
         except OSError as exc:
             return exc.strerror or str(exc)
 
@@ -124,8 +142,11 @@ class Sender:
 
     def _deliver(self, destination: FhirDestination, item: Item) -> None:
         """One FHIR Bundle to its folder or endpoint (device/dicom/fhir.py)."""
+        context = self._tls.get(destination.name)
         try:
-            fhir.deliver(destination, item.sop_instance_uid, item.file.read_bytes())
+            if isinstance(context, TlsError):
+                raise fhir.NotDelivered(str(context))
+            fhir.deliver(destination, item.sop_instance_uid, item.file.read_bytes(), context)
         except fhir.Refused as exc:
             log.warning("FHIR destination %s refused Bundle %s: %s", item.destination, item.sop_instance_uid, exc)
             self.outbox.failed(item, str(exc))
@@ -136,3 +157,11 @@ class Sender:
 
     def _backoff(self, item: Item) -> float:
         return min(self.settings.retry_max_s, self.settings.retry_first_s * 2 ** item.attempts)
+
+
+def _client_context(peer: PeerTls, name: str) -> ssl.SSLContext | TlsError:
+    try:
+        return peer.client_tls().context(name)
+    except TlsError as exc:
+        log.error("%s: %s", name, exc)
+        return exc

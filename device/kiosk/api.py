@@ -114,6 +114,7 @@ def create_study():
         request.form.get("exam"),
         request.form.get("reference"),
         body_operator(request.form),
+        other_patient_ok=body_flag(request.form, "other_patient"),
     )
     first = current_appliance().store.first_with_image(study.image_sha256)
     body = {**study_json(study), "duplicate_of": first if first != study.id else None}
@@ -216,6 +217,14 @@ def run_as(study_id: int):
     body = request_body()
     study = current_appliance().studies.run_as(study_id, body_text(body, "exam"), body_operator(body))
     return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
+
+
+@api.post("/studies/<int:study_id>/reopen")
+def reopen_study(study_id: int):
+    """Put a reviewed study back on the worklist; ``undo``: taking back a review just made."""
+    body = request_body()
+    study = current_appliance().studies.reopen(study_id, body_operator(body), body_flag(body, "undo"))
+    return jsonify(study_json(study))
 
 
 @api.post("/studies/<int:study_id>/export")
@@ -333,11 +342,24 @@ def source(source_id: str):
 
 @api.get("/sources/<source_id>/latest")
 def latest(source_id: str):
+    """The newest result; its frame's picture is at ``picture``, and a capture naming its ``frame.seq``
+    stores exactly this pair, for a while after newer frames were judged (device/capture/live.py)."""
     src = current_appliance().live_source(source_id)
-    result = src.live.latest()
+    result = src.live.show()
     if result is None:
         raise NotFound(f"source {source_id} has no triage result yet (it is {src.stream.state})")
-    return jsonify({**result.as_json(), "state": src.stream.state}), 200, NO_STORE
+    picture = url_for("api.live_picture", source_id=source_id, seq=result.seq)
+    return jsonify({**result.as_json(), "state": src.stream.state, "picture": picture}), 200, NO_STORE
+
+
+@api.get("/sources/<source_id>/frames/<int:seq>")
+def live_picture(source_id: str, seq: int):
+    """The judged frame ``seq`` with its result drawn on it, while it is kept (see latest)."""
+    src = current_appliance().live_source(source_id)
+    result = src.live.shown(seq)
+    if result is None:
+        raise NotFound(f"source {source_id}: frame {seq} is no longer kept; ask for the latest result again")
+    return Response(src.view.picture(result), mimetype="image/jpeg", headers=NO_STORE)
 
 
 @api.get("/sources/<source_id>/live")
@@ -358,7 +380,10 @@ def live_stream(source_id: str):
 @api.post("/sources/<source_id>/capture")
 def capture_from_source(source_id: str):
     body = request_body()
-    study = current_appliance().capture_study(source_id, body_text(body, "reference"), body_operator(body))
+    frame = body.get("frame")
+    if frame is not None and (isinstance(frame, bool) or not isinstance(frame, int)):
+        raise BadRequest("'frame' must be the number of a frame (frame.seq of /latest)")
+    study = current_appliance().capture_study(source_id, body_text(body, "reference"), body_operator(body), frame)
     return jsonify(study_json(study)), 201, {"Location": f"/api/v1/studies/{study.id}"}
 
 

@@ -11,14 +11,15 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from device.appliance.context import EXTENSION
 from device.appliance.running import Appliance
-from device.core.errors import KioskError
+from device.core.errors import KioskError, SafeModeRefusal
 from device.core.reserve import STORAGE_FULL, is_disk_full
 from device.core.settings import KioskConfig
 from device.decision.triage import cannot_assess, shown_reasons
+from device.core.store import StoreError
 from device.dicom.shown import SEND_WORDS
 from device.kiosk.api import api, ops
 from device.kiosk.dicom_api import dicom_api
-from device.kiosk.display import local_time, waiting_s, waiting_text
+from device.kiosk.display import ROUTINE_NOTE, decision_of, local_time, waiting_s, waiting_text
 from device.kiosk.multipart import FastFormDataParser
 from device.kiosk.pages import pages
 from device.kiosk.plain_errors import PLAIN_ERRORS
@@ -29,7 +30,7 @@ from device.technician.area import EXTENSION as TECHNICIAN, TechnicianArea
 from device.technician.logbook import Logbook
 from device.technician.login_gate import install_gate
 from device.technician.pages import technician
-from device.technician.safe_mode import safe_mode_pages
+from device.technician.safe_mode import safe_mode_pages, technician_only_pages
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+# Over HTTPS: browsers that saw it refuse plain HTTP to this name for a year (the device's own screen
+# reaches the loopback plain-HTTP port by address, which HSTS does not cover).
+HSTS = "max-age=31536000"
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
@@ -74,6 +78,12 @@ def create_app(config: KioskConfig | None = None) -> Flask:
         raise
     appliance.close_with(technician_area.close)
     app = _base_app(config, technician_area)
+    _clinician_side(app, appliance)
+    return app
+
+
+def _clinician_side(app: Flask, appliance: Appliance) -> None:
+    """The clinicians' pages, the JSON API and /metrics, on ``appliance``."""
     app.extensions[EXTENSION] = appliance
     app.jinja_env.filters["local_time"] = local_time
     app.jinja_env.filters["waiting"] = lambda study: waiting_text(waiting_s(study))
@@ -82,20 +92,52 @@ def create_app(config: KioskConfig | None = None) -> Flask:
     app.jinja_env.filters["reasons"] = shown_reasons
     app.jinja_env.filters["cannot_assess"] = cannot_assess
     app.jinja_env.filters["exam_name"] = appliance.exams.name_of
+    app.jinja_env.globals["decision_of"] = decision_of
+    app.jinja_env.globals["routine_note"] = ROUTINE_NOTE
     app.register_blueprint(api)
     app.register_blueprint(dicom_api)
     app.register_blueprint(ops)
     app.register_blueprint(pages)
-    return app
 
 
 def create_safe_app(config: KioskConfig, reason: str) -> Flask:
-    """Safe mode: the technician area only, no models, no store, no clinician pages; the screen
-    says `reason`. Call ``device.technician.area.area_of(app).close()`` when done with it."""
+    """Safe mode: no models and nothing that triages; the clinicians' worklist and studies stay
+    readable (Appliance.open_safe), the technician area says ``reason``. Where the studies cannot be
+    opened either, the technician area alone. Close it with ``close_app``."""
     technician_area = TechnicianArea(config, Logbook(config.store.data_dir), safe_mode=reason)
     app = _base_app(config, technician_area)
     app.register_blueprint(safe_mode_pages)
+    try:
+        appliance = Appliance.open_safe(config, reason)
+    except StoreError as exc:
+        log.error("safe mode without the studies: %s", exc)
+        app.register_blueprint(technician_only_pages)
+        return app
+    appliance.close_with(technician_area.close)
+    _clinician_side(app, appliance)
+    app.before_request(_refuse_triage)
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Close what an app of create_app or create_safe_app holds."""
+    appliance = app.extensions.get(EXTENSION)
+    (appliance.close if appliance is not None else app.extensions[TECHNICIAN].close)()
+
+
+# What triages (or loads a model) in normal mode; in safe mode each is refused in plain words.
+TRIAGES = {
+    "api.create_study", "pages.upload_study", "api.import_files", "pages.import_studies", "pages.keep_other_patient",
+    "api.capture_from_source", "pages.live_capture", "api.reload_exam", "api.selftest_exam",
+}
+
+
+def _refuse_triage() -> None:
+    if request.endpoint in TRIAGES:
+        raise SafeModeRefusal(
+            "This kiosk is in safe mode: it cannot triage new images until a technician has fixed it. "
+            "The worklist and earlier studies can still be read."
+        )
 
 
 def _base_app(config: KioskConfig, technician_area: TechnicianArea) -> Flask:
@@ -120,6 +162,8 @@ def _base_app(config: KioskConfig, technician_area: TechnicianArea) -> Flask:
 
 def _security_headers(response):
     response.headers.update(SECURITY_HEADERS)
+    if request.is_secure:
+        response.headers["Strict-Transport-Security"] = HSTS
     return response
 
 
@@ -152,7 +196,15 @@ def _http_error(exc: HTTPException):
         return error_response(413, "too_large", _too_large_message())
     if 400 <= (exc.code or 500) < 500:
         _count_error(f"http_{exc.code}")
-    return error_response(exc.code or 500, (exc.name or "error").lower().replace(" ", "_"), exc.description or "")
+    code = (exc.name or "error").lower().replace(" ", "_")
+    if exc.code == 404 and not _wants_json():
+        return error_response(404, code, NO_PAGE)
+    return error_response(exc.code or 500, code, exc.description or "")
+
+
+# A page address this kiosk does not have, in its own words (an old bookmark, a mistyped address).
+NO_PAGE = ("There is no page at this address on this kiosk. Studies are found from the worklist or under "
+           "All studies.")
 
 
 def _too_large_message() -> str:

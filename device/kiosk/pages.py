@@ -13,7 +13,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 from device.appliance.context import current_appliance
 from device.capture.devices import list_video_devices
 from device.capture.manager import LiveSource
-from device.core.errors import BadRequest, KioskError
+from device.core.errors import BadRequest, KioskError, OtherPatient
 from device.decision.refusal import WRONG_EXAM
 from device.decision.triage import TRIAGE_ORDER, UNGRADABLE, shown_reasons
 from device.dicom.shown import facts_of
@@ -21,6 +21,7 @@ from device.kiosk.params import study_filter
 
 pages = Blueprint("pages", __name__)
 MAX_OFFSET = 2**62
+UNDO_SHOWN_S = 10  # how long the result page offers Undo after Mark reviewed (kiosk.js counts it down)
 
 
 def _new_study_page(status: int = 200, error: str | None = None, error_kind: str | None = None):
@@ -91,8 +92,28 @@ def upload_study():
             upload.read(), upload.filename, request.form.get("exam"),
             request.form.get("reference"), request.form.get("operator"),
         )
+    except OtherPatient as exc:
+        return _other_patient_page(exc, "upload")
     except KioskError as exc:
         return _new_study_page(exc.status, exc.message, exc.code)
+    return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
+
+
+def _other_patient_page(exc: OtherPatient, source: str):
+    """A possible patient mix-up: both references, a link to the earlier study, and a choice."""
+    k = current_appliance()
+    return render_template("other_patient.html", mixup=exc, source=source, exam_id=request.form.get("exam", ""),
+                           operator=request.form.get("operator", ""), earlier=k.store.get(exc.earlier_study)), 409
+
+
+@pages.post("/studies/keep")
+def keep_other_patient():
+    """The person confirmed that an image saved for another patient belongs to this one too."""
+    form = request.form
+    study = current_appliance().studies.keep_other_patient(
+        form.get("image", ""), form.get("filename", ""), form.get("exam"), form.get("reference"),
+        form.get("operator"), form.get("source", "upload"),
+    )
     return redirect(url_for("pages.result", study_id=study.id, saved=1), 303)
 
 
@@ -109,7 +130,9 @@ def import_studies():
         return _new_study_page(exc.status, exc.message, exc.code)
     if len(outcome) == 1 and not isinstance(outcome[0][1], KioskError):
         return redirect(url_for("pages.result", study_id=outcome[0][1].id, saved=1), 303)
-    return render_template("imported.html", outcome=outcome, is_error=lambda r: isinstance(r, KioskError))
+    return render_template("imported.html", outcome=outcome, is_error=lambda r: isinstance(r, KioskError),
+                           is_mixup=lambda r: isinstance(r, OtherPatient), exam_id=request.form.get("exam", ""),
+                           operator=request.form.get("operator", ""))
 
 
 @pages.get("/studies/<int:study_id>")
@@ -117,22 +140,29 @@ def result(study_id: int):
     k = current_appliance()
     study = k.studies.view(study_id, None)
     exam = next((e for e in k.exams if e.id == study.exam), None)
-    first = k.store.first_with_image(study.image_sha256)
     reruns = [k.store.get(rerun_id) for rerun_id, _ in k.store.reruns_of(study.id)]
     wrong_exam = study.triage == UNGRADABLE and any(r["code"] in WRONG_EXAM for r in shown_reasons(study.result))
     # the exams this image was run as already: this study's, its reruns', the one it was run from
     tried = {study.exam, *(s.exam for s in reruns), *([k.store.get(study.rerun_of).exam] if study.rerun_of else [])}
+    linked = {study.rerun_of, *(s.id for s in reruns)}  # the same image, run as another exam: no mix-up
+    same_image = [(i, ref) for i, ref in k.store.studies_with_image(study.image_sha256)
+                  if i != study.id and i not in linked]
     return render_template(
         "result.html",
         study=study,
-        exam=exam,
+        manifest=k.exams.manifest(study.exam),
         next_case=next((s for s in k.store.worklist(2)[0] if s.id != study.id), None),
         dicom=_dicom_facts([study], with_instances=True).get(study.id),
-        duplicate_of=first if first not in (study.id, study.rerun_of) else None,
+        exam=exam,
         reruns=reruns,
         run_as=[e for e in k.exams if e.id not in tried] if wrong_exam else [],
+        same_image=same_image,
+        other_patients=[(i, ref) for i, ref in same_image
+                        if ref and study.reference and ref.casefold() != study.reference.casefold()],
         saved=request.args.get("saved") == "1",
         reviewed=request.args.get("reviewed") == "1",
+        reopened=request.args.get("reopened") == "1",
+        undo_seconds=UNDO_SHOWN_S,
         exported=request.args.get("exported"),
         targets=k.studies.export_choices(),
         operator=k.studies.default_operator(),
@@ -159,6 +189,13 @@ def not_triaged():
     size, page = k.config.ui.page_size, _page_number()
     rows, total = k.store.untriaged(size, (page - 1) * size)
     return render_template("not_triaged.html", rows=rows, total=total, page=page, pages=max(1, -(-total // size)))
+
+
+@pages.post("/studies/<int:study_id>/reopen")
+def reopen(study_id: int):
+    form = request.form
+    current_appliance().studies.reopen(study_id, form.get("operator"), form.get("undo") == "1")
+    return redirect(url_for("pages.result", study_id=study_id, reopened=1), 303)
 
 
 @pages.post("/studies/<int:study_id>/export")
@@ -250,7 +287,7 @@ def live_index():
 def _live_page(src: LiveSource, error: str | None = None) -> str:
     k = current_appliance()
     return render_template("live.html", source=src, exam=k.exams.resolve(src.exam_id),
-                           operator=k.studies.default_operator(),
+                           operator=k.studies.default_operator(), poll_ms=max(200, round(1000 / k.config.capture.view_fps)),
                            require_reference=k.config.ui.require_reference, error=error)
 
 
@@ -262,9 +299,12 @@ def live_page(source_id: str):
 @pages.post("/live/<source_id>/capture")
 def live_capture(source_id: str):
     src = current_appliance().live_source(source_id)
+    frame = request.form.get("frame", "")
+    if frame and not frame.isdigit():
+        raise BadRequest("frame must be a frame number")
     try:
         study = current_appliance().capture_study(
-            source_id, request.form.get("reference"), request.form.get("operator")
+            source_id, request.form.get("reference"), request.form.get("operator"), int(frame) if frame else None
         )
     except KioskError as exc:
         return _live_page(src, exc.message), exc.status

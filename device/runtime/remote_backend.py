@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from device.runtime.base import (
     Availability, Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile, import_runtime,
@@ -37,20 +39,49 @@ from device.triton.versions import triton_version
 from device.runtime.variant_check import compare, golden_set, probabilities, reference_outputs
 from models.bundle import Bundle, _Strict
 
+log = logging.getLogger(__name__)
 
 class RemoteSettings(_Strict):
-    url: str = Field(description="the node's HTTP endpoint, e.g. http://10.0.0.5:8000")
+    """The node's address; with https:// its certificate must chain to ``tls_ca`` (default: certifi's
+    CAs, as tritonclient's) and name its host, unless ``tls_insecure`` (logged loudly)."""
+
+    url: str = Field(description="the node's HTTP endpoint, e.g. http://10.0.0.5:8000 or https://node.clinic:8443")
     timeout_s: float = Field(default=1.0, gt=0, le=60, description="the longest a request may take")
     connect_timeout_s: float = Field(default=0.5, gt=0, le=60, description="the longest opening a connection may take")
     model: str | None = Field(default=None, description="the model's name on the node (default: the exam id)")
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_insecure: bool = False
 
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme != "http" or not parts.hostname or parts.port is None:
-            raise ValueError(f"{value!r} is not http://HOST:PORT")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+            raise ValueError(f"{value!r} is not http://HOST:PORT or https://HOST:PORT")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_for_https(self) -> "RemoteSettings":
+        if (self.tls_ca or self.tls_cert or self.tls_key or self.tls_insecure) and not self.secure:
+            raise ValueError("the remote_tls_ settings are for an https:// remote_url")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("remote_tls_cert and remote_tls_key go together")
+        return self
+
+    @property
+    def secure(self) -> bool:
+        return self.url.startswith("https://")
+
+    def client_tls(self) -> dict:
+        """tritonclient's (geventhttpclient's) TLS arguments."""
+        if not self.secure:
+            return {}
+        options = {"ca_certs": str(self.tls_ca)} if self.tls_ca else {}
+        if self.tls_cert is not None:
+            options.update(certfile=str(self.tls_cert), keyfile=str(self.tls_key))
+        return {"ssl": True, "ssl_options": options, "insecure": self.tls_insecure}
 
     @property
     def host_port(self) -> str:
@@ -86,6 +117,10 @@ class RemoteBackend(Backend):
         self._http = _http_client()
         self.io = io
         self.settings = settings
+        if settings.tls_insecure:
+            log.warning("INSECURE TLS to the central node %s: its certificate and host name are NOT checked; "
+                        "anyone on the network path can read and change the images' tensors. Set remote_tls_ca.",
+                        settings.url)
         bundle = model.bundle
         self.model_name = settings.model or bundle.manifest.id
         self.model_version = str(triton_version(bundle.manifest.version))
@@ -205,7 +240,7 @@ class RemoteBackend(Backend):
         if client is None:
             client = self._http.InferenceServerClient(
                 self.settings.host_port, connection_timeout=self.settings.connect_timeout_s,
-                network_timeout=self.settings.timeout_s)
+                network_timeout=self.settings.timeout_s, **self.settings.client_tls())
             self._local.client = client
             with self._lock:
                 self._clients.append(client)

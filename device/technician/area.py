@@ -12,6 +12,7 @@ import time
 from flask import Flask, current_app
 
 from device.core.settings import KioskConfig
+from device.machine.clock import utc_iso
 from device.technician.credentials import CredentialError, Credentials
 from device.technician.logbook import Logbook
 from device.technician.sessions import Clock, LoginLimiter, Sessions
@@ -56,6 +57,10 @@ class TechnicianArea:
         self.started_at = time.time()
         self.restart_requested = threading.Event()
         self.last_test_frame: bytes | None = None  # the capture test's frame, shown on its page
+
+    @property
+    def started_at_utc(self) -> str:
+        return utc_iso(self.started_at)
 
     @property
     def exposed(self) -> bool:

@@ -27,7 +27,7 @@ from device.technician.area import area, is_loopback
 COOKIE = "bedside_session"
 SIGNED_IN = "bedside.signed_in"  # request.environ key
 OPEN_ENDPOINTS = frozenset({"static", "technician.login", "technician.login_form", "technician.setup",
-                            "technician.setup_form"})  # the technician area's nested blueprints need a login
+                            "technician.setup_form", "technician.started"})  # nested blueprints need a login
 
 
 class LoginRequired(KioskError):

@@ -15,8 +15,9 @@ import signal
 import zipfile
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, redirect, render_template, request
+from flask import Blueprint, Response, current_app, redirect, render_template, request
 
+from device.appliance.context import EXTENSION as APPLIANCE
 from device.core.errors import BadRequest, KioskError, NotFound
 from device.machine.clock import utc_iso
 from device.technician import checks, diagnostics, status
@@ -38,7 +39,8 @@ def _on_own_screen() -> bool:
 @technician.app_context_processor
 def _every_page() -> dict:
     a = area()
-    return {"safe_mode": a.safe_mode, "signed_in": authenticated()}
+    return {"safe_mode": a.safe_mode, "signed_in": authenticated(),
+            "clinician_pages": APPLIANCE in current_app.extensions}
 
 
 # ---- login and the first-start password -----------------------------------------------------
@@ -144,13 +146,25 @@ def status_json():
 
 @technician.post("/restart")
 def restart():
-    """Stop with RESTART_EXIT_STATUS once this answer is sent: systemd starts the kiosk again."""
+    """Asked first; confirmed (``confirm=1``), stop with RESTART_EXIT_STATUS once this answer is sent:
+    systemd starts the kiosk again. The asking page sends the confirmation itself and then watches
+    for another process to answer (``started``): a page served by this one could not load its script."""
     a = area()
+    if request.form.get("confirm") != "1":
+        return show("restarting.html", ask=True, started_at=a.started_at_utc)
     a.credentials.audit("restart", remote())
     a.restart_requested.set()
-    response = Response(render_template("technician/restarting.html"), headers=NO_STORE)
+    response = Response(render_template("technician/restarting.html", ask=False), headers=NO_STORE)
     response.call_on_close(lambda: os.kill(os.getpid(), signal.SIGTERM))
     return response
+
+
+@technician.get("/started")
+def started():
+    """When this kiosk process started, and whether in safe mode: the restart page asks, without a
+    session (the restart ends it), until another process answers."""
+    a = area()
+    return {"started_at": a.started_at_utc, "safe_mode": bool(a.safe_mode)}, 200, NO_STORE
 
 
 # ---- capture sources and DICOM ----------------------------------------------------------------
@@ -182,11 +196,20 @@ def test_frame():
     return Response(frame, mimetype="image/jpeg", headers=NO_STORE)
 
 
+# What the SCP logs when it refuses: a whole association, or one C-STORE.
+REFUSALS = ("association_rejected", "store_failed")
+REFUSALS_SHOWN = 20
+
+
 def _dicom_page(echoes: list | None = None, done: str | None = None, status_code: int = 200):
-    """The settings, and where the node runs: its routes, what is not triaged, the failed results."""
-    node = running_appliance() and running_appliance().dicom
+    """The settings, and where the node runs: its routes, what is not triaged, what waits to be sent,
+    the failed results (to retry) and what was refused."""
+    k = running_appliance()
+    node = None if k is None else k.dicom
     return show("dicom.html", status_code, dicom=area().config.dicom, echoes=echoes, node=node, done=done,
-                not_triaged=running_appliance().store.untriaged(1)[1] if node else 0)
+                running=node is not None, not_triaged=k.store.untriaged(1)[1] if node else 0,
+                backlog=node.outbox.backlog() if node else [],
+                refusals=k.store.dicom_events(REFUSALS_SHOWN, REFUSALS) if node else [])
 
 
 @technician.get("/dicom")

@@ -1,6 +1,9 @@
 """Safe mode, after OctoPrint's: when the last start did not complete, or the settings file cannot be
-used, the kiosk starts with the last known good settings and the technician area only (no models,
-no store, no clinician pages), and its screen says why.
+used, the kiosk starts with the last known good settings, no models and nothing that triages; the
+clinicians keep the worklist and the studies (read, reviewed, exported: Appliance.open_safe), told
+in plain words that new images cannot be triaged and a technician is needed; the technician area
+says why. Where not even the studies can be opened (the store is what failed), the technician area
+runs alone (``technician_only_pages``).
 
 The start record (``<data_dir>/startup.json``, written atomically) holds the state of the latest
 start: ``starting`` from the first moment, ``failed`` (with the reason) when the start raised,
@@ -30,7 +33,8 @@ RECORD = "startup.json"
 LAST_GOOD = "last-good-config.json"
 STARTING, FAILED, STARTED, SAFE = "starting", "failed", "started", "safe"
 
-safe_mode_pages = Blueprint("safe", __name__)
+safe_mode_pages = Blueprint("safe", __name__)  # every safe start
+technician_only_pages = Blueprint("technician_only", __name__)  # a safe start without the studies
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,12 @@ class StartRecord:
             return None
 
 
-@safe_mode_pages.get("/")
+@technician_only_pages.get("/")
 def home():
     return render_template("technician/safe.html"), 503, {"Cache-Control": "no-store"}
 
 
-@safe_mode_pages.get("/api/v1/health")
+@technician_only_pages.get("/api/v1/health")
 def health():
     return jsonify({"ready": False, "safe_mode": True, "reason": area().safe_mode}), 503
 

@@ -12,9 +12,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from device.core.certificates import CertificateError, describe_certificate
+from device.core.settings import LOOPBACK_NAMES
 from device.runtime import registry
 
-PACKAGES = ("bedside", "onnxruntime", "numpy", "opencv-python-headless", "pydicom", "pynetdicom", "flask", "waitress")
+PACKAGES = ("bedside", "onnxruntime", "numpy", "opencv-python-headless", "pydicom", "pynetdicom", "flask", "waitress", "cheroot")
 THERMAL = Path("/sys/class/thermal")
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # the NVIDIA driver: one folder per GPU, with "information"
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")  # a Jetson names itself here
@@ -131,4 +133,51 @@ def collect(config, started_at: float, recent: list, exams=None) -> dict:
         "disk": disk(config.store.data_dir),
         "uptime": uptime(started_at),
         "recent_problems": [vars(p) for p in recent],
+        "links": links(config),
     }
+
+
+def links(config) -> list[dict]:
+    """Each link the kiosk serves or opens on the network: TLS or not, its certificate (subject,
+    SHA-256 fingerprint, expiry) and, where something needs doing, a warning in plain words (a
+    certificate within 30 days of expiry, a plain link on the network, an insecure switch)."""
+    server, dicom = config.server, config.dicom
+    found = [_served("Kiosk (HTTPS)" if server.tls_cert else "Kiosk (HTTP)", server.tls_cert,
+                     None if server.tls_cert or server.host in LOOPBACK_NAMES else
+                     f"pages, API and passwords cross the network in clear text on {server.host}:{server.port}: "
+                     "set [server] tls_cert and tls_key")]
+    if dicom.port:
+        found.append(_served("DICOM listener (TLS)" if dicom.tls_cert else "DICOM listener", dicom.tls_cert,
+                             None if dicom.tls_cert or dicom.host in LOOPBACK_NAMES else
+                             "images arrive in clear text: set [dicom] tls_cert and tls_key"))
+    for d in dicom.destinations:
+        found.append(_peer(f"DICOM destination {d.name}", d, d.tls, "set tls = true and tls_ca"))
+    for f in dicom.fhir_destinations:
+        if f.url:
+            found.append(_peer(f"FHIR destination {f.name}", f, f.url.startswith("https://"), "use an https:// url"))
+    remote = config.models.remote_settings()
+    if remote is not None:
+        found.append(_peer("Central inference node", remote, remote.secure, "use an https:// remote_url"))
+    return found
+
+
+def _served(name: str, cert: Path | None, plain_warning: str | None) -> dict:
+    link = {"name": name, "tls": cert is not None, "warning": plain_warning}
+    if cert is None:
+        return link
+    try:
+        info = describe_certificate(cert)
+    except CertificateError as exc:
+        return {**link, "warning": str(exc)}
+    return {**link, "subject": info.subject, "fingerprint": info.fingerprint_sha256,
+            "expires": f"{info.not_after:%Y-%m-%d}", "days_left": info.days_left, "warning": info.warning()}
+
+
+def _peer(name: str, peer, tls: bool, how: str) -> dict:
+    """`how`: what makes this link TLS, for the warning."""
+    if not tls:
+        return {"name": name, "tls": False, "warning": f"sent in clear text: {how}"}
+    if peer.tls_insecure:
+        return {"name": name, "tls": True, "warning": "INSECURE: the peer's certificate and name are not checked "
+                "(tls_insecure); anyone on the network path can read and change what is sent"}
+    return {"name": name, "tls": True, "checked_against": str(peer.tls_ca or "the system's CAs"), "warning": None}

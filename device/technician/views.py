@@ -12,8 +12,10 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 def running_appliance() -> Appliance | None:
-    """The running appliance, or None in safe mode."""
-    return current_app.extensions.get(APPLIANCE)
+    """The running appliance with its models, or None in safe mode (where at most its studies are
+    open, for the clinicians: nothing the technician area may reload or health-check)."""
+    appliance = current_app.extensions.get(APPLIANCE)
+    return None if appliance is None or appliance.safe_mode else appliance
 
 
 def remote() -> str:

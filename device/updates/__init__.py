@@ -3,7 +3,8 @@
 The public API (stable; the CLI ``bedside keys`` / ``bedside bundle`` and the technician pages use
 only this). ``config`` is a ``device.core.settings.KioskConfig`` (its ``[updates]``, ``[store]`` and
 ``[models]`` sections). Every failure raises an ``UpdateError`` subclass whose ``str()`` is one plain
-line naming the reason; nothing is half done when one is raised.
+line naming the reason (``.message`` the same without the shell command that fixes it, for pages);
+nothing is half done when one is raised.
 
 Keys and archives (the model team's side):
     generate_keys(out_dir, name="bedside-signing") -> KeyPair(key_id, private_path, public_path)
@@ -18,12 +19,16 @@ The appliance's side:
     list_installed(config) -> list[InstalledExam(exam_id, version, source, path, slots: [SlotInfo])]
     activate(exam, slot, config, health=None, progress=None) -> InstallResult
     rollback(exam | None, config, health=None, progress=None) -> InstallResult   (undoes one on trial)
+    use_shipped(exam, config, health=None, progress=None) -> InstallResult   the shipped bundle again
+    shipped_version(config, exam) -> str | None;  check_downgrade(verified, current) raises Refused;
+    current_version(config, slots_of(config), exam, state) -> str | None      what an install replaces
     selftest_active(exam, config) -> SelfTestResult(ok, checks, .reason())
     recover(config) -> list[str]                             at kiosk start: undo uncommitted switches
     served_paths(config) -> list[Path]                       the bundle folders the kiosk serves
     find_archives(folders) -> list[DriveArchive(path, bytes)]   *.bedside on USB drives
 
-    InstallResult(exam_id, version, slot, previous_version, health).line() -> one line for people
+    InstallResult(exam_id, version, slot, previous_version, health, previous_slot).line() -> one line
+    for people (slot None: the shipped bundle)
     progress(step, detail) is called as each of STEPS starts ("extract" once per file).
     health: LiveKiosk(url) (a running `bedside serve`), InProcess(kiosk) (the calling kiosk process:
     anything with reload_exam(exam_id) -> dict and selftest_exam(exam_id) -> dict), or None (commit
@@ -54,8 +59,8 @@ from device.updates.drives import DriveArchive, find_archives
 from device.updates.errors import Busy, HealthCheckFailed, KeyProblem, NotInstalled, Refused, SelfTestFailed, UpdateError
 from device.updates.health import HealthCheck, InProcess, LiveKiosk, kiosk_url
 from device.updates.install import (
-    STEPS, InstalledExam, InstallResult, SlotInfo, activate, commit, install, list_installed, rollback,
-    selftest_active, served_paths, slots_of,
+    STEPS, InstalledExam, InstallResult, SlotInfo, activate, check_downgrade, commit, current_version, install,
+    list_installed, rollback, selftest_active, served_paths, shipped_version, slots_of, use_shipped,
 )
 from device.updates.keys import KeyPair, generate as generate_keys
 from device.updates.selftest import SelfTestResult
@@ -73,5 +78,6 @@ __all__ = [
     "InstalledExam", "KeyPair", "KeyProblem", "LiveKiosk", "NotInstalled", "Refused", "SelfTestFailed",
     "SelfTestResult", "SlotInfo", "Statement", "UpdateError", "VerifiedArchive", "activate", "commit", "find_archives",
     "generate_keys", "install", "kiosk_url", "list_installed", "pack_bundle", "recover", "rollback",
-    "selftest_active", "served_paths", "sign_archive", "verify",
+    "selftest_active", "served_paths", "sign_archive", "verify", "check_downgrade", "current_version",
+    "shipped_version", "use_shipped",
 ]

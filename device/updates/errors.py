@@ -1,11 +1,19 @@
 """What an update can fail with. Every message is one plain line that names the reason and, where
-there is one, what to do; the CLI prints it as it is and the technician page shows it."""
+there is one, what to do. Where a command fixes it (signing an archive, installing an application
+release), the command is kept apart: the CLI prints it (``str()``), the technician page, where no
+command can be run, shows the message alone."""
 
 from __future__ import annotations
 
 
 class UpdateError(Exception):
-    """An update, activation or rollback that did not happen; the previous state is kept."""
+    """An update, activation or rollback that did not happen; the previous state is kept.
+    ``message``: for people at the device; ``command``: what fixes it from a shell, if anything."""
+
+    def __init__(self, message: str, command: str | None = None):
+        super().__init__(message if command is None else f"{message} ({command})")
+        self.message = message
+        self.command = command
 
 
 class Refused(UpdateError):

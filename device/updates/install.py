@@ -56,13 +56,17 @@ def no_progress(step: str, detail: str) -> None:
 class InstallResult:
     exam_id: str
     version: str
-    slot: str
+    slot: str | None  # None: the bundle shipped with the appliance serves
     previous_version: str | None  # what served before (installed or shipped), None if nothing did
     health: str  # what the health check found, in one line
+    previous_slot: str | None = None  # where it served from; None: shipped (or nothing)
 
     def line(self) -> str:
-        before = f" (was {self.previous_version})" if self.previous_version else ""
-        return f"{self.exam_id} {self.version} is active in slot {self.slot}{before}: {self.health}"
+        """One line for people, which says where both came from: two slots may hold one version."""
+        where = f"is active in slot {self.slot}" if self.slot else "(shipped with the appliance) serves again"
+        before = ("" if self.previous_version is None else f" (before: {self.previous_version} in slot {self.previous_slot})"
+                  if self.previous_slot else f" (before: the shipped {self.previous_version})")
+        return f"{self.exam_id} {self.version} {where}{before}: {self.health}"
 
 
 def slots_of(config: "KioskConfig") -> Slots:
@@ -76,15 +80,20 @@ def served_paths(config: "KioskConfig") -> list[Path]:
     return served_bundles(slots_of(config).root, config.models.bundles_dir)
 
 
-def shipped_version(config: "KioskConfig", exam: str) -> str | None:
+def shipped_path(config: "KioskConfig", exam: str) -> Path | None:
+    """The folder of the bundle of ``exam`` shipped with the appliance, or None."""
     for path in find_bundles(config.models.bundles_dir):
         try:
-            m = read_manifest(path)
+            if read_manifest(path).id == exam:
+                return path
         except BundleError:
             continue
-        if m.id == exam:
-            return m.version
     return None
+
+
+def shipped_version(config: "KioskConfig", exam: str) -> str | None:
+    path = shipped_path(config, exam)
+    return None if path is None else read_manifest(path).version
 
 
 def current_version(config: "KioskConfig", slots: Slots, exam: str, state: ExamState) -> str | None:
@@ -97,7 +106,8 @@ def current_version(config: "KioskConfig", slots: Slots, exam: str, state: ExamS
 def check_downgrade(verified: VerifiedArchive, current: str | None) -> None:
     if current is not None and Version(verified.version) < Version(current) and not verified.allow_downgrade:
         raise Refused(f"{verified.path.name}: {verified.exam_id} {verified.version} is older than the installed "
-                      f"{current}; a downgrade must be signed as one (bedside bundle sign --allow-downgrade)")
+                      f"{current}; an older version is installed only from an archive signed as a downgrade",
+                      command="bedside bundle sign --allow-downgrade")
 
 
 def now_utc() -> str:
@@ -157,14 +167,17 @@ def _stage(config: "KioskConfig", slots: Slots, verified: VerifiedArchive, state
     return state.model_copy(update={"slots": {**state.slots, target: record}})
 
 
-def _switch_and_commit(slots: Slots, exam: str, state: ExamState, target: Slot, before: str | None,
-                       health: HealthCheck | None, progress: Progress, commit: bool = True) -> InstallResult:
-    version = state.slots[target].version
+def _switch_and_commit(slots: Slots, exam: str, state: ExamState, target: Slot | None, before: str | None,
+                       health: HealthCheck | None, progress: Progress, commit: bool = True,
+                       version: str | None = None) -> InstallResult:
+    """Point the exam at ``target`` (None: the shipped bundle, of ``version``), health-check, and
+    commit unless ``commit`` is False (a two-phase install: `bundle commit` records it later)."""
+    version = version or state.slots[target].version
     trying = state.model_copy(update={"trying": target})
-    progress("switch", target)
+    progress("switch", target or "shipped")
     slots.write_state(exam, trying)
     slots.switch(exam, target)
-    progress("health", target)
+    progress("health", target or "shipped")
     try:
         summary = health.check(exam, version) if health is not None else \
             "no live kiosk checked; the kiosk loads it at its next start"
@@ -174,10 +187,10 @@ def _switch_and_commit(slots: Slots, exam: str, state: ExamState, target: Slot, 
             raise HealthCheckFailed(f"{exam} {version} failed the health check ({exc}); {_back(state, before)}") from None
         raise
     if not commit:
-        return InstallResult(exam, version, target, before, summary + "; awaiting commit")
-    progress("commit", target)
+        return InstallResult(exam, version, target, before, summary + "; awaiting commit", state.committed)
+    progress("commit", target or "shipped")
     slots.write_state(exam, state.model_copy(update={"committed": target, "trying": None}))
-    return InstallResult(exam, version, target, before, summary)
+    return InstallResult(exam, version, target, before, summary, state.committed)
 
 
 def _switch_back(slots: Slots, exam: str, state: ExamState, health: HealthCheck | None) -> None:
@@ -211,7 +224,7 @@ def commit(exam: str, config: "KioskConfig", version: str | None = None) -> Inst
             raise NotInstalled(f"{exam} {trial.version} awaits a commit, not {version}")
         before = state.slots[state.committed].version if state.committed in state.slots else None
         slots.write_state(exam, state.model_copy(update={"committed": state.trying, "trying": None}))
-        return InstallResult(exam, trial.version, state.trying, before, "committed")
+        return InstallResult(exam, trial.version, state.trying, before, "committed", state.committed)
 
 
 def _only_exam(slots: Slots, exam: str | None) -> str:
@@ -283,7 +296,35 @@ def _abandon(slots: Slots, exam: str, config: "KioskConfig", health: HealthCheck
         _switch_back(slots, exam, state, health)
         version = current_version(config, slots, exam, state)
         return InstallResult(exam, version or "-", state.committed or "shipped", tried,
-                             f"{tried} was on trial and is no longer served")
+                             f"{tried} was on trial and is no longer served", state.trying)
+
+
+def use_shipped(exam: str, config: "KioskConfig", health: HealthCheck | None = None,
+                progress: Progress = no_progress) -> InstallResult:
+    """Serve the exam's bundle shipped with the appliance again, self-tested, health-checked and
+    committed like an install; the installed slots are kept (either can be activated again)."""
+    slots = slots_of(config)
+    exam = _only_exam(slots, exam)
+    shipped = shipped_path(config, exam)
+    if shipped is None:
+        raise NotInstalled(f"{exam}: no bundle of it was shipped with this appliance")
+    with slots.locked(exam):
+        progress("lock", exam)
+        slots.recover_locked(exam)
+        state = slots.read_state(exam)
+        if state.committed is None:
+            raise NotInstalled(f"{exam}: the shipped bundle serves already")
+        progress("selftest", "shipped")
+        try:
+            result = bundle_selftest(config, shipped)
+        except BundleError as exc:
+            raise SelfTestFailed(f"{exam}: the shipped bundle is damaged ({exc}); the installed one stays active") from None
+        if not result.ok:
+            raise SelfTestFailed(f"{exam}: the shipped bundle failed its self-test ({result.reason()}); "
+                                 "the installed one stays active")
+        before = current_version(config, slots, exam, state)
+        return _switch_and_commit(slots, exam, state, None, before, health, progress,
+                                  version=read_manifest(shipped).version)
 
 
 @dataclass(frozen=True)

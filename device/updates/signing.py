@@ -71,7 +71,8 @@ def check(contents: Contents, trust_dir: Path) -> Signed:
     """The archive's signature, checked: made by a key in the trust folder, over this manifest."""
     name = contents.path.name
     if contents.signature_bytes is None:
-        raise Refused(f"{name}: not signed (no signature.json); sign it with `bedside bundle sign`")
+        raise Refused(f"{name}: not signed (no signature.json); ask whoever made it for the signed archive",
+                      command="sign it with `bedside bundle sign`")
     try:
         body = SignatureFile.model_validate_json(contents.signature_bytes)
         raw = base64.b64decode(body.signature, validate=True)

@@ -61,8 +61,8 @@ def verify(path: Path, settings: UpdateSettings, trust_dir: Path | None = None) 
     """Check an archive; raises Refused with the first reason it cannot be installed here."""
     contents = archive.inspect(Path(path), limits_of(settings))
     if contents.meta_name != archive.MANIFEST_NAME:
-        raise Refused(f"{Path(path).name} is an application release, not a model bundle: "
-                      "install it with `bedside app install`")
+        raise Refused(f"{Path(path).name} is an application release, not a model bundle; it is not installed here",
+                      command="install it with `bedside app install`")
     signed = signing.check(contents, trust_dir or settings.trust_dir)
     here = appliance_version()
     if not contents.manifest.runs_on(here):

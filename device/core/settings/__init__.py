@@ -17,6 +17,7 @@ from device.capture.settings import CaptureSettings
 from device.core.settings.dicom import DicomSettings
 from device.core.settings.technician import TechnicianSettings
 from device.core.settings.updates import UpdateSettings
+from device.core.tls import ServerTls, check_private_key
 from device.runtime.remote_backend import RemoteSettings
 from device.tensorrt.settings import EngineSettings
 from models.bundle import _Strict, default_bundles_dir, describe_validation_error
@@ -30,6 +31,9 @@ def default_data_dir() -> Path:
     """Where studies live when nothing says otherwise: the XDG data dir (systemd passes /var/lib/bedside)."""
     base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(base) / "bedside"
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")  # a host here is reached from this machine only
 
 
 class ServerSettings(_Strict):
@@ -51,6 +55,29 @@ class ServerSettings(_Strict):
         description="when host is not a loopback address: the device's own screen (a request from this "
         "machine) still opens the clinician pages and API without a login; false: every request needs one",
     )
+    tls_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate (its chain may follow it): the port then serves HTTPS only, TLS 1.2 or newer, "
+        "with HSTS; a renewed file is picked up without a restart",
+    )
+    tls_key: Path | None = Field(
+        default=None, description="the certificate's PEM private key: mode 0600 and owned by the service user"
+    )
+    plain_http_loopback_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="with TLS: plain HTTP on this port of 127.0.0.1 only, for the device's own screen",
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_both_files(self) -> "ServerSettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (HTTPS) or neither (plain HTTP)")
+        if self.plain_http_loopback_port is not None and self.tls_cert is None:
+            raise ValueError("plain_http_loopback_port is for a kiosk that serves HTTPS: set tls_cert and tls_key")
+        return self
+
+    def tls(self) -> ServerTls | None:
+        return None if self.tls_cert is None else ServerTls(cert=self.tls_cert, key=self.tls_key)
 
 
 class DecodeSettings(_Strict):
@@ -104,6 +131,14 @@ class ModelSettings(_Strict):
         description="the longest a request to the node may take; past it the kiosk's own model triages the study",
     )
     remote_connect_timeout_s: float = Field(default=0.5, gt=0, le=60, description="the longest opening a connection may take")
+    remote_tls_ca: Path | None = Field(
+        default=None, description="with an https:// remote_url: the PEM CA bundle the node's certificate must chain to"
+    )
+    remote_tls_cert: Path | None = Field(default=None, description="our client certificate, where the node asks for one")
+    remote_tls_key: Path | None = Field(default=None, description="its private key: mode 0600, owned by the service user")
+    remote_tls_insecure: bool = Field(
+        default=False, description="DANGER: neither the node's certificate nor its name is checked"
+    )
     remote_retry_s: float = Field(
         default=10, ge=0.1, le=3600,
         description="while serving locally, how often the node is asked (and checked) again",
@@ -124,10 +159,15 @@ class ModelSettings(_Strict):
         if self.remote_url is None:
             return None
         return RemoteSettings(url=self.remote_url, timeout_s=self.remote_timeout_s,
-                              connect_timeout_s=self.remote_connect_timeout_s)
+                              connect_timeout_s=self.remote_connect_timeout_s, tls_ca=self.remote_tls_ca,
+                              tls_cert=self.remote_tls_cert, tls_key=self.remote_tls_key,
+                              tls_insecure=self.remote_tls_insecure)
 
     def backend_settings(self, backend: str) -> object | None:
-        """The settings section of a backend, for those that have one."""
+        """The settings section of a backend, for those that have one. The remote backend's client key
+        is checked here, where it is about to be used (TlsError: readable by others, not ours)."""
+        if backend == "remote" and self.remote_tls_key is not None:
+            check_private_key(self.remote_tls_key)
         return {"tensorrt": self.tensorrt, "remote": self.remote_settings()}.get(backend)
 
 

@@ -7,30 +7,71 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from device.core.tls import ClientTls, ServerTls
 from models.bundle import _Strict
 
 AE_TITLE = Field(pattern=r"^[ -~]{1,16}$", description="1-16 printable ASCII characters")
 
 
 class Caller(_Strict):
-    """A modality allowed to send: its calling AE title, from this address only."""
+    """A modality allowed to send: its calling AE title, from this address only (and, where the SCP
+    requires client certificates, with a certificate that names it)."""
 
     ae_title: str = AE_TITLE
     host: str
+    tls_name: str | None = Field(
+        default=None, min_length=1, max_length=253,
+        description="with tls_require_client_cert: a name its client certificate must carry (common name or "
+        "subject alternative name); default: host",
+    )
+
+    def certificate_name(self) -> str:
+        return self.tls_name or self.host
 
 
-class Destination(_Strict):
-    """A peer the results (SR, heatmap SC) are sent to by C-STORE."""
+class PeerTls(_Strict):
+    """How the kiosk checks a peer it connects to over TLS: the CA bundle its certificate must chain to
+    (default: the system's), the kiosk's own client certificate where the peer asks for one, and the
+    insecure switch (no check at all; logged loudly, shown on the technician's pages)."""
+
+    tls_ca: Path | None = Field(default=None, description="PEM CA bundle the peer's certificate must chain to")
+    tls_cert: Path | None = Field(default=None, description="our client certificate (PEM), where the peer asks")
+    tls_key: Path | None = Field(default=None, description="its private key: mode 0600, owned by the service user")
+    tls_insecure: bool = Field(
+        default=False, description="DANGER: neither the peer's certificate nor its name is checked",
+    )
+
+    def _check_tls_fields(self, uses_tls: bool, what: str, how: str) -> None:
+        """`how`: what makes the link TLS, for the message."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(f"{what}: tls_cert and tls_key go together")
+        if (self.tls_ca or self.tls_cert or self.tls_insecure) and not uses_tls:
+            raise ValueError(f"{what}: the tls_ settings are for a link over TLS ({how})")
+
+    def client_tls(self) -> ClientTls:
+        return ClientTls(ca=self.tls_ca, cert=self.tls_cert, key=self.tls_key, insecure=self.tls_insecure)
+
+
+class Destination(PeerTls):
+    """A peer the results (SR, heatmap SC) are sent to by C-STORE; with ``tls``, over TLS only (its
+    certificate must chain to tls_ca and name ``host``)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     ae_title: str = AE_TITLE
     host: str
     port: int = Field(ge=1, le=65535)
+    tls: bool = Field(default=False, description="associate over TLS only")
+
+    @model_validator(mode="after")
+    def _tls_fields(self) -> "Destination":
+        self._check_tls_fields(self.tls, f"DICOM destination {self.name!r}", "tls = true")
+        return self
 
 
-class FhirDestination(_Strict):
+class FhirDestination(PeerTls):
     """Where the optional FHIR result goes (device/dicom/fhir.py): one JSON file per study in
-    ``folder``, or POSTed (a transaction Bundle) to ``url``. Exactly one of the two."""
+    ``folder``, or POSTed (a transaction Bundle) to ``url``. Exactly one of the two. An https:// url's
+    certificate is always checked (against tls_ca, else the system's CAs) and must name its host."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     folder: Path | None = Field(default=None, description="write each Bundle here as <id>.json")
@@ -41,6 +82,8 @@ class FhirDestination(_Strict):
     def _one_place(self) -> "FhirDestination":
         if (self.folder is None) == (self.url is None):
             raise ValueError(f"FHIR destination {self.name!r}: set either folder or url (one of them)")
+        self._check_tls_fields(bool(self.url and self.url.startswith("https://")), f"FHIR destination {self.name!r}",
+                              "an https:// url")
         return self
 
 
@@ -81,6 +124,15 @@ class DicomSettings(_Strict):
     port: int = Field(default=0, ge=0, le=65535, description="0: no DICOM listener")
     host: str = Field(default="127.0.0.1", description="bind address")
     allowed_callers: list[Caller] = Field(default=[], description="empty: every caller is refused")
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (its chain may follow): the listener then speaks TLS 1.2+ only",
+    )
+    tls_key: Path | None = Field(default=None, description="its private key: mode 0600, owned by the service user")
+    tls_ca: Path | None = Field(default=None, description="PEM CA bundle that callers' client certificates must chain to")
+    tls_require_client_cert: bool = Field(
+        default=False,
+        description="refuse a caller without a client certificate from tls_ca that names it (Caller.tls_name or its host)",
+    )
     max_associations: int = Field(default=4, ge=1, le=64)
     acse_timeout_s: float = Field(default=30, gt=0, le=600, description="association negotiation")
     dimse_timeout_s: float = Field(default=30, gt=0, le=600, description="waiting for a DIMSE message")
@@ -102,4 +154,16 @@ class DicomSettings(_Strict):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"destination names must differ; used more than once: {', '.join(twice)}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both (DICOM over TLS) or neither")
+        if (self.tls_ca is not None or self.tls_require_client_cert) and self.tls_cert is None:
+            raise ValueError("tls_ca and tls_require_client_cert need the listener's own tls_cert and tls_key")
+        if self.tls_require_client_cert and self.tls_ca is None:
+            raise ValueError("tls_require_client_cert needs tls_ca, the CA bundle client certificates must chain to")
         return self
+
+    def server_tls(self) -> ServerTls | None:
+        if self.tls_cert is None:
+            return None
+        return ServerTls(cert=self.tls_cert, key=self.tls_key, ca=self.tls_ca,
+                         require_client_cert=self.tls_require_client_cert)

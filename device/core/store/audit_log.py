@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from device.core.store.connection import Connection, named
 from device.machine.clock import utc_iso
 
+# Every action the audit log takes. The table's CHECK lists them: a new one needs a migration that
+# rebuilds the table with it (schema.audit_log_with); a test compares the two.
 AUDIT_ACTIONS = (
     "study_created",
     "study_viewed",
@@ -17,6 +19,8 @@ AUDIT_ACTIONS = (
     "study_exported",
     "history_exported",
     "settings_changed",
+    "review_undone",  # a review taken back within seconds of the tap (undo)
+    "study_reopened",  # a reviewed study put back on the worklist
 )
 
 

@@ -154,10 +154,12 @@ class DicomTables(Connection):
                 (utc_iso(), *(event[c] for c in DICOM_EVENT_COLUMNS)),
             )
 
-    def dicom_events(self, limit: int = 100) -> list[dict]:
-        """Newest first."""
+    def dicom_events(self, limit: int = 100, kinds: tuple[str, ...] = ()) -> list[dict]:
+        """Newest first; ``kinds``: only these events (e.g. the refusals), else every one."""
+        where = f"WHERE event IN ({', '.join('?' * len(kinds))}) " if kinds else ""
         with self._lock:
-            rows = named(self._db, "SELECT * FROM dicom_events ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            rows = named(self._db, f"SELECT * FROM dicom_events {where}ORDER BY id DESC LIMIT ?",
+                         (*kinds, limit)).fetchall()
         return [dict(r) for r in rows]
 
 

@@ -5,10 +5,47 @@ from __future__ import annotations
 
 import sqlite3
 
-from device.core.store.audit_log import AUDIT_ACTIONS
 from device.core.store.connection import StoreError
 from device.decision.triage import TRIAGE_ORDER
 from device.machine.clock import utc_iso
+
+# The audit actions migration 1 created the table with. Each migration spells out what it made: one
+# that read the current list would give a new database a table no older one has.
+FIRST_AUDIT_ACTIONS = (
+    "study_created", "study_viewed", "study_reviewed", "study_exported", "history_exported", "settings_changed",
+)
+
+
+def audit_table(name: str, actions: tuple[str, ...]) -> str:
+    """The audit log's table, taking ``actions`` only."""
+    return f"""
+        CREATE TABLE {name} (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            operator TEXT NOT NULL DEFAULT '',
+            action TEXT NOT NULL CHECK (action IN {actions}),
+            study_id INTEGER REFERENCES studies(id),
+            detail TEXT NOT NULL DEFAULT '{{}}'
+        );"""
+
+
+AUDIT_TRIGGERS = """
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;"""
+
+
+def audit_log_with(actions: tuple[str, ...]) -> str:
+    """The audit log rebuilt with the CHECK of ``actions`` (SQLite cannot change a CHECK in place):
+    copied whole into a new table, which takes the old one's name and then its append-only triggers
+    again. Dropping a table fires no DELETE trigger, and drops the table's triggers."""
+    return audit_table("audit_log_new", actions) + """
+        INSERT INTO audit_log_new (id, at, operator, action, study_id, detail)
+            SELECT id, at, operator, action, study_id, detail FROM audit_log ORDER BY id;
+        DROP TABLE audit_log;
+        ALTER TABLE audit_log_new RENAME TO audit_log;""" + AUDIT_TRIGGERS
+
 
 # (version, SQL)
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -56,18 +93,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX studies_by_reference ON studies(reference);
         CREATE TRIGGER studies_are_kept BEFORE DELETE ON studies
         BEGIN SELECT RAISE(ABORT, 'studies are never deleted'); END;
-        CREATE TABLE audit_log (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            at TEXT NOT NULL,
-            operator TEXT NOT NULL DEFAULT '',
-            action TEXT NOT NULL CHECK (action IN {AUDIT_ACTIONS}),
-            study_id INTEGER REFERENCES studies(id),
-            detail TEXT NOT NULL DEFAULT '{{}}'
-        );
-        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
-        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
-        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
-        BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        {audit_table("audit_log", FIRST_AUDIT_ACTIONS)}{AUDIT_TRIGGERS}
         CREATE TABLE settings (
             key TEXT PRIMARY KEY,
             value TEXT NOT NULL
@@ -191,6 +217,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX dicom_untriaged_by_time ON dicom_untriaged(received_at);
         """,
     ),
+    # 6: a review can be undone and a reviewed study reopened (both audited).
+    (6, audit_log_with(FIRST_AUDIT_ACTIONS + ("review_undone", "study_reopened"))),
 )
 
 

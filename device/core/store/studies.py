@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +32,7 @@ class NewStudy:
     image: StoredImage
     result: StudyResult  # its triage result holds the heatmap (cam)
     rerun_of: int | None = None  # the study this one was run again from, as another exam
+    audit_detail: dict = field(default_factory=dict)  # added to the study_created entry
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class StudyTable(Connection):
             study_id = cur.lastrowid
             detail = {"triage": r.triage, "exam": study.exam, "source": study.source}
             record(db, "study_created", study.operator, study_id,
-                   detail if study.rerun_of is None else {**detail, "rerun_of": study.rerun_of})
+                   {**detail, **({} if study.rerun_of is None else {"rerun_of": study.rerun_of}), **study.audit_detail})
             return self._get(db, study_id)
 
     def get(self, study_id: int) -> StudyRecord | None:
@@ -213,12 +214,16 @@ class StudyTable(Connection):
             row = self._db.execute("SELECT min(id) FROM studies WHERE image_sha256 = ?", (image_sha256,)).fetchone()
         return row[0]
 
+    def studies_with_image(self, image_sha256: str, limit: int = 20) -> list[tuple[int, str]]:
+        """(id, reference) of the first studies of these exact image bytes, oldest first."""
+        with self._lock:
+            return [tuple(row) for row in self._db.execute(
+                "SELECT id, reference FROM studies WHERE image_sha256 = ? ORDER BY id LIMIT ?", (image_sha256, limit))]
+
     def review(self, study_id: int, operator: str, note: str) -> StudyRecord | None:
         """Record the review; the audit entry of a changed review holds the one it replaced."""
         with self._transaction() as db:
-            before = db.execute(
-                "SELECT reviewed_at, reviewed_by, review_note FROM studies WHERE id = ?", (study_id,)
-            ).fetchone()
+            before = _review_of(db, study_id)
             if before is None:
                 return None
             db.execute(
@@ -230,6 +235,25 @@ class StudyTable(Connection):
                 detail["replaces"] = {"at": before[0], "by": before[1], "note": before[2]}
             record(db, "study_reviewed", operator, study_id, detail)
             return self._get(db, study_id)
+
+
+    def reopen(self, study_id: int, operator: str, action: str, detail: dict) -> StudyRecord | None:
+        """Put a reviewed study back on the worklist (its review cleared); the audit entry (``action``:
+        review_undone or study_reopened) holds the review it took back, besides ``detail``."""
+        with self._transaction() as db:
+            before = _review_of(db, study_id)
+            if before is None:
+                return None
+            db.execute("UPDATE studies SET reviewed_at = NULL, reviewed_by = NULL, review_note = NULL WHERE id = ?",
+                       (study_id,))
+            record(db, action, operator, study_id,
+                   {**detail, "review": {"at": before[0], "by": before[1], "note": before[2]}})
+            return self._get(db, study_id)
+
+
+def _review_of(db: sqlite3.Connection, study_id: int) -> tuple | None:
+    """(reviewed_at, reviewed_by, review_note) of a study, or None when there is no such study."""
+    return db.execute("SELECT reviewed_at, reviewed_by, review_note FROM studies WHERE id = ?", (study_id,)).fetchone()
 
 
 def _where(f: StudyFilter) -> tuple[str, tuple]:

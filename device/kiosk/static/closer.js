@@ -133,8 +133,15 @@ document.addEventListener("DOMContentLoaded", () => {
       if (dialog.dataset.window) loadWindow().catch(() => { modeButton.textContent = "Brightness / contrast"; });
     }
     reset();
+    back = { x: window.scrollX, y: window.scrollY };
     dialog.showModal();
   };
+  // However it closes (Close, Escape), the page is left where it was: the focus going back to the
+  // opener must not scroll the banner away.
+  let back = null;
+  dialog.addEventListener("close", () => {
+    if (back) window.scrollTo(back.x, back.y);
+  });
   for (const opener of document.querySelectorAll("[data-closer-open]")) {
     opener.addEventListener("click", open);
     opener.hidden = false; // the button is only offered where this script runs

@@ -84,9 +84,33 @@ document.addEventListener("DOMContentLoaded", () => {
     if (target) target.blur();
     target = null;
   };
+  // A tap that takes the focus out of the field (on Triage, say) must land where it was aimed.
+  // Closing the keyboard drops the page's bottom padding, which moves the page under the finger
+  // between the press and the release, and the click then lands elsewhere or nowhere. So a press
+  // outside the keyboard closes it only once its click has reached its target (or, with no click,
+  // soon after the release).
+  let pressed = false;
+  let closeAfterTap = false;
+  const afterTap = () => {
+    pressed = false;
+    if (closeAfterTap) {
+      closeAfterTap = false;
+      setTimeout(close, 0);  // after the click's own handlers and default action (the form's submit)
+    }
+  };
+  document.addEventListener("pointerdown", (e) => { pressed = !board.contains(e.target); }, true);
+  document.addEventListener("click", afterTap, true);
+  const noClick = () => setTimeout(() => { if (closeAfterTap) afterTap(); }, 400);
+  document.addEventListener("pointerup", noClick, true);
+  document.addEventListener("pointercancel", noClick, true);
   document.addEventListener("focusin", (e) => {
-    if (e.target.matches(TEXT_FIELDS) && wanted()) open(e.target);
-    else if (!board.contains(e.target)) close();
+    if (e.target.matches(TEXT_FIELDS) && wanted()) {
+      closeAfterTap = false;
+      open(e.target);
+    } else if (!board.contains(e.target)) {
+      if (pressed && !board.hidden) closeAfterTap = true;
+      else close();
+    }
   });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !board.hidden) close(); });
 });

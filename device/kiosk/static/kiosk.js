@@ -27,13 +27,15 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
-  // Busy state: one tap submits once, and the button says what is happening.
+  // Busy state: one tap submits once, and the button tapped says what is happening (its own
+  // data-busy, else the form's).
   for (const form of document.querySelectorAll("form[data-busy]")) {
-    form.addEventListener("submit", () => {
-      const button = form.querySelector("button[type=submit]");
+    form.addEventListener("submit", (e) => {
+      const button = e.submitter || form.querySelector("button[type=submit]");
       if (button) {
-        button.disabled = true;
-        button.textContent = form.dataset.busy;
+        const busy = button.dataset.busy || form.dataset.busy;
+        form.querySelectorAll("button[type=submit]").forEach((b) => { b.disabled = true; });
+        if (busy) button.textContent = busy;
       }
     });
   }
@@ -81,6 +83,25 @@ document.addEventListener("DOMContentLoaded", () => {
       }
     };
     setInterval(refresh, WORKLIST_REFRESH_MS);
+  }
+
+  // Undo after Mark reviewed: offered for a few seconds, counted down on the button; then Reopen.
+  for (const undo of document.querySelectorAll("form[data-undo]")) {
+    const button = undo.querySelector("button");
+    const reopen = document.querySelector("form[data-reopen]");
+    let left = Number(undo.dataset.undo);
+    const tick = () => {
+      if (left <= 0) {
+        clearInterval(timer);
+        undo.hidden = true;
+        if (reopen) reopen.hidden = false;
+        return;
+      }
+      button.textContent = "Undo (" + left + " s)";
+      left -= 1;
+    };
+    const timer = setInterval(tick, 1000);
+    tick();
   }
 
   // Import list: select every file at once.

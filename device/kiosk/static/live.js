@@ -1,5 +1,8 @@
-// Bedside live page: keep the source's state and numbers current (the video itself is a plain <img>
-// fed by the server's MJPEG stream, and Capture is a plain form, so the page works without this).
+// Bedside live page: the picture and the result always describe one frame. Each round asks for the
+// newest result (/latest), loads the picture of its frame (the judged frame with that result drawn
+// on it) into the hidden one of two <img>, and only once it has loaded shows picture and result
+// together and points Capture at that frame. Without this script the page shows the MJPEG stream
+// (the same pairs) and Capture stores the newest pair.
 "use strict";
 
 const BORDERLINE = 0.1;
@@ -25,47 +28,74 @@ document.addEventListener("DOMContentLoaded", () => {
   };
   setInterval(refresh, 1000);
 
-  // The current result, large, beside the video: word, colour, a plain line and how clear-cut it is.
   const panel = root.querySelector("[data-live-result]");
   const word = panel.querySelector("[data-live-word]");
   const line = panel.querySelector("[data-live-line]");
-  const confidence = panel.querySelector("[data-live-confidence]");
+  const note = panel.querySelector("[data-live-note]");
+  const frameText = root.querySelector("[data-live-frame]");
+  const frameInput = root.querySelector("[data-live-frame-input]");
+  const pictures = root.querySelectorAll("[data-live-picture]");
+  const notice = root.querySelector("[data-live-unavailable]");
   const finding = panel.dataset.finding;
-  const show = (triage, text, sure) => {
+  const set = (el, text) => { if (el.textContent !== text) el.textContent = text; };  // no needless announcements
+  const show = (triage, text, aside) => {
     panel.className = "banner live-result banner-" + (triage ? triage.toLowerCase() : "pending");
     panel.dataset.triage = triage;
-    word.textContent = triage || "WAITING";
-    line.textContent = text;
-    confidence.textContent = sure;
+    set(word, triage || "WAITING");
+    set(line, text);
+    set(note, aside);
   };
-  const latest = async () => {
+  const present = (r) => {
+    if (r.triage === "UNGRADABLE") {
+      // The reasons, as every screen words them (device/decision/triage.py, cannot_assess).
+      const reasons = r.result.reasons || r.result.quality.issues;
+      const why = reasons.length ? reasons[0].message : "The frame failed the quality checks";
+      show(r.triage, "Cannot assess: " + why.charAt(0).toLowerCase() + why.slice(1), reasons.length ? reasons[0].action : "");
+    } else {
+      // Within 0.1 of the operating point the call could go either way: say so in words.
+      const borderline = Math.abs(r.probability - r.result.threshold) < BORDERLINE ? "Borderline: close to the decision point. " : "";
+      if (r.triage === "URGENT") show(r.triage, "Suspected " + finding + " - review first", borderline);
+      else show(r.triage, "Not flagged for " + finding, borderline + panel.dataset.routineNote);
+    }
+    panel.dataset.frame = r.frame.seq;
+    frameInput.value = r.frame.seq;
+    frameText.textContent = "Frame " + r.frame.seq + ", taken " + new Date(r.frame.captured_at).toLocaleTimeString();
+  };
+
+  let showing = 0;
+  let shownSeq = null;
+  let loading = false;
+  const round = async () => {
+    if (loading) return;
     try {
       const response = await fetch(panel.dataset.latest, { cache: "no-store" });
-      if (response.status === 404) return show("", "Waiting for the first result from this camera", "");
+      notice.hidden = true;
+      if (response.status === 404) {
+        if (shownSeq === null) show("", "Waiting for the first result from this camera", "");
+        return;
+      }
       if (!response.ok) return;
       const r = await response.json();
-      if (r.triage === "UNGRADABLE") {
-        // The reasons, as every screen words them (device/decision/triage.py, cannot_assess).
-        const reasons = r.result.reasons || r.result.quality.issues;
-        const why = reasons.length ? reasons[0].message : "The frame failed the quality checks";
-        return show(r.triage, "Cannot assess: " + why.charAt(0).toLowerCase() + why.slice(1),
-          reasons.length ? reasons[0].action : "");
-      }
-      // Within 0.1 of the operating point the call could go either way: say so in words.
-      const borderline = Math.abs(r.probability - r.result.threshold) < BORDERLINE;
-      show(r.triage, r.triage === "URGENT" ? "Suspected " + finding + " - review first" : "No " + finding + " pattern found",
-        borderline ? "Borderline: close to the decision point" : "Clear result");
+      if (r.frame.seq === shownSeq) return;
+      const next = pictures[1 - showing];
+      loading = true;
+      next.onload = () => {
+        loading = false;
+        next.hidden = false;
+        pictures[showing].hidden = true;
+        next.dataset.frame = r.frame.seq;
+        showing = 1 - showing;
+        shownSeq = r.frame.seq;
+        present(r);
+      };
+      next.onerror = () => { loading = false; };  // no longer kept: the next round asks again
+      next.src = r.picture;
     } catch (err) {
+      notice.hidden = false;
       show("", "The kiosk is not answering", "");
+      frameInput.value = "";
     }
   };
-  setInterval(latest, 1000);
-  // The server caps how many live views run at once (503 "busy"): say so instead of a broken image.
-  const video = root.querySelector("img.shot");
-  const notice = root.querySelector("[data-live-unavailable]");
-  const showNotice = () => {
-    notice.hidden = false;
-  };
-  video.addEventListener("error", showNotice);
-  if (video.complete && video.naturalWidth === 0) showNotice(); // it failed before this script ran
+  setInterval(round, Number(root.dataset.pollMs));
+  round();
 });
