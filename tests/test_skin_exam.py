@@ -220,7 +220,7 @@ def test_what_decided_leads_the_result_not_the_likeliest_diagnosis():
     m = load_bundle(SKIN).manifest
     probs = {"akiec": 0.064, "bcc": 0.012, "bkl": 0.598, "df": 0.005, "mel": 0.317, "nv": 0.002, "vasc": 0.002}
     fields = dict.fromkeys(StudyRecord.__dataclass_fields__)
-    study = StudyRecord(**{**fields, "triage": URGENT, "probability": 0.393, "threshold": m.policy.operating_point.threshold,
+    study = StudyRecord(**{**fields, "triage": URGENT, "probability": 0.393, "threshold": 0.085,  # as recorded
                            "result": {"probabilities": probs}})
     d = decision_of(study, m)
     assert d.urgent and (d.total, d.threshold) == ("39%", "8.5%")
