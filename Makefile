@@ -63,23 +63,27 @@ run: install
 test: install $(AXE) central
 	$(PY) -m pytest
 
-# Retrain the shipped chest X-ray bundle from scratch, reproducibly (seed 0, one CPU thread each):
-# three group-shift runs (whole acquisition groups held out), the model itself, the operating point
-# chosen from the group-shift runs, the export with the shortcut audits (refused over the limit),
-# then the gated INT8 (minmax ranges: the CPU graph agrees with FP32 on 99.77% of validation triages
-# with them, 99.65% with percentile ranges) and FP16 variants.
+# Retrain the shipped chest X-ray bundle from scratch, reproducibly (fixed seeds, one CPU thread each):
+# two ensemble members (64 px seed 1 and 128 px seed 2, each taught that a film re-aspected or
+# cropped is the same film: --consistency 1) sharing the default validation split, the group-shift
+# run of the 64 px recipe (NORMAL2 normals and viral pneumonia held out, reported in the card), the
+# ensemble averaged in one graph at the members' training rule (the card's group-shift note says
+# why not models/training/operating_point.py), the export (refusal check fitted and calibrated,
+# shortcut audits refused over the limit), then the gated INT8 (minmax ranges) and FP16 variants,
+# each keeping the refusal decisions. About 2 h 45 min of training on one core each.
 BUNDLE ?= models/bundles/chest-xray-pneumonia
 RUNS   ?= runs/chest-xray-pneumonia
+SHIFT_NOTE = The group-shift run is the 64 px member's recipe (seed 1) with the NORMAL2 normals and viral pneumonia held out; no other fold was trained for these members. The operating point is the members' training rule (sensitivity >= 0.97 on the stress validation, >= 0.95 on the clean one): applied to this one fold, the 2.0.0 rule (the lowest clean target keeping held-out sensitivity >= 0.95 on average over the folds) runs to its ceiling (0.99: threshold 0.017, clean specificity 0.859), where the bundle fails its own shortcut audits (border crop 3.8% overall, 12% of the NORMAL2 normals).
 model: install
 	rm -rf $(RUNS)
-	for fold in normal2,virus normal-im,bacteria wide; do \
-	  $(BEDSIDE) train --epochs 15 --threads 1 --hold-out $$fold --runs-dir $(RUNS)/fold-$$fold --no-progress || exit 1; \
-	done
-	$(BEDSIDE) train --epochs 36 --threads 1 --runs-dir $(RUNS)/main
-	$(PY) -m models.training.operating_point --checkpoint $(RUNS)/main/*/checkpoint.pt \
-	  --group-shift $(RUNS)/fold-*/*/checkpoint.pt --out $(RUNS)/shifted.pt
-	$(BEDSIDE) export --checkpoint $(RUNS)/shifted.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --max-flip-rate 0.03 \
-	  --out $(BUNDLE)
+	$(BEDSIDE) train --size 64 --epochs 20 --consistency 1.0 --seed 1 --threads 1 --no-progress --runs-dir $(RUNS)/m64
+	$(BEDSIDE) train --size 128 --epochs 24 --consistency 1.0 --seed 2 --threads 1 --no-progress --runs-dir $(RUNS)/m128
+	$(BEDSIDE) train --size 64 --epochs 20 --consistency 1.0 --seed 1 --hold-out normal2,virus --threads 1 \
+	  --no-progress --runs-dir $(RUNS)/fold-normal2,virus
+	$(PY) -m models.training.ensemble --member $(RUNS)/m64/*/checkpoint.pt $(RUNS)/m128/*/checkpoint.pt \
+	  --out $(RUNS)/ensemble.pt
+	$(BEDSIDE) export --checkpoint $(RUNS)/ensemble.pt --group-shift $(RUNS)/fold-*/*/checkpoint.pt --max-flip-rate 0.03 \
+	  --group-shift-note "$(SHIFT_NOTE)" --out $(BUNDLE)
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision int8 --method minmax
 	$(BEDSIDE) optimize --bundle $(BUNDLE) --precision fp16
 
@@ -87,11 +91,15 @@ clean:
 	rm -rf $(VENV) $(CENTRAL_VENV) .pytest_cache build *.egg-info node_modules
 
 # Retrain the shipped skin-lesion bundle (HAM10000, CC BY-NC 4.0: a non-commercial research bundle)
-# from scratch: seed 0, one CPU thread, then the gated INT8 (minmax ranges: the default percentile
-# ranges missed the gate at 99.50% agreement) and FP16 variants.
+# from scratch: seed 1, one CPU thread, class-balanced sampling (--sample-power 0.5, plain loss), four
+# dihedral views averaged in the graph; the export fits its refusal check; then the gated INT8
+# (minmax ranges) and FP16 variants. About 90 min of training.
 SKIN_BUNDLE ?= models/bundles/skin-lesion-triage
+SKIN_RUNS   ?= runs/skin-lesion-triage
 skin-model: install
-	$(BEDSIDE) train --exam skin-lesion-triage --threads 1 --no-progress --runs-dir runs/skin-lesion-triage \
-	  --out $(SKIN_BUNDLE)
+	rm -rf $(SKIN_RUNS)
+	$(BEDSIDE) train --exam skin-lesion-triage --sample-power 0.5 --class-weight-power 0 --seed 1 --threads 1 \
+	  --no-progress --runs-dir $(SKIN_RUNS)
+	$(BEDSIDE) export --checkpoint $(SKIN_RUNS)/*/checkpoint.pt --max-flip-rate 0.07 --out $(SKIN_BUNDLE)
 	$(BEDSIDE) optimize --bundle $(SKIN_BUNDLE) --precision int8 --method minmax
 	$(BEDSIDE) optimize --bundle $(SKIN_BUNDLE) --precision fp16

@@ -14,6 +14,9 @@ MIN_AGREEMENT = 0.995
 # moves them by up to about 0.013 on the chest and skin models; 16-bit overflow on a CPU without
 # VNNI moved them by 2.6-2.8.
 MAX_KERNEL_DEVIATION = 0.05
+# A variant may change the FP32 model's refusal decision (UNGRADABLE "not in the exam's domain" or
+# not) on at most this share of the validation images and negatives together.
+MAX_REFUSAL_CHANGE = 0.01
 
 
 @dataclass(frozen=True)
@@ -28,12 +31,17 @@ class GateResult:
     passed: bool
     reasons: tuple[str, ...]
     kernel_deviation: float | None = None  # CPU variants: this CPU's fused kernels against the graph
+    refusal_changed: float | None = None  # bundles with a refusal check: share of refusal decisions changed
+    refusal_n: int | None = None  # validation images + negatives the refusal decisions were compared on
 
     def manifest_entry(self) -> dict[str, float | int | str | bool]:
         entry = {k: v for k, v in asdict(self).items() if k not in ("reasons", "variant") and v is not None}
         entry.update(max_auc_drop=MAX_AUC_DROP, min_agreement=MIN_AGREEMENT, data="validation split")
         if self.kernel_deviation is not None:
             entry.update(max_kernel_deviation=MAX_KERNEL_DEVIATION)
+        if self.refusal_changed is not None:
+            entry.update(max_refusal_change=MAX_REFUSAL_CHANGE,
+                         refusal_data="validation split and negatives (every family, models/training/negatives.py)")
         return {k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}
 
 
@@ -75,3 +83,14 @@ def kernel_check(result: GateResult, as_written: np.ndarray, fused: np.ndarray) 
     why = (f"ONNX Runtime's INT8 kernels on this CPU do not compute this graph: logits up to {deviation:.2f} "
            f"from the graph as written (allowed {MAX_KERNEL_DEVIATION})")
     return replace(result, kernel_deviation=deviation, passed=False, reasons=(*result.reasons, why))
+
+
+def refusal_check(result: GateResult, fp32_refused: np.ndarray, refused: np.ndarray) -> GateResult:
+    """``result`` with the check that the variant keeps FP32's refusal decisions (validation images
+    and negatives, the same images for both)."""
+    changed = float(np.mean(np.asarray(fp32_refused) != np.asarray(refused)))
+    out = replace(result, refusal_changed=changed, refusal_n=int(len(refused)))
+    if changed <= MAX_REFUSAL_CHANGE:
+        return out
+    why = f"changes the refusal decision on {changed:.2%} of images (allowed {MAX_REFUSAL_CHANGE:.0%})"
+    return replace(out, passed=False, reasons=(*result.reasons, why))

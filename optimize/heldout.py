@@ -77,3 +77,17 @@ def validation_batch(bundle: Bundle, held: HeldOut) -> tuple[np.ndarray, np.ndar
     """Validation model inputs (float32) and labels."""
     x = load_images(held.val, bundle.manifest.input, progress=False).astype(np.float32)
     return x, np.asarray([s.label for s in held.val])
+
+
+def negative_batch(bundle: Bundle, held: HeldOut, per_family: int, seed: int = 7) -> np.ndarray:
+    """Images the bundle's exam must refuse, as model inputs (float32): `per_family` of every negative
+    family (models.training.negatives; the image-based ones drawn from validation images, never
+    from what calibration saw), from a seed the export's own fit did not use."""
+    from models.preprocess import to_model_input
+    from models.training import negatives
+    from models.training.images import decode_rgb
+
+    exam = split_recipe(bundle.manifest.provenance.split).exam
+    own = [decode_rgb(s.path) for s in held.val[:200]]
+    images = [negatives.generate(f, seed, per_family, 224) for f in negatives.families(exam, own=own)]
+    return np.stack([to_model_input(img, bundle.manifest.input) for batch in images for img in batch]).astype(np.float32)

@@ -38,3 +38,16 @@ def logits(path: Path, input_name: str, output_name: str, x: np.ndarray, threads
     sess = session(path, threads, fused)
     parts = [sess.run([output_name], {input_name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
     return np.concatenate(parts).astype(np.float64)
+
+
+def refused(path: Path, input_name: str, outputs: dict[str, float], x: np.ndarray, threads: int, batch: int = 64,
+            fused: bool = True) -> np.ndarray:
+    """Whether the graph's refusal check refuses each image of ``x``: any output (name -> threshold)
+    above its threshold, the device's rule."""
+    sess = session(path, threads, fused)
+    names, limits = list(outputs), np.array(list(outputs.values()))
+    parts = []
+    for i in range(0, len(x), batch):
+        scores = np.stack([np.asarray(v).reshape(-1) for v in sess.run(names, {input_name: x[i : i + batch]})], 1)
+        parts.append((scores > limits[None, :]).any(1))
+    return np.concatenate(parts)

@@ -91,8 +91,10 @@ class _Batches(CalibrationDataReader):
 
 
 def quantize_int8(
-    fp32: Path, out: Path, input_name: str, calibration: np.ndarray, recipe: Int8Recipe, method: str
+    fp32: Path, out: Path, input_name: str, calibration: np.ndarray, recipe: Int8Recipe, method: str,
+    float_outputs: tuple[str, ...] = (),
 ) -> None:
+    """`float_outputs`: graph outputs (a refusal check's scores) whose own subgraph stays in float."""
     if len(calibration) == 0:
         raise OptimizeError("refusing to quantize without calibration data")
     if method not in METHODS:
@@ -118,7 +120,8 @@ def quantize_int8(
             weight_type=QuantType.QInt8,
             calibrate_method=calibrate,
             calibration_providers=["CPUExecutionProvider"],
-            nodes_to_exclude=input_side(prepared) if recipe.float_input_side else [],
+            nodes_to_exclude=((input_side(prepared) if recipe.float_input_side else [])
+                              + only_feeding(prepared, float_outputs)),
             extra_options={
                 "ActivationSymmetric": recipe.symmetric_activations,
                 "WeightSymmetric": True,
@@ -186,9 +189,39 @@ def check_seven_bit_weights(path: Path) -> None:
                                 "would overflow on them")
 
 
-def convert_fp16(fp32: Path, out: Path) -> None:
-    """FP16 weights and activations inside, FP32 inputs and outputs at the edges."""
-    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+def only_feeding(path: Path, outputs: tuple[str, ...]) -> list[str]:
+    """The names of the nodes that compute only `outputs` (none of the graph's other outputs): a
+    refusal check's statistics, distances and head. Left in float, the check keeps its arithmetic (its
+    variance of a feature map, E[x^2] - E[x]^2, cancels badly in FP16), and only the shared network
+    below it is quantized."""
+    if not outputs:
+        return []
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+
+    def upstream(names) -> dict[str, onnx.NodeProto]:
+        found, pending = {}, [producer[n] for n in names if n in producer]
+        while pending:
+            node = pending.pop()
+            key = node.name or node.output[0]
+            if key not in found:
+                found[key] = node
+                pending += [producer[name] for name in node.input if name in producer]
+        return found
+
+    shared = upstream([o.name for o in graph.output if o.name not in outputs])
+    only = [name for name in upstream(outputs) if name not in shared]
+    unnamed = [n for n, node in upstream(outputs).items() if n not in shared and not node.name]
+    if unnamed:
+        raise OptimizeError(f"{path.name}: a node of the {', '.join(outputs)} outputs has no name to keep it in float by")
+    return only
+
+
+def convert_fp16(fp32: Path, out: Path, float_outputs: tuple[str, ...] = ()) -> None:
+    """FP16 weights and activations inside, FP32 inputs and outputs at the edges; the nodes that
+    compute only `float_outputs` stay FP32 (see `only_feeding`)."""
+    model = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True,
+                                     node_block_list=only_feeding(fp32, float_outputs) or None)
     sort_topologically(model.graph)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))

@@ -21,13 +21,14 @@ from models.training.images import decode_rgb
 from models.metrics import softmax
 from optimize import quantize
 from optimize.errors import OptimizeError
-from optimize.gate import GateResult, gate, kernel_check
-from optimize.heldout import calibration_batch, default_data_dir, redraw_split, validation_batch
-from optimize.ort_eval import judged_fused, logits, session
+from optimize.gate import GateResult, gate, kernel_check, refusal_check
+from optimize.heldout import calibration_batch, default_data_dir, negative_batch, redraw_split, validation_batch
+from optimize.ort_eval import judged_fused, logits, refused, session
 from optimize.report import VariantRun, render
 from optimize.timing import interleaved_latencies, summarise
 
 REPORT_NAME = "report.html"
+NEGATIVES_PER_FAMILY = 30  # negatives of each family the refusal decisions are compared on
 CARD_NAME = "MODEL_CARD.md"
 CARD_BEGIN, CARD_END = "<!-- optimize:begin -->", "<!-- optimize:end -->"
 
@@ -64,13 +65,19 @@ def candidates_for(precision: str) -> list[Candidate]:
     raise ValueError(f"no optimizer for precision {precision!r}")
 
 
+def _refusal_outputs(m: Manifest) -> dict[str, float]:
+    """The refusal check's graph outputs and their thresholds (none without a refusal policy)."""
+    return {c.output: c.threshold for c in m.refusal.checks} if m.refusal else {}
+
+
 def _build(c: Candidate, bundle: Bundle, tmp: Path, calib: Callable[[], np.ndarray], method: str) -> None:
     fp32 = bundle.path_of(bundle.manifest.variant("fp32").file)
+    keep_float = tuple(_refusal_outputs(bundle.manifest))
     if c.precision == "fp16":
-        quantize.convert_fp16(fp32, tmp)
+        quantize.convert_fp16(fp32, tmp, keep_float)
         return
     recipe = quantize.TENSORRT_INT8 if c.name == quantize.TENSORRT_INT8.name else quantize.CPU_INT8
-    quantize.quantize_int8(fp32, tmp, bundle.manifest.input.tensor_name, calib(), recipe, method)
+    quantize.quantize_int8(fp32, tmp, bundle.manifest.input.tensor_name, calib(), recipe, method, keep_float)
 
 
 def _audit(path: Path, precision: str, m: Manifest, images: list[np.ndarray], positive: np.ndarray,
@@ -143,6 +150,12 @@ def add_variant(
             audit_cache.append(([decode_rgb(s.path) for s in held.val], np.isin(y_val, m.urgent_indices), in_group))
         return audit_cache[0]
 
+    checks = _refusal_outputs(m)
+    if checks:
+        x_refusal = np.concatenate([x_val, negative_batch(bundle, held, NEGATIVES_PER_FAMILY)])
+        fp32_refused = refused(fp32_path, m.input.tensor_name, checks, x_refusal, threads)
+        log(f"refusal: FP32 refuses {fp32_refused[:len(x_val)].mean():.2%} of validation, "
+            f"{fp32_refused[len(x_val):].mean():.2%} of {len(x_refusal) - len(x_val)} negatives")
     outcome = Outcome()
     with tempfile.TemporaryDirectory(dir=bundle.root, prefix=".optimize-") as work:
         for c in candidates_for(precision):
@@ -155,12 +168,18 @@ def add_variant(
             if "cpu" in c.targets and c.precision == "int8":
                 fused = logits(tmp, m.input.tensor_name, m.outputs.logits, x_val, threads, fused=True)
                 c.result = kernel_check(c.result, val_logits[tmp], fused)
+            if checks:
+                c.result = refusal_check(c.result, fp32_refused, refused(
+                    tmp, m.input.tensor_name, checks, x_refusal, threads, fused=judged_fused(c.precision)))
             c.refused = _check(c, m, tmp, audit_data, threads)
             worst = f", worst audit flip rate {max(a.flip_rate for a in c.audit):.2%}" if c.audit else ""
             kernels = ("" if c.result.kernel_deviation is None
                        else f", this CPU's kernels within {c.result.kernel_deviation:.4f} of the graph")
+            refusal = ("" if c.result.refusal_changed is None
+                       else f", refusal decisions changed on {c.result.refusal_changed:.2%} of {c.result.refusal_n}")
             log(f"{c.name}: AUC {c.result.auc_variant:.4f} (FP32 {c.result.auc_fp32:.4f}), agreement "
-                f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}{kernels}{worst}: "
+                f"{c.result.agreement:.2%}, max logit deviation {c.result.max_logit_deviation:.4f}{kernels}{refusal}"
+                f"{worst}: "
                 f"{'FAIL: ' + '; '.join(c.refused) if c.refused else 'PASS'}")
             (outcome.rejected if c.refused else outcome.accepted).append(c)
         if not outcome.accepted:
@@ -240,10 +259,14 @@ def _commit(root: Path, manifest: Manifest, staged: dict[str, Path], report: byt
     return root / REPORT_NAME
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
 def _card_text(text: str, variants: list[Variant], latencies: list[dict[str, float]]) -> str:
-    rows = ["| variant | targets | file | AUC drop | agreement | max logit dev. | worst audit flip rate | "
-            "ORT CPU b1 p50 ms |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| variant | targets | file | AUC drop | agreement | max logit dev. | refusal changed | "
+            "worst audit flip rate | ORT CPU b1 p50 ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for v, lat in zip(variants, latencies):
         g = v.gate or {}
         worst = max(v.audit, key=lambda a: a.flip_rate) if v.audit else None
@@ -252,6 +275,7 @@ def _card_text(text: str, variants: list[Variant], latencies: list[dict[str, flo
             f"| {v.precision} | {', '.join(v.targets)} | `{v.file}` | "
             f"{g.get('auc_drop', 0.0):.4f} | {g.get('agreement', 1.0):.2%} | "
             f"{g.get('max_logit_deviation', 0.0):.4f} | "
+            f"{_share(g.get('refusal_changed'))} | "
             f"{f'{worst.flip_rate:.2%} ({worst.name}{where})' if worst else '-'} | {lat['p50_ms']:.3f} |"
         )
     section = "\n".join([
@@ -265,7 +289,10 @@ def _card_text(text: str, variants: list[Variant], latencies: list[dict[str, flo
         "to float rounding). "
         "The CPU graph's weights use 7 bits, so that x86 CPUs without VNNI, which add pairs of products "
         "in 16 bits, compute it as written too; ONNX Runtime's kernels on the CPU that made it stayed "
-        "within 0.05 logits of it (`kernel_deviation` in the manifest).",
+        "within 0.05 logits of it (`kernel_deviation` in the manifest). "
+        "A bundle's refusal check is computed in float in every variant (only the shared network below it is "
+        "quantized); a variant may change FP32's refusal decision on at most 1% of the validation images and "
+        f"negatives ({NEGATIVES_PER_FAMILY} of every family) together (`refusal_changed` in the manifest).",
         "",
         *rows,
         CARD_END,

@@ -121,7 +121,7 @@ class PooledHead(nn.Module):
 
     def __init__(self, widths: list[int]):
         super().__init__()
-        self.fc = nn.Linear(sum(widths), 1)
+        self.fc = nn.Linear(2 * sum(widths), 1)  # each stage's channel means, then standard deviations
 
     def forward(self, pooled: list[list[torch.Tensor]]) -> torch.Tensor:
         return torch.sigmoid(self.fc(torch.cat([stage for member in pooled for stage in member], dim=1)))

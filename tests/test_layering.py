@@ -95,6 +95,7 @@ LIBRARIES: dict[str, set[str]] = {
     "torch": {"training"},
     "onnxscript": {"training"},
     "matplotlib": {"training"},
+    "sklearn": {"training"},  # the refusal check's fit; the check itself runs inside the ONNX graph
     "onnx": {"training", "optimizer"},
     "tensorrt": {"tensorrt"},
     "pycuda": {"tensorrt"},

@@ -36,6 +36,19 @@ def skin() -> Triager:
     return Triager(load_bundle(SKIN), threads=1)
 
 
+def judged(skin: Triager, label: str, count: int, start: int = 0) -> list[Path]:
+    """The first `count` images of a label (from `start`) that the shipped model judges (its refusal
+    check refuses about 1-3% of real dermoscopy images; tests/test_shipped_refusal.py holds it to that):
+    these tests are about what it does with the images it judges."""
+    chosen = []
+    for path in images(label, 10 * count, start):
+        if skin.triage_file(path)[0].triage != UNGRADABLE:
+            chosen.append(path)
+        if len(chosen) == count:
+            return chosen
+    raise AssertionError(f"the skin exam refuses most {label} images from {start}")
+
+
 @pytest.fixture(scope="module")
 def chest() -> Triager:
     return Triager(load_bundle(CHEST), threads=1)
@@ -67,7 +80,7 @@ def test_the_manifest_states_the_exam_as_data():
 def test_dermoscopy_images_get_seven_probabilities_and_the_policy_applies(skin):
     m = skin.manifest
     for label in LABELS:
-        for path in images(label, 2):
+        for path in judged(skin, label, 2):
             result, _ = skin.triage_file(path)
             assert result.quality.ok, (path, result.quality.issues)
             assert list(result.probabilities) == LABELS
@@ -122,8 +135,8 @@ def _folder(root: Path, layout: dict[str, list[Path]]) -> Path:
 
 
 def test_eval_on_a_one_vs_rest_melanoma_folder(tmp_path, capsys, skin):
-    mel = images("mel", 12)
-    rest = images("nv", 8) + images("bkl", 4) + images("bcc", 2)
+    mel = judged(skin, "mel", 12)
+    rest = judged(skin, "nv", 8) + judged(skin, "bkl", 4) + judged(skin, "bcc", 2)
     data = _folder(tmp_path / "isic", {"mel": mel, "not_mel": rest})
     assert bedside(["eval", "--bundle", str(SKIN), "--data", str(data), "--json", "--bootstrap", "50",
                     "--threads", "1"]) == 0
@@ -141,8 +154,8 @@ def test_eval_on_a_one_vs_rest_melanoma_folder(tmp_path, capsys, skin):
     assert "nv is not an urgent label" in capsys.readouterr().err
 
 
-def test_eval_on_a_labelled_folder_reports_per_class_metrics(tmp_path, capsys):
-    data = _folder(tmp_path / "all", {label: images(label, 3, start=10) for label in LABELS})
+def test_eval_on_a_labelled_folder_reports_per_class_metrics(tmp_path, capsys, skin):
+    data = _folder(tmp_path / "all", {label: judged(skin, label, 3, start=10) for label in LABELS})
     assert bedside(["eval", "--bundle", str(SKIN), "--data", str(data), "--json", "--bootstrap", "50",
                     "--threads", "1"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -207,7 +220,7 @@ def test_what_decided_leads_the_result_not_the_likeliest_diagnosis():
     m = load_bundle(SKIN).manifest
     probs = {"akiec": 0.064, "bcc": 0.012, "bkl": 0.598, "df": 0.005, "mel": 0.317, "nv": 0.002, "vasc": 0.002}
     fields = dict.fromkeys(StudyRecord.__dataclass_fields__)
-    study = StudyRecord(**{**fields, "triage": URGENT, "probability": 0.393, "threshold": m.policy.operating_point.threshold,
+    study = StudyRecord(**{**fields, "triage": URGENT, "probability": 0.393, "threshold": 0.085,  # as recorded
                            "result": {"probabilities": probs}})
     d = decision_of(study, m)
     assert d.urgent and (d.total, d.threshold) == ("39%", "8.5%")

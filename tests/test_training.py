@@ -139,6 +139,49 @@ def test_samples_carry_group_and_original_aspect(samples):
     assert sum(s.aspect is not None for s in samples) > 4000
 
 
+def test_export_fits_the_refusal_check_into_the_graph_and_declares_it(tiny_chest):
+    """`bedside train --out` / `export` fit the refusal check on the model's own features and put it
+    in the graph: the manifest names its outputs and thresholds with what was measured, the golden
+    file holds its scores, the card explains it, and a fresh draw of printed documents is refused."""
+    from models.preprocess import to_model_input
+    from models.training import negatives as ng
+    from models.training.export import INPUT_NAME, onnx_session
+    from models.training.images import decode_rgb
+
+    bundle = load_bundle(tiny_chest.bundle)
+    policy = bundle.manifest.refusal
+    assert policy is not None and policy.subject == "a chest X-ray" and "chest radiographs" in policy.advice
+    assert [(c.name, c.output) for c in policy.checks] == [("domain", "refusal_domain"), ("density", "refusal_density")]
+    assert policy.calibrated_refusal_rate == 0.01 and "half of the" in policy.calibrated_on
+    assert bundle.manifest.output_names == ("logits", "cam", "refusal_domain", "refusal_density")
+    kinds = [m.data for m in policy.measured]
+    assert kinds[0].startswith("validation (in-distribution)") and kinds[1].startswith("stress copies")
+    families = ng.families(ng.CHEST_EXAM, own=[np.zeros((8, 8, 3), np.uint8)], other=[np.zeros((8, 8, 3), np.uint8)])
+    assert sum(k.startswith("negatives: ") for k in kinds) == len(families) == 11
+    assert sum(k.startswith("left out of the fit: ") for k in kinds) == len(families)
+    assert "## When the model refuses" in bundle.path_of("MODEL_CARD.md").read_text()
+
+    session = onnx_session(bundle.path_of("model.onnx"))
+    with np.load(bundle.path_of("golden.npz"), allow_pickle=False) as golden:
+        inputs, stored = golden["inputs"].astype(np.float32), {c.output: golden[c.output] for c in policy.checks}
+    got = session.run(list(stored), {INPUT_NAME: inputs})
+    for (name, want), value in zip(stored.items(), got):
+        assert value.shape == (len(inputs),)
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5)
+
+    documents = ng.generate(next(f for f in families if f.name == "documents"), 5, 12, 224)
+    films = [decode_rgb(p) for p in sorted((DATA / "NORMAL").glob("*.jpeg"))[:6]]
+    limits = np.array([c.threshold for c in policy.checks])
+
+    def refused(images) -> np.ndarray:
+        x = np.stack([to_model_input(img, bundle.manifest.input) for img in images])
+        scores = np.stack(session.run([c.output for c in policy.checks], {INPUT_NAME: x}), 1)
+        return (scores > limits).any(1)
+
+    assert refused(documents).mean() >= 0.9
+    assert refused(films).mean() <= 0.5  # a one-epoch model on 48 films: a loose bound, but not "refuse all"
+
+
 def test_bundle_ships_golden_inputs_that_the_self_test_checks(tiny_chest, tmp_path):
     """Real validation images with the FP32 probabilities stored at export; doctor's self-test runs
     every variant on them, and stored outputs that no longer match are a failure."""

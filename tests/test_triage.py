@@ -131,6 +131,7 @@ def test_a_jpeg_decoded_at_the_models_scale_gets_the_full_decodes_answer(dataset
     if not files:
         pytest.skip("no full-resolution chest X-ray samples")
     t, reduce = shipped_triager, shipped_triager.reduced_decode
+    threshold = t.manifest.policy.operating_point.threshold
     factors = set()
     for path in files:
         reduced, img = t.triage_file(path)
@@ -138,9 +139,11 @@ def test_a_jpeg_decoded_at_the_models_scale_gets_the_full_decodes_answer(dataset
         factor = img.original_size[0] / img.pixels.shape[0]
         factors.add(round(factor))
         assert min(img.pixels.shape[:2]) >= reduce.min_side and any("scale" in n for n in img.notes), path.name
-        assert reduced.triage == full.triage and reduced.quality.ok == full.quality.ok, path.name
-        assert reduced.model_output.probabilities["PNEUMONIA"] == pytest.approx(
-            full.model_output.probabilities["PNEUMONIA"], abs=0.03), path.name
+        p_full = full.model_output.probabilities["PNEUMONIA"]
+        assert reduced.model_output.probabilities["PNEUMONIA"] == pytest.approx(p_full, abs=0.03), path.name
+        assert reduced.quality.ok == full.quality.ok, path.name
+        if abs(p_full - threshold) > 0.03:  # on the threshold, a change within that tolerance may flip it
+            assert reduced.triage == full.triage, path.name
     assert factors & {4, 8}  # these 1000-2900 px radiographs are decoded at 1/4 or 1/8
 
 

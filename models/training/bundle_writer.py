@@ -1,6 +1,7 @@
-"""Write a bundle from a checkpoint (a trained model or an ensemble), for any exam: export the graph,
-check it against torch, run the shortcut audits (refusing a model over its limit), store the golden
-inputs, then the exam's figures, card and manifest. The exam's recipe supplies what differs.
+"""Write a bundle from a checkpoint (a trained model or an ensemble), for any exam: fit its refusal
+check (models.training.refusal_policy) and put it in the graph, export the graph, check it against
+torch, run the shortcut audits (refusing a model over its limit), store the golden inputs, then the
+exam's figures, card and manifest. The exam's recipe supplies what differs.
 
 `bedside train --out` and `bedside export` both end here. A bundle is built in a temporary folder
 beside `out` and moved into place only once complete, so a refused or interrupted export never
@@ -25,6 +26,7 @@ from models import audit
 from models.bundle import (
     AuditCheck,
     AuditPolicy,
+    RefusalPolicy,
     DataSplit,
     Manifest,
     Outputs,
@@ -37,10 +39,12 @@ from models.datasets import REPO_ROOT
 from models.metrics import softmax
 from models.preprocess import to_model_input
 from models.training.card_tables import ensemble_members
-from models.training.export import INPUT_NAME, OPSET, deployable, export_onnx, graph_notes, max_abs_diff, onnx_session
+from models.training.export import (INPUT_NAME, OPSET, as_ensemble, deployable, export_onnx, graph_notes, max_abs_diff,
+                                    onnx_session)
 from models.training.images import Sample, decode_rgb, load_images
 from models.training.monitoring import add_monitoring_reference
 from models.training.recipe import Exported, Recipe
+from models.training.refusal_policy import card_section, refusal_for
 
 MODEL_FILE = "model.onnx"
 GOLDEN_FILE = "golden.npz"
@@ -123,16 +127,20 @@ def audit_onnx(recipe: Recipe, path: Path, checkpoint: dict, val: list[Sample]) 
                            recipe.audit_group, in_group)
 
 
-def write_golden(recipe: Recipe, path: Path, model_path: Path, checkpoint: dict, val: list[Sample]) -> Path:
+def write_golden(recipe: Recipe, path: Path, model_path: Path, checkpoint: dict, val: list[Sample],
+                 refusal: RefusalPolicy | None = None) -> Path:
     """Real validation images (the first few of each class) as model inputs, with the FP32 model's
-    probabilities on exactly those inputs: what the device's self-test reproduces."""
+    probabilities on exactly those inputs (and each refusal output, under its output's name): what
+    the device's self-test reproduces."""
     chosen = [s for label in range(len(recipe.labels))
               for s in [v for v in val if v.label == label][: recipe.golden_per_class]]
     contract = recipe.input_contract(int(checkpoint["size"]), INPUT_NAME)
     inputs = np.stack([to_model_input(decode_rgb(s.path), contract) for s in chosen]).astype(np.float16)
-    logits = onnx_session(model_path).run(["logits"], {INPUT_NAME: inputs.astype(np.float32)})[0]
+    extra = [c.output for c in refusal.checks] if refusal else []
+    logits, *scores = onnx_session(model_path).run(["logits", *extra], {INPUT_NAME: inputs.astype(np.float32)})
     with open(path, "wb") as fh:
-        np.savez_compressed(fh, inputs=inputs, probabilities=softmax(logits.astype(np.float64)))
+        np.savez_compressed(fh, inputs=inputs, probabilities=softmax(logits.astype(np.float64)),
+                            **{name: np.asarray(v, np.float32).reshape(len(inputs)) for name, v in zip(extra, scores)})
     return path
 
 
@@ -149,13 +157,13 @@ def group_shift_folds(checkpoints: list[dict]) -> list[dict]:
 
 
 def build_manifest(recipe: Recipe, checkpoint: dict, results, bundle_id: str, version: str, files: dict,
-                   checks: list[AuditCheck], group_shift: list[dict]) -> Manifest:
+                   checks: list[AuditCheck], group_shift: list[dict], refusal: RefusalPolicy | None = None) -> Manifest:
     data, who = checkpoint["data"], recipe.identity
     return Manifest(
         id=bundle_id, version=version, title=who.title, intended_use=who.intended_use, research_only=True,
         disclaimer=who.disclaimer, task=recipe.task, labels=list(recipe.labels), label_names=who.label_names,
         input=recipe.input_contract(int(checkpoint["size"]), INPUT_NAME), outputs=Outputs(logits="logits", cam="cam"),
-        quality=recipe.quality,
+        quality=recipe.quality, refusal=refusal,
         provenance=Provenance(
             dataset=who.dataset, dataset_licence=who.licence, citation=who.citation,
             training_command=checkpoint["training_command"], seed=int(checkpoint["seed"]),
@@ -189,26 +197,32 @@ def _write_files(recipe: Recipe, checkpoint: dict, out: Path, bundle_id: str, ve
                  group_shift: list[dict], group_shift_note: str, log: Callable[[str], None]) -> None:
     size = int(checkpoint["size"])
     contract = recipe.input_contract(size, INPUT_NAME)
-    model = deployable(checkpoint)
-    export_onnx(model, size, out / MODEL_FILE, channels=contract.channels)
     val = validation_samples(recipe, checkpoint, data_dir)
-    check = torch.from_numpy(load_images(val[:ONNX_CHECK_IMAGES], contract, progress=False))
-    diff = max_abs_diff(model, out / MODEL_FILE, check)
-    if max(diff.values()) > MAX_ONNX_DIFF:
-        raise RuntimeError(f"ONNX output differs from torch: {diff}")
+    model = as_ensemble(checkpoint)
+    # The audits judge the triage alone: run them on the graph without the refusal check first, so
+    # a model over its limit is refused before the (slower) refusal fit.
+    export_onnx(model, size, out / MODEL_FILE, channels=contract.channels)
     checks = audit_onnx(recipe, out / MODEL_FILE, checkpoint, val)
     for row in audit.table(checks):
         log(row)
     refused = audit.failures(checks, audit_policy(recipe, checkpoint))
     if refused:
         raise AuditFailed("refusing to write the bundle: " + "; ".join(refused))
-    results = recipe.results(checkpoint, model, val, data_dir)
-    write_golden(recipe, out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, val)
+    refusal = refusal_for(recipe, checkpoint, model, data_dir, log)
+    model.heads["refusal"] = refusal.head
+    export_onnx(model, size, out / MODEL_FILE, channels=contract.channels)
+    check = torch.from_numpy(load_images(val[:ONNX_CHECK_IMAGES], contract, progress=False))
+    diff = max_abs_diff(model, out / MODEL_FILE, check)
+    if max(diff.values()) > MAX_ONNX_DIFF:
+        raise RuntimeError(f"ONNX output differs from torch: {diff}")
+    results = recipe.results(checkpoint, deployable(checkpoint), val, data_dir)
+    write_golden(recipe, out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, val, refusal.policy)
     figures = recipe.plots(checkpoint, results, out)
     card = recipe.card(Exported(checkpoint, results, checks, diff, group_shift, group_shift_note))
-    (out / CARD_FILE).write_text(card, encoding="utf-8")
+    (out / CARD_FILE).write_text(card.rstrip("\n") + "\n\n" + card_section(refusal.policy) + "\n", encoding="utf-8")
     files = {name: file_entry(out / name) for name in (MODEL_FILE, GOLDEN_FILE, *figures, CARD_FILE)}
-    write_manifest(out, build_manifest(recipe, checkpoint, results, bundle_id, version, files, checks, group_shift))
-    # Last: the drift monitor's reference, through the graph as written (loading the bundle refuses
-    # to finish with one the device would reject).
+    write_manifest(out, build_manifest(recipe, checkpoint, results, bundle_id, version, files, checks, group_shift,
+                                       refusal.policy))
+    # Last: the drift monitor's reference (it reads the manifest's refusal checks), through the graph as
+    # written (loading the bundle refuses to finish with one the device would reject).
     add_monitoring_reference(out, val, recipe.validation_name(checkpoint))

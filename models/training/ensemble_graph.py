@@ -8,8 +8,9 @@ finest member's grid by nearest upsampling, which keeps each CAM's spatial mean,
 the ensemble's CAM still averages to its logits exactly.
 
 Each member returns its stages' feature maps too (see ResNetCAM.stage_features): a head given to
-the ensemble reads every member's pooled stage features and becomes one more graph output, so a
-check computed from the members' features (a refusal score, say) needs no change here.
+the ensemble reads every member's pooled stage features (each channel's spatial mean and standard
+deviation) and becomes one more graph output (or several, named by its `output_names`), so a check
+computed from the members' features (the refusal check, models.training.refusal) needs no change here.
 """
 
 from __future__ import annotations
@@ -56,20 +57,39 @@ class Ensemble(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return ("logits", "cam", *self.heads)
+        """logits, cam, then each head's outputs: its name, or the names it declares (`output_names`)
+        where it returns several."""
+        return ("logits", "cam", *(n for name, head in self.heads.items() for n in _head_outputs(name, head)))
 
     def member_input(self, x: torch.Tensor, index: int) -> torch.Tensor:
         pool = self.pools[index]
         return F.avg_pool2d(x, pool) if pool > 1 else x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _run(self, x: torch.Tensor, pool: bool) -> tuple[torch.Tensor, torch.Tensor, PooledFeatures]:
         logits, cams, pooled = [], [], []
         for i, member in enumerate(self.members):
             member_logits, cam, maps = member.forward_stages(self.member_input(x, i))
             logits.append(member_logits)
             up = self.upsample[i]
             cams.append(F.interpolate(cam, scale_factor=up, mode="nearest") if up > 1 else cam)
-            if self.heads:
+            if pool:
                 pooled.append(member.pooled(maps))
-        extra = [head(pooled) for head in self.heads.values()]
-        return (torch.stack(logits).mean(0), torch.stack(cams).mean(0), *extra)
+        return torch.stack(logits).mean(0), torch.stack(cams).mean(0), pooled
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, cam, pooled = self._run(x, bool(self.heads))
+        extra = []
+        for head in self.heads.values():
+            out = head(pooled)
+            extra += list(out) if isinstance(out, tuple) else [out]
+        return (logits, cam, *extra)
+
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(mean logits, per member the (N, F) pooled stage features, stages concatenated): what a
+        head reads, for fitting one."""
+        logits, _, pooled = self._run(x, True)
+        return logits, [torch.cat(stages, dim=1) for stages in pooled]
+
+
+def _head_outputs(name: str, head: nn.Module) -> tuple[str, ...]:
+    return tuple(getattr(head, "output_names", (name,)))

@@ -59,6 +59,15 @@ def deployable(checkpoint: dict) -> torch.nn.Module:
     return DihedralAverage(model, int(checkpoint["tta"])).eval() if "tta" in checkpoint else model
 
 
+def as_ensemble(checkpoint: dict) -> Ensemble:
+    """`deployable(checkpoint)` in the ensemble form (a single model is a one-member ensemble, with
+    the same logits and CAM): the form extra heads, such as the refusal check, are added to."""
+    if "members" in checkpoint:
+        return ensemble_model(checkpoint)
+    member = DihedralAverage(deployable_model(checkpoint), int(checkpoint.get("tta", 1))).eval()
+    return Ensemble([member], [int(checkpoint["size"])]).eval()
+
+
 def graph_notes(checkpoint: dict) -> str:
     """The fp32 variant's notes: what the graph does beyond the network."""
     if "members" in checkpoint:

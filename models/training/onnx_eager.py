@@ -59,6 +59,34 @@ def _reduce_mean(x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
     return x.mean(dim=tuple(dims), keepdim=bool(keepdims))
 
 
+def _reduce(op: Callable) -> Callable:
+    """ReduceSum / ReduceMin as opset 18 has them: axes an optional input, keepdims an attribute."""
+    def reduce(x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
+        if axes is None:
+            raise UnsupportedGraph("a reduction without axes is not supported by the eager runner")
+        for axis in sorted((int(a) for a in axes.tolist()), reverse=True):
+            x = op(x, axis, bool(keepdims))
+        return x
+    return reduce
+
+
+def _clip(x, low=None, high=None):
+    return torch.clamp(x, min=None if low is None else low.item(), max=None if high is None else high.item())
+
+
+def _slice(x, starts, ends, axes=None, steps=None):
+    axes = list(range(len(starts))) if axes is None else axes.tolist()
+    steps = [1] * len(axes) if steps is None else steps.tolist()
+    index = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts.tolist(), ends.tolist(), axes, steps):
+        index[axis] = slice(start, min(end, x.shape[axis]), step)
+    return x[tuple(index)]
+
+
+def _squeeze(x, axes=None):
+    return x.squeeze() if axes is None else x.squeeze(tuple(int(a) for a in axes.tolist()))
+
+
 def _unsqueeze(x, axes):
     for axis in sorted(int(a) for a in axes.tolist()):
         x = x.unsqueeze(axis)
@@ -114,6 +142,14 @@ OPS: dict[str, Callable] = {
     "Einsum": lambda *xs, equation: torch.einsum(equation, *xs),
     "AveragePool": _average_pool,
     "Resize": _resize,
+    # the refusal check's statistics, distances and head (models/training/refusal.py)
+    "Sqrt": torch.sqrt,
+    "Log": torch.log,
+    "Clip": _clip,
+    "ReduceSum": _reduce(lambda x, axis, keep: x.sum(dim=axis, keepdim=keep)),
+    "ReduceMin": _reduce(lambda x, axis, keep: x.amin(dim=axis, keepdim=keep)),
+    "Slice": _slice,
+    "Squeeze": _squeeze,
 }
 
 

@@ -70,6 +70,8 @@ class Recipe(ABC):
     audit_group: AuditGroup | None = None
     golden_per_class: int = 3
     acceptance: AcceptanceRule | None = None  # how a site chooses its own operating point (None: the default)
+    refusal_subject: str  # "a chest X-ray": "This does not look like {subject}."
+    refusal_advice: str  # what to do instead, in plain words
 
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod
@@ -87,6 +89,15 @@ class Recipe(ABC):
     @abstractmethod
     def validation_samples(self, checkpoint: dict, data_dir: Path | None) -> list[Sample]:
         """The validation samples of a checkpoint's run, redrawn exactly (held-out groups, limits)."""
+
+    @abstractmethod
+    def list_samples(self, data_dir: Path) -> list[Sample]:
+        """Every image of a training folder (the other exam's refusal check draws negatives from them)."""
+
+    @abstractmethod
+    def refusal_inputs(self, checkpoint: dict, size: int, data_dir: Path | None, other: list) -> Any:
+        """The sets the refusal check is fitted, calibrated and measured on
+        (models.training.refusal_policy.RefusalInputs); `other`: the other exams' decoded images."""
 
     # --- training -----------------------------------------------------------------------------
     @abstractmethod

@@ -63,6 +63,15 @@ class DihedralAverage(nn.Module):
         return (*self._average(*self.model.classify(maps[-1])), maps)
 
     def pooled(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Each stage's globally pooled features (N, channels), averaged over the copies."""
-        pooled = [m.mean(dim=(2, 3)) for m in maps]
+        """Each stage's globally pooled features (N, 2 x channels): the per-channel spatial mean, then
+        standard deviation, averaged over the copies."""
+        pooled = [spatial_statistics(m) for m in maps]
         return pooled if self.copies == 1 else [p.reshape(self.copies, -1, p.shape[1]).mean(0) for p in pooled]
+
+
+def spatial_statistics(feature_map: torch.Tensor) -> torch.Tensor:
+    """(N, 2C): each channel's spatial mean, then its spatial standard deviation (a small floor under
+    the variance keeps the square root's gradient and the exported graph finite)."""
+    mean = feature_map.mean(dim=(2, 3))
+    var = (feature_map * feature_map).mean(dim=(2, 3)) - mean * mean
+    return torch.cat([mean, torch.sqrt(torch.clamp(var, min=0.0) + 1e-6)], dim=1)

@@ -57,6 +57,9 @@ class ChestRecipe(Recipe):
     audit_group = AUDIT_GROUP
     golden_per_class = 4
     acceptance = ACCEPTANCE
+    refusal_subject = "a chest X-ray"
+    refusal_advice = ("The model only judges frontal chest radiographs (PA/AP) of children. Check the image, "
+                      "or choose another exam.")
 
     def default_data_dir(self) -> Path:
         return data.default_data_dir()
@@ -71,6 +74,14 @@ class ChestRecipe(Recipe):
 
     def validation_samples(self, checkpoint: dict, data_dir: Path | None):
         return data.checkpoint_split(checkpoint, data_dir).val
+
+    def list_samples(self, data_dir: Path):
+        return data.list_samples(data_dir)
+
+    def refusal_inputs(self, checkpoint: dict, size: int, data_dir: Path | None, other: list):
+        from models.training.chest.refusal_data import refusal_inputs
+
+        return refusal_inputs(checkpoint, size, data_dir, other)
 
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
         from models.training.chest import train as trainer

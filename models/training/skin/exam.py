@@ -45,6 +45,9 @@ class SkinRecipe(Recipe):
     audit_checks = audit.DERMOSCOPY_CHECKS
     golden_per_class = 3
     acceptance = ACCEPTANCE
+    refusal_subject = "a dermoscopy image"
+    refusal_advice = ("The model only judges dermoscopy images of a single skin lesion. Check the image, "
+                      "or choose another exam.")
 
     def default_data_dir(self) -> Path:
         return data.default_data_dir()
@@ -57,6 +60,14 @@ class SkinRecipe(Recipe):
 
     def validation_samples(self, checkpoint: dict, data_dir: Path | None):
         return data.checkpoint_split(checkpoint, data_dir)[1]
+
+    def list_samples(self, data_dir: Path):
+        return data.list_samples(data_dir)
+
+    def refusal_inputs(self, checkpoint: dict, size: int, data_dir: Path | None, other: list):
+        from models.training.skin.refusal_data import refusal_inputs
+
+        return refusal_inputs(checkpoint, size, data_dir, other)
 
     def add_train_arguments(self, parser: argparse.ArgumentParser) -> None:
         from models.training.skin import train as trainer

@@ -1,0 +1,373 @@
+"""Know when not to answer: a "may I judge this image?" check computed from the model's own features.
+
+Two checks, each a score where higher means "less like the images the model was trained on":
+
+- ``density``: how far the image's features lie from the training images', stage by stage. For each
+  member of the ensemble and each stage of its ResNet (stem, then one per width) the per-channel
+  spatial mean and standard deviation of the stage's output are pooled; a class-conditional Gaussian
+  with one shared, Ledoit-Wolf-shrunk covariance is fitted to them (Lee et al. 2018, "A simple
+  unified framework for detecting out-of-distribution samples"); the squared Mahalanobis distance to
+  the nearest class mean is taken in logs and standardised with its out-of-fold statistics on the
+  training images, and these terms are summed over stages and members. Several depths, because the
+  stage that separates an odd image best depends on what is odd about it (Anthony & Kamnitsas 2023).
+  It needs no negative images, so it also reacts to kinds nobody thought of.
+- ``domain``: a logistic regression on the standardised pooled features and the density terms,
+  trained to tell the training images from generic negatives (models/training/negatives.py): a
+  linear form of outlier exposure (Hendrycks et al. 2019). It learns what the negatives share, and
+  is much less moved than the density by legitimate acquisition changes (exposure, contrast, noise).
+
+Each threshold is calibrated on in-distribution images not used for fitting; together they refuse
+a stated share of them (the budget split between the two checks, `density_share`). Max-softmax and
+energy scores (Hendrycks & Gimpel 2017; Liu et al. 2020) were measured too and left out: on the
+shipped models they refuse 0-20% of the negatives at a 1% in-distribution rate.
+
+Fitting is numpy and scikit-learn (its Ledoit-Wolf estimator and logistic regression); `RefusalHead`
+is the torch module that computes both scores inside the exported graph, from every member's
+pooled features, with plain ops (MatMul, Sub, Mul, ReduceSum, ReduceMin, Log, Sqrt): the whitening
+matrices are precomputed here, so the graph holds no linear algebra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from sklearn.covariance import ledoit_wolf
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from models.training.architectures import ResNetCAM
+from models.training.tta import spatial_statistics
+
+CHECKS = ("domain", "density")
+DEFAULT_RATE = 0.01
+DEFAULT_DENSITY_SHARE = 0.25
+DEFAULT_C = 0.1
+_EPS = 1e-6
+
+# --------------------------------------------------------------------------------------------
+# Features, inside the forward pass (torch)
+
+
+def forward_with_features(model: ResNetCAM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ResNetCAM.forward's (logits, cam) and the pooled features (N, F), in one pass."""
+    maps = model.stage_features(x)
+    logits, cam = model.classify(maps[-1])
+    return logits, cam, torch.cat([spatial_statistics(m) for m in maps], dim=1)
+
+
+@dataclass(frozen=True)
+class Block:
+    """The columns of one stage's statistics in a member's pooled feature vector."""
+
+    name: str
+    start: int
+    stop: int
+
+
+def feature_blocks(model: ResNetCAM) -> list[Block]:
+    """The layout of a member's pooled features (`spatial_statistics` of each stage, concatenated):
+    stem, stage0, stage1, ..."""
+    blocks, start = [], 0
+    for name, width in zip(["stem", *(f"stage{i}" for i in range(len(model.widths)))],
+                           [model.widths[0], *model.widths]):
+        blocks.append(Block(name, start, start + 2 * width))
+        start += 2 * width
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------
+# Fitting (numpy, scikit-learn)
+
+
+@dataclass(frozen=True)
+class DensityTerm:
+    """One member's one stage: z = (log min_k ||W x - c_k||^2 - loc) / scale."""
+
+    member: int
+    block: Block
+    whitening: np.ndarray  # (D, D): ||W (x - mu)||^2 is the squared Mahalanobis distance
+    centres: np.ndarray  # (K, D): W mu_k
+    loc: float
+    scale: float
+
+    def distances(self, x: np.ndarray) -> np.ndarray:
+        z = np.asarray(x, np.float64)[:, self.block.start : self.block.stop] @ self.whitening.T
+        return ((z[:, None, :] - self.centres[None]) ** 2).sum(-1).min(1)
+
+    def z(self, x: np.ndarray) -> np.ndarray:
+        return (np.log(self.distances(x) + _EPS) - self.loc) / self.scale
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    statistic: str
+    threshold: float  # refuse when the score is above it
+
+
+@dataclass(frozen=True)
+class RefusalFit:
+    """Everything the graph and the manifest need: density terms, the domain head, thresholds."""
+
+    feature_dims: tuple[int, ...]  # per member
+    terms: tuple[DensityTerm, ...]
+    head_weights: np.ndarray  # (sum(feature_dims) + len(terms),): features then density terms
+    head_bias: float
+    checks: tuple[Check, ...]  # in CHECKS order, the graph's output columns
+    rate: float  # the share of calibration images refused by either check
+    calibration: dict  # n, refused share per check and in all
+
+    def scores(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, 2): domain logit, density sum; `features` one (N, F_m) matrix per member."""
+        return _scores(self.terms, self.head_weights, self.head_bias, _members(features, self.feature_dims))
+
+    def refuse(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        return refused(self.scores(features), self.thresholds)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return np.array([c.threshold for c in self.checks])
+
+    def describe(self) -> dict:
+        """What the manifest declares: each check's statistic and threshold, and the calibration."""
+        return {
+            "checks": [{"name": c.name, "statistic": c.statistic, "threshold": c.threshold} for c in self.checks],
+            "rule": "refuse when any check's score is above its threshold",
+            "rate": self.rate,
+            "calibration": self.calibration,
+            "members": len(self.feature_dims),
+        }
+
+
+def _term_z(terms: Sequence[DensityTerm], features: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack([t.z(features[t.member]) for t in terms], 1)
+
+
+def _scores(terms: Sequence[DensityTerm], weights: np.ndarray, bias: float, features: Sequence[np.ndarray]
+            ) -> np.ndarray:
+    z = _term_z(terms, features)
+    head_in = np.concatenate([*features, z], 1)
+    return np.stack([head_in @ weights + bias, z.sum(1)], 1)
+
+
+def _members(features: Sequence[np.ndarray], dims: Sequence[int] | None = None) -> list[np.ndarray]:
+    if isinstance(features, np.ndarray):
+        raise TypeError("features: one (N, F) matrix per ensemble member, in a list")
+    out = [np.asarray(f, np.float64) for f in features]
+    if len({len(f) for f in out}) != 1:
+        raise ValueError(f"every member needs the same images: row counts {[len(f) for f in out]}")
+    if dims is not None and tuple(f.shape[1] for f in out) != tuple(dims):
+        raise ValueError(f"feature widths {[f.shape[1] for f in out]} differ from the fit's {list(dims)}")
+    return out
+
+
+def fit_gaussian(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(whitening W, whitened class means) of class-conditional Gaussians with one shared covariance.
+
+    The covariance of the class-centred features is estimated on standardised columns with
+    Ledoit-Wolf shrinkage (towards a multiple of the identity; well-conditioned even with fewer
+    images than dimensions), then inverted to its symmetric square root.
+    """
+    x = np.asarray(x, np.float64)
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    means = np.stack([x[labels == k].mean(0) for k in classes])
+    residual = x - means[np.searchsorted(classes, labels)]
+    scale = residual.std(0) + _EPS
+    covariance, _ = ledoit_wolf(residual / scale, assume_centered=True)
+    values, vectors = np.linalg.eigh(covariance)
+    inverse_sqrt = (vectors / np.sqrt(np.maximum(values, _EPS))) @ vectors.T
+    whitening = inverse_sqrt / scale[None, :]
+    return whitening, means @ whitening.T
+
+
+def _out_of_fold_log_distances(x: np.ndarray, labels: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    out = np.empty(len(x))
+    for k in np.unique(fold):
+        whitening, centres = fit_gaussian(x[fold != k], labels[fold != k])
+        z = x[fold == k] @ whitening.T
+        out[fold == k] = np.log(((z[:, None, :] - centres[None]) ** 2).sum(-1).min(1) + _EPS)
+    return out
+
+
+def _per_member(blocks: Sequence[Block] | Sequence[Sequence[Block]], members: int) -> list[Sequence[Block]]:
+    """One layout for every member, or one per member (an ensemble of different widths)."""
+    if blocks and isinstance(blocks[0], Block):
+        return [blocks] * members
+    if len(blocks) != members:
+        raise ValueError(f"{len(blocks)} block layouts for {members} members")
+    return list(blocks)
+
+
+def fit_density(train: Sequence[np.ndarray], labels: np.ndarray,
+                blocks: Sequence[Block] | Sequence[Sequence[Block]], groups: np.ndarray | None = None,
+                folds: int = 5, seed: int = 0) -> tuple[list[DensityTerm], np.ndarray]:
+    """One term per member and stage, and the training images' out-of-fold z (N, terms).
+
+    Each term is standardised by the out-of-fold log distances of the training images (what an
+    image the Gaussian has not seen scores). `groups`: images sharing a group (augmented copies of
+    one picture) fall in the same fold. `blocks`: `feature_blocks(model)`, or one such list per member.
+    """
+    train = _members(train)
+    labels = np.asarray(labels)
+    groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
+    _, group_index = np.unique(groups, return_inverse=True)
+    fold = np.random.default_rng(seed).permutation(group_index.max() + 1)[group_index] % folds
+    terms, oof = [], []
+    for member, (x, layout) in enumerate(zip(train, _per_member(blocks, len(train)))):
+        for block in layout:
+            xb = x[:, block.start : block.stop]
+            logs = _out_of_fold_log_distances(xb, labels, fold)
+            whitening, centres = fit_gaussian(xb, labels)
+            loc, scale = float(logs.mean()), float(logs.std() + _EPS)
+            terms.append(DensityTerm(member, block, whitening, centres, loc, scale))
+            oof.append((logs - loc) / scale)
+    return terms, np.stack(oof, 1)
+
+
+def fit_domain_head(inside: np.ndarray, negatives: np.ndarray, c: float = DEFAULT_C) -> tuple[np.ndarray, float]:
+    """Logistic regression, in-distribution (0) against negatives (1), classes weighted equally, on
+    columns standardised by the in-distribution images; returned folded back to raw columns."""
+    x = np.concatenate([inside, negatives]).astype(np.float64)
+    target = np.r_[np.zeros(len(inside)), np.ones(len(negatives))]
+    mean, scale = inside.mean(0), inside.std(0) + _EPS
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
+    model.fit((x - mean) / scale, target)
+    weights = model.coef_[0] / scale
+    return weights, float(model.intercept_[0] - mean @ weights)
+
+
+def refused(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Refused where any score is above its threshold (the device's rule, device/decision/refusal.py)."""
+    return (np.asarray(scores) > np.asarray(thresholds)[None, :]).any(1)
+
+
+def calibrate(scores: np.ndarray, rate: float, shares: Sequence[float]) -> np.ndarray:
+    """Thresholds (one per column) under which `rate` of these in-distribution images are refused
+    by any column, each column's own share of refusals in proportion to `shares`.
+
+    Column j refuses the top q * shares[j] of the images on its own; q is the largest that keeps
+    the union at or below `rate` (bisection: the union grows with q).
+    """
+    scores = np.asarray(scores, np.float64)
+    shares = np.asarray(shares, np.float64) / np.sum(shares)
+    if not 0 < rate < 1:
+        raise ValueError(f"rate must lie in (0, 1), got {rate}")
+
+    def thresholds(q: float) -> np.ndarray:
+        return np.array([np.quantile(scores[:, j], 1 - min(1.0, q * s), method="higher") if s > 0 else np.inf
+                         for j, s in enumerate(shares)])
+
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        q = (low + high) / 2
+        if refused(scores, thresholds(q)).mean() <= rate:
+            low = q
+        else:
+            high = q
+    return thresholds(low)
+
+
+@dataclass(frozen=True)
+class Density:
+    """The fitted density terms and the training images' out-of-fold z (N, terms): what does not
+    depend on the negatives, so a leave-one-family-out study fits it once."""
+
+    terms: tuple[DensityTerm, ...]
+    train_z: np.ndarray
+
+
+def fit_density_check(train: Sequence[np.ndarray], labels: np.ndarray,
+                      blocks: Sequence[Block] | Sequence[Sequence[Block]], groups: np.ndarray | None = None,
+                      seed: int = 0) -> Density:
+    train = _members(train)
+    if len(train[0]) != len(labels):
+        raise ValueError(f"{len(labels)} labels for {len(train[0])} training rows")
+    terms, train_z = fit_density(train, labels, blocks, groups, seed=seed)
+    return Density(tuple(terms), train_z)
+
+
+def fit_refusal(train: Sequence[np.ndarray], labels: np.ndarray, calibration: Sequence[np.ndarray],
+                negatives: Sequence[np.ndarray], blocks: Sequence[Block] | Sequence[Sequence[Block]],
+                rate: float = DEFAULT_RATE,
+                density_share: float = DEFAULT_DENSITY_SHARE, groups: np.ndarray | None = None,
+                c: float = DEFAULT_C, seed: int = 0, stress: Sequence[np.ndarray] | None = None,
+                stress_cap: float | None = None, density: Density | None = None) -> RefusalFit:
+    """Fit both checks and calibrate their thresholds.
+
+    train: one (N, F) matrix per member, pooled features of the training images (include their
+    augmented copies - the acquisition range the model was trained for - with `groups` naming
+    which picture each row is), `labels` their classes; calibration: in-distribution images not
+    used for fitting (the validation split), refused at `rate` in all; negatives: images the exam
+    must refuse (every family, in equal numbers). `density_share`: the density check's share of
+    the refusal budget (0 leaves the decision to the domain head alone). `stress` with `stress_cap`:
+    perturbed copies of the calibration images (the exam's stress validation); the density's
+    threshold is raised until it refuses at most `stress_cap` of them, so a legitimate change of
+    exposure or contrast is judged by the domain head, which has seen such changes as positives.
+    `density`: a `fit_density_check` of these training rows, to reuse.
+    """
+    train = _members(train)
+    calibration = _members(calibration, [f.shape[1] for f in train])
+    negatives = _members(negatives, [f.shape[1] for f in train])
+    density = density or fit_density_check(train, labels, blocks, groups, seed)
+    terms = list(density.terms)
+    weights, bias = fit_domain_head(np.concatenate([*train, density.train_z], 1),
+                                    np.concatenate([*negatives, _term_z(terms, negatives)], 1), c)
+    cal_scores = _scores(terms, weights, bias, calibration)
+    thresholds = calibrate(cal_scores, rate, [1 - density_share, density_share])
+    if stress is not None and stress_cap is not None:
+        stressed = _scores(terms, weights, bias, _members(stress, [f.shape[1] for f in train]))
+        thresholds[1] = max(thresholds[1], float(np.quantile(stressed[:, 1], 1 - stress_cap, method="higher")))
+    statistics = (
+        "logit of a logistic regression (in-distribution vs generic negatives) on the pooled per-stage "
+        "channel means and standard deviations and the density terms",
+        f"sum over {len(terms)} member-stage terms of the standardised log squared Mahalanobis distance "
+        "to the nearest class mean (shared Ledoit-Wolf covariance)",
+    )
+    checks = tuple(Check(n, s, float(t)) for n, s, t in zip(CHECKS, statistics, thresholds))
+    per_check = (cal_scores > thresholds[None, :]).mean(0)
+    summary = {"n": len(cal_scores), "refused": float(refused(cal_scores, thresholds).mean()),
+               **{f"refused_by_{n}": float(r) for n, r in zip(CHECKS, per_check)}}
+    return RefusalFit(tuple(f.shape[1] for f in train), tuple(terms), weights, bias, checks, rate, summary)
+
+
+# --------------------------------------------------------------------------------------------
+# The graph (torch)
+
+
+class RefusalHead(nn.Module):
+    """An ensemble head (models.training.ensemble_graph): forward(pooled) -> one (N,) score per check,
+    in CHECKS order, named `output_names`; `pooled`: per member, per stage, the (N, 2C) statistics of
+    DihedralAverage.pooled. Refuse where any score is above its threshold (`fit.checks`)."""
+
+    def __init__(self, fit: RefusalFit, prefix: str = "refusal_"):
+        super().__init__()
+        self.output_names = tuple(f"{prefix}{c.name}" for c in fit.checks)
+        self.dims = tuple(fit.feature_dims)
+        self.slices = [(t.member, t.block.start, t.block.stop) for t in fit.terms]
+        for i, t in enumerate(fit.terms):
+            centres = torch.as_tensor(t.centres, dtype=torch.float32)
+            self.register_buffer(f"whitening_t{i}", torch.as_tensor(t.whitening.T.copy(), dtype=torch.float32))
+            self.register_buffer(f"centres_t{i}", centres.T.contiguous())
+            self.register_buffer(f"centres_sq{i}", (centres * centres).sum(1))
+        self.register_buffer("loc", torch.tensor([t.loc for t in fit.terms], dtype=torch.float32))
+        self.register_buffer("inv_scale", torch.tensor([1.0 / t.scale for t in fit.terms], dtype=torch.float32))
+        self.register_buffer("head_weights", torch.as_tensor(fit.head_weights[:, None], dtype=torch.float32))
+        self.register_buffer("head_bias", torch.tensor([float(fit.head_bias)], dtype=torch.float32))
+
+    def _log_distance(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        z = x @ getattr(self, f"whitening_t{i}")
+        squared = (z * z).sum(1, keepdim=True) - 2.0 * (z @ getattr(self, f"centres_t{i}")) + getattr(self, f"centres_sq{i}")
+        return torch.log(torch.clamp(squared.amin(dim=1), min=0.0) + _EPS)
+
+    def forward(self, pooled: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        features = [torch.cat(stages, dim=1) for stages in pooled]
+        if len(features) != len(self.dims):
+            raise ValueError(f"{len(features)} members' features for a fit of {len(self.dims)} members")
+        logs = torch.stack([self._log_distance(i, features[m][:, a:b]) for i, (m, a, b) in enumerate(self.slices)], 1)
+        z = (logs - self.loc) * self.inv_scale
+        domain = (torch.cat([*features, z], 1) @ self.head_weights + self.head_bias).squeeze(1)
+        return domain, z.sum(1)
