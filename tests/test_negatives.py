@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.training import negatives as ng
-from models.training.data import decode_rgb
+from models.training.images import decode_rgb
 
 
 @pytest.fixture(scope="module")
