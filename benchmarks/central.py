@@ -70,11 +70,15 @@ def agreement(url: str, n: int) -> list[dict]:
             for key, triager in triagers.items():
                 got[key].append(triager.triage_prepared([prepared])[0])
         for other, variant in (("local", "fp32"), ("int8", "int8 (CPU, what the kiosk serves alone)")):
+            # An image refused (UNGRADABLE) carries no score: dP is over the images both judged; a refusal
+            # on one side only is a different triage.
+            pairs = list(zip(got["remote"], got[other]))
             diffs = [max(abs(a.probabilities[k] - b.probabilities[k]) for k in m.labels)
-                     for a, b in zip(got["remote"], got[other])]
-            same = sum(a.triage == b.triage for a, b in zip(got["remote"], got[other]))
+                     for a, b in pairs if a.probabilities is not None and b.probabilities is not None]
+            same = sum(a.triage == b.triage for a, b in pairs)
             rows.append({"exam": m.id, "images": len(files), "local_variant": variant, "same_triage": same,
-                         "agreement": same / len(files), "max_prob_diff": max(diffs)})
+                         "agreement": same / len(files), "max_prob_diff": max(diffs, default=0.0),
+                         "refused_by_both": sum(a.probabilities is None and b.probabilities is None for a, b in pairs)})
         for t in triagers.values():
             t.close()
     return rows

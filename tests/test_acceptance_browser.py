@@ -45,6 +45,7 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
     document = accepted["out"] / "acceptance.json"
     edited = tmp_path / "edited.json"
     data = json.loads(document.read_text())
+    judged = data["figures"]["counts"]["judged"]  # the cases the model's check did not refuse
     data["proposal"]["threshold"] = round(data["proposal"]["threshold"] + 0.05, 6)
     edited.write_text(json.dumps(data))
     config = provisioned_config(tmp_path)
@@ -94,7 +95,7 @@ def test_the_technician_applies_and_reverts_an_acceptance(tmp_path, sync_playwri
                 check("confirm")
                 said, point = sign("#signed-by", "Dr Ada Obi, clinical lead",
                                    "button:has-text('Apply the site operating point')")
-                assert "on 160 local cases by Dr Ada Obi, clinical lead" in said and point == "site"
+                assert f"on {judged} local cases by Dr Ada Obi, clinical lead" in said and point == "site"
                 check("applied")
                 said, point = sign("#revert-chest-xray-pneumonia", "Dr Ada Obi", "[data-revert=chest-xray-pneumonia]")
                 assert "model's own operating point again" in said and point == "bundle"

@@ -114,12 +114,15 @@ def test_a_declared_refusal_output_the_graph_lacks_is_refused(tmp_path, capsys):
 
 def test_versions_accumulate_and_never_change(tmp_path):
     first = load_bundle(SHIPPED[0])
-    second = load_bundle(versioned_copy(SHIPPED[0], tmp_path / "next", "2.1.0"))
+    major, minor, _ = first.manifest.version.split(".")
+    later = f"{major}.{int(minor) + 1}.0"
+    second = load_bundle(versioned_copy(SHIPPED[0], tmp_path / "next", later))
     write_repository(first, tmp_path / "repo")
     written = write_repository(second, tmp_path / "repo")
-    assert sorted(p.name for p in written.model_dir.iterdir() if p.is_dir()) == ["2000000", "2001000"]
+    folders = sorted(p.name for p in written.model_dir.iterdir() if p.is_dir())
+    assert folders == [str(triton_version(first.manifest.version)), str(triton_version(later))]
     record = json.loads((written.model_dir / "versions.json").read_text())
-    assert {v["bundle_version"] for v in record.values()} == {"2.0.0", "2.1.0"}
+    assert {v["bundle_version"] for v in record.values()} == {first.manifest.version, later}
     with pytest.raises(RepositoryError, match="already holds another model"):
         write_repository(first, tmp_path / "repo", precision="int8")
 
