@@ -75,7 +75,9 @@ def test_a_skin_result_leads_with_what_decided(both_exams_kiosk, chromium, axe, 
         decided = page.locator("[data-decided]")
         assert decided.locator("h2").inner_text() == f"Why {study['triage']}"
         rule = page.inner_text("[data-decided-rule]")
-        assert f"add up to {round(study['probability'] * 100)}%" in rule and "referral point of 8.5%" in rule
+        point = re.search(r"referral point of ([\d.]+)%", rule)
+        assert f"add up to {round(study['probability'] * 100)}%" in rule and point
+        assert abs(float(point.group(1)) / 100 - study["result"]["threshold"]) <= 0.005  # the bundle's point, in words
         refer = [s.split(" ")[0] for s in page.locator("[data-refer] .share").all_inner_texts()]
         assert refer == [m.label_name(k).split(" ")[0] for k in sorted(m.policy.urgent_labels, key=lambda k: -probs[k])]
         assert not re.search(r"\b0%", decided.inner_text()) and page.locator("[data-likeliest]").count() == 0
