@@ -155,6 +155,7 @@ def test_shipped_cpu_int8_uses_seven_bit_weights(exam):
             check_seven_bit_weights(BUNDLES / exam / gpu[0].file)
 
 
+@pytest.mark.slow  # quantizes a copy of the shipped chest bundle (INT8 both recipes, FP16) and gates each: ~2-4 min
 def test_int8_and_fp16_variants_pass_the_gate_and_run(bundle_copy, train_dir):
     outcome = add_variant(bundle_copy, "int8", train_dir, calibration_images=300, method="minmax")  # as shipped
     assert outcome.accepted and not outcome.rejected
