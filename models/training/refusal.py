@@ -341,33 +341,60 @@ def fit_refusal(train: Sequence[np.ndarray], labels: np.ndarray, calibration: Se
 class RefusalHead(nn.Module):
     """An ensemble head (models.training.ensemble_graph): forward(pooled) -> one (N,) score per check,
     in CHECKS order, named `output_names`; `pooled`: per member, per stage, the (N, 2C) statistics of
-    DihedralAverage.pooled. Refuse where any score is above its threshold (`fit.checks`)."""
+    DihedralAverage.pooled. Refuse where any score is above its threshold (`fit.checks`).
+
+    Batched for batch-1 latency: one whitening product per term, then every term's distances to
+    every class centre in one product (``[z*z, z] @ B``: block sums of z^2 and the cross terms with
+    the centres), one reduction over classes, and the domain head as two products. A graph of about
+    T + 20 nodes for T terms instead of about 8 T: at batch 1 the check's cost is in the number of
+    small nodes, not in arithmetic (benchmarks/refusal_cost.py).
+    """
 
     def __init__(self, fit: RefusalFit, prefix: str = "refusal_"):
         super().__init__()
         self.output_names = tuple(f"{prefix}{c.name}" for c in fit.checks)
         self.dims = tuple(fit.feature_dims)
-        self.slices = [(t.member, t.block.start, t.block.stop) for t in fit.terms]
+        self.spans = [(t.member, t.block.start, t.block.stop) for t in fit.terms]
+        classes = {t.centres.shape[0] for t in fit.terms}
+        if len(classes) != 1:
+            raise ValueError(f"every term needs the same classes, got counts {sorted(classes)}")
+        self.classes = classes.pop()
+        widths = [t.whitening.shape[0] for t in fit.terms]
+        offsets = np.concatenate([[0], np.cumsum(widths)])
+        terms, total = len(fit.terms), int(offsets[-1])
+        blocks = np.zeros((2 * total, terms * self.classes))
         for i, t in enumerate(fit.terms):
-            centres = torch.as_tensor(t.centres, dtype=torch.float32)
+            a, b, cols = offsets[i], offsets[i + 1], slice(i * self.classes, (i + 1) * self.classes)
             self.register_buffer(f"whitening_t{i}", torch.as_tensor(t.whitening.T.copy(), dtype=torch.float32))
-            self.register_buffer(f"centres_t{i}", centres.T.contiguous())
-            self.register_buffer(f"centres_sq{i}", (centres * centres).sum(1))
+            blocks[a:b, cols] = 1.0  # sum of z^2 over the term's block, repeated per class
+            blocks[total + a : total + b, cols] = -2.0 * t.centres.T  # -2 z . c_k
+        self.register_buffer("blocks", torch.as_tensor(blocks, dtype=torch.float32))
+        self.register_buffer("centres_sq", torch.as_tensor(
+            np.concatenate([(t.centres**2).sum(1) for t in fit.terms]), dtype=torch.float32))
         self.register_buffer("loc", torch.tensor([t.loc for t in fit.terms], dtype=torch.float32))
         self.register_buffer("inv_scale", torch.tensor([1.0 / t.scale for t in fit.terms], dtype=torch.float32))
-        self.register_buffer("head_weights", torch.as_tensor(fit.head_weights[:, None], dtype=torch.float32))
+        features = sum(self.dims)
+        self.register_buffer("feature_weights", torch.as_tensor(fit.head_weights[:features, None], dtype=torch.float32))
+        self.register_buffer("term_weights", torch.as_tensor(fit.head_weights[features:, None], dtype=torch.float32))
         self.register_buffer("head_bias", torch.tensor([float(fit.head_bias)], dtype=torch.float32))
 
-    def _log_distance(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        z = x @ getattr(self, f"whitening_t{i}")
-        squared = (z * z).sum(1, keepdim=True) - 2.0 * (z @ getattr(self, f"centres_t{i}")) + getattr(self, f"centres_sq{i}")
-        return torch.log(torch.clamp(squared.amin(dim=1), min=0.0) + _EPS)
+    def _stage(self, stages: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:
+        """The member's columns [start, stop): one stage's tensor as it is when the span is a stage."""
+        offset = 0
+        for s in stages:
+            if (offset, offset + s.shape[1]) == (start, stop):
+                return s
+            offset += s.shape[1]
+        return torch.cat(stages, dim=1)[:, start:stop]
 
     def forward(self, pooled: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        features = [torch.cat(stages, dim=1) for stages in pooled]
-        if len(features) != len(self.dims):
-            raise ValueError(f"{len(features)} members' features for a fit of {len(self.dims)} members")
-        logs = torch.stack([self._log_distance(i, features[m][:, a:b]) for i, (m, a, b) in enumerate(self.slices)], 1)
-        z = (logs - self.loc) * self.inv_scale
-        domain = (torch.cat([*features, z], 1) @ self.head_weights + self.head_bias).squeeze(1)
-        return domain, z.sum(1)
+        if len(pooled) != len(self.dims):
+            raise ValueError(f"{len(pooled)} members' features for a fit of {len(self.dims)} members")
+        z = torch.cat([self._stage(pooled[m], a, b) @ getattr(self, f"whitening_t{i}")
+                       for i, (m, a, b) in enumerate(self.spans)], 1)
+        squared = torch.cat([z * z, z], 1) @ self.blocks + self.centres_sq
+        nearest = squared.reshape(-1, len(self.spans), self.classes).amin(dim=2)
+        terms = (torch.log(torch.clamp(nearest, min=0.0) + _EPS) - self.loc) * self.inv_scale
+        features = torch.cat([s for stages in pooled for s in stages], 1)
+        domain = (features @ self.feature_weights + terms @ self.term_weights + self.head_bias).squeeze(1)
+        return domain, terms.sum(1)
