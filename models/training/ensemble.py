@@ -76,10 +76,17 @@ def member_entry(checkpoint: dict) -> dict:
 
 
 def combine(checkpoints: list[dict], names: list[str], data_dir: Path | None, command: str,
-            log=print) -> dict:
-    """The ensemble checkpoint of `checkpoints` (their file names in `names`, for messages)."""
+            log=print, views: int | None = None) -> dict:
+    """The ensemble checkpoint of `checkpoints` (their file names in `names`, for messages).
+
+    `views`: the dihedral views each member averages in the graph (default: each member's own). Two
+    members of two views cost what one member of four does, the budget that buys the ensemble.
+    """
     recipe = check_members(checkpoints, names)
     members = [member_entry(c) for c in checkpoints]
+    if views is not None:
+        for m in members:
+            m["tta"] = views
     try:
         graph = ensemble_model({"members": members}, temperature=1.0)
     except ValueError as exc:
@@ -114,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="the training folder (default: the exam's)")
     parser.add_argument("--max-flip-rate", type=float, default=None,
                         help="the audit limit the bundle declares (default: the strictest of the members')")
+    parser.add_argument("--views", type=int, choices=(1, 2, 4, 8), default=None,
+                        help="dihedral views each member averages in the graph (default: each member's own)")
     args = parser.parse_args(argv)
     checkpoints = [torch.load(p, map_location="cpu", weights_only=True) for p in args.member]
     command = shlex.join(["python", "-m", "models.training.ensemble", *(argv if argv is not None else sys.argv[1:])])
     try:
-        ensemble = combine(checkpoints, [str(p) for p in args.member], args.data, command)
+        ensemble = combine(checkpoints, [str(p) for p in args.member], args.data, command, views=args.views)
     except (EnsembleRefused, registry.UnknownExam) as exc:
         print(f"ensemble: {exc}", file=sys.stderr)
         return 1
