@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from device.capture.analysis import jpeg_size
-from device.intake.reduced import reduction
+from models.reading import reduction
 from device.capture.devices import list_video_devices
 from device.capture.errors import CaptureError
 from device.capture.readers import open_reader

@@ -22,7 +22,7 @@ import numpy as np
 
 from device.capture.frames import Frame
 from device.intake import DecodedImage
-from device.intake.reduced import ReducedDecode, reduction
+from models.reading import ReducedDecode, reduction
 
 # Decode flags by scale-down factor (the live view's picture uses the colour ones too).
 REDUCED_COLOR = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}

@@ -30,7 +30,7 @@ from device.capture.stats import LatencyWindow, RateMeter
 from device.decision.smoothing import Smoothed, Smoother
 from device.decision.triage import TriageResult
 from device.intake import DecodedImage
-from device.intake.reduced import ReducedDecode
+from models.reading import ReducedDecode
 from device.machine.clock import utc_iso
 from models.bundle import Manifest
 

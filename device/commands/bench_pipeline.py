@@ -17,7 +17,7 @@ from device import intake
 from device.commands.common import resolve_bundle
 from device.decision import quality
 from device.intake import headers
-from device.intake.raster import jpeg_flags
+from models.reading import jpeg_flags
 from device.machine.facts import usable_cores
 from device.runtime.backend_choice import choose
 from device.runtime.triager import Triager

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from device.intake import DecodedImage
-from device.intake.reduced import SHARPNESS_SIDE
+from models.reading import SHARPNESS_SIDE
 from models.bundle import DicomHandling, QualityPolicy
 
 _SAMPLE_SIDE = 256

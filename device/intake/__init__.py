@@ -15,7 +15,7 @@ from device.intake.dicom import decode_dicom
 from device.intake.dicom_window import ModalityValues, as_uint16, modality_values
 from device.intake.errors import EMPTY, NOT_AN_IMAGE, TOO_LARGE, UNREADABLE, UNSUPPORTED, IntakeError
 from device.intake.raster import decode_raster
-from device.intake.reduced import ReducedDecode
+from models.reading import ReducedDecode
 
 __all__ = [
     "MAX_FILE_BYTES",
@@ -49,7 +49,7 @@ def decode_file(path: str | os.PathLike, budget: DecodeBudget = DEFAULT_BUDGET,
 def decode_bytes(data: bytes, name: str, budget: DecodeBudget = DEFAULT_BUDGET,
                  reduce: ReducedDecode | None = None) -> DecodedImage:
     """Decode an upload; `name` is only used in messages. Refused (too_large) beyond `budget`.
-    ``reduce``: only as large as a model needs (see device/intake/reduced.py), where the format
+    ``reduce``: only as large as a model needs (see models/reading.py), where the format
     can decode at reduced scale."""
     _check_byte_size(name, len(data))
     fmt = headers.sniff(data)

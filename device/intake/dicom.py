@@ -24,7 +24,7 @@ from pydicom.uid import (
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, as_pixel_options, get_decoder
 
 from device.intake.budget import DecodeBudget
-from device.intake.reduced import ReducedDecode, reduced_size, reduction
+from models.reading import ReducedDecode, reduced_size, reduction
 from device.intake.decoded import DecodedImage, check_dimensions
 from device.intake.errors import NO_PIXEL_DATA, TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError, first_line
 
@@ -172,7 +172,7 @@ def _decode_frame(ds: pydicom.Dataset, source: str, index: int) -> tuple[np.ndar
 
 def _reduced(arr: np.ndarray, ds: pydicom.Dataset, photometric: str,
              reduce: ReducedDecode | None) -> tuple[np.ndarray, list[str]]:
-    """A grayscale frame shrunk by the JPEG factors' rule (device/intake/reduced.py) with an area
+    """A grayscale frame shrunk by the JPEG factors' rule (models/reading.py) with an area
     average (what libjpeg's DCT scaling computes), before the rescale and window: those then run on
     a 64th of the pixels. Only where they are linear maps and a clip (rescale slope/intercept, a
     window), never before LUT tables, whose entries are indexed by exact stored values. The codecs

@@ -12,14 +12,9 @@ from device.intake import headers
 from device.intake.budget import DecodeBudget
 from device.intake.decoded import DecodedImage
 from device.intake.errors import TRUNCATED, UNDECODABLE, UNSUPPORTED, IntakeError, first_line
-from device.intake.reduced import ReducedDecode, reduced_size, reduction
+from models.reading import WHOLE_FLAGS, ReducedDecode, jpeg_flags, reduced_size
 
 _CHECKS = {"jpeg": headers.check_jpeg, "png": headers.check_png, "tiff": headers.check_tiff}
-# ANYDEPTH keeps 16-bit data; ANYCOLOR keeps gray as gray, drops alpha, expands palettes, and
-# (unlike IMREAD_UNCHANGED) still applies the EXIF orientation a phone camera writes.
-_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
-# libjpeg's DCT-domain scale-down, by factor (the gray flags; | IMREAD_ANYCOLOR keeps colour).
-_REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
 # OpenCV's log level is process-wide. Decodes run on several threads at once (the kiosk's request
@@ -60,23 +55,13 @@ def _decoded_sample_shape(data: bytes, fmt: str) -> tuple[int, int]:
     return (3, 1) if fmt == "jpeg" else (3, 2)
 
 
-def jpeg_flags(height: int, width: int, reduce: ReducedDecode | None) -> tuple[int, int]:
-    """(scale-down factor, OpenCV flags) for a JPEG of that stored size decoded for ``reduce``.
-    The reduced flags keep ANYCOLOR (gray stays gray, colour is kept for the colour check) and the
-    EXIF orientation; a gray-only bundle gets libjpeg's cheaper gray output."""
-    factor = 1 if reduce is None else reduction(height, width, reduce.min_side)
-    if factor == 1:
-        return 1, cv2.IMREAD_GRAYSCALE if reduce is not None and reduce.gray else _FLAGS
-    return factor, _REDUCED[factor] | (0 if reduce.gray else cv2.IMREAD_ANYCOLOR)
-
-
 def decode_raster(data: bytes, source: str, fmt: str, budget: DecodeBudget,
                   reduce: ReducedDecode | None = None) -> DecodedImage:
-    """``reduce``: decode a JPEG no larger than that needs (device/intake/reduced.py); other formats
+    """``reduce``: decode a JPEG no larger than that needs (models/reading.py); other formats
     have no scaled decode and are decoded whole."""
     height, width = _CHECKS[fmt](data, source)
     budget.check_image(source, height, width, *_decoded_sample_shape(data, fmt))
-    factor, flags = jpeg_flags(height, width, reduce) if fmt == "jpeg" else (1, _FLAGS)
+    factor, flags = jpeg_flags(height, width, reduce) if fmt == "jpeg" else (1, WHOLE_FLAGS)
     with _opencv_quiet():
         try:
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)

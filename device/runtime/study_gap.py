@@ -7,7 +7,7 @@ OpenVINO hands the run to its stream's thread, ONNX Runtime runs it on the calle
 
 The study is synthetic and deterministic (no patient image ships with the appliance): a gray or
 colour picture as the bundle takes, of a radiograph's size, JPEG-encoded once per process and
-decoded at the scale the served path decodes it (device/intake/reduced.py).
+decoded at the scale the served path decodes it (models/reading.py).
 """
 
 from __future__ import annotations
