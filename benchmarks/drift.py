@@ -151,7 +151,8 @@ def measure(quick: bool) -> dict:
     m = bundle.manifest
     urgent = np.array([s.label in m.urgent_indices for s in val])
     settings = MonitoringSettings()
-    replay = Replay(m.monitoring, settings)
+    reference = m.monitoring.as_served(m.variant("int8", "cpu"))  # the served variant's own model scores
+    replay = Replay(reference, settings)
     report = {"films": len(val), "settings": settings.model_dump(), "streams": streams, "length": length,
               "null_in_sample": null_rate(replay, films, streams, length, rng)}
     # Out of sample: a reference from half of the patients, streams from the other half.

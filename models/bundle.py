@@ -461,6 +461,19 @@ class MonitoringReference(_Strict):
     def n(self) -> int:
         return sum(self.signals[0].urgent) + sum(self.signals[0].other)
 
+    def as_served(self, variant: "Variant | None") -> "MonitoringReference":
+        """This reference as the variant that serves computes it: its own model-score signals
+        (``Variant.monitoring``) in place of the FP32 graph's of the same name. An INT8 graph's
+        refusal scores sit a little apart from FP32's over their whole range (the gate holds the
+        decisions at the thresholds, not every score), and a monitor comparing one with the other
+        sees a shift that is only the variant's."""
+        own = {s.name: s for s in (variant.monitoring or [])} if variant is not None else {}
+        if not own:
+            return self
+        signals = [own.get(s.name, s) for s in self.signals]
+        return self.model_copy(update={"signals": signals,
+                                       "data": f"{self.data}; model scores by the {variant.precision} variant"})
+
 
 class AcceptanceRule(_Strict):
     """How a site's own labelled cases choose its operating point (`bedside acceptance run`): the
@@ -507,6 +520,9 @@ class Variant(_Strict):
     notes: str = ""
     gate: dict[str, float | int | str | bool] | None = None
     audit: list[AuditCheck] | None = None
+    monitoring: list[DriftSignal] | None = Field(
+        default=None, description="the monitoring reference's model-score signals (P(urgent), refusal scores) "
+        "as this variant computes them on the reference's images (MonitoringReference.as_served)")
 
 
 class Manifest(_Strict):

@@ -151,14 +151,18 @@ def build_reference(values: Mapping[str, np.ndarray], urgent: np.ndarray, templa
 ModelScores = Callable[[np.ndarray], tuple[np.ndarray, Mapping[str, np.ndarray]]]
 
 
-def reference_from_inputs(inputs: Iterable[np.ndarray], urgent: np.ndarray, scores: ModelScores,
-                          contract: InputContract, data: str, batch: int = 32) -> MonitoringReference:
-    """The reference of a labelled image set: ``inputs`` are the images as model inputs (through
-    models.preprocess.to_model_input, as the device prepares them), ``urgent`` whether each is of the
-    urgent group, ``scores`` the model run on a batch. One pass; the template is the mean of the
-    images' small gray images, and layout each image's correlation with it."""
-    stats: dict[str, list[float]] = {}
-    smalls: list[np.ndarray] = []
+def score_signals(inputs: Iterable[np.ndarray], urgent: np.ndarray, scores: ModelScores,
+                  batch: int = 32) -> list[DriftSignal]:
+    """Only the model-score signals (P(urgent), refusal.<check>) of a labelled image set, binned as
+    `reference_from_inputs` bins them: one variant's own (``Variant.monitoring``)."""
+    values = _model_values(inputs, scores, batch, lambda x: None)
+    return [s for name, v in values.items() if (s := drift_signal(name, v, urgent)) is not None]
+
+
+def _model_values(inputs: Iterable[np.ndarray], scores: ModelScores, batch: int,
+                  each: Callable[[np.ndarray], None]) -> dict[str, np.ndarray]:
+    """P(urgent) and every refusal score of ``inputs`` (name -> one value per image), run in batches;
+    ``each`` sees every input on the way."""
     model: dict[str, list[np.ndarray]] = {P_URGENT: []}
     pending: list[np.ndarray] = []
 
@@ -170,17 +174,32 @@ def reference_from_inputs(inputs: Iterable[np.ndarray], urgent: np.ndarray, scor
         pending.clear()
 
     for x in inputs:
-        one, small = image_statistics(x, contract)
-        for k, v in one.items():
-            stats.setdefault(IMAGE + k, []).append(v)
-        smalls.append(small)
+        each(x)
         pending.append(x)
         if len(pending) == batch:
             run()
     if pending:
         run()
+    return {name: np.concatenate(parts) for name, parts in model.items()}
+
+
+def reference_from_inputs(inputs: Iterable[np.ndarray], urgent: np.ndarray, scores: ModelScores,
+                          contract: InputContract, data: str, batch: int = 32) -> MonitoringReference:
+    """The reference of a labelled image set: ``inputs`` are the images as model inputs (through
+    models.preprocess.to_model_input, as the device prepares them), ``urgent`` whether each is of the
+    urgent group, ``scores`` the model run on a batch. One pass; the template is the mean of the
+    images' small gray images, and layout each image's correlation with it."""
+    stats: dict[str, list[float]] = {}
+    smalls: list[np.ndarray] = []
+
+    def each(x: np.ndarray) -> None:
+        one, small = image_statistics(x, contract)
+        for k, v in one.items():
+            stats.setdefault(IMAGE + k, []).append(v)
+        smalls.append(small)
+
+    values = _model_values(inputs, scores, batch, each)
     template = np.mean(smalls, axis=0)
-    values = {name: np.concatenate(parts) for name, parts in model.items()}
     values.update({name: np.asarray(v) for name, v in stats.items()})
     values[IMAGE + "layout"] = np.array([layout(s, template) for s in smalls])
     return build_reference(values, urgent, template, data)

@@ -16,9 +16,11 @@ from typing import Callable
 import numpy as np
 
 from models import atomic, audit
-from models.bundle import AuditCheck, Bundle, Manifest, Variant, file_entry, load_bundle, sha256_file, write_manifest
+from models.bundle import (AuditCheck, Bundle, DriftSignal, Manifest, Variant, file_entry, load_bundle, sha256_file,
+                           write_manifest)
 from models.training.images import decode_rgb
 from models.metrics import softmax
+from models.training.monitoring import variant_signals
 from optimize import quantize
 from optimize.errors import OptimizeError
 from optimize.gate import GateResult, gate, kernel_check, refusal_check
@@ -44,6 +46,7 @@ class Candidate:
     latency: dict[str, float] | None = None
     audit: list[AuditCheck] | None = None
     refused: list[str] = field(default_factory=list)  # why the gate or the audits refused it
+    monitoring: list[DriftSignal] | None = None  # its own model-score signals (Variant.monitoring)
 
 
 @dataclass
@@ -192,6 +195,10 @@ def add_variant(
             tmp = Path(work) / c.file
             c.file = f"model.{c.name}.{sha256_file(tmp)[:8]}.onnx"  # never overwrites a file in use
             staged[c.file] = tmp
+        if m.monitoring is not None:
+            for c in outcome.accepted:
+                c.monitoring = variant_signals(bundle, held.val, staged[c.file])
+            log(f"monitoring: model-score signals of {len(outcome.accepted)} variant(s) on {len(held.val)} images")
         manifest, dropped = _with_variants(bundle, precision, outcome.accepted, staged)
         report, card = _documents(bundle, manifest, staged, x_val, y_val, val_logits, threads)
         outcome.report = _commit(bundle.root, manifest, staged, report, card, dropped)
@@ -205,7 +212,7 @@ def _with_variants(
     m = bundle.manifest
     kept = [v for v in m.variants if v.precision != precision]
     new = [Variant(precision=c.precision, file=c.file, targets=list(c.targets), notes=c.notes,
-                   gate=c.result.manifest_entry(), audit=c.audit) for c in accepted]
+                   gate=c.result.manifest_entry(), audit=c.audit, monitoring=c.monitoring) for c in accepted]
     used = {v.file for v in kept + new}
     dropped = {v.file for v in m.variants if v.precision == precision} - used
     files = {k: v for k, v in m.files.items() if k not in dropped}

@@ -18,7 +18,7 @@ from device.site.window import Tracker, Window
 from models import drift
 from models.bundle import DriftSignal, MonitoringReference, load_bundle
 from models.preprocess import to_model_input
-from models.training.images import decode_rgb
+from models.reading import read_as_served
 
 FILMS = 240
 
@@ -43,7 +43,8 @@ def films(monitored_chest, chest_cases):
     result = {"unchanged": signals(gray), "inverted": signals([255 - g for g in gray]),
               "gamma": signals([np.clip(255 * (g / 255.0) ** 1.33, 0, 255).astype(np.uint8) for g in gray]),
               "urgent": np.array([s.label in bundle.manifest.urgent_indices for s in samples]),
-              "reference": bundle.manifest.monitoring, "samples": samples, "triager": triager}
+              "reference": bundle.manifest.monitoring.as_served(bundle.manifest.variant("int8", "cpu")),
+              "samples": samples, "triager": triager}
     yield result
     triager.close()
 
@@ -69,12 +70,34 @@ def test_the_reference_is_made_by_the_function_the_device_uses(monitored_chest, 
     assert reference.n == m.provenance.split.val_images
     template = drift.template_of(reference)
     sample = films["samples"][0]
-    export_side = drift.statistics_of(to_model_input(decode_rgb(sample.path), m.input), m.input, template)
+    export_side = drift.statistics_of(to_model_input(read_as_served(sample.path, m), m.input), m.input, template)
     device_side = {k[len(drift.IMAGE):]: v for k, v in films["unchanged"][0].items() if k.startswith(drift.IMAGE)}
     assert export_side.keys() == device_side.keys()
     assert all(abs(export_side[k] - device_side[k]) < 1e-4 for k in export_side)
     inverted = {k: v for k, v in films["inverted"][0].items()}
     assert inverted[drift.IMAGE + "layout"] < -0.5 < 0.5 < device_side["layout"]
+
+
+def test_the_reference_takes_the_served_variants_own_model_scores(monitored_chest, films):
+    """The INT8 graph the kiosk serves computes refusal scores a little apart from the FP32 graph's over
+    their whole range (its gate holds the decisions at the thresholds, not every score): the bundle's
+    FP32 reference would see a shift that is only the variant's. Each variant ships its own
+    model-score signals on the same images, and the monitor compares the kiosk with those."""
+    m = load_bundle(monitored_chest).manifest
+    served = m.variant("int8", "cpu")
+    assert m.variant("fp32").monitoring is None and {s.name for s in served.monitoring} == {
+        drift.P_URGENT, *(drift.REFUSAL + c.name for c in m.refusal.checks)}
+    own = films["reference"]
+    assert own.data.endswith("model scores by the int8 variant") and own.signal("image.edges") == m.monitoring.signal(
+        "image.edges")
+    name = drift.REFUSAL + "density"
+    values = np.array([f[name] for f in films["unchanged"]])
+
+    def shares(signal: DriftSignal) -> np.ndarray:
+        return np.bincount([drift.bin_of(signal, v) for v in values], minlength=len(signal.edges) + 1) / len(values)
+
+    assert shares(own.signal(name)).min() > 0.04 and shares(own.signal(name)).max() < 0.17  # deciles, as on validation
+    assert shares(m.monitoring.signal(name))[0] < 0.05  # the FP32 graph's lowest decile: the INT8 scores sit higher
 
 
 def test_unchanged_films_keep_ok_and_processed_or_inverted_ones_drift(films):
@@ -90,10 +113,11 @@ def test_unchanged_films_keep_ok_and_processed_or_inverted_ones_drift(films):
         assert first - 150 <= 120 and states[first][1] == "images", (kind, first, states[first])
 
 
-def test_a_season_of_pneumonia_is_told_apart_from_a_change_in_the_images(films):
+@pytest.mark.parametrize("share", [0.97, 0.4])
+def test_a_season_of_pneumonia_is_told_apart_from_a_change_in_the_images(films, share):
     rng = np.random.default_rng(2)
     urgent, other = np.flatnonzero(films["urgent"]), np.flatnonzero(~films["urgent"])
-    picks = np.where(rng.random(400) < 0.97, rng.choice(urgent, 400), rng.choice(other, 400))
+    picks = np.where(rng.random(1200) < share, rng.choice(urgent, 1200), rng.choice(other, 1200))
     states = replay(films["reference"], [films["unchanged"][i] for i in picks])
     assert DRIFT not in {s for s, _ in states}
     assert (WATCH, "prevalence") in states[100:]

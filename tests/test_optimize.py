@@ -176,6 +176,10 @@ def test_int8_and_fp16_variants_pass_the_gate_and_run(bundle_copy, train_dir):
                 assert v.gate["refusal_changed"] <= MAX_REFUSAL_CHANGE and v.gate["refusal_n"] > v.gate["n"]
         assert [c.name for c in v.audit if c.group is None] == m.audit.checks  # as the manifest declares
         assert max(c.flip_rate for c in v.audit) <= m.audit.max_flip_rate
+        if v.precision != "fp32" and m.monitoring is not None:  # its own model scores for the drift monitor
+            assert {s.name for s in v.monitoring} == {s.name for s in m.monitoring.signals
+                                                       if not s.name.startswith("image.")}
+            assert all(sum(s.urgent) + sum(s.other) == m.monitoring.n for s in v.monitoring)
     fp16 = onnx.load(str(bundle.path_of(m.variant("fp16", "gpu").file)))
     assert {i.type.tensor_type.elem_type for i in fp16.graph.input} == {onnx.TensorProto.FLOAT}
     assert "report.html" in m.files and "<svg" in (bundle_copy / "report.html").read_text()

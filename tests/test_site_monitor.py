@@ -88,6 +88,7 @@ def test_site_point_then_drift_then_restart(kiosk, tmp_path, capsys, chest_cases
     status = monitor(client)
     assert status["state"] == "ok" and status["window"]["studies"] == 26, status
     assert status["reference"].startswith("the bundle's reference (validation")
+    assert status["reference"].endswith("model scores by the int8 variant)")  # the variant this kiosk serves
 
     # An acceptance applied by the command line while the kiosk runs: used from the next study on.
     out = tmp_path / "acceptance"

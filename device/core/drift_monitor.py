@@ -29,7 +29,7 @@ from device.machine.clock import utc_iso
 from device.site.drift import COLLECTING, DRIFT, STATES
 from device.site.signals import signals_of, signals_of_document
 from device.site.window import Tracker, Window
-from models.bundle import MonitoringReference
+from models.bundle import MonitoringReference, Variant
 
 log = logging.getLogger(__name__)
 AGREEMENT_CACHE_S = 30.0
@@ -146,7 +146,9 @@ class DriftMonitor:
                 return reference, f"the site's acceptance sample ({accepted.cases} cases, {accepted.at[:10]})", accepted.id
         m = exam.bundle.manifest
         if m.monitoring is not None:
-            return m.monitoring, f"the bundle's reference ({m.monitoring.data})", "bundle"
+            served = _served_variant(exam)
+            reference = m.monitoring.as_served(served)
+            return reference, f"the bundle's reference ({reference.data})", ("bundle", served and served.file)
         return None, "none", None
 
     def _monitor(self, exam: Exam) -> ExamMonitor:
@@ -227,3 +229,10 @@ class DriftMonitor:
             entry["agreement"] = self.agreement(exam.id)
             exams[exam.id] = entry
         return {"exams": exams, "states": list(STATES)}
+
+
+def _served_variant(exam: Exam) -> Variant | None:
+    """The bundle's variant whose file the exam's model runs (None for a GPU engine built on the device)."""
+    bundle, served = exam.bundle, exam.triager.model.sha256
+    return next((v for v in bundle.manifest.variants
+                 if v.file in bundle.manifest.files and bundle.sha256_of(v.file) == served), None)
