@@ -155,3 +155,20 @@ def test_stress_cap_raises_only_the_density_threshold_to_spare_stressed_copies()
     assert capped.checks[1].threshold > plain.checks[1].threshold
     density_scores = capped.scores(stressed)[:, 1]
     assert (density_scores > capped.checks[1].threshold).mean() <= 0.02 < (density_scores > plain.checks[1].threshold).mean()
+
+
+def test_the_rate_is_chosen_so_that_images_that_did_not_set_the_thresholds_keep_it():
+    """Each half of the patients judged by thresholds set on the other: where one half's tail is heavier
+    (as skin lesions of some kinds are), calibrating at 1% refuses more than 1% of the other half; the
+    chosen rate is lower and keeps the cross-fitted refusals at 1%."""
+    rng = np.random.default_rng(5)
+    n = 4000
+    first = np.arange(n) < n // 2
+    scores = rng.normal(size=(n, 2))
+    scores[~first] *= 1.12  # the second half's tails are heavier
+    stressed, rows = scores + rng.normal(scale=0.1, size=(n, 2)), np.arange(n)
+    at_rate, _ = rf.cross_fitted_refusals(scores, stressed, rows, first, 0.01, 0.25)
+    assert at_rate.mean() > 0.011
+    chosen = rf.held_out_rate(scores, stressed, rows, first, 0.01, 0.25)
+    held, held_stress = rf.cross_fitted_refusals(scores, stressed, rows, first, chosen, 0.25)
+    assert 0.0025 <= chosen < 0.01 and held.mean() <= 0.01 and held_stress.shape == (n,)

@@ -7,12 +7,14 @@ The sets, all from the exam's recipe (`Recipe.refusal_inputs`) and models.traini
   augmentation (1 copy): the acquisition range the model was trained for; each copy grouped with
   its picture for the density's out-of-fold statistics;
 - negatives for the domain head: every family of the exam (draw 0, `per_family` images each);
-- calibration: a random half of the validation patients (lesions), refused at `rate`; the density's
-  threshold is then raised until it refuses at most `rate` of those images' stress copies (the
-  study in models/training/refusal.py: the density alone over-refuses legitimate exposure changes);
-- measured, never used for fitting or thresholds: the other half of the validation and its stress
-  copies, a fresh draw (1) of every family, and each family again after a fit that left it out
-  (leave-one-family-out: how the check does on a kind of image it was not shown).
+- calibration: every validation image, refused at a rate chosen so that each random half of the
+  patients (lesions), judged by thresholds set on the other half, is refused at most `rate`
+  (models.training.refusal.held_out_rate); the density's threshold is then raised until it refuses
+  at most that rate of the stress copies (the study in models/training/refusal.py: the density alone
+  over-refuses legitimate exposure changes);
+- measured, never used for the thresholds that judge them: each validation half and its stress copies
+  under the other half's thresholds, a fresh draw (1) of every family, and each family again after a
+  fit that left it out (leave-one-family-out: how the check does on a kind of image it was not shown).
 
 Everything is seeded; the same checkpoint and data give the same check.
 """
@@ -106,10 +108,6 @@ def _stack(rows: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [np.concatenate(column) for column in zip(*rows)]
 
 
-def _rows(features: list[np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
-    return [f[mask] for f in features]
-
-
 def negative_inputs(family: ng.Family, seed: int, n: int, contract) -> np.ndarray:
     images = ng.generate(family, seed, n, NEGATIVE_SIDE)
     return np.stack([to_model_input(img, contract) for img in images])
@@ -130,8 +128,7 @@ def build(exam: str, graph: Ensemble, inputs: RefusalInputs, contract, subject: 
     stress = graph_features(graph, inputs.stress_x)
     patients = np.unique(inputs.val_groups)
     chosen = set(np.random.default_rng(SEED).permutation(patients)[: len(patients) // 2].tolist())
-    calibration = np.array([g in chosen for g in inputs.val_groups])
-    stress_cal = calibration[inputs.stress_rows]
+    first_half = np.array([g in chosen for g in inputs.val_groups])
 
     families = ng.families(exam, own=inputs.own, other=inputs.other)
     fit_neg = {f.name: graph_features(graph, negative_inputs(f, 0, per_family, contract)) for f in families}
@@ -140,20 +137,24 @@ def build(exam: str, graph: Ensemble, inputs: RefusalInputs, contract, subject: 
 
     density = rf.fit_density_check(train, labels, blocks, groups, seed=SEED)
 
-    def fitted(names: list[str]) -> rf.RefusalFit:
-        return rf.fit_refusal(train, labels, _rows(val, calibration), _stack([fit_neg[n] for n in names]), blocks,
-                              rate=rate, groups=groups, stress=_rows(stress, stress_cal), stress_cap=rate,
-                              density=density)
+    def fitted(names: list[str], at: float) -> rf.RefusalFit:
+        return rf.fit_refusal(train, labels, val, _stack([fit_neg[n] for n in names]), blocks, rate=at,
+                              groups=groups, stress=stress, stress_cap=at, density=density)
 
     names = [f.name for f in families]
-    fit = fitted(names)
+    first = fitted(names, rate)
+    val_scores, stress_scores = first.scores(val), first.scores(stress)
+    at = rf.held_out_rate(val_scores, stress_scores, inputs.stress_rows, first_half, rate, rf.DEFAULT_DENSITY_SHARE)
+    fit = fitted(names, at)
+    held_val, held_stress = rf.cross_fitted_refusals(val_scores, stress_scores, inputs.stress_rows, first_half, at,
+                                                     rf.DEFAULT_DENSITY_SHARE)
     measured = [
-        _measure(fit, _rows(val, ~calibration), "validation (in-distribution), the other half of the patients"),
-        _measure(fit, _rows(stress, ~stress_cal), "stress copies of that half (simulated acquisition shift)"),
+        _share(held_val, "validation (in-distribution), each half of the patients under thresholds set on the other"),
+        _share(held_stress, "stress copies of the validation (simulated acquisition shift), the same way"),
         *(_measure(fit, test_neg[f.name], f"negatives: {f.description} (a fresh draw)") for f in families),
     ]
     for f in families:
-        alone = fitted([n for n in names if n != f.name])
+        alone = fitted([n for n in names if n != f.name], at)
         measured.append(_measure(alone, test_neg[f.name], f"left out of the fit: {f.description}"))
     for m in measured:
         log(f"refusal: {m.refused:6.1%} of {m.n:5d}  {m.data}")
@@ -162,15 +163,19 @@ def build(exam: str, graph: Ensemble, inputs: RefusalInputs, contract, subject: 
               for c, out in zip(fit.checks, head.output_names)]
     policy = RefusalPolicy(
         checks=checks, subject=subject, advice=advice, calibrated_refusal_rate=rate,
-        calibrated_on=(f"validation (in-distribution), a random half of the {len(patients)} patients or lesions "
-                       f"(n={int(calibration.sum())}, seed {SEED}); the density check also refuses at most "
-                       f"{rate:.0%} of their stress copies"),
+        calibrated_on=(f"validation (in-distribution): all {len(inputs.val_groups)} images of the {len(patients)} "
+                       f"patients or lesions, at {at:.2%}, the largest rate at which each random half of them "
+                       f"(seed {SEED}) under thresholds set on the other half is refused at most {rate:.0%}; the "
+                       f"density check also refuses at most {at:.2%} of their stress copies"),
         measured=measured)
     return BuiltRefusal(fit, policy, head)
 
 
 def _measure(fit: rf.RefusalFit, features: list[np.ndarray], data: str) -> RefusalMeasure:
-    refused = fit.refuse(features)
+    return _share(fit.refuse(features), data)
+
+
+def _share(refused: np.ndarray, data: str) -> RefusalMeasure:
     return RefusalMeasure(data=data, n=int(len(refused)), refused=round(float(refused.mean()), 4))
 
 
