@@ -149,7 +149,7 @@ def test_shipped_cpu_int8_uses_seven_bit_weights(exam):
     assert float_weights and set(float_weights) <= set(first)  # each member's first convolution only
     assert len(float_weights) == max(1, len(m.ensemble))
     gpu = [v for v in m.variants if v.precision == "int8" and "gpu" in v.targets]
-    if gpu:  # the skin bundle's symmetric graph missed the gate (2.0.0): it ships FP16 for GPUs only
+    if gpu:  # a GPU INT8 graph (symmetric, 8-bit weights) where it passed the gate: never a CPU target
         assert gpu[0].targets == ["gpu"]
         with pytest.raises(OptimizeError, match="more than 7 bits"):
             check_seven_bit_weights(BUNDLES / exam / gpu[0].file)
