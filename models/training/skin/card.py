@@ -65,9 +65,8 @@ validation, multi-class NLL) is baked in. {onnx}"""
     return f"""\
 {len(checkpoint['members'])} small ResNets written in this project (plain 3x3 convolutions, a seven-way head applied
 per location as a class-activation map), **averaged inside one graph** that takes {side}x{side} RGB inputs (a
-member trained at a smaller side that divides it sees the input average-pooled to its own side). Each
-member keeps its **test-time averaging** (the logits and turned-back CAMs of its dihedral copies). Each
-one's logits carry its own temperature; their average is divided by one temperature refitted on it
+member trained at a smaller side that divides it sees the input average-pooled to its own side).
+{_member_views(checkpoint['members'])} Each one's logits carry its own temperature; their average is divided by one temperature refitted on it
 ({temperature:.3f}, multi-class NLL), all baked in. The CAMs are brought to the finest member's grid by nearest
 upsampling (each keeps its mean) and averaged. Every figure on this card is the ensemble's; the members,
 as they run in this graph:
@@ -75,6 +74,14 @@ as they run in this graph:
 {members_table(checkpoint, folds)}
 
 Each member was trained from scratch (no pretrained weights): {training} {onnx}"""
+
+
+def _member_views(members: list[dict]) -> str:
+    views = sorted({int(m.get("tta", 1)) for m in members})
+    if views == [1]:
+        return "Each member judges the image as it is (no test-time averaging inside the graph)."
+    return (f"Each member keeps its **test-time averaging**: the logits and turned-back CAMs of its "
+            f"{' or '.join(map(str, views))} dihedral copies.")
 
 
 def model_card(exported: Exported, quality: QualityPolicy) -> str:
