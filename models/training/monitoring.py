@@ -1,6 +1,7 @@
 """The monitoring reference a bundle ships (``Manifest.monitoring``): its validation images read as
-the device reads them (models/reading.py), made model inputs by the shared preprocessing, run through the bundle's
-own ONNX graph, and binned by models.drift, the module the device computes each study's signals with.
+the device reads them (models/reading.py), made model inputs by the shared preprocessing, run through
+the bundle's own ONNX graph, and binned by models.drift, the module the device computes each study's
+signals with; and each other variant's own model-score signals on the same images (``Variant.monitoring``).
 
 ``add_monitoring_reference`` is the one call: `bedside export` makes it last (the bundle writer),
 and whatever changes a written bundle's graph outputs or its refusal checks afterwards must make it
@@ -79,7 +80,8 @@ def add_monitoring_reference(root: Path, samples: list[Sample], data: str) -> Mo
     if reference is None:
         raise ValueError(f"no monitoring reference from {len(samples)} images ({data}): it needs images of the urgent "
                          "group and of the others, whose signals vary")
-    variants = [v if v.precision == "fp32" else v.model_copy(update={"monitoring": variant_signals(bundle, samples, bundle.path_of(v.file))})
+    variants = [v if v.precision == "fp32" else
+                v.model_copy(update={"monitoring": variant_signals(bundle, samples, bundle.path_of(v.file))})
                 for v in bundle.manifest.variants]
     write_manifest(root, bundle.manifest.model_copy(update={"monitoring": reference, "variants": variants}))
     load_bundle(root)
