@@ -271,3 +271,17 @@ def test_export_refuses_a_model_whose_audit_group_flips_over_the_limit(tiny_ches
     assert str(refused.value) == (f"refusing to write the bundle: squeeze_0.8 flips {1 / len(group):.1%} of NORMAL2 "
                                   f"normals (allowed {checkpoint['max_flip_rate']:.1%})")
     assert not (tmp_path / "bundle").exists()
+
+
+def test_the_sensitivity_threshold_sits_between_scores_not_on_a_positives_own():
+    """Halfway to the next lower score: the same calls on these images, and a positive whose score the
+    exported graph computes a rounding lower is still called (on its own score it was missed)."""
+    from models.training.loop import threshold_for_sensitivity
+
+    y = np.array([1, 1, 1, 1, 0, 0, 1])
+    p = np.array([0.9, 0.8, 0.6, 0.3, 0.5, 0.2, 0.7])
+    threshold = threshold_for_sensitivity(y, p, 0.75)  # 4 of 5 positives: 0.6 kept, 0.3 may be missed
+    assert threshold == pytest.approx(0.55)  # halfway to the negative at 0.5
+    assert ((p >= threshold) == (p >= 0.6)).all()
+    assert 0.6 - 1e-7 >= threshold  # the kept positive, a rounding lower, is still called
+    assert threshold_for_sensitivity(np.array([1, 1]), np.array([0.4, 0.7]), 1.0) == 0.4  # nothing below
