@@ -29,7 +29,7 @@ matrices are precomputed here, so the graph holds no linear algebra.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -39,7 +39,6 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from models.training.architectures import ResNetCAM
-from models.training.tta import spatial_statistics
 
 CHECKS = ("domain", "density")
 DEFAULT_RATE = 0.01
@@ -49,13 +48,6 @@ _EPS = 1e-6
 
 # --------------------------------------------------------------------------------------------
 # Features, inside the forward pass (torch)
-
-
-def forward_with_features(model: ResNetCAM, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ResNetCAM.forward's (logits, cam) and the pooled features (N, F), in one pass."""
-    maps = model.stage_features(x)
-    logits, cam = model.classify(maps[-1])
-    return logits, cam, torch.cat([spatial_statistics(m) for m in maps], dim=1)
 
 
 @dataclass(frozen=True)
@@ -350,26 +342,34 @@ def fit_refusal(train: Sequence[np.ndarray], labels: np.ndarray, calibration: Se
     `density`: a `fit_density_check` of these training rows, to reuse.
     """
     train = _members(train)
-    calibration = _members(calibration, [f.shape[1] for f in train])
     negatives = _members(negatives, [f.shape[1] for f in train])
     density = density or fit_density_check(train, labels, blocks, groups, seed)
     terms = list(density.terms)
     weights, bias = fit_domain_head(np.concatenate([*train, density.train_z], 1),
                                     np.concatenate([*negatives, _term_z(terms, negatives)], 1), c)
-    cal_scores = _scores(terms, weights, bias, calibration)
-    stressed = None if stress is None else _scores(terms, weights, bias, _members(stress, [f.shape[1] for f in train]))
+    head = RefusalFit(tuple(f.shape[1] for f in train), tuple(terms), weights, bias, (), rate, {})
+    return calibrated(head, calibration, rate, density_share, stress, stress_cap)
+
+
+def calibrated(fit: RefusalFit, calibration: Sequence[np.ndarray], rate: float,
+               density_share: float = DEFAULT_DENSITY_SHARE, stress: Sequence[np.ndarray] | None = None,
+               stress_cap: float | None = None) -> RefusalFit:
+    """`fit` with its thresholds set on `calibration` at `rate` (`set_thresholds`; `stress` and
+    `stress_cap` as in `fit_refusal`): the same density terms and domain head, only the thresholds new."""
+    cal_scores = fit.scores(calibration)
+    stressed = None if stress is None else fit.scores(stress)
     thresholds = set_thresholds(cal_scores, rate, density_share, stressed, stress_cap)
     statistics = (
         "logit of a logistic regression (in-distribution vs generic negatives) on the pooled per-stage "
         "channel means and standard deviations and the density terms",
-        f"sum over {len(terms)} member-stage terms of the standardised log squared Mahalanobis distance "
+        f"sum over {len(fit.terms)} member-stage terms of the standardised log squared Mahalanobis distance "
         "to the nearest class mean (shared Ledoit-Wolf covariance)",
     )
     checks = tuple(Check(n, s, float(t)) for n, s, t in zip(CHECKS, statistics, thresholds))
     per_check = (cal_scores > thresholds[None, :]).mean(0)
     summary = {"n": len(cal_scores), "refused": float(refused(cal_scores, thresholds).mean()),
                **{f"refused_by_{n}": float(r) for n, r in zip(CHECKS, per_check)}}
-    return RefusalFit(tuple(f.shape[1] for f in train), tuple(terms), weights, bias, checks, rate, summary)
+    return replace(fit, checks=checks, rate=rate, calibration=summary)
 
 
 # --------------------------------------------------------------------------------------------

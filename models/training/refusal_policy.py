@@ -145,7 +145,7 @@ def build(exam: str, graph: Ensemble, inputs: RefusalInputs, contract, subject: 
     first = fitted(names, rate)
     val_scores, stress_scores = first.scores(val), first.scores(stress)
     at = rf.held_out_rate(val_scores, stress_scores, inputs.stress_rows, first_half, rate, rf.DEFAULT_DENSITY_SHARE)
-    fit = fitted(names, at)
+    fit = rf.calibrated(first, val, at, stress=stress, stress_cap=at)
     held_val, held_stress = rf.cross_fitted_refusals(val_scores, stress_scores, inputs.stress_rows, first_half, at,
                                                      rf.DEFAULT_DENSITY_SHARE)
     measured = [
