@@ -1,7 +1,7 @@
 """What a bundle's refusal check adds to the served model's latency, measured side by side in one run:
 each variant's graph as shipped (every output the device fetches) against the same graph cut down
-to logits and cam (onnx.utils.extract_model: the refusal check's own nodes removed), batch 1,
-interleaved rounds on this CPU. Issue 21's budget: at most 10% on the p50.
+to logits and cam (onnx.utils.extract_model: the refusal check's own nodes removed), batch 1, on a
+real validation image, interleaved rounds on this CPU. Issue 21's budget: at most 10% on the p50.
 
     python benchmarks/refusal_cost.py [BUNDLE ...]   (default: every shipped bundle with a check)
 """
@@ -16,6 +16,7 @@ import numpy as np
 import onnx.utils
 import onnxruntime as ort
 
+from device.runtime.variant_check import golden_set
 from models.bundle import default_bundles_dir, load_bundle
 from optimize.timing import interleaved_latencies, summarise
 
@@ -32,7 +33,9 @@ def _session(path: Path) -> ort.InferenceSession:
 def measure(bundle_dir: Path, calls: int, rounds: int) -> list[dict]:
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
-    x = np.zeros((1, m.input.channels, m.input.height, m.input.width), np.float32)
+    # A real validation image as the device preprocesses it (the bundle's first golden input): an
+    # all-zero input runs the INT8 graphs two to three times faster than any image does.
+    x = np.ascontiguousarray(golden_set(bundle)[0][:1], dtype=np.float32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for v in m.variants:

@@ -192,8 +192,8 @@ def check_seven_bit_weights(path: Path) -> None:
 def only_feeding(path: Path, outputs: tuple[str, ...]) -> list[str]:
     """The names of the nodes that compute only `outputs` (none of the graph's other outputs): a
     refusal check's statistics, distances and head. Left in float, the check keeps its arithmetic (its
-    variance of a feature map, E[x^2] - E[x]^2, cancels badly in FP16), and only the shared network
-    below it is quantized."""
+    squared distances, sums of squares expanded as z.z - 2 z.c + c.c, cancel badly in FP16), and
+    only the shared network below it is quantized."""
     if not outputs:
         return []
     graph = onnx.load(str(path)).graph

@@ -121,7 +121,7 @@ class PooledHead(nn.Module):
 
     def __init__(self, widths: list[int]):
         super().__init__()
-        self.fc = nn.Linear(2 * sum(widths), 1)  # each stage's channel means, then standard deviations
+        self.fc = nn.Linear(2 * sum(widths), 1)  # each stage's channel means, then root mean squares
 
     def forward(self, pooled: list[list[torch.Tensor]]) -> torch.Tensor:
         return torch.sigmoid(self.fc(torch.cat([stage for member in pooled for stage in member], dim=1)))
@@ -160,3 +160,34 @@ def test_the_cpu_int8_recipe_keeps_each_members_first_convolution_in_float(ensem
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert len(float_convs) == 2
     assert sorted(producers.get(c.input[0], "input") for c in float_convs) == ["AveragePool", "input"]
+
+
+def test_a_head_reading_the_last_stages_leaves_the_full_resolution_maps_unpooled(tiny_chest, tiny_chest_32, tmp_path):
+    """`head_stages=2`: the head's input is each member's last two stages' statistics, and the graph
+    pools no larger map (what the refusal check's cost on the CPU comes from)."""
+    import onnx
+
+    from models.training import refusal as rf
+    from models.training.ensemble_graph import Ensemble
+    from models.training.export import export_onnx, member_model
+
+    members = [load(tiny_chest_32.checkpoint), load(tiny_chest.checkpoint)]
+
+    def largest_pooled_side(head_stages):
+        models = [member_model(m) for m in members]
+        blocks = [rf.feature_blocks(m.model, head_stages) for m in models]
+        widths = [(b.stop - b.start) // 2 for layout in blocks for b in layout]
+        graph = Ensemble(models, [32, 64], heads={"refusal": PooledHead(widths)}, head_stages=head_stages).eval()
+        _, features = graph.features(torch.zeros(2, 1, 64, 64))
+        assert [f.shape[1] for f in features] == [layout[-1].stop for layout in blocks]
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(export_onnx(graph, 64, tmp_path / "m.onnx"))))
+        shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
+        return max(shapes[n.input[0]][2] for n in model.graph.node if n.op_type == "ReduceMean")
+
+    assert [b.name for b in rf.feature_blocks(member_model(members[1]).model, 2)] == ["stage2", "stage3"]
+    assert largest_pooled_side(None) == 32  # the 64 px member's stem
+    assert largest_pooled_side(2) == 8  # its stage2: a 64 px input over 8
+    with pytest.raises(ValueError, match="at least one stage"):
+        Ensemble([member_model(members[0])], [32], head_stages=0)
+    with pytest.raises(ValueError, match="stages, not 9"):
+        rf.feature_blocks(member_model(members[0]).model, 9)

@@ -19,7 +19,7 @@ from models.training import refusal as rf  # noqa: E402
 # What the refusal head may put in a graph: matrix products, element-wise arithmetic, reductions,
 # and the shape plumbing around them; no linear algebra (the whitening is precomputed).
 PLAIN_OPS = {"MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Log", "Clip", "Max", "ReduceSum", "ReduceMin",
-             "Concat", "Slice", "Unsqueeze", "Squeeze", "Reshape", "Constant", "Transpose", "Identity"}
+             "Concat", "Slice", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Constant", "Transpose", "Identity"}
 
 
 def _synthetic(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[list[np.ndarray], np.ndarray]:

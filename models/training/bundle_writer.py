@@ -44,7 +44,7 @@ from models.training.export import (INPUT_NAME, OPSET, as_ensemble, deployable, 
 from models.training.images import Sample, decode_rgb, load_images
 from models.training.monitoring import add_monitoring_reference
 from models.training.recipe import Exported, Recipe
-from models.training.refusal_policy import card_section, refusal_for
+from models.training.refusal_policy import HEAD_STAGES, card_section, refusal_for
 
 MODEL_FILE = "model.onnx"
 GOLDEN_FILE = "golden.npz"
@@ -198,7 +198,7 @@ def _write_files(recipe: Recipe, checkpoint: dict, out: Path, bundle_id: str, ve
     size = int(checkpoint["size"])
     contract = recipe.input_contract(size, INPUT_NAME)
     val = validation_samples(recipe, checkpoint, data_dir)
-    model = as_ensemble(checkpoint)
+    model = as_ensemble(checkpoint, head_stages=HEAD_STAGES)
     # The audits judge the triage alone: run them on the graph without the refusal check first, so
     # a model over its limit is refused before the (slower) refusal fit.
     export_onnx(model, size, out / MODEL_FILE, channels=contract.channels)

@@ -9,7 +9,7 @@ the ensemble's CAM still averages to its logits exactly.
 
 Each member returns its stages' feature maps too (see ResNetCAM.stage_features): a head given to
 the ensemble reads every member's pooled stage features (each channel's spatial mean and standard
-deviation) and becomes one more graph output (or several, named by its `output_names`), so a check
+deviation) of its last `head_stages` stages, and becomes one more graph output (or several, named by its `output_names`), so a check
 computed from the members' features (the refusal check, models.training.refusal) needs no change here.
 """
 
@@ -21,7 +21,7 @@ from torch import nn
 
 from models.training.tta import DihedralAverage
 
-# A head's input: per member, per stage (stem first), the globally pooled features (N, channels).
+# A head's input: per member, per stage read (earliest first), the globally pooled features (N, 2 x channels).
 PooledFeatures = list[list[torch.Tensor]]
 
 
@@ -29,8 +29,12 @@ class Ensemble(nn.Module):
     """forward(x) -> (mean logits, mean CAM, *each head's output) over the members."""
 
     def __init__(self, members: list[DihedralAverage], sides: list[int], heads: dict[str, nn.Module] | None = None,
-                 side: int | None = None):
+                 side: int | None = None, head_stages: int | None = None):
+        """`head_stages`: how many of each member's last stages a head reads (default every stage)."""
         super().__init__()
+        if head_stages is not None and head_stages < 1:
+            raise ValueError(f"a head reads at least one stage, got head_stages={head_stages}")
+        self.head_stages = head_stages
         if not members or len(members) != len(sides):
             raise ValueError("an ensemble needs one input side per member, and at least one member")
         self.side = side or max(sides)
@@ -73,7 +77,7 @@ class Ensemble(nn.Module):
             up = self.upsample[i]
             cams.append(F.interpolate(cam, scale_factor=up, mode="nearest") if up > 1 else cam)
             if pool:
-                pooled.append(member.pooled(maps))
+                pooled.append(member.pooled(maps if self.head_stages is None else maps[-self.head_stages :]))
         return torch.stack(logits).mean(0), torch.stack(cams).mean(0), pooled
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

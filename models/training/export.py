@@ -42,12 +42,14 @@ def member_model(member: dict, temperature: float = 1.0) -> DihedralAverage:
     return DihedralAverage(model, int(member.get("tta", 1))).eval()
 
 
-def ensemble_model(checkpoint: dict, temperature: float | None = None) -> Ensemble:
+def ensemble_model(checkpoint: dict, temperature: float | None = None, head_stages: int | None = None) -> Ensemble:
     """An ensemble checkpoint's graph; `temperature` (default: the ensemble's own, refitted on the
-    averaged member logits) divides the average, baked into every member's head."""
+    averaged member logits) divides the average, baked into every member's head; `head_stages` as in
+    Ensemble."""
     t = float(checkpoint["temperature"]) if temperature is None else temperature
     members = checkpoint["members"]
-    return Ensemble([member_model(m, t) for m in members], [int(m["size"]) for m in members]).eval()
+    return Ensemble([member_model(m, t) for m in members], [int(m["size"]) for m in members],
+                    head_stages=head_stages).eval()
 
 
 def deployable(checkpoint: dict) -> torch.nn.Module:
@@ -59,13 +61,14 @@ def deployable(checkpoint: dict) -> torch.nn.Module:
     return DihedralAverage(model, int(checkpoint["tta"])).eval() if "tta" in checkpoint else model
 
 
-def as_ensemble(checkpoint: dict) -> Ensemble:
+def as_ensemble(checkpoint: dict, head_stages: int | None = None) -> Ensemble:
     """`deployable(checkpoint)` in the ensemble form (a single model is a one-member ensemble, with
-    the same logits and CAM): the form extra heads, such as the refusal check, are added to."""
+    the same logits and CAM): the form extra heads, such as the refusal check, are added to, reading
+    each member's last `head_stages` stages (default every stage)."""
     if "members" in checkpoint:
-        return ensemble_model(checkpoint)
+        return ensemble_model(checkpoint, head_stages=head_stages)
     member = DihedralAverage(deployable_model(checkpoint), int(checkpoint.get("tta", 1))).eval()
-    return Ensemble([member], [int(checkpoint["size"])]).eval()
+    return Ensemble([member], [int(checkpoint["size"])], head_stages=head_stages).eval()
 
 
 def graph_notes(checkpoint: dict) -> str:

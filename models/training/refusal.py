@@ -3,13 +3,15 @@
 Two checks, each a score where higher means "less like the images the model was trained on":
 
 - ``density``: how far the image's features lie from the training images', stage by stage. For each
-  member of the ensemble and each stage of its ResNet (stem, then one per width) the per-channel
-  spatial mean and standard deviation of the stage's output are pooled; a class-conditional Gaussian
+  member of the ensemble and each stage of its ResNet the check reads (the stem, then one per width;
+  the shipped checks read the last two, models.training.refusal_policy.HEAD_STAGES) the per-channel
+  spatial mean and root mean square of the stage's output are pooled; a class-conditional Gaussian
   with one shared, Ledoit-Wolf-shrunk covariance is fitted to them (Lee et al. 2018, "A simple
   unified framework for detecting out-of-distribution samples"); the squared Mahalanobis distance to
   the nearest class mean is taken in logs and standardised with its out-of-fold statistics on the
   training images, and these terms are summed over stages and members. Several depths, because the
-  stage that separates an odd image best depends on what is odd about it (Anthony & Kamnitsas 2023).
+  stage that separates an odd image best depends on what is odd about it (Anthony & Kamnitsas 2023);
+  the earliest, full-resolution ones cost the most to pool.
   It needs no negative images, so it also reacts to kinds nobody thought of.
 - ``domain``: a logistic regression on the standardised pooled features and the density terms,
   trained to tell the training images from generic negatives (models/training/negatives.py): a
@@ -59,12 +61,16 @@ class Block:
     stop: int
 
 
-def feature_blocks(model: ResNetCAM) -> list[Block]:
-    """The layout of a member's pooled features (`spatial_statistics` of each stage, concatenated):
-    stem, stage0, stage1, ..."""
+def feature_blocks(model: ResNetCAM, stages: int | None = None) -> list[Block]:
+    """The layout of a member's pooled features (`spatial_statistics` of each stage read, concatenated):
+    stem, stage0, stage1, ..., or only the last `stages` of them (Ensemble's `head_stages`)."""
+    names = ["stem", *(f"stage{i}" for i in range(len(model.widths)))]
+    widths = [model.widths[0], *model.widths]
+    first = 0 if stages is None else len(names) - stages
+    if first < 0:
+        raise ValueError(f"{model.__class__.__name__} has {len(names)} stages, not {stages}")
     blocks, start = [], 0
-    for name, width in zip(["stem", *(f"stage{i}" for i in range(len(model.widths)))],
-                           [model.widths[0], *model.widths]):
+    for name, width in zip(names[first:], widths[first:]):
         blocks.append(Block(name, start, start + 2 * width))
         start += 2 * width
     return blocks
@@ -90,7 +96,7 @@ class DensityTerm:
         return ((z[:, None, :] - self.centres[None]) ** 2).sum(-1).min(1)
 
     def z(self, x: np.ndarray) -> np.ndarray:
-        return (np.log(self.distances(x) + _EPS) - self.loc) / self.scale
+        return (_log_distance(self.distances(x)) - self.loc) / self.scale
 
 
 @dataclass(frozen=True)
@@ -181,8 +187,13 @@ def _out_of_fold_log_distances(x: np.ndarray, labels: np.ndarray, fold: np.ndarr
     for k in np.unique(fold):
         whitening, centres = fit_gaussian(x[fold != k], labels[fold != k])
         z = x[fold == k] @ whitening.T
-        out[fold == k] = np.log(((z[:, None, :] - centres[None]) ** 2).sum(-1).min(1) + _EPS)
+        out[fold == k] = _log_distance(((z[:, None, :] - centres[None]) ** 2).sum(-1).min(1))
     return out
+
+
+def _log_distance(squared: np.ndarray) -> np.ndarray:
+    """log of a squared distance, floored (as the graph computes it: Clip, then Log)."""
+    return np.log(np.maximum(squared, _EPS))
 
 
 def _per_member(blocks: Sequence[Block] | Sequence[Sequence[Block]], members: int) -> list[Sequence[Block]]:
@@ -359,9 +370,10 @@ def calibrated(fit: RefusalFit, calibration: Sequence[np.ndarray], rate: float,
     cal_scores = fit.scores(calibration)
     stressed = None if stress is None else fit.scores(stress)
     thresholds = set_thresholds(cal_scores, rate, density_share, stressed, stress_cap)
+    stages = ", ".join(dict.fromkeys(t.block.name for t in fit.terms))
     statistics = (
-        "logit of a logistic regression (in-distribution vs generic negatives) on the pooled per-stage "
-        "channel means and standard deviations and the density terms",
+        f"logit of a logistic regression (in-distribution vs generic negatives) on the pooled per-stage "
+        f"channel means and root mean squares ({stages}) and the density terms",
         f"sum over {len(fit.terms)} member-stage terms of the standardised log squared Mahalanobis distance "
         "to the nearest class mean (shared Ledoit-Wolf covariance)",
     )
@@ -383,9 +395,10 @@ class RefusalHead(nn.Module):
 
     Batched for batch-1 latency: one whitening product per term, then every term's distances to
     every class centre in one product (``[z*z, z] @ B``: block sums of z^2 and the cross terms with
-    the centres), one reduction over classes, and the domain head as two products. A graph of about
-    T + 20 nodes for T terms instead of about 8 T: at batch 1 the check's cost is in the number of
-    small nodes, not in arithmetic (benchmarks/refusal_cost.py).
+    the centres), one reduction over classes, and both scores as one product of the features and the
+    log distances (the terms' standardisation folded into its weights). A graph of about T + 13 nodes
+    for T terms instead of about 8 T: at batch 1 the check's cost is in the number of small nodes,
+    not in arithmetic (benchmarks/refusal_cost.py).
     """
 
     def __init__(self, fit: RefusalFit, prefix: str = "refusal_"):
@@ -409,12 +422,19 @@ class RefusalHead(nn.Module):
         self.register_buffer("blocks", torch.as_tensor(blocks, dtype=torch.float32))
         self.register_buffer("centres_sq", torch.as_tensor(
             np.concatenate([(t.centres**2).sum(1) for t in fit.terms]), dtype=torch.float32))
-        self.register_buffer("loc", torch.tensor([t.loc for t in fit.terms], dtype=torch.float32))
-        self.register_buffer("inv_scale", torch.tensor([1.0 / t.scale for t in fit.terms], dtype=torch.float32))
+        # Both scores as one product of [features, log distances]: z_i = (log d_i - loc_i) / scale_i is
+        # folded into the weights and biases (the domain's term weights, the density's sum).
+        loc = np.array([t.loc for t in fit.terms])
+        inv_scale = 1.0 / np.array([t.scale for t in fit.terms])
         features = sum(self.dims)
-        self.register_buffer("feature_weights", torch.as_tensor(fit.head_weights[:features, None], dtype=torch.float32))
-        self.register_buffer("term_weights", torch.as_tensor(fit.head_weights[features:, None], dtype=torch.float32))
-        self.register_buffer("head_bias", torch.tensor([float(fit.head_bias)], dtype=torch.float32))
+        term_weights = fit.head_weights[features:] * inv_scale
+        weights = np.zeros((features + terms, 2))
+        weights[:features, 0] = fit.head_weights[:features]
+        weights[features:, 0] = term_weights
+        weights[features:, 1] = inv_scale
+        bias = [fit.head_bias - float(term_weights @ loc), -float(inv_scale @ loc)]
+        self.register_buffer("score_weights", torch.as_tensor(weights, dtype=torch.float32))
+        self.register_buffer("score_bias", torch.tensor(bias, dtype=torch.float32))
 
     def _stage(self, stages: list[torch.Tensor], start: int, stop: int) -> torch.Tensor:
         """The member's columns [start, stop): one stage's tensor as it is when the span is a stage."""
@@ -432,7 +452,6 @@ class RefusalHead(nn.Module):
                        for i, (m, a, b) in enumerate(self.spans)], 1)
         squared = torch.cat([z * z, z], 1) @ self.blocks + self.centres_sq
         nearest = squared.reshape(-1, len(self.spans), self.classes).amin(dim=2)
-        terms = (torch.log(torch.clamp(nearest, min=0.0) + _EPS) - self.loc) * self.inv_scale
-        features = torch.cat([s for stages in pooled for s in stages], 1)
-        domain = (features @ self.feature_weights + terms @ self.term_weights + self.head_bias).squeeze(1)
-        return domain, terms.sum(1)
+        logs = torch.log(torch.clamp(nearest, min=_EPS))
+        scores = torch.cat([*(s for stages in pooled for s in stages), logs], 1) @ self.score_weights + self.score_bias
+        return scores[:, 0], scores[:, 1]

@@ -64,14 +64,19 @@ class DihedralAverage(nn.Module):
 
     def pooled(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each stage's globally pooled features (N, 2 x channels): the per-channel spatial mean, then
-        standard deviation, averaged over the copies."""
+        root mean square, averaged over the copies."""
         pooled = [spatial_statistics(m) for m in maps]
         return pooled if self.copies == 1 else [p.reshape(self.copies, -1, p.shape[1]).mean(0) for p in pooled]
 
 
 def spatial_statistics(feature_map: torch.Tensor) -> torch.Tensor:
-    """(N, 2C): each channel's spatial mean, then its spatial standard deviation (a small floor under
-    the variance keeps the square root's gradient and the exported graph finite)."""
-    mean = feature_map.mean(dim=(2, 3))
-    var = (feature_map * feature_map).mean(dim=(2, 3)) - mean * mean
-    return torch.cat([mean, torch.sqrt(torch.clamp(var, min=0.0) + 1e-6)], dim=1)
+    """(N, 2C): each channel's spatial mean, then its root mean square.
+
+    The root mean square rather than the standard deviation: the same information (std^2 = rms^2 -
+    mean^2) in fewer graph nodes, and at batch 1 a refusal check's cost on the CPU is mostly its
+    number of nodes (benchmarks/refusal_cost.py); refusal power measured the same or higher
+    (models.training.refusal_policy.HEAD_STAGES). Both statistics read one copy of the map: the
+    ReLU changes nothing (every stage ends in one) but, in a quantized graph, is the map's only
+    reader, so ONNX Runtime dequantizes it once instead of once per reading operand (three times)."""
+    copy = torch.relu(feature_map)
+    return torch.cat([copy.mean(dim=(2, 3)), torch.sqrt((copy * copy).mean(dim=(2, 3)))], dim=1)
