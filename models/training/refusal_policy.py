@@ -50,7 +50,6 @@ BATCH = 256
 # rate): the last two stages refuse as much as every stage on skin (mean 93% against 91%) and a
 # little less on chest (95% against 96%; fundus photographs left out of the fit 80% against 89%).
 HEAD_STAGES = 2
-HEAD_STAGES = 2
 
 
 @dataclass
