@@ -33,8 +33,7 @@ def _session(path: Path) -> ort.InferenceSession:
 def measure(bundle_dir: Path, calls: int, rounds: int) -> list[dict]:
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
-    # A real validation image as the device preprocesses it (the bundle's first golden input): an
-    # all-zero input runs the INT8 graphs two to three times faster than any image does.
+    # What the device runs: a real validation image as it preprocesses one (the bundle's first golden input).
     x = np.ascontiguousarray(golden_set(bundle)[0][:1], dtype=np.float32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

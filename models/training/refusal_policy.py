@@ -44,7 +44,7 @@ CHUNK = 512  # training images per augmentation batch
 SEED = 0
 BATCH = 256
 # The check reads the statistics of each member's last two stages only. With every stage (stem on)
-# it cost 40-100% of the served INT8 graph's p50 on a 2-core CPU: its float branch reads the
+# it cost 44-70% of the served INT8 graph's p50 on a 2-core CPU: its float branch reads the
 # full-resolution maps the quantized network otherwise never materialises, in about 9 graph nodes
 # per stage. Measured on the 3.0.0 networks (same negatives, leave-one-family-out, 1% in-distribution
 # rate): the last two stages refuse as much as every stage on skin (mean 93% against 91%) and a
