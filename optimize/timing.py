@@ -52,6 +52,16 @@ def interleaved_latencies(
     return [np.asarray(s) for s in samples]
 
 
+def round_ratios(samples_ms: np.ndarray, baseline_ms: np.ndarray, rounds: int) -> np.ndarray:
+    """Per round of `interleaved_latencies`, the runner's median over the baseline's, in that round.
+
+    Paired by round, a ratio carries only the drift within one round (a few ms), not the drift
+    between the first round and the last, which on a shared 2-core machine moved pooled p50s by
+    10-20% in one run; the median of these ratios is the steadier estimate of a small overhead."""
+    mine, base = (np.median(np.asarray(s).reshape(rounds, -1), axis=1) for s in (samples_ms, baseline_ms))
+    return mine / base
+
+
 def summarise(samples_ms: np.ndarray, batch: int) -> dict[str, float]:
     p50, p90, p99 = np.percentile(samples_ms, [50, 90, 99])
     return {

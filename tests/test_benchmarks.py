@@ -9,6 +9,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,3 +61,28 @@ def test_drift_benchmark_runs_as_run_all_runs_it(run_all, datasets):
     assert result["targets"]["monitor < 1 ms per study"]
     assert all(d["detected"] == d["streams"] for d in result["processing"].values())
     assert result["targets"]["prevalence alone never reads drift"], result["prevalence"]
+
+
+def test_refusal_cost_times_every_shipped_check_against_its_graph_without_it():
+    spec = importlib.util.spec_from_file_location("refusal_cost", ROOT / "benchmarks" / "refusal_cost.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from models.bundle import default_bundles_dir
+
+    rows = [r for p in sorted(default_bundles_dir().iterdir()) for r in module.measure(p, calls=40, rounds=4)]
+    assert {r["variant"] for r in rows} == {"fp32 (cpu/gpu)", "int8 (cpu)"} and len(rows) == 4
+    for r in rows:
+        low, high = r["ratio_quartiles"]
+        assert 0 < r["p50_ms_without_check"] and low <= r["ratio"] <= high
+
+
+def test_round_ratios_pair_each_round_so_drift_between_rounds_cancels():
+    from optimize.timing import round_ratios
+
+    # Two rounds of three calls; the machine is twice as slow in the second round. A pooled p50
+    # would compare a fast-round median with a slow-round one; paired by round, 1.1 both times.
+    baseline = np.array([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    runner = np.array([1.1, 1.1, 1.1, 2.2, 2.2, 2.2])
+    assert np.allclose(round_ratios(runner, baseline, 2), [1.1, 1.1])
+    with pytest.raises(ValueError):
+        round_ratios(runner, baseline, 4)  # six calls are not four equal rounds

@@ -121,7 +121,7 @@ class PooledHead(nn.Module):
 
     def __init__(self, widths: list[int]):
         super().__init__()
-        self.fc = nn.Linear(2 * sum(widths), 1)  # each stage's channel means, then root mean squares
+        self.fc = nn.Linear(sum(widths), 1)  # each stage's channel norms
 
     def forward(self, pooled: list[list[torch.Tensor]]) -> torch.Tensor:
         return torch.sigmoid(self.fc(torch.cat([stage for member in pooled for stage in member], dim=1)))
@@ -163,8 +163,8 @@ def test_the_cpu_int8_recipe_keeps_each_members_first_convolution_in_float(ensem
 
 
 def test_a_head_reading_the_last_stages_leaves_the_full_resolution_maps_unpooled(tiny_chest, tiny_chest_32, tmp_path):
-    """`head_stages=2`: the head's input is each member's last two stages' statistics, and the graph
-    pools no larger map (what the refusal check's cost on the CPU comes from)."""
+    """`head_stages=2`: the head's input is each member's last two stages' channel norms, one graph
+    node each, and the graph pools no larger map (what the refusal check's cost on the CPU comes from)."""
     import onnx
 
     from models.training import refusal as rf
@@ -176,13 +176,15 @@ def test_a_head_reading_the_last_stages_leaves_the_full_resolution_maps_unpooled
     def largest_pooled_side(head_stages):
         models = [member_model(m) for m in members]
         blocks = [rf.feature_blocks(m.model, head_stages) for m in models]
-        widths = [(b.stop - b.start) // 2 for layout in blocks for b in layout]
+        widths = [b.stop - b.start for layout in blocks for b in layout]
         graph = Ensemble(models, [32, 64], heads={"refusal": PooledHead(widths)}, head_stages=head_stages).eval()
         _, features = graph.features(torch.zeros(2, 1, 64, 64))
         assert [f.shape[1] for f in features] == [layout[-1].stop for layout in blocks]
         model = onnx.shape_inference.infer_shapes(onnx.load(str(export_onnx(graph, 64, tmp_path / "m.onnx"))))
         shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.value_info}
-        return max(shapes[n.input[0]][2] for n in model.graph.node if n.op_type == "ReduceMean")
+        norms = [n for n in model.graph.node if n.op_type == "ReduceL2"]
+        assert len(norms) == sum(len(layout) for layout in blocks)  # one node per member and stage read
+        return max(shapes[n.input[0]][2] for n in norms)
 
     assert [b.name for b in rf.feature_blocks(member_model(members[1]).model, 2)] == ["stage2", "stage3"]
     assert largest_pooled_side(None) == 32  # the 64 px member's stem

@@ -8,8 +8,8 @@ finest member's grid by nearest upsampling, which keeps each CAM's spatial mean,
 the ensemble's CAM still averages to its logits exactly.
 
 Each member returns its stages' feature maps too (see ResNetCAM.stage_features): a head given to
-the ensemble reads every member's pooled stage features (each channel's spatial mean and root mean
-square, models.training.tta.spatial_statistics) of its last `head_stages` stages, and becomes one
+the ensemble reads every member's pooled stage features (each channel's L2 norm over the map,
+models.training.tta.channel_norms) of its last `head_stages` stages, and becomes one
 more graph output (or several, named by its `output_names`), so a check computed from the members'
 features (the refusal check, models.training.refusal) needs no change here.
 """
@@ -22,7 +22,7 @@ from torch import nn
 
 from models.training.tta import DihedralAverage
 
-# A head's input: per member, per stage read (earliest first), the globally pooled features (N, 2 x channels).
+# A head's input: per member, per stage read (earliest first), the globally pooled features (N, channels).
 PooledFeatures = list[list[torch.Tensor]]
 
 

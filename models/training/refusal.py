@@ -4,8 +4,8 @@ Two checks, each a score where higher means "less like the images the model was 
 
 - ``density``: how far the image's features lie from the training images', stage by stage. For each
   member of the ensemble and each stage of its ResNet the check reads (the stem, then one per width;
-  the shipped checks read the last two, models.training.refusal_policy.HEAD_STAGES) the per-channel
-  spatial mean and root mean square of the stage's output are pooled; a class-conditional Gaussian
+  the shipped checks read the last two, models.training.refusal_policy.HEAD_STAGES) each channel's
+  L2 norm over the stage's output is pooled (models.training.tta.channel_norms); a class-conditional Gaussian
   with one shared, Ledoit-Wolf-shrunk covariance is fitted to them (Lee et al. 2018, "A simple
   unified framework for detecting out-of-distribution samples"); the squared Mahalanobis distance to
   the nearest class mean is taken in logs and standardised with its out-of-fold statistics on the
@@ -62,7 +62,7 @@ class Block:
 
 
 def feature_blocks(model: ResNetCAM, stages: int | None = None) -> list[Block]:
-    """The layout of a member's pooled features (`spatial_statistics` of each stage read, concatenated):
+    """The layout of a member's pooled features (`channel_norms` of each stage read, concatenated):
     stem, stage0, stage1, ..., or only the last `stages` of them (Ensemble's `head_stages`)."""
     names = ["stem", *(f"stage{i}" for i in range(len(model.widths)))]
     widths = [model.widths[0], *model.widths]
@@ -71,8 +71,8 @@ def feature_blocks(model: ResNetCAM, stages: int | None = None) -> list[Block]:
         raise ValueError(f"{model.__class__.__name__} has {len(names)} stages, not {stages}")
     blocks, start = [], 0
     for name, width in zip(names[first:], widths[first:]):
-        blocks.append(Block(name, start, start + 2 * width))
-        start += 2 * width
+        blocks.append(Block(name, start, start + width))
+        start += width
     return blocks
 
 
@@ -373,7 +373,7 @@ def calibrated(fit: RefusalFit, calibration: Sequence[np.ndarray], rate: float,
     stages = ", ".join(dict.fromkeys(t.block.name for t in fit.terms))
     statistics = (
         f"logit of a logistic regression (in-distribution vs generic negatives) on the pooled per-stage "
-        f"channel means and root mean squares ({stages}) and the density terms",
+        f"channel L2 norms ({stages}) and the density terms",
         f"sum over {len(fit.terms)} member-stage terms of the standardised log squared Mahalanobis distance "
         "to the nearest class mean (shared Ledoit-Wolf covariance)",
     )
@@ -390,7 +390,7 @@ def calibrated(fit: RefusalFit, calibration: Sequence[np.ndarray], rate: float,
 
 class RefusalHead(nn.Module):
     """An ensemble head (models.training.ensemble_graph): forward(pooled) -> one (N,) score per check,
-    in CHECKS order, named `output_names`; `pooled`: per member, per stage, the (N, 2C) statistics of
+    in CHECKS order, named `output_names`; `pooled`: per member, per stage, the (N, C) channel norms of
     DihedralAverage.pooled. Refuse where any score is above its threshold (`fit.checks`).
 
     Batched for batch-1 latency: one whitening product per term, then every term's distances to

@@ -3,7 +3,7 @@
 from models.training.recipe import Identity
 
 EXAM = "chest-xray-pneumonia"
-VERSION = "3.1.0"
+VERSION = "3.2.0"
 TITLE = "Pediatric chest X-ray pneumonia triage (research)"
 LICENCE = "CC BY 4.0"
 DISCLAIMER = "Research use only - not for clinical diagnosis."
