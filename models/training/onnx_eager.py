@@ -60,7 +60,7 @@ def _reduce_mean(x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
 
 
 def _reduce(op: Callable) -> Callable:
-    """ReduceSum / ReduceMin as opset 18 has them: axes an optional input, keepdims an attribute."""
+    """ReduceSum / ReduceMin / ReduceL2 as opset 18 has them: axes an optional input, keepdims an attribute."""
     def reduce(x, axes=None, *, keepdims=1, noop_with_empty_axes=0):
         if axes is None:
             raise UnsupportedGraph("a reduction without axes is not supported by the eager runner")
@@ -142,8 +142,9 @@ OPS: dict[str, Callable] = {
     "Einsum": lambda *xs, equation: torch.einsum(equation, *xs),
     "AveragePool": _average_pool,
     "Resize": _resize,
-    # the refusal check's statistics, distances and head (models/training/refusal.py)
-    "Sqrt": torch.sqrt,
+    # the refusal check's statistics, distances and head (models/training/refusal.py); nested L2 norms
+    # over one axis at a time are the norm over both
+    "ReduceL2": _reduce(lambda x, axis, keep: torch.linalg.vector_norm(x, dim=axis, keepdim=keep)),
     "Log": torch.log,
     "Clip": _clip,
     "ReduceSum": _reduce(lambda x, axis, keep: x.sum(dim=axis, keepdim=keep)),

@@ -25,8 +25,9 @@ shipped models they refuse 0-20% of the negatives at a 1% in-distribution rate.
 
 Fitting is numpy and scikit-learn (its Ledoit-Wolf estimator and logistic regression); `RefusalHead`
 is the torch module that computes both scores inside the exported graph, from every member's
-pooled features, with plain ops (MatMul, Sub, Mul, ReduceSum, ReduceMin, Log, Sqrt): the whitening
-matrices are precomputed here, so the graph holds no linear algebra.
+pooled features, with plain ops (ReduceL2 for the statistics; MatMul, Mul, Add, Concat, ReduceMin,
+Clip, Log in the head): the whitening matrices are precomputed here, so the graph holds no linear
+algebra.
 """
 
 from __future__ import annotations
