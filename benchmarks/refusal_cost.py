@@ -49,7 +49,7 @@ def measure(bundle_dir: Path, calls: int, rounds: int) -> list[dict]:
             for path, names in ((full, list(m.output_names)), (plain, [m.outputs.logits, m.outputs.cam])):
                 sess = _session(path)
                 runs.append(lambda batch, s=sess, n=names: s.run(n, {m.input.tensor_name: batch}))
-            samples = interleaved_latencies(runs, x, calls - calls % rounds, rounds)
+            samples = interleaved_latencies(runs, x, calls, rounds)
             with_check, without = (summarise(s, 1)["p50_ms"] for s in samples)
             low, ratio, high = np.percentile(round_ratios(*samples, rounds), [25, 50, 75])
             rows.append({"bundle": f"{m.id} {m.version}", "variant": f"{v.precision} ({'/'.join(v.targets)})",

@@ -5,8 +5,8 @@ Two checks, each a score where higher means "less like the images the model was 
 - ``density``: how far the image's features lie from the training images', stage by stage. For each
   member of the ensemble and each stage of its ResNet the check reads (the stem, then one per width;
   the shipped checks read the last two, models.training.refusal_policy.HEAD_STAGES) each channel's
-  L2 norm over the stage's output is pooled (models.training.tta.channel_norms); a class-conditional Gaussian
-  with one shared, Ledoit-Wolf-shrunk covariance is fitted to them (Lee et al. 2018, "A simple
+  L2 norm over the stage's output is pooled (models.training.tta.channel_norms); a class-conditional
+  Gaussian with one shared, Ledoit-Wolf-shrunk covariance is fitted to them (Lee et al. 2018, "A simple
   unified framework for detecting out-of-distribution samples"); the squared Mahalanobis distance to
   the nearest class mean is taken in logs and standardised with its out-of-fold statistics on the
   training images, and these terms are summed over stages and members. Several depths, because the

@@ -70,7 +70,7 @@ class DihedralAverage(nn.Module):
 
 
 def channel_norms(feature_map: torch.Tensor) -> torch.Tensor:
-    """(N, C): each channel's L2 norm over the map (its root mean square times the map's fixed side).
+    """(N, C): each channel's L2 norm over the map (its root mean square times sqrt(H x W), fixed).
 
     One statistic, one graph node per stage: at batch 1 a refusal check's cost on the CPU is mostly
     its number of nodes (benchmarks/refusal_cost.py), and a map read by a single node is dequantized
