@@ -143,6 +143,36 @@ def test_a_head_on_the_members_pooled_features_is_one_more_graph_output(tiny_che
     assert set(diff) == {"logits", "cam", "refusal"} and max(diff.values()) < 1e-4
 
 
+def test_heatmaps_that_do_not_nest_meet_on_their_least_common_grid(tmp_path):
+    """Skin's 112 px member maps 7x7, a 56 px one 4x4: the ensemble's CAM is 28x28 (whole-factor
+    nearest upsampling), still averages to the logits, and runs the same under ONNX Runtime and the
+    eager runner. Members whose common grid would pass 64x64 are refused in plain words."""
+    from models.training.architectures import build_model
+    from models.training.ensemble_graph import Ensemble
+    from models.training.export import export_onnx, max_abs_diff
+    from models.training.onnx_eager import EagerGraph
+    from models.training.tta import DihedralAverage
+
+    torch.manual_seed(0)
+
+    def member():
+        return DihedralAverage(build_model((16, 16, 16, 16), 1, classes=7, channels=3), 1)
+
+    graph = Ensemble([member(), member()], [112, 56]).eval()
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits, cam = graph(x)
+    assert graph.upsample == [4, 7] and cam.shape == (2, 7, 28, 28)
+    np.testing.assert_allclose(cam.mean(dim=(2, 3)).numpy(), logits.numpy(), atol=1e-5)
+    path = export_onnx(graph, 112, tmp_path / "model.onnx", channels=3)
+    assert max(max_abs_diff(graph, path, x).values()) < 1e-4
+    eager = EagerGraph(path)(x.numpy())
+    np.testing.assert_allclose(eager["cam"], cam.numpy(), atol=1e-4)
+
+    with pytest.raises(ValueError, match="no common grid of at most 64x64 cells \\(theirs is 70x70\\)"):
+        Ensemble([member(), member()], [112, 160], side=1120)
+
+
 def test_the_cpu_int8_recipe_keeps_each_members_first_convolution_in_float(ensemble, tmp_path):
     """Each member's first convolution reads the input (the 32 px one through its average pool): the
     CPU recipe leaves all of them in float, as it does the one of a single model."""

@@ -90,3 +90,10 @@ def members_table(checkpoint: dict, folds: list[dict]) -> str:
     rows += [f"| {m.config} | " + " | ".join(fmt(m.scores.get(c)) for c in columns) + " |" for m in members]
     rows.append("| **ensemble (averaged in the graph)** | " + " | ".join(fmt(whole.get(c)) for c in columns) + " |")
     return "\n".join(rows)
+
+
+def common_grid(checkpoint: dict) -> int:
+    """The side of the grid an ensemble's CAM output takes (models.training.ensemble_graph)."""
+    from models.training.export import ensemble_model  # torch: only an export writes a card
+
+    return ensemble_model(checkpoint).cam_side

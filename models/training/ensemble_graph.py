@@ -4,8 +4,10 @@ The graph takes the largest member's input side. A member trained at a side that
 the input average-pooled by the exact ratio (a 64 px member in a 128 px graph sees 2x2 means), so
 every member reads the image the device preprocessed once. Members' logits (each with its own
 temperature and the ensemble's baked into its head) are averaged; their CAMs are brought to the
-finest member's grid by nearest upsampling, which keeps each CAM's spatial mean, and averaged, so
-the ensemble's CAM still averages to its logits exactly.
+smallest grid every member's divides (the finest member's where the others nest in it: 4x4 in
+8x8; 28x28 for a 112 px member's 7x7 and a 56 px member's 4x4) by nearest upsampling by whole
+factors, which keeps each CAM's spatial mean, and averaged, so the ensemble's CAM still averages to
+its logits exactly.
 
 Each member returns its stages' feature maps too (see ResNetCAM.stage_features): a head given to
 the ensemble reads every member's pooled stage features (each channel's L2 norm over the map,
@@ -16,6 +18,8 @@ features (the refusal check, models.training.refusal) needs no change here.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +28,8 @@ from models.training.tta import DihedralAverage
 
 # A head's input: per member, per stage read (earliest first), the globally pooled features (N, channels).
 PooledFeatures = list[list[torch.Tensor]]
+# The largest common heatmap grid an ensemble's CAM output may take (7x7 and 4x4 members meet at 28x28).
+MAX_CAM_SIDE = 64
 
 
 class Ensemble(nn.Module):
@@ -46,17 +52,19 @@ class Ensemble(nn.Module):
                              "divide the largest one (e.g. 64 and 128)")
         self.members = nn.ModuleList(members)
         self.pools = [self.side // s for s in sides]
-        cam_sides = [self._cam_side(m, s) for m, s in zip(members, sides)]
-        finest = max(cam_sides)
-        if any(finest % c for c in cam_sides):
-            raise ValueError(f"the members' heatmaps ({', '.join(f'{c}x{c}' for c in cam_sides)}) cannot be brought to "
-                             f"the finest {finest}x{finest} grid by whole-cell upsampling")
-        self.upsample = [finest // c for c in cam_sides]
+        cam_sides = [self._member_grid(m, s) for m, s in zip(members, sides)]
+        grid = math.lcm(*cam_sides)
+        if grid > MAX_CAM_SIDE:
+            raise ValueError(f"the members' heatmaps ({', '.join(f'{c}x{c}' for c in cam_sides)}) have no common grid "
+                             f"of at most {MAX_CAM_SIDE}x{MAX_CAM_SIDE} cells (theirs is {grid}x{grid}): train members at "
+                             "sides whose heatmaps nest (e.g. 64 and 128 px)")
+        self.cam_side = grid
+        self.upsample = [grid // c for c in cam_sides]
         self.heads = nn.ModuleDict(heads or {})
 
     @staticmethod
     @torch.no_grad()
-    def _cam_side(member: DihedralAverage, side: int) -> int:
+    def _member_grid(member: DihedralAverage, side: int) -> int:
         channels = member.model.channels
         return int(member(torch.zeros(1, channels, side, side))[1].shape[-1])
 

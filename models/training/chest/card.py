@@ -8,7 +8,7 @@ import numpy as np
 
 from models import audit
 from models.metrics import roc_curve
-from models.training.card_tables import audit_group_note, audit_table, fmt, members_table
+from models.training.card_tables import audit_group_note, audit_table, common_grid, fmt, members_table
 from models.training.chest import augment as aug
 from models.training.chest.data import ASPECT_RANGE
 from models.training.chest.identity import CITATION, DISCLAIMER, INTENDED_USE
@@ -126,7 +126,7 @@ def _model_section(checkpoint: dict, onnx_diff: dict[str, float], folds: list[di
                                         f"its own side ({', '.join(f'exact {k}x{k} means' for k in pools)}, close to "
                                         "the area resize it was trained with)." if pools
                                         else "every member was trained at that side."),
-                                 cam_side=max(int(m["size"]) for m in members) // 16, diff=diff,
+                                 cam_side=common_grid(checkpoint), diff=diff,
                                  temperature=float(checkpoint["temperature"]))
 
 
@@ -192,8 +192,8 @@ blocks per width, global average pooling and a linear head applied at every loca
 class-activation map; no depthwise convolutions). The graph takes {side}x{side} inputs;
 {pools} Each member's logits carry its
 own temperature; they are averaged and divided by one temperature refitted on the average
-(T = {temperature:.4f}), all baked into the members' heads. The members' CAMs are brought to the
-finest grid ({cam_side}x{cam_side}) by nearest upsampling, which keeps each one's spatial mean, and
+(T = {temperature:.4f}), all baked into the members' heads. The members' CAMs are brought to one
+{cam_side}x{cam_side} grid by nearest upsampling by whole factors, which keeps each one's spatial mean, and
 averaged, so the CAM's spatial mean is still exactly `logits`. Every figure on this card is the
 ensemble's, recomputed on the shared validation split; the members, as they run in this graph
 (same inputs, each with its own temperature and the ensemble's threshold rule):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from models import audit
 from models.bundle import QualityPolicy
-from models.training.card_tables import audit_group_note, audit_table, fmt, members_table
+from models.training.card_tables import audit_group_note, audit_table, common_grid, fmt, members_table
 from models.training.recipe import Exported
 from models.training.skin import augment as aug
 from models.training.skin.data import FOCUS, LABELS, URGENT
@@ -45,7 +45,9 @@ def _confusion_table(rep: dict) -> str:
 
 def _network(checkpoint: dict, diff: dict[str, float], folds: list[dict], cfg: dict) -> str:
     """The model paragraph: one network with its dihedral averaging, or the ensemble and its members."""
-    training = (f"{cfg['epochs']} epochs of AdamW with a one-cycle\nschedule (peak {cfg['lr']}), batch "
+    member_epochs = {m.get("train_config", {}).get("epochs") for m in checkpoint.get("members", [])}
+    epochs = "each member's epochs (the table above)" if len(member_epochs) > 1 else f"{cfg['epochs']} epochs"
+    training = (f"AdamW with a one-cycle schedule (peak {cfg['lr']}) for\n{epochs}, batch "
                 f"{cfg['batch_size']}, weight decay {cfg['weight_decay']}, label smoothing\n{cfg['label_smoothing']}, "
                 f"weight EMA {cfg['ema']}, loss weights (1/class frequency)^{cfg['class_weight_power']}.")
     onnx = f"ONNX opset 18 vs torch: max |difference| logits\n{diff['logits']:.2e}, CAM {diff['cam']:.2e}."
@@ -62,13 +64,14 @@ CAMs) of {checkpoint['tta']} rotations of the input, so every consumer (device, 
 benchmarks) runs exactly what was validated; the temperature {temperature:.3f} (fitted on
 validation, multi-class NLL) is baked in. {onnx}"""
     side = int(checkpoint["size"])
+    grid = common_grid(checkpoint)
     return f"""\
 {len(checkpoint['members'])} small ResNets written in this project (plain 3x3 convolutions, a seven-way head applied
 per location as a class-activation map), **averaged inside one graph** that takes {side}x{side} RGB inputs (a
 member trained at a smaller side that divides it sees the input average-pooled to its own side).
 {_member_views(checkpoint['members'])} Each one's logits carry its own temperature; their average is divided by one temperature refitted on it
-({temperature:.3f}, multi-class NLL), all baked in. The CAMs are brought to the finest member's grid by nearest
-upsampling (each keeps its mean) and averaged. Every figure on this card is the ensemble's; the members,
+({temperature:.3f}, multi-class NLL), all baked in. The CAMs are brought to one {grid}x{grid} grid by nearest
+upsampling by whole factors (each keeps its mean) and averaged. Every figure on this card is the ensemble's; the members,
 as they run in this graph:
 
 {members_table(checkpoint, folds)}
