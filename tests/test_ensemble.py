@@ -93,6 +93,7 @@ def test_card_and_manifest_report_each_member_and_the_ensemble(ensemble):
     assert "members (32 px, 64 px) averaged inside the graph" in m.variant("fp32").notes
     card = (ensemble / "bundle" / "MODEL_CARD.md").read_text()
     assert "## Model: 2 members averaged inside one graph" in card
+    assert "CAMs are brought to one\n4x4 grid" in card  # the 32 px member's 2x2 into the 64 px one's 4x4
     assert f"| member | clean AUC | stress AUC | {held_out} |" in card
     assert "| 32 px, widths 16-32-64-128, 1 block/stage, seed 1, 1 epoch |" in card
     assert f"| **ensemble (averaged in the graph)** | {checkpoint['scores']['clean AUC']:.4f} |" in card
