@@ -174,6 +174,27 @@ def test_heatmaps_that_do_not_nest_meet_on_their_least_common_grid(tmp_path):
         Ensemble([member(), member()], [112, 160], side=1120)
 
 
+def test_the_skin_card_names_the_common_grid_and_each_members_epochs():
+    """A skin ensemble of a 112 px member (40 epochs) and a 56 px one (60 epochs): its card names the
+    28x28 grid the graph builds and does not give the first member's epochs for both."""
+    from models.training.architectures import build_model
+    from models.training.skin.card import _network
+
+    def member(size, epochs):
+        model = build_model((16, 32, 64, 128), 1, classes=7, channels=3)
+        return {"widths": (16, 32, 64, 128), "blocks": 1, "size": size, "channels": 3, "classes": 7, "tta": 1,
+                "state_dict": model.state_dict(), "temperature": 1.0, "seed": size,
+                "train_config": {"epochs": str(epochs)}, "training_command": "bedside train", "scores": {}}
+
+    checkpoint = {"members": [member(112, 40), member(56, 60)], "size": 112, "temperature": 1.0, "scores": {}}
+    cfg = {"epochs": "40", "lr": 0.003, "batch_size": 64, "weight_decay": 0.0005, "label_smoothing": 0.05,
+           "ema": 0.995, "class_weight_power": 0.0}
+    text = _network(checkpoint, {"logits": 0.0, "cam": 0.0}, [], cfg)
+    assert "The CAMs are brought to one 28x28 grid" in text
+    assert "for\neach member's epochs (the table above)" in text and "40 epochs of" not in text
+    assert "| 56 px, widths 16-32-64-128, 1 block/stage, seed 56, 60 epochs |" in text
+
+
 def test_the_cpu_int8_recipe_keeps_each_members_first_convolution_in_float(ensemble, tmp_path):
     """Each member's first convolution reads the input (the 32 px one through its average pool): the
     CPU recipe leaves all of them in float, as it does the one of a single model."""

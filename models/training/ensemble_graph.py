@@ -52,14 +52,14 @@ class Ensemble(nn.Module):
                              "divide the largest one (e.g. 64 and 128)")
         self.members = nn.ModuleList(members)
         self.pools = [self.side // s for s in sides]
-        cam_sides = [self._member_grid(m, s) for m, s in zip(members, sides)]
-        grid = math.lcm(*cam_sides)
+        grids = [self._member_grid(m, s) for m, s in zip(members, sides)]
+        grid = math.lcm(*grids)
         if grid > MAX_CAM_SIDE:
-            raise ValueError(f"the members' heatmaps ({', '.join(f'{c}x{c}' for c in cam_sides)}) have no common grid "
+            raise ValueError(f"the members' heatmaps ({', '.join(f'{c}x{c}' for c in grids)}) have no common grid "
                              f"of at most {MAX_CAM_SIDE}x{MAX_CAM_SIDE} cells (theirs is {grid}x{grid}): train members at "
                              "sides whose heatmaps nest (e.g. 64 and 128 px)")
         self.cam_side = grid
-        self.upsample = [grid // c for c in cam_sides]
+        self.upsample = [grid // c for c in grids]
         self.heads = nn.ModuleDict(heads or {})
 
     @staticmethod
