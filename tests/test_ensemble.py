@@ -144,6 +144,50 @@ def test_a_head_on_the_members_pooled_features_is_one_more_graph_output(tiny_che
     assert set(diff) == {"logits", "cam", "refusal"} and max(diff.values()) < 1e-4
 
 
+def test_a_head_reads_only_the_members_it_is_given(tmp_path):
+    """Skin's refusal check reads only the members at the full input side (112 px, not 56 px): the
+    head's features, its fit's layout and its graph output come from those members alone, the
+    triage outputs still from every member, and the card says which members it reads."""
+    from models.bundle import RefusalCheck, RefusalPolicy
+    from models.training import refusal as rf
+    from models.training.architectures import build_model
+    from models.training.ensemble_graph import Ensemble
+    from models.training.export import export_onnx, full_side_members, max_abs_diff
+    from models.training.refusal_policy import card_section, member_blocks
+    from models.training.tta import DihedralAverage
+
+    torch.manual_seed(0)
+    members = [DihedralAverage(build_model((16, 16, 16, 16), 1, classes=7, channels=3), 1) for _ in range(3)]
+    sides = [112, 56, 112]
+    assert full_side_members({"members": [{"size": s} for s in sides]}) == [0, 2]
+    assert full_side_members({"size": 112}) == [0]
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    every = Ensemble(members, sides, head_stages=2).eval()
+    full = Ensemble(members, sides, head_stages=2, head_members=[0, 2]).eval()
+    with torch.no_grad():
+        every_logits, every_features = every.features(x)
+        logits, features = full.features(x)
+    torch.testing.assert_close(logits, every_logits)
+    assert len(every_features) == 3 and len(features) == 2
+    torch.testing.assert_close(features[1], every_features[2])
+    assert [[b.name for b in layout] for layout in member_blocks(full)] == [["stage2", "stage3"]] * 2
+
+    widths = [16 + 16] * 2  # two stages of 16 channels, per member read
+    full.heads["refusal"] = PooledHead(widths)
+    path = export_onnx(full, 112, tmp_path / "model.onnx", channels=3)
+    assert max(max_abs_diff(full, path, x).values()) < 1e-4
+
+    policy = RefusalPolicy(checks=[RefusalCheck(name="density", output="refusal", statistic="s", threshold=1.0)],
+                           subject="a dermoscopy image", advice="Check the image.", calibrated_refusal_rate=0.01,
+                           calibrated_on="validation", measured=[])
+    assert "run from the features of members 1 and 3 only (112 px: the members that see the full input side)," \
+        in card_section(policy, full)
+    assert "computed in the same model run, is above" in card_section(policy, every)
+    for wrong in ([], [3]):
+        with pytest.raises(ValueError, match="a head reads one or more of the 3 members"):
+            Ensemble(members, sides, head_members=wrong)
+
+
 def test_heatmaps_that_do_not_nest_meet_on_their_least_common_grid(tmp_path):
     """Skin's 112 px member maps 7x7, a 56 px one 4x4: the ensemble's CAM is 28x28 (whole-factor
     nearest upsampling), still averages to the logits, and runs the same under ONNX Runtime and the

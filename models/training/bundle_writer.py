@@ -39,8 +39,8 @@ from models.datasets import REPO_ROOT
 from models.metrics import softmax
 from models.preprocess import to_model_input
 from models.training.card_tables import ensemble_members
-from models.training.export import (INPUT_NAME, OPSET, as_ensemble, deployable, export_onnx, graph_notes, max_abs_diff,
-                                    onnx_session)
+from models.training.export import (INPUT_NAME, OPSET, as_ensemble, deployable, export_onnx, full_side_members,
+                                    graph_notes, max_abs_diff, onnx_session)
 from models.training.images import Sample, decode_rgb, load_images
 from models.training.monitoring import add_monitoring_reference
 from models.training.recipe import Exported, Recipe
@@ -198,7 +198,8 @@ def _write_files(recipe: Recipe, checkpoint: dict, out: Path, bundle_id: str, ve
     size = int(checkpoint["size"])
     contract = recipe.input_contract(size, INPUT_NAME)
     val = validation_samples(recipe, checkpoint, data_dir)
-    model = as_ensemble(checkpoint, head_stages=HEAD_STAGES)
+    readers = full_side_members(checkpoint) if recipe.refusal_reads_full_side_only else None
+    model = as_ensemble(checkpoint, head_stages=HEAD_STAGES, head_members=readers)
     # The audits judge the triage alone: run them on the graph without the refusal check first, so
     # a model over its limit is refused before the (slower) refusal fit.
     export_onnx(model, size, out / MODEL_FILE, channels=contract.channels)
@@ -219,7 +220,7 @@ def _write_files(recipe: Recipe, checkpoint: dict, out: Path, bundle_id: str, ve
     write_golden(recipe, out / GOLDEN_FILE, out / MODEL_FILE, checkpoint, val, refusal.policy)
     figures = recipe.plots(checkpoint, results, out)
     card = recipe.card(Exported(checkpoint, results, checks, diff, group_shift, group_shift_note))
-    (out / CARD_FILE).write_text(card.rstrip("\n") + "\n\n" + card_section(refusal.policy) + "\n", encoding="utf-8")
+    (out / CARD_FILE).write_text(card.rstrip("\n") + "\n\n" + card_section(refusal.policy, model) + "\n", encoding="utf-8")
     files = {name: file_entry(out / name) for name in (MODEL_FILE, GOLDEN_FILE, *figures, CARD_FILE)}
     write_manifest(out, build_manifest(recipe, checkpoint, results, bundle_id, version, files, checks, group_shift,
                                        refusal.policy))

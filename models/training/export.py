@@ -8,6 +8,7 @@ models.training.bundle_writer, the same code path as the end of `bedside train`.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 import logging
 import warnings
 from pathlib import Path
@@ -42,14 +43,24 @@ def member_model(member: dict, temperature: float = 1.0) -> DihedralAverage:
     return DihedralAverage(model, int(member.get("tta", 1))).eval()
 
 
-def ensemble_model(checkpoint: dict, temperature: float | None = None, head_stages: int | None = None) -> Ensemble:
+def ensemble_model(checkpoint: dict, temperature: float | None = None, head_stages: int | None = None,
+                   head_members: Sequence[int] | None = None) -> Ensemble:
     """An ensemble checkpoint's graph; `temperature` (default: the ensemble's own, refitted on the
-    averaged member logits) divides the average, baked into every member's head; `head_stages` as in
-    Ensemble."""
+    averaged member logits) divides the average, baked into every member's head; `head_stages` and
+    `head_members` as in Ensemble."""
     t = float(checkpoint["temperature"]) if temperature is None else temperature
     members = checkpoint["members"]
     return Ensemble([member_model(m, t) for m in members], [int(m["size"]) for m in members],
-                    head_stages=head_stages).eval()
+                    head_stages=head_stages, head_members=head_members).eval()
+
+
+def full_side_members(checkpoint: dict) -> list[int]:
+    """The indices of the members that see the graph's full input side (every member of a graph
+    whose members share one side; the single model of a checkpoint without members)."""
+    if "members" not in checkpoint:
+        return [0]
+    sides = [int(m["size"]) for m in checkpoint["members"]]
+    return [i for i, s in enumerate(sides) if s == max(sides)]
 
 
 def deployable(checkpoint: dict) -> torch.nn.Module:
@@ -61,12 +72,13 @@ def deployable(checkpoint: dict) -> torch.nn.Module:
     return DihedralAverage(model, int(checkpoint["tta"])).eval() if "tta" in checkpoint else model
 
 
-def as_ensemble(checkpoint: dict, head_stages: int | None = None) -> Ensemble:
+def as_ensemble(checkpoint: dict, head_stages: int | None = None, head_members: Sequence[int] | None = None
+                ) -> Ensemble:
     """`deployable(checkpoint)` in the ensemble form (a single model is a one-member ensemble, with
     the same logits and CAM): the form extra heads, such as the refusal check, are added to, reading
-    each member's last `head_stages` stages (default every stage)."""
+    the last `head_stages` stages (default every stage) of the members `head_members` (default all)."""
     if "members" in checkpoint:
-        return ensemble_model(checkpoint, head_stages=head_stages)
+        return ensemble_model(checkpoint, head_stages=head_stages, head_members=head_members)
     member = DihedralAverage(deployable_model(checkpoint), int(checkpoint.get("tta", 1))).eval()
     return Ensemble([member], [int(checkpoint["size"])], head_stages=head_stages).eval()
 

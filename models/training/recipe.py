@@ -72,6 +72,9 @@ class Recipe(ABC):
     acceptance: AcceptanceRule | None = None  # how a site chooses its own operating point (None: the default)
     refusal_subject: str  # "a chest X-ray": "This does not look like {subject}."
     refusal_advice: str  # what to do instead, in plain words
+    # The refusal check reads only the ensemble members that see the graph's full input side (see
+    # Ensemble's head_members); False: every member.
+    refusal_reads_full_side_only: bool = False
 
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod

@@ -186,17 +186,30 @@ def _share(refused: np.ndarray, data: str) -> RefusalMeasure:
     return RefusalMeasure(data=data, n=int(len(refused)), refused=round(float(refused.mean()), 4))
 
 
+def _readers(graph: Ensemble) -> str:
+    """Which members the scores read, where not every member (the card is otherwise silent on it)."""
+    if len(graph.head_members) == len(graph.members):
+        return ""
+    numbers = [str(i + 1) for i in graph.head_members]
+    named = numbers[0] if len(numbers) == 1 else ", ".join(numbers[:-1]) + " and " + numbers[-1]
+    sides = sorted({graph.side // graph.pools[i] for i in graph.head_members})
+    return (f" from the features of member{'s' if len(numbers) > 1 else ''} {named} only "
+            f"({', '.join(f'{s} px' for s in sides)}: the members that see the full input side)")
+
+
 def member_blocks(graph: Ensemble) -> list[list[rf.Block]]:
-    return [rf.feature_blocks(member.model, graph.head_stages) for member in graph.members]
+    """Per member the refusal head reads, the layout of its pooled stage features."""
+    return [rf.feature_blocks(graph.members[i].model, graph.head_stages) for i in graph.head_members]
 
 
-def card_section(policy: RefusalPolicy) -> str:
-    """The model card's refusal section: the rule, the checks and every measured rate."""
+def card_section(policy: RefusalPolicy, graph: Ensemble) -> str:
+    """The model card's refusal section: the rule, what it reads, the checks and every measured rate."""
     lines = [
         "## When the model refuses",
         "",
         f"An image that passes the quality checks is UNGRADABLE, \"This does not look like {policy.subject}. "
-        f"{policy.advice}\", when any of these scores, computed in the same model run, is above its threshold:",
+        f"{policy.advice}\", when any of these scores, computed in the same model run{_readers(graph)}, "
+        "is above its threshold:",
         "",
         "| check | graph output | statistic | threshold |",
         "| --- | --- | --- | --- |",
