@@ -76,6 +76,24 @@ def test_refusal_cost_times_every_shipped_check_against_its_graph_without_it():
         assert np.isfinite([r["ratio"], *r["ratio_quartiles"]]).all() and r["ratio"] > 0
 
 
+def test_skin_compare_pairs_two_bundles_on_the_same_images(datasets):
+    """The shipped skin bundle against itself on 150 validation images and their stress copies: the same AUCs, every difference and its whole interval exactly zero."""
+    spec = importlib.util.spec_from_file_location("skin_compare", ROOT / "benchmarks" / "skin_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from models.bundle import default_bundles_dir
+
+    skin = default_bundles_dir() / "skin-lesion-triage"
+    rows = module.compare(skin, skin, limit=150)
+    assert rows[0].startswith("old 3.3.0, new 3.3.0: 150 validation images, 2 stress copies each (seed 2)")
+    table = [r.split(" | ") for r in rows if r.startswith(("| melanoma", "| refer group"))]
+    assert [r[0] for r in table] == ["| melanoma, clean", "| refer group, clean", "| melanoma, stressed",
+                                     "| refer group, stressed"]
+    for _, old, new, difference in table:
+        assert old == new and 0.5 < float(old) <= 1.0
+        assert difference == "+0.0000 [+0.0000, +0.0000] |"
+
+
 def test_round_ratios_pair_each_round_so_drift_between_rounds_cancels():
     from optimize.timing import round_ratios
 
