@@ -3,7 +3,7 @@
 from models.training.recipe import Identity
 
 EXAM = "skin-lesion-triage"
-VERSION = "3.2.0"
+VERSION = "3.3.0"
 TITLE = "Skin lesion triage from dermoscopy (research, non-commercial)"
 
 LICENCE = "CC BY-NC 4.0"
