@@ -94,8 +94,8 @@ clean:
 # from scratch: four members, one CPU thread each, two side by side, all with class-balanced sampling
 # (--sample-power 0.5, plain loss): 112 px seeds 1 and 2, then two 56 px members taught that two
 # augmented views of a lesion are the same lesion (--consistency 1; seed 10 for 60 epochs, seed 11
-# for 40), which lifted the refer-group AUC under simulated acquisition shift where more 112 px seeds
-# did not. The ensemble averages them in one graph, each on the image as it is (--views 1); the export
+# for 40), which lifted the refer-group AUC under simulated acquisition shift where a second 112 px
+# seed had not. The ensemble averages them in one graph, each on the image as it is (--views 1); the export
 # fits its refusal check on the two 112 px members' features only (the skin recipe's rule: the 56 px
 # members' refused unseen kinds of image less often); then the gated INT8 (minmax ranges) and FP16
 # variants. About 1 h 30 min, then 25 min, of training on each core.
