@@ -38,7 +38,8 @@ def _split(m: Manifest) -> tuple[float, int, int]:
 def _probabilities(path: Path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    logits = np.concatenate([session.run(["logits"], {name: x[i : i + BATCH].astype(np.float32)})[0] for i in range(0, len(x), BATCH)])
+    batches = (x[i : i + BATCH].astype(np.float32) for i in range(0, len(x), BATCH))
+    logits = np.concatenate([session.run(["logits"], {name: b})[0] for b in batches])
     return softmax(logits)
 
 
@@ -55,13 +56,14 @@ def compare(old_dir: Path, new_dir: Path, limit: int = 0) -> list[str]:
     each class in turn: a quick look, for the tests)."""
     old, new = load_bundle(old_dir), load_bundle(new_dir)
     if _split(old.manifest) != _split(new.manifest) or old.manifest.input != new.manifest.input:
-        raise SystemExit("the two bundles were validated on different splits or inputs: no paired comparison")
+        raise ValueError("the two bundles were validated on different splits or inputs: no paired comparison")
     val_fraction, split_seed, seed = _split(old.manifest)
     recipe = recipes()[new.manifest.id]
     run = {"data": {"val_fraction": val_fraction, "split_seed": split_seed}, "seed": seed}
     samples = recipe.validation_samples(run, None)
     if limit:
-        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, min(limit, len(samples))).round().astype(int)]
+        spaced = np.linspace(0, len(samples) - 1, min(limit, len(samples))).round().astype(int)
+        samples = [samples[i] for i in spaced]
     y = np.array([s.label for s in samples])
     x = torch.from_numpy(load_images(samples, new.manifest.input, progress=False))
     rule = Rule(target_sensitivity=0.0, stress_copies=2, seed=seed)
@@ -69,7 +71,8 @@ def compare(old_dir: Path, new_dir: Path, limit: int = 0) -> list[str]:
     copies, n = rule.stress_copies, len(y)
     draws = np.random.default_rng(0).integers(0, n, (RESAMPLES, n))
     weights = np.stack([np.bincount(r, minlength=n) for r in draws]).astype(float)
-    sets = {"clean": (x.numpy(), y, weights), "stressed": (stressed, np.tile(y, copies), np.tile(weights, (1, copies)))}
+    sets = {"clean": (x.numpy(), y, weights),
+            "stressed": (stressed, np.tile(y, copies), np.tile(weights, (1, copies)))}
     rows = [f"old {old.manifest.version}, new {new.manifest.version}: {n} validation images, {copies} stress copies "
             f"each (seed {seed + 1}), {RESAMPLES} paired resamples", "",
             "| AUC | old | new | new - old [95% interval] |", "| --- | --- | --- | --- |"]
@@ -89,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path)
     parser.add_argument("--limit", type=int, default=0, help="only N validation images, evenly spaced (default all)")
     args = parser.parse_args(argv)
-    print("\n".join(compare(args.old, args.new, args.limit)))
+    try:
+        print("\n".join(compare(args.old, args.new, args.limit)))
+    except ValueError as exc:
+        print(f"skin_compare: {exc}")
+        return 2
     return 0
 
 

@@ -77,7 +77,9 @@ def test_refusal_cost_times_every_shipped_check_against_its_graph_without_it():
 
 
 def test_skin_compare_pairs_two_bundles_on_the_same_images(datasets):
-    """The shipped skin bundle against itself on 150 validation images and their stress copies: the same AUCs, every difference and its whole interval exactly zero."""
+    """The shipped skin bundle against itself on 150 validation images and their stress copies: the
+    same AUCs, every difference and its whole interval exactly zero (the two runs see the same
+    images and the same stress draw); bundles validated on different inputs are refused."""
     spec = importlib.util.spec_from_file_location("skin_compare", ROOT / "benchmarks" / "skin_compare.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -92,6 +94,8 @@ def test_skin_compare_pairs_two_bundles_on_the_same_images(datasets):
     for _, old, new, difference in table:
         assert old == new and 0.5 < float(old) <= 1.0
         assert difference == "+0.0000 [+0.0000, +0.0000] |"
+    with pytest.raises(ValueError, match="different splits or inputs"):
+        module.compare(default_bundles_dir() / "chest-xray-pneumonia", skin, limit=150)
 
 
 def test_round_ratios_pair_each_round_so_drift_between_rounds_cancels():

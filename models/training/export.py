@@ -8,9 +8,9 @@ models.training.bundle_writer, the same code path as the end of `bedside train`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
