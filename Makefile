@@ -96,8 +96,8 @@ clean:
 # augmented views of a lesion are the same lesion (--consistency 1; seed 10 for 60 epochs, seed 11
 # for 40), which lifted the refer-group AUC under simulated acquisition shift where a second 112 px
 # seed had not. The ensemble averages them in one graph, each on the image as it is (--views 1); the export
-# fits its refusal check on the two 112 px members' features only (the skin recipe's rule: the 56 px
-# members' refused unseen kinds of image less often); then the gated INT8 (minmax ranges) and FP16
+# fits its refusal check on the two 112 px members' features only (the skin recipe's rule: fitted on
+# the 56 px members too, it refused fewer unseen kinds of image); then the gated INT8 (minmax ranges) and FP16
 # variants. About 1 h 30 min, then 25 min, of training on each core.
 SKIN_BUNDLE ?= models/bundles/skin-lesion-triage
 SKIN_RUNS   ?= runs/skin-lesion-triage

@@ -14,9 +14,9 @@ the ensemble reads every member's pooled stage features (each channel's L2 norm 
 models.training.tta.channel_norms) of its last `head_stages` stages, and becomes one
 more graph output (or several, named by its `output_names`), so a check computed from the members'
 features (the refusal check, models.training.refusal) needs no change here. `head_members` limits the
-members a head reads (skin's refusal check reads only the members that see the full 112 px side: the
-coarse 56 px members' stage norms describe unseen kinds of image less well, and left out of the fit
-they lowered the refusal of colour fundus photographs from 87% to 68%).
+members a head reads (skin's refusal check reads only the members that see the full 112 px side:
+fitted on the 56 px members' stage norms as well, it refused fewer of the kinds of image left out of
+its fit, colour fundus photographs 68% instead of 87%).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class SkinRecipe(Recipe):
     refusal_subject = "a dermoscopy image"
     refusal_advice = ("The model only judges dermoscopy images of a single skin lesion. Check the image, "
                       "or choose another exam.")
-    refusal_reads_full_side_only = True  # the 56 px members' features refuse unseen kinds of image less often
+    refusal_reads_full_side_only = True  # fitted on the 56 px members too, it refused fewer unseen kinds of image
 
     def default_data_dir(self) -> Path:
         return data.default_data_dir()
