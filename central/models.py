@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pytriton.decorators import batch
+from pytriton.proxy.types import Request
 
 from device.runtime import registry
 from device.runtime.base import Backend, ModelIO, RuntimeFailure, RuntimeUnavailable, VariantFile
@@ -117,17 +117,30 @@ def _close(backends: list[Backend]) -> None:
 
 def infer_function(model: ServedModel, backend: Backend):
     """The callable Triton's Python backend hands each dynamic batch to (one per model instance):
-    the batch of input tensors in, every declared output out, as the graph gives them, and the
-    variant's identity (Triton sends a client only the outputs it asked for). A value per image
-    (shape [N]) travels as [N, 1]: pytriton's tensors need a size per item."""
-    name = model.input_name
+    the requests' input tensors run as one batch, and each request answered with only the outputs
+    it asked for (every output when it named none), as the graph gives them; the variant's identity
+    only to a request that asks for it (a kiosk checking the node). A value per image (shape [N])
+    travels as [N, 1]: pytriton's tensors need a size per item.
 
-    @batch
-    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        batch_input = inputs[name]
-        outputs = {k: np.ascontiguousarray(v.reshape(len(v), -1) if v.ndim == 1 else v)
-                   for k, v in backend.run(batch_input).items()}
-        outputs[identity.OUTPUT] = np.full((len(batch_input), 1), model.identity, dtype=object)
-        return outputs
+    Why not pytriton's ``@batch``: it hands every output of the batch back to the stub for each
+    request, and pytriton copies each through shared memory before Triton drops the ones not
+    asked for; the identity's byte strings alone added about 1 ms to a study's round trip."""
+    name = model.input_name
+    every = (*model.outputs, identity.OUTPUT)
+
+    def infer(requests: list[Request]) -> list[dict[str, np.ndarray]]:
+        sizes = [len(r.data[name]) for r in requests]
+        batch_input = np.concatenate([r.data[name] for r in requests]) if len(requests) > 1 else requests[0].data[name]
+        outputs = {k: v.reshape(len(v), -1) if v.ndim == 1 else v for k, v in backend.run(batch_input).items()}
+        answers = []
+        start = 0
+        for request, size in zip(requests, sizes):
+            wanted = request.requested_output_names or every
+            answer = {k: np.ascontiguousarray(outputs[k][start:start + size]) for k in wanted if k in outputs}
+            if identity.OUTPUT in wanted:
+                answer[identity.OUTPUT] = np.full((size, 1), model.identity, dtype=object)
+            answers.append(answer)
+            start += size
+        return answers
 
     return infer

@@ -117,6 +117,36 @@ def test_dynamic_batching_joins_concurrent_requests(central_node):
     assert executions < inferences * 0.8, (executions, inferences)
 
 
+def test_requests_batched_together_each_get_what_they_asked_for(central_node):
+    """Concurrent requests of different sizes, each naming other outputs, are batched together by
+    Triton: each answer holds its own images' values, the outputs it named and no others, and the
+    identity only where asked."""
+    bundle = BUNDLES[1]
+    m, io = bundle.manifest, model_io(bundle.manifest)
+    x = golden_set(bundle)[0][:12]
+    local = OnnxRuntimeBackend(VariantFile.of(bundle, m.variant("fp32")), io, 1).run(x)
+    asks = [("logits",), ("cam", identity.OUTPUT), io.output_names, (identity.OUTPUT,)]
+    jobs = [(slice(i % 10, i % 10 + 1 + i % 3), asks[i % len(asks)]) for i in range(48)]
+
+    def ask(job):
+        rows, names = job
+        client = http.InferenceServerClient(central_node.host_port)
+        tensor = http.InferInput(io.input_name, list(x[rows].shape), "FP32")
+        tensor.set_data_from_numpy(x[rows], binary_data=True)
+        result = client.infer(m.id, [tensor], outputs=[http.InferRequestedOutput(n, binary_data=True) for n in names])
+        return rows, names, {o["name"] for o in result.get_response()["outputs"]}, {n: result.as_numpy(n) for n in names}
+
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(ask, jobs))
+    for rows, names, sent, got in answers:
+        assert sent == set(names)
+        for name in names:
+            if name == identity.OUTPUT:
+                assert [json.loads(v) for v in got[name].reshape(-1)] == [identity.declaration(bundle, m.variant("fp32"))] * len(x[rows])
+            else:
+                np.testing.assert_allclose(got[name].reshape(local[name][rows].shape), local[name][rows], atol=1e-5)
+
+
 def test_will_not_start_without_a_bundle_it_can_serve(tmp_path):
     why = missing_venv()
     if why:
