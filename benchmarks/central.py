@@ -10,7 +10,10 @@ the kiosk's own model, side by side in one run on this machine (node and clients
 - remote path: one study's model step through the ``remote`` backend against the local FP32 run,
   interleaved rounds of batch-1 calls on the same tensors; the p50 the network path adds.
 - concurrency: one client, then 16 at once (threads, each a kiosk's request), alternating for
-  ``--rounds``; images/s and latency percentiles of each, and the ratios.
+  ``--rounds``; images/s and latency percentiles of each, and the ratios. Beside them, what bounds
+  the ratio on a CPU: the mean batch Triton formed (its own counters) and the model's own time per
+  image at batch 16 against batch 1 (where batching saves no compute, 16 clients can gain only
+  from the cores a lone client leaves idle).
 - fallback: a kiosk set to the node (``backend = "remote"``) takes a burst of uploads of distinct
   real images from 4 clients; the node (and its Triton) is SIGKILLed once a quarter are done. Every
   upload acknowledged, each triaged once, which backend answered, how soon after the kill a study
@@ -24,10 +27,12 @@ import argparse
 import http.client
 import json
 import os
+import re
 import signal
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,6 +42,8 @@ from central_peer import SHIPPED, Node, descendants, missing_venv, start_node
 from device import intake
 from http_upload import multipart
 from kiosk_process import served_kiosk
+from device.runtime.base import VariantFile, model_io
+from device.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from device.runtime.remote_backend import RemoteSettings
 from device.runtime.triager import Triager
 from models.bundle import load_bundle
@@ -105,14 +112,18 @@ def remote_path(url: str, calls: int, rounds: int) -> dict:
             "remote_p99_ms": float(np.percentile(times["remote"], 99))}
 
 
-def concurrency(url: str, seconds: float, rounds: int) -> dict:
+def concurrency(node: Node, seconds: float, rounds: int) -> dict:
     bundle = load_bundle(SHIPPED[0])
-    remote = Triager(bundle, "remote", "fp32", 1, RemoteSettings(url=url, timeout_s=30))
+    remote = Triager(bundle, "remote", "fp32", 1, RemoteSettings(url=node.url, timeout_s=30))
     prepared = remote.prepare(intake.decode_file(images(bundle.manifest.id, 1)[0], reduce=remote.reduced_decode), "x")
     runs: dict[int, list[dict]] = {1: [], CLIENTS: []}
+    counted = {1: [0.0, 0.0], CLIENTS: [0.0, 0.0]}  # requests, executions (Triton's own counters)
     for _ in range(rounds):
         for clients in (1, CLIENTS):
+            before = _executions(node, bundle.manifest.id)
             runs[clients].append(_load(remote, prepared, clients, seconds))
+            after = _executions(node, bundle.manifest.id)
+            counted[clients] = [c + a - b for c, a, b in zip(counted[clients], after, before)]
     remote.close()
     summary = {}
     for clients, rs in runs.items():
@@ -121,7 +132,41 @@ def concurrency(url: str, seconds: float, rounds: int) -> dict:
                             "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99))}
     return {"clients": CLIENTS, "one": summary[1], "many": summary[CLIENTS],
             "throughput_ratio": summary[CLIENTS]["images_per_s"] / summary[1]["images_per_s"],
-            "p99_over_p50": summary[CLIENTS]["p99_ms"] / summary[CLIENTS]["p50_ms"]}
+            "p99_over_p50": summary[CLIENTS]["p99_ms"] / summary[CLIENTS]["p50_ms"],
+            "mean_batch": {str(k): requests / executions for k, (requests, executions) in counted.items()},
+            "model_batch_scaling": _batch_scaling(bundle, prepared.tensor)}
+
+
+def _executions(node: Node, model: str) -> tuple[float, float]:
+    """Triton's counts of requests answered and model executions (batches) for ``model``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts = []
+    for metric in ("nv_inference_count", "nv_inference_exec_count"):
+        found = re.search(rf'^{metric}{{model="{model}",version="\d+"}} (\S+)$', text, re.M)
+        if found is None:
+            raise RuntimeError(f"the node's metrics lack {metric} for {model}")
+        counts.append(float(found.group(1)))
+    return counts[0], counts[1]
+
+
+def _batch_scaling(bundle, tensor: np.ndarray) -> dict:
+    """What batching can save on this CPU: the model's own time per image (ONNX Runtime FP32, one
+    thread, as each node instance runs it) at batch 1 and at batch 16, interleaved."""
+    backend = OnnxRuntimeBackend(VariantFile.of(bundle, bundle.manifest.variant("fp32")), model_io(bundle.manifest), 1)
+    batches = {n: np.repeat(tensor[None].astype(np.float32), n, axis=0) for n in (1, CLIENTS)}
+    per_image: dict[int, list[float]] = {n: [] for n in batches}
+    for _ in range(3):
+        backend.run(batches[1])
+    for _ in range(20):
+        for n, x in batches.items():
+            t0 = time.perf_counter()
+            backend.run(x)
+            per_image[n].append((time.perf_counter() - t0) * 1e3 / n)
+    backend.close()
+    p50 = {n: float(np.median(v)) for n, v in per_image.items()}
+    return {"batch_1_ms_per_image": p50[1], f"batch_{CLIENTS}_ms_per_image": p50[CLIENTS],
+            "ratio": p50[CLIENTS] / p50[1]}
 
 
 def _load(triager: Triager, prepared, clients: int, seconds: float) -> dict:
@@ -237,7 +282,7 @@ def main() -> int:
                                "backend": "onnxruntime", "instances": "one per usable core"},
                       "agreement": agreement(node.url, args.images),
                       "remote_path": remote_path(node.url, args.calls, args.rounds),
-                      "concurrency": concurrency(node.url, args.seconds, args.rounds)}
+                      "concurrency": concurrency(node, args.seconds, args.rounds)}
             result["fallback"] = fallback(node, Path(tmp), args.uploads)  # last: the node is killed
         finally:
             node.stop()
@@ -254,6 +299,10 @@ def main() -> int:
     c = result["concurrency"]
     for label, row in (("1 client", c["one"]), (f"{c['clients']} clients", c["many"])):
         print(f"{label}: {row['images_per_s']:.0f} images/s, p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms")
+    scaling, n = c["model_batch_scaling"], c["clients"]
+    print(f"Triton's mean batch: {c['mean_batch']['1']:.2f} with 1 client, {c['mean_batch'][str(n)]:.2f} with {n}; "
+          f"the model's own time per image at batch {n}: {scaling['ratio']:.2f}x batch 1 "
+          f"({scaling[f'batch_{n}_ms_per_image']:.2f} against {scaling['batch_1_ms_per_image']:.2f} ms)")
     f = result["fallback"]
     print(f"node killed during {f['uploads']} uploads: {f['acknowledged']} acknowledged, {f['triaged']} triaged "
           f"{f['by_backend']}, {f['lost']} lost, {f['duplicated']} stored twice; first local result "

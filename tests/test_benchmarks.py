@@ -45,6 +45,8 @@ def test_central_benchmark_runs_as_run_all_runs_it(run_all, datasets):
     killed = entry["result"]["fallback"]  # the node SIGKILLed mid-burst: every upload triaged, once
     assert (killed["acknowledged"], killed["lost"], killed["duplicated"], killed["refused"]) == (16, 0, 0, []), killed
     assert killed["by_backend"].get("remote", 0) >= 4 and killed["first_local_after_kill_s"] < 2.0
+    batches = entry["result"]["concurrency"]["mean_batch"]  # Triton's own counters: a lone client is never batched
+    assert batches["1"] == 1.0 and batches["16"] > 1.5, batches
     body = run_all.section({"benchmarks": {"central": {**entry, "started_at": "2026-01-01T00:00:00Z",
                                                        "load_average_before": [0.0]}},
                             "machine": {"cpu": "test", "cores": 2}}, "central")
