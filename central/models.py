@@ -129,12 +129,12 @@ def infer_function(model: ServedModel, backend: Backend):
     every = (*model.outputs, identity.OUTPUT)
 
     def infer(requests: list[Request]) -> list[dict[str, np.ndarray]]:
-        sizes = [len(r.data[name]) for r in requests]
-        batch_input = np.concatenate([r.data[name] for r in requests]) if len(requests) > 1 else requests[0].data[name]
+        batch_input = np.concatenate([r.data[name] for r in requests])
         outputs = {k: v.reshape(len(v), -1) if v.ndim == 1 else v for k, v in backend.run(batch_input).items()}
         answers = []
         start = 0
-        for request, size in zip(requests, sizes):
+        for request in requests:
+            size = len(request.data[name])
             wanted = request.requested_output_names or every
             answer = {k: np.ascontiguousarray(outputs[k][start:start + size]) for k in wanted if k in outputs}
             if identity.OUTPUT in wanted:
