@@ -27,12 +27,10 @@ import argparse
 import http.client
 import json
 import os
-import re
 import signal
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -138,16 +136,8 @@ def concurrency(node: Node, seconds: float, rounds: int) -> dict:
 
 
 def _executions(node: Node, model: str) -> tuple[float, float]:
-    """Triton's counts of requests answered and model executions (batches) for ``model``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    counts = []
-    for metric in ("nv_inference_count", "nv_inference_exec_count"):
-        found = re.search(rf'^{metric}{{model="{model}",version="\d+"}} (\S+)$', text, re.M)
-        if found is None:
-            raise RuntimeError(f"the node's metrics lack {metric} for {model}")
-        counts.append(float(found.group(1)))
-    return counts[0], counts[1]
+    """Triton's counts of requests answered and of model executions (batches) for ``model``."""
+    return node.counter("nv_inference_count", model), node.counter("nv_inference_exec_count", model)
 
 
 def _batch_scaling(bundle, tensor: np.ndarray) -> dict:

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,16 @@ class Node:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def counter(self, metric: str, model: str) -> float:
+        """One of Triton's counters for ``model`` (``nv_inference_count``, ``nv_inference_exec_count``,
+        ...), read from the node's metrics port."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        found = re.search(rf'^{metric}{{model="{model}",version="\d+"}} (\S+)$', text, re.M)
+        if found is None:
+            raise RuntimeError(f"the node's metrics lack {metric} for {model}")
+        return float(found.group(1))
 
     def triton_pid(self) -> int:
         pids = [p for p in children(self.process.pid) if "tritonserver" in Path(f"/proc/{p}/cmdline").read_text()]

@@ -202,7 +202,7 @@ def _central(r: dict) -> list[tuple[str, str]]:
                  f"{c['many']['p50_ms']:.1f} ms, p99 {c['many']['p99_ms']:.1f} ms"))
     if "mean_batch" in c:
         n, scaling = c["clients"], c["model_batch_scaling"]
-        rows.append((f"what bounds that ratio here: Triton's batches, the model's cost per image by batch size",
+        rows.append(("what bounds that ratio here: Triton's batches, the model's cost per image by batch size",
                      f"mean batch {c['mean_batch']['1']:.2f} with 1 client, {c['mean_batch'][str(n)]:.2f} with {n}; "
                      f"the model (ORT FP32, 1 thread) per image at batch {n} {scaling[f'batch_{n}_ms_per_image']:.2f} ms "
                      f"against {scaling['batch_1_ms_per_image']:.2f} ms at batch 1 ({scaling['ratio']:.2f}x)"))

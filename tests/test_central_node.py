@@ -98,9 +98,7 @@ def test_dynamic_batching_joins_concurrent_requests(central_node):
     x = golden_set(bundle)[0][:1]
 
     def count(name: str) -> float:
-        text = _get(f"http://127.0.0.1:{central_node.metrics_port}/metrics")[1]
-        found = re.search(rf'^{name}{{model="{bundle.manifest.id}",version="\d+"}} (\S+)$', text, re.M)
-        return float(found.group(1))
+        return central_node.counter(name, bundle.manifest.id)
 
     before = count("nv_inference_count"), count("nv_inference_exec_count")
 
