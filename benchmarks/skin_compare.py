@@ -23,8 +23,8 @@ from models.bundle import Manifest, load_bundle
 from models.metrics import percentile_interval, roc_auc, softmax, weighted_auc
 from models.training.images import load_images
 from models.training.registry import recipes
-from models.training.skin.data import FOCUS, LABELS, URGENT
-from models.training.skin.evaluation import Rule, stress_inputs
+from models.training.skin.data import LABELS, MELANOMA, URGENT
+from models.training.skin.evaluation import Rule, stress_inputs, urgent_probability
 
 RESAMPLES = 1000
 BATCH = 64
@@ -44,11 +44,11 @@ def _probabilities(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _scores(p: np.ndarray) -> dict[str, np.ndarray]:
-    return {"melanoma": p[:, LABELS.index(FOCUS)], "refer group": p[:, [LABELS.index(u) for u in URGENT]].sum(1)}
+    return {"melanoma": p[:, MELANOMA], "refer group": urgent_probability(p)}
 
 
 def _positives(y: np.ndarray) -> dict[str, np.ndarray]:
-    return {"melanoma": y == LABELS.index(FOCUS), "refer group": np.isin(y, [LABELS.index(u) for u in URGENT])}
+    return {"melanoma": y == MELANOMA, "refer group": np.isin(y, [LABELS.index(u) for u in URGENT])}
 
 
 def compare(old_dir: Path, new_dir: Path, limit: int = 0) -> list[str]:
